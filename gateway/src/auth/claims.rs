@@ -1,0 +1,48 @@
+//! Reading claims from a token's JSON payload.
+
+use serde_json::{Map, Value};
+
+/// The claim at `path`; dots descend into objects (`realm.roles`), as in Traefik Hub.
+/// A claim whose own name contains a dot is found first by its full name.
+pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut current = claims.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_object()?.get(part)?;
+    }
+    Some(current)
+}
+
+/// A claim as header text: strings as they are, numbers and booleans printed, arrays of
+/// scalars joined with `,`, objects as JSON. `None` for null.
+pub fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().filter_map(as_text).collect();
+            Some(parts.join(","))
+        }
+        Value::Object(_) => Some(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_and_dotted_claims_resolve() {
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"a":{"b":"deep"},"x.y":"flat","n":3,"l":["p","q"]}"#).unwrap();
+        assert_eq!(lookup(&claims, "a.b").and_then(as_text).as_deref(), Some("deep"));
+        assert_eq!(lookup(&claims, "x.y").and_then(as_text).as_deref(), Some("flat"));
+        assert_eq!(lookup(&claims, "n").and_then(as_text).as_deref(), Some("3"));
+        assert_eq!(lookup(&claims, "l").and_then(as_text).as_deref(), Some("p,q"));
+        assert!(lookup(&claims, "a.c").is_none());
+    }
+}

@@ -1,0 +1,224 @@
+//! Configuration: YAML is read once, parsed into typed values, and validated before any port is
+//! bound. The request path never sees a raw configuration string.
+//!
+//! Loading happens in two stages. [`raw`] describes the file's shape; serde stops at the first
+//! shape error and we report it with its key path. [`validate`] then checks every value and
+//! collects *all* problems, so one run of `gateway check-config` shows everything to fix.
+
+mod raw;
+pub mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use url::Url;
+
+pub use secret::Secret;
+
+use crate::token::AuthMethod;
+
+/// Default upper bound on one proxied request: long enough for slow APIs, short enough that a
+/// stuck upstream does not pin connections forever.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default drain time on shutdown; matches Kubernetes' default termination grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The refresher looks for due entries this often; a fraction of any realistic token lifetime.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Entries nobody used for this long are left to expire instead of being refreshed forever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Refresh-leader lease lifetime: a dead leader is replaced within this time.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Lifetime assumed when the IdP states none (neither `expires_in` nor a JWT `exp`).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// How long an `invalid_client` answer is remembered, so a flood of bad secrets is not a flood
+/// at the IdP, while a fixed client registration is picked up quickly.
+pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
+/// One IdP attempt; IdPs answer token requests in milliseconds when healthy.
+pub const DEFAULT_IDP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries after the first IdP attempt (transport errors, 5xx and 429 only).
+pub const DEFAULT_IDP_RETRIES: u32 = 2;
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The proxy listener.
+    pub listen: SocketAddr,
+    /// The admin listener (`/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// The shared token store.
+    pub store: StoreConfig,
+    /// The fleet key; `None` means a random per-process key (memory store only).
+    pub fleet_key: Option<Secret>,
+    /// Background refresher settings.
+    pub refresh: RefreshConfig,
+    /// Upper bound on one proxied request.
+    pub request_timeout: Duration,
+    /// Drain time on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Logging.
+    pub log: LogConfig,
+    /// Middlewares by name.
+    pub middlewares: BTreeMap<String, MiddlewareConfig>,
+    /// Routes in file order (matching is by specificity, not order).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Which [`crate::store::TokenStore`] backend holds the fleet's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Node-local.
+    Memory,
+}
+
+/// Refresher settings (DESIGN.md, token lifecycle step 5).
+#[derive(Debug, Clone)]
+pub struct RefreshConfig {
+    /// How often due entries are looked for.
+    pub interval: Duration,
+    /// Entries unused this long are not refreshed.
+    pub idle_timeout: Duration,
+    /// Refresh-leader lease lifetime.
+    pub lease_ttl: Duration,
+}
+
+/// Log output options.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Text for people, JSON for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter directive.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configured middleware.
+#[derive(Debug, Clone)]
+pub enum MiddlewareConfig {
+    /// OAuth2 client credentials (RFC 6749 §4.4).
+    ClientCredentials(ClientCredentialsConfig),
+}
+
+/// The `clientCredentials` middleware, validated.
+#[derive(Debug, Clone)]
+pub struct ClientCredentialsConfig {
+    /// The IdP token endpoint.
+    pub token_url: Url,
+    /// Gateway-level credentials; `None` = application level (the caller's Basic credentials).
+    pub credentials: Option<(String, Secret)>,
+    /// How the gateway authenticates at the token endpoint.
+    pub auth_method: AuthMethod,
+    /// Sent as `audience`.
+    pub audience: Option<String>,
+    /// Sent as `scope`, sorted and deduplicated.
+    pub scopes: Vec<String>,
+    /// Extra form parameters, sorted by name.
+    pub endpoint_params: Vec<(String, String)>,
+    /// Claim naming the user in the access log.
+    pub username_claim: Option<String>,
+    /// Header -> claim.
+    pub forward_headers: Vec<(HeaderName, String)>,
+    /// Lifetime assumed when the IdP states none.
+    pub default_token_lifetime: Duration,
+    /// Realm of the `Basic` challenge.
+    pub realm: String,
+    /// How long `invalid_client` is remembered.
+    pub negative_cache_ttl: Duration,
+    /// One IdP attempt's timeout.
+    pub idp_timeout: Duration,
+    /// IdP retries after the first attempt.
+    pub idp_retries: u32,
+}
+
+/// A route, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// Lower-cased host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix; `/` when omitted.
+    pub path_prefix: String,
+    /// Middleware names, checked to exist.
+    pub middlewares: Vec<String>,
+    /// Upstream base URLs, round robin.
+    pub upstreams: Vec<Url>,
+}
+
+/// One problem with a configuration value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `middlewares.app-creds.clientCredentials.url`.
+    pub path: String,
+    /// What is wrong, never containing a secret.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML does not have the expected shape (first error only: serde stops there).
+    #[error("{path}: {message}")]
+    Shape {
+        /// Key path of the offending value (`.` for the document).
+        path: String,
+        /// serde's description, with line and column.
+        message: String,
+    },
+    /// Values are wrong; every problem found is listed.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // The YAML library prefixes its own (shorter) path; ours names the exact key.
+            let message = match message.split_once(": ") {
+                Some((own, rest)) if path.starts_with(own) => rest.to_owned(),
+                _ => message,
+            };
+            ConfigError::Shape { path, message }
+        })?;
+        validate::validate(raw).map_err(ConfigError::Invalid)
+    }
+}

@@ -1,0 +1,185 @@
+//! The YAML file exactly as written, before any validation.
+//!
+//! These structs only describe the *shape* of the file (`deny_unknown_fields` catches typos).
+//! Everything that can be wrong in a value (a URL that does not parse, an unknown middleware
+//! name, a secret that cannot be resolved) is checked in [`super::validate`], which reports every
+//! problem at once; serde itself can only stop at the first shape error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The top level of a gateway configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    /// Address of the proxy listener, e.g. `0.0.0.0:8080`.
+    pub listen: String,
+    /// The admin listener (`/healthz`, `/readyz`).
+    pub admin: RawAdmin,
+    /// Where tokens are shared. Defaults to `memory` (node-local).
+    #[serde(default)]
+    pub store: Option<RawStore>,
+    /// Secret reference to the fleet key: derives cache keys and seals entries.
+    /// Optional with the memory store (a random per-process key is used).
+    #[serde(default)]
+    pub fleet_key: Option<String>,
+    /// How the background refresher behaves.
+    #[serde(default)]
+    pub refresh: RawRefresh,
+    /// Upper bound on the time a request may take, upstream response headers included.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    /// How long in-flight requests may drain after SIGTERM/SIGINT.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Logging options.
+    #[serde(default)]
+    pub log: RawLog,
+    /// Named middlewares, referenced by routes.
+    #[serde(default)]
+    pub middlewares: BTreeMap<String, RawMiddleware>,
+    /// Routes, matched by host and longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAdmin {
+    pub listen: String,
+}
+
+/// Exactly one backend must be given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStore {
+    /// Node-local store: the L1 is the whole cache.
+    #[serde(default)]
+    pub memory: Option<RawMemoryStore>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMemoryStore {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRefresh {
+    /// How often the refresher looks for entries due for refresh.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Entries unused for this long are not refreshed and are left to expire.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Lifetime of the refresh-leader lease.
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// A `tracing` filter such as `info` or `gateway=debug`; `RUST_LOG` wins when set.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// A named middleware: exactly one kind per entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMiddleware {
+    #[serde(default)]
+    pub client_credentials: Option<RawClientCredentials>,
+}
+
+/// Traefik Hub's `oAuthClientCredentials` options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientCredentials {
+    /// The IdP token endpoint.
+    pub url: String,
+    /// Gateway level: the gateway's own client id. Omitted: application level.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Secret reference for `clientId`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Extra form parameters sent to the token endpoint (e.g. `resource`).
+    #[serde(default)]
+    pub endpoint_params: BTreeMap<String, StringOrList>,
+    /// Claim naming the user in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    /// Header name -> claim; the header always replaces a caller-sent one.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Lifetime assumed when the IdP sends neither `expires_in` nor a JWT `exp`.
+    #[serde(default, with = "humantime_serde")]
+    pub default_token_lifetime: Option<Duration>,
+    /// `Basic` realm announced on 401.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// How long an `invalid_client` answer is remembered.
+    #[serde(default, with = "humantime_serde")]
+    pub negative_cache_ttl: Option<Duration>,
+    #[serde(default)]
+    pub client_config: RawClientConfig,
+}
+
+/// HTTP client options towards the IdP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientConfig {
+    /// Timeout of one attempt.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retries after the first attempt, on transport errors, 5xx and 429 only.
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+/// `endpointParams` values may be a string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    #[serde(default)]
+    pub middlewares: Vec<String>,
+    pub upstream: RawUpstream,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMatch {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpstream {
+    pub urls: Vec<String>,
+}

@@ -1,0 +1,349 @@
+//! Turns a [`RawConfig`] into a [`Config`], collecting every problem with its key path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use http::HeaderName;
+use url::Url;
+
+use super::raw::{
+    RawClientCredentials, RawConfig, RawMiddleware, RawRoute, RawStore, StringOrList,
+};
+use super::{
+    ClientCredentialsConfig, Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_IDP_RETRIES,
+    DEFAULT_IDP_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOKEN_LIFETIME, LogConfig,
+    LogFormat, MiddlewareConfig, RefreshConfig, RouteConfig, StoreConfig, secret,
+};
+use crate::token::AuthMethod;
+
+/// Collects issues; each check records and carries on.
+#[derive(Default)]
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue { path: path.into(), message: message.into() });
+    }
+
+    fn addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(path, format!("not a socket address (ip:port): {value:?}"));
+                None
+            }
+        }
+    }
+
+    fn http_url(&mut self, path: &str, value: &str) -> Option<Url> {
+        match Url::parse(value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            _ => {
+                self.push(path, "not an http(s) URL");
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, path: &str, reference: &str) -> Option<super::Secret> {
+        secret::resolve(reference).map_err(|m| self.push(path, m)).ok()
+    }
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
+    let mut issues = Issues::default();
+    let listen = issues.addr("listen", &raw.listen);
+    let admin_listen = issues.addr("admin.listen", &raw.admin.listen);
+    if listen.is_some() && listen == admin_listen && listen.is_some_and(|a| a.port() != 0) {
+        issues.push("admin.listen", "must differ from listen");
+    }
+    let store = match raw.store {
+        None | Some(RawStore { memory: Some(_) }) => StoreConfig::Memory,
+        Some(RawStore { memory: None }) => {
+            issues.push("store", "names no backend (expected memory)");
+            StoreConfig::Memory
+        }
+    };
+    let fleet_key = raw.fleet_key.as_deref().and_then(|r| issues.secret("fleetKey", r));
+    if let Some(k) = &fleet_key {
+        if k.expose().len() < 32 {
+            issues.push("fleetKey", "must be at least 32 bytes of high-entropy material");
+        }
+    }
+
+    let refresh = RefreshConfig {
+        interval: raw.refresh.interval.unwrap_or(DEFAULT_REFRESH_INTERVAL),
+        idle_timeout: raw.refresh.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        lease_ttl: raw.refresh.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+    };
+    if refresh.interval.is_zero() {
+        issues.push("refresh.interval", "must be greater than zero");
+    }
+    if refresh.lease_ttl <= refresh.interval {
+        issues.push("refresh.leaseTtl", "must be longer than refresh.interval");
+    }
+
+    let format = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            issues.push("log.format", format!("must be text or json, not {other:?}"));
+            LogFormat::Text
+        }
+    };
+    let log = LogConfig { format, level: raw.log.level.unwrap_or_else(|| "info".into()) };
+
+    let declared: Vec<String> = raw.middlewares.keys().cloned().collect();
+    let mut middlewares = BTreeMap::new();
+    for (name, m) in raw.middlewares {
+        match m {
+            RawMiddleware { client_credentials: Some(cc) } => {
+                let path = format!("middlewares.{name}.clientCredentials");
+                if let Some(cfg) = client_credentials(&mut issues, &path, cc) {
+                    middlewares.insert(name, MiddlewareConfig::ClientCredentials(cfg));
+                }
+            }
+            RawMiddleware { client_credentials: None } => {
+                issues.push(format!("middlewares.{name}"), "names no middleware kind (expected clientCredentials)");
+            }
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut seen_names = BTreeMap::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if let Some(prev) = seen_names.insert(r.name.clone(), i) {
+            issues.push(format!("{path}.name"), format!("{:?} is also routes[{prev}]", r.name));
+        }
+        if let Some(route) = route(&mut issues, &path, r, &declared) {
+            routes.push(route);
+        }
+    }
+
+    if !issues.0.is_empty() {
+        return Err(issues.0);
+    }
+    Ok(Config {
+        listen: listen.expect("checked above"),
+        admin_listen: admin_listen.expect("checked above"),
+        store,
+        fleet_key,
+        refresh,
+        request_timeout: raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        log,
+        middlewares,
+        routes,
+    })
+}
+
+fn client_credentials(
+    issues: &mut Issues,
+    path: &str,
+    cc: RawClientCredentials,
+) -> Option<ClientCredentialsConfig> {
+    let before = issues.0.len();
+    let token_url = issues.http_url(&format!("{path}.url"), &cc.url);
+    let credentials = match (cc.client_id, cc.client_secret) {
+        (None, None) => None,
+        (Some(id), Some(secret)) => {
+            if id.is_empty() {
+                issues.push(format!("{path}.clientId"), "is empty");
+            }
+            issues.secret(&format!("{path}.clientSecret"), &secret).map(|s| (id, s))
+        }
+        (Some(_), None) => {
+            issues.push(format!("{path}.clientSecret"), "is required when clientId is set");
+            None
+        }
+        (None, Some(_)) => {
+            issues.push(format!("{path}.clientId"), "is required when clientSecret is set");
+            None
+        }
+    };
+    let auth_method = match cc.auth_method.as_deref() {
+        None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
+        Some("client_secret_post") => AuthMethod::ClientSecretPost,
+        Some(other) => {
+            issues.push(
+                format!("{path}.authMethod"),
+                format!("must be client_secret_basic or client_secret_post, not {other:?}"),
+            );
+            AuthMethod::ClientSecretBasic
+        }
+    };
+    let mut scopes = cc.scopes;
+    for (i, s) in scopes.iter().enumerate() {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if s.is_empty() || !s.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)) {
+            issues.push(format!("{path}.scopes[{i}]"), "not a valid scope token (RFC 6749 §3.3)");
+        }
+    }
+    scopes.sort();
+    scopes.dedup();
+    let mut endpoint_params = Vec::new();
+    for (k, v) in cc.endpoint_params {
+        if matches!(
+            k.as_str(),
+            "grant_type" | "client_id" | "client_secret" | "scope" | "audience"
+        ) {
+            issues.push(
+                format!("{path}.endpointParams.{k}"),
+                "is set by the middleware itself; use the dedicated option",
+            );
+        }
+        match v {
+            StringOrList::One(v) => endpoint_params.push((k, v)),
+            StringOrList::Many(vs) => endpoint_params.extend(vs.into_iter().map(|v| (k.clone(), v))),
+        }
+    }
+    endpoint_params.sort();
+    let mut forward_headers = Vec::new();
+    for (header, claim) in cc.forward_headers {
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) if !is_reserved_header(&h) => forward_headers.push((h, claim)),
+            Ok(_) => issues.push(
+                format!("{path}.forwardHeaders.{header}"),
+                "cannot be set from a claim (it is managed by the gateway)",
+            ),
+            Err(_) => issues.push(format!("{path}.forwardHeaders.{header}"), "not a valid header name"),
+        }
+    }
+    let default_token_lifetime = cc.default_token_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    if default_token_lifetime.as_secs() < 1 {
+        issues.push(format!("{path}.defaultTokenLifetime"), "must be at least 1s");
+    }
+    let realm = cc.realm.unwrap_or_else(|| "tokengate".into());
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        issues.push(format!("{path}.realm"), "must not contain quotes, backslashes or control characters");
+    }
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(ClientCredentialsConfig {
+        token_url: token_url?,
+        credentials,
+        auth_method,
+        audience: cc.audience,
+        scopes,
+        endpoint_params,
+        username_claim: cc.username_claim,
+        forward_headers,
+        default_token_lifetime,
+        realm,
+        negative_cache_ttl: cc.negative_cache_ttl.unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL),
+        idp_timeout: cc.client_config.timeout.unwrap_or(DEFAULT_IDP_TIMEOUT),
+        idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
+    })
+}
+
+/// Headers that a claim must never set: the gateway owns them.
+fn is_reserved_header(h: &HeaderName) -> bool {
+    use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+    [AUTHORIZATION, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION].contains(h)
+        || h.as_str().starts_with("x-forwarded-")
+}
+
+fn route(
+    issues: &mut Issues,
+    path: &str,
+    r: RawRoute,
+    declared: &[String],
+) -> Option<RouteConfig> {
+    let before = issues.0.len();
+    let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') {
+        issues.push(format!("{path}.match.pathPrefix"), "must start with /");
+    }
+    let host = r.matcher.host.map(|h| h.to_ascii_lowercase());
+    if host.as_deref().is_some_and(|h| h.is_empty() || h.contains(['/', ' ', ':'])) {
+        issues.push(format!("{path}.match.host"), "must be a bare host name (no scheme, port or path)");
+    }
+    for (i, m) in r.middlewares.iter().enumerate() {
+        if !declared.contains(m) {
+            issues.push(format!("{path}.middlewares[{i}]"), format!("no middleware named {m:?}"));
+        }
+    }
+    if r.upstream.urls.is_empty() {
+        issues.push(format!("{path}.upstream.urls"), "needs at least one URL");
+    }
+    let mut upstreams = Vec::new();
+    for (i, u) in r.upstream.urls.iter().enumerate() {
+        let p = format!("{path}.upstream.urls[{i}]");
+        if let Some(url) = issues.http_url(&p, u) {
+            if url.scheme() != "http" {
+                issues.push(p, "only http:// upstreams are supported");
+            } else if url.query().is_some() || url.fragment().is_some() {
+                issues.push(p, "must not have a query or fragment");
+            } else {
+                upstreams.push(url);
+            }
+        }
+    }
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(RouteConfig { name: r.name, host, path_prefix, middlewares: r.middlewares, upstreams })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+admin: { listen: 127.0.0.1:9090 }
+middlewares:
+  m:
+    clientCredentials:
+      url: http://idp/token
+      scopes: [b, a, a]
+routes:
+  - name: r
+    match: { pathPrefix: /app }
+    middlewares: [m]
+    upstream: { urls: [http://127.0.0.1:8081] }
+"#;
+
+    #[test]
+    fn scopes_are_sorted_and_deduplicated() {
+        let c = Config::from_yaml(GOOD).unwrap();
+        let crate::config::MiddlewareConfig::ClientCredentials(cc) = &c.middlewares["m"];
+        assert_eq!(cc.scopes, ["a", "b"]);
+    }
+
+    #[test]
+    fn every_value_problem_is_reported_at_once() {
+        let bad = GOOD
+            .replace("http://idp/token", "ftp://idp/token")
+            .replace("[m]", "[m, nope]")
+            .replace("127.0.0.1:9090", "nowhere");
+        let Err(ConfigError::Invalid(issues)) = Config::from_yaml(&bad) else { panic!() };
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "admin.listen: not a socket address (ip:port): \"nowhere\"",
+                "middlewares.m.clientCredentials.url: not an http(s) URL",
+                "routes[0].middlewares[1]: no middleware named \"nope\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let bad = GOOD.replace("scopes:", "scopez:");
+        let err = Config::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("middlewares.m.clientCredentials.scopez: unknown field `scopez`"), "{err}");
+        assert!(err.contains("at line 8 column 7"), "{err}");
+    }
+
+    #[test]
+    fn forward_header_cannot_overwrite_authorization() {
+        let bad = GOOD.replace("scopes: [b, a, a]", "forwardHeaders: { Authorization: sub }");
+        let err = Config::from_yaml(&bad).unwrap_err().to_string();
+        assert!(err.contains("forwardHeaders.Authorization: cannot be set from a claim"), "{err}");
+    }
+}

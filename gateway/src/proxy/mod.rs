@@ -1,0 +1,226 @@
+//! The HTTP side: listeners, graceful shutdown, routing, middlewares, forwarding.
+
+pub mod admin;
+pub mod forward;
+pub mod response;
+pub mod router;
+pub mod serve;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+
+pub use serve::{Listeners, serve};
+
+use crate::auth::{Applied, ClientCredentials, Middleware, UsedToken};
+use crate::config::{Config, MiddlewareConfig};
+use crate::telemetry::AccessLog;
+use crate::token::TokenCache;
+use router::{Route, Router};
+
+/// Boxed error for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of every request and response the proxy handles: streamed, never buffered whole.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Requests with a body up to this size are kept in memory so that they can be replayed once
+/// after an upstream 401; larger ones are streamed and not replayed.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// The proxy: routes, the upstream client, the timeout.
+pub struct Gateway {
+    router: Router,
+    client: forward::UpstreamClient,
+    request_timeout: Duration,
+}
+
+impl Gateway {
+    /// Builds the proxy from a validated configuration.
+    pub fn new(config: &Config, cache: &Arc<TokenCache>) -> Self {
+        let middlewares: BTreeMap<&str, Arc<Middleware>> = config
+            .middlewares
+            .iter()
+            .map(|(name, m)| {
+                let built = match m {
+                    MiddlewareConfig::ClientCredentials(cc) => {
+                        Middleware::ClientCredentials(ClientCredentials::new(name, cc.clone(), Arc::clone(cache)))
+                    }
+                };
+                (name.as_str(), Arc::new(built))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let chain = r.middlewares.iter().map(|m| Arc::clone(&middlewares[m.as_str()])).collect();
+                Route::new(r.name.clone(), r.host.clone(), r.path_prefix.clone(), chain, r.upstreams.clone())
+            })
+            .collect();
+        Self { router: Router::new(routes), client: forward::client(), request_timeout: config.request_timeout }
+    }
+
+    /// Serves one request end to end, writing one access log line.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let mut log = AccessLog::new(&req, remote);
+        let resp = match tokio::time::timeout(self.request_timeout, self.route(req, remote, &mut log)).await {
+            Ok(resp) => resp,
+            Err(_) => response::error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "the upstream did not answer in time"),
+        };
+        log.finish(resp.status(), started.elapsed());
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>, remote: SocketAddr, log: &mut AccessLog) -> Response<ProxyBody> {
+        let host = request_host(&req);
+        let Some(route) = self.router.find(host.as_deref(), req.uri().path()) else {
+            return response::error(StatusCode::NOT_FOUND, "not_found", "no route matches this request");
+        };
+        log.route = Some(route.name.clone());
+        let (mut parts, body) = req.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts.uri.authority().and_then(|a| http::HeaderValue::try_from(a.as_str()).ok())
+        });
+        forward::set_forwarded(&mut parts.headers, remote, original_host.as_ref());
+        if let Some(h) = &original_host {
+            parts.headers.insert(HOST, h.clone());
+        }
+
+        // A small body is held so that the request can be replayed after an upstream 401.
+        let replayable = body.is_end_stream()
+            || parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).is_some_and(|n| n <= REPLAY_LIMIT);
+        let (body, replay) = if replayable {
+            match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    (full(bytes.clone()), Some((bytes, parts.headers.clone())))
+                }
+                Err(_) => return response::error(StatusCode::BAD_REQUEST, "invalid_request", "request body could not be read"),
+            }
+        } else {
+            (body.map_err(BoxError::from).boxed_unsync(), None)
+        };
+
+        let used = match apply_chain(route, &mut parts, log).await {
+            Ok(used) => used,
+            Err(resp) => return resp,
+        };
+        let upstream = route.next_upstream();
+        let resp = match self.forward(upstream, parts.clone_for_retry(), body).await {
+            Ok(resp) => resp,
+            Err(resp) => return resp,
+        };
+        let (Some((bytes, original_headers)), true) = (replay, resp.status() == StatusCode::UNAUTHORIZED && !used.is_empty())
+        else {
+            return into_proxy(resp);
+        };
+
+        // The upstream rejected the token: evict exactly that token fleet-wide, get a fresh one
+        // and try once more.
+        for (m, token) in &used {
+            m.reject_token(token).await;
+        }
+        tracing::info!(route = %route.name, "upstream rejected the token; evicted and retrying once with a fresh one");
+        parts.headers = original_headers;
+        if let Err(resp) = apply_chain(route, &mut parts, log).await {
+            return resp;
+        }
+        match self.forward(route.next_upstream(), parts.clone_for_retry(), full(bytes)).await {
+            Ok(resp) => into_proxy(resp),
+            Err(resp) => resp,
+        }
+    }
+
+    async fn forward(
+        &self,
+        upstream: &url::Url,
+        mut parts: http::request::Parts,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+        parts.uri = forward::target(upstream, &parts.uri)
+            .map_err(|_| response::error(StatusCode::BAD_REQUEST, "invalid_request", "request target is invalid"))?;
+        parts.version = http::Version::HTTP_11;
+        forward::send(&self.client, Request::from_parts(parts, body)).await.map_err(|error| {
+            tracing::warn!(upstream = %upstream, error = %error_chain(&error), "upstream request failed");
+            response::error(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream service is unreachable")
+        })
+    }
+}
+
+/// Runs the route's middlewares in order; the tokens they attached, or the refusal.
+async fn apply_chain<'r>(
+    route: &'r Route,
+    parts: &mut http::request::Parts,
+    log: &mut AccessLog,
+) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<ProxyBody>> {
+    let mut used = Vec::new();
+    for m in &route.middlewares {
+        match m.apply(parts).await {
+            Ok(Applied { username, token }) => {
+                if username.is_some() {
+                    log.user = username;
+                }
+                used.extend(token.map(|t| (m, t)));
+            }
+            Err(e) => return Err(response::auth_error(&e)),
+        }
+    }
+    Ok(used)
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn into_proxy(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
+/// The request's host, lower-case and without port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = req.headers().get(HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host())?;
+    // `[::1]:8080` keeps its brackets; `name:8080` loses the port.
+    let host = match raw.find(']') {
+        Some(end) => &raw[..=end],
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+trait CloneForRetry {
+    fn clone_for_retry(&self) -> Self;
+}
+
+impl CloneForRetry for http::request::Parts {
+    /// `Parts` is not `Clone` (extensions are not); a forwarded request needs none of them.
+    fn clone_for_retry(&self) -> Self {
+        let mut b = Request::builder().method(self.method.clone()).uri(self.uri.clone()).version(self.version);
+        if let Some(h) = b.headers_mut() {
+            *h = self.headers.clone();
+        }
+        b.body(()).expect("parts of a valid request").into_parts().0
+    }
+}

@@ -1,0 +1,56 @@
+//! Answers the gateway writes itself: RFC 6749 §5.2-style JSON errors, with the challenges of
+//! RFC 7235/6750 where a 401 calls for one.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::ProxyBody;
+use crate::auth::AuthError;
+
+/// A JSON error body `{"error": code, "error_description": description}`.
+pub fn error(status: StatusCode, code: &str, description: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": code, "error_description": description }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The answer to a refused request.
+pub fn auth_error(e: &AuthError) -> Response<ProxyBody> {
+    match e {
+        AuthError::MissingCredentials { realm } => challenge(
+            error(StatusCode::UNAUTHORIZED, "invalid_client", "client credentials required (HTTP Basic)"),
+            realm,
+        ),
+        AuthError::InvalidClient { realm } => challenge(
+            error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed"),
+            realm,
+        ),
+        AuthError::Refused { error: code } => {
+            error(StatusCode::FORBIDDEN, code, "the identity provider refused to issue a token")
+        }
+        AuthError::Upstream => error(StatusCode::BAD_GATEWAY, "server_error", "the gateway could not obtain a token"),
+        AuthError::Unavailable { retry_after } => {
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the identity provider is unavailable; retry later",
+            );
+            let secs = retry_after.as_secs().max(1);
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            resp
+        }
+    }
+}
+
+fn challenge(mut resp: Response<ProxyBody>, realm: &str) -> Response<ProxyBody> {
+    // The realm was checked at configuration load to contain no quote or control character.
+    let value = HeaderValue::try_from(format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+        .unwrap_or(HeaderValue::from_static("Basic"));
+    resp.headers_mut().insert(WWW_AUTHENTICATE, value);
+    resp
+}

@@ -1,0 +1,92 @@
+//! Route selection: by host (exact, case-insensitive) and path prefix.
+//!
+//! Precedence: a route naming the request's host beats any route without a host; among those,
+//! the longest path prefix wins. Prefixes match as plain string prefixes, as Traefik's
+//! `PathPrefix` does (`/app` matches `/app`, `/app/x` and `/apple`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use url::Url;
+
+use crate::auth::Middleware;
+
+/// A route ready to serve.
+pub struct Route {
+    /// Name, for logs.
+    pub name: String,
+    host: Option<String>,
+    prefix: String,
+    /// Middlewares in order.
+    pub middlewares: Vec<Arc<Middleware>>,
+    upstreams: Vec<Url>,
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// A route; `upstreams` must not be empty (configuration validation guarantees it).
+    pub fn new(name: String, host: Option<String>, prefix: String, middlewares: Vec<Arc<Middleware>>, upstreams: Vec<Url>) -> Self {
+        assert!(!upstreams.is_empty(), "route {name} has no upstream");
+        Self { name, host, prefix, middlewares, upstreams, next: AtomicUsize::new(0) }
+    }
+
+    /// The next upstream, round robin.
+    pub fn next_upstream(&self) -> &Url {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.upstreams[i % self.upstreams.len()]
+    }
+}
+
+/// All routes, in precedence order.
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Orders `routes` by precedence.
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by(|a, b| {
+            b.host.is_some().cmp(&a.host.is_some()).then(b.prefix.len().cmp(&a.prefix.len()))
+        });
+        Self { routes }
+    }
+
+    /// The route for a request; `host` is lower-case without port.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            r.host.as_deref().is_none_or(|h| Some(h) == host) && path.starts_with(&r.prefix)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
+        Route::new(name.into(), host.map(Into::into), prefix.into(), vec![], vec!["http://u".parse().unwrap()])
+    }
+
+    #[test]
+    fn host_routes_first_then_longest_prefix() {
+        let r = Router::new(vec![
+            route("root", None, "/"),
+            route("app", None, "/app"),
+            route("app-v2", None, "/app/v2"),
+            route("internal", Some("internal.localhost"), "/"),
+        ]);
+        let name = |h, p| r.find(h, p).map(|r| r.name.as_str());
+        assert_eq!(name(None, "/app/v2/x"), Some("app-v2"));
+        assert_eq!(name(None, "/app/v1"), Some("app"));
+        assert_eq!(name(None, "/other"), Some("root"));
+        assert_eq!(name(Some("internal.localhost"), "/app"), Some("internal"));
+        assert_eq!(name(Some("else.localhost"), "/app"), Some("app"));
+    }
+
+    #[test]
+    fn upstreams_rotate() {
+        let r = Route::new("r".into(), None, "/".into(), vec![], vec!["http://a".parse().unwrap(), "http://b".parse().unwrap()]);
+        let picks: Vec<_> = (0..4).map(|_| r.next_upstream().host_str().unwrap().to_owned()).collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+    }
+}

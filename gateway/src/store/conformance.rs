@@ -1,0 +1,162 @@
+//! The [`TokenStore`] contract as executable checks. Every backend's tests call [`run`] with a
+//! factory returning a fresh, empty store (sharing no state with earlier calls).
+//!
+//! The suite uses real time (short TTLs and polling), because the backends it checks (Redis, a
+//! Raft cluster) keep their own clocks.
+
+use std::time::{Duration, Instant};
+
+use super::{NodeId, PutOutcome, StoreEvent, TokenStore};
+use crate::token::{EntryMeta, SealedEntry, TokenKey, now_millis};
+
+/// Runs every check against stores made by `make`.
+pub async fn run<S: TokenStore, F: Fn() -> S>(make: F) {
+    missing_key_reads_as_none(&make()).await;
+    newest_version_wins(&make()).await;
+    expired_entries_are_never_returned(&make()).await;
+    stale_fence_cannot_write(&make()).await;
+    refresh_lease_is_exclusive_and_fences_grow(&make()).await;
+    fill_lease_is_exclusive_per_key(&make()).await;
+    versioned_evict_spares_replacements(&make()).await;
+    due_entries_are_the_used_ones_past_refresh_at(&make()).await;
+    changes_are_announced(&make()).await;
+}
+
+/// A sealed entry with the given version and lifetime; content is opaque to stores.
+pub fn entry(version: u64, refresh_in_ms: i64, expires_in_ms: i64) -> SealedEntry {
+    let now = now_millis() as i64;
+    SealedEntry {
+        meta: EntryMeta {
+            client_id: "conformance".into(),
+            token_url: "http://idp.invalid/token".into(),
+            scopes: vec!["read".into()],
+            audience: None,
+            granted_scope: None,
+            issued_at: now as u64,
+            expires_at: (now + expires_in_ms) as u64,
+            refresh_at: (now + refresh_in_ms) as u64,
+            version,
+            last_used: now as u64,
+        },
+        key_id: "00000000".into(),
+        ciphertext: vec![version as u8; 40],
+    }
+}
+
+fn key(n: u8) -> TokenKey {
+    TokenKey::from_bytes([n; 32])
+}
+
+async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn missing_key_reads_as_none(s: &impl TokenStore) {
+    assert_eq!(s.get(&key(1)).await.unwrap(), None);
+}
+
+async fn newest_version_wins(s: &impl TokenStore) {
+    let (k, e2, e1) = (key(2), entry(2, 60_000, 120_000), entry(1, 60_000, 120_000));
+    assert_eq!(s.put(&k, e2.clone(), None).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(s.put(&k, e1, None).await.unwrap(), PutOutcome::Stale);
+    assert_eq!(s.put(&k, e2.clone(), None).await.unwrap(), PutOutcome::Stale, "equal version is not newer");
+    assert_eq!(s.get(&k).await.unwrap(), Some(e2));
+    let e3 = entry(3, 60_000, 120_000);
+    assert_eq!(s.put(&k, e3.clone(), None).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(s.get(&k).await.unwrap(), Some(e3));
+}
+
+async fn expired_entries_are_never_returned(s: &impl TokenStore) {
+    let k = key(3);
+    assert_eq!(s.put(&k, entry(1, 100, 300), None).await.unwrap(), PutOutcome::Stored);
+    assert!(s.get(&k).await.unwrap().is_some());
+    eventually("the entry expires", async || s.get(&k).await.unwrap().is_none()).await;
+    // An expired entry does not block a new one with a lower version either.
+    assert_eq!(s.put(&k, entry(1, 60_000, 120_000), None).await.unwrap(), PutOutcome::Stored);
+}
+
+async fn stale_fence_cannot_write(s: &impl TokenStore) {
+    let (a, b) = (NodeId::random(), NodeId::random());
+    let ttl = Duration::from_millis(200);
+    let fa = s.acquire_refresh_lease(&a, ttl).await.unwrap().expect("free lease is granted");
+    eventually("b takes over a's lapsed lease", async || {
+        s.acquire_refresh_lease(&b, ttl).await.unwrap().is_some()
+    })
+    .await;
+    let fb = s.acquire_refresh_lease(&b, ttl).await.unwrap().expect("b holds it");
+    assert!(fb > fa);
+    let k = key(4);
+    assert_eq!(s.put(&k, entry(5, 60_000, 120_000), Some(fa)).await.unwrap(), PutOutcome::Fenced);
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    assert_eq!(s.put(&k, entry(5, 60_000, 120_000), Some(fb)).await.unwrap(), PutOutcome::Stored);
+}
+
+async fn refresh_lease_is_exclusive_and_fences_grow(s: &impl TokenStore) {
+    let (a, b) = (NodeId::random(), NodeId::random());
+    let ttl = Duration::from_secs(30);
+    let f1 = s.acquire_refresh_lease(&a, ttl).await.unwrap().expect("granted");
+    assert_eq!(s.acquire_refresh_lease(&b, ttl).await.unwrap(), None, "held by a");
+    assert_eq!(s.acquire_refresh_lease(&a, ttl).await.unwrap(), Some(f1), "renewal keeps the fence");
+    s.release_refresh_lease(&b).await.unwrap();
+    assert_eq!(s.acquire_refresh_lease(&b, ttl).await.unwrap(), None, "b cannot release a's lease");
+    s.release_refresh_lease(&a).await.unwrap();
+    let f2 = s.acquire_refresh_lease(&b, ttl).await.unwrap().expect("released lease is free");
+    assert!(f2 > f1);
+}
+
+async fn fill_lease_is_exclusive_per_key(s: &impl TokenStore) {
+    let (a, b) = (NodeId::random(), NodeId::random());
+    let ttl = Duration::from_millis(300);
+    assert!(s.try_fill_lease(&key(5), &a, ttl).await.unwrap());
+    assert!(!s.try_fill_lease(&key(5), &b, ttl).await.unwrap());
+    assert!(s.try_fill_lease(&key(6), &b, ttl).await.unwrap(), "other keys are independent");
+    s.release_fill_lease(&key(5), &b).await.unwrap();
+    assert!(!s.try_fill_lease(&key(5), &b, ttl).await.unwrap(), "only the holder releases");
+    s.release_fill_lease(&key(5), &a).await.unwrap();
+    assert!(s.try_fill_lease(&key(5), &b, ttl).await.unwrap());
+    eventually("b's fill lease lapses", async || s.try_fill_lease(&key(5), &a, ttl).await.unwrap()).await;
+}
+
+async fn versioned_evict_spares_replacements(s: &impl TokenStore) {
+    let k = key(7);
+    s.put(&k, entry(2, 60_000, 120_000), None).await.unwrap();
+    assert!(!s.evict(&k, Some(1)).await.unwrap());
+    assert!(s.get(&k).await.unwrap().is_some());
+    assert!(s.evict(&k, Some(2)).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    s.put(&k, entry(3, 60_000, 120_000), None).await.unwrap();
+    assert!(s.evict(&k, None).await.unwrap());
+    assert!(!s.evict(&k, None).await.unwrap());
+}
+
+async fn due_entries_are_the_used_ones_past_refresh_at(s: &impl TokenStore) {
+    let now = now_millis();
+    let mut idle = entry(1, -10, 60_000);
+    idle.meta.last_used = now - 600_000;
+    s.put(&key(8), entry(1, -20, 60_000), None).await.unwrap();
+    s.put(&key(9), entry(1, 30_000, 60_000), None).await.unwrap();
+    s.put(&key(10), idle, None).await.unwrap();
+    s.put(&key(11), entry(1, -10, 60_000), None).await.unwrap();
+    let due = s.due_for_refresh(now_millis(), now - 60_000, 10).await.unwrap();
+    assert_eq!(due, [key(8), key(11)], "due and used, soonest first");
+    assert_eq!(s.due_for_refresh(now_millis(), now - 60_000, 1).await.unwrap(), [key(8)]);
+    s.touch(&[(key(10), now_millis())]).await.unwrap();
+    let due = s.due_for_refresh(now_millis(), now - 60_000, 10).await.unwrap();
+    assert!(due.contains(&key(10)), "a touched entry counts as used");
+}
+
+async fn changes_are_announced(s: &impl TokenStore) {
+    let mut rx = s.subscribe();
+    let k = key(12);
+    s.put(&k, entry(4, 60_000, 120_000), None).await.unwrap();
+    s.evict(&k, None).await.unwrap();
+    let next = async |rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>| {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event within 5s").unwrap()
+    };
+    assert_eq!(next(&mut rx).await, StoreEvent::Stored { key: k, version: 4 });
+    assert_eq!(next(&mut rx).await, StoreEvent::Evicted { key: k });
+}

@@ -1,0 +1,182 @@
+//! The node-local store: one process is the whole fleet.
+//!
+//! Operations are short and never await, so a plain mutex is the simplest correct choice; the
+//! request path does not come here on a hit (the L1 in front serves it).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use super::{FencingToken, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
+use crate::token::{SealedEntry, TokenKey, UnixMillis, now_millis};
+
+/// Events a slow subscriber may fall behind by before it must re-read.
+const EVENT_BUFFER: usize = 1024;
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<TokenKey, SealedEntry>,
+    fill_leases: HashMap<TokenKey, (NodeId, Instant)>,
+    refresh_lease: Option<(NodeId, Instant, FencingToken)>,
+    /// Last fence granted; fences only grow.
+    fence: u64,
+}
+
+/// In-process [`TokenStore`].
+pub struct MemoryStore {
+    state: Mutex<State>,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self { state: Mutex::new(State::default()), events: broadcast::channel(EVENT_BUFFER).0 }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("memory store lock poisoned")
+    }
+
+    fn announce(&self, event: StoreEvent) {
+        // No subscriber is fine: nobody needs telling.
+        let _ = self.events.send(event);
+    }
+}
+
+impl TokenStore for MemoryStore {
+    async fn get(&self, key: &TokenKey) -> Result<Option<SealedEntry>, StoreError> {
+        let mut st = self.state();
+        let now = now_millis();
+        match st.entries.get(key) {
+            Some(e) if e.meta.expires_at > now => Ok(Some(e.clone())),
+            Some(_) => {
+                st.entries.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, key: &TokenKey, entry: SealedEntry, fence: Option<FencingToken>) -> Result<PutOutcome, StoreError> {
+        let version = entry.meta.version;
+        {
+            let mut st = self.state();
+            if fence.is_some_and(|f| f.0 < st.fence) {
+                return Ok(PutOutcome::Fenced);
+            }
+            if st.entries.get(key).is_some_and(|cur| cur.meta.version >= version && cur.meta.expires_at > now_millis()) {
+                return Ok(PutOutcome::Stale);
+            }
+            st.entries.insert(*key, entry);
+        }
+        self.announce(StoreEvent::Stored { key: *key, version });
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
+        let removed = {
+            let mut st = self.state();
+            match st.entries.get(key) {
+                Some(cur) if version.is_none_or(|v| v == cur.meta.version) => st.entries.remove(key).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.announce(StoreEvent::Evicted { key: *key });
+        }
+        Ok(removed)
+    }
+
+    async fn try_fill_lease(&self, key: &TokenKey, holder: &NodeId, ttl: Duration) -> Result<bool, StoreError> {
+        let mut st = self.state();
+        let now = Instant::now();
+        match st.fill_leases.get(key) {
+            Some((h, until)) if *until > now && h != holder => Ok(false),
+            _ => {
+                st.fill_leases.insert(*key, (holder.clone(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_fill_lease(&self, key: &TokenKey, holder: &NodeId) -> Result<(), StoreError> {
+        let mut st = self.state();
+        if st.fill_leases.get(key).is_some_and(|(h, _)| h == holder) {
+            st.fill_leases.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn acquire_refresh_lease(&self, holder: &NodeId, ttl: Duration) -> Result<Option<FencingToken>, StoreError> {
+        let mut st = self.state();
+        let now = Instant::now();
+        match &st.refresh_lease {
+            Some((h, until, fence)) if h == holder && *until > now => {
+                let fence = *fence;
+                st.refresh_lease = Some((holder.clone(), now + ttl, fence));
+                Ok(Some(fence))
+            }
+            Some((_, until, _)) if *until > now => Ok(None),
+            _ => {
+                st.fence += 1;
+                let fence = FencingToken(st.fence);
+                st.refresh_lease = Some((holder.clone(), now + ttl, fence));
+                Ok(Some(fence))
+            }
+        }
+    }
+
+    async fn release_refresh_lease(&self, holder: &NodeId) -> Result<(), StoreError> {
+        let mut st = self.state();
+        if st.refresh_lease.as_ref().is_some_and(|(h, _, _)| h == holder) {
+            st.refresh_lease = None;
+        }
+        Ok(())
+    }
+
+    async fn due_for_refresh(&self, now: UnixMillis, used_since: UnixMillis, limit: usize) -> Result<Vec<TokenKey>, StoreError> {
+        let mut st = self.state();
+        // The refresher calls this every interval: a good moment to drop expired entries, which
+        // keeps a node-local store bounded by the set of live credentials.
+        st.entries.retain(|_, e| e.meta.expires_at > now);
+        let mut due: Vec<(UnixMillis, TokenKey)> = st
+            .entries
+            .iter()
+            .filter(|(_, e)| e.meta.refresh_at <= now && e.meta.last_used >= used_since)
+            .map(|(k, e)| (e.meta.refresh_at, *k))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, k)| k).collect())
+    }
+
+    async fn touch(&self, uses: &[(TokenKey, UnixMillis)]) -> Result<(), StoreError> {
+        let mut st = self.state();
+        for (key, at) in uses {
+            if let Some(e) = st.entries.get_mut(key) {
+                e.meta.last_used = e.meta.last_used.max(*at);
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn memory_store_meets_the_contract() {
+        super::super::conformance::run(super::MemoryStore::new).await;
+    }
+}

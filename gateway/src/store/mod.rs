@@ -1,0 +1,212 @@
+//! The fleet-wide token store: the seam between the token lifecycle and where tokens are shared.
+//!
+//! # Contract
+//!
+//! Every backend (memory now; Redis and the Raft cache service later) guarantees, and proves by
+//! passing [`conformance::run`]:
+//!
+//! 1. **Ciphertext only.** It stores [`SealedEntry`] values as given; it never sees a token or a
+//!    secret in clear.
+//! 2. **Newest wins.** `put` stores an entry only if no entry with an equal or higher `version`
+//!    is present; otherwise it answers [`PutOutcome::Stale`].
+//! 3. **Fencing.** A `put` or lease carrying a [`FencingToken`] older than the newest fence the
+//!    store has granted is refused ([`PutOutcome::Fenced`]): an ex-leader that was paused or
+//!    partitioned cannot overwrite what the new leader wrote.
+//! 4. **Expiry.** An entry is never returned after its `expires_at`.
+//! 5. **Leases.** At most one holder has the refresh lease at a time; each new grant carries a
+//!    fence strictly greater than every earlier one; a holder renewing keeps its fence. Fill
+//!    leases (fleet-wide single flight) are exclusive per key and lapse after their TTL.
+//! 6. **Events.** Every stored or evicted entry is announced on [`TokenStore::subscribe`] to
+//!    every subscriber (on every node, for shared backends), so L1 caches stay current without
+//!    polling.
+//! 7. **Failure.** Operations fail with [`StoreError::Unavailable`] rather than hang past the
+//!    backend's configured timeout; callers degrade to node-local behaviour.
+
+pub mod conformance;
+pub mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use rand::RngCore;
+use tokio::sync::broadcast;
+
+use crate::token::{SealedEntry, TokenKey, UnixMillis};
+
+pub use memory::MemoryStore;
+
+/// Identifies a gateway node as a lease holder.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// A fresh random id (nodes are stateless; a restarted node is a new holder).
+    pub fn random() -> Self {
+        let mut b = [0u8; 8];
+        rand::rng().fill_bytes(&mut b);
+        Self(b.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+/// A monotonically increasing number handed out with each refresh-lease grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FencingToken(pub u64);
+
+/// What a `put` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored and announced.
+    Stored,
+    /// Not stored: an entry at least as new is present.
+    Stale,
+    /// Not stored: the writer's fence is older than the newest granted.
+    Fenced,
+}
+
+/// A change announced to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// An entry was stored with this version.
+    Stored {
+        /// Which entry.
+        key: TokenKey,
+        /// Its new version.
+        version: u64,
+    },
+    /// An entry was removed.
+    Evicted {
+        /// Which entry.
+        key: TokenKey,
+    },
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or timed out; worth retrying later.
+    #[error("token store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend holds data this node cannot read.
+    #[error("token store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A fleet-wide token store. See the module documentation for the contract.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The entry under `key`, if present and not expired.
+    fn get(&self, key: &TokenKey) -> impl Future<Output = Result<Option<SealedEntry>, StoreError>> + Send;
+
+    /// Stores `entry` if it is newer than what is there and `fence` (if any) is current.
+    fn put(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        fence: Option<FencingToken>,
+    ) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
+
+    /// Removes the entry; with `version`, only if the stored entry has exactly that version (so a
+    /// late eviction of an old token never removes its replacement). Returns whether it removed.
+    fn evict(&self, key: &TokenKey, version: Option<u64>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Takes the per-key fill lease (fleet-wide single flight) if free or already ours.
+    fn try_fill_lease(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Releases a fill lease we hold; a lease held by another is left alone.
+    fn release_fill_lease(&self, key: &TokenKey, holder: &NodeId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes or renews the refresh-leader lease. `Some(fence)` when `holder` now holds it.
+    fn acquire_refresh_lease(
+        &self,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<FencingToken>, StoreError>> + Send;
+
+    /// Gives the refresh lease up (on shutdown), so another node takes over without waiting.
+    fn release_refresh_lease(&self, holder: &NodeId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keys whose `refresh_at` is at or before `now`, still valid, and used at or after
+    /// `used_since`; at most `limit`, soonest first.
+    fn due_for_refresh(
+        &self,
+        now: UnixMillis,
+        used_since: UnixMillis,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TokenKey>, StoreError>> + Send;
+
+    /// Records that entries were used (batched by each node), so the leader knows what is hot.
+    fn touch(&self, uses: &[(TokenKey, UnixMillis)]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Change announcements. A lagging receiver may miss events and must then re-read.
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+}
+
+/// The configured backend. An enum rather than a trait object: dispatch is a match, and the
+/// backends' `async fn`s need no boxing.
+pub enum Store {
+    /// Node-local.
+    Memory(MemoryStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $body:expr) => {
+        match $self {
+            Store::Memory($s) => $body,
+        }
+    };
+}
+
+impl TokenStore for Store {
+    async fn get(&self, key: &TokenKey) -> Result<Option<SealedEntry>, StoreError> {
+        dispatch!(self, s => s.get(key).await)
+    }
+    async fn put(&self, key: &TokenKey, entry: SealedEntry, fence: Option<FencingToken>) -> Result<PutOutcome, StoreError> {
+        dispatch!(self, s => s.put(key, entry, fence).await)
+    }
+    async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.evict(key, version).await)
+    }
+    async fn try_fill_lease(&self, key: &TokenKey, holder: &NodeId, ttl: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.try_fill_lease(key, holder, ttl).await)
+    }
+    async fn release_fill_lease(&self, key: &TokenKey, holder: &NodeId) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release_fill_lease(key, holder).await)
+    }
+    async fn acquire_refresh_lease(&self, holder: &NodeId, ttl: Duration) -> Result<Option<FencingToken>, StoreError> {
+        dispatch!(self, s => s.acquire_refresh_lease(holder, ttl).await)
+    }
+    async fn release_refresh_lease(&self, holder: &NodeId) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release_refresh_lease(holder).await)
+    }
+    async fn due_for_refresh(&self, now: UnixMillis, used_since: UnixMillis, limit: usize) -> Result<Vec<TokenKey>, StoreError> {
+        dispatch!(self, s => s.due_for_refresh(now, used_since, limit).await)
+    }
+    async fn touch(&self, uses: &[(TokenKey, UnixMillis)]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.touch(uses).await)
+    }
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        dispatch!(self, s => s.subscribe())
+    }
+}

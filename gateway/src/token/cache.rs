@@ -1,0 +1,383 @@
+//! The token lookup path: L1 → shared store → IdP (DESIGN.md, token lifecycle steps 3, 4, 6).
+//!
+//! A hit in the L1 (a lock-free map of decrypted entries) makes no network round trip and takes
+//! no lock. On a miss, one fill per key runs on this node (single flight: concurrent callers
+//! await the same task), and the fill takes a short per-key lease in the shared store so that one
+//! node per fleet asks the IdP while the others wait for the entry to appear.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::entry::{EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time};
+use super::idp::{IdpClient, IdpError};
+use super::key::{FleetKey, TokenKey};
+use super::seal::{seal, unseal};
+use super::TokenRequest;
+use crate::store::{FencingToken, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore};
+
+/// A fill lease outlives one IdP attempt with retries; if its holder dies, the others take over
+/// after this long.
+const FILL_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often a node waiting on another node's fill re-reads the store (besides events).
+const FILL_POLL: Duration = Duration::from_millis(100);
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<TokenEntry>, IdpError>>>;
+
+/// The node's token cache. Cheap to share: wrap it in an `Arc`.
+pub struct TokenCache {
+    fleet: FleetKey,
+    node: NodeId,
+    store: Store,
+    idp: IdpClient,
+    l1: papaya::HashMap<TokenKey, Arc<TokenEntry>>,
+    /// Keys whose credentials the IdP called `invalid_client`, until when.
+    negative: papaya::HashMap<TokenKey, UnixMillis>,
+    flights: Mutex<HashMap<TokenKey, Flight>>,
+    store_degraded: AtomicBool,
+    tasks: TaskTracker,
+}
+
+impl TokenCache {
+    /// A cache over `store`, deriving and sealing with `fleet`.
+    pub fn new(fleet: FleetKey, store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            fleet,
+            node: NodeId::random(),
+            store,
+            idp: IdpClient::new(),
+            l1: papaya::HashMap::new(),
+            negative: papaya::HashMap::new(),
+            flights: Mutex::new(HashMap::new()),
+            store_degraded: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// The fleet key (for deriving [`TokenKey`]s).
+    pub fn fleet(&self) -> &FleetKey {
+        &self.fleet
+    }
+
+    /// This node's lease-holder id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The shared store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether the shared store is currently failing (service continues from L1).
+    pub fn store_degraded(&self) -> bool {
+        self.store_degraded.load(Ordering::Relaxed)
+    }
+
+    /// The hot path: a servable L1 entry, without any await, lock or network call.
+    #[inline]
+    pub fn cached(&self, key: &TokenKey, now: UnixMillis) -> Option<Arc<TokenEntry>> {
+        let l1 = self.l1.pin();
+        let entry = l1.get(key).filter(|e| e.meta.is_servable(now))?;
+        entry.touch(now);
+        Some(Arc::clone(entry))
+    }
+
+    /// A servable token for `key`: from L1, the shared store, or the IdP. `spec` is called only
+    /// on a miss. An `invalid_client` answer is remembered for `negative_ttl`.
+    pub async fn get(
+        self: &Arc<Self>,
+        key: &TokenKey,
+        spec: impl FnOnce() -> TokenRequest,
+        negative_ttl: Duration,
+    ) -> Result<Arc<TokenEntry>, IdpError> {
+        let now = now_millis();
+        if let Some(e) = self.cached(key, now) {
+            return Ok(e);
+        }
+        if self.negative.pin().get(key).is_some_and(|until| *until > now) {
+            return Err(IdpError::InvalidClient);
+        }
+        let flight = {
+            let mut flights = self.flights.lock().expect("flight map poisoned");
+            match flights.get(key) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.start_fill(*key, spec(), negative_ttl);
+                    flights.insert(*key, f.clone());
+                    f
+                }
+            }
+        };
+        flight.await
+    }
+
+    /// Starts the one fill for `key`. It runs as its own task, so a caller that gives up does not
+    /// cancel it for the callers still waiting.
+    fn start_fill(self: &Arc<Self>, key: TokenKey, spec: TokenRequest, negative_ttl: Duration) -> Flight {
+        let this = Arc::clone(self);
+        let task = self.tasks.spawn(async move {
+            let result = this.fill(&key, spec).await;
+            if matches!(result, Err(IdpError::InvalidClient)) {
+                this.negative.pin().insert(key, now_millis() + negative_ttl.as_millis() as u64);
+            }
+            this.flights.lock().expect("flight map poisoned").remove(&key);
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|_| Err(IdpError::Protocol("token fill task failed".into())))
+        }
+        .boxed()
+        .shared()
+    }
+
+    async fn fill(&self, key: &TokenKey, spec: TokenRequest) -> Result<Arc<TokenEntry>, IdpError> {
+        let mut events = self.store.subscribe();
+        if let Some(e) = self.read_store(key).await {
+            return Ok(e);
+        }
+        let leased = match self.store.try_fill_lease(key, &self.node, FILL_LEASE_TTL).await {
+            Ok(leased) => self.store_ok(leased),
+            // Store down: per-node single flight is all we have; fetch ourselves.
+            Err(e) => self.store_failed(e, true),
+        };
+        if !leased {
+            if let Some(e) = self.await_other_fill(key, &mut events).await {
+                return Ok(e);
+            }
+            tracing::debug!(key = %key, "fill lease holder did not deliver; fetching ourselves");
+        }
+        let result = self.fetch_and_store(key, spec, None, None).await;
+        if leased {
+            let _ = self.store.release_fill_lease(key, &self.node).await;
+        }
+        result
+    }
+
+    /// Waits (bounded) for another node's fill of `key` to appear in the store.
+    async fn await_other_fill(
+        &self,
+        key: &TokenKey,
+        events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+    ) -> Option<Arc<TokenEntry>> {
+        let deadline = tokio::time::Instant::now() + FILL_LEASE_TTL;
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(StoreEvent::Stored { key: k, .. }) if k == *key => {}
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => tokio::time::sleep(FILL_POLL).await,
+                },
+                () = tokio::time::sleep(FILL_POLL) => {}
+            }
+            if let Some(e) = self.read_store(key).await {
+                return Some(e);
+            }
+            // The holder may have died: once its lease lapses, the fill is ours.
+            if self.store.try_fill_lease(key, &self.node, FILL_LEASE_TTL).await.unwrap_or(true) {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Reads, opens and installs a servable entry from the shared store.
+    async fn read_store(&self, key: &TokenKey) -> Option<Arc<TokenEntry>> {
+        let sealed = match self.store.get(key).await {
+            Ok(s) => self.store_ok(s)?,
+            Err(e) => return self.store_failed(e, None),
+        };
+        match unseal(&self.fleet, key, &sealed) {
+            Ok(entry) if entry.meta.is_servable(now_millis()) => Some(self.install(key, Arc::new(entry))),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "cannot open cached entry; fetching a new token");
+                None
+            }
+        }
+    }
+
+    /// Asks the IdP for a token and stores it. `prev` is the entry being renewed, `fence` the
+    /// refresh leader's fence.
+    async fn fetch_and_store(
+        &self,
+        key: &TokenKey,
+        spec: TokenRequest,
+        prev: Option<&EntryMeta>,
+        fence: Option<FencingToken>,
+    ) -> Result<Arc<TokenEntry>, IdpError> {
+        let issued = self.idp.fetch(&spec).await?;
+        let claims = jwt_claims(issued.access_token.expose());
+        let lifetime_ms = match (issued.expires_in, claims.as_ref().and_then(|c| c.get("exp")?.as_u64())) {
+            (Some(d), _) => d.as_millis() as u64,
+            (None, Some(exp)) => (exp * 1000).saturating_sub(issued.issued_at),
+            (None, None) => spec.default_lifetime.as_millis() as u64,
+        };
+        let expires_at = issued.issued_at + lifetime_ms;
+        let now = now_millis();
+        let meta = EntryMeta {
+            client_id: spec.client_id.clone(),
+            token_url: spec.token_url.to_string(),
+            scopes: spec.scopes.clone(),
+            audience: spec.audience.clone(),
+            granted_scope: issued.scope,
+            issued_at: issued.issued_at,
+            expires_at,
+            refresh_at: refresh_time(issued.issued_at, expires_at),
+            version: prev.map_or(issued.issued_at, |p| (p.version + 1).max(issued.issued_at)),
+            last_used: prev.map_or(now, |p| p.last_used),
+        };
+        if !meta.is_servable(now) {
+            return Err(IdpError::Protocol("token expires too soon to be used".into()));
+        }
+        let entry = TokenEntry::new(meta, EntrySecrets { access_token: issued.access_token, spec })
+            .map_err(|_| IdpError::Protocol("access_token is not a valid header value".into()))?;
+        let entry = Arc::new(entry);
+        match self.store.put(key, seal(&self.fleet, key, &entry), fence).await {
+            Ok(PutOutcome::Fenced) => {
+                // A newer leader exists: our token is valid but must not replace its write.
+                tracing::info!(key = %key, "refresh result discarded: lease fenced off");
+                return Ok(entry);
+            }
+            Ok(_) => self.store_ok(()),
+            Err(e) => self.store_failed(e, ()),
+        }
+        Ok(self.install(key, entry))
+    }
+
+    /// Puts `entry` in the L1 unless a newer one is there; returns the one now current.
+    fn install(&self, key: &TokenKey, entry: Arc<TokenEntry>) -> Arc<TokenEntry> {
+        let l1 = self.l1.pin();
+        match l1.get(key) {
+            Some(cur) if cur.meta.version >= entry.meta.version => Arc::clone(cur),
+            _ => {
+                l1.insert(*key, Arc::clone(&entry));
+                entry
+            }
+        }
+    }
+
+    /// Drops the token for `key` fleet-wide (e.g. after an upstream 401). With `version`, only
+    /// that version: a replacement fetched meanwhile survives.
+    pub async fn evict(&self, key: &TokenKey, version: Option<u64>) {
+        {
+            let l1 = self.l1.pin();
+            if l1.get(key).is_some_and(|cur| version.is_none_or(|v| v == cur.meta.version)) {
+                l1.remove(key);
+            }
+        }
+        if let Err(e) = self.store.evict(key, version).await {
+            self.store_failed(e, ());
+        }
+    }
+
+    fn store_ok<T>(&self, value: T) -> T {
+        if self.store_degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("token store reachable again");
+        }
+        value
+    }
+
+    /// Logs a store failure once per outage (not once per request) and returns `fallback`.
+    fn store_failed<T>(&self, error: StoreError, fallback: T) -> T {
+        if !self.store_degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "token store unavailable; serving from L1 and fetching per node");
+        }
+        fallback
+    }
+
+    /// Starts the node's background work: the refresher, the L1 updater and the usage reporter.
+    /// All of it ends when `shutdown` is cancelled; await [`TokenCache::closed`] after that.
+    pub fn spawn_background(self: &Arc<Self>, refresh: crate::config::RefreshConfig, shutdown: CancellationToken) {
+        self.tasks.spawn(super::refresher::run(Arc::clone(self), refresh.clone(), shutdown.clone()));
+        self.tasks.spawn(Arc::clone(self).follow_store(shutdown.clone()));
+        self.tasks.spawn(Arc::clone(self).report_usage(refresh.interval, shutdown));
+    }
+
+    /// Waits for every task this cache started (call after cancelling their shutdown token).
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Keeps the L1 in step with the store: newer versions written by other nodes (or by the
+    /// refresher) replace ours, evictions remove ours.
+    async fn follow_store(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.store.subscribe();
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                ev = events.recv() => ev,
+            };
+            match event {
+                Ok(StoreEvent::Stored { key, version }) => {
+                    let stale = self.l1.pin().get(&key).is_some_and(|cur| cur.meta.version < version);
+                    if stale {
+                        self.read_store(&key).await;
+                    }
+                }
+                Ok(StoreEvent::Evicted { key }) => {
+                    self.l1.pin().remove(&key);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "store events lagged; re-reading cached keys");
+                    let keys: Vec<TokenKey> = self.l1.pin().keys().copied().collect();
+                    for key in keys {
+                        if self.read_store(&key).await.is_none() {
+                            self.l1.pin().remove(&key);
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Reports which entries this node used, so the refresh leader (maybe another node) keeps
+    /// them fresh; also sweeps expired L1 and negative entries.
+    async fn report_usage(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut reported_until = 0;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = now_millis();
+            let uses: Vec<(TokenKey, UnixMillis)> = {
+                let l1 = self.l1.pin();
+                l1.retain(|_, e| e.meta.expires_at > now);
+                l1.iter().filter(|(_, e)| e.last_used() > reported_until).map(|(k, e)| (*k, e.last_used())).collect()
+            };
+            self.negative.pin().retain(|_, until| *until > now);
+            if uses.is_empty() {
+                continue;
+            }
+            match self.store.touch(&uses).await {
+                Ok(()) => reported_until = self.store_ok(now),
+                Err(e) => self.store_failed(e, ()),
+            }
+        }
+    }
+
+    /// Renews one entry as the refresh leader holding `fence`.
+    pub(super) async fn refresh(&self, key: &TokenKey, fence: FencingToken) -> Result<(), IdpError> {
+        let sealed = match self.store.get(key).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(e) => return self.store_failed(e, Ok(())),
+        };
+        let current = unseal(&self.fleet, key, &sealed)
+            .map_err(|e| IdpError::Protocol(format!("cannot open entry to refresh: {e}")))?;
+        let spec = current.secrets.spec.clone();
+        self.fetch_and_store(key, spec, Some(&current.meta), Some(fence)).await.map(|_| ())
+    }
+}

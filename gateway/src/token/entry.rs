@@ -1,0 +1,161 @@
+//! Cached tokens: the metadata every node and operator may see, and the decrypted entry an L1
+//! holds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::TokenRequest;
+use crate::config::Secret;
+
+/// Milliseconds since the Unix epoch. Entries cross nodes, so times are wall-clock, not
+/// `Instant`s.
+pub type UnixMillis = u64;
+
+/// The current wall-clock time.
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Refresh happens between these fractions of a token's lifetime. The window leaves a quarter of
+/// the lifetime for leader failover plus IdP latency; the jitter keeps tokens issued together
+/// from being refreshed in one burst.
+pub const REFRESH_WINDOW: (f64, f64) = (0.75, 0.80);
+
+/// A token is not handed out when it has less than this left: it must survive its trip to the
+/// upstream and the upstream's own clock skew.
+pub const MIN_REMAINING: Duration = Duration::from_secs(1);
+
+/// What anyone may know about an entry: no token, no secret. Stored in clear beside the sealed
+/// part so that listings (`cachectl ls`) need no key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// The OAuth2 client id (not a secret).
+    pub client_id: String,
+    /// The token endpoint.
+    pub token_url: String,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Requested audience.
+    pub audience: Option<String>,
+    /// Scope granted by the IdP, when it said.
+    pub granted_scope: Option<String>,
+    /// When the IdP issued the token.
+    pub issued_at: UnixMillis,
+    /// When the token stops being valid.
+    pub expires_at: UnixMillis,
+    /// When the refresh leader should renew it.
+    pub refresh_at: UnixMillis,
+    /// Increases with every renewal; stores keep only the newest.
+    pub version: u64,
+    /// Last time a node served it (approximate; used to stop refreshing idle entries).
+    pub last_used: UnixMillis,
+}
+
+impl EntryMeta {
+    /// Whether the token may still be handed out at `now`.
+    pub fn is_servable(&self, now: UnixMillis) -> bool {
+        now + (MIN_REMAINING.as_millis() as u64) < self.expires_at
+    }
+}
+
+/// Picks `refresh_at` for a token issued at `issued_at` and expiring at `expires_at`.
+pub fn refresh_time(issued_at: UnixMillis, expires_at: UnixMillis) -> UnixMillis {
+    let lifetime = expires_at.saturating_sub(issued_at) as f64;
+    let fraction = rand::rng().random_range(REFRESH_WINDOW.0..REFRESH_WINDOW.1);
+    issued_at + (lifetime * fraction) as u64
+}
+
+/// The secret half of an entry: sealed before it leaves the node.
+#[derive(Serialize, Deserialize)]
+pub struct EntrySecrets {
+    /// The access token.
+    pub access_token: Secret,
+    /// How to obtain the token again.
+    pub spec: TokenRequest,
+}
+
+/// A decrypted entry, as the L1 holds it. Everything a cache hit needs is precomputed.
+pub struct TokenEntry {
+    /// Public metadata.
+    pub meta: EntryMeta,
+    /// Token and refresh spec.
+    pub secrets: EntrySecrets,
+    /// `Bearer <token>`, ready to put on the upstream request (marked sensitive so that
+    /// `http`'s Debug output hides it).
+    pub bearer: HeaderValue,
+    /// The JWT claims, when the token is a JWT.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    last_used: AtomicU64,
+}
+
+impl TokenEntry {
+    /// Builds an entry; fails only if the token contains characters no header may carry.
+    pub fn new(meta: EntryMeta, secrets: EntrySecrets) -> Result<Self, http::header::InvalidHeaderValue> {
+        let mut bearer = HeaderValue::try_from(format!("Bearer {}", secrets.access_token.expose()))?;
+        bearer.set_sensitive(true);
+        let claims = jwt_claims(secrets.access_token.expose()).map(Arc::new);
+        let last_used = AtomicU64::new(meta.last_used);
+        Ok(Self { meta, secrets, bearer, claims, last_used })
+    }
+
+    /// Records a use; one relaxed store, cheap enough for every cache hit.
+    pub fn touch(&self, now: UnixMillis) {
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// Last recorded use.
+    pub fn last_used(&self) -> UnixMillis {
+        self.last_used.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry").field("meta", &self.meta).finish_non_exhaustive()
+    }
+}
+
+/// Reads a JWT's claims without verifying it. The token came straight from the IdP over the
+/// channel we chose, so this is about *reading* what it says (for `forwardHeaders` and `exp`),
+/// not about trusting a caller's token; upstreams verify signatures themselves.
+pub fn jwt_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    jsonwebtoken::dangerous::insecure_decode::<serde_json::Map<String, serde_json::Value>>(token)
+        .ok()
+        .map(|d| d.claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_time_falls_in_the_window() {
+        for _ in 0..100 {
+            let r = refresh_time(1_000, 101_000);
+            assert!((76_000..=81_000).contains(&r), "{r}");
+        }
+    }
+
+    #[test]
+    fn nearly_expired_tokens_are_not_servable() {
+        let meta = EntryMeta {
+            client_id: "c".into(),
+            token_url: "u".into(),
+            scopes: vec![],
+            audience: None,
+            granted_scope: None,
+            issued_at: 0,
+            expires_at: 10_000,
+            refresh_at: 7_500,
+            version: 1,
+            last_used: 0,
+        };
+        assert!(meta.is_servable(8_000));
+        assert!(!meta.is_servable(9_500));
+    }
+}

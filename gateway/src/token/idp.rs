@@ -1,0 +1,328 @@
+//! The client side of an RFC 6749 token endpoint (client credentials grant, §4.4).
+//!
+//! One [`IdpClient`] per node: a pooled HTTP client, bounded jittered retries for failures that
+//! may pass (transport errors, timeouts, 5xx, 429), and a circuit breaker per token endpoint so
+//! that a dead IdP is not hammered by every node's every miss.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rand::Rng;
+use serde::Deserialize;
+
+use super::entry::{UnixMillis, now_millis};
+use super::{AuthMethod, TokenRequest};
+use crate::config::Secret;
+
+/// Largest token response we read; real ones are a few KiB.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// First retry delay; doubled per attempt, with full jitter.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// Longest single retry delay (also caps a server's `Retry-After`).
+const RETRY_CAP: Duration = Duration::from_secs(2);
+/// Consecutive failed calls (each after its retries) that open the breaker.
+const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open breaker fails fast before letting one trial call through.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// A token as the IdP issued it.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// The access token.
+    pub access_token: Secret,
+    /// Granted scope, when the IdP said (RFC 6749 §5.1: omitted means as requested).
+    pub scope: Option<String>,
+    /// When the request was sent: the token cannot be older, so lifetimes count from here.
+    pub issued_at: UnixMillis,
+    /// `expires_in`, when the IdP sent it.
+    pub expires_in: Option<Duration>,
+}
+
+/// Why no token was obtained. Each variant maps to one answer to the caller.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdpError {
+    /// RFC 6749 §5.2 `invalid_client`: the credentials are wrong. Not retried.
+    #[error("the identity provider rejected the client credentials")]
+    InvalidClient,
+    /// Another RFC 6749 §5.2 error (`invalid_scope`, `unauthorized_client`, ...). Not retried.
+    #[error("the identity provider refused the request: {error}")]
+    Refused {
+        /// The OAuth2 error code (a registered token, safe to show).
+        error: String,
+    },
+    /// The IdP cannot be reached or is failing; try again after `retry_after`.
+    #[error("the identity provider is unavailable ({reason})")]
+    Unavailable {
+        /// Short operator-facing cause.
+        reason: String,
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// The IdP answered something that is not an RFC 6749 response.
+    #[error("the identity provider sent an invalid response ({0})")]
+    Protocol(String),
+}
+
+impl IdpError {
+    fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable { reason: reason.into(), retry_after: Duration::from_secs(1) }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: String,
+    token_type: String,
+    #[serde(default)]
+    expires_in: Option<ExpiresIn>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// Some IdPs send `expires_in` as a string; RFC 6749 says number. Accept both.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpiresIn {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    trial_in_flight: bool,
+}
+
+/// The node's client towards every configured token endpoint.
+pub struct IdpClient {
+    http: reqwest::Client,
+    breakers: Mutex<HashMap<String, Breaker>>,
+}
+
+impl Default for IdpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IdpClient {
+    /// A client with a shared connection pool.
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("reqwest client builds with static options");
+        Self { http, breakers: Mutex::new(HashMap::new()) }
+    }
+
+    /// Obtains a token, with retries and the breaker.
+    pub async fn fetch(&self, req: &TokenRequest) -> Result<IssuedToken, IdpError> {
+        let endpoint = req.token_url.as_str().to_owned();
+        self.admit(&endpoint)?;
+        let mut attempt = 0;
+        let result = loop {
+            match self.attempt(req).await {
+                Err((e, server_wait)) if e.is_retryable() && attempt < req.retries => {
+                    let backoff = RETRY_BASE.saturating_mul(1 << attempt.min(10)).min(RETRY_CAP);
+                    let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
+                    tokio::time::sleep(server_wait.map_or(jittered, |w| w.min(RETRY_CAP))).await;
+                    attempt += 1;
+                }
+                other => break other.map_err(|(e, _)| e),
+            }
+        };
+        self.record(&endpoint, &result);
+        result
+    }
+
+    /// Fails fast while the endpoint's breaker is open; lets one trial through after cooldown.
+    fn admit(&self, endpoint: &str) -> Result<(), IdpError> {
+        let mut breakers = self.breakers.lock().expect("breaker lock poisoned");
+        let b = breakers.entry(endpoint.to_owned()).or_default();
+        match b.open_until {
+            Some(until) if Instant::now() < until || b.trial_in_flight => {
+                let retry_after = until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+                Err(IdpError::Unavailable { reason: "circuit open".into(), retry_after })
+            }
+            Some(_) => {
+                b.trial_in_flight = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, endpoint: &str, result: &Result<IssuedToken, IdpError>) {
+        let mut breakers = self.breakers.lock().expect("breaker lock poisoned");
+        let b = breakers.entry(endpoint.to_owned()).or_default();
+        b.trial_in_flight = false;
+        // Only an unreachable or failing IdP counts; a wrong secret says nothing about its health.
+        if matches!(result, Err(IdpError::Unavailable { .. }) | Err(IdpError::Protocol(_))) {
+            b.consecutive_failures += 1;
+            if b.consecutive_failures >= BREAKER_THRESHOLD {
+                if b.open_until.is_none() {
+                    tracing::warn!(token_url = endpoint, "identity provider failing; circuit opened");
+                }
+                b.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
+            }
+        } else {
+            if b.open_until.is_some() {
+                tracing::info!(token_url = endpoint, "identity provider answering again; circuit closed");
+            }
+            *b = Breaker::default();
+        }
+    }
+
+    /// One HTTP exchange. On a retryable error, also returns the server's `Retry-After`.
+    async fn attempt(&self, req: &TokenRequest) -> Result<IssuedToken, (IdpError, Option<Duration>)> {
+        let mut builder = self
+            .http
+            .post(req.token_url.clone())
+            .timeout(req.timeout)
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if req.auth_method == AuthMethod::ClientSecretBasic {
+            builder = builder.header(
+                http::header::AUTHORIZATION,
+                basic_authorization(&req.client_id, req.client_secret.expose()),
+            );
+        }
+        let builder = builder.body(form_body(req));
+        let issued_at = now_millis();
+        let resp = builder.send().await.map_err(|e| {
+            let reason = if e.is_timeout() { "timeout" } else if e.is_connect() { "connect failed" } else { "transport error" };
+            (IdpError::unavailable(reason), None)
+        })?;
+        let status = resp.status();
+        let server_wait = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = read_capped(resp).await.map_err(|e| (e, None))?;
+        if status.is_success() {
+            return parse_success(&body, issued_at).map_err(|e| (e, None));
+        }
+        if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+            let e = IdpError::Unavailable {
+                reason: format!("HTTP {}", status.as_u16()),
+                retry_after: server_wait.unwrap_or(Duration::from_secs(1)),
+            };
+            return Err((e, server_wait));
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(err) if err.error == "invalid_client" => Err((IdpError::InvalidClient, None)),
+            Ok(err) if is_error_code(&err.error) => Err((IdpError::Refused { error: err.error }, None)),
+            _ if status == http::StatusCode::UNAUTHORIZED => Err((IdpError::InvalidClient, None)),
+            _ => Err((IdpError::Protocol(format!("HTTP {} without an RFC 6749 error", status.as_u16())), None)),
+        }
+    }
+}
+
+/// The form body of a client credentials token request (RFC 6749 §4.4.2).
+fn form_body(req: &TokenRequest) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "client_credentials");
+    if !req.scopes.is_empty() {
+        form.append_pair("scope", &req.scopes.join(" "));
+    }
+    if let Some(aud) = &req.audience {
+        form.append_pair("audience", aud);
+    }
+    for (k, v) in &req.params {
+        form.append_pair(k, v);
+    }
+    if req.auth_method == AuthMethod::ClientSecretPost {
+        form.append_pair("client_id", &req.client_id);
+        form.append_pair("client_secret", req.client_secret.expose());
+    }
+    form.finish()
+}
+
+/// RFC 6749 §2.3.1: id and secret are form-urlencoded (Appendix B) before being joined by `:`
+/// and base64-encoded, so ids and secrets containing `:` or non-ASCII survive the trip.
+pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!("Basic {}", BASE64.encode(format!("{}:{}", enc(client_id), enc(client_secret))))
+}
+
+/// RFC 6749 §5.2: `error` is a set of printable ASCII characters without `"` and `\`. We only
+/// pass on codes of that shape, so nothing odd reaches a caller or a log.
+fn is_error_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| (0x20..=0x7E).contains(&b) && b != b'"' && b != b'\\')
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, IdpError> {
+    if resp.content_length().is_some_and(|l| l as usize > MAX_RESPONSE_BYTES) {
+        return Err(IdpError::Protocol("response too large".into()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|_| IdpError::unavailable("response interrupted"))? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(IdpError::Protocol("response too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse_success(body: &[u8], issued_at: UnixMillis) -> Result<IssuedToken, IdpError> {
+    let ok: SuccessBody =
+        serde_json::from_slice(body).map_err(|_| IdpError::Protocol("token response is not RFC 6749 JSON".into()))?;
+    // RFC 6750: we present the token as a bearer token; anything else we cannot use correctly.
+    if !ok.token_type.eq_ignore_ascii_case("bearer") {
+        return Err(IdpError::Protocol(format!("unsupported token_type {:?}", ok.token_type.chars().take(20).collect::<String>())));
+    }
+    if ok.access_token.is_empty() {
+        return Err(IdpError::Protocol("empty access_token".into()));
+    }
+    let expires_in = match ok.expires_in {
+        Some(ExpiresIn::Number(n)) => Some(n),
+        Some(ExpiresIn::Text(t)) => Some(t.trim().parse().map_err(|_| IdpError::Protocol("expires_in is not a number".into()))?),
+        None => None,
+    };
+    Ok(IssuedToken {
+        access_token: Secret::new(ok.access_token),
+        scope: ok.scope,
+        issued_at,
+        expires_in: expires_in.map(Duration::from_secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_encoded_before_base64() {
+        let h = basic_authorization("a:b c", "p+/%");
+        let decoded = BASE64.decode(h.strip_prefix("Basic ").unwrap()).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "a%3Ab+c:p%2B%2F%25");
+    }
+
+    #[test]
+    fn non_bearer_token_type_is_rejected() {
+        let body = br#"{"access_token":"x","token_type":"mac"}"#;
+        assert!(matches!(parse_success(body, 0), Err(IdpError::Protocol(_))));
+        let body = br#"{"access_token":"x","token_type":"Bearer","expires_in":"60"}"#;
+        assert_eq!(parse_success(body, 0).unwrap().expires_in, Some(Duration::from_secs(60)));
+    }
+}

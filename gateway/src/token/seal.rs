@@ -1,0 +1,138 @@
+//! Sealing: entries leave a node only as AES-256-GCM ciphertext under the fleet key.
+//!
+//! The associated data binds a ciphertext to its cache key and to the metadata that decides
+//! whether it is served (version, expiry, refresh time): a party that can write to the shared
+//! store cannot move a token to another key or stretch its life without the seal breaking.
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::entry::{EntryMeta, EntrySecrets, TokenEntry};
+use super::key::{FleetKey, TokenKey};
+
+/// An entry as a shared store holds it: clear metadata, sealed secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedEntry {
+    /// Public metadata.
+    pub meta: EntryMeta,
+    /// Fingerprint of the fleet key that sealed `ciphertext`.
+    pub key_id: String,
+    /// 12-byte nonce followed by the AES-GCM ciphertext and tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Why an entry could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// Sealed under a key this node does not have (a rotated-out or foreign fleet key).
+    #[error("entry sealed under unknown fleet key {0}")]
+    UnknownKey(String),
+    /// Tampered with, truncated, or bound to another key.
+    #[error("entry failed authentication")]
+    Corrupt,
+}
+
+const NONCE_LEN: usize = 12;
+
+fn aad(key: &TokenKey, meta: &EntryMeta) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(32 + 24);
+    aad.extend_from_slice(key.as_bytes());
+    aad.extend_from_slice(&meta.version.to_be_bytes());
+    aad.extend_from_slice(&meta.expires_at.to_be_bytes());
+    aad.extend_from_slice(&meta.refresh_at.to_be_bytes());
+    aad
+}
+
+/// Seals an entry for storage under `key`.
+pub fn seal(fleet: &FleetKey, key: &TokenKey, entry: &TokenEntry) -> SealedEntry {
+    let cipher = Aes256Gcm::new_from_slice(&fleet.seal).expect("32-byte key");
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let plaintext = serde_json::to_vec(&entry.secrets).expect("secrets serialize");
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &aad(key, &entry.meta) })
+        .expect("AES-GCM encryption does not fail for in-memory buffers");
+    let mut ciphertext = nonce.to_vec();
+    ciphertext.extend_from_slice(&ct);
+    SealedEntry { meta: entry.meta.clone(), key_id: fleet.id.clone(), ciphertext }
+}
+
+/// Opens a sealed entry read back from a store.
+pub fn unseal(fleet: &FleetKey, key: &TokenKey, sealed: &SealedEntry) -> Result<TokenEntry, SealError> {
+    if sealed.key_id != fleet.id {
+        return Err(SealError::UnknownKey(sealed.key_id.clone()));
+    }
+    if sealed.ciphertext.len() < NONCE_LEN {
+        return Err(SealError::Corrupt);
+    }
+    let cipher = Aes256Gcm::new_from_slice(&fleet.seal).expect("32-byte key");
+    let (nonce, ct) = sealed.ciphertext.split_at(NONCE_LEN);
+    let plaintext = cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad(key, &sealed.meta) })
+        .map_err(|_| SealError::Corrupt)?;
+    let secrets: EntrySecrets = serde_json::from_slice(&plaintext).map_err(|_| SealError::Corrupt)?;
+    TokenEntry::new(sealed.meta.clone(), secrets).map_err(|_| SealError::Corrupt)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Secret;
+    use crate::token::{AuthMethod, TokenRequest};
+
+    pub(crate) fn sample_entry(version: u64) -> TokenEntry {
+        let meta = EntryMeta {
+            client_id: "svc".into(),
+            token_url: "http://idp/token".into(),
+            scopes: vec!["read".into()],
+            audience: None,
+            granted_scope: None,
+            issued_at: 1,
+            expires_at: u64::MAX / 2,
+            refresh_at: u64::MAX / 4,
+            version,
+            last_used: 1,
+        };
+        let spec = TokenRequest {
+            token_url: "http://idp/token".parse().unwrap(),
+            auth_method: AuthMethod::ClientSecretBasic,
+            client_id: "svc".into(),
+            client_secret: Secret::new("the-client-secret"),
+            scopes: vec!["read".into()],
+            audience: None,
+            params: vec![],
+            default_lifetime: Duration::from_secs(60),
+            timeout: Duration::from_secs(1),
+            retries: 0,
+        };
+        let secrets = EntrySecrets { access_token: Secret::new("the-access-token"), spec };
+        TokenEntry::new(meta, secrets).unwrap()
+    }
+
+    #[test]
+    fn ciphertext_hides_token_and_secret() {
+        let fleet = FleetKey::random();
+        let key = TokenKey::from_bytes([7; 32]);
+        let sealed = seal(&fleet, &key, &sample_entry(1));
+        let stored = serde_json::to_string(&sealed).unwrap();
+        assert!(!stored.contains("the-access-token") && !stored.contains("the-client-secret"));
+        let opened = unseal(&fleet, &key, &sealed).unwrap();
+        assert_eq!(opened.secrets.access_token.expose(), "the-access-token");
+    }
+
+    #[test]
+    fn sealed_entry_cannot_move_to_another_key_or_live_longer() {
+        let fleet = FleetKey::random();
+        let key = TokenKey::from_bytes([7; 32]);
+        let sealed = seal(&fleet, &key, &sample_entry(1));
+        assert!(matches!(unseal(&fleet, &TokenKey::from_bytes([8; 32]), &sealed), Err(SealError::Corrupt)));
+        let mut stretched = sealed.clone();
+        stretched.meta.expires_at += 1;
+        assert!(matches!(unseal(&fleet, &key, &stretched), Err(SealError::Corrupt)));
+        assert!(matches!(unseal(&FleetKey::random(), &key, &sealed), Err(SealError::UnknownKey(_))));
+    }
+}
