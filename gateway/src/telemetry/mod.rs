@@ -14,7 +14,8 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured level.
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_ansi(ansi);
     // A second call (tests embedding several nodes) keeps the first subscriber.
     let _ = match cfg.format {
         LogFormat::Text => builder.try_init(),

@@ -64,8 +64,13 @@ impl EntryMeta {
 }
 
 /// Picks `refresh_at` for a token issued at `issued_at` and expiring at `expires_at`.
+///
+/// The window is taken over the token's *servable* life (it stops being handed out
+/// [`MIN_REMAINING`] before expiry), so the margin left for the refresh is never eaten by that
+/// cut-off, however short the lifetime.
 pub fn refresh_time(issued_at: UnixMillis, expires_at: UnixMillis) -> UnixMillis {
-    let lifetime = expires_at.saturating_sub(issued_at) as f64;
+    let servable_until = expires_at.saturating_sub(MIN_REMAINING.as_millis() as u64);
+    let lifetime = servable_until.saturating_sub(issued_at) as f64;
     let fraction = rand::rng().random_range(REFRESH_WINDOW.0..REFRESH_WINDOW.1);
     issued_at + (lifetime * fraction) as u64
 }
@@ -136,8 +141,9 @@ mod tests {
     #[test]
     fn refresh_time_falls_in_the_window() {
         for _ in 0..100 {
+            // 100 s lifetime, 99 s servable: refresh between 75 % and 80 % of 99 s.
             let r = refresh_time(1_000, 101_000);
-            assert!((76_000..=81_000).contains(&r), "{r}");
+            assert!((75_250..=80_200).contains(&r), "{r}");
         }
     }
 

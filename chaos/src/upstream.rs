@@ -1,0 +1,150 @@
+//! An echo upstream, like traefik/whoami: it answers every request with a JSON description of
+//! what it received (method, path, headers, body size, remote address) and records it.
+//!
+//! - `GET /bytes/N` answers N bytes, to exercise response streaming.
+//! - Any request whose bearer token was passed to [`EchoUpstream::reject_token`] gets 401, as an
+//!   API does for a revoked token.
+//! - [`EchoUpstream::set_delay`] holds every answer, to keep requests in flight.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::serve;
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers in arrival order.
+    pub headers: HeaderMap,
+    /// Body length, counted while streaming.
+    pub body_len: u64,
+}
+
+impl Seen {
+    /// The bearer token it carried.
+    pub fn bearer(&self) -> Option<&str> {
+        self.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+    }
+}
+
+#[derive(Default)]
+struct State {
+    seen: Mutex<Vec<Seen>>,
+    rejected: Mutex<HashSet<String>>,
+    reject_all: std::sync::atomic::AtomicBool,
+    delay: Mutex<Duration>,
+}
+
+/// A running echo upstream. Stops when dropped.
+pub struct EchoUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: CancellationToken,
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl EchoUpstream {
+    /// Starts an echo upstream on a loopback port.
+    pub async fn start() -> Self {
+        let state = Arc::new(State::default());
+        let stop = CancellationToken::new();
+        let s = Arc::clone(&state);
+        let handler: serve::Handler = Arc::new(move |req, remote| {
+            let s = Arc::clone(&s);
+            Box::pin(async move { Some(handle(&s, req, remote).await) })
+        });
+        let addr = serve::start(handler, stop.clone()).await;
+        Self { addr, state, stop }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// From now on, answer 401 to requests bearing `token`.
+    pub fn reject_token(&self, token: &str) {
+        self.state.rejected.lock().unwrap().insert(token.to_owned());
+    }
+
+    /// From now on, answer 401 to every request (`false` to stop).
+    pub fn reject_all(&self, on: bool) {
+        self.state.reject_all.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Hold every answer this long.
+    pub fn set_delay(&self, d: Duration) {
+        *self.state.delay.lock().unwrap() = d;
+    }
+}
+
+async fn handle(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Response<Full<Bytes>> {
+    let (parts, mut body) = req.into_parts();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    let seen = Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path_and_query().map_or("/".into(), |p| p.to_string()),
+        headers: parts.headers.clone(),
+        body_len,
+    };
+    let rejected = state.reject_all.load(std::sync::atomic::Ordering::Relaxed)
+        || seen.bearer().is_some_and(|t| state.rejected.lock().unwrap().contains(t));
+    state.seen.lock().unwrap().push(seen.clone());
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if rejected {
+        let mut resp = Response::new(Full::new(Bytes::from_static(br#"{"error":"invalid_token"}"#)));
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        return resp;
+    }
+    if let Some(n) = seen.path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        return Response::new(Full::new(Bytes::from(vec![b'x'; n])));
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &seen.headers {
+        let entry = headers.entry(name.as_str()).or_insert_with(|| json!([]));
+        entry.as_array_mut().unwrap().push(json!(value.to_str().unwrap_or("<binary>")));
+    }
+    let body = json!({
+        "method": seen.method,
+        "path": seen.path,
+        "headers": headers,
+        "body_len": body_len,
+        "remote": remote.to_string(),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,64 @@
+//! `gateway check-config` and `gateway run` with bad configuration.
+
+use std::process::Stdio;
+
+use crate::support::gateway_command;
+
+#[test]
+fn check_config_lists_every_problem_with_its_key_path() {
+    let yaml = r#"
+listen: 127.0.0.1:8080
+admin: { listen: 127.0.0.1:9090 }
+middlewares:
+  app-creds:
+    clientCredentials: { url: "not a url" }
+  gw-creds:
+    clientCredentials: { url: "http://idp/token", clientId: gw, clientSecret: "env:TOKENGATE_TEST_UNSET_SECRET", authMethod: private_key_jwt }
+routes:
+  - { name: app, match: { pathPrefix: app }, middlewares: [app-creds, missing], upstream: { urls: [] } }
+"#;
+    let (mut cmd, _dir) = gateway_command(&["check-config"], yaml, &[]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for expected in [
+        "middlewares.app-creds.clientCredentials.url: not an http(s) URL",
+        "middlewares.gw-creds.clientCredentials.clientSecret: environment variable TOKENGATE_TEST_UNSET_SECRET is not set",
+        "middlewares.gw-creds.clientCredentials.authMethod: must be client_secret_basic or client_secret_post",
+        "routes[0].match.pathPrefix: must start with /",
+        "routes[0].middlewares[1]: no middleware named \"missing\"",
+        "routes[0].upstream.urls: needs at least one URL",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_config_accepts_the_example_config() {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.example.yaml")).unwrap();
+    let (mut cmd, _dir) = gateway_command(&["check-config"], &example, &[("GW_SECRET", "example-secret")]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn secrets_never_appear_in_config_errors() {
+    let yaml = "listen: 127.0.0.1:8080\nadmin: { listen: 127.0.0.1:9090 }\nfleetKey: too-short-inline-secret\n";
+    let (mut cmd, _dir) = gateway_command(&["check-config"], yaml, &[]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("fleetKey: must be at least 32 bytes"), "{stderr}");
+    assert!(!stderr.contains("too-short-inline-secret"));
+}
+
+#[test]
+fn run_with_a_bad_config_exits_before_binding_anything() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let yaml = format!("listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\nrequestTimeout: soon\n");
+    let (mut cmd, _dir) = gateway_command(&["run", "--config"], &yaml, &[]);
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("requestTimeout:"), "{stderr}");
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("listening"));
+}

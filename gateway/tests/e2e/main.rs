@@ -1,0 +1,8 @@
+//! End-to-end tests: real gateway processes on loopback, with the `chaos` crate's fake IdP and
+//! echo upstream as the parties around them.
+
+mod client_credentials;
+mod config_cli;
+mod lifecycle;
+mod proxy;
+mod support;

@@ -1,0 +1,182 @@
+//! Helpers shared by the end-to-end tests: a real `gateway` process per node, killed when
+//! dropped (even when the test fails), its log captured; and small HTTP and polling helpers.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+/// A gateway process started from the built binary.
+pub struct Node {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    /// The proxy listener.
+    pub proxy: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `yaml` to a temporary file and runs `gateway <args...> <file>`.
+pub fn gateway_command(args: &[&str], yaml: &str, env: &[(&str, &str)]) -> (Command, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(args).arg(&path).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd, dir)
+}
+
+impl Node {
+    /// Starts a node with `yaml` (listeners on port 0) and waits until it listens.
+    pub fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let yaml = format!("log: {{ format: json, level: \"info,tokengate=debug,gateway=debug\" }}\n{yaml}");
+        let (mut cmd, dir) = gateway_command(&["run", "--config"], &yaml, env);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("gateway binary runs");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let log = Arc::clone(&log);
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == "tokengate listening" {
+                            let _ = tx.send((v["proxy"].as_str().unwrap().parse().unwrap(), v["admin"].as_str().unwrap().parse().unwrap()));
+                        }
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let (proxy, admin): (SocketAddr, SocketAddr) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gateway did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Self { child, log, proxy, admin, _dir: dir }
+    }
+
+    /// `http://<proxy><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, ...) with `kill(1)`, keeping the tests free of unsafe code.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `Basic base64(id:secret)`, as the Traefik Hub docs have callers build it.
+pub fn basic(id: &str, secret: &str) -> String {
+    format!("Basic {}", BASE64.encode(format!("{id}:{secret}")))
+}
+
+/// A client that never reuses connections across tests' nodes and has a sane timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+/// Polls `cond` until it holds or `within` passes.
+pub async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The upstream's echo of a proxied request.
+pub async fn echo(resp: reqwest::Response) -> serde_json::Value {
+    assert_eq!(resp.status(), 200, "expected 200 from upstream echo");
+    resp.json().await.unwrap()
+}
+
+/// Single header value from an echo.
+pub fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    echo["headers"][name].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default()
+}
+
+/// A config with one app-level and one gateway-level route to `upstream`.
+/// `cc_extra` is added to the application-level middleware, `gw_method` is the gateway-level one's
+/// `authMethod`.
+pub fn two_modes_with(token_url: &str, upstream: &str, cc_extra: &str, gw_method: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+store: {{ memory: {{}} }}
+middlewares:
+  app-creds:
+    clientCredentials:
+      url: {token_url}
+      scopes: [read]
+      endpointParams: {{ resource: [https://api.example] }}
+      usernameClaim: sub
+      forwardHeaders: {{ Sub: sub, X-Client: client_id }}
+      negativeCacheTtl: 30s
+      {cc_extra}
+  gw-creds:
+    clientCredentials:
+      url: {token_url}
+      clientId: "gw id:+/%"
+      clientSecret: env:GW_SECRET
+      authMethod: {gw_method}
+      audience: https://api.example
+routes:
+  - name: app
+    match: {{ pathPrefix: /app }}
+    middlewares: [app-creds]
+    upstream: {{ urls: [{upstream}] }}
+  - name: internal
+    match: {{ pathPrefix: /internal }}
+    middlewares: [gw-creds]
+    upstream: {{ urls: [{upstream}] }}
+"#
+    )
+}
+
+/// [`two_modes_with`] with the gateway level on `client_secret_post`.
+pub fn two_modes(token_url: &str, upstream: &str, cc_extra: &str) -> String {
+    two_modes_with(token_url, upstream, cc_extra, "client_secret_post")
+}
+
+/// The gateway-level client's secret, with characters that need encoding.
+pub const GW_SECRET: &str = "gw sec:ret+/%=&";
