@@ -114,7 +114,11 @@ impl FakeIdp {
 
     /// Registers (or re-registers) a client.
     pub fn register(&self, client_id: &str, secret: &str) {
-        self.state.clients.lock().unwrap().insert(client_id.to_owned(), secret.to_owned());
+        self.state
+            .clients
+            .lock()
+            .unwrap()
+            .insert(client_id.to_owned(), secret.to_owned());
     }
 
     /// Lifetime of tokens issued from now on.
@@ -139,7 +143,13 @@ impl FakeIdp {
 
     /// Tokens issued to `client_id` so far.
     pub fn issued(&self, client_id: &str) -> u64 {
-        self.state.issued.lock().unwrap().get(client_id).copied().unwrap_or(0)
+        self.state
+            .issued
+            .lock()
+            .unwrap()
+            .get(client_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Tokens issued to anyone so far.
@@ -166,12 +176,17 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
     let path = req.uri().path().to_owned();
     match (req.method().as_str(), path.as_str()) {
         ("GET", "/jwks") => {
-            let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&state.key, Algorithm::RS256).ok()?;
+            let mut jwk =
+                jsonwebtoken::jwk::Jwk::from_encoding_key(&state.key, Algorithm::RS256).ok()?;
             jwk.common.key_id = Some(KID.into());
             Some(json_response(StatusCode::OK, &json!({ "keys": [jwk] })))
         }
         ("POST", "/token") => {
-            let basic = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let basic = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = req.into_body().collect().await.ok()?.to_bytes();
             let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
             let answer = token(state, basic.as_deref(), &form);
@@ -180,17 +195,31 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
             }
             match mode {
                 IdpMode::Unreachable => None,
-                IdpMode::ServerError => Some(json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "temporarily_unavailable"}))),
+                IdpMode::ServerError => Some(json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "temporarily_unavailable"}),
+                )),
                 IdpMode::Healthy => Some(answer()),
             }
         }
-        _ => Some(json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"}))),
+        _ => Some(json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found"}),
+        )),
     }
 }
 
 /// Records the request now; returns how to answer it if the IdP is healthy.
-fn token<'a>(state: &'a State, basic: Option<&str>, form: &'a [(String, String)]) -> impl FnOnce() -> Response<Full<Bytes>> + 'a {
-    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+fn token<'a>(
+    state: &'a State,
+    basic: Option<&str>,
+    form: &'a [(String, String)],
+) -> impl FnOnce() -> Response<Full<Bytes>> + 'a {
+    let get = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let from_basic = basic.and_then(|h| {
         let (scheme, enc) = h.split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("basic") {
@@ -199,10 +228,19 @@ fn token<'a>(state: &'a State, basic: Option<&str>, form: &'a [(String, String)]
         let raw = String::from_utf8(BASE64.decode(enc).ok()?).ok()?;
         let (id, secret) = raw.split_once(':')?;
         // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-        let dec = |s: &str| form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let dec = |s: &str| {
+            form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+        };
         Some((dec(id)?, dec(secret)?))
     });
-    let from_post = get("client_id").map(|id| (id.to_owned(), get("client_secret").unwrap_or_default().to_owned()));
+    let from_post = get("client_id").map(|id| {
+        (
+            id.to_owned(),
+            get("client_secret").unwrap_or_default().to_owned(),
+        )
+    });
     let (auth_method, creds) = match (from_basic, from_post) {
         (Some(c), None) => ("basic", Some(c)),
         (None, Some(c)) => ("post", Some(c)),
@@ -212,7 +250,11 @@ fn token<'a>(state: &'a State, basic: Option<&str>, form: &'a [(String, String)]
     state.seen.lock().unwrap().push(SeenRequest {
         auth_method,
         client_id: creds.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
-        params: form.iter().filter(|(k, _)| k != "client_secret").cloned().collect(),
+        params: form
+            .iter()
+            .filter(|(k, _)| k != "client_secret")
+            .cloned()
+            .collect(),
     });
     move || {
         if auth_method == "both" {
@@ -230,7 +272,11 @@ fn token<'a>(state: &'a State, basic: Option<&str>, form: &'a [(String, String)]
         }
         let lifetime = *state.lifetime.lock().unwrap();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let audience: Vec<&str> = form.iter().filter(|(k, _)| k == "audience" || k == "resource").map(|(_, v)| v.as_str()).collect();
+        let audience: Vec<&str> = form
+            .iter()
+            .filter(|(k, _)| k == "audience" || k == "resource")
+            .map(|(_, v)| v.as_str())
+            .collect();
         let claims = json!({
             "iss": *state.issuer.lock().unwrap(),
             "sub": client_id,
@@ -256,7 +302,10 @@ fn token<'a>(state: &'a State, basic: Option<&str>, form: &'a [(String, String)]
 fn oauth_error(status: StatusCode, code: &str, challenge: Option<&str>) -> Response<Full<Bytes>> {
     let mut resp = json_response(status, &json!({ "error": code }));
     if let Some(c) = challenge {
-        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_str(c).unwrap());
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_str(c).unwrap(),
+        );
     }
     resp
 }
@@ -264,7 +313,13 @@ fn oauth_error(status: StatusCode, code: &str, challenge: Option<&str>) -> Respo
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }

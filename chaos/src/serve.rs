@@ -17,11 +17,15 @@ use tokio_util::sync::CancellationToken;
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// What a double does with one request. `None` closes the connection without an answer.
-pub type Handler = Arc<dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<Option<Response<Full<Bytes>>>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<Option<Response<Full<Bytes>>>> + Send + Sync,
+>;
 
 /// Binds `127.0.0.1:0` and serves until `stop` is cancelled.
 pub async fn start(handler: Handler, stop: CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
         loop {

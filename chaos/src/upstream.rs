@@ -36,7 +36,11 @@ pub struct Seen {
 impl Seen {
     /// The bearer token it carried.
     pub fn bearer(&self) -> Option<&str> {
-        self.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+        self.headers
+            .get(http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")
     }
 }
 
@@ -92,7 +96,9 @@ impl EchoUpstream {
 
     /// From now on, answer 401 to every request (`false` to stop).
     pub fn reject_all(&self, on: bool) {
-        self.state.reject_all.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .reject_all
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Hold every answer this long.
@@ -101,7 +107,11 @@ impl EchoUpstream {
     }
 }
 
-async fn handle(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &State,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Full<Bytes>> {
     let (parts, mut body) = req.into_parts();
     let mut body_len = 0u64;
     while let Some(frame) = body.frame().await {
@@ -112,30 +122,47 @@ async fn handle(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Re
     }
     let seen = Seen {
         method: parts.method.to_string(),
-        path: parts.uri.path_and_query().map_or("/".into(), |p| p.to_string()),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/".into(), |p| p.to_string()),
         headers: parts.headers.clone(),
         body_len,
     };
     let rejected = state.reject_all.load(std::sync::atomic::Ordering::Relaxed)
-        || seen.bearer().is_some_and(|t| state.rejected.lock().unwrap().contains(t));
+        || seen
+            .bearer()
+            .is_some_and(|t| state.rejected.lock().unwrap().contains(t));
     state.seen.lock().unwrap().push(seen.clone());
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     if rejected {
-        let mut resp = Response::new(Full::new(Bytes::from_static(br#"{"error":"invalid_token"}"#)));
+        let mut resp = Response::new(Full::new(Bytes::from_static(
+            br#"{"error":"invalid_token"}"#,
+        )));
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
-        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
         return resp;
     }
-    if let Some(n) = seen.path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = seen
+        .path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         return Response::new(Full::new(Bytes::from(vec![b'x'; n])));
     }
     let mut headers = serde_json::Map::new();
     for (name, value) in &seen.headers {
         let entry = headers.entry(name.as_str()).or_insert_with(|| json!([]));
-        entry.as_array_mut().unwrap().push(json!(value.to_str().unwrap_or("<binary>")));
+        entry
+            .as_array_mut()
+            .unwrap()
+            .push(json!(value.to_str().unwrap_or("<binary>")));
     }
     let body = json!({
         "method": seen.method,
@@ -145,6 +172,9 @@ async fn handle(state: &State, req: Request<Incoming>, remote: SocketAddr) -> Re
         "remote": remote.to_string(),
     });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }

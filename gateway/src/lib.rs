@@ -50,7 +50,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 
     let gateway = Arc::new(Gateway::new(&config, &cache));
     let admin = Admin::new(Arc::clone(&cache));
-    let proxy_handler: proxy::serve::Handler = Arc::new(move |req, remote| Arc::clone(&gateway).handle(req, remote).boxed());
+    let proxy_handler: proxy::serve::Handler =
+        Arc::new(move |req, remote| Arc::clone(&gateway).handle(req, remote).boxed());
     let admin_for_handler = Arc::clone(&admin);
     let admin_handler: proxy::serve::Handler = Arc::new(move |req, _| {
         let resp = admin_for_handler.handle(&req);
@@ -59,14 +60,25 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 
     // The admin listener outlives the proxy's drain so that probes see "draining", not a refusal.
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(proxy::serve(listeners.admin, admin_handler, admin_stop.clone(), config.shutdown_timeout));
+    let admin_task = tokio::spawn(proxy::serve(
+        listeners.admin,
+        admin_handler,
+        admin_stop.clone(),
+        config.shutdown_timeout,
+    ));
     let proxy_stop = shutdown.clone();
     let admin_for_drain = Arc::clone(&admin);
     tokio::spawn(async move {
         proxy_stop.cancelled().await;
         admin_for_drain.set_draining();
     });
-    proxy::serve(listeners.proxy, proxy_handler, shutdown, config.shutdown_timeout).await;
+    proxy::serve(
+        listeners.proxy,
+        proxy_handler,
+        shutdown,
+        config.shutdown_timeout,
+    )
+    .await;
 
     background.cancel();
     cache.closed().await;

@@ -9,7 +9,11 @@ use gateway::proxy::Listeners;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "tokengate: an API gateway for machine-to-machine OAuth2")]
+#[command(
+    name = "gateway",
+    version,
+    about = "tokengate: an API gateway for machine-to-machine OAuth2"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_failed(&config, &e),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             runtime.block_on(run(cfg))
         }
     }
@@ -73,7 +80,9 @@ async fn run(cfg: Config) -> ExitCode {
         tracing::info!(%proxy, %admin, store = ?cfg.store, "tokengate listening");
     }
     if cfg.fleet_key.is_none() {
-        tracing::info!("no fleetKey configured: using a random per-process key (tokens are node-local)");
+        tracing::info!(
+            "no fleetKey configured: using a random per-process key (tokens are node-local)"
+        );
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
@@ -84,7 +93,10 @@ async fn run(cfg: Config) -> ExitCode {
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 async fn signal_on_stop(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

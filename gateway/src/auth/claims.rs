@@ -39,10 +39,19 @@ mod tests {
     fn nested_and_dotted_claims_resolve() {
         let claims: Map<String, Value> =
             serde_json::from_str(r#"{"a":{"b":"deep"},"x.y":"flat","n":3,"l":["p","q"]}"#).unwrap();
-        assert_eq!(lookup(&claims, "a.b").and_then(as_text).as_deref(), Some("deep"));
-        assert_eq!(lookup(&claims, "x.y").and_then(as_text).as_deref(), Some("flat"));
+        assert_eq!(
+            lookup(&claims, "a.b").and_then(as_text).as_deref(),
+            Some("deep")
+        );
+        assert_eq!(
+            lookup(&claims, "x.y").and_then(as_text).as_deref(),
+            Some("flat")
+        );
         assert_eq!(lookup(&claims, "n").and_then(as_text).as_deref(), Some("3"));
-        assert_eq!(lookup(&claims, "l").and_then(as_text).as_deref(), Some("p,q"));
+        assert_eq!(
+            lookup(&claims, "l").and_then(as_text).as_deref(),
+            Some("p,q")
+        );
         assert!(lookup(&claims, "a.c").is_none());
     }
 }

@@ -19,7 +19,9 @@ use http::header::AUTHORIZATION;
 
 use super::{Applied, AuthError, UsedToken, claims, headers};
 use crate::config::{ClientCredentialsConfig, Secret};
-use crate::token::{IdpError, KeyDeriver, TokenCache, TokenEntry, TokenKey, TokenRequest, now_millis};
+use crate::token::{
+    IdpError, KeyDeriver, TokenCache, TokenEntry, TokenKey, TokenRequest, now_millis,
+};
 
 /// A configured `clientCredentials` middleware.
 pub struct ClientCredentials {
@@ -35,11 +37,26 @@ pub struct ClientCredentials {
 impl ClientCredentials {
     /// Builds the middleware named `name`.
     pub fn new(name: &str, cfg: ClientCredentialsConfig, cache: Arc<TokenCache>) -> Self {
-        let deriver =
-            KeyDeriver::new(cache.fleet(), &cfg.token_url, &cfg.scopes, cfg.audience.as_deref(), &cfg.endpoint_params);
-        let gateway_key = cfg.credentials.as_ref().map(|(id, secret)| deriver.key(id, secret.expose()));
+        let deriver = KeyDeriver::new(
+            cache.fleet(),
+            &cfg.token_url,
+            &cfg.scopes,
+            cfg.audience.as_deref(),
+            &cfg.endpoint_params,
+        );
+        let gateway_key = cfg
+            .credentials
+            .as_ref()
+            .map(|(id, secret)| deriver.key(id, secret.expose()));
         let realm = Arc::from(cfg.realm.as_str());
-        Self { name: name.to_owned(), cfg, deriver, gateway_key, realm, cache }
+        Self {
+            name: name.to_owned(),
+            cfg,
+            deriver,
+            gateway_key,
+            realm,
+            cache,
+        }
     }
 
     /// The configured name.
@@ -61,9 +78,10 @@ impl ClientCredentials {
                 None => (*key, self.obtain(key, id, secret.clone()).await?),
             },
             _ => {
-                let (id, secret) = caller_credentials(headers).ok_or_else(|| AuthError::MissingCredentials {
-                    realm: Arc::clone(&self.realm),
-                })?;
+                let (id, secret) =
+                    caller_credentials(headers).ok_or_else(|| AuthError::MissingCredentials {
+                        realm: Arc::clone(&self.realm),
+                    })?;
                 let key = self.deriver.key(&id, &secret);
                 match self.cache.cached(&key, now) {
                     Some(e) => (key, e),
@@ -86,10 +104,21 @@ impl ClientCredentials {
             .as_deref()
             .and_then(|c| claims.and_then(|m| claims::lookup(m, c)))
             .and_then(claims::as_text);
-        Applied { username, token: Some(UsedToken { key, version: entry.meta.version }) }
+        Applied {
+            username,
+            token: Some(UsedToken {
+                key,
+                version: entry.meta.version,
+            }),
+        }
     }
 
-    async fn obtain(&self, key: &TokenKey, client_id: &str, secret: Secret) -> Result<Arc<TokenEntry>, AuthError> {
+    async fn obtain(
+        &self,
+        key: &TokenKey,
+        client_id: &str,
+        secret: Secret,
+    ) -> Result<Arc<TokenEntry>, AuthError> {
         let spec = || TokenRequest {
             token_url: self.cfg.token_url.clone(),
             auth_method: self.cfg.auth_method,
@@ -146,14 +175,24 @@ mod tests {
 
     fn basic(raw: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::try_from(format!("bAsIc {}", BASE64.encode(raw))).unwrap());
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::try_from(format!("bAsIc {}", BASE64.encode(raw))).unwrap(),
+        );
         h
     }
 
     #[test]
     fn basic_credentials_split_at_the_first_colon() {
-        assert_eq!(caller_credentials(&basic("id:se:cr et")), Some(("id".into(), "se:cr et".into())));
-        assert_eq!(caller_credentials(&basic(":secret")), None, "empty client id");
+        assert_eq!(
+            caller_credentials(&basic("id:se:cr et")),
+            Some(("id".into(), "se:cr et".into()))
+        );
+        assert_eq!(
+            caller_credentials(&basic(":secret")),
+            None,
+            "empty client id"
+        );
         assert_eq!(caller_credentials(&basic("no-colon")), None);
         let mut bearer = HeaderMap::new();
         bearer.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));

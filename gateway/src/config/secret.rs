@@ -78,6 +78,9 @@ mod tests {
     #[test]
     fn missing_env_names_the_variable_not_a_value() {
         let err = resolve("env:TOKENGATE_TEST_SURELY_UNSET").unwrap_err();
-        assert_eq!(err, "environment variable TOKENGATE_TEST_SURELY_UNSET is not set");
+        assert_eq!(
+            err,
+            "environment variable TOKENGATE_TEST_SURELY_UNSET is not set"
+        );
     }
 }

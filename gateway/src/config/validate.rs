@@ -23,7 +23,10 @@ struct Issues(Vec<ConfigIssue>);
 
 impl Issues {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue { path: path.into(), message: message.into() });
+        self.0.push(ConfigIssue {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
@@ -47,7 +50,9 @@ impl Issues {
     }
 
     fn secret(&mut self, path: &str, reference: &str) -> Option<super::Secret> {
-        secret::resolve(reference).map_err(|m| self.push(path, m)).ok()
+        secret::resolve(reference)
+            .map_err(|m| self.push(path, m))
+            .ok()
     }
 }
 
@@ -65,11 +70,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             StoreConfig::Memory
         }
     };
-    let fleet_key = raw.fleet_key.as_deref().and_then(|r| issues.secret("fleetKey", r));
-    if let Some(k) = &fleet_key {
-        if k.expose().len() < 32 {
-            issues.push("fleetKey", "must be at least 32 bytes of high-entropy material");
-        }
+    let fleet_key = raw
+        .fleet_key
+        .as_deref()
+        .and_then(|r| issues.secret("fleetKey", r));
+    if fleet_key.as_ref().is_some_and(|k| k.expose().len() < 32) {
+        issues.push(
+            "fleetKey",
+            "must be at least 32 bytes of high-entropy material",
+        );
     }
 
     let refresh = RefreshConfig {
@@ -92,20 +101,30 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             LogFormat::Text
         }
     };
-    let log = LogConfig { format, level: raw.log.level.unwrap_or_else(|| "info".into()) };
+    let log = LogConfig {
+        format,
+        level: raw.log.level.unwrap_or_else(|| "info".into()),
+    };
 
     let declared: Vec<String> = raw.middlewares.keys().cloned().collect();
     let mut middlewares = BTreeMap::new();
     for (name, m) in raw.middlewares {
         match m {
-            RawMiddleware { client_credentials: Some(cc) } => {
+            RawMiddleware {
+                client_credentials: Some(cc),
+            } => {
                 let path = format!("middlewares.{name}.clientCredentials");
                 if let Some(cfg) = client_credentials(&mut issues, &path, cc) {
                     middlewares.insert(name, MiddlewareConfig::ClientCredentials(cfg));
                 }
             }
-            RawMiddleware { client_credentials: None } => {
-                issues.push(format!("middlewares.{name}"), "names no middleware kind (expected clientCredentials)");
+            RawMiddleware {
+                client_credentials: None,
+            } => {
+                issues.push(
+                    format!("middlewares.{name}"),
+                    "names no middleware kind (expected clientCredentials)",
+                );
             }
         }
     }
@@ -115,7 +134,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     for (i, r) in raw.routes.into_iter().enumerate() {
         let path = format!("routes[{i}]");
         if let Some(prev) = seen_names.insert(r.name.clone(), i) {
-            issues.push(format!("{path}.name"), format!("{:?} is also routes[{prev}]", r.name));
+            issues.push(
+                format!("{path}.name"),
+                format!("{:?} is also routes[{prev}]", r.name),
+            );
         }
         if let Some(route) = route(&mut issues, &path, r, &declared) {
             routes.push(route);
@@ -152,14 +174,22 @@ fn client_credentials(
             if id.is_empty() {
                 issues.push(format!("{path}.clientId"), "is empty");
             }
-            issues.secret(&format!("{path}.clientSecret"), &secret).map(|s| (id, s))
+            issues
+                .secret(&format!("{path}.clientSecret"), &secret)
+                .map(|s| (id, s))
         }
         (Some(_), None) => {
-            issues.push(format!("{path}.clientSecret"), "is required when clientId is set");
+            issues.push(
+                format!("{path}.clientSecret"),
+                "is required when clientId is set",
+            );
             None
         }
         (None, Some(_)) => {
-            issues.push(format!("{path}.clientId"), "is required when clientSecret is set");
+            issues.push(
+                format!("{path}.clientId"),
+                "is required when clientSecret is set",
+            );
             None
         }
     };
@@ -177,8 +207,15 @@ fn client_credentials(
     let mut scopes = cc.scopes;
     for (i, s) in scopes.iter().enumerate() {
         // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-        if s.is_empty() || !s.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)) {
-            issues.push(format!("{path}.scopes[{i}]"), "not a valid scope token (RFC 6749 §3.3)");
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+        {
+            issues.push(
+                format!("{path}.scopes[{i}]"),
+                "not a valid scope token (RFC 6749 §3.3)",
+            );
         }
     }
     scopes.sort();
@@ -196,7 +233,9 @@ fn client_credentials(
         }
         match v {
             StringOrList::One(v) => endpoint_params.push((k, v)),
-            StringOrList::Many(vs) => endpoint_params.extend(vs.into_iter().map(|v| (k.clone(), v))),
+            StringOrList::Many(vs) => {
+                endpoint_params.extend(vs.into_iter().map(|v| (k.clone(), v)))
+            }
         }
     }
     endpoint_params.sort();
@@ -208,16 +247,25 @@ fn client_credentials(
                 format!("{path}.forwardHeaders.{header}"),
                 "cannot be set from a claim (it is managed by the gateway)",
             ),
-            Err(_) => issues.push(format!("{path}.forwardHeaders.{header}"), "not a valid header name"),
+            Err(_) => issues.push(
+                format!("{path}.forwardHeaders.{header}"),
+                "not a valid header name",
+            ),
         }
     }
     let default_token_lifetime = cc.default_token_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
     if default_token_lifetime.as_secs() < 1 {
-        issues.push(format!("{path}.defaultTokenLifetime"), "must be at least 1s");
+        issues.push(
+            format!("{path}.defaultTokenLifetime"),
+            "must be at least 1s",
+        );
     }
     let realm = cc.realm.unwrap_or_else(|| "tokengate".into());
     if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
-        issues.push(format!("{path}.realm"), "must not contain quotes, backslashes or control characters");
+        issues.push(
+            format!("{path}.realm"),
+            "must not contain quotes, backslashes or control characters",
+        );
     }
     if issues.0.len() != before {
         return None;
@@ -242,28 +290,39 @@ fn client_credentials(
 /// Headers that a claim must never set: the gateway owns them.
 fn is_reserved_header(h: &HeaderName) -> bool {
     use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-    [AUTHORIZATION, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION].contains(h)
+    [
+        AUTHORIZATION,
+        HOST,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+    ]
+    .contains(h)
         || h.as_str().starts_with("x-forwarded-")
 }
 
-fn route(
-    issues: &mut Issues,
-    path: &str,
-    r: RawRoute,
-    declared: &[String],
-) -> Option<RouteConfig> {
+fn route(issues: &mut Issues, path: &str, r: RawRoute, declared: &[String]) -> Option<RouteConfig> {
     let before = issues.0.len();
     let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".into());
     if !path_prefix.starts_with('/') {
         issues.push(format!("{path}.match.pathPrefix"), "must start with /");
     }
     let host = r.matcher.host.map(|h| h.to_ascii_lowercase());
-    if host.as_deref().is_some_and(|h| h.is_empty() || h.contains(['/', ' ', ':'])) {
-        issues.push(format!("{path}.match.host"), "must be a bare host name (no scheme, port or path)");
+    if host
+        .as_deref()
+        .is_some_and(|h| h.is_empty() || h.contains(['/', ' ', ':']))
+    {
+        issues.push(
+            format!("{path}.match.host"),
+            "must be a bare host name (no scheme, port or path)",
+        );
     }
     for (i, m) in r.middlewares.iter().enumerate() {
         if !declared.contains(m) {
-            issues.push(format!("{path}.middlewares[{i}]"), format!("no middleware named {m:?}"));
+            issues.push(
+                format!("{path}.middlewares[{i}]"),
+                format!("no middleware named {m:?}"),
+            );
         }
     }
     if r.upstream.urls.is_empty() {
@@ -285,7 +344,13 @@ fn route(
     if issues.0.len() != before {
         return None;
     }
-    Some(RouteConfig { name: r.name, host, path_prefix, middlewares: r.middlewares, upstreams })
+    Some(RouteConfig {
+        name: r.name,
+        host,
+        path_prefix,
+        middlewares: r.middlewares,
+        upstreams,
+    })
 }
 
 #[cfg(test)]
@@ -320,7 +385,9 @@ routes:
             .replace("http://idp/token", "ftp://idp/token")
             .replace("[m]", "[m, nope]")
             .replace("127.0.0.1:9090", "nowhere");
-        let Err(ConfigError::Invalid(issues)) = Config::from_yaml(&bad) else { panic!() };
+        let Err(ConfigError::Invalid(issues)) = Config::from_yaml(&bad) else {
+            panic!()
+        };
         let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
@@ -336,14 +403,23 @@ routes:
     fn unknown_key_names_its_path() {
         let bad = GOOD.replace("scopes:", "scopez:");
         let err = Config::from_yaml(&bad).unwrap_err().to_string();
-        assert!(err.starts_with("middlewares.m.clientCredentials.scopez: unknown field `scopez`"), "{err}");
+        assert!(
+            err.starts_with("middlewares.m.clientCredentials.scopez: unknown field `scopez`"),
+            "{err}"
+        );
         assert!(err.contains("at line 8 column 7"), "{err}");
     }
 
     #[test]
     fn forward_header_cannot_overwrite_authorization() {
-        let bad = GOOD.replace("scopes: [b, a, a]", "forwardHeaders: { Authorization: sub }");
+        let bad = GOOD.replace(
+            "scopes: [b, a, a]",
+            "forwardHeaders: { Authorization: sub }",
+        );
         let err = Config::from_yaml(&bad).unwrap_err().to_string();
-        assert!(err.contains("forwardHeaders.Authorization: cannot be set from a claim"), "{err}");
+        assert!(
+            err.contains("forwardHeaders.Authorization: cannot be set from a claim"),
+            "{err}"
+        );
     }
 }

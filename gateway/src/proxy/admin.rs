@@ -26,7 +26,10 @@ pub struct Admin {
 impl Admin {
     /// Admin endpoints over the node's cache.
     pub fn new(cache: Arc<TokenCache>) -> Arc<Self> {
-        Arc::new(Self { cache, draining: AtomicBool::new(false) })
+        Arc::new(Self {
+            cache,
+            draining: AtomicBool::new(false),
+        })
     }
 
     /// Marks the node as draining: `/readyz` answers 503 from now on.
@@ -37,12 +40,25 @@ impl Admin {
     /// Serves one admin request.
     pub fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         match (req.method(), req.uri().path()) {
-            (&http::Method::GET | &http::Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            (&http::Method::GET | &http::Method::HEAD, "/healthz") => {
+                json(StatusCode::OK, r#"{"status":"ok"}"#.into())
+            }
             (&http::Method::GET | &http::Method::HEAD, "/readyz") => {
                 let draining = self.draining.load(Ordering::Relaxed);
-                let store = if self.cache.store_degraded() { "degraded" } else { "ok" };
-                let (status, state) = if draining { (StatusCode::SERVICE_UNAVAILABLE, "draining") } else { (StatusCode::OK, "ready") };
-                json(status, format!(r#"{{"status":"{state}","store":"{store}"}}"#))
+                let store = if self.cache.store_degraded() {
+                    "degraded"
+                } else {
+                    "ok"
+                };
+                let (status, state) = if draining {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else {
+                    (StatusCode::OK, "ready")
+                };
+                json(
+                    status,
+                    format!(r#"{{"status":"{state}","store":"{store}"}}"#),
+                )
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
         }
@@ -50,8 +66,13 @@ impl Admin {
 }
 
 fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

@@ -38,7 +38,9 @@ pub fn client() -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector)
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
@@ -64,8 +66,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&HeaderValue>) {
     let ip = remote.ip().to_string();
     let xff = HeaderName::from_static("x-forwarded-for");
-    let chain: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
-    let value = if chain.is_empty() { ip } else { format!("{}, {ip}", chain.join(", ")) };
+    let chain: Vec<&str> = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if chain.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", chain.join(", "))
+    };
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(xff, v);
     }
@@ -73,7 +83,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&
         Some(h) => headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone()),
         None => headers.remove(HeaderName::from_static("x-forwarded-host")),
     };
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
 }
 
 /// The upstream URI: the upstream's base URL with the request's path and query appended.
@@ -84,11 +97,18 @@ pub fn target(base: &Url, uri: &Uri) -> Result<Uri, http::Error> {
         Some(p) => format!("{}:{p}", base.host_str().unwrap_or_default()),
         None => base.host_str().unwrap_or_default().to_owned(),
     };
-    Uri::builder().scheme(base.scheme()).authority(authority).path_and_query(format!("{base_path}{path_and_query}")).build()
+    Uri::builder()
+        .scheme(base.scheme())
+        .authority(authority)
+        .path_and_query(format!("{base_path}{path_and_query}"))
+        .build()
 }
 
 /// Sends `req` upstream. The caller's `Host` header is passed on, as Traefik does by default.
-pub async fn send(client: &UpstreamClient, req: Request<ProxyBody>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+pub async fn send(
+    client: &UpstreamClient,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
     debug_assert!(req.headers().get(HOST).is_some() || req.uri().authority().is_some());
     client.request(req).await
 }
@@ -100,7 +120,10 @@ mod tests {
     #[test]
     fn connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
@@ -114,7 +137,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        set_forwarded(&mut h, "127.0.0.9:5000".parse().unwrap(), Some(&HeaderValue::from_static("api.local")));
+        set_forwarded(
+            &mut h,
+            "127.0.0.9:5000".parse().unwrap(),
+            Some(&HeaderValue::from_static("api.local")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.local");

@@ -50,9 +50,9 @@ impl Gateway {
             .iter()
             .map(|(name, m)| {
                 let built = match m {
-                    MiddlewareConfig::ClientCredentials(cc) => {
-                        Middleware::ClientCredentials(ClientCredentials::new(name, cc.clone(), Arc::clone(cache)))
-                    }
+                    MiddlewareConfig::ClientCredentials(cc) => Middleware::ClientCredentials(
+                        ClientCredentials::new(name, cc.clone(), Arc::clone(cache)),
+                    ),
                 };
                 (name.as_str(), Arc::new(built))
             })
@@ -61,35 +61,72 @@ impl Gateway {
             .routes
             .iter()
             .map(|r| {
-                let chain = r.middlewares.iter().map(|m| Arc::clone(&middlewares[m.as_str()])).collect();
-                Route::new(r.name.clone(), r.host.clone(), r.path_prefix.clone(), chain, r.upstreams.clone())
+                let chain = r
+                    .middlewares
+                    .iter()
+                    .map(|m| Arc::clone(&middlewares[m.as_str()]))
+                    .collect();
+                Route::new(
+                    r.name.clone(),
+                    r.host.clone(),
+                    r.path_prefix.clone(),
+                    chain,
+                    r.upstreams.clone(),
+                )
             })
             .collect();
-        Self { router: Router::new(routes), client: forward::client(), request_timeout: config.request_timeout }
+        Self {
+            router: Router::new(routes),
+            client: forward::client(),
+            request_timeout: config.request_timeout,
+        }
     }
 
     /// Serves one request end to end, writing one access log line.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let mut log = AccessLog::new(&req, remote);
-        let resp = match tokio::time::timeout(self.request_timeout, self.route(req, remote, &mut log)).await {
-            Ok(resp) => resp,
-            Err(_) => response::error(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "the upstream did not answer in time"),
-        };
+        let resp =
+            match tokio::time::timeout(self.request_timeout, self.route(req, remote, &mut log))
+                .await
+            {
+                Ok(resp) => resp,
+                Err(_) => response::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    "the upstream did not answer in time",
+                ),
+            };
         log.finish(resp.status(), started.elapsed());
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>, remote: SocketAddr, log: &mut AccessLog) -> Response<ProxyBody> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
         let host = request_host(&req);
         let Some(route) = self.router.find(host.as_deref(), req.uri().path()) else {
-            return response::error(StatusCode::NOT_FOUND, "not_found", "no route matches this request");
+            return response::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no route matches this request",
+            );
         };
         log.route = Some(route.name.clone());
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts.uri.authority().and_then(|a| http::HeaderValue::try_from(a.as_str()).ok())
+            parts
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::try_from(a.as_str()).ok())
         });
         forward::set_forwarded(&mut parts.headers, remote, original_host.as_ref());
         if let Some(h) = &original_host {
@@ -98,14 +135,24 @@ impl Gateway {
 
         // A small body is held so that the request can be replayed after an upstream 401.
         let replayable = body.is_end_stream()
-            || parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).is_some_and(|n| n <= REPLAY_LIMIT);
+            || parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n <= REPLAY_LIMIT);
         let (body, replay) = if replayable {
             match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
                     (full(bytes.clone()), Some((bytes, parts.headers.clone())))
                 }
-                Err(_) => return response::error(StatusCode::BAD_REQUEST, "invalid_request", "request body could not be read"),
+                Err(_) => {
+                    return response::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "request body could not be read",
+                    );
+                }
             }
         } else {
             (body.map_err(BoxError::from).boxed_unsync(), None)
@@ -120,8 +167,10 @@ impl Gateway {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        let (Some((bytes, original_headers)), true) = (replay, resp.status() == StatusCode::UNAUTHORIZED && !used.is_empty())
-        else {
+        let (Some((bytes, original_headers)), true) = (
+            replay,
+            resp.status() == StatusCode::UNAUTHORIZED && !used.is_empty(),
+        ) else {
             return into_proxy(resp);
         };
 
@@ -135,7 +184,10 @@ impl Gateway {
         if let Err(resp) = apply_chain(route, &mut parts, log).await {
             return resp;
         }
-        match self.forward(route.next_upstream(), parts.clone_for_retry(), full(bytes)).await {
+        match self
+            .forward(route.next_upstream(), parts.clone_for_retry(), full(bytes))
+            .await
+        {
             Ok(resp) => into_proxy(resp),
             Err(resp) => resp,
         }
@@ -147,8 +199,13 @@ impl Gateway {
         mut parts: http::request::Parts,
         body: ProxyBody,
     ) -> Result<Response<Incoming>, Response<ProxyBody>> {
-        parts.uri = forward::target(upstream, &parts.uri)
-            .map_err(|_| response::error(StatusCode::BAD_REQUEST, "invalid_request", "request target is invalid"))?;
+        parts.uri = forward::target(upstream, &parts.uri).map_err(|_| {
+            response::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "request target is invalid",
+            )
+        })?;
         parts.version = http::Version::HTTP_11;
         forward::send(&self.client, Request::from_parts(parts, body)).await.map_err(|error| {
             tracing::warn!(upstream = %upstream, error = %error_chain(&error), "upstream request failed");
@@ -179,7 +236,9 @@ async fn apply_chain<'r>(
 }
 
 fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn into_proxy(resp: Response<Incoming>) -> Response<ProxyBody> {
@@ -190,7 +249,11 @@ fn into_proxy(resp: Response<Incoming>) -> Response<ProxyBody> {
 
 /// The request's host, lower-case and without port.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req.headers().get(HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host())?;
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
     // `[::1]:8080` keeps its brackets; `name:8080` loses the port.
     let host = match raw.find(']') {
         Some(end) => &raw[..=end],
@@ -217,7 +280,10 @@ trait CloneForRetry {
 impl CloneForRetry for http::request::Parts {
     /// `Parts` is not `Clone` (extensions are not); a forwarded request needs none of them.
     fn clone_for_retry(&self) -> Self {
-        let mut b = Request::builder().method(self.method.clone()).uri(self.uri.clone()).version(self.version);
+        let mut b = Request::builder()
+            .method(self.method.clone())
+            .uri(self.uri.clone())
+            .version(self.version);
         if let Some(h) = b.headers_mut() {
             *h = self.headers.clone();
         }

@@ -12,10 +12,18 @@ use crate::auth::AuthError;
 /// A JSON error body `{"error": code, "error_description": description}`.
 pub fn error(status: StatusCode, code: &str, description: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": code, "error_description": description }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -23,17 +31,31 @@ pub fn error(status: StatusCode, code: &str, description: &str) -> Response<Prox
 pub fn auth_error(e: &AuthError) -> Response<ProxyBody> {
     match e {
         AuthError::MissingCredentials { realm } => challenge(
-            error(StatusCode::UNAUTHORIZED, "invalid_client", "client credentials required (HTTP Basic)"),
+            error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client credentials required (HTTP Basic)",
+            ),
             realm,
         ),
         AuthError::InvalidClient { realm } => challenge(
-            error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed"),
+            error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            ),
             realm,
         ),
-        AuthError::Refused { error: code } => {
-            error(StatusCode::FORBIDDEN, code, "the identity provider refused to issue a token")
-        }
-        AuthError::Upstream => error(StatusCode::BAD_GATEWAY, "server_error", "the gateway could not obtain a token"),
+        AuthError::Refused { error: code } => error(
+            StatusCode::FORBIDDEN,
+            code,
+            "the identity provider refused to issue a token",
+        ),
+        AuthError::Upstream => error(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "the gateway could not obtain a token",
+        ),
         AuthError::Unavailable { retry_after } => {
             let mut resp = error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -41,7 +63,8 @@ pub fn auth_error(e: &AuthError) -> Response<ProxyBody> {
                 "the identity provider is unavailable; retry later",
             );
             let secs = retry_after.as_secs().max(1);
-            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
             resp
         }
     }

@@ -25,9 +25,22 @@ pub struct Route {
 
 impl Route {
     /// A route; `upstreams` must not be empty (configuration validation guarantees it).
-    pub fn new(name: String, host: Option<String>, prefix: String, middlewares: Vec<Arc<Middleware>>, upstreams: Vec<Url>) -> Self {
+    pub fn new(
+        name: String,
+        host: Option<String>,
+        prefix: String,
+        middlewares: Vec<Arc<Middleware>>,
+        upstreams: Vec<Url>,
+    ) -> Self {
         assert!(!upstreams.is_empty(), "route {name} has no upstream");
-        Self { name, host, prefix, middlewares, upstreams, next: AtomicUsize::new(0) }
+        Self {
+            name,
+            host,
+            prefix,
+            middlewares,
+            upstreams,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// The next upstream, round robin.
@@ -46,7 +59,10 @@ impl Router {
     /// Orders `routes` by precedence.
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by(|a, b| {
-            b.host.is_some().cmp(&a.host.is_some()).then(b.prefix.len().cmp(&a.prefix.len()))
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.prefix.len().cmp(&a.prefix.len()))
         });
         Self { routes }
     }
@@ -64,7 +80,13 @@ mod tests {
     use super::*;
 
     fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
-        Route::new(name.into(), host.map(Into::into), prefix.into(), vec![], vec!["http://u".parse().unwrap()])
+        Route::new(
+            name.into(),
+            host.map(Into::into),
+            prefix.into(),
+            vec![],
+            vec!["http://u".parse().unwrap()],
+        )
     }
 
     #[test]
@@ -85,8 +107,16 @@ mod tests {
 
     #[test]
     fn upstreams_rotate() {
-        let r = Route::new("r".into(), None, "/".into(), vec![], vec!["http://a".parse().unwrap(), "http://b".parse().unwrap()]);
-        let picks: Vec<_> = (0..4).map(|_| r.next_upstream().host_str().unwrap().to_owned()).collect();
+        let r = Route::new(
+            "r".into(),
+            None,
+            "/".into(),
+            vec![],
+            vec!["http://a".parse().unwrap(), "http://b".parse().unwrap()],
+        );
+        let picks: Vec<_> = (0..4)
+            .map(|_| r.next_upstream().host_str().unwrap().to_owned())
+            .collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
     }
 }

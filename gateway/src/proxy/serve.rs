@@ -24,7 +24,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Handles one request from a remote address.
-pub type Handler = Arc<dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<'static, Response<ProxyBody>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<'static, Response<ProxyBody>> + Send + Sync,
+>;
 
 /// The node's bound sockets. Binding happens before anything else starts, so a port conflict
 /// fails the start cleanly.
@@ -38,15 +40,26 @@ pub struct Listeners {
 impl Listeners {
     /// Binds both listeners.
     pub async fn bind(proxy: SocketAddr, admin: SocketAddr) -> std::io::Result<Self> {
-        Ok(Self { proxy: TcpListener::bind(proxy).await?, admin: TcpListener::bind(admin).await? })
+        Ok(Self {
+            proxy: TcpListener::bind(proxy).await?,
+            admin: TcpListener::bind(admin).await?,
+        })
     }
 }
 
 /// Serves connections from `listener` until `shutdown`, then drains for at most `drain`.
-pub async fn serve(listener: TcpListener, handler: Handler, shutdown: CancellationToken, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -65,7 +78,11 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: Cancellati
             let fut = handler(req, remote);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, %remote, "connection ended with an error");
@@ -73,7 +90,13 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: Cancellati
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "drain timeout reached; closing remaining connections"
+        );
     }
 }

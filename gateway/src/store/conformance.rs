@@ -61,50 +61,107 @@ async fn missing_key_reads_as_none(s: &impl TokenStore) {
 
 async fn newest_version_wins(s: &impl TokenStore) {
     let (k, e2, e1) = (key(2), entry(2, 60_000, 120_000), entry(1, 60_000, 120_000));
-    assert_eq!(s.put(&k, e2.clone(), None).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(
+        s.put(&k, e2.clone(), None).await.unwrap(),
+        PutOutcome::Stored
+    );
     assert_eq!(s.put(&k, e1, None).await.unwrap(), PutOutcome::Stale);
-    assert_eq!(s.put(&k, e2.clone(), None).await.unwrap(), PutOutcome::Stale, "equal version is not newer");
+    assert_eq!(
+        s.put(&k, e2.clone(), None).await.unwrap(),
+        PutOutcome::Stale,
+        "equal version is not newer"
+    );
     assert_eq!(s.get(&k).await.unwrap(), Some(e2));
     let e3 = entry(3, 60_000, 120_000);
-    assert_eq!(s.put(&k, e3.clone(), None).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(
+        s.put(&k, e3.clone(), None).await.unwrap(),
+        PutOutcome::Stored
+    );
     assert_eq!(s.get(&k).await.unwrap(), Some(e3));
 }
 
 async fn expired_entries_are_never_returned(s: &impl TokenStore) {
     let k = key(3);
-    assert_eq!(s.put(&k, entry(1, 100, 300), None).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(
+        s.put(&k, entry(1, 100, 300), None).await.unwrap(),
+        PutOutcome::Stored
+    );
     assert!(s.get(&k).await.unwrap().is_some());
-    eventually("the entry expires", async || s.get(&k).await.unwrap().is_none()).await;
+    eventually("the entry expires", async || {
+        s.get(&k).await.unwrap().is_none()
+    })
+    .await;
     // An expired entry does not block a new one with a lower version either.
-    assert_eq!(s.put(&k, entry(1, 60_000, 120_000), None).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(
+        s.put(&k, entry(1, 60_000, 120_000), None).await.unwrap(),
+        PutOutcome::Stored
+    );
 }
 
 async fn stale_fence_cannot_write(s: &impl TokenStore) {
     let (a, b) = (NodeId::random(), NodeId::random());
     let ttl = Duration::from_millis(200);
-    let fa = s.acquire_refresh_lease(&a, ttl).await.unwrap().expect("free lease is granted");
+    let fa = s
+        .acquire_refresh_lease(&a, ttl)
+        .await
+        .unwrap()
+        .expect("free lease is granted");
     eventually("b takes over a's lapsed lease", async || {
         s.acquire_refresh_lease(&b, ttl).await.unwrap().is_some()
     })
     .await;
-    let fb = s.acquire_refresh_lease(&b, ttl).await.unwrap().expect("b holds it");
+    let fb = s
+        .acquire_refresh_lease(&b, ttl)
+        .await
+        .unwrap()
+        .expect("b holds it");
     assert!(fb > fa);
     let k = key(4);
-    assert_eq!(s.put(&k, entry(5, 60_000, 120_000), Some(fa)).await.unwrap(), PutOutcome::Fenced);
+    assert_eq!(
+        s.put(&k, entry(5, 60_000, 120_000), Some(fa))
+            .await
+            .unwrap(),
+        PutOutcome::Fenced
+    );
     assert_eq!(s.get(&k).await.unwrap(), None);
-    assert_eq!(s.put(&k, entry(5, 60_000, 120_000), Some(fb)).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(
+        s.put(&k, entry(5, 60_000, 120_000), Some(fb))
+            .await
+            .unwrap(),
+        PutOutcome::Stored
+    );
 }
 
 async fn refresh_lease_is_exclusive_and_fences_grow(s: &impl TokenStore) {
     let (a, b) = (NodeId::random(), NodeId::random());
     let ttl = Duration::from_secs(30);
-    let f1 = s.acquire_refresh_lease(&a, ttl).await.unwrap().expect("granted");
-    assert_eq!(s.acquire_refresh_lease(&b, ttl).await.unwrap(), None, "held by a");
-    assert_eq!(s.acquire_refresh_lease(&a, ttl).await.unwrap(), Some(f1), "renewal keeps the fence");
+    let f1 = s
+        .acquire_refresh_lease(&a, ttl)
+        .await
+        .unwrap()
+        .expect("granted");
+    assert_eq!(
+        s.acquire_refresh_lease(&b, ttl).await.unwrap(),
+        None,
+        "held by a"
+    );
+    assert_eq!(
+        s.acquire_refresh_lease(&a, ttl).await.unwrap(),
+        Some(f1),
+        "renewal keeps the fence"
+    );
     s.release_refresh_lease(&b).await.unwrap();
-    assert_eq!(s.acquire_refresh_lease(&b, ttl).await.unwrap(), None, "b cannot release a's lease");
+    assert_eq!(
+        s.acquire_refresh_lease(&b, ttl).await.unwrap(),
+        None,
+        "b cannot release a's lease"
+    );
     s.release_refresh_lease(&a).await.unwrap();
-    let f2 = s.acquire_refresh_lease(&b, ttl).await.unwrap().expect("released lease is free");
+    let f2 = s
+        .acquire_refresh_lease(&b, ttl)
+        .await
+        .unwrap()
+        .expect("released lease is free");
     assert!(f2 > f1);
 }
 
@@ -113,12 +170,21 @@ async fn fill_lease_is_exclusive_per_key(s: &impl TokenStore) {
     let ttl = Duration::from_millis(300);
     assert!(s.try_fill_lease(&key(5), &a, ttl).await.unwrap());
     assert!(!s.try_fill_lease(&key(5), &b, ttl).await.unwrap());
-    assert!(s.try_fill_lease(&key(6), &b, ttl).await.unwrap(), "other keys are independent");
+    assert!(
+        s.try_fill_lease(&key(6), &b, ttl).await.unwrap(),
+        "other keys are independent"
+    );
     s.release_fill_lease(&key(5), &b).await.unwrap();
-    assert!(!s.try_fill_lease(&key(5), &b, ttl).await.unwrap(), "only the holder releases");
+    assert!(
+        !s.try_fill_lease(&key(5), &b, ttl).await.unwrap(),
+        "only the holder releases"
+    );
     s.release_fill_lease(&key(5), &a).await.unwrap();
     assert!(s.try_fill_lease(&key(5), &b, ttl).await.unwrap());
-    eventually("b's fill lease lapses", async || s.try_fill_lease(&key(5), &a, ttl).await.unwrap()).await;
+    eventually("b's fill lease lapses", async || {
+        s.try_fill_lease(&key(5), &a, ttl).await.unwrap()
+    })
+    .await;
 }
 
 async fn versioned_evict_spares_replacements(s: &impl TokenStore) {
@@ -138,14 +204,27 @@ async fn due_entries_are_the_used_ones_past_refresh_at(s: &impl TokenStore) {
     let mut idle = entry(1, -10, 60_000);
     idle.meta.last_used = now - 600_000;
     s.put(&key(8), entry(1, -20, 60_000), None).await.unwrap();
-    s.put(&key(9), entry(1, 30_000, 60_000), None).await.unwrap();
+    s.put(&key(9), entry(1, 30_000, 60_000), None)
+        .await
+        .unwrap();
     s.put(&key(10), idle, None).await.unwrap();
     s.put(&key(11), entry(1, -10, 60_000), None).await.unwrap();
-    let due = s.due_for_refresh(now_millis(), now - 60_000, 10).await.unwrap();
+    let due = s
+        .due_for_refresh(now_millis(), now - 60_000, 10)
+        .await
+        .unwrap();
     assert_eq!(due, [key(8), key(11)], "due and used, soonest first");
-    assert_eq!(s.due_for_refresh(now_millis(), now - 60_000, 1).await.unwrap(), [key(8)]);
+    assert_eq!(
+        s.due_for_refresh(now_millis(), now - 60_000, 1)
+            .await
+            .unwrap(),
+        [key(8)]
+    );
     s.touch(&[(key(10), now_millis())]).await.unwrap();
-    let due = s.due_for_refresh(now_millis(), now - 60_000, 10).await.unwrap();
+    let due = s
+        .due_for_refresh(now_millis(), now - 60_000, 10)
+        .await
+        .unwrap();
     assert!(due.contains(&key(10)), "a touched entry counts as used");
 }
 
@@ -155,8 +234,14 @@ async fn changes_are_announced(s: &impl TokenStore) {
     s.put(&k, entry(4, 60_000, 120_000), None).await.unwrap();
     s.evict(&k, None).await.unwrap();
     let next = async |rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>| {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event within 5s").unwrap()
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("event within 5s")
+            .unwrap()
     };
-    assert_eq!(next(&mut rx).await, StoreEvent::Stored { key: k, version: 4 });
+    assert_eq!(
+        next(&mut rx).await,
+        StoreEvent::Stored { key: k, version: 4 }
+    );
     assert_eq!(next(&mut rx).await, StoreEvent::Evicted { key: k });
 }

@@ -39,7 +39,10 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { state: Mutex::new(State::default()), events: broadcast::channel(EVENT_BUFFER).0 }
+        Self {
+            state: Mutex::new(State::default()),
+            events: broadcast::channel(EVENT_BUFFER).0,
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -66,14 +69,21 @@ impl TokenStore for MemoryStore {
         }
     }
 
-    async fn put(&self, key: &TokenKey, entry: SealedEntry, fence: Option<FencingToken>) -> Result<PutOutcome, StoreError> {
+    async fn put(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        fence: Option<FencingToken>,
+    ) -> Result<PutOutcome, StoreError> {
         let version = entry.meta.version;
         {
             let mut st = self.state();
             if fence.is_some_and(|f| f.0 < st.fence) {
                 return Ok(PutOutcome::Fenced);
             }
-            if st.entries.get(key).is_some_and(|cur| cur.meta.version >= version && cur.meta.expires_at > now_millis()) {
+            if st.entries.get(key).is_some_and(|cur| {
+                cur.meta.version >= version && cur.meta.expires_at > now_millis()
+            }) {
                 return Ok(PutOutcome::Stale);
             }
             st.entries.insert(*key, entry);
@@ -86,7 +96,9 @@ impl TokenStore for MemoryStore {
         let removed = {
             let mut st = self.state();
             match st.entries.get(key) {
-                Some(cur) if version.is_none_or(|v| v == cur.meta.version) => st.entries.remove(key).is_some(),
+                Some(cur) if version.is_none_or(|v| v == cur.meta.version) => {
+                    st.entries.remove(key).is_some()
+                }
                 _ => false,
             }
         };
@@ -96,7 +108,12 @@ impl TokenStore for MemoryStore {
         Ok(removed)
     }
 
-    async fn try_fill_lease(&self, key: &TokenKey, holder: &NodeId, ttl: Duration) -> Result<bool, StoreError> {
+    async fn try_fill_lease(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let mut st = self.state();
         let now = Instant::now();
         match st.fill_leases.get(key) {
@@ -116,7 +133,11 @@ impl TokenStore for MemoryStore {
         Ok(())
     }
 
-    async fn acquire_refresh_lease(&self, holder: &NodeId, ttl: Duration) -> Result<Option<FencingToken>, StoreError> {
+    async fn acquire_refresh_lease(
+        &self,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<Option<FencingToken>, StoreError> {
         let mut st = self.state();
         let now = Instant::now();
         match &st.refresh_lease {
@@ -137,13 +158,22 @@ impl TokenStore for MemoryStore {
 
     async fn release_refresh_lease(&self, holder: &NodeId) -> Result<(), StoreError> {
         let mut st = self.state();
-        if st.refresh_lease.as_ref().is_some_and(|(h, _, _)| h == holder) {
+        if st
+            .refresh_lease
+            .as_ref()
+            .is_some_and(|(h, _, _)| h == holder)
+        {
             st.refresh_lease = None;
         }
         Ok(())
     }
 
-    async fn due_for_refresh(&self, now: UnixMillis, used_since: UnixMillis, limit: usize) -> Result<Vec<TokenKey>, StoreError> {
+    async fn due_for_refresh(
+        &self,
+        now: UnixMillis,
+        used_since: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<TokenKey>, StoreError> {
         let mut st = self.state();
         // The refresher calls this every interval: a good moment to drop expired entries, which
         // keeps a node-local store bounded by the set of live credentials.

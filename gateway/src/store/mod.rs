@@ -112,7 +112,10 @@ pub enum StoreError {
 /// A fleet-wide token store. See the module documentation for the contract.
 pub trait TokenStore: Send + Sync + 'static {
     /// The entry under `key`, if present and not expired.
-    fn get(&self, key: &TokenKey) -> impl Future<Output = Result<Option<SealedEntry>, StoreError>> + Send;
+    fn get(
+        &self,
+        key: &TokenKey,
+    ) -> impl Future<Output = Result<Option<SealedEntry>, StoreError>> + Send;
 
     /// Stores `entry` if it is newer than what is there and `fence` (if any) is current.
     fn put(
@@ -124,7 +127,11 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Removes the entry; with `version`, only if the stored entry has exactly that version (so a
     /// late eviction of an old token never removes its replacement). Returns whether it removed.
-    fn evict(&self, key: &TokenKey, version: Option<u64>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn evict(
+        &self,
+        key: &TokenKey,
+        version: Option<u64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Takes the per-key fill lease (fleet-wide single flight) if free or already ours.
     fn try_fill_lease(
@@ -135,7 +142,11 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Releases a fill lease we hold; a lease held by another is left alone.
-    fn release_fill_lease(&self, key: &TokenKey, holder: &NodeId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn release_fill_lease(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Takes or renews the refresh-leader lease. `Some(fence)` when `holder` now holds it.
     fn acquire_refresh_lease(
@@ -145,7 +156,10 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<FencingToken>, StoreError>> + Send;
 
     /// Gives the refresh lease up (on shutdown), so another node takes over without waiting.
-    fn release_refresh_lease(&self, holder: &NodeId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn release_refresh_lease(
+        &self,
+        holder: &NodeId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Keys whose `refresh_at` is at or before `now`, still valid, and used at or after
     /// `used_since`; at most `limit`, soonest first.
@@ -157,7 +171,10 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<TokenKey>, StoreError>> + Send;
 
     /// Records that entries were used (batched by each node), so the leader knows what is hot.
-    fn touch(&self, uses: &[(TokenKey, UnixMillis)]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn touch(
+        &self,
+        uses: &[(TokenKey, UnixMillis)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Change announcements. A lagging receiver may miss events and must then re-read.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
@@ -182,25 +199,44 @@ impl TokenStore for Store {
     async fn get(&self, key: &TokenKey) -> Result<Option<SealedEntry>, StoreError> {
         dispatch!(self, s => s.get(key).await)
     }
-    async fn put(&self, key: &TokenKey, entry: SealedEntry, fence: Option<FencingToken>) -> Result<PutOutcome, StoreError> {
+    async fn put(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        fence: Option<FencingToken>,
+    ) -> Result<PutOutcome, StoreError> {
         dispatch!(self, s => s.put(key, entry, fence).await)
     }
     async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
         dispatch!(self, s => s.evict(key, version).await)
     }
-    async fn try_fill_lease(&self, key: &TokenKey, holder: &NodeId, ttl: Duration) -> Result<bool, StoreError> {
+    async fn try_fill_lease(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         dispatch!(self, s => s.try_fill_lease(key, holder, ttl).await)
     }
     async fn release_fill_lease(&self, key: &TokenKey, holder: &NodeId) -> Result<(), StoreError> {
         dispatch!(self, s => s.release_fill_lease(key, holder).await)
     }
-    async fn acquire_refresh_lease(&self, holder: &NodeId, ttl: Duration) -> Result<Option<FencingToken>, StoreError> {
+    async fn acquire_refresh_lease(
+        &self,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<Option<FencingToken>, StoreError> {
         dispatch!(self, s => s.acquire_refresh_lease(holder, ttl).await)
     }
     async fn release_refresh_lease(&self, holder: &NodeId) -> Result<(), StoreError> {
         dispatch!(self, s => s.release_refresh_lease(holder).await)
     }
-    async fn due_for_refresh(&self, now: UnixMillis, used_since: UnixMillis, limit: usize) -> Result<Vec<TokenKey>, StoreError> {
+    async fn due_for_refresh(
+        &self,
+        now: UnixMillis,
+        used_since: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<TokenKey>, StoreError> {
         dispatch!(self, s => s.due_for_refresh(now, used_since, limit).await)
     }
     async fn touch(&self, uses: &[(TokenKey, UnixMillis)]) -> Result<(), StoreError> {

@@ -15,7 +15,10 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(ansi);
     // A second call (tests embedding several nodes) keeps the first subscriber.
     let _ = match cfg.format {
         LogFormat::Text => builder.try_init(),
@@ -37,7 +40,13 @@ pub struct AccessLog {
 impl AccessLog {
     /// Starts the record for `req`.
     pub fn new<B>(req: &Request<B>, client: SocketAddr) -> Self {
-        Self { method: req.method().clone(), path: req.uri().path().to_owned(), client, route: None, user: None }
+        Self {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            client,
+            route: None,
+            user: None,
+        }
     }
 
     /// Writes the line.

@@ -16,11 +16,13 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::entry::{EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time};
+use super::TokenRequest;
+use super::entry::{
+    EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time,
+};
 use super::idp::{IdpClient, IdpError};
 use super::key::{FleetKey, TokenKey};
 use super::seal::{seal, unseal};
-use super::TokenRequest;
 use crate::store::{FencingToken, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore};
 
 /// A fill lease outlives one IdP attempt with retries; if its holder dies, the others take over
@@ -102,7 +104,12 @@ impl TokenCache {
         if let Some(e) = self.cached(key, now) {
             return Ok(e);
         }
-        if self.negative.pin().get(key).is_some_and(|until| *until > now) {
+        if self
+            .negative
+            .pin()
+            .get(key)
+            .is_some_and(|until| *until > now)
+        {
             return Err(IdpError::InvalidClient);
         }
         let flight = {
@@ -121,18 +128,29 @@ impl TokenCache {
 
     /// Starts the one fill for `key`. It runs as its own task, so a caller that gives up does not
     /// cancel it for the callers still waiting.
-    fn start_fill(self: &Arc<Self>, key: TokenKey, spec: TokenRequest, negative_ttl: Duration) -> Flight {
+    fn start_fill(
+        self: &Arc<Self>,
+        key: TokenKey,
+        spec: TokenRequest,
+        negative_ttl: Duration,
+    ) -> Flight {
         let this = Arc::clone(self);
         let task = self.tasks.spawn(async move {
             let result = this.fill(&key, spec).await;
             if matches!(result, Err(IdpError::InvalidClient)) {
-                this.negative.pin().insert(key, now_millis() + negative_ttl.as_millis() as u64);
+                this.negative
+                    .pin()
+                    .insert(key, now_millis() + negative_ttl.as_millis() as u64);
             }
-            this.flights.lock().expect("flight map poisoned").remove(&key);
+            this.flights
+                .lock()
+                .expect("flight map poisoned")
+                .remove(&key);
             result
         });
         async move {
-            task.await.unwrap_or_else(|_| Err(IdpError::Protocol("token fill task failed".into())))
+            task.await
+                .unwrap_or_else(|_| Err(IdpError::Protocol("token fill task failed".into())))
         }
         .boxed()
         .shared()
@@ -143,7 +161,11 @@ impl TokenCache {
         if let Some(e) = self.read_store(key).await {
             return Ok(e);
         }
-        let leased = match self.store.try_fill_lease(key, &self.node, FILL_LEASE_TTL).await {
+        let leased = match self
+            .store
+            .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
+            .await
+        {
             Ok(leased) => self.store_ok(leased),
             // Store down: per-node single flight is all we have; fetch ourselves.
             Err(e) => self.store_failed(e, true),
@@ -182,7 +204,12 @@ impl TokenCache {
                 return Some(e);
             }
             // The holder may have died: once its lease lapses, the fill is ours.
-            if self.store.try_fill_lease(key, &self.node, FILL_LEASE_TTL).await.unwrap_or(true) {
+            if self
+                .store
+                .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
+                .await
+                .unwrap_or(true)
+            {
                 return None;
             }
         }
@@ -196,7 +223,9 @@ impl TokenCache {
             Err(e) => return self.store_failed(e, None),
         };
         match unseal(&self.fleet, key, &sealed) {
-            Ok(entry) if entry.meta.is_servable(now_millis()) => Some(self.install(key, Arc::new(entry))),
+            Ok(entry) if entry.meta.is_servable(now_millis()) => {
+                Some(self.install(key, Arc::new(entry)))
+            }
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "cannot open cached entry; fetching a new token");
@@ -216,7 +245,10 @@ impl TokenCache {
     ) -> Result<Arc<TokenEntry>, IdpError> {
         let issued = self.idp.fetch(&spec).await?;
         let claims = jwt_claims(issued.access_token.expose());
-        let lifetime_ms = match (issued.expires_in, claims.as_ref().and_then(|c| c.get("exp")?.as_u64())) {
+        let lifetime_ms = match (
+            issued.expires_in,
+            claims.as_ref().and_then(|c| c.get("exp")?.as_u64()),
+        ) {
             (Some(d), _) => d.as_millis() as u64,
             (None, Some(exp)) => (exp * 1000).saturating_sub(issued.issued_at),
             (None, None) => spec.default_lifetime.as_millis() as u64,
@@ -236,12 +268,24 @@ impl TokenCache {
             last_used: prev.map_or(now, |p| p.last_used),
         };
         if !meta.is_servable(now) {
-            return Err(IdpError::Protocol("token expires too soon to be used".into()));
+            return Err(IdpError::Protocol(
+                "token expires too soon to be used".into(),
+            ));
         }
-        let entry = TokenEntry::new(meta, EntrySecrets { access_token: issued.access_token, spec })
-            .map_err(|_| IdpError::Protocol("access_token is not a valid header value".into()))?;
+        let entry = TokenEntry::new(
+            meta,
+            EntrySecrets {
+                access_token: issued.access_token,
+                spec,
+            },
+        )
+        .map_err(|_| IdpError::Protocol("access_token is not a valid header value".into()))?;
         let entry = Arc::new(entry);
-        match self.store.put(key, seal(&self.fleet, key, &entry), fence).await {
+        match self
+            .store
+            .put(key, seal(&self.fleet, key, &entry), fence)
+            .await
+        {
             Ok(PutOutcome::Fenced) => {
                 // A newer leader exists: our token is valid but must not replace its write.
                 tracing::info!(key = %key, "refresh result discarded: lease fenced off");
@@ -270,7 +314,10 @@ impl TokenCache {
     pub async fn evict(&self, key: &TokenKey, version: Option<u64>) {
         {
             let l1 = self.l1.pin();
-            if l1.get(key).is_some_and(|cur| version.is_none_or(|v| v == cur.meta.version)) {
+            if l1
+                .get(key)
+                .is_some_and(|cur| version.is_none_or(|v| v == cur.meta.version))
+            {
                 l1.remove(key);
             }
         }
@@ -296,10 +343,20 @@ impl TokenCache {
 
     /// Starts the node's background work: the refresher, the L1 updater and the usage reporter.
     /// All of it ends when `shutdown` is cancelled; await [`TokenCache::closed`] after that.
-    pub fn spawn_background(self: &Arc<Self>, refresh: crate::config::RefreshConfig, shutdown: CancellationToken) {
-        self.tasks.spawn(super::refresher::run(Arc::clone(self), refresh.clone(), shutdown.clone()));
-        self.tasks.spawn(Arc::clone(self).follow_store(shutdown.clone()));
-        self.tasks.spawn(Arc::clone(self).report_usage(refresh.interval, shutdown));
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        refresh: crate::config::RefreshConfig,
+        shutdown: CancellationToken,
+    ) {
+        self.tasks.spawn(super::refresher::run(
+            Arc::clone(self),
+            refresh.clone(),
+            shutdown.clone(),
+        ));
+        self.tasks
+            .spawn(Arc::clone(self).follow_store(shutdown.clone()));
+        self.tasks
+            .spawn(Arc::clone(self).report_usage(refresh.interval, shutdown));
     }
 
     /// Waits for every task this cache started (call after cancelling their shutdown token).
@@ -319,7 +376,11 @@ impl TokenCache {
             };
             match event {
                 Ok(StoreEvent::Stored { key, version }) => {
-                    let stale = self.l1.pin().get(&key).is_some_and(|cur| cur.meta.version < version);
+                    let stale = self
+                        .l1
+                        .pin()
+                        .get(&key)
+                        .is_some_and(|cur| cur.meta.version < version);
                     if stale {
                         self.read_store(&key).await;
                     }
@@ -355,7 +416,10 @@ impl TokenCache {
             let uses: Vec<(TokenKey, UnixMillis)> = {
                 let l1 = self.l1.pin();
                 l1.retain(|_, e| e.meta.expires_at > now);
-                l1.iter().filter(|(_, e)| e.last_used() > reported_until).map(|(k, e)| (*k, e.last_used())).collect()
+                l1.iter()
+                    .filter(|(_, e)| e.last_used() > reported_until)
+                    .map(|(k, e)| (*k, e.last_used()))
+                    .collect()
             };
             self.negative.pin().retain(|_, until| *until > now);
             if uses.is_empty() {
@@ -369,7 +433,11 @@ impl TokenCache {
     }
 
     /// Renews one entry as the refresh leader holding `fence`.
-    pub(super) async fn refresh(&self, key: &TokenKey, fence: FencingToken) -> Result<(), IdpError> {
+    pub(super) async fn refresh(
+        &self,
+        key: &TokenKey,
+        fence: FencingToken,
+    ) -> Result<(), IdpError> {
         let sealed = match self.store.get(key).await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(()),
@@ -378,6 +446,8 @@ impl TokenCache {
         let current = unseal(&self.fleet, key, &sealed)
             .map_err(|e| IdpError::Protocol(format!("cannot open entry to refresh: {e}")))?;
         let spec = current.secrets.spec.clone();
-        self.fetch_and_store(key, spec, Some(&current.meta), Some(fence)).await.map(|_| ())
+        self.fetch_and_store(key, spec, Some(&current.meta), Some(fence))
+            .await
+            .map(|_| ())
     }
 }

@@ -18,7 +18,9 @@ pub type UnixMillis = u64;
 
 /// The current wall-clock time.
 pub fn now_millis() -> UnixMillis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Refresh happens between these fractions of a token's lifetime. The window leaves a quarter of
@@ -100,12 +102,22 @@ pub struct TokenEntry {
 
 impl TokenEntry {
     /// Builds an entry; fails only if the token contains characters no header may carry.
-    pub fn new(meta: EntryMeta, secrets: EntrySecrets) -> Result<Self, http::header::InvalidHeaderValue> {
-        let mut bearer = HeaderValue::try_from(format!("Bearer {}", secrets.access_token.expose()))?;
+    pub fn new(
+        meta: EntryMeta,
+        secrets: EntrySecrets,
+    ) -> Result<Self, http::header::InvalidHeaderValue> {
+        let mut bearer =
+            HeaderValue::try_from(format!("Bearer {}", secrets.access_token.expose()))?;
         bearer.set_sensitive(true);
         let claims = jwt_claims(secrets.access_token.expose()).map(Arc::new);
         let last_used = AtomicU64::new(meta.last_used);
-        Ok(Self { meta, secrets, bearer, claims, last_used })
+        Ok(Self {
+            meta,
+            secrets,
+            bearer,
+            claims,
+            last_used,
+        })
     }
 
     /// Records a use; one relaxed store, cheap enough for every cache hit.
@@ -121,7 +133,9 @@ impl TokenEntry {
 
 impl std::fmt::Debug for TokenEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenEntry").field("meta", &self.meta).finish_non_exhaustive()
+        f.debug_struct("TokenEntry")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 

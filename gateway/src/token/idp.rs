@@ -68,7 +68,10 @@ pub enum IdpError {
 
 impl IdpError {
     fn unavailable(reason: impl Into<String>) -> Self {
-        Self::Unavailable { reason: reason.into(), retry_after: Duration::from_secs(1) }
+        Self::Unavailable {
+            reason: reason.into(),
+            retry_after: Duration::from_secs(1),
+        }
     }
 
     /// Whether another attempt may succeed.
@@ -128,7 +131,10 @@ impl IdpClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client builds with static options");
-        Self { http, breakers: Mutex::new(HashMap::new()) }
+        Self {
+            http,
+            breakers: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Obtains a token, with retries and the breaker.
@@ -139,7 +145,9 @@ impl IdpClient {
         let result = loop {
             match self.attempt(req).await {
                 Err((e, server_wait)) if e.is_retryable() && attempt < req.retries => {
-                    let backoff = RETRY_BASE.saturating_mul(1 << attempt.min(10)).min(RETRY_CAP);
+                    let backoff = RETRY_BASE
+                        .saturating_mul(1 << attempt.min(10))
+                        .min(RETRY_CAP);
                     let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
                     tokio::time::sleep(server_wait.map_or(jittered, |w| w.min(RETRY_CAP))).await;
                     attempt += 1;
@@ -157,8 +165,13 @@ impl IdpClient {
         let b = breakers.entry(endpoint.to_owned()).or_default();
         match b.open_until {
             Some(until) if Instant::now() < until || b.trial_in_flight => {
-                let retry_after = until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-                Err(IdpError::Unavailable { reason: "circuit open".into(), retry_after })
+                let retry_after = until
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1));
+                Err(IdpError::Unavailable {
+                    reason: "circuit open".into(),
+                    retry_after,
+                })
             }
             Some(_) => {
                 b.trial_in_flight = true;
@@ -173,30 +186,45 @@ impl IdpClient {
         let b = breakers.entry(endpoint.to_owned()).or_default();
         b.trial_in_flight = false;
         // Only an unreachable or failing IdP counts; a wrong secret says nothing about its health.
-        if matches!(result, Err(IdpError::Unavailable { .. }) | Err(IdpError::Protocol(_))) {
+        if matches!(
+            result,
+            Err(IdpError::Unavailable { .. }) | Err(IdpError::Protocol(_))
+        ) {
             b.consecutive_failures += 1;
             if b.consecutive_failures >= BREAKER_THRESHOLD {
                 if b.open_until.is_none() {
-                    tracing::warn!(token_url = endpoint, "identity provider failing; circuit opened");
+                    tracing::warn!(
+                        token_url = endpoint,
+                        "identity provider failing; circuit opened"
+                    );
                 }
                 b.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
             }
         } else {
             if b.open_until.is_some() {
-                tracing::info!(token_url = endpoint, "identity provider answering again; circuit closed");
+                tracing::info!(
+                    token_url = endpoint,
+                    "identity provider answering again; circuit closed"
+                );
             }
             *b = Breaker::default();
         }
     }
 
     /// One HTTP exchange. On a retryable error, also returns the server's `Retry-After`.
-    async fn attempt(&self, req: &TokenRequest) -> Result<IssuedToken, (IdpError, Option<Duration>)> {
+    async fn attempt(
+        &self,
+        req: &TokenRequest,
+    ) -> Result<IssuedToken, (IdpError, Option<Duration>)> {
         let mut builder = self
             .http
             .post(req.token_url.clone())
             .timeout(req.timeout)
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
         if req.auth_method == AuthMethod::ClientSecretBasic {
             builder = builder.header(
                 http::header::AUTHORIZATION,
@@ -206,7 +234,13 @@ impl IdpClient {
         let builder = builder.body(form_body(req));
         let issued_at = now_millis();
         let resp = builder.send().await.map_err(|e| {
-            let reason = if e.is_timeout() { "timeout" } else if e.is_connect() { "connect failed" } else { "transport error" };
+            let reason = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connect failed"
+            } else {
+                "transport error"
+            };
             (IdpError::unavailable(reason), None)
         })?;
         let status = resp.status();
@@ -228,9 +262,17 @@ impl IdpClient {
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(err) if err.error == "invalid_client" => Err((IdpError::InvalidClient, None)),
-            Ok(err) if is_error_code(&err.error) => Err((IdpError::Refused { error: err.error }, None)),
+            Ok(err) if is_error_code(&err.error) => {
+                Err((IdpError::Refused { error: err.error }, None))
+            }
             _ if status == http::StatusCode::UNAUTHORIZED => Err((IdpError::InvalidClient, None)),
-            _ => Err((IdpError::Protocol(format!("HTTP {} without an RFC 6749 error", status.as_u16())), None)),
+            _ => Err((
+                IdpError::Protocol(format!(
+                    "HTTP {} without an RFC 6749 error",
+                    status.as_u16()
+                )),
+                None,
+            )),
         }
     }
 }
@@ -259,7 +301,10 @@ fn form_body(req: &TokenRequest) -> String {
 /// and base64-encoded, so ids and secrets containing `:` or non-ASCII survive the trip.
 pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!("Basic {}", BASE64.encode(format!("{}:{}", enc(client_id), enc(client_secret))))
+    format!(
+        "Basic {}",
+        BASE64.encode(format!("{}:{}", enc(client_id), enc(client_secret)))
+    )
 }
 
 /// RFC 6749 §5.2: `error` is a set of printable ASCII characters without `"` and `\`. We only
@@ -267,15 +312,24 @@ pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
 fn is_error_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= 64
-        && code.bytes().all(|b| (0x20..=0x7E).contains(&b) && b != b'"' && b != b'\\')
+        && code
+            .bytes()
+            .all(|b| (0x20..=0x7E).contains(&b) && b != b'"' && b != b'\\')
 }
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, IdpError> {
-    if resp.content_length().is_some_and(|l| l as usize > MAX_RESPONSE_BYTES) {
+    if resp
+        .content_length()
+        .is_some_and(|l| l as usize > MAX_RESPONSE_BYTES)
+    {
         return Err(IdpError::Protocol("response too large".into()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|_| IdpError::unavailable("response interrupted"))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|_| IdpError::unavailable("response interrupted"))?
+    {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(IdpError::Protocol("response too large".into()));
         }
@@ -285,18 +339,25 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, IdpError> {
 }
 
 fn parse_success(body: &[u8], issued_at: UnixMillis) -> Result<IssuedToken, IdpError> {
-    let ok: SuccessBody =
-        serde_json::from_slice(body).map_err(|_| IdpError::Protocol("token response is not RFC 6749 JSON".into()))?;
+    let ok: SuccessBody = serde_json::from_slice(body)
+        .map_err(|_| IdpError::Protocol("token response is not RFC 6749 JSON".into()))?;
     // RFC 6750: we present the token as a bearer token; anything else we cannot use correctly.
     if !ok.token_type.eq_ignore_ascii_case("bearer") {
-        return Err(IdpError::Protocol(format!("unsupported token_type {:?}", ok.token_type.chars().take(20).collect::<String>())));
+        return Err(IdpError::Protocol(format!(
+            "unsupported token_type {:?}",
+            ok.token_type.chars().take(20).collect::<String>()
+        )));
     }
     if ok.access_token.is_empty() {
         return Err(IdpError::Protocol("empty access_token".into()));
     }
     let expires_in = match ok.expires_in {
         Some(ExpiresIn::Number(n)) => Some(n),
-        Some(ExpiresIn::Text(t)) => Some(t.trim().parse().map_err(|_| IdpError::Protocol("expires_in is not a number".into()))?),
+        Some(ExpiresIn::Text(t)) => Some(
+            t.trim()
+                .parse()
+                .map_err(|_| IdpError::Protocol("expires_in is not a number".into()))?,
+        ),
         None => None,
     };
     Ok(IssuedToken {
@@ -323,6 +384,9 @@ mod tests {
         let body = br#"{"access_token":"x","token_type":"mac"}"#;
         assert!(matches!(parse_success(body, 0), Err(IdpError::Protocol(_))));
         let body = br#"{"access_token":"x","token_type":"Bearer","expires_in":"60"}"#;
-        assert_eq!(parse_success(body, 0).unwrap().expires_in, Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_success(body, 0).unwrap().expires_in,
+            Some(Duration::from_secs(60))
+        );
     }
 }

@@ -75,9 +75,12 @@ impl FleetKey {
         let mut derive = [0u8; 32];
         let mut seal = [0u8; 32];
         let mut id = [0u8; 4];
-        hk.expand(b"token-key", &mut derive).expect("32 bytes is a valid HKDF length");
-        hk.expand(b"seal", &mut seal).expect("32 bytes is a valid HKDF length");
-        hk.expand(b"key-id", &mut id).expect("4 bytes is a valid HKDF length");
+        hk.expand(b"token-key", &mut derive)
+            .expect("32 bytes is a valid HKDF length");
+        hk.expand(b"seal", &mut seal)
+            .expect("32 bytes is a valid HKDF length");
+        hk.expand(b"key-id", &mut id)
+            .expect("4 bytes is a valid HKDF length");
         let id = id.iter().map(|b| format!("{b:02x}")).collect();
         Self { id, derive, seal }
     }
@@ -151,8 +154,14 @@ impl KeyDeriver {
 impl TokenRequest {
     /// The cache key of this request under a fleet key.
     pub fn key(&self, fleet: &FleetKey) -> TokenKey {
-        KeyDeriver::new(fleet, &self.token_url, &self.scopes, self.audience.as_deref(), &self.params)
-            .key(&self.client_id, self.client_secret.expose())
+        KeyDeriver::new(
+            fleet,
+            &self.token_url,
+            &self.scopes,
+            self.audience.as_deref(),
+            &self.params,
+        )
+        .key(&self.client_id, self.client_secret.expose())
     }
 }
 
@@ -166,7 +175,13 @@ mod tests {
     use super::*;
 
     fn deriver(fleet: &FleetKey, url: &str) -> KeyDeriver {
-        KeyDeriver::new(fleet, &url.parse().unwrap(), &["read".into()], Some("aud"), &[])
+        KeyDeriver::new(
+            fleet,
+            &url.parse().unwrap(),
+            &["read".into()],
+            Some("aud"),
+            &[],
+        )
     }
 
     #[test]
@@ -191,7 +206,13 @@ mod tests {
         let s = Secret::new("x".repeat(32));
         let (n1, n2) = (FleetKey::from_secret(&s), FleetKey::from_secret(&s));
         assert_eq!(n1.id(), n2.id());
-        assert_eq!(deriver(&n1, "http://i/t").key("c", "s"), deriver(&n2, "http://i/t").key("c", "s"));
-        assert_ne!(deriver(&FleetKey::random(), "http://i/t").key("c", "s"), deriver(&n1, "http://i/t").key("c", "s"));
+        assert_eq!(
+            deriver(&n1, "http://i/t").key("c", "s"),
+            deriver(&n2, "http://i/t").key("c", "s")
+        );
+        assert_ne!(
+            deriver(&FleetKey::random(), "http://i/t").key("c", "s"),
+            deriver(&n1, "http://i/t").key("c", "s")
+        );
     }
 }

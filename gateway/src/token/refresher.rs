@@ -31,7 +31,11 @@ pub async fn run(cache: Arc<TokenCache>, cfg: RefreshConfig, shutdown: Cancellat
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let fence = match cache.store().acquire_refresh_lease(cache.node(), cfg.lease_ttl).await {
+        let fence = match cache
+            .store()
+            .acquire_refresh_lease(cache.node(), cfg.lease_ttl)
+            .await
+        {
             Ok(f) => f,
             Err(error) => {
                 tracing::debug!(%error, "cannot reach store for the refresh lease");
@@ -39,8 +43,12 @@ pub async fn run(cache: Arc<TokenCache>, cfg: RefreshConfig, shutdown: Cancellat
             }
         };
         match (leading, fence) {
-            (None, Some(f)) => tracing::info!(node = %cache.node(), fence = f.0, "became refresh leader"),
-            (Some(_), None) => tracing::warn!(node = %cache.node(), "lost refresh lease; refreshing stops"),
+            (None, Some(f)) => {
+                tracing::info!(node = %cache.node(), fence = f.0, "became refresh leader")
+            }
+            (Some(_), None) => {
+                tracing::warn!(node = %cache.node(), "lost refresh lease; refreshing stops")
+            }
             _ => {}
         }
         leading = fence;

@@ -52,15 +52,29 @@ pub fn seal(fleet: &FleetKey, key: &TokenKey, entry: &TokenEntry) -> SealedEntry
     rand::rng().fill_bytes(&mut nonce);
     let plaintext = serde_json::to_vec(&entry.secrets).expect("secrets serialize");
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &aad(key, &entry.meta) })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &plaintext,
+                aad: &aad(key, &entry.meta),
+            },
+        )
         .expect("AES-GCM encryption does not fail for in-memory buffers");
     let mut ciphertext = nonce.to_vec();
     ciphertext.extend_from_slice(&ct);
-    SealedEntry { meta: entry.meta.clone(), key_id: fleet.id.clone(), ciphertext }
+    SealedEntry {
+        meta: entry.meta.clone(),
+        key_id: fleet.id.clone(),
+        ciphertext,
+    }
 }
 
 /// Opens a sealed entry read back from a store.
-pub fn unseal(fleet: &FleetKey, key: &TokenKey, sealed: &SealedEntry) -> Result<TokenEntry, SealError> {
+pub fn unseal(
+    fleet: &FleetKey,
+    key: &TokenKey,
+    sealed: &SealedEntry,
+) -> Result<TokenEntry, SealError> {
     if sealed.key_id != fleet.id {
         return Err(SealError::UnknownKey(sealed.key_id.clone()));
     }
@@ -70,9 +84,16 @@ pub fn unseal(fleet: &FleetKey, key: &TokenKey, sealed: &SealedEntry) -> Result<
     let cipher = Aes256Gcm::new_from_slice(&fleet.seal).expect("32-byte key");
     let (nonce, ct) = sealed.ciphertext.split_at(NONCE_LEN);
     let plaintext = cipher
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad(key, &sealed.meta) })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: &aad(key, &sealed.meta),
+            },
+        )
         .map_err(|_| SealError::Corrupt)?;
-    let secrets: EntrySecrets = serde_json::from_slice(&plaintext).map_err(|_| SealError::Corrupt)?;
+    let secrets: EntrySecrets =
+        serde_json::from_slice(&plaintext).map_err(|_| SealError::Corrupt)?;
     TokenEntry::new(sealed.meta.clone(), secrets).map_err(|_| SealError::Corrupt)
 }
 
@@ -109,7 +130,10 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(1),
             retries: 0,
         };
-        let secrets = EntrySecrets { access_token: Secret::new("the-access-token"), spec };
+        let secrets = EntrySecrets {
+            access_token: Secret::new("the-access-token"),
+            spec,
+        };
         TokenEntry::new(meta, secrets).unwrap()
     }
 
@@ -129,10 +153,19 @@ pub(crate) mod tests {
         let fleet = FleetKey::random();
         let key = TokenKey::from_bytes([7; 32]);
         let sealed = seal(&fleet, &key, &sample_entry(1));
-        assert!(matches!(unseal(&fleet, &TokenKey::from_bytes([8; 32]), &sealed), Err(SealError::Corrupt)));
+        assert!(matches!(
+            unseal(&fleet, &TokenKey::from_bytes([8; 32]), &sealed),
+            Err(SealError::Corrupt)
+        ));
         let mut stretched = sealed.clone();
         stretched.meta.expires_at += 1;
-        assert!(matches!(unseal(&fleet, &key, &stretched), Err(SealError::Corrupt)));
-        assert!(matches!(unseal(&FleetKey::random(), &key, &sealed), Err(SealError::UnknownKey(_))));
+        assert!(matches!(
+            unseal(&fleet, &key, &stretched),
+            Err(SealError::Corrupt)
+        ));
+        assert!(matches!(
+            unseal(&FleetKey::random(), &key, &sealed),
+            Err(SealError::UnknownKey(_))
+        ));
     }
 }

@@ -29,16 +29,31 @@ routes:
         "routes[0].middlewares[1]: no middleware named \"missing\"",
         "routes[0].upstream.urls: needs at least one URL",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
 #[test]
 fn check_config_accepts_the_example_config() {
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.example.yaml")).unwrap();
-    let (mut cmd, _dir) = gateway_command(&["check-config"], &example, &[("GW_SECRET", "example-secret")]);
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/gateway.example.yaml"
+    ))
+    .unwrap();
+    let (mut cmd, _dir) = gateway_command(
+        &["check-config"],
+        &example,
+        &[("GW_SECRET", "example-secret")],
+    );
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -47,16 +62,29 @@ fn secrets_never_appear_in_config_errors() {
     let (mut cmd, _dir) = gateway_command(&["check-config"], yaml, &[]);
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("fleetKey: must be at least 32 bytes"), "{stderr}");
+    assert!(
+        stderr.contains("fleetKey: must be at least 32 bytes"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("too-short-inline-secret"));
 }
 
 #[test]
 fn run_with_a_bad_config_exits_before_binding_anything() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let yaml = format!("listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\nrequestTimeout: soon\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\nrequestTimeout: soon\n"
+    );
     let (mut cmd, _dir) = gateway_command(&["run", "--config"], &yaml, &[]);
-    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("requestTimeout:"), "{stderr}");

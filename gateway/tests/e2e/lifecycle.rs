@@ -15,7 +15,10 @@ async fn start(lifetime: Duration) -> (FakeIdp, EchoUpstream, Node) {
     idp.register("gw id:+/%", GW_SECRET);
     idp.register("svc-a", "s3cret");
     idp.set_token_lifetime(lifetime);
-    let yaml = format!("{FAST_REFRESH}{}", two_modes(&idp.token_url(), &upstream.url(), ""));
+    let yaml = format!(
+        "{FAST_REFRESH}{}",
+        two_modes(&idp.token_url(), &upstream.url(), "")
+    );
     let node = Node::start(&yaml, &[("GW_SECRET", GW_SECRET)]);
     (idp, upstream, node)
 }
@@ -29,39 +32,70 @@ fn chaos_claims(token: &str) -> serde_json::Value {
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     v.validate_aud = false;
     v.validate_exp = false;
-    jsonwebtoken::decode::<serde_json::Value>(token, &FakeIdp::decoding_key(), &v).unwrap().claims
+    jsonwebtoken::decode::<serde_json::Value>(token, &FakeIdp::decoding_key(), &v)
+        .unwrap()
+        .claims
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_refreshed_ahead_of_expiry_so_no_request_waits_on_the_idp() {
     let (idp, _upstream, node) = start(Duration::from_secs(5)).await;
     let http = client();
-    let warm = http.get(node.url("/app")).header("authorization", basic("svc-a", "s3cret")).send().await.unwrap();
+    let warm = http
+        .get(node.url("/app"))
+        .header("authorization", basic("svc-a", "s3cret"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(warm.status(), 200);
     // From now on an IdP round trip takes 600 ms, and callers give up after 400 ms: any request
     // that had to wait for the IdP fails.
     idp.set_latency(Duration::from_millis(600));
-    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(400)).build().unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
     let started = Instant::now();
     let mut tokens = std::collections::BTreeSet::new();
     let mut served = 0;
     while started.elapsed() < Duration::from_secs(10) {
-        let resp = impatient.get(node.url("/app")).header("authorization", basic("svc-a", "s3cret")).send().await;
-        let resp = resp.unwrap_or_else(|e| panic!("request {served} waited on the IdP or failed: {e}"));
+        let resp = impatient
+            .get(node.url("/app"))
+            .header("authorization", basic("svc-a", "s3cret"))
+            .send()
+            .await;
+        let resp =
+            resp.unwrap_or_else(|e| panic!("request {served} waited on the IdP or failed: {e}"));
         let e = echo(resp).await;
-        let token = header(&e, "authorization")[0].strip_prefix("Bearer ").unwrap().to_owned();
-        assert!(exp_of(&token) >= now_secs(), "an expired token reached the upstream");
+        let token = header(&e, "authorization")[0]
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_owned();
+        assert!(
+            exp_of(&token) >= now_secs(),
+            "an expired token reached the upstream"
+        );
         tokens.insert(token);
         served += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served > 50);
-    assert!(tokens.len() >= 3, "10 s of 5 s tokens needs at least 3 tokens, saw {}", tokens.len());
-    assert!(idp.issued("svc-a") <= tokens.len() as u64 + 1, "one refresh per lifetime, not a stampede");
+    assert!(
+        tokens.len() >= 3,
+        "10 s of 5 s tokens needs at least 3 tokens, saw {}",
+        tokens.len()
+    );
+    assert!(
+        idp.issued("svc-a") <= tokens.len() as u64 + 1,
+        "one refresh per lifetime, not a stampede"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,22 +108,42 @@ async fn idp_outage_serves_valid_tokens_then_answers_503_with_retry_after() {
     // The cached token is still valid: callers do not notice the outage.
     assert_eq!(get().await.unwrap().status(), 200);
     let mut unavailable = None;
-    eventually("the cached token runs out", Duration::from_secs(8), async || {
-        let resp = get().await.unwrap();
-        if resp.status() == 503 {
-            unavailable = Some(resp);
-            return true;
-        }
-        assert_eq!(resp.status(), 200, "only 200 (valid token) or 503 (none left)");
-        false
-    })
+    eventually(
+        "the cached token runs out",
+        Duration::from_secs(8),
+        async || {
+            let resp = get().await.unwrap();
+            if resp.status() == 503 {
+                unavailable = Some(resp);
+                return true;
+            }
+            assert_eq!(
+                resp.status(),
+                200,
+                "only 200 (valid token) or 503 (none left)"
+            );
+            false
+        },
+    )
     .await;
     let resp = unavailable.unwrap();
-    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
-    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"], "temporarily_unavailable");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["error"],
+        "temporarily_unavailable"
+    );
     idp.set_mode(IdpMode::Healthy);
-    eventually("service recovers with the IdP", Duration::from_secs(15), async || get().await.unwrap().status() == 200).await;
+    eventually(
+        "service recovers with the IdP",
+        Duration::from_secs(15),
+        async || get().await.unwrap().status() == 200,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,24 +151,53 @@ async fn upstream_401_evicts_the_token_and_retries_once_with_a_fresh_one() {
     let (idp, upstream, node) = start(Duration::from_secs(300)).await;
     let http = client();
     let auth = basic("svc-a", "s3cret");
-    let first = echo(http.get(node.url("/app")).header("authorization", &auth).send().await.unwrap()).await;
-    let revoked = header(&first, "authorization")[0].strip_prefix("Bearer ").unwrap().to_owned();
+    let first = echo(
+        http.get(node.url("/app"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let revoked = header(&first, "authorization")[0]
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_owned();
     upstream.reject_token(&revoked);
 
-    let resp = http.post(node.url("/app/orders")).header("authorization", &auth).body("hello").send().await.unwrap();
+    let resp = http
+        .post(node.url("/app/orders"))
+        .header("authorization", &auth)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = upstream.seen();
     assert_eq!(seen.len(), 3, "first call, rejected attempt, retry");
     assert_eq!(seen[1].bearer(), Some(revoked.as_str()));
     assert_ne!(seen[2].bearer(), Some(revoked.as_str()));
-    assert_eq!((seen[2].method.as_str(), seen[2].body_len), ("POST", 5), "the body is replayed");
+    assert_eq!(
+        (seen[2].method.as_str(), seen[2].body_len),
+        ("POST", 5),
+        "the body is replayed"
+    );
     assert_eq!(idp.issued("svc-a"), 2);
 
     // An upstream that rejects every token gets exactly one retry per request, not a loop.
     upstream.reject_all(true);
     let (seen_before, issued_before) = (upstream.seen().len(), idp.issued("svc-a"));
-    let resp = http.get(node.url("/app/orders")).header("authorization", &auth).send().await.unwrap();
-    assert_eq!(resp.status(), 401, "the upstream's answer after the one retry is passed on");
+    let resp = http
+        .get(node.url("/app/orders"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        401,
+        "the upstream's answer after the one retry is passed on"
+    );
     assert_eq!(upstream.seen().len(), seen_before + 2);
     assert_eq!(idp.issued("svc-a"), issued_before + 1);
 }

@@ -29,7 +29,11 @@ impl Drop for Node {
 }
 
 /// Writes `yaml` to a temporary file and runs `gateway <args...> <file>`.
-pub fn gateway_command(args: &[&str], yaml: &str, env: &[(&str, &str)]) -> (Command, tempfile::TempDir) {
+pub fn gateway_command(
+    args: &[&str],
+    yaml: &str,
+    env: &[(&str, &str)],
+) -> (Command, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -44,20 +48,31 @@ pub fn gateway_command(args: &[&str], yaml: &str, env: &[(&str, &str)]) -> (Comm
 impl Node {
     /// Starts a node with `yaml` (listeners on port 0) and waits until it listens.
     pub fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
-        let yaml = format!("log: {{ format: json, level: \"info,tokengate=debug,gateway=debug\" }}\n{yaml}");
+        let yaml = format!(
+            "log: {{ format: json, level: \"info,tokengate=debug,gateway=debug\" }}\n{yaml}"
+        );
         let (mut cmd, dir) = gateway_command(&["run", "--config"], &yaml, env);
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("gateway binary runs");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gateway binary runs");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let log = Arc::clone(&log);
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if v["message"] == "tokengate listening" {
-                            let _ = tx.send((v["proxy"].as_str().unwrap().parse().unwrap(), v["admin"].as_str().unwrap().parse().unwrap()));
-                        }
+                    let parsed = serde_json::from_str::<serde_json::Value>(&line).ok();
+                    if let Some(v) = parsed.filter(|v| v["message"] == "tokengate listening") {
+                        let _ = tx.send((
+                            v["proxy"].as_str().unwrap().parse().unwrap(),
+                            v["admin"].as_str().unwrap().parse().unwrap(),
+                        ));
                     }
                     let mut l = log.lock().unwrap();
                     l.push_str(&line);
@@ -65,14 +80,21 @@ impl Node {
                 }
             });
         }
-        let (proxy, admin): (SocketAddr, SocketAddr) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("gateway did not start; log:\n{}", log.lock().unwrap());
-            }
-        };
-        Self { child, log, proxy, admin, _dir: dir }
+        let (proxy, admin): (SocketAddr, SocketAddr) =
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(a) => a,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("gateway did not start; log:\n{}", log.lock().unwrap());
+                }
+            };
+        Self {
+            child,
+            log,
+            proxy,
+            admin,
+            _dir: dir,
+        }
     }
 
     /// `http://<proxy><path>`.
@@ -87,7 +109,11 @@ impl Node {
 
     /// Sends a signal (`TERM`, `INT`, ...) with `kill(1)`, keeping the tests free of unsafe code.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{name} failed");
     }
 
@@ -98,7 +124,10 @@ impl Node {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "gateway did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -111,14 +140,20 @@ pub fn basic(id: &str, secret: &str) -> String {
 
 /// A client that never reuses connections across tests' nodes and has a sane timeout.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
 
 /// Polls `cond` until it holds or `within` passes.
 pub async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -131,7 +166,10 @@ pub async fn echo(resp: reqwest::Response) -> serde_json::Value {
 
 /// Single header value from an echo.
 pub fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
-    echo["headers"][name].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default()
+    echo["headers"][name]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default()
 }
 
 /// A config with one app-level and one gateway-level route to `upstream`.
