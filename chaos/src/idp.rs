@@ -56,6 +56,8 @@ struct State {
     latency: Mutex<Duration>,
     mode: Mutex<IdpMode>,
     omit_expires_in: AtomicBool,
+    opaque: AtomicBool,
+    fail_next: AtomicU64,
     issued: Mutex<HashMap<String, u64>>,
     seen: Mutex<Vec<SeenRequest>>,
     jti: AtomicU64,
@@ -77,14 +79,23 @@ impl Drop for FakeIdp {
 }
 
 impl FakeIdp {
-    /// Starts an IdP with no clients and a 60 s token lifetime.
+    /// Starts an IdP on a free loopback port with no clients and a 60 s token lifetime.
     pub async fn start() -> Self {
+        Self::start_on(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind loopback")
+    }
+
+    /// Starts an IdP on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let state = Arc::new(State {
             clients: Mutex::new(HashMap::new()),
             lifetime: Mutex::new(Duration::from_secs(60)),
             latency: Mutex::new(Duration::ZERO),
             mode: Mutex::new(IdpMode::Healthy),
             omit_expires_in: AtomicBool::new(false),
+            opaque: AtomicBool::new(false),
+            fail_next: AtomicU64::new(0),
             issued: Mutex::new(HashMap::new()),
             seen: Mutex::new(Vec::new()),
             jti: AtomicU64::new(0),
@@ -97,9 +108,9 @@ impl FakeIdp {
             let s = Arc::clone(&s);
             Box::pin(async move { handle(&s, req).await })
         });
-        let addr = serve::start(handler, stop.clone()).await;
+        let addr = serve::start(addr, handler, stop.clone()).await?;
         *state.issuer.lock().unwrap() = format!("http://{addr}");
-        Self { addr, state, stop }
+        Ok(Self { addr, state, stop })
     }
 
     /// The token endpoint URL.
@@ -139,6 +150,16 @@ impl FakeIdp {
     /// Leaves `expires_in` out of responses (the JWT `exp` still says when it expires).
     pub fn omit_expires_in(&self, omit: bool) {
         self.state.omit_expires_in.store(omit, Ordering::Relaxed);
+    }
+
+    /// Issues opaque random tokens instead of JWTs (no `exp` to read).
+    pub fn opaque_tokens(&self, opaque: bool) {
+        self.state.opaque.store(opaque, Ordering::Relaxed);
+    }
+
+    /// Answers the next `n` token requests with 503, then recovers.
+    pub fn fail_next(&self, n: u64) {
+        self.state.fail_next.store(n, Ordering::Relaxed);
     }
 
     /// Tokens issued to `client_id` so far.
@@ -193,7 +214,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
+            let failing = state
+                .fail_next
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
             match mode {
+                IdpMode::Healthy if failing => Some(json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "temporarily_unavailable"}),
+                )),
                 IdpMode::Unreachable => None,
                 IdpMode::ServerError => Some(json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -289,7 +318,15 @@ fn token<'a>(
         });
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(KID.into());
-        let token = jsonwebtoken::encode(&header, &claims, &state.key).expect("signing works");
+        let token = if state.opaque.load(Ordering::Relaxed) {
+            format!(
+                "opaque-{}-{}",
+                claims["jti"].as_str().unwrap_or_default(),
+                now.as_nanos()
+            )
+        } else {
+            jsonwebtoken::encode(&header, &claims, &state.key).expect("signing works")
+        };
         *state.issued.lock().unwrap().entry(client_id).or_default() += 1;
         let mut body = json!({ "access_token": token, "token_type": "Bearer", "scope": get("scope").unwrap_or_default() });
         if !state.omit_expires_in.load(Ordering::Relaxed) {

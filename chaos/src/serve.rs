@@ -21,12 +21,14 @@ pub type Handler = Arc<
     dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<Option<Response<Full<Bytes>>>> + Send + Sync,
 >;
 
-/// Binds `127.0.0.1:0` and serves until `stop` is cancelled.
-pub async fn start(handler: Handler, stop: CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
+/// Binds `addr` (port 0: any free port) and serves until `stop` is cancelled.
+pub async fn start(
+    addr: SocketAddr,
+    handler: Handler,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
             let (stream, remote) = tokio::select! {
@@ -54,5 +56,5 @@ pub async fn start(handler: Handler, stop: CancellationToken) -> SocketAddr {
             });
         }
     });
-    addr
+    Ok(addr)
 }

@@ -66,8 +66,15 @@ impl Drop for EchoUpstream {
 }
 
 impl EchoUpstream {
-    /// Starts an echo upstream on a loopback port.
+    /// Starts an echo upstream on a free loopback port.
     pub async fn start() -> Self {
+        Self::start_on(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind loopback")
+    }
+
+    /// Starts an echo upstream on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let state = Arc::new(State::default());
         let stop = CancellationToken::new();
         let s = Arc::clone(&state);
@@ -75,8 +82,8 @@ impl EchoUpstream {
             let s = Arc::clone(&s);
             Box::pin(async move { Some(handle(&s, req, remote).await) })
         });
-        let addr = serve::start(handler, stop.clone()).await;
-        Self { addr, state, stop }
+        let addr = serve::start(addr, handler, stop.clone()).await?;
+        Ok(Self { addr, state, stop })
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -129,6 +129,23 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         }
     }
 
+    // A refresh round is bounded by what is left of the lease after renewing it; it must fit at
+    // least one IdP attempt, or slow IdPs would see every refresh cancelled.
+    let longest_idp_timeout = middlewares
+        .values()
+        .map(|MiddlewareConfig::ClientCredentials(cc)| cc.idp_timeout)
+        .max()
+        .unwrap_or_default();
+    if refresh.lease_ttl.saturating_sub(refresh.interval) < longest_idp_timeout {
+        issues.push(
+            "refresh.leaseTtl",
+            format!(
+                "must exceed refresh.interval by at least the longest clientConfig.timeout ({})",
+                humantime::format_duration(longest_idp_timeout)
+            ),
+        );
+    }
+
     let mut routes = Vec::new();
     let mut seen_names = BTreeMap::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -397,6 +414,21 @@ routes:
                 "routes[0].middlewares[1]: no middleware named \"nope\"",
             ]
         );
+    }
+
+    #[test]
+    fn refresh_lease_must_fit_an_idp_attempt() {
+        let bad = GOOD.replace("admin:", "refresh: { interval: 1s, leaseTtl: 3s }\nadmin:");
+        let err = Config::from_yaml(&bad).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "refresh.leaseTtl: must exceed refresh.interval by at least the longest clientConfig.timeout (5s)"
+        );
+        let ok = bad.replace(
+            "scopes: [b, a, a]",
+            "scopes: [b]\n      clientConfig: { timeout: 2s }",
+        );
+        Config::from_yaml(&ok).unwrap();
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! Every node runs this loop; only the node holding the store's refresh lease acts. Each round
 //! it takes or renews the lease, then renews every recently used entry whose `refresh_at` has
 //! passed, writing with its fence so that a deposed leader's late write is refused by the store.
-//! A round is bounded by half the lease lifetime, so a leader stops working well before another
-//! node could legitimately take over.
+//! A round starts right after the lease was renewed and is bounded by what is left of it
+//! (`leaseTtl - interval`), so a leader stops working before another node could legitimately take
+//! over; and even a write that outlives the lease is refused by the store's fencing. Entries a
+//! round could not finish are simply due again in the next one.
 
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -56,8 +58,8 @@ pub async fn run(cache: Arc<TokenCache>, cfg: RefreshConfig, shutdown: Cancellat
         let round = refresh_due(&cache, &cfg, fence);
         tokio::select! {
             () = shutdown.cancelled() => break,
-            r = tokio::time::timeout(cfg.lease_ttl / 2, round) => if r.is_err() {
-                tracing::warn!("refresh round exceeded half the lease lifetime; continuing next round");
+            r = tokio::time::timeout(cfg.lease_ttl.saturating_sub(cfg.interval), round) => if r.is_err() {
+                tracing::warn!("refresh round outlasted the lease; unfinished entries are retried next round");
             },
         }
     }

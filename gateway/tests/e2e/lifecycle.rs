@@ -7,7 +7,7 @@ use chaos::{EchoUpstream, FakeIdp, IdpMode};
 use crate::support::{GW_SECRET, Node, basic, client, echo, eventually, header, two_modes};
 
 /// Refresh rounds every 100 ms so that seconds-long token lifetimes are refreshed in time.
-const FAST_REFRESH: &str = "refresh: { interval: 100ms, leaseTtl: 2s }\n";
+const FAST_REFRESH: &str = "refresh: { interval: 100ms, leaseTtl: 6s }\n";
 
 async fn start(lifetime: Duration) -> (FakeIdp, EchoUpstream, Node) {
     let idp = FakeIdp::start().await;
@@ -46,7 +46,9 @@ fn now_secs() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_refreshed_ahead_of_expiry_so_no_request_waits_on_the_idp() {
-    let (idp, _upstream, node) = start(Duration::from_secs(5)).await;
+    // 8 s tokens are servable for 7 s and refreshed at 75-80 % of that (5.25-5.6 s); with a 1 s
+    // IdP the new token is in place by 6.6 s, before the old one stops being served.
+    let (idp, _upstream, node) = start(Duration::from_secs(8)).await;
     let http = client();
     let warm = http
         .get(node.url("/app"))
@@ -55,17 +57,17 @@ async fn tokens_are_refreshed_ahead_of_expiry_so_no_request_waits_on_the_idp() {
         .await
         .unwrap();
     assert_eq!(warm.status(), 200);
-    // From now on an IdP round trip takes 600 ms, and callers give up after 400 ms: any request
+    // From now on an IdP round trip takes 1 s, and callers give up after 700 ms: any request
     // that had to wait for the IdP fails.
-    idp.set_latency(Duration::from_millis(600));
+    idp.set_latency(Duration::from_millis(1000));
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(400))
+        .timeout(Duration::from_millis(700))
         .build()
         .unwrap();
     let started = Instant::now();
     let mut tokens = std::collections::BTreeSet::new();
     let mut served = 0;
-    while started.elapsed() < Duration::from_secs(10) {
+    while started.elapsed() < Duration::from_secs(18) {
         let resp = impatient
             .get(node.url("/app"))
             .header("authorization", basic("svc-a", "s3cret"))
@@ -200,4 +202,83 @@ async fn upstream_401_evicts_the_token_and_retries_once_with_a_fresh_one() {
     );
     assert_eq!(upstream.seen().len(), seen_before + 2);
     assert_eq!(idp.issued("svc-a"), issued_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_idp_errors_are_retried() {
+    let (idp, _upstream, node) = start(Duration::from_secs(300)).await;
+    idp.fail_next(2);
+    let resp = client()
+        .get(node.url("/app"))
+        .header("authorization", basic("svc-a", "s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "two 503s, then success on the third attempt"
+    );
+    assert_eq!(idp.seen().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_idp_is_not_hammered() {
+    let (idp, _upstream, node) = start(Duration::from_secs(300)).await;
+    idp.set_mode(IdpMode::ServerError);
+    let http = client();
+    for _ in 0..30 {
+        let resp = http.get(node.url("/internal")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key("retry-after"));
+    }
+    // Three failed calls of three attempts each open the circuit; the rest fail fast.
+    let attempts = idp.seen().len();
+    assert!(attempts <= 9, "30 requests made {attempts} IdP attempts");
+    assert_eq!(
+        node.log().matches("circuit opened").count(),
+        1,
+        "the outage is logged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_without_expires_in_get_the_configured_default_lifetime() {
+    let idp = FakeIdp::start().await;
+    let upstream = EchoUpstream::start().await;
+    idp.register("svc-a", "s3cret");
+    idp.opaque_tokens(true);
+    idp.omit_expires_in(true);
+    let yaml = format!(
+        "{FAST_REFRESH}{}",
+        two_modes(
+            &idp.token_url(),
+            &upstream.url(),
+            "defaultTokenLifetime: 3s"
+        )
+    );
+    let node = Node::start(&yaml, &[("GW_SECRET", GW_SECRET)]);
+    let http = client();
+    let call = async || {
+        let e = echo(
+            http.get(node.url("/app"))
+                .header("authorization", basic("svc-a", "s3cret"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        header(&e, "authorization")[0].to_owned()
+    };
+    let first = call().await;
+    assert!(first.starts_with("Bearer opaque-"));
+    assert_eq!(call().await, first, "cached");
+    eventually(
+        "the 3 s default lifetime is renewed",
+        Duration::from_secs(6),
+        async || call().await != first,
+    )
+    .await;
+    let token = first.strip_prefix("Bearer ").unwrap();
+    assert!(!node.log().contains(token), "tokens are never logged");
 }

@@ -196,6 +196,19 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .unwrap();
     assert_eq!(ready.status(), 200);
     node.signal("TERM");
+    let admin = format!("http://{}/readyz", node.admin);
+    crate::support::eventually(
+        "readiness reports draining",
+        Duration::from_secs(2),
+        async || {
+            client()
+                .get(&admin)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 503)
+        },
+    )
+    .await;
     let resp = in_flight
         .await
         .unwrap()
