@@ -15,7 +15,7 @@ use http::request::Parts;
 
 pub use client_credentials::ClientCredentials;
 
-use crate::token::{TokenCache, TokenKey};
+use crate::token::TokenKey;
 
 /// A configured middleware instance.
 pub enum Middleware {
@@ -94,11 +94,4 @@ pub enum AuthError {
         /// Suggested wait.
         retry_after: Duration,
     },
-}
-
-/// The token cache a middleware uses (for tests and the admin API).
-pub fn cache_of(m: &Middleware) -> &Arc<TokenCache> {
-    match m {
-        Middleware::ClientCredentials(c) => c.cache(),
-    }
 }

@@ -3,9 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{CONNECTION, HOST, HeaderName};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
+use http::header::{CONNECTION, HeaderName};
+use http::{HeaderMap, HeaderValue, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -102,15 +101,6 @@ pub fn target(base: &Url, uri: &Uri) -> Result<Uri, http::Error> {
         .authority(authority)
         .path_and_query(format!("{base_path}{path_and_query}"))
         .build()
-}
-
-/// Sends `req` upstream. The caller's `Host` header is passed on, as Traefik does by default.
-pub async fn send(
-    client: &UpstreamClient,
-    req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-    debug_assert!(req.headers().get(HOST).is_some() || req.uri().authority().is_some());
-    client.request(req).await
 }
 
 #[cfg(test)]

@@ -207,7 +207,7 @@ impl Gateway {
             )
         })?;
         parts.version = http::Version::HTTP_11;
-        forward::send(&self.client, Request::from_parts(parts, body)).await.map_err(|error| {
+        self.client.request(Request::from_parts(parts, body)).await.map_err(|error| {
             tracing::warn!(upstream = %upstream, error = %error_chain(&error), "upstream request failed");
             response::error(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream service is unreachable")
         })

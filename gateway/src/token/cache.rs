@@ -33,6 +33,21 @@ const FILL_POLL: Duration = Duration::from_millis(100);
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<TokenEntry>, IdpError>>>;
 
+/// Ends a flight: dropped when its fill task finishes or unwinds.
+struct FlightLanded<'a> {
+    cache: &'a TokenCache,
+    key: TokenKey,
+}
+
+impl Drop for FlightLanded<'_> {
+    fn drop(&mut self) {
+        // A poisoned map only means another flight panicked while holding it; the map itself
+        // is still consistent (inserts and removes are single calls).
+        let mut flights = self.cache.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.remove(&self.key);
+    }
+}
+
 /// The node's token cache. Cheap to share: wrap it in an `Arc`.
 pub struct TokenCache {
     fleet: FleetKey,
@@ -113,7 +128,7 @@ impl TokenCache {
             return Err(IdpError::InvalidClient);
         }
         let flight = {
-            let mut flights = self.flights.lock().expect("flight map poisoned");
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(key) {
                 Some(f) => f.clone(),
                 None => {
@@ -136,16 +151,15 @@ impl TokenCache {
     ) -> Flight {
         let this = Arc::clone(self);
         let task = self.tasks.spawn(async move {
+            // Removes the flight when the task ends, however it ends (a panic included), so
+            // the next caller starts a new fill instead of joining a dead one.
+            let _landed = FlightLanded { cache: &this, key };
             let result = this.fill(&key, spec).await;
             if matches!(result, Err(IdpError::InvalidClient)) {
                 this.negative
                     .pin()
                     .insert(key, now_millis() + negative_ttl.as_millis() as u64);
             }
-            this.flights
-                .lock()
-                .expect("flight map poisoned")
-                .remove(&key);
             result
         });
         async move {
@@ -297,15 +311,19 @@ impl TokenCache {
         Ok(self.install(key, entry))
     }
 
-    /// Puts `entry` in the L1 unless a newer one is there; returns the one now current.
+    /// Puts `entry` in the L1 unless one at least as new is there; returns the one now current.
+    /// Atomic per key, so concurrent installs never let an older version win.
     fn install(&self, key: &TokenKey, entry: Arc<TokenEntry>) -> Arc<TokenEntry> {
         let l1 = self.l1.pin();
-        match l1.get(key) {
-            Some(cur) if cur.meta.version >= entry.meta.version => Arc::clone(cur),
-            _ => {
-                l1.insert(*key, Arc::clone(&entry));
-                entry
+        let outcome = l1.compute(*key, |current| match current {
+            Some((_, cur)) if cur.meta.version >= entry.meta.version => {
+                papaya::Operation::Abort(Arc::clone(cur))
             }
+            _ => papaya::Operation::Insert(Arc::clone(&entry)),
+        });
+        match outcome {
+            papaya::Compute::Aborted(current) => current,
+            _ => entry,
         }
     }
 

@@ -110,10 +110,31 @@ struct Breaker {
     trial_in_flight: bool,
 }
 
+/// A call let through by the breaker. If the call is dropped before its outcome is recorded
+/// (its task was cancelled), a half-open trial slot is given back, so the breaker never stays
+/// open because of a call that will never report.
+struct Admitted<'a> {
+    client: &'a IdpClient,
+    endpoint: &'a str,
+    recorded: bool,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.recorded
+            && let Some(b) = self.client.breakers().get_mut(self.endpoint)
+        {
+            b.trial_in_flight = false;
+        }
+    }
+}
+
 /// The node's client towards every configured token endpoint.
 pub struct IdpClient {
     http: reqwest::Client,
     breakers: Mutex<HashMap<String, Breaker>>,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
 }
 
 impl Default for IdpClient {
@@ -134,6 +155,8 @@ impl IdpClient {
         Self {
             http,
             breakers: Mutex::new(HashMap::new()),
+            breaker_threshold: BREAKER_THRESHOLD,
+            breaker_cooldown: BREAKER_COOLDOWN,
         }
     }
 
@@ -141,6 +164,11 @@ impl IdpClient {
     pub async fn fetch(&self, req: &TokenRequest) -> Result<IssuedToken, IdpError> {
         let endpoint = req.token_url.as_str().to_owned();
         self.admit(&endpoint)?;
+        let mut admitted = Admitted {
+            client: self,
+            endpoint: &endpoint,
+            recorded: false,
+        };
         let mut attempt = 0;
         let result = loop {
             match self.attempt(req).await {
@@ -156,12 +184,13 @@ impl IdpClient {
             }
         };
         self.record(&endpoint, &result);
+        admitted.recorded = true;
         result
     }
 
     /// Fails fast while the endpoint's breaker is open; lets one trial through after cooldown.
     fn admit(&self, endpoint: &str) -> Result<(), IdpError> {
-        let mut breakers = self.breakers.lock().expect("breaker lock poisoned");
+        let mut breakers = self.breakers();
         let b = breakers.entry(endpoint.to_owned()).or_default();
         match b.open_until {
             Some(until) if Instant::now() < until || b.trial_in_flight => {
@@ -181,8 +210,13 @@ impl IdpClient {
         }
     }
 
+    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {
+        // Breaker updates are single assignments: a poisoned lock still holds a usable state.
+        self.breakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn record(&self, endpoint: &str, result: &Result<IssuedToken, IdpError>) {
-        let mut breakers = self.breakers.lock().expect("breaker lock poisoned");
+        let mut breakers = self.breakers();
         let b = breakers.entry(endpoint.to_owned()).or_default();
         b.trial_in_flight = false;
         // Only an unreachable or failing IdP counts; a wrong secret says nothing about its health.
@@ -191,14 +225,14 @@ impl IdpClient {
             Err(IdpError::Unavailable { .. }) | Err(IdpError::Protocol(_))
         ) {
             b.consecutive_failures += 1;
-            if b.consecutive_failures >= BREAKER_THRESHOLD {
+            if b.consecutive_failures >= self.breaker_threshold {
                 if b.open_until.is_none() {
                     tracing::warn!(
                         token_url = endpoint,
                         "identity provider failing; circuit opened"
                     );
                 }
-                b.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
+                b.open_until = Some(Instant::now() + self.breaker_cooldown);
             }
         } else {
             if b.open_until.is_some() {
@@ -371,6 +405,54 @@ fn parse_success(body: &[u8], issued_at: UnixMillis) -> Result<IssuedToken, IdpE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(url: &str, timeout: Duration) -> TokenRequest {
+        TokenRequest {
+            token_url: url.parse().unwrap(),
+            auth_method: AuthMethod::ClientSecretBasic,
+            client_id: "c".into(),
+            client_secret: Secret::new("s"),
+            scopes: vec![],
+            audience: None,
+            params: vec![],
+            default_lifetime: Duration::from_secs(60),
+            timeout,
+            retries: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_trial_call_does_not_keep_the_circuit_open() {
+        // An endpoint that accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", silent.local_addr().unwrap());
+        let mut client = IdpClient::new();
+        client.breaker_threshold = 1;
+        client.breaker_cooldown = Duration::from_millis(50);
+        let slow = request(&url, Duration::from_millis(100));
+        assert!(matches!(
+            client.fetch(&slow).await,
+            Err(IdpError::Unavailable { .. })
+        ));
+        let open = client.fetch(&slow).await;
+        assert!(
+            matches!(open, Err(IdpError::Unavailable { ref reason, .. }) if reason == "circuit open")
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let patient = request(&url, Duration::from_secs(30));
+        // The half-open trial is admitted (it hangs), then its caller gives up.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), client.fetch(&patient))
+                .await
+                .is_err()
+        );
+        // The next call is admitted as the new trial instead of failing fast forever.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), client.fetch(&patient))
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn basic_credentials_are_form_encoded_before_base64() {
