@@ -31,18 +31,26 @@ use tokio_util::sync::CancellationToken;
 use config::{Config, StoreConfig};
 use proxy::admin::Admin;
 use proxy::{Gateway, Listeners};
-use store::{MemoryStore, Store};
+use store::{MemoryStore, RedisStore, Store, StoreError};
 use token::{FleetKey, TokenCache};
 
 /// Runs a gateway node on already-bound listeners until `shutdown` is cancelled, then drains
 /// in-flight requests (bounded by `shutdown_timeout`) and stops every background task.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
     let fleet = match &config.fleet_key {
         Some(secret) => FleetKey::from_secret(secret),
         None => FleetKey::random(),
     };
-    let store = match config.store {
+    let store = match &config.store {
         StoreConfig::Memory => Store::Memory(MemoryStore::new()),
+        StoreConfig::Redis(redis) => match RedisStore::new(redis) {
+            Ok(s) => Store::Redis(s),
+            Err(error) => return Err(error),
+        },
     };
     let cache = TokenCache::new(fleet, store);
     let background = CancellationToken::new();
@@ -85,4 +93,5 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("gateway stopped");
+    Ok(())
 }

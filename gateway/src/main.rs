@@ -86,8 +86,13 @@ async fn run(cfg: Config) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
-    gateway::run(cfg, listeners, shutdown).await;
-    ExitCode::SUCCESS
+    match gateway::run(cfg, listeners, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

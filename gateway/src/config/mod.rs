@@ -52,7 +52,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The shared token store.
     pub store: StoreConfig,
-    /// The fleet key; `None` means a random per-process key (memory store only).
+    /// The fleet key; `None` means a random per-process key (memory store only: shared stores
+    /// require every node to hold the same key).
     pub fleet_key: Option<Secret>,
     /// Background refresher settings.
     pub refresh: RefreshConfig,
@@ -73,6 +74,49 @@ pub struct Config {
 pub enum StoreConfig {
     /// Node-local.
     Memory,
+    /// Shared through Redis.
+    Redis(RedisConfig),
+}
+
+/// Connections per node to Redis: the request path only reaches Redis on L1 misses.
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 16;
+/// A healthy Redis answers in well under a millisecond; a second means it is not healthy, and
+/// the node degrades to L1 rather than making callers wait.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The Redis store, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `(host, port)` of each endpoint.
+    pub endpoints: Vec<(String, u16)>,
+    /// ACL user.
+    pub username: Option<String>,
+    /// Password (also used for the sentinels in Sentinel mode).
+    pub password: Option<Secret>,
+    /// Database number (standalone and Sentinel only).
+    pub database: i64,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// How the endpoints are to be used.
+    pub topology: RedisTopology,
+    /// Connections per node.
+    pub pool_size: usize,
+    /// Upper bound on one operation.
+    pub timeout: Duration,
+}
+
+/// Redis deployment shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (or a proxy in front of several).
+    Standalone,
+    /// Redis Cluster; the endpoints are seed nodes.
+    Cluster,
+    /// Redis Sentinel; the endpoints are sentinels watching `master_set`.
+    Sentinel {
+        /// The monitored master's name.
+        master_set: String,
+    },
 }
 
 /// Refresher settings (DESIGN.md, token lifecycle step 5).

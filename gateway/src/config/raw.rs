@@ -58,6 +58,45 @@ pub struct RawStore {
     /// Node-local store: the L1 is the whole cache.
     #[serde(default)]
     pub memory: Option<RawMemoryStore>,
+    /// Redis (standalone, Sentinel or Cluster).
+    #[serde(default)]
+    pub redis: Option<RawRedisStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRedisStore {
+    /// `host:port` of each server (Cluster: seed nodes; Sentinel: the sentinels).
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Secret reference.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub database: Option<i64>,
+    /// Prefix of every key and channel (default `tokengate`).
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// Redis Cluster.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Redis Sentinel.
+    #[serde(default)]
+    pub sentinel: Option<RawSentinel>,
+    /// Connections per node.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Upper bound on one Redis operation, connecting included.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSentinel {
+    /// The monitored master's name.
+    pub master_set: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,13 +7,14 @@ use http::HeaderName;
 use url::Url;
 
 use super::raw::{
-    RawClientCredentials, RawConfig, RawMiddleware, RawRoute, RawStore, StringOrList,
+    RawClientCredentials, RawConfig, RawMiddleware, RawRedisStore, RawRoute, RawStore, StringOrList,
 };
 use super::{
     ClientCredentialsConfig, Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_IDP_RETRIES,
-    DEFAULT_IDP_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REFRESH_INTERVAL,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOKEN_LIFETIME, LogConfig,
-    LogFormat, MiddlewareConfig, RefreshConfig, RouteConfig, StoreConfig, secret,
+    DEFAULT_IDP_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REDIS_POOL_SIZE,
+    DEFAULT_REDIS_TIMEOUT, DEFAULT_REFRESH_INTERVAL, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOKEN_LIFETIME, LogConfig, LogFormat, MiddlewareConfig,
+    RedisConfig, RedisTopology, RefreshConfig, RouteConfig, StoreConfig, secret,
 };
 use crate::token::AuthMethod;
 
@@ -64,9 +65,27 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         issues.push("admin.listen", "must differ from listen");
     }
     let store = match raw.store {
-        None | Some(RawStore { memory: Some(_) }) => StoreConfig::Memory,
-        Some(RawStore { memory: None }) => {
-            issues.push("store", "names no backend (expected memory)");
+        None
+        | Some(RawStore {
+            memory: Some(_),
+            redis: None,
+        }) => StoreConfig::Memory,
+        Some(RawStore {
+            memory: None,
+            redis: Some(r),
+        }) => redis(&mut issues, r).map_or(StoreConfig::Memory, StoreConfig::Redis),
+        Some(RawStore {
+            memory: None,
+            redis: None,
+        }) => {
+            issues.push("store", "names no backend (expected memory or redis)");
+            StoreConfig::Memory
+        }
+        Some(RawStore {
+            memory: Some(_),
+            redis: Some(_),
+        }) => {
+            issues.push("store", "names two backends; choose memory or redis");
             StoreConfig::Memory
         }
     };
@@ -74,6 +93,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         .fleet_key
         .as_deref()
         .and_then(|r| issues.secret("fleetKey", r));
+    if raw.fleet_key.is_none() && store != StoreConfig::Memory {
+        issues.push(
+            "fleetKey",
+            "is required with a shared store: every node must hold the same key",
+        );
+    }
     if fleet_key.as_ref().is_some_and(|k| k.expose().len() < 32) {
         issues.push(
             "fleetKey",
@@ -129,23 +154,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         }
     }
 
-    // A refresh round is bounded by what is left of the lease after renewing it; it must fit at
-    // least one IdP attempt, or slow IdPs would see every refresh cancelled.
-    let longest_idp_timeout = middlewares
-        .values()
-        .map(|MiddlewareConfig::ClientCredentials(cc)| cc.idp_timeout)
-        .max()
-        .unwrap_or_default();
-    if refresh.lease_ttl.saturating_sub(refresh.interval) < longest_idp_timeout {
-        issues.push(
-            "refresh.leaseTtl",
-            format!(
-                "must exceed refresh.interval by at least the longest clientConfig.timeout ({})",
-                humantime::format_duration(longest_idp_timeout)
-            ),
-        );
-    }
-
     let mut routes = Vec::new();
     let mut seen_names = BTreeMap::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -175,6 +183,72 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         log,
         middlewares,
         routes,
+    })
+}
+
+fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig> {
+    let before = issues.0.len();
+    if r.endpoints.is_empty() {
+        issues.push("store.redis.endpoints", "needs at least one host:port");
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in r.endpoints.iter().enumerate() {
+        match e.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((host, Ok(port))) if !host.is_empty() && !host.contains('/') => {
+                endpoints.push((host.trim_matches(['[', ']']).to_owned(), port));
+            }
+            _ => issues.push(
+                format!("store.redis.endpoints[{i}]"),
+                format!("not host:port: {e:?}"),
+            ),
+        }
+    }
+    let password = r
+        .password
+        .as_deref()
+        .and_then(|p| issues.secret("store.redis.password", p));
+    let key_prefix = r.key_prefix.unwrap_or_else(|| "tokengate".into());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        issues.push(
+            "store.redis.keyPrefix",
+            "must be non-empty, without braces or spaces",
+        );
+    }
+    let topology = match (r.cluster, r.sentinel) {
+        (false, None) => RedisTopology::Standalone,
+        (true, None) => RedisTopology::Cluster,
+        (false, Some(s)) => RedisTopology::Sentinel {
+            master_set: s.master_set,
+        },
+        (true, Some(_)) => {
+            issues.push(
+                "store.redis.sentinel",
+                "cannot be combined with cluster: true",
+            );
+            RedisTopology::Standalone
+        }
+    };
+    let database = r.database.unwrap_or(0);
+    if database != 0 && topology == RedisTopology::Cluster {
+        issues.push("store.redis.database", "must be 0 with Redis Cluster");
+    }
+    let pool_size = r.pool_size.unwrap_or(DEFAULT_REDIS_POOL_SIZE);
+    if pool_size == 0 {
+        issues.push("store.redis.poolSize", "must be at least 1");
+    }
+    let timeout = r.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
+    if timeout.is_zero() {
+        issues.push("store.redis.timeout", "must be greater than zero");
+    }
+    (issues.0.len() == before).then_some(RedisConfig {
+        endpoints,
+        username: r.username,
+        password,
+        database,
+        key_prefix,
+        topology,
+        pool_size,
+        timeout,
     })
 }
 
@@ -414,21 +488,6 @@ routes:
                 "routes[0].middlewares[1]: no middleware named \"nope\"",
             ]
         );
-    }
-
-    #[test]
-    fn refresh_lease_must_fit_an_idp_attempt() {
-        let bad = GOOD.replace("admin:", "refresh: { interval: 1s, leaseTtl: 3s }\nadmin:");
-        let err = Config::from_yaml(&bad).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "refresh.leaseTtl: must exceed refresh.interval by at least the longest clientConfig.timeout (5s)"
-        );
-        let ok = bad.replace(
-            "scopes: [b, a, a]",
-            "scopes: [b]\n      clientConfig: { timeout: 2s }",
-        );
-        Config::from_yaml(&ok).unwrap();
     }
 
     #[test]

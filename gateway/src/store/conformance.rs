@@ -10,16 +10,16 @@ use super::{NodeId, PutOutcome, StoreEvent, TokenStore};
 use crate::token::{EntryMeta, SealedEntry, TokenKey, now_millis};
 
 /// Runs every check against stores made by `make`.
-pub async fn run<S: TokenStore, F: Fn() -> S>(make: F) {
-    missing_key_reads_as_none(&make()).await;
-    newest_version_wins(&make()).await;
-    expired_entries_are_never_returned(&make()).await;
-    stale_fence_cannot_write(&make()).await;
-    refresh_lease_is_exclusive_and_fences_grow(&make()).await;
-    fill_lease_is_exclusive_per_key(&make()).await;
-    versioned_evict_spares_replacements(&make()).await;
-    due_entries_are_the_used_ones_past_refresh_at(&make()).await;
-    changes_are_announced(&make()).await;
+pub async fn run<S: TokenStore>(make: impl AsyncFn() -> S) {
+    missing_key_reads_as_none(&make().await).await;
+    newest_version_wins(&make().await).await;
+    expired_entries_are_never_returned(&make().await).await;
+    stale_fence_cannot_write(&make().await).await;
+    refresh_lease_is_exclusive_and_fences_grow(&make().await).await;
+    fill_lease_is_exclusive_per_key(&make().await).await;
+    versioned_evict_spares_replacements(&make().await).await;
+    due_entries_are_the_used_ones_past_refresh_at(&make().await).await;
+    changes_are_announced(&make().await).await;
 }
 
 /// A sealed entry with the given version and lifetime; content is opaque to stores.

@@ -207,6 +207,6 @@ impl TokenStore for MemoryStore {
 mod tests {
     #[tokio::test]
     async fn memory_store_meets_the_contract() {
-        super::super::conformance::run(super::MemoryStore::new).await;
+        super::super::conformance::run(async || super::MemoryStore::new()).await;
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -35,6 +36,7 @@ use tokio::sync::broadcast;
 use crate::token::{SealedEntry, TokenKey, UnixMillis};
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// Identifies a gateway node as a lease holder.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -96,6 +98,9 @@ pub enum StoreEvent {
         /// Which entry.
         key: TokenKey,
     },
+    /// Events may have been lost (the backend's event feed broke and came back): re-read what
+    /// you cache.
+    Resync,
 }
 
 /// Why a store operation failed.
@@ -185,12 +190,15 @@ pub trait TokenStore: Send + Sync + 'static {
 pub enum Store {
     /// Node-local.
     Memory(MemoryStore),
+    /// Redis.
+    Redis(RedisStore),
 }
 
 macro_rules! dispatch {
     ($self:ident, $s:ident => $body:expr) => {
         match $self {
             Store::Memory($s) => $body,
+            Store::Redis($s) => $body,
         }
     };
 }

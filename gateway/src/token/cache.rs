@@ -408,14 +408,45 @@ impl TokenCache {
                 }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "store events lagged; re-reading cached keys");
-                    let keys: Vec<TokenKey> = self.l1.pin().keys().copied().collect();
-                    for key in keys {
-                        if self.read_store(&key).await.is_none() {
-                            self.l1.pin().remove(&key);
-                        }
+                    self.resync(false).await;
+                }
+                Ok(StoreEvent::Resync) => self.resync(true).await,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Re-reads every L1 key after events may have been lost. A newer stored version replaces
+    /// ours. An entry the store no longer has is dropped (it was evicted) or, with `write_back`
+    /// (the store's event feed reconnected, so the store itself may have lost its data), written
+    /// back so that the fleet, and the refresher, have it again. A store that cannot be reached
+    /// changes nothing: the L1 keeps serving.
+    async fn resync(&self, write_back: bool) {
+        let keys: Vec<TokenKey> = self.l1.pin().keys().copied().collect();
+        for key in keys {
+            match self.store.get(&key).await {
+                Ok(Some(sealed)) => {
+                    if let Ok(entry) = unseal(&self.fleet, &key, &sealed) {
+                        self.install(&key, Arc::new(entry));
                     }
                 }
-                Err(RecvError::Closed) => return,
+                Ok(None) if write_back => {
+                    let Some(ours) = self.l1.pin().get(&key).cloned() else {
+                        continue;
+                    };
+                    if ours.meta.is_servable(now_millis())
+                        && let Err(e) = self
+                            .store
+                            .put(&key, seal(&self.fleet, &key, &ours), None)
+                            .await
+                    {
+                        return self.store_failed(e, ());
+                    }
+                }
+                Ok(None) => {
+                    self.l1.pin().remove(&key);
+                }
+                Err(e) => return self.store_failed(e, ()),
             }
         }
     }
@@ -461,6 +492,9 @@ impl TokenCache {
             Ok(None) => return Ok(()),
             Err(e) => return self.store_failed(e, Ok(())),
         };
+        if sealed.meta.refresh_at > now_millis() {
+            return Ok(()); // renewed meanwhile (by a previous leader)
+        }
         let current = unseal(&self.fleet, key, &sealed)
             .map_err(|e| IdpError::Protocol(format!("cannot open entry to refresh: {e}")))?;
         let spec = current.secrets.spec.clone();

@@ -1,30 +1,49 @@
 //! The refresh leader (DESIGN.md, token lifecycle step 5).
 //!
-//! Every node runs this loop; only the node holding the store's refresh lease acts. Each round
-//! it takes or renews the lease, then renews every recently used entry whose `refresh_at` has
-//! passed, writing with its fence so that a deposed leader's late write is refused by the store.
-//! A round starts right after the lease was renewed and is bounded by what is left of it
-//! (`leaseTtl - interval`), so a leader stops working before another node could legitimately take
-//! over; and even a write that outlives the lease is refused by the store's fencing. Entries a
-//! round could not finish are simply due again in the next one.
+//! Every node runs this loop; only the node holding the store's refresh lease acts. Each tick
+//! it takes or renews the lease, lists the recently used entries whose `refresh_at` has passed,
+//! and starts a renewal for each one not already being renewed. Renewals write with the lease's
+//! fence, so the store refuses them if another node has been granted the lease since.
+//!
+//! Losing the lease stops refreshing at once: no new renewal starts. A renewal already waiting
+//! on the IdP is not abandoned (its IdP request is spent either way); it finishes, and its write
+//! is refused by the fence if a newer leader exists. That is exactly what protects the fleet from
+//! a leader that was paused or partitioned mid-refresh and wakes up late.
 
-use std::sync::Arc;
-use tokio::task::JoinSet;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::cache::TokenCache;
 use super::entry::now_millis;
 use super::idp::IdpError;
+use super::key::TokenKey;
 use crate::config::RefreshConfig;
 use crate::store::{FencingToken, TokenStore};
 
-/// Entries renewed per round at most; the rest wait for the next round (a second later).
+/// Entries looked at per tick at most; the rest are due again at the next tick.
 const BATCH: usize = 256;
 /// Concurrent IdP requests the refresher makes.
 const CONCURRENCY: usize = 8;
 
-/// Runs until `shutdown`, then gives the lease up so another node takes over at once.
+/// Renewals in progress on this node.
+struct Renewals {
+    keys: Mutex<HashSet<TokenKey>>,
+    permits: Semaphore,
+    tasks: TaskTracker,
+}
+
+/// Runs until `shutdown`, then stops renewals in progress and gives the lease up so another
+/// node takes over at once.
 pub async fn run(cache: Arc<TokenCache>, cfg: RefreshConfig, shutdown: CancellationToken) {
+    let renewals = Arc::new(Renewals {
+        keys: Mutex::new(HashSet::new()),
+        permits: Semaphore::new(CONCURRENCY),
+        tasks: TaskTracker::new(),
+    });
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading: Option<FencingToken> = None;
@@ -54,21 +73,24 @@ pub async fn run(cache: Arc<TokenCache>, cfg: RefreshConfig, shutdown: Cancellat
             _ => {}
         }
         leading = fence;
-        let Some(fence) = fence else { continue };
-        let round = refresh_due(&cache, &cfg, fence);
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = tokio::time::timeout(cfg.lease_ttl.saturating_sub(cfg.interval), round) => if r.is_err() {
-                tracing::warn!("refresh round outlasted the lease; unfinished entries are retried next round");
-            },
+        if let Some(fence) = fence {
+            start_due(&cache, &cfg, fence, &renewals, &shutdown).await;
         }
     }
+    renewals.tasks.close();
+    renewals.tasks.wait().await;
     if leading.is_some() {
         let _ = cache.store().release_refresh_lease(cache.node()).await;
     }
 }
 
-async fn refresh_due(cache: &Arc<TokenCache>, cfg: &RefreshConfig, fence: FencingToken) {
+async fn start_due(
+    cache: &Arc<TokenCache>,
+    cfg: &RefreshConfig,
+    fence: FencingToken,
+    renewals: &Arc<Renewals>,
+    shutdown: &CancellationToken,
+) {
     let now = now_millis();
     let used_since = now.saturating_sub(cfg.idle_timeout.as_millis() as u64);
     let due = match cache.store().due_for_refresh(now, used_since, BATCH).await {
@@ -78,22 +100,41 @@ async fn refresh_due(cache: &Arc<TokenCache>, cfg: &RefreshConfig, fence: Fencin
             return;
         }
     };
-    let mut running = JoinSet::new();
     for key in due {
-        while running.len() >= CONCURRENCY {
-            running.join_next().await;
+        if !renewals
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key)
+        {
+            continue; // already being renewed
         }
-        let cache = Arc::clone(cache);
-        running.spawn(async move {
-            match cache.refresh(&key, fence).await {
-                Ok(()) => tracing::debug!(key = %key, "token refreshed"),
-                // Still valid until it expires; the next round tries again, behind the breaker.
-                Err(IdpError::Unavailable { reason, .. }) => {
-                    tracing::debug!(key = %key, reason, "refresh postponed: identity provider unavailable");
-                }
-                Err(error) => tracing::warn!(key = %key, %error, "refresh failed; the entry will expire"),
+        let (cache, renewals_for_task, shutdown) =
+            (Arc::clone(cache), Arc::clone(renewals), shutdown.clone());
+        renewals.tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = renew(&cache, &renewals_for_task, &key, fence) => {}
             }
+            renewals_for_task
+                .keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
         });
     }
-    while running.join_next().await.is_some() {}
+}
+
+async fn renew(cache: &TokenCache, renewals: &Renewals, key: &TokenKey, fence: FencingToken) {
+    let Ok(_permit) = renewals.permits.acquire().await else {
+        return;
+    };
+    match cache.refresh(key, fence).await {
+        Ok(()) => tracing::debug!(key = %key, "token refreshed"),
+        // Still valid until it expires; the next tick tries again, behind the breaker.
+        Err(IdpError::Unavailable { reason, .. }) => {
+            tracing::debug!(key = %key, reason, "refresh postponed: identity provider unavailable");
+        }
+        Err(error) => tracing::warn!(key = %key, %error, "refresh failed; the entry will expire"),
+    }
 }

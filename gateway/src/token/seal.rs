@@ -19,8 +19,25 @@ pub struct SealedEntry {
     pub meta: EntryMeta,
     /// Fingerprint of the fleet key that sealed `ciphertext`.
     pub key_id: String,
-    /// 12-byte nonce followed by the AES-GCM ciphertext and tag.
+    /// 12-byte nonce followed by the AES-GCM ciphertext and tag (base64 when serialized).
+    #[serde(with = "base64_bytes")]
     pub ciphertext: Vec<u8>,
+}
+
+/// Bytes as standard base64 text, a third larger rather than the four times of a JSON array.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why an entry could not be opened.

@@ -5,4 +5,5 @@ mod client_credentials;
 mod config_cli;
 mod lifecycle;
 mod proxy;
+mod redis;
 mod support;

@@ -1,0 +1,285 @@
+//! The Redis store: the fleet shares sealed tokens, leases and change events through Redis
+//! (standalone, Sentinel or Cluster).
+//!
+//! Each operation is one Lua script ([`scripts`]), so it is atomic whatever the other nodes do.
+//! Changes are announced on a pub/sub channel that a task of this store follows; when that
+//! subscription breaks and comes back, subscribers are told to re-read ([`StoreEvent::Resync`]),
+//! since messages sent meanwhile are lost. Every operation is bounded by the configured timeout
+//! and fails as [`StoreError::Unavailable`]; pooled connections reconnect on their own.
+
+mod pool;
+mod scripts;
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, FromRedisValue};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::{FencingToken, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
+use crate::config::RedisConfig;
+use crate::token::{SealedEntry, TokenKey, UnixMillis};
+use pool::Pools;
+
+/// Events a slow subscriber may fall behind by before it must re-read.
+const EVENT_BUFFER: usize = 4096;
+/// Wait before re-subscribing after the event subscription broke.
+const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(250);
+
+/// A [`super::TokenStore`] on Redis.
+pub struct RedisStore {
+    pools: Pools,
+    timeout: Duration,
+    /// `{prefix}`: the hash tag every key starts with.
+    tag: String,
+    events: broadcast::Sender<StoreEvent>,
+    stop: CancellationToken,
+    subscribed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Creates the pools and starts following the event channel. Does not wait for Redis: a
+    /// node whose Redis is down starts degraded and connects when Redis comes back.
+    pub fn new(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let pools = Pools::new(cfg)?;
+        let tag = format!("{{{}}}", cfg.key_prefix);
+        let events = broadcast::channel(EVENT_BUFFER).0;
+        let stop = CancellationToken::new();
+        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
+        let channel = format!("{tag}:events");
+        tokio::spawn(pool::follow_events(
+            pools.clone(),
+            channel,
+            events.clone(),
+            stop.clone(),
+            subscribed_tx,
+            RESUBSCRIBE_BACKOFF,
+        ));
+        Ok(Self {
+            pools,
+            timeout: cfg.timeout,
+            tag,
+            events,
+            stop,
+            subscribed,
+        })
+    }
+
+    /// Waits until the event subscription is active (tests; a node does not need to wait).
+    pub async fn subscribed(&self) {
+        let mut rx = self.subscribed.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn entry_prefix(&self) -> String {
+        format!("{}:e:", self.tag)
+    }
+
+    fn entry_key(&self, key: &TokenKey) -> String {
+        format!("{}{}", self.entry_prefix(), key.to_hex())
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.tag)
+    }
+
+    /// Runs a script, bounded by the timeout.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, self.pools.invoke(&inv))
+            .await
+            .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
+    }
+
+    /// Runs a command, bounded by the timeout.
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, self.pools.query(cmd))
+            .await
+            .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
+    }
+}
+
+fn parse_hex(hex: &str) -> Option<TokenKey> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(TokenKey::from_bytes(bytes))
+}
+
+/// Parses an event message: `s <hex> <version>` or `e <hex>`.
+fn parse_event(payload: &str) -> Option<StoreEvent> {
+    let mut parts = payload.split(' ');
+    match (parts.next()?, parts.next()?, parts.next()) {
+        ("s", hex, Some(v)) => Some(StoreEvent::Stored {
+            key: parse_hex(hex)?,
+            version: v.parse().ok()?,
+        }),
+        ("e", hex, None) => Some(StoreEvent::Evicted {
+            key: parse_hex(hex)?,
+        }),
+        _ => None,
+    }
+}
+
+impl TokenStore for RedisStore {
+    async fn get(&self, key: &TokenKey) -> Result<Option<SealedEntry>, StoreError> {
+        let cmd = redis::cmd("HMGET")
+            .arg(self.entry_key(key))
+            .arg("d")
+            .arg("u")
+            .to_owned();
+        let (data, used): (Option<String>, Option<u64>) = self.query(&cmd).await?;
+        let Some(data) = data else { return Ok(None) };
+        let mut entry: SealedEntry = serde_json::from_str(&data)
+            .map_err(|e| StoreError::Corrupt(format!("entry {key}: {e}")))?;
+        entry.meta.last_used = entry.meta.last_used.max(used.unwrap_or(0));
+        Ok(Some(entry))
+    }
+
+    async fn put(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        fence: Option<FencingToken>,
+    ) -> Result<PutOutcome, StoreError> {
+        let payload = serde_json::to_string(&entry).expect("sealed entries serialize");
+        let mut inv = scripts::PUT.prepare_invoke();
+        inv.key(self.entry_key(key))
+            .key(self.key("fence"))
+            .key(self.key("due"))
+            .arg(entry.meta.version)
+            .arg(payload)
+            .arg(entry.meta.expires_at)
+            .arg(fence.map(|f| f.0.to_string()).unwrap_or_default())
+            .arg(entry.meta.refresh_at)
+            .arg(key.to_hex())
+            .arg(self.key("events"))
+            .arg(entry.meta.last_used);
+        let outcome: String = self.invoke(inv).await?;
+        match outcome.as_str() {
+            "stored" => Ok(PutOutcome::Stored),
+            "stale" => Ok(PutOutcome::Stale),
+            "fenced" => Ok(PutOutcome::Fenced),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected put outcome {other:?}"
+            ))),
+        }
+    }
+
+    async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
+        let mut inv = scripts::EVICT.prepare_invoke();
+        inv.key(self.entry_key(key))
+            .key(self.key("due"))
+            .arg(version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(key.to_hex())
+            .arg(self.key("events"));
+        let removed: i64 = self.invoke(inv).await?;
+        Ok(removed == 1)
+    }
+
+    async fn try_fill_lease(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inv = scripts::FILL_LEASE.prepare_invoke();
+        inv.key(self.key(&format!("fill:{}", key.to_hex())))
+            .arg(holder.as_str())
+            .arg(ttl.as_millis() as u64);
+        let held: i64 = self.invoke(inv).await?;
+        Ok(held == 1)
+    }
+
+    async fn release_fill_lease(&self, key: &TokenKey, holder: &NodeId) -> Result<(), StoreError> {
+        let mut inv = scripts::RELEASE_FILL.prepare_invoke();
+        inv.key(self.key(&format!("fill:{}", key.to_hex())))
+            .arg(holder.as_str());
+        self.invoke::<i64>(inv).await.map(|_| ())
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<Option<FencingToken>, StoreError> {
+        let mut inv = scripts::ACQUIRE_REFRESH.prepare_invoke();
+        inv.key(self.key("lease"))
+            .key(self.key("fence"))
+            .arg(holder.as_str())
+            .arg(ttl.as_millis() as u64);
+        let fence: Option<u64> = self.invoke(inv).await?;
+        Ok(fence.map(FencingToken))
+    }
+
+    async fn release_refresh_lease(&self, holder: &NodeId) -> Result<(), StoreError> {
+        let mut inv = scripts::RELEASE_REFRESH.prepare_invoke();
+        inv.key(self.key("lease")).arg(holder.as_str());
+        self.invoke::<i64>(inv).await.map(|_| ())
+    }
+
+    async fn due_for_refresh(
+        &self,
+        now: UnixMillis,
+        used_since: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<TokenKey>, StoreError> {
+        let mut inv = scripts::DUE.prepare_invoke();
+        inv.key(self.key("due"))
+            .arg(now)
+            .arg(used_since)
+            .arg(limit)
+            .arg(self.entry_prefix());
+        let hexes: Vec<String> = self.invoke(inv).await?;
+        Ok(hexes.iter().filter_map(|h| parse_hex(h)).collect())
+    }
+
+    async fn touch(&self, uses: &[(TokenKey, UnixMillis)]) -> Result<(), StoreError> {
+        let mut inv = scripts::TOUCH.prepare_invoke();
+        inv.key(self.key("due")).arg(self.entry_prefix());
+        for (key, at) in uses {
+            inv.arg(key.to_hex()).arg(*at);
+        }
+        self.invoke::<i64>(inv).await.map(|_| ())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_their_wire_form() {
+        let key = TokenKey::from_bytes([0xab; 32]);
+        assert_eq!(
+            parse_event(&format!("s {} 42", key.to_hex())),
+            Some(StoreEvent::Stored { key, version: 42 })
+        );
+        assert_eq!(
+            parse_event(&format!("e {}", key.to_hex())),
+            Some(StoreEvent::Evicted { key })
+        );
+        assert_eq!(parse_event("s nothex 1"), None);
+        assert_eq!(parse_event("x"), None);
+    }
+}

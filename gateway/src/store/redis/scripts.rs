@@ -1,0 +1,163 @@
+//! The Lua scripts that make each store operation atomic in Redis.
+//!
+//! Every key a script touches shares one hash tag (`{prefix}`), so the scripts also run on Redis
+//! Cluster (one slot holds the fleet's token cache: it is small, and atomicity matters more than
+//! spreading it). Numbers are milliseconds or versions below 2^53, exact in Lua's doubles.
+//!
+//! Layout under the tag `{p}`:
+//! - `{p}:e:<key hex>`: hash `v` version, `d` sealed entry (JSON), `u` last use, `r` refresh time;
+//!   its Redis TTL is the token's expiry.
+//! - `{p}:due`: sorted set of key hexes by refresh time (the refresher's work list).
+//! - `{p}:fence`: the newest fencing token granted.
+//! - `{p}:lease`: `"<holder> <fence>"`, with the lease TTL.
+//! - `{p}:fill:<key hex>`: fill-lease holder, with a short TTL.
+//! - channel `{p}:events`: `s <hex> <version>` on store, `e <hex>` on evict.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::Script;
+
+/// Fenced put-if-newer.
+/// KEYS: entry, fence, due. ARGV: version, payload, expires_at, fence or "", refresh_at, hex,
+/// channel, last_used. Returns `stored`, `stale` or `fenced`.
+pub static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[4] ~= '' then
+  local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(ARGV[4]) < newest then return 'fenced' end
+end
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 'stale' end
+local used = tonumber(redis.call('HGET', KEYS[1], 'u') or '0')
+if tonumber(ARGV[8]) > used then used = tonumber(ARGV[8]) end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'u', used, 'r', ARGV[5])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+redis.call('PUBLISH', ARGV[7], 's ' .. ARGV[6] .. ' ' .. ARGV[1])
+return 'stored'
+",
+    )
+});
+
+/// Evict, optionally only a given version.
+/// KEYS: entry, due. ARGV: version or "", hex, channel. Returns 1 if removed.
+pub static EVICT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if not cur then return 0 end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'e ' .. ARGV[2])
+return 1
+",
+    )
+});
+
+/// Take or extend a per-key fill lease. KEYS: lease. ARGV: holder, ttl ms. Returns 1 if held.
+pub static FILL_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// Delete a fill lease if `holder` holds it. KEYS: lease. ARGV: holder.
+pub static RELEASE_FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+",
+    )
+});
+
+/// Take or renew the refresh lease. KEYS: lease, fence. ARGV: holder, ttl ms.
+/// Returns the fence, or nil when another node holds the lease.
+///
+/// A new grant increments the fence counter. If the counter is gone (Redis lost its data), it
+/// restarts from Redis' clock in milliseconds, above any fence granted before, so fences never
+/// go backwards and a leader from before the loss stays fenced off.
+pub static ACQUIRE_REFRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local holder, fence = string.match(cur, '^(%S+) (%d+)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(fence)
+  end
+  return false
+end
+local fence
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  fence = redis.call('INCR', KEYS[2])
+else
+  local t = redis.call('TIME')
+  fence = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', KEYS[2], fence)
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. fence, 'PX', ARGV[2])
+return fence
+",
+    )
+});
+
+/// Give the refresh lease up if `holder` has it. KEYS: lease. ARGV: holder.
+pub static RELEASE_REFRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^(%S+) ') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+",
+    )
+});
+
+/// Entries due for refresh and used recently. Idle or vanished entries leave the work list
+/// (a later use puts an idle one back, see TOUCH).
+/// KEYS: due. ARGV: now, used_since, limit, entry key prefix. Returns key hexes.
+pub static DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local u = redis.call('HGET', ARGV[4] .. id, 'u')
+  if not u or tonumber(u) < tonumber(ARGV[2]) then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    table.insert(out, id)
+  end
+end
+return out
+",
+    )
+});
+
+/// Record uses. KEYS: due. ARGV: entry key prefix, then pairs of hex and time.
+pub static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 2, #ARGV, 2 do
+  local k = ARGV[1] .. ARGV[i]
+  local u = redis.call('HGET', k, 'u')
+  if u then
+    if tonumber(ARGV[i + 1]) > tonumber(u) then redis.call('HSET', k, 'u', ARGV[i + 1]) end
+    local r = redis.call('HGET', k, 'r')
+    if r then redis.call('ZADD', KEYS[1], 'NX', r, ARGV[i]) end
+  end
+end
+return 1
+",
+    )
+});

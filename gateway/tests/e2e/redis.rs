@@ -1,0 +1,490 @@
+//! The Redis store: its contract against a real server, and fleets of gateway processes sharing
+//! tokens through it.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chaos::{EchoUpstream, FakeIdp};
+use gateway::config::{RedisConfig, RedisTopology};
+use gateway::store::{RedisStore, conformance};
+
+use crate::support::{Node, RedisServer, basic, client, echo, eventually, header};
+
+const FLEET_KEY: &str = "fleet-key-for-tests-0123456789abcdef";
+
+fn store_config(endpoint: &str, prefix: &str) -> RedisConfig {
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    RedisConfig {
+        endpoints: vec![(host.into(), port.parse().unwrap())],
+        username: None,
+        password: None,
+        database: 0,
+        key_prefix: prefix.into(),
+        topology: RedisTopology::Standalone,
+        pool_size: 4,
+        timeout: Duration::from_secs(1),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_meets_the_contract() {
+    let redis = RedisServer::start();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    conformance::run(async || {
+        let prefix = format!(
+            "conformance-{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let store = RedisStore::new(&store_config(&redis.endpoint(), &prefix)).unwrap();
+        store.subscribed().await;
+        store
+    })
+    .await;
+}
+
+/// A fleet: the fake IdP, an echo upstream, one Redis and `n` gateway nodes.
+struct Fleet {
+    idp: FakeIdp,
+    upstream: EchoUpstream,
+    redis: RedisServer,
+    nodes: Vec<Node>,
+}
+
+fn node_config(
+    idp: &FakeIdp,
+    upstream: &EchoUpstream,
+    redis: &RedisServer,
+    refresh: &str,
+) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+fleetKey: env:FLEET_KEY
+store: {{ redis: {{ endpoints: ["{redis}"], timeout: 300ms }} }}
+refresh: {refresh}
+middlewares:
+  app-creds:
+    clientCredentials:
+      url: {url}
+      scopes: [read]
+      clientConfig: {{ timeout: 4s, retries: 1 }}
+routes:
+  - {{ name: app, match: {{ pathPrefix: / }}, middlewares: [app-creds], upstream: {{ urls: [{up}] }} }}
+"#,
+        redis = redis.endpoint(),
+        url = idp.token_url(),
+        up = upstream.url()
+    )
+}
+
+async fn fleet(nodes: usize, lifetime: Duration, refresh: &str) -> Fleet {
+    let idp = FakeIdp::start().await;
+    let upstream = EchoUpstream::start().await;
+    let redis = RedisServer::start();
+    idp.set_token_lifetime(lifetime);
+    for i in 0..20 {
+        idp.register(&format!("client-{i}"), &format!("secret-{i}"));
+    }
+    let yaml = node_config(&idp, &upstream, &redis, refresh);
+    let nodes = (0..nodes)
+        .map(|_| Node::start(&yaml, &[("FLEET_KEY", FLEET_KEY)]))
+        .collect();
+    Fleet {
+        idp,
+        upstream,
+        redis,
+        nodes,
+    }
+}
+
+fn creds(i: usize) -> String {
+    basic(&format!("client-{}", i % 20), &format!("secret-{}", i % 20))
+}
+
+fn bearer(e: &serde_json::Value) -> String {
+    header(e, "authorization")[0]
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_owned()
+}
+
+fn exp_of(token: &str) -> u64 {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.validate_aud = false;
+    v.validate_exp = false;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &FakeIdp::decoding_key(), &v)
+        .unwrap()
+        .claims;
+    claims["exp"].as_u64().unwrap()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The index of the node that most recently became refresh leader, once one has.
+async fn leader(nodes: &[Node], except: Option<usize>) -> usize {
+    let mut found = None;
+    eventually(
+        "a node becomes refresh leader",
+        Duration::from_secs(15),
+        async || {
+            found = nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != except)
+                .find(|(_, n)| n.log().contains("became refresh leader"))
+                .map(|(i, _)| i);
+            found.is_some()
+        },
+    )
+    .await;
+    found.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_ask_the_idp_once_per_credential() {
+    let f = fleet(3, Duration::from_secs(300), "{ interval: 1s }").await;
+    f.idp.set_latency(Duration::from_millis(300));
+    let http = client();
+    let calls = (0..300).map(|i| {
+        let req = http
+            .get(f.nodes[i % 3].url(&format!("/r/{i}")))
+            .header("authorization", creds(i));
+        async move { req.send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        f.idp.total_issued(),
+        20,
+        "one token request per credential for the whole fleet"
+    );
+    assert_eq!(f.upstream.seen().len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_refreshes_each_token_once_per_lifetime_while_all_serve() {
+    let f = fleet(3, Duration::from_secs(4), "{ interval: 100ms }").await;
+    let http = client();
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(11) {
+        let e = echo(
+            http.get(f.nodes[served % 3].url("/x"))
+                .header("authorization", creds(0))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            exp_of(&bearer(&e)) >= now_secs(),
+            "an expired token reached the upstream"
+        );
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 4 s tokens (3 s servable) are refreshed every 2.25-2.4 s: 1 + at most 5 renewals in 11 s.
+    // Three nodes each refreshing on their own would make about three times as many.
+    let issued = f.idp.issued("client-0");
+    assert!(
+        (4..=6).contains(&issued),
+        "{issued} tokens issued for one credential in 11 s"
+    );
+    let leaders = f
+        .nodes
+        .iter()
+        .filter(|n| n.log().contains("became refresh leader"))
+        .count();
+    assert_eq!(leaders, 1, "exactly one node held the refresh lease");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_hands_refreshing_to_another_node_without_failures() {
+    let mut f = fleet(
+        3,
+        Duration::from_secs(4),
+        "{ interval: 100ms, leaseTtl: 2s }",
+    )
+    .await;
+    let http = client();
+    assert_eq!(
+        http.get(f.nodes[0].url("/"))
+            .header("authorization", creds(0))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let old = leader(&f.nodes, None).await;
+    f.nodes[old].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let mut tokens = std::collections::BTreeSet::new();
+    let mut new_leader_after = None;
+    let mut served = 0;
+    while killed_at.elapsed() < Duration::from_secs(10) {
+        let node = &f.nodes[survivors[served % 2]];
+        let resp = http
+            .get(node.url("/"))
+            .header("authorization", creds(0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {served} after the leader died");
+        let token = bearer(&echo(resp).await);
+        assert!(exp_of(&token) >= now_secs());
+        tokens.insert(token);
+        if new_leader_after.is_none()
+            && survivors
+                .iter()
+                .any(|i| f.nodes[*i].log().contains("became refresh leader"))
+        {
+            new_leader_after = Some(killed_at.elapsed());
+        }
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = new_leader_after.expect("a survivor took the lease");
+    assert!(
+        took < Duration::from_millis(2000 + 500),
+        "lease taken over after {took:?} (lease TTL 2 s)"
+    );
+    assert!(
+        tokens.len() >= 3,
+        "refreshing went on after the kill: {} tokens",
+        tokens.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_that_wakes_up_cannot_overwrite_the_new_token() {
+    let f = fleet(
+        2,
+        Duration::from_secs(6),
+        "{ interval: 100ms, leaseTtl: 2s }",
+    )
+    .await;
+    let http = client();
+    assert_eq!(
+        http.get(f.nodes[0].url("/"))
+            .header("authorization", creds(0))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let old = leader(&f.nodes, None).await;
+    // Hold the leader's refresh at the IdP, then freeze the leader while it waits.
+    f.idp.set_latency(Duration::from_millis(1500));
+    let before = f.idp.seen().len();
+    eventually(
+        "the leader asks the IdP for a refresh",
+        Duration::from_secs(10),
+        async || f.idp.seen().len() > before,
+    )
+    .await;
+    f.nodes[old].signal("STOP");
+    let other = 1 - old;
+    eventually(
+        "the other node takes the lease and refreshes",
+        Duration::from_secs(10),
+        async || {
+            f.nodes[other].log().contains("became refresh leader") && f.idp.issued("client-0") >= 3
+        },
+    )
+    .await;
+    f.idp.set_latency(Duration::ZERO);
+    let current = bearer(
+        &echo(
+            http.get(f.nodes[other].url("/"))
+                .header("authorization", creds(0))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    f.nodes[old].signal("CONT");
+    eventually(
+        "the woken leader's late write is refused",
+        Duration::from_secs(10),
+        async || {
+            f.nodes[old]
+                .log()
+                .contains("refresh result discarded: lease fenced off")
+        },
+    )
+    .await;
+    let after = bearer(
+        &echo(
+            http.get(f.nodes[other].url("/"))
+                .header("authorization", creds(0))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    assert_eq!(
+        after, current,
+        "the new leader's token is still the fleet's token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_under_load_fails_no_request_while_tokens_are_valid() {
+    let mut f = fleet(2, Duration::from_secs(60), "{ interval: 100ms }").await;
+    let http = client();
+    for i in 0..8 {
+        assert_eq!(
+            http.get(f.nodes[i % 2].url("/"))
+                .header("authorization", creds(i / 2))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let issued = f.idp.total_issued();
+    assert_eq!(issued, 4, "both nodes share each credential's token");
+    f.redis.kill();
+    let readyz = format!("http://{}/readyz", f.nodes[0].admin);
+    let mut saw_degraded = false;
+    for round in 0..40 {
+        for i in 0..4 {
+            let resp = http
+                .get(f.nodes[(round + i) % 2].url("/"))
+                .header("authorization", creds(i))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "served from L1 while Redis is down");
+        }
+        let ready: serde_json::Value = http
+            .get(&readyz)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        saw_degraded |= ready["store"] == "degraded";
+        if round == 20 {
+            f.redis.restart();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_degraded, "readiness reported the degraded store");
+    eventually(
+        "the store is healthy again",
+        Duration::from_secs(10),
+        async || {
+            let ready: serde_json::Value = http
+                .get(&readyz)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ready["store"] == "ok"
+        },
+    )
+    .await;
+    assert_eq!(
+        f.idp.total_issued(),
+        issued,
+        "no token was fetched again: every node kept its L1"
+    );
+    // The nodes wrote their still-valid tokens back into the empty Redis.
+    eventually(
+        "tokens are back in Redis",
+        Duration::from_secs(10),
+        async || {
+            f.redis
+                .cli(&["--scan", "--pattern", "{tokengate}:e:*"])
+                .lines()
+                .count()
+                == 4
+        },
+    )
+    .await;
+    let warnings = f.nodes[0]
+        .log()
+        .matches("serving from L1 and fetching per node")
+        .count();
+    assert_eq!(warnings, 1, "the outage is logged once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_ciphertext_only() {
+    let f = fleet(1, Duration::from_secs(300), "{ interval: 1s }").await;
+    let resp = client()
+        .get(f.nodes[0].url("/"))
+        .header("authorization", creds(7))
+        .send()
+        .await
+        .unwrap();
+    let token = bearer(&echo(resp).await);
+    let mut dump = String::new();
+    for key in f.redis.cli(&["--scan"]).lines() {
+        dump.push_str(key);
+        let kind = f.redis.cli(&["TYPE", key]);
+        let value = match kind.trim() {
+            "hash" => f.redis.cli(&["HGETALL", key]),
+            "zset" => f.redis.cli(&["ZRANGE", key, "0", "-1", "WITHSCORES"]),
+            _ => f.redis.cli(&["GET", key]),
+        };
+        dump.push_str(&value);
+    }
+    assert!(
+        dump.contains("client-7"),
+        "metadata is readable for operators: {dump}"
+    );
+    let payload = token.split('.').nth(1).unwrap();
+    for secret in ["secret-7", token.as_str(), payload, FLEET_KEY] {
+        assert!(
+            !dump.contains(secret),
+            "Redis holds a secret or token in clear"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_401_on_one_node_evicts_the_token_on_every_node() {
+    let f = fleet(2, Duration::from_secs(300), "{ interval: 1s }").await;
+    let http = client();
+    let get = |n: usize| {
+        http.get(f.nodes[n].url("/"))
+            .header("authorization", creds(3))
+            .send()
+    };
+    let t1 = bearer(&echo(get(0).await.unwrap()).await);
+    assert_eq!(
+        bearer(&echo(get(1).await.unwrap()).await),
+        t1,
+        "node 1 uses the fleet's token"
+    );
+    f.upstream.reject_token(&t1);
+    let t2 = bearer(&echo(get(0).await.unwrap()).await);
+    assert_ne!(t2, t1);
+    eventually(
+        "node 1 uses the replacement",
+        Duration::from_secs(1),
+        async || bearer(&echo(get(1).await.unwrap()).await) == t2,
+    )
+    .await;
+    assert_eq!(
+        f.idp.issued("client-3"),
+        2,
+        "node 1 picked the replacement up instead of fetching its own"
+    );
+}
