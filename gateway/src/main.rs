@@ -77,7 +77,7 @@ async fn run(cfg: Config) -> ExitCode {
     };
     let (proxy, admin) = (listeners.proxy.local_addr(), listeners.admin.local_addr());
     if let (Ok(proxy), Ok(admin)) = (proxy, admin) {
-        tracing::info!(%proxy, %admin, store = ?cfg.store, "tokengate listening");
+        tracing::info!(%proxy, %admin, store = %cfg.store, "tokengate listening");
     }
     if cfg.fleet_key.is_none() {
         tracing::info!(

@@ -78,6 +78,30 @@ pub enum StoreConfig {
     Redis(RedisConfig),
 }
 
+/// A one-line description for logs (no secrets).
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Redis(r) => {
+                let endpoints: Vec<String> = r
+                    .endpoints
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect();
+                let kind = match &r.topology {
+                    RedisTopology::Standalone => "redis".to_owned(),
+                    RedisTopology::Cluster => "redis cluster".to_owned(),
+                    RedisTopology::Sentinel { master_set } => {
+                        format!("redis sentinel {master_set}")
+                    }
+                };
+                write!(f, "{kind} {}", endpoints.join(","))
+            }
+        }
+    }
+}
+
 /// Connections per node to Redis: the request path only reaches Redis on L1 misses.
 pub const DEFAULT_REDIS_POOL_SIZE: usize = 16;
 /// A healthy Redis answers in well under a millisecond; a second means it is not healthy, and

@@ -233,11 +233,13 @@ async fn changes_are_announced(s: &impl TokenStore) {
     let k = key(12);
     s.put(&k, entry(4, 60_000, 120_000), None).await.unwrap();
     s.evict(&k, None).await.unwrap();
-    let next = async |rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>| {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("event within 5s")
-            .unwrap()
+    // `Resync` may come at any time (the contract allows it); skip it.
+    let next = async |rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>| loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        match event.expect("event within 5s").unwrap() {
+            StoreEvent::Resync => continue,
+            other => break other,
+        }
     };
     assert_eq!(
         next(&mut rx).await,

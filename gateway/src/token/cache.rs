@@ -33,6 +33,16 @@ const FILL_POLL: Duration = Duration::from_millis(100);
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<TokenEntry>, IdpError>>>;
 
+/// How waiting for another node's fill ended.
+enum OtherFill {
+    /// The entry appeared.
+    Delivered(Arc<TokenEntry>),
+    /// The holder's lease lapsed and we took it.
+    LeaseIsOurs,
+    /// Neither happened in time, or the store failed: fetch without the lease.
+    GaveUp,
+}
+
 /// Ends a flight: dropped when its fill task finishes or unwinds.
 struct FlightLanded<'a> {
     cache: &'a TokenCache,
@@ -175,23 +185,32 @@ impl TokenCache {
         if let Some(e) = self.read_store(key).await {
             return Ok(e);
         }
-        let leased = match self
+        let lease = match self
             .store
             .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
             .await
         {
-            Ok(leased) => self.store_ok(leased),
-            // Store down: per-node single flight is all we have; fetch ourselves.
-            Err(e) => self.store_failed(e, true),
+            Ok(held) => self.store_ok(Some(held)),
+            Err(e) => self.store_failed(e, None),
         };
-        if !leased {
-            if let Some(e) = self.await_other_fill(key, &mut events).await {
-                return Ok(e);
-            }
-            tracing::debug!(key = %key, "fill lease holder did not deliver; fetching ourselves");
+        let holds_lease = match lease {
+            // Store down: per-node single flight is all we have; fetch ourselves.
+            None => false,
+            Some(true) => true,
+            Some(false) => match self.await_other_fill(key, &mut events).await {
+                OtherFill::Delivered(e) => return Ok(e),
+                OtherFill::LeaseIsOurs => true,
+                OtherFill::GaveUp => false,
+            },
+        };
+        // The previous holder may have stored the entry and released the lease between our
+        // first read and our taking the lease: look once more before asking the IdP.
+        if holds_lease && let Some(e) = self.read_store(key).await {
+            let _ = self.store.release_fill_lease(key, &self.node).await;
+            return Ok(e);
         }
         let result = self.fetch_and_store(key, spec, None, None).await;
-        if leased {
+        if holds_lease {
             let _ = self.store.release_fill_lease(key, &self.node).await;
         }
         result
@@ -202,32 +221,34 @@ impl TokenCache {
         &self,
         key: &TokenKey,
         events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
-    ) -> Option<Arc<TokenEntry>> {
+    ) -> OtherFill {
         let deadline = tokio::time::Instant::now() + FILL_LEASE_TTL;
         while tokio::time::Instant::now() < deadline {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(StoreEvent::Stored { key: k, .. }) if k == *key => {}
+                    Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => {}
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => tokio::time::sleep(FILL_POLL).await,
                 },
                 () = tokio::time::sleep(FILL_POLL) => {}
             }
             if let Some(e) = self.read_store(key).await {
-                return Some(e);
+                return OtherFill::Delivered(e);
             }
             // The holder may have died: once its lease lapses, the fill is ours.
-            if self
+            match self
                 .store
                 .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
                 .await
-                .unwrap_or(true)
             {
-                return None;
+                Ok(true) => return OtherFill::LeaseIsOurs,
+                Ok(false) => {}
+                Err(e) => return self.store_failed(e, OtherFill::GaveUp),
             }
         }
-        None
+        tracing::debug!(key = %key, "fill lease holder did not deliver; fetching ourselves");
+        OtherFill::GaveUp
     }
 
     /// Reads, opens and installs a servable entry from the shared store.

@@ -6,4 +6,5 @@ mod config_cli;
 mod lifecycle;
 mod proxy;
 mod redis;
+mod redis_ha;
 mod support;

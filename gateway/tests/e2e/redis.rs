@@ -9,9 +9,9 @@ use gateway::store::{RedisStore, conformance};
 
 use crate::support::{Node, RedisServer, basic, client, echo, eventually, header};
 
-const FLEET_KEY: &str = "fleet-key-for-tests-0123456789abcdef";
+pub(crate) const FLEET_KEY: &str = "fleet-key-for-tests-0123456789abcdef";
 
-fn store_config(endpoint: &str, prefix: &str) -> RedisConfig {
+pub(crate) fn store_config(endpoint: &str, prefix: &str) -> RedisConfig {
     let (host, port) = endpoint.rsplit_once(':').unwrap();
     RedisConfig {
         endpoints: vec![(host.into(), port.parse().unwrap())],
@@ -49,10 +49,11 @@ struct Fleet {
     nodes: Vec<Node>,
 }
 
-fn node_config(
+/// A gateway configuration with one application-level route, on the given `store` section.
+pub(crate) fn node_config(
     idp: &FakeIdp,
     upstream: &EchoUpstream,
-    redis: &RedisServer,
+    store: &str,
     refresh: &str,
 ) -> String {
     format!(
@@ -60,7 +61,7 @@ fn node_config(
 listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
 fleetKey: env:FLEET_KEY
-store: {{ redis: {{ endpoints: ["{redis}"], timeout: 300ms }} }}
+store: {store}
 refresh: {refresh}
 middlewares:
   app-creds:
@@ -71,7 +72,6 @@ middlewares:
 routes:
   - {{ name: app, match: {{ pathPrefix: / }}, middlewares: [app-creds], upstream: {{ urls: [{up}] }} }}
 "#,
-        redis = redis.endpoint(),
         url = idp.token_url(),
         up = upstream.url()
     )
@@ -85,7 +85,8 @@ async fn fleet(nodes: usize, lifetime: Duration, refresh: &str) -> Fleet {
     for i in 0..20 {
         idp.register(&format!("client-{i}"), &format!("secret-{i}"));
     }
-    let yaml = node_config(&idp, &upstream, &redis, refresh);
+    let store = format!(r#"{{ redis: {{ endpoints: ["{}"] }} }}"#, redis.endpoint());
+    let yaml = node_config(&idp, &upstream, &store, refresh);
     let nodes = (0..nodes)
         .map(|_| Node::start(&yaml, &[("FLEET_KEY", FLEET_KEY)]))
         .collect();
@@ -97,7 +98,17 @@ async fn fleet(nodes: usize, lifetime: Duration, refresh: &str) -> Fleet {
     }
 }
 
-fn creds(i: usize) -> String {
+impl Fleet {
+    /// `GET /` on node `node` with client `client`'s credentials.
+    async fn call(&self, node: usize, client: usize) -> reqwest::Response {
+        let req = crate::support::client()
+            .get(self.nodes[node].url("/"))
+            .header("authorization", creds(client));
+        req.send().await.unwrap()
+    }
+}
+
+pub(crate) fn creds(i: usize) -> String {
     basic(&format!("client-{}", i % 20), &format!("secret-{}", i % 20))
 }
 
@@ -125,19 +136,19 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// The index of the node that most recently became refresh leader, once one has.
-async fn leader(nodes: &[Node], except: Option<usize>) -> usize {
+/// The index of the node holding the refresh lease, as Redis records it (`"<node id> <fence>"`),
+/// matched against the node ids the gateways log.
+async fn leader(redis: &RedisServer, nodes: &[Node]) -> usize {
     let mut found = None;
     eventually(
-        "a node becomes refresh leader",
+        "a node holds the refresh lease",
         Duration::from_secs(15),
         async || {
+            let lease = redis.cli(&["GET", "{tokengate}:lease"]);
+            let holder = lease.split_whitespace().next().unwrap_or("-").to_owned();
             found = nodes
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| Some(*i) != except)
-                .find(|(_, n)| n.log().contains("became refresh leader"))
-                .map(|(i, _)| i);
+                .position(|n| n.log().contains(&format!("\"node\":\"{holder}\"")));
             found.is_some()
         },
     )
@@ -212,16 +223,8 @@ async fn killing_the_leader_hands_refreshing_to_another_node_without_failures() 
     )
     .await;
     let http = client();
-    assert_eq!(
-        http.get(f.nodes[0].url("/"))
-            .header("authorization", creds(0))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let old = leader(&f.nodes, None).await;
+    assert_eq!(f.call(0, 0).await.status(), 200);
+    let old = leader(&f.redis, &f.nodes).await;
     f.nodes[old].kill();
     let killed_at = Instant::now();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
@@ -266,51 +269,36 @@ async fn killing_the_leader_hands_refreshing_to_another_node_without_failures() 
 async fn a_paused_leader_that_wakes_up_cannot_overwrite_the_new_token() {
     let f = fleet(
         2,
-        Duration::from_secs(6),
-        "{ interval: 100ms, leaseTtl: 2s }",
+        Duration::from_secs(20),
+        "{ interval: 100ms, leaseTtl: 1s }",
     )
     .await;
-    let http = client();
-    assert_eq!(
-        http.get(f.nodes[0].url("/"))
-            .header("authorization", creds(0))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let old = leader(&f.nodes, None).await;
-    // Hold the leader's refresh at the IdP, then freeze the leader while it waits.
-    f.idp.set_latency(Duration::from_millis(1500));
+    let first = bearer(&echo(f.call(0, 0).await).await);
+    let old = leader(&f.redis, &f.nodes).await;
+    // 20 s tokens are refreshed at 75-80 % of their 19 s servable life, leaving about 4 s for a
+    // lease takeover (1 s) and an IdP round trip (1 s). Hold the leader's refresh at the IdP,
+    // then freeze the leader while it waits.
+    f.idp.set_latency(Duration::from_millis(1000));
     let before = f.idp.seen().len();
     eventually(
         "the leader asks the IdP for a refresh",
-        Duration::from_secs(10),
+        Duration::from_secs(25),
         async || f.idp.seen().len() > before,
     )
     .await;
     f.nodes[old].signal("STOP");
     let other = 1 - old;
+    let mut current = first.clone();
     eventually(
-        "the other node takes the lease and refreshes",
+        "the other node takes the lease and serves its refreshed token",
         Duration::from_secs(10),
         async || {
-            f.nodes[other].log().contains("became refresh leader") && f.idp.issued("client-0") >= 3
+            current = bearer(&echo(f.call(other, 0).await).await);
+            current != first && f.nodes[other].log().contains("became refresh leader")
         },
     )
     .await;
     f.idp.set_latency(Duration::ZERO);
-    let current = bearer(
-        &echo(
-            http.get(f.nodes[other].url("/"))
-                .header("authorization", creds(0))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
     f.nodes[old].signal("CONT");
     eventually(
         "the woken leader's late write is refused",
@@ -322,16 +310,7 @@ async fn a_paused_leader_that_wakes_up_cannot_overwrite_the_new_token() {
         },
     )
     .await;
-    let after = bearer(
-        &echo(
-            http.get(f.nodes[other].url("/"))
-                .header("authorization", creds(0))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
+    let after = bearer(&echo(f.call(other, 0).await).await);
     assert_eq!(
         after, current,
         "the new leader's token is still the fleet's token"
@@ -343,15 +322,7 @@ async fn redis_restarting_under_load_fails_no_request_while_tokens_are_valid() {
     let mut f = fleet(2, Duration::from_secs(60), "{ interval: 100ms }").await;
     let http = client();
     for i in 0..8 {
-        assert_eq!(
-            http.get(f.nodes[i % 2].url("/"))
-                .header("authorization", creds(i / 2))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(f.call(i % 2, i / 2).await.status(), 200);
     }
     let issued = f.idp.total_issued();
     assert_eq!(issued, 4, "both nodes share each credential's token");
@@ -360,12 +331,7 @@ async fn redis_restarting_under_load_fails_no_request_while_tokens_are_valid() {
     let mut saw_degraded = false;
     for round in 0..40 {
         for i in 0..4 {
-            let resp = http
-                .get(f.nodes[(round + i) % 2].url("/"))
-                .header("authorization", creds(i))
-                .send()
-                .await
-                .unwrap();
+            let resp = f.call((round + i) % 2, i).await;
             assert_eq!(resp.status(), 200, "served from L1 while Redis is down");
         }
         let ready: serde_json::Value = http

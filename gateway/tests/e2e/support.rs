@@ -236,12 +236,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port whose Redis Cluster bus port (port + 10000) is free and valid too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A real `redis-server` on a loopback port, without persistence. Killed when dropped.
 pub struct RedisServer {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
+    sentinel_conf: Option<String>,
 }
 
 impl Drop for RedisServer {
@@ -253,10 +266,35 @@ impl Drop for RedisServer {
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(free_port(), &[])
+    }
+
+    /// Starts a server on `port` with extra `redis-server` arguments (`--cluster-enabled`, ...).
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = extra.iter().map(ToString::to_string).collect();
         let mut server = Self {
             child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
+            port,
+            dir,
+            extra,
+            sentinel_conf: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts a sentinel on a free port with these configuration lines.
+    pub fn sentinel(conf: &str) -> Self {
+        let port = free_port();
+        let conf = format!("port {port}\nbind 127.0.0.1\n{conf}\n");
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+            extra: vec![],
+            sentinel_conf: Some(conf),
         };
         server.restart();
         server
@@ -278,19 +316,35 @@ impl RedisServer {
     /// Starts the server (again) on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
+        let mut cmd = match &self.sentinel_conf {
+            Some(conf) => {
+                // Sentinel rewrites its configuration file, so it gets a fresh writable one.
+                let path = self.dir.path().join("sentinel.conf");
+                std::fs::write(&path, conf).unwrap();
+                let mut cmd = Command::new("redis-sentinel");
+                cmd.arg(path);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new("redis-server");
+                let port = self.port.to_string();
+                cmd.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .args(&self.extra);
+                cmd
+            }
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -221,8 +221,9 @@ pub(super) async fn follow_events(
                 if was_down {
                     tracing::info!("token store events followed again");
                 }
-                subscribed.send_replace(true);
+                // Resync first: whoever waits for `subscribed` must not see it afterwards.
                 let _ = events.send(StoreEvent::Resync);
+                subscribed.send_replace(true);
                 let mut stream = pubsub.on_message();
                 loop {
                     let msg = tokio::select! {

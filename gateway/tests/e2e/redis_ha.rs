@@ -1,0 +1,207 @@
+//! The Redis store on highly available deployments: Sentinel failover and Redis Cluster.
+
+use std::time::Duration;
+
+use chaos::{EchoUpstream, FakeIdp};
+use gateway::config::RedisTopology;
+use gateway::store::{RedisStore, conformance};
+
+use crate::redis::{FLEET_KEY, creds, node_config, store_config};
+use crate::support::{Node, RedisServer, client, eventually, free_cluster_port, free_port};
+
+async fn doubles() -> (FakeIdp, EchoUpstream) {
+    let idp = FakeIdp::start().await;
+    for i in 0..20 {
+        idp.register(&format!("client-{i}"), &format!("secret-{i}"));
+    }
+    (idp, EchoUpstream::start().await)
+}
+
+async fn status(node: &Node, client_no: usize) -> u16 {
+    let req = client()
+        .get(node.url("/"))
+        .header("authorization", creds(client_no));
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_keeps_the_fleet_serving_and_sharing() {
+    let mut master = RedisServer::start();
+    let replica = RedisServer::start_with(
+        free_port(),
+        &["--replicaof", "127.0.0.1", &master.port.to_string()],
+    );
+    let sentinel = RedisServer::sentinel(&format!(
+        "sentinel monitor tg 127.0.0.1 {} 1\nsentinel down-after-milliseconds tg 1000\nsentinel failover-timeout tg 5000",
+        master.port
+    ));
+    let replica_port = replica.port.to_string();
+    eventually(
+        "the sentinel knows the replica",
+        Duration::from_secs(15),
+        async || {
+            sentinel
+                .cli(&["SENTINEL", "replicas", "tg"])
+                .contains(&replica_port)
+        },
+    )
+    .await;
+    let (idp, upstream) = doubles().await;
+    let store = format!(
+        r#"{{ redis: {{ endpoints: ["{}"], sentinel: {{ masterSet: tg }}, timeout: 500ms }} }}"#,
+        sentinel.endpoint()
+    );
+    let yaml = node_config(&idp, &upstream, &store, "{ interval: 200ms }");
+    let a = Node::start(&yaml, &[("FLEET_KEY", FLEET_KEY)]);
+    for i in 0..3 {
+        assert_eq!(status(&a, i).await, 200);
+    }
+    eventually(
+        "the replica has the entries",
+        Duration::from_secs(10),
+        async || {
+            replica
+                .cli(&["--scan", "--pattern", "{tokengate}:e:*"])
+                .lines()
+                .count()
+                == 3
+        },
+    )
+    .await;
+
+    master.kill();
+    eventually(
+        "the sentinel promotes the replica",
+        Duration::from_secs(20),
+        async || {
+            for i in 0..3 {
+                assert_eq!(
+                    status(&a, i).await,
+                    200,
+                    "served from L1 during the failover"
+                );
+            }
+            // Promoted, and the failover finished (no `failover_in_progress`, no `s_down`).
+            let promoted = sentinel
+                .cli(&["SENTINEL", "get-master-addr-by-name", "tg"])
+                .contains(&replica_port);
+            promoted
+                && sentinel
+                    .cli(&["SENTINEL", "MASTER", "tg"])
+                    .contains("flags\nmaster\n")
+        },
+    )
+    .await;
+    // A node started after the failover finds the fleet's tokens on the new master.
+    let b = Node::start(&yaml, &[("FLEET_KEY", FLEET_KEY)]);
+    for i in 0..3 {
+        assert_eq!(status(&b, i).await, 200);
+    }
+    assert_eq!(
+        idp.total_issued(),
+        3,
+        "the promoted replica served the tokens to the new node"
+    );
+    let readyz = format!("http://{}/readyz", a.admin);
+    eventually(
+        "the first node uses the new master",
+        Duration::from_secs(10),
+        async || {
+            let ready: serde_json::Value = client()
+                .get(&readyz)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ready["store"] == "ok" && status(&a, 5).await == 200
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_meets_the_contract_and_shares_tokens() {
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 3 {
+        let p = free_cluster_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let args = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "2000",
+    ];
+    let servers: Vec<RedisServer> = ports
+        .iter()
+        .map(|p| RedisServer::start_with(*p, &args))
+        .collect();
+    let endpoints: Vec<String> = servers.iter().map(RedisServer::endpoint).collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(endpoints.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    servers[0].cli(&create);
+    eventually(
+        "the cluster is formed",
+        Duration::from_secs(20),
+        async || {
+            servers
+                .iter()
+                .all(|s| s.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        },
+    )
+    .await;
+
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    conformance::run(async || {
+        let mut cfg = store_config(
+            &endpoints[0],
+            &format!(
+                "cluster-{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        );
+        cfg.endpoints = endpoints
+            .iter()
+            .map(|e| {
+                (
+                    "127.0.0.1".into(),
+                    e.rsplit_once(':').unwrap().1.parse().unwrap(),
+                )
+            })
+            .collect();
+        cfg.topology = RedisTopology::Cluster;
+        let store = RedisStore::new(&cfg).unwrap();
+        store.subscribed().await;
+        store
+    })
+    .await;
+
+    let (idp, upstream) = doubles().await;
+    idp.set_latency(Duration::from_millis(200));
+    let list = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let store = format!("{{ redis: {{ endpoints: [{list}], cluster: true, timeout: 500ms }} }}");
+    let yaml = node_config(&idp, &upstream, &store, "{ interval: 200ms }");
+    let nodes = [
+        Node::start(&yaml, &[("FLEET_KEY", FLEET_KEY)]),
+        Node::start(&yaml, &[("FLEET_KEY", FLEET_KEY)]),
+    ];
+    let calls = (0..60).map(|i| status(&nodes[i % 2], i % 5));
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        idp.total_issued(),
+        5,
+        "one token request per credential across the fleet"
+    );
+}
