@@ -220,6 +220,20 @@ pub fn two_modes(token_url: &str, upstream: &str, cc_extra: &str) -> String {
 pub const GW_SECRET: &str = "gw sec:ret+/%=&";
 
 impl Node {
+    /// The `store` field of `/readyz`: `ok` or `degraded`.
+    pub async fn store_state(&self) -> String {
+        let url = format!("http://{}/readyz", self.admin);
+        let ready: serde_json::Value = client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ready["store"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// SIGKILLs the process now.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
