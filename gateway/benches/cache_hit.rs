@@ -4,6 +4,10 @@
 //! HMAC key, look it up in the L1, set `Authorization` and two claim headers. `gateway_level`
 //! skips the decoding and the HMAC (its key is derived once at start). `key_derivation` is the
 //! HMAC alone. Entries are obtained for real from the fake IdP before measuring.
+//!
+//! The `redis` group (run when `redis-server` is installed; the bench starts its own on a free
+//! port) measures the same hit with the Redis store behind the L1, an L1 miss served from Redis
+//! (another node fetched the token), and a full miss (Redis, then the fake IdP, then Redis).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -108,5 +112,149 @@ middlewares:
     drop(idp);
 }
 
-criterion_group!(benches, cache_hit);
+/// A `redis-server` for the benchmark, killed on drop.
+struct RedisProcess(std::process::Child);
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<(RedisProcess, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let guard = RedisProcess(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((guard, port));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
+}
+
+fn redis_store(port: u16) -> Store {
+    let cfg = gateway::config::RedisConfig {
+        endpoints: vec![("127.0.0.1".into(), port)],
+        username: None,
+        password: None,
+        database: 0,
+        key_prefix: "bench".into(),
+        topology: gateway::config::RedisTopology::Standalone,
+        pool_size: 4,
+        timeout: std::time::Duration::from_secs(1),
+    };
+    Store::Redis(gateway::store::RedisStore::new(&cfg).unwrap())
+}
+
+fn redis(c: &mut Criterion) {
+    let Some((_redis, port)) = start_redis() else {
+        eprintln!("redis-server not installed: skipping the redis benchmarks");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let idp = rt.block_on(chaos::FakeIdp::start());
+    idp.set_token_lifetime(std::time::Duration::from_secs(3600));
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nmiddlewares:\n  app:\n    clientCredentials:\n      \
+         url: {}\n      forwardHeaders: {{ Sub: sub, X-Client: client_id }}\n",
+        idp.token_url()
+    );
+    let cfg = Config::from_yaml(&yaml).unwrap();
+    let fleet = FleetKey::from_secret(&gateway::config::Secret::new(
+        "bench-fleet-key-0123456789abcdef-xyz",
+    ));
+    // Two nodes of one fleet: `a` fetches, `b` finds what `a` stored.
+    let (a, b) = rt.block_on(async {
+        let a = TokenCache::new(fleet.clone(), redis_store(port));
+        let b = TokenCache::new(fleet, redis_store(port));
+        (middleware(&cfg, "app", &a), middleware(&cfg, "app", &b))
+    });
+    let basic = |i: u64| {
+        let engine = base64::engine::general_purpose::STANDARD;
+        format!("Basic {}", engine.encode(format!("client-{i}:secret-{i}")))
+    };
+    let mut next = 0u64;
+    let mut fresh = |n: u64| {
+        let ids: Vec<u64> = (next..next + n).collect();
+        next += n;
+        for i in &ids {
+            idp.register(&format!("client-{i}"), &format!("secret-{i}"));
+        }
+        ids
+    };
+    let warm = fresh(1)[0];
+    rt.block_on(a.apply(&mut request_headers(Some(&basic(warm)))))
+        .unwrap();
+
+    let mut group = c.benchmark_group("redis");
+    group.bench_function("app_level_hit", |bench| {
+        bench.iter_batched_ref(
+            || request_headers(Some(&basic(warm))),
+            |h| {
+                a.apply(black_box(h))
+                    .now_or_never()
+                    .expect("a hit never waits")
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.sample_size(20);
+    group.bench_function("l1_miss_store_hit", |bench| {
+        bench.iter_custom(|iters| {
+            let ids = fresh(iters);
+            rt.block_on(async {
+                for i in &ids {
+                    a.apply(&mut request_headers(Some(&basic(*i))))
+                        .await
+                        .unwrap();
+                }
+                let started = std::time::Instant::now();
+                for i in &ids {
+                    b.apply(&mut request_headers(Some(&basic(*i))))
+                        .await
+                        .unwrap();
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.bench_function("full_miss_fake_idp", |bench| {
+        bench.iter_custom(|iters| {
+            let ids = fresh(iters);
+            rt.block_on(async {
+                let started = std::time::Instant::now();
+                for i in &ids {
+                    a.apply(&mut request_headers(Some(&basic(*i))))
+                        .await
+                        .unwrap();
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, cache_hit, redis);
 criterion_main!(benches);

@@ -32,7 +32,7 @@ use config::{Config, StoreConfig};
 use proxy::admin::Admin;
 use proxy::{Gateway, Listeners};
 use store::{MemoryStore, RedisStore, Store, StoreError};
-use token::{FleetKey, TokenCache};
+use token::{FleetKey, KeyRing, TokenCache};
 
 /// Runs a gateway node on already-bound listeners until `shutdown` is cancelled, then drains
 /// in-flight requests (bounded by `shutdown_timeout`) and stops every background task.
@@ -41,10 +41,16 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let fleet = match &config.fleet_key {
+    let current = match &config.fleet_key {
         Some(secret) => FleetKey::from_secret(secret),
         None => FleetKey::random(),
     };
+    let previous = config
+        .previous_fleet_keys
+        .iter()
+        .map(FleetKey::from_secret)
+        .collect();
+    let fleet = KeyRing::new(current, previous);
     let store = match &config.store {
         StoreConfig::Memory => Store::Memory(MemoryStore::new()),
         StoreConfig::Redis(redis) => match RedisStore::new(redis) {

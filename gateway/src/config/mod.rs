@@ -55,6 +55,8 @@ pub struct Config {
     /// The fleet key; `None` means a random per-process key (memory store only: shared stores
     /// require every node to hold the same key).
     pub fleet_key: Option<Secret>,
+    /// Fleet keys being rotated out, newest first: they still open entries sealed under them.
+    pub previous_fleet_keys: Vec<Secret>,
     /// Background refresher settings.
     pub refresh: RefreshConfig,
     /// Upper bound on one proxied request.

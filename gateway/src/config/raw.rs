@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// Optional with the memory store (a random per-process key is used).
     #[serde(default)]
     pub fleet_key: Option<String>,
+    /// Secret references to fleet keys being rotated out: still accepted for reading.
+    #[serde(default)]
+    pub previous_fleet_keys: Vec<String>,
     /// How the background refresher behaves.
     #[serde(default)]
     pub refresh: RawRefresh,

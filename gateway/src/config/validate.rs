@@ -99,6 +99,22 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             "is required with a shared store: every node must hold the same key",
         );
     }
+    let previous_fleet_keys: Vec<super::Secret> = raw
+        .previous_fleet_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let path = format!("previousFleetKeys[{i}]");
+            let k = issues.secret(&path, r)?;
+            if k.expose().len() < 32 {
+                issues.push(path, "must be at least 32 bytes of high-entropy material");
+            }
+            Some(k)
+        })
+        .collect();
+    if !previous_fleet_keys.is_empty() && raw.fleet_key.is_none() {
+        issues.push("previousFleetKeys", "needs fleetKey (the key rotated to)");
+    }
     if fleet_key.as_ref().is_some_and(|k| k.expose().len() < 32) {
         issues.push(
             "fleetKey",
@@ -177,6 +193,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         admin_listen: admin_listen.expect("checked above"),
         store,
         fleet_key,
+        previous_fleet_keys,
         refresh,
         request_timeout: raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
         shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),

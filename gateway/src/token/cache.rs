@@ -21,7 +21,7 @@ use super::entry::{
     EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time,
 };
 use super::idp::{IdpClient, IdpError};
-use super::key::{FleetKey, TokenKey};
+use super::key::{FleetKey, KeyRing, TokenKey};
 use super::seal::{seal, unseal};
 use crate::store::{FencingToken, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore};
 
@@ -60,7 +60,7 @@ impl Drop for FlightLanded<'_> {
 
 /// The node's token cache. Cheap to share: wrap it in an `Arc`.
 pub struct TokenCache {
-    fleet: FleetKey,
+    ring: KeyRing,
     node: NodeId,
     store: Store,
     idp: IdpClient,
@@ -73,10 +73,10 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// A cache over `store`, deriving and sealing with `fleet`.
-    pub fn new(fleet: FleetKey, store: Store) -> Arc<Self> {
+    /// A cache over `store`, deriving and sealing with the ring's current key.
+    pub fn new(ring: impl Into<KeyRing>, store: Store) -> Arc<Self> {
         Arc::new(Self {
-            fleet,
+            ring: ring.into(),
             node: NodeId::random(),
             store,
             idp: IdpClient::new(),
@@ -88,9 +88,9 @@ impl TokenCache {
         })
     }
 
-    /// The fleet key (for deriving [`TokenKey`]s).
+    /// The current fleet key (for deriving [`TokenKey`]s).
     pub fn fleet(&self) -> &FleetKey {
-        &self.fleet
+        self.ring.current()
     }
 
     /// This node's lease-holder id.
@@ -185,6 +185,9 @@ impl TokenCache {
         if let Some(e) = self.read_store(key).await {
             return Ok(e);
         }
+        if let Some(e) = self.adopt_from_previous_keys(key, &spec).await {
+            return Ok(e);
+        }
         let lease = match self
             .store
             .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
@@ -251,13 +254,48 @@ impl TokenCache {
         OtherFill::GaveUp
     }
 
+    /// After a fleet-key rotation the same credential has a new cache key. Looks under the keys
+    /// derived from the previous fleet keys and, if the fleet has a servable token there, stores
+    /// it under the current key too (sealed with the current fleet key), so a rotation costs no
+    /// IdP request.
+    async fn adopt_from_previous_keys(
+        &self,
+        key: &TokenKey,
+        spec: &TokenRequest,
+    ) -> Option<Arc<TokenEntry>> {
+        for previous in self.ring.previous() {
+            let old_key = spec.key(previous);
+            let sealed = match self.store.get(&old_key).await {
+                Ok(Some(sealed)) => sealed,
+                Ok(None) => continue,
+                Err(e) => return self.store_failed(e, None),
+            };
+            let Ok(entry) = unseal(&self.ring, &old_key, &sealed) else {
+                continue;
+            };
+            if !entry.meta.is_servable(now_millis()) {
+                continue;
+            }
+            if let Err(e) = self
+                .store
+                .put(key, seal(self.ring.current(), key, &entry), None)
+                .await
+            {
+                self.store_failed(e, ());
+            }
+            tracing::debug!(key = %key, previous_key = %old_key, "adopted a token cached under a previous fleet key");
+            return Some(self.install(key, Arc::new(entry)));
+        }
+        None
+    }
+
     /// Reads, opens and installs a servable entry from the shared store.
     async fn read_store(&self, key: &TokenKey) -> Option<Arc<TokenEntry>> {
         let sealed = match self.store.get(key).await {
             Ok(s) => self.store_ok(s)?,
             Err(e) => return self.store_failed(e, None),
         };
-        match unseal(&self.fleet, key, &sealed) {
+        match unseal(&self.ring, key, &sealed) {
             Ok(entry) if entry.meta.is_servable(now_millis()) => {
                 Some(self.install(key, Arc::new(entry)))
             }
@@ -318,7 +356,7 @@ impl TokenCache {
         let entry = Arc::new(entry);
         match self
             .store
-            .put(key, seal(&self.fleet, key, &entry), fence)
+            .put(key, seal(self.ring.current(), key, &entry), fence)
             .await
         {
             Ok(PutOutcome::Fenced) => {
@@ -447,7 +485,7 @@ impl TokenCache {
         for key in keys {
             match self.store.get(&key).await {
                 Ok(Some(sealed)) => {
-                    if let Ok(entry) = unseal(&self.fleet, &key, &sealed) {
+                    if let Ok(entry) = unseal(&self.ring, &key, &sealed) {
                         self.install(&key, Arc::new(entry));
                     }
                 }
@@ -458,7 +496,7 @@ impl TokenCache {
                     if ours.meta.is_servable(now_millis())
                         && let Err(e) = self
                             .store
-                            .put(&key, seal(&self.fleet, &key, &ours), None)
+                            .put(&key, seal(self.ring.current(), &key, &ours), None)
                             .await
                     {
                         return self.store_failed(e, ());
@@ -516,7 +554,7 @@ impl TokenCache {
         if sealed.meta.refresh_at > now_millis() {
             return Ok(()); // renewed meanwhile (by a previous leader)
         }
-        let current = unseal(&self.fleet, key, &sealed)
+        let current = unseal(&self.ring, key, &sealed)
             .map_err(|e| IdpError::Protocol(format!("cannot open entry to refresh: {e}")))?;
         let spec = current.secrets.spec.clone();
         self.fetch_and_store(key, spec, Some(&current.meta), Some(fence))

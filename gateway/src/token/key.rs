@@ -105,6 +105,45 @@ impl fmt::Debug for FleetKey {
     }
 }
 
+/// The fleet's keys: the current one seals new entries and derives cache keys; previous ones
+/// (being rotated out) still open entries sealed under them, and their cache keys are looked up
+/// on a miss so that a rotation does not cost an IdP request per credential.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    current: FleetKey,
+    previous: Vec<FleetKey>,
+}
+
+impl KeyRing {
+    /// A ring of `current` and the keys being rotated out.
+    pub fn new(current: FleetKey, previous: Vec<FleetKey>) -> Self {
+        Self { current, previous }
+    }
+
+    /// The key new entries are sealed and found under.
+    pub fn current(&self) -> &FleetKey {
+        &self.current
+    }
+
+    /// Keys being rotated out, newest first.
+    pub fn previous(&self) -> &[FleetKey] {
+        &self.previous
+    }
+
+    /// The key with this fingerprint, if the ring holds it.
+    pub fn by_id(&self, id: &str) -> Option<&FleetKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == id)
+    }
+}
+
+impl From<FleetKey> for KeyRing {
+    fn from(current: FleetKey) -> Self {
+        Self::new(current, Vec::new())
+    }
+}
+
 /// Derives keys for one token endpoint configuration. The endpoint-wide fields are absorbed
 /// once, at configuration load; a request only adds its client id and secret (the hot path
 /// clones a prepared HMAC state instead of rehashing the configuration).

@@ -12,6 +12,6 @@ pub mod seal;
 pub use cache::TokenCache;
 pub use entry::{EntryMeta, TokenEntry, UnixMillis, now_millis};
 pub use idp::{IdpClient, IdpError};
-pub use key::{FleetKey, KeyDeriver, TokenKey};
+pub use key::{FleetKey, KeyDeriver, KeyRing, TokenKey};
 pub use request::{AuthMethod, TokenRequest};
 pub use seal::SealedEntry;

@@ -10,7 +10,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::entry::{EntryMeta, EntrySecrets, TokenEntry};
-use super::key::{FleetKey, TokenKey};
+use super::key::{FleetKey, KeyRing, TokenKey};
 
 /// An entry as a shared store holds it: clear metadata, sealed secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,15 +86,15 @@ pub fn seal(fleet: &FleetKey, key: &TokenKey, entry: &TokenEntry) -> SealedEntry
     }
 }
 
-/// Opens a sealed entry read back from a store.
+/// Opens a sealed entry read back from a store, with whichever ring key sealed it.
 pub fn unseal(
-    fleet: &FleetKey,
+    ring: &KeyRing,
     key: &TokenKey,
     sealed: &SealedEntry,
 ) -> Result<TokenEntry, SealError> {
-    if sealed.key_id != fleet.id {
-        return Err(SealError::UnknownKey(sealed.key_id.clone()));
-    }
+    let fleet = ring
+        .by_id(&sealed.key_id)
+        .ok_or_else(|| SealError::UnknownKey(sealed.key_id.clone()))?;
     if sealed.ciphertext.len() < NONCE_LEN {
         return Err(SealError::Corrupt);
     }
@@ -161,28 +161,36 @@ pub(crate) mod tests {
         let sealed = seal(&fleet, &key, &sample_entry(1));
         let stored = serde_json::to_string(&sealed).unwrap();
         assert!(!stored.contains("the-access-token") && !stored.contains("the-client-secret"));
-        let opened = unseal(&fleet, &key, &sealed).unwrap();
+        let opened = unseal(&fleet.into(), &key, &sealed).unwrap();
         assert_eq!(opened.secrets.access_token.expose(), "the-access-token");
     }
 
     #[test]
     fn sealed_entry_cannot_move_to_another_key_or_live_longer() {
-        let fleet = FleetKey::random();
+        let ring = KeyRing::from(FleetKey::random());
         let key = TokenKey::from_bytes([7; 32]);
-        let sealed = seal(&fleet, &key, &sample_entry(1));
-        assert!(matches!(
-            unseal(&fleet, &TokenKey::from_bytes([8; 32]), &sealed),
-            Err(SealError::Corrupt)
-        ));
+        let sealed = seal(ring.current(), &key, &sample_entry(1));
+        let moved = unseal(&ring, &TokenKey::from_bytes([8; 32]), &sealed);
+        assert!(matches!(moved, Err(SealError::Corrupt)));
         let mut stretched = sealed.clone();
         stretched.meta.expires_at += 1;
         assert!(matches!(
-            unseal(&fleet, &key, &stretched),
+            unseal(&ring, &key, &stretched),
             Err(SealError::Corrupt)
         ));
+        let stranger = KeyRing::from(FleetKey::random());
         assert!(matches!(
-            unseal(&FleetKey::random(), &key, &sealed),
+            unseal(&stranger, &key, &sealed),
             Err(SealError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn entries_sealed_under_a_previous_key_stay_readable() {
+        let (old, new) = (FleetKey::random(), FleetKey::random());
+        let key = TokenKey::from_bytes([9; 32]);
+        let sealed = seal(&old, &key, &sample_entry(1));
+        assert!(unseal(&KeyRing::new(new.clone(), vec![old]), &key, &sealed).is_ok());
+        assert!(unseal(&KeyRing::from(new), &key, &sealed).is_err());
     }
 }

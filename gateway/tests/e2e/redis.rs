@@ -438,3 +438,36 @@ async fn an_upstream_401_on_one_node_evicts_the_token_on_every_node() {
         "node 1 picked the replacement up instead of fetching its own"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_fleet_key_costs_no_idp_request() {
+    const NEW_KEY: &str = "the-next-fleet-key-0123456789abcdef";
+    let f = fleet(1, Duration::from_secs(300), "{ interval: 1s }").await;
+    let store = format!(
+        r#"{{ redis: {{ endpoints: ["{}"] }} }}"#,
+        f.redis.endpoint()
+    );
+    let yaml = node_config(&f.idp, &f.upstream, &store, "{ interval: 1s }");
+    let rotated = format!("previousFleetKeys: [env:OLD_FLEET_KEY]\n{yaml}");
+    let old_token = bearer(&echo(f.call(0, 0).await).await);
+
+    let during = Node::start(
+        &rotated,
+        &[("FLEET_KEY", NEW_KEY), ("OLD_FLEET_KEY", FLEET_KEY)],
+    );
+    let req = client()
+        .get(during.url("/"))
+        .header("authorization", creds(0));
+    assert_eq!(
+        bearer(&echo(req.send().await.unwrap()).await),
+        old_token,
+        "found under the previous key"
+    );
+    // Re-sealed under the new key: a node that only knows the new key finds it too.
+    let after = Node::start(&yaml, &[("FLEET_KEY", NEW_KEY)]);
+    let req = client()
+        .get(after.url("/"))
+        .header("authorization", creds(0));
+    assert_eq!(bearer(&echo(req.send().await.unwrap()).await), old_token);
+    assert_eq!(f.idp.total_issued(), 1, "the rotation made no IdP request");
+}
