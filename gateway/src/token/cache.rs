@@ -226,15 +226,20 @@ impl TokenCache {
         events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
     ) -> OtherFill {
         let deadline = tokio::time::Instant::now() + FILL_LEASE_TTL;
+        // One timer for the whole wait: events about other keys must not keep postponing the
+        // periodic look at the store and at the holder's lease.
+        let mut poll = tokio::time::interval(FILL_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
         while tokio::time::Instant::now() < deadline {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(StoreEvent::Stored { key: k, .. }) if k == *key => {}
                     Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => {}
                     Ok(_) => continue,
-                    Err(RecvError::Closed) => tokio::time::sleep(FILL_POLL).await,
+                    Err(RecvError::Closed) => { poll.tick().await; }
                 },
-                () = tokio::time::sleep(FILL_POLL) => {}
+                _ = poll.tick() => {}
             }
             if let Some(e) = self.read_store(key).await {
                 return OtherFill::Delivered(e);
