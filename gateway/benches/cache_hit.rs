@@ -162,6 +162,7 @@ fn redis_store(port: u16) -> Store {
         topology: gateway::config::RedisTopology::Standalone,
         pool_size: 4,
         timeout: std::time::Duration::from_secs(1),
+        tls: None,
     };
     Store::Redis(gateway::store::RedisStore::new(&cfg).unwrap())
 }

@@ -77,7 +77,7 @@ pub enum StoreConfig {
     /// Node-local.
     Memory,
     /// Shared through Redis.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// A one-line description for logs (no secrets).
@@ -98,7 +98,8 @@ impl fmt::Display for StoreConfig {
                         format!("redis sentinel {master_set}")
                     }
                 };
-                write!(f, "{kind} {}", endpoints.join(","))
+                let tls = if r.tls.is_some() { " (tls)" } else { "" };
+                write!(f, "{kind} {}{tls}", endpoints.join(","))
             }
         }
     }
@@ -129,6 +130,29 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Upper bound on one operation.
     pub timeout: Duration,
+    /// TLS, when the servers speak it.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS towards Redis, with the files already read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM CA bundle; `None` trusts the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Secret)>,
+    /// Skip server certificate verification.
+    pub insecure_skip_verify: bool,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("custom_ca", &self.ca.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
 }
 
 /// Redis deployment shape.

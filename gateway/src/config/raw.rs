@@ -93,6 +93,26 @@ pub struct RawRedisStore {
     /// Upper bound on one Redis operation, connecting included.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// TLS towards Redis (and, with Sentinel, towards the servers it names).
+    #[serde(default)]
+    pub tls: Option<RawRedisTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRedisTls {
+    /// PEM CA bundle to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate (mutual TLS).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Skip server certificate verification. For tests only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,14 +7,15 @@ use http::HeaderName;
 use url::Url;
 
 use super::raw::{
-    RawClientCredentials, RawConfig, RawMiddleware, RawRedisStore, RawRoute, RawStore, StringOrList,
+    RawClientCredentials, RawConfig, RawMiddleware, RawRedisStore, RawRedisTls, RawRoute, RawStore,
+    StringOrList,
 };
 use super::{
     ClientCredentialsConfig, Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_IDP_RETRIES,
     DEFAULT_IDP_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REDIS_POOL_SIZE,
     DEFAULT_REDIS_TIMEOUT, DEFAULT_REFRESH_INTERVAL, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOKEN_LIFETIME, LogConfig, LogFormat, MiddlewareConfig,
-    RedisConfig, RedisTopology, RefreshConfig, RouteConfig, StoreConfig, secret,
+    RedisConfig, RedisTls, RedisTopology, RefreshConfig, RouteConfig, Secret, StoreConfig, secret,
 };
 use crate::token::AuthMethod;
 
@@ -73,7 +74,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         Some(RawStore {
             memory: None,
             redis: Some(r),
-        }) => redis(&mut issues, r).map_or(StoreConfig::Memory, StoreConfig::Redis),
+        }) => {
+            redis(&mut issues, r).map_or(StoreConfig::Memory, |r| StoreConfig::Redis(Box::new(r)))
+        }
         Some(RawStore {
             memory: None,
             redis: None,
@@ -257,6 +260,7 @@ fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig> {
     if timeout.is_zero() {
         issues.push("store.redis.timeout", "must be greater than zero");
     }
+    let tls = r.tls.map(|t| redis_tls(issues, t));
     (issues.0.len() == before).then_some(RedisConfig {
         endpoints,
         username: r.username,
@@ -266,7 +270,41 @@ fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig> {
         topology,
         pool_size,
         timeout,
+        tls,
     })
+}
+
+fn redis_tls(issues: &mut Issues, t: RawRedisTls) -> RedisTls {
+    let mut read = |path: &str, file: &Option<String>| -> Option<Vec<u8>> {
+        let file = file.as_deref()?;
+        match std::fs::read(file) {
+            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
+            Ok(_) => {
+                issues.push(path, format!("{file} is not PEM"));
+                None
+            }
+            Err(e) => {
+                issues.push(path, format!("cannot read {file}: {}", e.kind()));
+                None
+            }
+        }
+    };
+    let ca = read("store.redis.tls.caFile", &t.ca_file);
+    let cert = read("store.redis.tls.certFile", &t.cert_file);
+    let key = read("store.redis.tls.keyFile", &t.key_file);
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned()))),
+        _ if t.cert_file.is_some() != t.key_file.is_some() => {
+            issues.push("store.redis.tls", "certFile and keyFile go together");
+            None
+        }
+        _ => None,
+    };
+    RedisTls {
+        ca,
+        client,
+        insecure_skip_verify: t.insecure_skip_verify,
+    }
 }
 
 fn client_credentials(

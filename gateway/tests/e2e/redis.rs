@@ -22,6 +22,7 @@ pub(crate) fn store_config(endpoint: &str, prefix: &str) -> RedisConfig {
         topology: RedisTopology::Standalone,
         pool_size: 4,
         timeout: Duration::from_secs(1),
+        tls: None,
     }
 }
 
@@ -35,7 +36,10 @@ async fn redis_store_meets_the_contract() {
             n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let store = RedisStore::new(&store_config(&redis.endpoint(), &prefix)).unwrap();
-        store.subscribed().await;
+        assert!(
+            store.subscribed(Duration::from_secs(10)).await,
+            "event subscription up"
+        );
         store
     })
     .await;

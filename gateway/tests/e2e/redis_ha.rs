@@ -7,7 +7,9 @@ use gateway::config::RedisTopology;
 use gateway::store::{RedisStore, conformance};
 
 use crate::redis::{FLEET_KEY, creds, node_config, store_config};
-use crate::support::{Node, RedisServer, client, eventually, free_cluster_port, free_port};
+use crate::support::{
+    Node, RedisServer, TlsFixture, client, eventually, free_cluster_port, free_port,
+};
 
 async fn doubles() -> (FakeIdp, EchoUpstream) {
     let idp = FakeIdp::start().await;
@@ -170,7 +172,10 @@ async fn a_three_master_cluster_meets_the_contract_and_shares_tokens() {
             .collect();
         cfg.topology = RedisTopology::Cluster;
         let store = RedisStore::new(&cfg).unwrap();
-        store.subscribed().await;
+        assert!(
+            store.subscribed(Duration::from_secs(10)).await,
+            "event subscription up"
+        );
         store
     })
     .await;
@@ -196,4 +201,74 @@ async fn a_three_master_cluster_meets_the_contract_and_shares_tokens() {
         5,
         "one token request per credential across the fleet"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_mutual_tls() {
+    let tls = TlsFixture::new();
+    let redis = RedisServer::start_tls(&tls);
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    conformance::run(async || {
+        let mut cfg = store_config(
+            &redis.endpoint(),
+            &format!(
+                "tls-{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        );
+        cfg.tls = Some(gateway::config::RedisTls {
+            ca: Some(std::fs::read(tls.path("ca.crt")).unwrap()),
+            client: Some((
+                std::fs::read(tls.path("client.crt")).unwrap(),
+                gateway::config::Secret::new(
+                    std::fs::read_to_string(tls.path("client.key")).unwrap(),
+                ),
+            )),
+            insecure_skip_verify: false,
+        });
+        let store = RedisStore::new(&cfg).unwrap();
+        assert!(
+            store.subscribed(Duration::from_secs(10)).await,
+            "event subscription up"
+        );
+        store
+    })
+    .await;
+
+    let (idp, upstream) = doubles().await;
+    let store = |client_cert: &str| {
+        format!(
+            r#"{{ redis: {{ endpoints: ["{}"], tls: {{ caFile: "{}"{client_cert} }} }} }}"#,
+            redis.endpoint(),
+            tls.path("ca.crt")
+        )
+    };
+    let with_cert = store(&format!(
+        r#", certFile: "{}", keyFile: "{}""#,
+        tls.path("client.crt"),
+        tls.path("client.key")
+    ));
+    let a = Node::start(
+        &node_config(&idp, &upstream, &with_cert, "{ interval: 1s }"),
+        &[("FLEET_KEY", FLEET_KEY)],
+    );
+    assert_eq!(status(&a, 0).await, 200);
+    assert_eq!(
+        redis
+            .cli(&["--scan", "--pattern", "{tokengate}:e:*"])
+            .lines()
+            .count(),
+        1,
+        "stored over TLS"
+    );
+    assert_eq!(a.store_state().await, "ok");
+
+    // Without a client certificate Redis refuses the node; it still serves, node-locally.
+    let b = Node::start(
+        &node_config(&idp, &upstream, &store(""), "{ interval: 1s }"),
+        &[("FLEET_KEY", FLEET_KEY)],
+    );
+    assert_eq!(status(&b, 0).await, 200);
+    assert_eq!(b.store_state().await, "degraded");
+    assert_eq!(idp.total_issued(), 2, "b could not reach the shared token");
 }

@@ -269,6 +269,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     extra: Vec<String>,
     sentinel_conf: Option<String>,
+    /// Arguments `redis-cli` needs to reach it (TLS).
+    cli_args: Vec<String>,
 }
 
 impl Drop for RedisServer {
@@ -293,6 +295,7 @@ impl RedisServer {
             dir,
             extra,
             sentinel_conf: None,
+            cli_args: vec![],
         };
         server.restart();
         server
@@ -309,6 +312,47 @@ impl RedisServer {
             dir,
             extra: vec![],
             sentinel_conf: Some(conf),
+            cli_args: vec![],
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts a server that speaks TLS only and requires a client certificate signed by the
+    /// fixture's CA.
+    pub fn start_tls(tls: &TlsFixture) -> Self {
+        let port = free_port();
+        let p = |name: &str| tls.path(name);
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &p("server.crt"),
+            "--tls-key-file",
+            &p("server.key"),
+            "--tls-ca-cert-file",
+            &p("ca.crt"),
+            "--tls-auth-clients",
+            "yes",
+        ];
+        let cli_args = [
+            "--tls",
+            "--cacert",
+            &p("ca.crt"),
+            "--cert",
+            &p("client.crt"),
+            "--key",
+            &p("client.key"),
+        ];
+        let mut server = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(ToString::to_string).collect(),
+            sentinel_conf: None,
+            cli_args: cli_args.iter().map(ToString::to_string).collect(),
         };
         server.restart();
         server
@@ -378,11 +422,54 @@ impl RedisServer {
     /// Runs `redis-cli` against the server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
+            .args(&self.cli_args)
             .arg("-p")
             .arg(self.port.to_string())
             .args(args)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A throw-away CA with a server certificate for 127.0.0.1 and a client certificate, made with
+/// `openssl` in a temporary directory.
+pub struct TlsFixture {
+    dir: tempfile::TempDir,
+}
+
+/// Makes the CA and the two certificates. The extensions make them X.509 v3, the only kind
+/// rustls accepts.
+const MAKE_CERTIFICATES: &str = "
+set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=tokengate-test-ca
+printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+for name in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $name.key -out $name.csr -subj /CN=$name
+  openssl x509 -req -in $name.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $name.crt -days 1 -extfile $name.ext
+done
+";
+
+impl TlsFixture {
+    /// Generates the CA and both certificates.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("sh")
+            .args(["-c", MAKE_CERTIFICATES])
+            .current_dir(dir.path())
+            .output()
+            .expect("sh and openssl are installed");
+        assert!(
+            out.status.success(),
+            "making certificates: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    /// The path of one of its files (`ca.crt`, `client.key`, ...).
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
     }
 }

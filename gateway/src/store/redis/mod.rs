@@ -75,10 +75,14 @@ impl RedisStore {
         })
     }
 
-    /// Waits until the event subscription is active (tests; a node does not need to wait).
-    pub async fn subscribed(&self) {
+    /// Waits up to `within` for the event subscription to be active; whether it is (tests; a
+    /// node does not need to wait).
+    pub async fn subscribed(&self, within: Duration) -> bool {
         let mut rx = self.subscribed.clone();
-        let _ = rx.wait_for(|s| *s).await;
+        matches!(
+            tokio::time::timeout(within, rx.wait_for(|s| *s)).await,
+            Ok(Ok(_))
+        )
     }
 
     fn entry_prefix(&self) -> String {

@@ -1,42 +1,94 @@
 //! Connections to Redis for each topology, and the task that follows the event channel.
+//!
+//! Standalone servers use deadpool-redis' manager. Its Cluster and Sentinel managers cannot be
+//! given TLS certificates, so those two topologies get a small deadpool manager of ours around
+//! redis-rs' certificate-aware clients.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::sentinel::{
-    SentinelClient, SentinelNodeConnectionInfo, SentinelServerType,
-};
+use deadpool::managed::{Metrics, RecycleResult};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use deadpool_redis::redis::{
-    self, Client, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
-    RedisConnectionInfo,
+    self, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, FromRedisValue,
+    IntoConnectionInfo, RedisConnectionInfo, RedisResult, TlsCertificates, TlsMode,
 };
-use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{PoolConfig, Runtime};
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{parse_event, unavailable};
-use crate::config::{RedisConfig, RedisTopology};
+use crate::config::{RedisConfig, RedisTls, RedisTopology};
 use crate::store::{StoreError, StoreEvent};
+
+/// Cluster connections from a certificate-aware cluster client.
+struct ClusterManager(ClusterClient);
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> RedisResult<ClusterConnection> {
+        self.0.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ClusterConnection,
+        _: &Metrics,
+    ) -> RecycleResult<redis::RedisError> {
+        Ok(redis::cmd("PING").query_async::<()>(conn).await?)
+    }
+}
+
+/// Connections to the master the sentinels name at the time of connecting.
+struct SentinelManager(tokio::sync::Mutex<SentinelClient>);
+
+impl deadpool::managed::Manager for SentinelManager {
+    type Type = MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> RedisResult<MultiplexedConnection> {
+        self.0.lock().await.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<redis::RedisError> {
+        // A connection to a master that was demoted must go: ask its role.
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
+        match role.first() {
+            Some(redis::Value::BulkString(r)) if r.as_slice() == b"master" => Ok(()),
+            _ => Err(deadpool::managed::RecycleError::message(
+                "no longer the master",
+            )),
+        }
+    }
+}
 
 /// A connection pool of the configured topology.
 #[derive(Clone)]
 enum Pool {
     Standalone(deadpool_redis::Pool),
-    Sentinel(deadpool_redis::sentinel::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    Sentinel(deadpool::managed::Pool<SentinelManager>),
+    Cluster(deadpool::managed::Pool<ClusterManager>),
 }
 
 /// Where the event subscription connects.
 enum PubSubTarget {
     /// These servers, tried in order (standalone: the server; Cluster: any node, since
     /// `PUBLISH` reaches subscribers on every node of a cluster).
-    Servers(Vec<ConnectionInfo>),
+    Servers(Vec<Client>),
     /// The master the sentinels name at the time.
     Sentinel {
-        sentinels: Vec<ConnectionInfo>,
+        cfg: Box<RedisConfig>,
         master_set: String,
-        node: SentinelNodeConnectionInfo,
     },
 }
 
@@ -66,84 +118,132 @@ macro_rules! with_conn {
     };
 }
 
+fn certificates(tls: &RedisTls) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.expose().as_bytes().to_vec(),
+        }),
+        root_cert: tls.ca.clone(),
+    }
+}
+
+fn credentials(cfg: &RedisConfig) -> RedisConnectionInfo {
+    let mut node = RedisConnectionInfo::default().set_db(cfg.database);
+    if let Some(u) = &cfg.username {
+        node = node.set_username(u);
+    }
+    if let Some(p) = &cfg.password {
+        node = node.set_password(p.expose());
+    }
+    node
+}
+
+/// A client per endpoint, speaking TLS with the configured certificates when asked to.
+fn clients(cfg: &RedisConfig) -> RedisResult<Vec<Client>> {
+    cfg.endpoints
+        .iter()
+        .map(|(host, port)| {
+            let (host, port) = (host.clone(), *port);
+            let addr = match &cfg.tls {
+                Some(t) => ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: t.insecure_skip_verify,
+                    tls_params: None,
+                },
+                None => ConnectionAddr::Tcp(host, port),
+            };
+            let info = addr
+                .into_connection_info()?
+                .set_redis_settings(credentials(cfg));
+            match &cfg.tls {
+                Some(t) => Client::build_with_tls(info, certificates(t)),
+                None => Client::open(info),
+            }
+        })
+        .collect()
+}
+
+fn sentinel_client(cfg: &RedisConfig, master_set: &str) -> RedisResult<SentinelClient> {
+    let sentinels = cfg
+        .endpoints
+        .iter()
+        .map(|(h, p)| ConnectionAddr::Tcp(h.clone(), *p));
+    let mut b = SentinelClientBuilder::new(sentinels, master_set, SentinelServerType::Master)?
+        .set_client_to_redis_db(cfg.database);
+    if let Some(u) = &cfg.username {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = &cfg.password {
+        b = b.set_client_to_redis_password(p.expose());
+    }
+    if let Some(t) = &cfg.tls {
+        let mode = if t.insecure_skip_verify {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        };
+        b = b
+            .set_client_to_redis_tls_mode(mode)
+            .set_client_to_redis_certificates(certificates(t));
+    }
+    b.build()
+}
+
 impl Pools {
     pub(super) fn new(cfg: &RedisConfig) -> Result<Self, StoreError> {
-        let mut node = RedisConnectionInfo::default().set_db(cfg.database);
-        if let Some(u) = &cfg.username {
-            node = node.set_username(u);
-        }
-        if let Some(p) = &cfg.password {
-            node = node.set_password(p.expose());
-        }
-        let infos =
-            |redis: Option<&RedisConnectionInfo>| -> Result<Vec<ConnectionInfo>, StoreError> {
-                cfg.endpoints
-                    .iter()
-                    .map(|(host, port)| {
-                        let info = ConnectionAddr::Tcp(host.clone(), *port)
-                            .into_connection_info()
-                            .map_err(unavailable)?;
-                        Ok(match redis {
-                            Some(r) => info.set_redis_settings(r.clone()),
-                            None => info,
-                        })
-                    })
-                    .collect()
-            };
-        let mut pool_cfg = PoolConfig::new(cfg.pool_size);
-        pool_cfg.timeouts = Timeouts {
-            wait: Some(cfg.timeout),
-            create: Some(cfg.timeout),
-            recycle: Some(cfg.timeout),
-        };
         let invalid = |e: &dyn std::fmt::Display| {
-            StoreError::Unavailable(format!("cannot set up Redis pool: {e}"))
+            StoreError::Unavailable(format!("cannot set up Redis connections: {e}"))
         };
+        let mut pool_cfg = PoolConfig::new(cfg.pool_size);
+        pool_cfg.timeouts.wait = Some(cfg.timeout);
+        pool_cfg.timeouts.create = Some(cfg.timeout);
+        pool_cfg.timeouts.recycle = Some(cfg.timeout);
         let (pool, target) = match &cfg.topology {
             RedisTopology::Standalone => {
-                let info = infos(Some(&node))?.remove(0);
-                let mut c = deadpool_redis::Config::from_connection_info(info.clone());
-                c.pool = Some(pool_cfg);
-                let pool = c
-                    .create_pool(Some(Runtime::Tokio1))
+                let clients = clients(cfg).map_err(|e| invalid(&e))?;
+                let info: ConnectionInfo = clients[0].get_connection_info().clone();
+                let manager = deadpool_redis::Manager::new(info).map_err(|e| invalid(&e))?;
+                let pool = deadpool_redis::Pool::builder(manager)
+                    .config(pool_cfg)
+                    .runtime(Runtime::Tokio1)
+                    .build()
                     .map_err(|e| invalid(&e))?;
-                (Pool::Standalone(pool), PubSubTarget::Servers(vec![info]))
+                (Pool::Standalone(pool), PubSubTarget::Servers(clients))
             }
             RedisTopology::Cluster => {
-                let servers = infos(Some(&node))?;
-                let c = deadpool_redis::cluster::Config {
-                    urls: None,
-                    connections: Some(servers.iter().cloned().map(Into::into).collect()),
-                    pool: Some(pool_cfg),
-                    read_from_replicas: false,
-                };
-                let pool = c
-                    .create_pool(Some(Runtime::Tokio1))
+                let clients = clients(cfg).map_err(|e| invalid(&e))?;
+                let nodes: Vec<ConnectionInfo> = clients
+                    .iter()
+                    .map(|c| c.get_connection_info().clone())
+                    .collect();
+                let mut builder = ClusterClientBuilder::new(nodes);
+                if let Some(t) = &cfg.tls {
+                    builder = builder.certs(certificates(t));
+                }
+                let client = builder.build().map_err(|e| invalid(&e))?;
+                let pool = deadpool::managed::Pool::builder(ClusterManager(client))
+                    .config(pool_cfg)
+                    .runtime(Runtime::Tokio1)
+                    .build()
                     .map_err(|e| invalid(&e))?;
-                (Pool::Cluster(pool), PubSubTarget::Servers(servers))
+                (Pool::Cluster(pool), PubSubTarget::Servers(clients))
             }
             RedisTopology::Sentinel { master_set } => {
-                let sentinels = infos(None)?;
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
-                let c = deadpool_redis::sentinel::Config {
-                    urls: None,
-                    server_type: SentinelServerType::Master.into(),
-                    master_name: master_set.clone(),
-                    connections: Some(sentinels.iter().cloned().map(Into::into).collect()),
-                    node_connection_info: Some(node.clone().into()),
-                    pool: Some(pool_cfg),
+                let client = sentinel_client(cfg, master_set).map_err(|e| invalid(&e))?;
+                let pool = deadpool::managed::Pool::builder(SentinelManager(
+                    tokio::sync::Mutex::new(client),
+                ))
+                .config(pool_cfg)
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| invalid(&e))?;
+                let target = PubSubTarget::Sentinel {
+                    cfg: Box::new(cfg.clone()),
+                    master_set: master_set.clone(),
                 };
-                let pool = c
-                    .create_pool(Some(Runtime::Tokio1))
-                    .map_err(|e| invalid(&e))?;
-                (
-                    Pool::Sentinel(pool),
-                    PubSubTarget::Sentinel {
-                        sentinels,
-                        master_set: master_set.clone(),
-                        node,
-                    },
-                )
+                (Pool::Sentinel(pool), target)
             }
         };
         Ok(Self {
@@ -156,32 +256,19 @@ impl Pools {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        with_conn!(&self.pool, conn => inv.invoke_async(&mut conn).await.map_err(unavailable))
+        with_conn!(&self.pool, conn => inv.invoke_async(&mut *conn).await.map_err(unavailable))
     }
 
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        with_conn!(&self.pool, conn => cmd.query_async(&mut conn).await.map_err(unavailable))
+        with_conn!(&self.pool, conn => cmd.query_async(&mut *conn).await.map_err(unavailable))
     }
 
     /// A dedicated connection subscribed to `channel` (pub/sub cannot share a pooled one).
     async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, StoreError> {
         let clients = match &*self.target {
-            PubSubTarget::Servers(servers) => servers
-                .iter()
-                .map(|s| Client::open(s.clone()).map_err(unavailable))
-                .collect::<Result<Vec<_>, _>>()?,
-            PubSubTarget::Sentinel {
-                sentinels,
-                master_set,
-                node,
-            } => {
-                let mut sentinel = SentinelClient::build(
-                    sentinels.clone(),
-                    master_set.clone(),
-                    Some(node.clone()),
-                    SentinelServerType::Master,
-                )
-                .map_err(unavailable)?;
+            PubSubTarget::Servers(clients) => clients.clone(),
+            PubSubTarget::Sentinel { cfg, master_set } => {
+                let mut sentinel = sentinel_client(cfg, master_set).map_err(unavailable)?;
                 vec![sentinel.async_get_client().await.map_err(unavailable)?]
             }
         };
