@@ -26,6 +26,16 @@ pub(crate) fn store_config(endpoint: &str, prefix: &str) -> RedisConfig {
     }
 }
 
+/// A store on `cfg` whose event subscription is up.
+pub(crate) async fn connected(cfg: &RedisConfig) -> RedisStore {
+    let store = RedisStore::new(cfg).unwrap();
+    assert!(
+        store.subscribed(Duration::from_secs(10)).await,
+        "event subscription up"
+    );
+    store
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_meets_the_contract() {
     let redis = RedisServer::start();
@@ -35,12 +45,7 @@ async fn redis_store_meets_the_contract() {
             "conformance-{}",
             n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let store = RedisStore::new(&store_config(&redis.endpoint(), &prefix)).unwrap();
-        assert!(
-            store.subscribed(Duration::from_secs(10)).await,
-            "event subscription up"
-        );
-        store
+        connected(&store_config(&redis.endpoint(), &prefix)).await
     })
     .await;
 }

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use chaos::{EchoUpstream, FakeIdp};
 use gateway::config::RedisTopology;
-use gateway::store::{RedisStore, conformance};
+use gateway::store::conformance;
 
-use crate::redis::{FLEET_KEY, creds, node_config, store_config};
+use crate::redis::{FLEET_KEY, connected, creds, node_config, store_config};
 use crate::support::{
     Node, RedisServer, TlsFixture, client, eventually, free_cluster_port, free_port,
 };
@@ -171,12 +171,7 @@ async fn a_three_master_cluster_meets_the_contract_and_shares_tokens() {
             })
             .collect();
         cfg.topology = RedisTopology::Cluster;
-        let store = RedisStore::new(&cfg).unwrap();
-        assert!(
-            store.subscribed(Duration::from_secs(10)).await,
-            "event subscription up"
-        );
-        store
+        connected(&cfg).await
     })
     .await;
 
@@ -226,12 +221,7 @@ async fn redis_over_mutual_tls() {
             )),
             insecure_skip_verify: false,
         });
-        let store = RedisStore::new(&cfg).unwrap();
-        assert!(
-            store.subscribed(Duration::from_secs(10)).await,
-            "event subscription up"
-        );
-        store
+        connected(&cfg).await
     })
     .await;
 
