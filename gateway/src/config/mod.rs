@@ -7,6 +7,7 @@
 
 mod raw;
 pub mod secret;
+mod store;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,10 @@ use http::HeaderName;
 use url::Url;
 
 pub use secret::Secret;
+pub use store::{
+    DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RedisConfig, RedisTls, RedisTopology,
+    StoreConfig,
+};
 
 use crate::token::AuthMethod;
 
@@ -69,104 +74,6 @@ pub struct Config {
     pub middlewares: BTreeMap<String, MiddlewareConfig>,
     /// Routes in file order (matching is by specificity, not order).
     pub routes: Vec<RouteConfig>,
-}
-
-/// Which [`crate::store::TokenStore`] backend holds the fleet's tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// Node-local.
-    Memory,
-    /// Shared through Redis.
-    Redis(Box<RedisConfig>),
-}
-
-/// A one-line description for logs (no secrets).
-impl fmt::Display for StoreConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Memory => f.write_str("memory"),
-            Self::Redis(r) => {
-                let endpoints: Vec<String> = r
-                    .endpoints
-                    .iter()
-                    .map(|(h, p)| format!("{h}:{p}"))
-                    .collect();
-                let kind = match &r.topology {
-                    RedisTopology::Standalone => "redis".to_owned(),
-                    RedisTopology::Cluster => "redis cluster".to_owned(),
-                    RedisTopology::Sentinel { master_set } => {
-                        format!("redis sentinel {master_set}")
-                    }
-                };
-                let tls = if r.tls.is_some() { " (tls)" } else { "" };
-                write!(f, "{kind} {}{tls}", endpoints.join(","))
-            }
-        }
-    }
-}
-
-/// Connections per node to Redis: the request path only reaches Redis on L1 misses.
-pub const DEFAULT_REDIS_POOL_SIZE: usize = 16;
-/// A healthy Redis answers in well under a millisecond; a second means it is not healthy, and
-/// the node degrades to L1 rather than making callers wait.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The Redis store, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// `(host, port)` of each endpoint.
-    pub endpoints: Vec<(String, u16)>,
-    /// ACL user.
-    pub username: Option<String>,
-    /// Password (also used for the sentinels in Sentinel mode).
-    pub password: Option<Secret>,
-    /// Database number (standalone and Sentinel only).
-    pub database: i64,
-    /// Prefix of every key and channel.
-    pub key_prefix: String,
-    /// How the endpoints are to be used.
-    pub topology: RedisTopology,
-    /// Connections per node.
-    pub pool_size: usize,
-    /// Upper bound on one operation.
-    pub timeout: Duration,
-    /// TLS, when the servers speak it.
-    pub tls: Option<RedisTls>,
-}
-
-/// TLS towards Redis, with the files already read.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisTls {
-    /// PEM CA bundle; `None` trusts the system roots.
-    pub ca: Option<Vec<u8>>,
-    /// PEM client certificate and key, for mutual TLS.
-    pub client: Option<(Vec<u8>, Secret)>,
-    /// Skip server certificate verification.
-    pub insecure_skip_verify: bool,
-}
-
-impl fmt::Debug for RedisTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisTls")
-            .field("custom_ca", &self.ca.is_some())
-            .field("client_certificate", &self.client.is_some())
-            .field("insecure_skip_verify", &self.insecure_skip_verify)
-            .finish()
-    }
-}
-
-/// Redis deployment shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTopology {
-    /// One server (or a proxy in front of several).
-    Standalone,
-    /// Redis Cluster; the endpoints are seed nodes.
-    Cluster,
-    /// Redis Sentinel; the endpoints are sentinels watching `master_set`.
-    Sentinel {
-        /// The monitored master's name.
-        master_set: String,
-    },
 }
 
 /// Refresher settings (DESIGN.md, token lifecycle step 5).

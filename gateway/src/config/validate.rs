@@ -7,24 +7,22 @@ use http::HeaderName;
 use url::Url;
 
 use super::raw::{
-    RawClientCredentials, RawConfig, RawMiddleware, RawRedisStore, RawRedisTls, RawRoute, RawStore,
-    StringOrList,
+    RawClientCredentials, RawConfig, RawMiddleware, RawRoute, RawStore, StringOrList,
 };
 use super::{
     ClientCredentialsConfig, Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_IDP_RETRIES,
-    DEFAULT_IDP_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REDIS_POOL_SIZE,
-    DEFAULT_REDIS_TIMEOUT, DEFAULT_REFRESH_INTERVAL, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOKEN_LIFETIME, LogConfig, LogFormat, MiddlewareConfig,
-    RedisConfig, RedisTls, RedisTopology, RefreshConfig, RouteConfig, Secret, StoreConfig, secret,
+    DEFAULT_IDP_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOKEN_LIFETIME, LogConfig,
+    LogFormat, MiddlewareConfig, RefreshConfig, RouteConfig, StoreConfig, secret,
 };
 use crate::token::AuthMethod;
 
 /// Collects issues; each check records and carries on.
 #[derive(Default)]
-struct Issues(Vec<ConfigIssue>);
+pub(super) struct Issues(pub(super) Vec<ConfigIssue>);
 
 impl Issues {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             path: path.into(),
             message: message.into(),
@@ -51,7 +49,7 @@ impl Issues {
         }
     }
 
-    fn secret(&mut self, path: &str, reference: &str) -> Option<super::Secret> {
+    pub(super) fn secret(&mut self, path: &str, reference: &str) -> Option<super::Secret> {
         secret::resolve(reference)
             .map_err(|m| self.push(path, m))
             .ok()
@@ -74,9 +72,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         Some(RawStore {
             memory: None,
             redis: Some(r),
-        }) => {
-            redis(&mut issues, r).map_or(StoreConfig::Memory, |r| StoreConfig::Redis(Box::new(r)))
-        }
+        }) => super::store::redis(&mut issues, r)
+            .map_or(StoreConfig::Memory, |r| StoreConfig::Redis(Box::new(r))),
         Some(RawStore {
             memory: None,
             redis: None,
@@ -204,107 +201,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         middlewares,
         routes,
     })
-}
-
-fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig> {
-    let before = issues.0.len();
-    if r.endpoints.is_empty() {
-        issues.push("store.redis.endpoints", "needs at least one host:port");
-    }
-    let mut endpoints = Vec::new();
-    for (i, e) in r.endpoints.iter().enumerate() {
-        match e.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
-            Some((host, Ok(port))) if !host.is_empty() && !host.contains('/') => {
-                endpoints.push((host.trim_matches(['[', ']']).to_owned(), port));
-            }
-            _ => issues.push(
-                format!("store.redis.endpoints[{i}]"),
-                format!("not host:port: {e:?}"),
-            ),
-        }
-    }
-    let password = r
-        .password
-        .as_deref()
-        .and_then(|p| issues.secret("store.redis.password", p));
-    let key_prefix = r.key_prefix.unwrap_or_else(|| "tokengate".into());
-    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
-        issues.push(
-            "store.redis.keyPrefix",
-            "must be non-empty, without braces or spaces",
-        );
-    }
-    let topology = match (r.cluster, r.sentinel) {
-        (false, None) => RedisTopology::Standalone,
-        (true, None) => RedisTopology::Cluster,
-        (false, Some(s)) => RedisTopology::Sentinel {
-            master_set: s.master_set,
-        },
-        (true, Some(_)) => {
-            issues.push(
-                "store.redis.sentinel",
-                "cannot be combined with cluster: true",
-            );
-            RedisTopology::Standalone
-        }
-    };
-    let database = r.database.unwrap_or(0);
-    if database != 0 && topology == RedisTopology::Cluster {
-        issues.push("store.redis.database", "must be 0 with Redis Cluster");
-    }
-    let pool_size = r.pool_size.unwrap_or(DEFAULT_REDIS_POOL_SIZE);
-    if pool_size == 0 {
-        issues.push("store.redis.poolSize", "must be at least 1");
-    }
-    let timeout = r.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
-    if timeout.is_zero() {
-        issues.push("store.redis.timeout", "must be greater than zero");
-    }
-    let tls = r.tls.map(|t| redis_tls(issues, t));
-    (issues.0.len() == before).then_some(RedisConfig {
-        endpoints,
-        username: r.username,
-        password,
-        database,
-        key_prefix,
-        topology,
-        pool_size,
-        timeout,
-        tls,
-    })
-}
-
-fn redis_tls(issues: &mut Issues, t: RawRedisTls) -> RedisTls {
-    let mut read = |path: &str, file: &Option<String>| -> Option<Vec<u8>> {
-        let file = file.as_deref()?;
-        match std::fs::read(file) {
-            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
-            Ok(_) => {
-                issues.push(path, format!("{file} is not PEM"));
-                None
-            }
-            Err(e) => {
-                issues.push(path, format!("cannot read {file}: {}", e.kind()));
-                None
-            }
-        }
-    };
-    let ca = read("store.redis.tls.caFile", &t.ca_file);
-    let cert = read("store.redis.tls.certFile", &t.cert_file);
-    let key = read("store.redis.tls.keyFile", &t.key_file);
-    let client = match (cert, key) {
-        (Some(c), Some(k)) => Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned()))),
-        _ if t.cert_file.is_some() != t.key_file.is_some() => {
-            issues.push("store.redis.tls", "certFile and keyFile go together");
-            None
-        }
-        _ => None,
-    };
-    RedisTls {
-        ca,
-        client,
-        insecure_skip_verify: t.insecure_skip_verify,
-    }
 }
 
 fn client_credentials(

@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::TokenRequest;
@@ -60,16 +59,16 @@ impl Drop for FlightLanded<'_> {
 
 /// The node's token cache. Cheap to share: wrap it in an `Arc`.
 pub struct TokenCache {
-    ring: KeyRing,
+    pub(super) ring: KeyRing,
     node: NodeId,
-    store: Store,
+    pub(super) store: Store,
     idp: IdpClient,
-    l1: papaya::HashMap<TokenKey, Arc<TokenEntry>>,
+    pub(super) l1: papaya::HashMap<TokenKey, Arc<TokenEntry>>,
     /// Keys whose credentials the IdP called `invalid_client`, until when.
-    negative: papaya::HashMap<TokenKey, UnixMillis>,
+    pub(super) negative: papaya::HashMap<TokenKey, UnixMillis>,
     flights: Mutex<HashMap<TokenKey, Flight>>,
     store_degraded: AtomicBool,
-    tasks: TaskTracker,
+    pub(super) tasks: TaskTracker,
 }
 
 impl TokenCache {
@@ -295,7 +294,7 @@ impl TokenCache {
     }
 
     /// Reads, opens and installs a servable entry from the shared store.
-    async fn read_store(&self, key: &TokenKey) -> Option<Arc<TokenEntry>> {
+    pub(super) async fn read_store(&self, key: &TokenKey) -> Option<Arc<TokenEntry>> {
         let sealed = match self.store.get(key).await {
             Ok(s) => self.store_ok(s)?,
             Err(e) => return self.store_failed(e, None),
@@ -377,7 +376,7 @@ impl TokenCache {
 
     /// Puts `entry` in the L1 unless one at least as new is there; returns the one now current.
     /// Atomic per key, so concurrent installs never let an older version win.
-    fn install(&self, key: &TokenKey, entry: Arc<TokenEntry>) -> Arc<TokenEntry> {
+    pub(super) fn install(&self, key: &TokenKey, entry: Arc<TokenEntry>) -> Arc<TokenEntry> {
         let l1 = self.l1.pin();
         let outcome = l1.compute(*key, |current| match current {
             Some((_, cur)) if cur.meta.version >= entry.meta.version => {
@@ -408,7 +407,7 @@ impl TokenCache {
         }
     }
 
-    fn store_ok<T>(&self, value: T) -> T {
+    pub(super) fn store_ok<T>(&self, value: T) -> T {
         if self.store_degraded.swap(false, Ordering::Relaxed) {
             tracing::info!("token store reachable again");
         }
@@ -416,133 +415,11 @@ impl TokenCache {
     }
 
     /// Logs a store failure once per outage (not once per request) and returns `fallback`.
-    fn store_failed<T>(&self, error: StoreError, fallback: T) -> T {
+    pub(super) fn store_failed<T>(&self, error: StoreError, fallback: T) -> T {
         if !self.store_degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "token store unavailable; serving from L1 and fetching per node");
         }
         fallback
-    }
-
-    /// Starts the node's background work: the refresher, the L1 updater and the usage reporter.
-    /// All of it ends when `shutdown` is cancelled; await [`TokenCache::closed`] after that.
-    pub fn spawn_background(
-        self: &Arc<Self>,
-        refresh: crate::config::RefreshConfig,
-        shutdown: CancellationToken,
-    ) {
-        self.tasks.spawn(super::refresher::run(
-            Arc::clone(self),
-            refresh.clone(),
-            shutdown.clone(),
-        ));
-        self.tasks
-            .spawn(Arc::clone(self).follow_store(shutdown.clone()));
-        self.tasks
-            .spawn(Arc::clone(self).report_usage(refresh.interval, shutdown));
-    }
-
-    /// Waits for every task this cache started (call after cancelling their shutdown token).
-    pub async fn closed(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
-    }
-
-    /// Keeps the L1 in step with the store: newer versions written by other nodes (or by the
-    /// refresher) replace ours, evictions remove ours.
-    async fn follow_store(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut events = self.store.subscribe();
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                ev = events.recv() => ev,
-            };
-            match event {
-                Ok(StoreEvent::Stored { key, version }) => {
-                    let stale = self
-                        .l1
-                        .pin()
-                        .get(&key)
-                        .is_some_and(|cur| cur.meta.version < version);
-                    if stale {
-                        self.read_store(&key).await;
-                    }
-                }
-                Ok(StoreEvent::Evicted { key }) => {
-                    self.l1.pin().remove(&key);
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "store events lagged; re-reading cached keys");
-                    self.resync(false).await;
-                }
-                Ok(StoreEvent::Resync) => self.resync(true).await,
-                Err(RecvError::Closed) => return,
-            }
-        }
-    }
-
-    /// Re-reads every L1 key after events may have been lost. A newer stored version replaces
-    /// ours. An entry the store no longer has is dropped (it was evicted) or, with `write_back`
-    /// (the store's event feed reconnected, so the store itself may have lost its data), written
-    /// back so that the fleet, and the refresher, have it again. A store that cannot be reached
-    /// changes nothing: the L1 keeps serving.
-    async fn resync(&self, write_back: bool) {
-        let keys: Vec<TokenKey> = self.l1.pin().keys().copied().collect();
-        for key in keys {
-            match self.store.get(&key).await {
-                Ok(Some(sealed)) => {
-                    if let Ok(entry) = unseal(&self.ring, &key, &sealed) {
-                        self.install(&key, Arc::new(entry));
-                    }
-                }
-                Ok(None) if write_back => {
-                    let Some(ours) = self.l1.pin().get(&key).cloned() else {
-                        continue;
-                    };
-                    if ours.meta.is_servable(now_millis())
-                        && let Err(e) = self
-                            .store
-                            .put(&key, seal(self.ring.current(), &key, &ours), None)
-                            .await
-                    {
-                        return self.store_failed(e, ());
-                    }
-                }
-                Ok(None) => {
-                    self.l1.pin().remove(&key);
-                }
-                Err(e) => return self.store_failed(e, ()),
-            }
-        }
-    }
-
-    /// Reports which entries this node used, so the refresh leader (maybe another node) keeps
-    /// them fresh; also sweeps expired L1 and negative entries.
-    async fn report_usage(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let mut reported_until = 0;
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = now_millis();
-            let uses: Vec<(TokenKey, UnixMillis)> = {
-                let l1 = self.l1.pin();
-                l1.retain(|_, e| e.meta.expires_at > now);
-                l1.iter()
-                    .filter(|(_, e)| e.last_used() > reported_until)
-                    .map(|(k, e)| (*k, e.last_used()))
-                    .collect()
-            };
-            self.negative.pin().retain(|_, until| *until > now);
-            if uses.is_empty() {
-                continue;
-            }
-            match self.store.touch(&uses).await {
-                Ok(()) => reported_until = self.store_ok(now),
-                Err(e) => self.store_failed(e, ()),
-            }
-        }
     }
 
     /// Renews one entry as the refresh leader holding `fence`.

@@ -8,6 +8,7 @@ pub mod key;
 pub mod refresher;
 pub mod request;
 pub mod seal;
+mod sync;
 
 pub use cache::TokenCache;
 pub use entry::{EntryMeta, TokenEntry, UnixMillis, now_millis};

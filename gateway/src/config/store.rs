@@ -1,0 +1,207 @@
+//! The `store` section: which backend shares tokens, and the Redis options, validated.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::Secret;
+use super::raw::{RawRedisStore, RawRedisTls};
+use super::validate::Issues;
+
+/// Which [`crate::store::TokenStore`] backend holds the fleet's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Node-local.
+    Memory,
+    /// Shared through Redis.
+    Redis(Box<RedisConfig>),
+}
+
+/// A one-line description for logs (no secrets).
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Redis(r) => {
+                let endpoints: Vec<String> = r
+                    .endpoints
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect();
+                let kind = match &r.topology {
+                    RedisTopology::Standalone => "redis".to_owned(),
+                    RedisTopology::Cluster => "redis cluster".to_owned(),
+                    RedisTopology::Sentinel { master_set } => {
+                        format!("redis sentinel {master_set}")
+                    }
+                };
+                let tls = if r.tls.is_some() { " (tls)" } else { "" };
+                write!(f, "{kind} {}{tls}", endpoints.join(","))
+            }
+        }
+    }
+}
+
+/// Connections per node to Redis: the request path only reaches Redis on L1 misses.
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 16;
+/// A healthy Redis answers in well under a millisecond; a second means it is not healthy, and
+/// the node degrades to L1 rather than making callers wait.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The Redis store, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `(host, port)` of each endpoint.
+    pub endpoints: Vec<(String, u16)>,
+    /// ACL user.
+    pub username: Option<String>,
+    /// Password (also used for the sentinels in Sentinel mode).
+    pub password: Option<Secret>,
+    /// Database number (standalone and Sentinel only).
+    pub database: i64,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// How the endpoints are to be used.
+    pub topology: RedisTopology,
+    /// Connections per node.
+    pub pool_size: usize,
+    /// Upper bound on one operation.
+    pub timeout: Duration,
+    /// TLS, when the servers speak it.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS towards Redis, with the files already read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM CA bundle; `None` trusts the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Secret)>,
+    /// Skip server certificate verification.
+    pub insecure_skip_verify: bool,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("custom_ca", &self.ca.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
+}
+
+/// Redis deployment shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (or a proxy in front of several).
+    Standalone,
+    /// Redis Cluster; the endpoints are seed nodes.
+    Cluster,
+    /// Redis Sentinel; the endpoints are sentinels watching `master_set`.
+    Sentinel {
+        /// The monitored master's name.
+        master_set: String,
+    },
+}
+
+pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig> {
+    let before = issues.0.len();
+    if r.endpoints.is_empty() {
+        issues.push("store.redis.endpoints", "needs at least one host:port");
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in r.endpoints.iter().enumerate() {
+        match e.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((host, Ok(port))) if !host.is_empty() && !host.contains('/') => {
+                endpoints.push((host.trim_matches(['[', ']']).to_owned(), port));
+            }
+            _ => issues.push(
+                format!("store.redis.endpoints[{i}]"),
+                format!("not host:port: {e:?}"),
+            ),
+        }
+    }
+    let password = r
+        .password
+        .as_deref()
+        .and_then(|p| issues.secret("store.redis.password", p));
+    let key_prefix = r.key_prefix.unwrap_or_else(|| "tokengate".into());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        issues.push(
+            "store.redis.keyPrefix",
+            "must be non-empty, without braces or spaces",
+        );
+    }
+    let topology = match (r.cluster, r.sentinel) {
+        (false, None) => RedisTopology::Standalone,
+        (true, None) => RedisTopology::Cluster,
+        (false, Some(s)) => RedisTopology::Sentinel {
+            master_set: s.master_set,
+        },
+        (true, Some(_)) => {
+            issues.push(
+                "store.redis.sentinel",
+                "cannot be combined with cluster: true",
+            );
+            RedisTopology::Standalone
+        }
+    };
+    let database = r.database.unwrap_or(0);
+    if database != 0 && topology == RedisTopology::Cluster {
+        issues.push("store.redis.database", "must be 0 with Redis Cluster");
+    }
+    let pool_size = r.pool_size.unwrap_or(DEFAULT_REDIS_POOL_SIZE);
+    if pool_size == 0 {
+        issues.push("store.redis.poolSize", "must be at least 1");
+    }
+    let timeout = r.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
+    if timeout.is_zero() {
+        issues.push("store.redis.timeout", "must be greater than zero");
+    }
+    let tls = r.tls.map(|t| redis_tls(issues, t));
+    (issues.0.len() == before).then_some(RedisConfig {
+        endpoints,
+        username: r.username,
+        password,
+        database,
+        key_prefix,
+        topology,
+        pool_size,
+        timeout,
+        tls,
+    })
+}
+
+fn redis_tls(issues: &mut Issues, t: RawRedisTls) -> RedisTls {
+    let mut read = |path: &str, file: &Option<String>| -> Option<Vec<u8>> {
+        let file = file.as_deref()?;
+        match std::fs::read(file) {
+            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
+            Ok(_) => {
+                issues.push(path, format!("{file} is not PEM"));
+                None
+            }
+            Err(e) => {
+                issues.push(path, format!("cannot read {file}: {}", e.kind()));
+                None
+            }
+        }
+    };
+    let ca = read("store.redis.tls.caFile", &t.ca_file);
+    let cert = read("store.redis.tls.certFile", &t.cert_file);
+    let key = read("store.redis.tls.keyFile", &t.key_file);
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned()))),
+        _ if t.cert_file.is_some() != t.key_file.is_some() => {
+            issues.push("store.redis.tls", "certFile and keyFile go together");
+            None
+        }
+        _ => None,
+    };
+    RedisTls {
+        ca,
+        client,
+        insecure_skip_verify: t.insecure_skip_verify,
+    }
+}
