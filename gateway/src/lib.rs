@@ -7,9 +7,10 @@
 //! - [`config`]: YAML loaded once, validated into typed values, every error with its key path.
 //! - [`proxy`]: the hyper server, routing, forwarding to upstreams, admin endpoints, shutdown.
 //! - [`auth`]: one module per middleware (`client_credentials`), claims and headers.
-//! - [`token`]: cache keys, entries, sealing, the IdP client, the cache with single flight, and
-//!   the refresher.
-//! - [`store`]: the [`store::TokenStore`] contract and its backends (`memory`).
+//! - [`token`]: cache keys and the fleet key ring, entries, sealing, the IdP client, the cache
+//!   with single flight, the refresher, and the L1's sync with the shared store.
+//! - [`store`]: the [`store::TokenStore`] contract, its conformance suite, and its backends
+//!   (`memory`, `redis`).
 //! - [`telemetry`]: logging and the access log.
 //!
 //! [`run`] assembles a node from a [`config::Config`].

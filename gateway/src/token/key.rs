@@ -37,6 +37,18 @@ impl TokenKey {
         Self(bytes)
     }
 
+    /// Parses [`TokenKey::to_hex`]'s output.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
     /// Full lower-case hex, as used in store keys.
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
@@ -231,6 +243,13 @@ mod tests {
         assert_eq!(a.key("id", "s1"), a.key("id", "s1"));
         assert_ne!(a.key("id", "s1"), a.key("id", "s2"));
         assert_ne!(a.key("id", "s1"), b.key("id", "s1"));
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let key = deriver(&FleetKey::random(), "http://i/t").key("c", "s");
+        assert_eq!(TokenKey::from_hex(&key.to_hex()), Some(key));
+        assert_eq!(TokenKey::from_hex("zz"), None);
     }
 
     #[test]

@@ -115,27 +115,16 @@ impl RedisStore {
     }
 }
 
-fn parse_hex(hex: &str) -> Option<TokenKey> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(TokenKey::from_bytes(bytes))
-}
-
 /// Parses an event message: `s <hex> <version>` or `e <hex>`.
 fn parse_event(payload: &str) -> Option<StoreEvent> {
     let mut parts = payload.split(' ');
     match (parts.next()?, parts.next()?, parts.next()) {
         ("s", hex, Some(v)) => Some(StoreEvent::Stored {
-            key: parse_hex(hex)?,
+            key: TokenKey::from_hex(hex)?,
             version: v.parse().ok()?,
         }),
         ("e", hex, None) => Some(StoreEvent::Evicted {
-            key: parse_hex(hex)?,
+            key: TokenKey::from_hex(hex)?,
         }),
         _ => None,
     }
@@ -251,7 +240,7 @@ impl TokenStore for RedisStore {
             .arg(limit)
             .arg(self.entry_prefix());
         let hexes: Vec<String> = self.invoke(inv).await?;
-        Ok(hexes.iter().filter_map(|h| parse_hex(h)).collect())
+        Ok(hexes.iter().filter_map(|h| TokenKey::from_hex(h)).collect())
     }
 
     async fn touch(&self, uses: &[(TokenKey, UnixMillis)]) -> Result<(), StoreError> {
