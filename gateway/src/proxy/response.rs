@@ -4,22 +4,23 @@
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 use crate::auth::AuthError;
 
-/// A JSON error body `{"error": code, "error_description": description}`.
-pub fn error(status: StatusCode, code: &str, description: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "error": code, "error_description": description }).to_string();
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+/// A JSON response with `body` as it is.
+pub fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(super::full(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A JSON error body `{"error": code, "error_description": description}`.
+pub fn error(status: StatusCode, code: &str, description: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": code, "error_description": description }).to_string();
+    let mut resp = json(status, body);
     resp.headers_mut().insert(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
