@@ -5,7 +5,7 @@ use std::time::Duration;
 use chaos::{EchoUpstream, FakeIdp};
 use jsonwebtoken::{Algorithm, Validation};
 
-use crate::support::{GW_SECRET, Node, basic, client, echo, header, two_modes_with};
+use crate::support::{GW_SECRET, Node, basic, client, echo, get_as, header, two_modes_with};
 
 struct Fleet {
     idp: FakeIdp,
@@ -63,14 +63,7 @@ async fn app_level_exchanges_the_callers_basic_credentials() {
     let f = start("").await;
     f.idp.register("svc-a", "s3cret");
     let http = client();
-    let e = echo(
-        http.get(f.node.url("/app/hello"))
-            .header("authorization", basic("svc-a", "s3cret"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let e = echo(get_as(&http, f.node.url("/app/hello"), "svc-a", "s3cret").await).await;
     let token = bearer(&e);
     assert_eq!(claims(&token)["sub"], "svc-a");
     assert_eq!(header(&e, "sub"), ["svc-a"]);
@@ -93,14 +86,7 @@ async fn app_level_exchanges_the_callers_basic_credentials() {
         );
     }
     // The second call is served from the cache with the same token.
-    let e2 = echo(
-        http.get(f.node.url("/app/again"))
-            .header("authorization", basic("svc-a", "s3cret"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let e2 = echo(get_as(&http, f.node.url("/app/again"), "svc-a", "s3cret").await).await;
     assert_eq!(bearer(&e2), token);
     assert_eq!(f.idp.issued("svc-a"), 1);
     assert_log_clean(&f.node, &["s3cret", &token, GW_SECRET]);
@@ -110,15 +96,7 @@ async fn app_level_exchanges_the_callers_basic_credentials() {
 async fn gateway_level_uses_its_own_credentials_with_client_secret_post() {
     let f = start("").await;
     // A caller's own Authorization header is replaced, never passed on.
-    let e = echo(
-        client()
-            .get(f.node.url("/internal/x"))
-            .header("authorization", basic("caller", "pw"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let e = echo(get_as(&client(), f.node.url("/internal/x"), "caller", "pw").await).await;
     let token = bearer(&e);
     assert_eq!(claims(&token)["sub"], "gw id:+/%");
     let seen = f.idp.seen();
@@ -141,12 +119,7 @@ async fn awkward_ids_and_secrets_survive_both_auth_methods() {
     for method in ["client_secret_basic", "client_secret_post"] {
         let f = start_with(&format!("authMethod: {method}"), method).await;
         f.idp.register(id, secret);
-        let resp = client()
-            .get(f.node.url("/app"))
-            .header("authorization", basic(id, secret))
-            .send()
-            .await
-            .unwrap();
+        let resp = get_as(&client(), f.node.url("/app"), id, secret).await;
         assert_eq!(resp.status(), 200, "{method}");
         assert_eq!(
             claims(&bearer(&echo(resp).await))["client_id"],
@@ -195,19 +168,9 @@ async fn wrong_secret_never_gets_the_cached_token() {
     let f = start("").await;
     f.idp.register("svc-a", "right");
     let http = client();
-    let ok = http
-        .get(f.node.url("/app"))
-        .header("authorization", basic("svc-a", "right"))
-        .send()
-        .await
-        .unwrap();
+    let ok = get_as(&http, f.node.url("/app"), "svc-a", "right").await;
     assert_eq!(ok.status(), 200);
-    let bad = http
-        .get(f.node.url("/app"))
-        .header("authorization", basic("svc-a", "wrong"))
-        .send()
-        .await
-        .unwrap();
+    let bad = get_as(&http, f.node.url("/app"), "svc-a", "wrong").await;
     assert_eq!(bad.status(), 401);
     assert!(
         bad.headers()["www-authenticate"]
@@ -270,22 +233,12 @@ async fn invalid_client_is_remembered_so_a_flood_stays_off_the_idp() {
     f.idp.register("svc-a", "right");
     let http = client();
     for _ in 0..20 {
-        let resp = http
-            .get(f.node.url("/app"))
-            .header("authorization", basic("svc-a", "bad"))
-            .send()
-            .await
-            .unwrap();
+        let resp = get_as(&http, f.node.url("/app"), "svc-a", "bad").await;
         assert_eq!(resp.status(), 401);
     }
     assert_eq!(f.idp.seen().len(), 1);
     // The right secret is a different key: not affected by the negative entry.
-    let ok = http
-        .get(f.node.url("/app"))
-        .header("authorization", basic("svc-a", "right"))
-        .send()
-        .await
-        .unwrap();
+    let ok = get_as(&http, f.node.url("/app"), "svc-a", "right").await;
     assert_eq!(ok.status(), 200);
 }
 
@@ -314,27 +267,9 @@ async fn lifetime_comes_from_the_jwt_when_expires_in_is_missing() {
     f.idp.omit_expires_in(true);
     f.idp.set_token_lifetime(Duration::from_secs(2));
     let http = client();
-    let first = bearer(
-        &echo(
-            http.get(f.node.url("/app"))
-                .header("authorization", basic("svc-a", "s3cret"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
+    let first = bearer(&echo(get_as(&http, f.node.url("/app"), "svc-a", "s3cret").await).await);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let later = bearer(
-        &echo(
-            http.get(f.node.url("/app"))
-                .header("authorization", basic("svc-a", "s3cret"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
+    let later = bearer(&echo(get_as(&http, f.node.url("/app"), "svc-a", "s3cret").await).await);
     assert_ne!(
         first, later,
         "the 2 s JWT exp was honoured, not the 1 h default"

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chaos::{EchoUpstream, FakeIdp, IdpMode};
 
-use crate::support::{GW_SECRET, Node, basic, client, echo, eventually, header, two_modes};
+use crate::support::{GW_SECRET, Node, basic, client, echo, eventually, get_as, header, two_modes};
 
 /// Refresh rounds every 100 ms so that seconds-long token lifetimes are refreshed in time.
 const FAST_REFRESH: &str = "refresh: { interval: 100ms, leaseTtl: 6s }\n";
@@ -50,12 +50,7 @@ async fn tokens_are_refreshed_ahead_of_expiry_so_no_request_waits_on_the_idp() {
     // IdP the new token is in place by 6.6 s, before the old one stops being served.
     let (idp, _upstream, node) = start(Duration::from_secs(8)).await;
     let http = client();
-    let warm = http
-        .get(node.url("/app"))
-        .header("authorization", basic("svc-a", "s3cret"))
-        .send()
-        .await
-        .unwrap();
+    let warm = get_as(&http, node.url("/app"), "svc-a", "s3cret").await;
     assert_eq!(warm.status(), 200);
     // From now on an IdP round trip takes 1 s, and callers give up after 700 ms: any request
     // that had to wait for the IdP fails.
@@ -208,12 +203,7 @@ async fn upstream_401_evicts_the_token_and_retries_once_with_a_fresh_one() {
 async fn transient_idp_errors_are_retried() {
     let (idp, _upstream, node) = start(Duration::from_secs(300)).await;
     idp.fail_next(2);
-    let resp = client()
-        .get(node.url("/app"))
-        .header("authorization", basic("svc-a", "s3cret"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&client(), node.url("/app"), "svc-a", "s3cret").await;
     assert_eq!(
         resp.status(),
         200,
@@ -260,14 +250,7 @@ async fn opaque_tokens_without_expires_in_get_the_configured_default_lifetime() 
     let node = Node::start(&yaml, &[("GW_SECRET", GW_SECRET)]);
     let http = client();
     let call = async || {
-        let e = echo(
-            http.get(node.url("/app"))
-                .header("authorization", basic("svc-a", "s3cret"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let e = echo(get_as(&http, node.url("/app"), "svc-a", "s3cret").await).await;
         header(&e, "authorization")[0].to_owned()
     };
     let first = call().await;

@@ -11,6 +11,14 @@ fn config(routes: &str, extra: &str) -> String {
     format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{extra}\nroutes:\n{routes}")
 }
 
+/// A node whose only route sends everything to `upstream`.
+fn one_route_to(upstream: &str, extra: &str) -> Node {
+    let route = format!(
+        "  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: [{upstream}] }} }}"
+    );
+    Node::start(&config(&route, extra), &[])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_then_longest_prefix_with_round_robin() {
     let (a, b) = (EchoUpstream::start().await, EchoUpstream::start().await);
@@ -69,13 +77,7 @@ async fn routes_by_host_then_longest_prefix_with_round_robin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_502_with_a_clear_body() {
     // Port 9 (discard) is closed on loopback: connections are refused.
-    let node = Node::start(
-        &config(
-            "  - { name: dead, match: { pathPrefix: / }, upstream: { urls: [http://127.0.0.1:9] } }",
-            "",
-        ),
-        &[],
-    );
+    let node = one_route_to("http://127.0.0.1:9", "");
     let resp = client().get(node.url("/x")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -89,16 +91,7 @@ async fn upstream_down_gives_502_with_a_clear_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_set() {
     let up = EchoUpstream::start().await;
-    let node = Node::start(
-        &config(
-            &format!(
-                "  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: [{}] }} }}",
-                up.url()
-            ),
-            "",
-        ),
-        &[],
-    );
+    let node = one_route_to(&up.url(), "");
     let resp = client()
         .get(node.url("/h"))
         .header("connection", "x-hop")
@@ -130,16 +123,7 @@ async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways() {
     let up = EchoUpstream::start().await;
-    let node = Node::start(
-        &config(
-            &format!(
-                "  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: [{}] }} }}",
-                up.url()
-            ),
-            "",
-        ),
-        &[],
-    );
+    let node = one_route_to(&up.url(), "");
     const SIZE: usize = 8 * 1024 * 1024;
     let chunks = futures_util::stream::iter(
         (0..SIZE / 65536).map(|_| Ok::<_, std::io::Error>(vec![7u8; 65536])),
@@ -163,11 +147,7 @@ async fn large_bodies_stream_both_ways() {
 async fn slow_upstream_gets_504_after_the_request_timeout() {
     let up = EchoUpstream::start().await;
     up.set_delay(Duration::from_secs(3));
-    let routes = format!(
-        "  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: [{}] }} }}",
-        up.url()
-    );
-    let node = Node::start(&config(&routes, "requestTimeout: 300ms"), &[]);
+    let node = one_route_to(&up.url(), "requestTimeout: 300ms");
     let resp = client().get(node.url("/slow")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
 }
@@ -176,11 +156,7 @@ async fn slow_upstream_gets_504_after_the_request_timeout() {
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let up = EchoUpstream::start().await;
     up.set_delay(Duration::from_millis(1500));
-    let routes = format!(
-        "  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: [{}] }} }}",
-        up.url()
-    );
-    let mut node = Node::start(&config(&routes, ""), &[]);
+    let mut node = one_route_to(&up.url(), "");
     let http = client();
     let in_flight = tokio::spawn(http.get(node.url("/slow")).send());
     crate::support::eventually(

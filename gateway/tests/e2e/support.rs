@@ -138,6 +138,20 @@ pub fn basic(id: &str, secret: &str) -> String {
     format!("Basic {}", BASE64.encode(format!("{id}:{secret}")))
 }
 
+/// `GET url` with `Authorization: Basic base64(id:secret)`.
+pub async fn get_as(
+    http: &reqwest::Client,
+    url: String,
+    id: &str,
+    secret: &str,
+) -> reqwest::Response {
+    http.get(url)
+        .header("authorization", basic(id, secret))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A client that never reuses connections across tests' nodes and has a sane timeout.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
