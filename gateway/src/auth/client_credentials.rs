@@ -59,11 +59,6 @@ impl ClientCredentials {
         }
     }
 
-    /// The configured name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The token cache behind it.
     pub fn cache(&self) -> &Arc<TokenCache> {
         &self.cache

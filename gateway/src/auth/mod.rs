@@ -24,13 +24,6 @@ pub enum Middleware {
 }
 
 impl Middleware {
-    /// The name it was configured under.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::ClientCredentials(m) => m.name(),
-        }
-    }
-
     /// Authorises the request, rewriting `parts.headers` for the upstream.
     pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
         match self {
