@@ -22,7 +22,9 @@ use gateway::token::{FleetKey, KeyDeriver, TokenCache};
 use http::{HeaderMap, HeaderValue};
 
 fn middleware(cfg: &Config, name: &str, cache: &Arc<TokenCache>) -> ClientCredentials {
-    let MiddlewareConfig::ClientCredentials(cc) = &cfg.middlewares[name];
+    let MiddlewareConfig::ClientCredentials(cc) = &cfg.middlewares[name] else {
+        panic!("{name} is a clientCredentials middleware")
+    };
     ClientCredentials::new(name, cc.clone(), Arc::clone(cache))
 }
 
@@ -103,7 +105,9 @@ middlewares:
             BatchSize::SmallInput,
         )
     });
-    let MiddlewareConfig::ClientCredentials(cc) = &cfg.middlewares["app"];
+    let MiddlewareConfig::ClientCredentials(cc) = &cfg.middlewares["app"] else {
+        panic!("app is a clientCredentials middleware")
+    };
     let deriver = KeyDeriver::new(cache.fleet(), &cc.token_url, &cc.scopes, None, &[]);
     group.bench_function("key_derivation", |b| {
         b.iter(|| deriver.key(black_box("bench-client"), black_box("bench-secret")))

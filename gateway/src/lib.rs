@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: YAML loaded once, validated into typed values, every error with its key path.
 //! - [`proxy`]: the hyper server, routing, forwarding to upstreams, admin endpoints, shutdown.
-//! - [`auth`]: one module per middleware (`client_credentials`), claims and headers.
+//! - [`auth`]: one module per middleware (`client_credentials`, `introspection`, `jwt`), the
+//!   caller's bearer token, claims (with the authorization expressions) and headers.
 //! - [`token`]: cache keys and the fleet key ring, entries, sealing, the IdP client, the cache
 //!   with single flight, the refresher, and the L1's sync with the shared store.
 //! - [`store`]: the [`store::TokenStore`] contract, its conformance suite, and its backends
@@ -35,13 +36,24 @@ use proxy::{Gateway, Listeners};
 use store::{MemoryStore, RedisStore, Store, StoreError};
 use token::{FleetKey, KeyRing, TokenCache};
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The shared store's client could not be built.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A middleware's HTTP client could not be built from its TLS material.
+    #[error("cannot build an HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
 /// Runs a gateway node on already-bound listeners until `shutdown` is cancelled, then drains
 /// in-flight requests (bounded by `shutdown_timeout`) and stops every background task.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> Result<(), StoreError> {
+) -> Result<(), StartError> {
     let current = match &config.fleet_key {
         Some(secret) => FleetKey::from_secret(secret),
         None => FleetKey::random(),
@@ -54,16 +66,13 @@ pub async fn run(
     let fleet = KeyRing::new(current, previous);
     let store = match &config.store {
         StoreConfig::Memory => Store::Memory(MemoryStore::new()),
-        StoreConfig::Redis(redis) => match RedisStore::new(redis) {
-            Ok(s) => Store::Redis(s),
-            Err(error) => return Err(error),
-        },
+        StoreConfig::Redis(redis) => Store::Redis(RedisStore::new(redis)?),
     };
     let cache = TokenCache::new(fleet, store);
+    let gateway = Arc::new(Gateway::new(&config, &cache)?);
     let background = CancellationToken::new();
     cache.spawn_background(config.refresh.clone(), background.clone());
 
-    let gateway = Arc::new(Gateway::new(&config, &cache));
     let admin = Admin::new(Arc::clone(&cache));
     let proxy_handler: proxy::serve::Handler =
         Arc::new(move |req, remote| Arc::clone(&gateway).handle(req, remote).boxed());

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use super::{Applied, AuthError, UsedToken, claims, headers};
+use super::{Applied, AuthError, UsedToken};
 use crate::config::{ClientCredentialsConfig, Secret};
 use crate::token::{
     IdpError, KeyDeriver, TokenCache, TokenEntry, TokenKey, TokenRequest, now_millis,
@@ -84,28 +84,29 @@ impl ClientCredentials {
                 }
             }
         };
-        Ok(self.rewrite(headers, key, &entry))
+        self.rewrite(headers, key, &entry)
     }
 
     /// The cache-hit path's header rewrite: the bearer token replaces whatever the caller sent,
-    /// and claim headers replace caller-sent ones.
-    pub fn rewrite(&self, headers: &mut HeaderMap, key: TokenKey, entry: &TokenEntry) -> Applied {
-        headers.insert(AUTHORIZATION, entry.bearer.clone());
-        let claims = entry.claims.as_deref();
-        headers::forward_claims(headers, &self.cfg.forward_headers, claims);
+    /// and claim headers replace caller-sent ones; the token's claims must satisfy `claims`.
+    pub fn rewrite(
+        &self,
+        headers: &mut HeaderMap,
+        key: TokenKey,
+        entry: &TokenEntry,
+    ) -> Result<Applied, AuthError> {
         let username = self
             .cfg
-            .username_claim
-            .as_deref()
-            .and_then(|c| claims.and_then(|m| claims::lookup(m, c)))
-            .and_then(claims::as_text);
-        Applied {
+            .policy
+            .enforce(headers, entry.claims.as_deref(), &self.realm)?;
+        headers.insert(AUTHORIZATION, entry.bearer.clone());
+        Ok(Applied {
             username,
             token: Some(UsedToken {
                 key,
                 version: entry.meta.version,
             }),
-        }
+        })
     }
 
     async fn obtain(

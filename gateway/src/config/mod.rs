@@ -5,6 +5,7 @@
 //! shape error and we report it with its key path. [`validate`] then checks every value and
 //! collects *all* problems, so one run of `gateway check-config` shows everything to fix.
 
+mod middleware;
 mod raw;
 pub mod secret;
 mod store;
@@ -16,16 +17,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use http::HeaderName;
 use url::Url;
 
+pub use middleware::{
+    ClaimsPolicy, ClientCredentialsConfig, EndpointAuth, HttpClientConfig, HttpTls,
+    IntrospectionConfig, JwksSource, JwtConfig, MiddlewareConfig, TokenSource,
+};
 pub use secret::Secret;
 pub use store::{
     DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RedisConfig, RedisTls, RedisTopology,
     StoreConfig,
 };
-
-use crate::token::AuthMethod;
 
 /// Default upper bound on one proxied request: long enough for slow APIs, short enough that a
 /// stuck upstream does not pin connections forever.
@@ -103,44 +105,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// A configured middleware.
-#[derive(Debug, Clone)]
-pub enum MiddlewareConfig {
-    /// OAuth2 client credentials (RFC 6749 §4.4).
-    ClientCredentials(ClientCredentialsConfig),
-}
-
-/// The `clientCredentials` middleware, validated.
-#[derive(Debug, Clone)]
-pub struct ClientCredentialsConfig {
-    /// The IdP token endpoint.
-    pub token_url: Url,
-    /// Gateway-level credentials; `None` = application level (the caller's Basic credentials).
-    pub credentials: Option<(String, Secret)>,
-    /// How the gateway authenticates at the token endpoint.
-    pub auth_method: AuthMethod,
-    /// Sent as `audience`.
-    pub audience: Option<String>,
-    /// Sent as `scope`, sorted and deduplicated.
-    pub scopes: Vec<String>,
-    /// Extra form parameters, sorted by name.
-    pub endpoint_params: Vec<(String, String)>,
-    /// Claim naming the user in the access log.
-    pub username_claim: Option<String>,
-    /// Header -> claim.
-    pub forward_headers: Vec<(HeaderName, String)>,
-    /// Lifetime assumed when the IdP states none.
-    pub default_token_lifetime: Duration,
-    /// Realm of the `Basic` challenge.
-    pub realm: String,
-    /// How long `invalid_client` is remembered.
-    pub negative_cache_ttl: Duration,
-    /// One IdP attempt's timeout.
-    pub idp_timeout: Duration,
-    /// IdP retries after the first attempt.
-    pub idp_retries: u32,
 }
 
 /// A route, validated.

@@ -95,12 +95,12 @@ pub struct RawRedisStore {
     pub timeout: Option<Duration>,
     /// TLS towards Redis (and, with Sentinel, towards the servers it names).
     #[serde(default)]
-    pub tls: Option<RawRedisTls>,
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawRedisTls {
+pub struct RawTls {
     /// PEM CA bundle to trust instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<String>,
@@ -157,6 +157,149 @@ pub struct RawLog {
 pub struct RawMiddleware {
     #[serde(default)]
     pub client_credentials: Option<RawClientCredentials>,
+    #[serde(default)]
+    pub introspection: Option<RawIntrospection>,
+    #[serde(default)]
+    pub jwt: Option<RawJwt>,
+}
+
+/// Where the caller's token is looked for: header, then query, then cookie.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTokenSource {
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Scheme expected before the token in `header` (e.g. `Bearer`); none: the whole value.
+    #[serde(default)]
+    pub header_auth_scheme: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+/// Traefik Hub's `oAuthIntrospection` options (RFC 7662).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIntrospection {
+    #[serde(default)]
+    pub token_source: Option<RawTokenSource>,
+    pub client_config: RawIntrospectionClient,
+    /// Keep the caller's token on the upstream request (default: removed).
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Claim naming the user in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    /// Header name -> claim; the header always replaces a caller-sent one.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Authorization expression the claims must satisfy (403 otherwise).
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// Upper bound on how long an active result is reused (never past the token's `exp`).
+    #[serde(default, with = "humantime_serde")]
+    pub max_cache_ttl: Option<Duration>,
+    /// How long an inactive result is remembered.
+    #[serde(default, with = "humantime_serde")]
+    pub inactive_cache_ttl: Option<Duration>,
+    /// `Bearer` realm announced on 401.
+    #[serde(default)]
+    pub realm: Option<String>,
+}
+
+/// How the gateway reaches the introspection endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIntrospectionClient {
+    pub url: String,
+    #[serde(default)]
+    pub auth: Option<RawEndpointAuth>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// RFC 7662 `token_type_hint`.
+    #[serde(default)]
+    pub token_type_hint: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// How the gateway authenticates at an endpoint it calls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEndpointAuth {
+    /// `Basic` (client_secret_basic), `Post` (client_secret_post) or `Bearer`.
+    pub kind: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Secret reference (Basic, Post).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Secret reference (Bearer).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Local JWT validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawJwt {
+    #[serde(default)]
+    pub token_source: Option<RawTokenSource>,
+    /// Where the keys are. Without it, found by OIDC discovery from `issuer`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Required `iss`; also the discovery base when `jwksUrl` is absent.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences (`aud` must contain one).
+    #[serde(default)]
+    pub audience: Option<StringOrList>,
+    /// Accepted signature algorithms.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew tolerated on `exp`, `nbf`, `iat`.
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    /// Keep the caller's token on the upstream request (default: removed).
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Claim naming the user in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    /// Header name -> claim; the header always replaces a caller-sent one.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Authorization expression the claims must satisfy (403 otherwise).
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// How old the cached key set may get before it is fetched again.
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_refresh_interval: Option<Duration>,
+    /// Least time between two fetches caused by unknown `kid`s.
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_min_refresh_interval: Option<Duration>,
+    #[serde(default)]
+    pub client_config: Option<RawHttpClient>,
+    #[serde(default)]
+    pub realm: Option<String>,
+}
+
+/// HTTP client options for fetching keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHttpClient {
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }
 
 /// Traefik Hub's `oAuthClientCredentials` options.
@@ -187,6 +330,9 @@ pub struct RawClientCredentials {
     /// Header name -> claim; the header always replaces a caller-sent one.
     #[serde(default)]
     pub forward_headers: BTreeMap<String, String>,
+    /// Authorization expression the claims must satisfy (403 otherwise).
+    #[serde(default)]
+    pub claims: Option<String>,
     /// Lifetime assumed when the IdP sends neither `expires_in` nor a JWT `exp`.
     #[serde(default, with = "humantime_serde")]
     pub default_token_lifetime: Option<Duration>,

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::Secret;
-use super::raw::{RawRedisStore, RawRedisTls};
+use super::raw::{RawRedisStore, RawTls};
 use super::validate::Issues;
 
 /// Which [`crate::store::TokenStore`] backend holds the fleet's tokens.
@@ -173,7 +173,7 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
     })
 }
 
-fn redis_tls(issues: &mut Issues, t: RawRedisTls) -> RedisTls {
+fn redis_tls(issues: &mut Issues, t: RawTls) -> RedisTls {
     let mut read = |path: &str, file: &Option<String>| -> Option<Vec<u8>> {
         let file = file.as_deref()?;
         match std::fs::read(file) {

@@ -3,19 +3,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use http::HeaderName;
 use url::Url;
 
 use super::raw::{
-    RawClientCredentials, RawConfig, RawMiddleware, RawRoute, RawStore, StringOrList,
+    RawConfig, RawRoute, RawStore,
 };
 use super::{
-    ClientCredentialsConfig, Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_IDP_RETRIES,
-    DEFAULT_IDP_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REFRESH_INTERVAL,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOKEN_LIFETIME, LogConfig,
-    LogFormat, MiddlewareConfig, RefreshConfig, RouteConfig, StoreConfig, secret,
+    Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, LogConfig, LogFormat, RefreshConfig,
+    RouteConfig, StoreConfig, secret,
 };
-use crate::token::AuthMethod;
 
 /// Collects issues; each check records and carries on.
 #[derive(Default)]
@@ -39,7 +36,7 @@ impl Issues {
         }
     }
 
-    fn http_url(&mut self, path: &str, value: &str) -> Option<Url> {
+    pub(super) fn http_url(&mut self, path: &str, value: &str) -> Option<Url> {
         match Url::parse(value) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             _ => {
@@ -150,23 +147,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     let declared: Vec<String> = raw.middlewares.keys().cloned().collect();
     let mut middlewares = BTreeMap::new();
     for (name, m) in raw.middlewares {
-        match m {
-            RawMiddleware {
-                client_credentials: Some(cc),
-            } => {
-                let path = format!("middlewares.{name}.clientCredentials");
-                if let Some(cfg) = client_credentials(&mut issues, &path, cc) {
-                    middlewares.insert(name, MiddlewareConfig::ClientCredentials(cfg));
-                }
-            }
-            RawMiddleware {
-                client_credentials: None,
-            } => {
-                issues.push(
-                    format!("middlewares.{name}"),
-                    "names no middleware kind (expected clientCredentials)",
-                );
-            }
+        if let Some(cfg) = super::middleware::middleware(&mut issues, &name, m) {
+            middlewares.insert(name, cfg);
         }
     }
 
@@ -201,146 +183,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         middlewares,
         routes,
     })
-}
-
-fn client_credentials(
-    issues: &mut Issues,
-    path: &str,
-    cc: RawClientCredentials,
-) -> Option<ClientCredentialsConfig> {
-    let before = issues.0.len();
-    let token_url = issues.http_url(&format!("{path}.url"), &cc.url);
-    let credentials = match (cc.client_id, cc.client_secret) {
-        (None, None) => None,
-        (Some(id), Some(secret)) => {
-            if id.is_empty() {
-                issues.push(format!("{path}.clientId"), "is empty");
-            }
-            issues
-                .secret(&format!("{path}.clientSecret"), &secret)
-                .map(|s| (id, s))
-        }
-        (Some(_), None) => {
-            issues.push(
-                format!("{path}.clientSecret"),
-                "is required when clientId is set",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            issues.push(
-                format!("{path}.clientId"),
-                "is required when clientSecret is set",
-            );
-            None
-        }
-    };
-    let auth_method = match cc.auth_method.as_deref() {
-        None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
-        Some("client_secret_post") => AuthMethod::ClientSecretPost,
-        Some(other) => {
-            issues.push(
-                format!("{path}.authMethod"),
-                format!("must be client_secret_basic or client_secret_post, not {other:?}"),
-            );
-            AuthMethod::ClientSecretBasic
-        }
-    };
-    let mut scopes = cc.scopes;
-    for (i, s) in scopes.iter().enumerate() {
-        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-        if s.is_empty()
-            || !s
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
-        {
-            issues.push(
-                format!("{path}.scopes[{i}]"),
-                "not a valid scope token (RFC 6749 §3.3)",
-            );
-        }
-    }
-    scopes.sort();
-    scopes.dedup();
-    let mut endpoint_params = Vec::new();
-    for (k, v) in cc.endpoint_params {
-        if matches!(
-            k.as_str(),
-            "grant_type" | "client_id" | "client_secret" | "scope" | "audience"
-        ) {
-            issues.push(
-                format!("{path}.endpointParams.{k}"),
-                "is set by the middleware itself; use the dedicated option",
-            );
-        }
-        match v {
-            StringOrList::One(v) => endpoint_params.push((k, v)),
-            StringOrList::Many(vs) => {
-                endpoint_params.extend(vs.into_iter().map(|v| (k.clone(), v)))
-            }
-        }
-    }
-    endpoint_params.sort();
-    let mut forward_headers = Vec::new();
-    for (header, claim) in cc.forward_headers {
-        match HeaderName::from_bytes(header.as_bytes()) {
-            Ok(h) if !is_reserved_header(&h) => forward_headers.push((h, claim)),
-            Ok(_) => issues.push(
-                format!("{path}.forwardHeaders.{header}"),
-                "cannot be set from a claim (it is managed by the gateway)",
-            ),
-            Err(_) => issues.push(
-                format!("{path}.forwardHeaders.{header}"),
-                "not a valid header name",
-            ),
-        }
-    }
-    let default_token_lifetime = cc.default_token_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
-    if default_token_lifetime.as_secs() < 1 {
-        issues.push(
-            format!("{path}.defaultTokenLifetime"),
-            "must be at least 1s",
-        );
-    }
-    let realm = cc.realm.unwrap_or_else(|| "tokengate".into());
-    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
-        issues.push(
-            format!("{path}.realm"),
-            "must not contain quotes, backslashes or control characters",
-        );
-    }
-    if issues.0.len() != before {
-        return None;
-    }
-    Some(ClientCredentialsConfig {
-        token_url: token_url?,
-        credentials,
-        auth_method,
-        audience: cc.audience,
-        scopes,
-        endpoint_params,
-        username_claim: cc.username_claim,
-        forward_headers,
-        default_token_lifetime,
-        realm,
-        negative_cache_ttl: cc.negative_cache_ttl.unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL),
-        idp_timeout: cc.client_config.timeout.unwrap_or(DEFAULT_IDP_TIMEOUT),
-        idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
-    })
-}
-
-/// Headers that a claim must never set: the gateway owns them.
-fn is_reserved_header(h: &HeaderName) -> bool {
-    use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-    [
-        AUTHORIZATION,
-        HOST,
-        CONTENT_LENGTH,
-        TRANSFER_ENCODING,
-        CONNECTION,
-    ]
-    .contains(h)
-        || h.as_str().starts_with("x-forwarded-")
 }
 
 fn route(issues: &mut Issues, path: &str, r: RawRoute, declared: &[String]) -> Option<RouteConfig> {
@@ -417,7 +259,9 @@ routes:
     #[test]
     fn scopes_are_sorted_and_deduplicated() {
         let c = Config::from_yaml(GOOD).unwrap();
-        let crate::config::MiddlewareConfig::ClientCredentials(cc) = &c.middlewares["m"];
+        let crate::config::MiddlewareConfig::ClientCredentials(cc) = &c.middlewares["m"] else {
+            panic!("clientCredentials expected")
+        };
         assert_eq!(cc.scopes, ["a", "b"]);
     }
 

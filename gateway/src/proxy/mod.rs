@@ -20,7 +20,7 @@ use hyper::body::{Body, Incoming};
 
 pub use serve::{Listeners, serve};
 
-use crate::auth::{Applied, ClientCredentials, Middleware, UsedToken};
+use crate::auth::{Applied, ClientCredentials, Introspection, Jwt, Middleware, UsedToken};
 use crate::config::{Config, MiddlewareConfig};
 use crate::telemetry::AccessLog;
 use crate::token::TokenCache;
@@ -43,20 +43,25 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the proxy from a validated configuration.
-    pub fn new(config: &Config, cache: &Arc<TokenCache>) -> Self {
+    /// Builds the proxy from a validated configuration. Fails only if the TLS library rejects
+    /// a middleware's TLS material (the files were parsed at load).
+    pub fn new(config: &Config, cache: &Arc<TokenCache>) -> reqwest::Result<Self> {
         let middlewares: BTreeMap<&str, Arc<Middleware>> = config
             .middlewares
             .iter()
             .map(|(name, m)| {
                 let built = match m {
-                    MiddlewareConfig::ClientCredentials(cc) => Middleware::ClientCredentials(
+                    MiddlewareConfig::ClientCredentials(cc) => Ok(Middleware::ClientCredentials(
                         ClientCredentials::new(name, cc.clone(), Arc::clone(cache)),
-                    ),
+                    )),
+                    MiddlewareConfig::Introspection(i) => {
+                        Introspection::new(name, i.clone(), cache).map(Middleware::Introspection)
+                    }
+                    MiddlewareConfig::Jwt(j) => Jwt::new(name, j.clone(), cache).map(Middleware::Jwt),
                 };
-                (name.as_str(), Arc::new(built))
+                built.map(|b| (name.as_str(), Arc::new(b)))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let routes = config
             .routes
             .iter()
@@ -75,11 +80,11 @@ impl Gateway {
                 )
             })
             .collect();
-        Self {
+        Ok(Self {
             router: Router::new(routes),
             client: forward::client(),
             request_timeout: config.request_timeout,
-        }
+        })
     }
 
     /// Serves one request end to end, writing one access log line.

@@ -47,6 +47,32 @@ pub fn auth_error(e: &AuthError) -> Response<ProxyBody> {
             ),
             realm,
         ),
+        AuthError::MissingToken { realm } => bearer_challenge(
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required",
+            ),
+            realm,
+            None,
+        ),
+        AuthError::InvalidToken { realm, reason } => bearer_challenge(
+            error(StatusCode::UNAUTHORIZED, "invalid_token", reason),
+            realm,
+            Some(("invalid_token", reason)),
+        ),
+        AuthError::InsufficientScope { realm } => bearer_challenge(
+            error(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the token's claims do not allow this request",
+            ),
+            realm,
+            Some((
+                "insufficient_scope",
+                "the token's claims do not allow this request",
+            )),
+        ),
         AuthError::Refused { error: code } => error(
             StatusCode::FORBIDDEN,
             code,
@@ -69,6 +95,24 @@ pub fn auth_error(e: &AuthError) -> Response<ProxyBody> {
             resp
         }
     }
+}
+
+/// RFC 6750 §3: `Bearer realm="...", error="...", error_description="..."`. Realms are checked
+/// at load and descriptions are fixed strings, so neither holds a quote.
+fn bearer_challenge(
+    mut resp: Response<ProxyBody>,
+    realm: &str,
+    error: Option<(&str, &str)>,
+) -> Response<ProxyBody> {
+    let value = match error {
+        None => format!("Bearer realm=\"{realm}\""),
+        Some((code, description)) => format!(
+            "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\""
+        ),
+    };
+    let value = HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static("Bearer"));
+    resp.headers_mut().insert(WWW_AUTHENTICATE, value);
+    resp
 }
 
 fn challenge(mut resp: Response<ProxyBody>, realm: &str) -> Response<ProxyBody> {

@@ -167,7 +167,8 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Keys whose `refresh_at` is at or before `now`, still valid, and used at or after
-    /// `used_since`; at most `limit`, soonest first.
+    /// `used_since`; at most `limit`, soonest first. An entry whose `refresh_at` is not before
+    /// its `expires_at` is not renewable (a cached introspection result) and is never due.
     fn due_for_refresh(
         &self,
         now: UnixMillis,

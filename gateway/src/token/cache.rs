@@ -5,13 +5,10 @@
 //! await the same task), and the fill takes a short per-key lease in the shared store so that one
 //! node per fleet asks the IdP while the others wait for the entry to appear.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +17,7 @@ use super::entry::{
     EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time,
 };
 use super::idp::{IdpClient, IdpError};
+use super::flight::SingleFlight;
 use super::key::{FleetKey, KeyRing, TokenKey};
 use super::seal::{seal, unseal};
 use crate::store::{FencingToken, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore};
@@ -29,8 +27,6 @@ use crate::store::{FencingToken, NodeId, PutOutcome, Store, StoreError, StoreEve
 const FILL_LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often a node waiting on another node's fill re-reads the store (besides events).
 const FILL_POLL: Duration = Duration::from_millis(100);
-
-type Flight = Shared<BoxFuture<'static, Result<Arc<TokenEntry>, IdpError>>>;
 
 /// How waiting for another node's fill ended.
 enum OtherFill {
@@ -42,21 +38,6 @@ enum OtherFill {
     GaveUp,
 }
 
-/// Ends a flight: dropped when its fill task finishes or unwinds.
-struct FlightLanded<'a> {
-    cache: &'a TokenCache,
-    key: TokenKey,
-}
-
-impl Drop for FlightLanded<'_> {
-    fn drop(&mut self) {
-        // A poisoned map only means another flight panicked while holding it; the map itself
-        // is still consistent (inserts and removes are single calls).
-        let mut flights = self.cache.flights.lock().unwrap_or_else(|p| p.into_inner());
-        flights.remove(&self.key);
-    }
-}
-
 /// The node's token cache. Cheap to share: wrap it in an `Arc`.
 pub struct TokenCache {
     pub(super) ring: KeyRing,
@@ -66,7 +47,7 @@ pub struct TokenCache {
     pub(super) l1: papaya::HashMap<TokenKey, Arc<TokenEntry>>,
     /// Keys whose credentials the IdP called `invalid_client`, until when.
     pub(super) negative: papaya::HashMap<TokenKey, UnixMillis>,
-    flights: Mutex<HashMap<TokenKey, Flight>>,
+    flights: Arc<SingleFlight<Result<Arc<TokenEntry>, IdpError>>>,
     store_degraded: AtomicBool,
     pub(super) tasks: TaskTracker,
 }
@@ -81,7 +62,7 @@ impl TokenCache {
             idp: IdpClient::new(),
             l1: papaya::HashMap::new(),
             negative: papaya::HashMap::new(),
-            flights: Mutex::new(HashMap::new()),
+            flights: SingleFlight::new(),
             store_degraded: AtomicBool::new(false),
             tasks: TaskTracker::new(),
         })
@@ -90,6 +71,21 @@ impl TokenCache {
     /// The current fleet key (for deriving [`TokenKey`]s).
     pub fn fleet(&self) -> &FleetKey {
         self.ring.current()
+    }
+
+    /// The fleet key ring (for sealing other cached results).
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
+    }
+
+    /// The node's client towards IdPs (retries and circuit breakers).
+    pub fn idp(&self) -> &IdpClient {
+        &self.idp
+    }
+
+    /// The tracker of this cache's tasks; [`TokenCache::closed`] waits for them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// This node's lease-holder id.
@@ -136,47 +132,26 @@ impl TokenCache {
         {
             return Err(IdpError::InvalidClient);
         }
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            match flights.get(key) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = self.start_fill(*key, spec(), negative_ttl);
-                    flights.insert(*key, f.clone());
-                    f
-                }
-            }
-        };
-        flight.await
-    }
-
-    /// Starts the one fill for `key`. It runs as its own task, so a caller that gives up does not
-    /// cancel it for the callers still waiting.
-    fn start_fill(
-        self: &Arc<Self>,
-        key: TokenKey,
-        spec: TokenRequest,
-        negative_ttl: Duration,
-    ) -> Flight {
         let this = Arc::clone(self);
-        let task = self.tasks.spawn(async move {
-            // Removes the flight when the task ends, however it ends (a panic included), so
-            // the next caller starts a new fill instead of joining a dead one.
-            let _landed = FlightLanded { cache: &this, key };
-            let result = this.fill(&key, spec).await;
-            if matches!(result, Err(IdpError::InvalidClient)) {
-                this.negative
-                    .pin()
-                    .insert(key, now_millis() + negative_ttl.as_millis() as u64);
-            }
-            result
-        });
-        async move {
-            task.await
-                .unwrap_or_else(|_| Err(IdpError::Protocol("token fill task failed".into())))
-        }
-        .boxed()
-        .shared()
+        let key = *key;
+        let flight = self.flights.join(
+            key,
+            &self.tasks,
+            move || {
+                let spec = spec();
+                async move {
+                    let result = this.fill(&key, spec).await;
+                    if matches!(result, Err(IdpError::InvalidClient)) {
+                        this.negative
+                            .pin()
+                            .insert(key, now_millis() + negative_ttl.as_millis() as u64);
+                    }
+                    result
+                }
+            },
+            || Err(IdpError::Protocol("token fill task failed".into())),
+        );
+        flight.await
     }
 
     async fn fill(&self, key: &TokenKey, spec: TokenRequest) -> Result<Arc<TokenEntry>, IdpError> {
@@ -407,7 +382,7 @@ impl TokenCache {
         }
     }
 
-    pub(super) fn store_ok<T>(&self, value: T) -> T {
+    pub(crate) fn store_ok<T>(&self, value: T) -> T {
         if self.store_degraded.swap(false, Ordering::Relaxed) {
             tracing::info!("token store reachable again");
         }
@@ -415,7 +390,7 @@ impl TokenCache {
     }
 
     /// Logs a store failure once per outage (not once per request) and returns `fallback`.
-    pub(super) fn store_failed<T>(&self, error: StoreError, fallback: T) -> T {
+    pub(crate) fn store_failed<T>(&self, error: StoreError, fallback: T) -> T {
         if !self.store_degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "token store unavailable; serving from L1 and fetching per node");
         }
@@ -435,6 +410,9 @@ impl TokenCache {
         };
         if sealed.meta.refresh_at > now_millis() {
             return Ok(()); // renewed meanwhile (by a previous leader)
+        }
+        if sealed.meta.refresh_at >= sealed.meta.expires_at {
+            return Ok(()); // not a renewable token (e.g. a cached introspection result)
         }
         let current = unseal(&self.ring, key, &sealed)
             .map_err(|e| IdpError::Protocol(format!("cannot open entry to refresh: {e}")))?;

@@ -5,6 +5,7 @@
 //! that a dead IdP is not hammered by every node's every miss.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -162,30 +163,49 @@ impl IdpClient {
 
     /// Obtains a token, with retries and the breaker.
     pub async fn fetch(&self, req: &TokenRequest) -> Result<IssuedToken, IdpError> {
-        let endpoint = req.token_url.as_str().to_owned();
-        self.admit(&endpoint)?;
+        self.call(req.token_url.as_str(), req.retries, || self.attempt(req))
+            .await
+    }
+
+    /// Runs one call to an IdP endpoint (token, introspection, key set) through the endpoint's
+    /// circuit breaker, retrying `attempt` up to `retries` times with jittered backoff when it
+    /// fails retryably (it may return the server's `Retry-After`).
+    pub async fn call<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        retries: u32,
+        mut attempt: F,
+    ) -> Result<T, IdpError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, (IdpError, Option<Duration>)>>,
+    {
+        self.admit(endpoint)?;
         let mut admitted = Admitted {
             client: self,
-            endpoint: &endpoint,
+            endpoint,
             recorded: false,
         };
-        let mut attempt = 0;
+        let mut tries = 0;
         let result = loop {
-            match self.attempt(req).await {
-                Err((e, server_wait)) if e.is_retryable() && attempt < req.retries => {
-                    let backoff = RETRY_BASE
-                        .saturating_mul(1 << attempt.min(10))
-                        .min(RETRY_CAP);
+            match attempt().await {
+                Err((e, server_wait)) if e.is_retryable() && tries < retries => {
+                    let backoff = RETRY_BASE.saturating_mul(1 << tries.min(10)).min(RETRY_CAP);
                     let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
                     tokio::time::sleep(server_wait.map_or(jittered, |w| w.min(RETRY_CAP))).await;
-                    attempt += 1;
+                    tries += 1;
                 }
                 other => break other.map_err(|(e, _)| e),
             }
         };
-        self.record(&endpoint, &result);
+        self.record(endpoint, result.as_ref().err());
         admitted.recorded = true;
         result
+    }
+
+    /// The pooled HTTP client for endpoints without TLS options of their own.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Fails fast while the endpoint's breaker is open; lets one trial through after cooldown.
@@ -215,14 +235,14 @@ impl IdpClient {
         self.breakers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, endpoint: &str, result: &Result<IssuedToken, IdpError>) {
+    fn record(&self, endpoint: &str, error: Option<&IdpError>) {
         let mut breakers = self.breakers();
         let b = breakers.entry(endpoint.to_owned()).or_default();
         b.trial_in_flight = false;
         // Only an unreachable or failing IdP counts; a wrong secret says nothing about its health.
         if matches!(
-            result,
-            Err(IdpError::Unavailable { .. }) | Err(IdpError::Protocol(_))
+            error,
+            Some(IdpError::Unavailable { .. } | IdpError::Protocol(_))
         ) {
             b.consecutive_failures += 1;
             if b.consecutive_failures >= self.breaker_threshold {
@@ -267,32 +287,9 @@ impl IdpClient {
         }
         let builder = builder.body(form_body(req));
         let issued_at = now_millis();
-        let resp = builder.send().await.map_err(|e| {
-            let reason = if e.is_timeout() {
-                "timeout"
-            } else if e.is_connect() {
-                "connect failed"
-            } else {
-                "transport error"
-            };
-            (IdpError::unavailable(reason), None)
-        })?;
-        let status = resp.status();
-        let server_wait = resp
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = read_capped(resp).await.map_err(|e| (e, None))?;
+        let (status, body) = exchange(builder).await?;
         if status.is_success() {
             return parse_success(&body, issued_at).map_err(|e| (e, None));
-        }
-        if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
-            let e = IdpError::Unavailable {
-                reason: format!("HTTP {}", status.as_u16()),
-                retry_after: server_wait.unwrap_or(Duration::from_secs(1)),
-            };
-            return Err((e, server_wait));
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(err) if err.error == "invalid_client" => Err((IdpError::InvalidClient, None)),
@@ -309,6 +306,38 @@ impl IdpClient {
             )),
         }
     }
+}
+
+/// Sends a request and reads its (capped) body. Transport failures, 5xx and 429 come back as
+/// retryable errors, with the server's `Retry-After`; any other status is the caller's to judge.
+pub async fn exchange(
+    builder: reqwest::RequestBuilder,
+) -> Result<(http::StatusCode, Vec<u8>), (IdpError, Option<Duration>)> {
+    let resp = builder.send().await.map_err(|e| {
+        let reason = if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect failed"
+        } else {
+            "transport error"
+        };
+        (IdpError::unavailable(reason), None)
+    })?;
+    let status = resp.status();
+    let server_wait = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = read_capped(resp).await.map_err(|e| (e, None))?;
+    if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+        let e = IdpError::Unavailable {
+            reason: format!("HTTP {}", status.as_u16()),
+            retry_after: server_wait.unwrap_or(Duration::from_secs(1)),
+        };
+        return Err((e, server_wait));
+    }
+    Ok((status, body))
 }
 
 /// The form body of a client credentials token request (RFC 6749 §4.4.2).
@@ -343,7 +372,7 @@ pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
 
 /// RFC 6749 §5.2: `error` is a set of printable ASCII characters without `"` and `\`. We only
 /// pass on codes of that shape, so nothing odd reaches a caller or a log.
-fn is_error_code(code: &str) -> bool {
+pub fn is_error_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= 64
         && code

@@ -193,6 +193,24 @@ impl KeyDeriver {
         Self { prefix: mac }
     }
 
+    /// Prepares a deriver for the results of one token introspection endpoint (RFC 7662), as
+    /// seen by the client `client_id` (endpoints may answer differently per resource server).
+    /// Its own label keeps these keys apart from every token key.
+    pub fn introspection(fleet: &FleetKey, url: &url::Url, client_id: &str) -> Self {
+        let mut mac = HmacSha256::new_from_slice(&fleet.derive).expect("HMAC takes any key size");
+        field(&mut mac, b"tokengate introspection v1");
+        field(&mut mac, url.as_str().as_bytes());
+        field(&mut mac, client_id.as_bytes());
+        Self { prefix: mac }
+    }
+
+    /// The key of one introspected token: the token itself never appears anywhere a key does.
+    pub fn token(&self, token: &str) -> TokenKey {
+        let mut mac = self.prefix.clone();
+        field(&mut mac, token.as_bytes());
+        TokenKey(mac.finalize().into_bytes().into())
+    }
+
     /// The key for one client's credentials at this endpoint.
     pub fn key(&self, client_id: &str, client_secret: &str) -> TokenKey {
         let mut mac = self.prefix.clone();

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod entry;
+pub mod flight;
 pub mod idp;
 pub mod key;
 pub mod refresher;

@@ -64,23 +64,34 @@ fn aad(key: &TokenKey, meta: &EntryMeta) -> Vec<u8> {
 
 /// Seals an entry for storage under `key`.
 pub fn seal(fleet: &FleetKey, key: &TokenKey, entry: &TokenEntry) -> SealedEntry {
+    let plaintext = serde_json::to_vec(&entry.secrets).expect("secrets serialize");
+    seal_payload(fleet, key, entry.meta.clone(), &plaintext)
+}
+
+/// Seals any payload under `key` beside its clear `meta` (the token entry's secrets, or another
+/// cached result such as an introspection answer).
+pub fn seal_payload(
+    fleet: &FleetKey,
+    key: &TokenKey,
+    meta: EntryMeta,
+    plaintext: &[u8],
+) -> SealedEntry {
     let cipher = Aes256Gcm::new_from_slice(&fleet.seal).expect("32-byte key");
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
-    let plaintext = serde_json::to_vec(&entry.secrets).expect("secrets serialize");
     let ct = cipher
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
-                msg: &plaintext,
-                aad: &aad(key, &entry.meta),
+                msg: plaintext,
+                aad: &aad(key, &meta),
             },
         )
         .expect("AES-GCM encryption does not fail for in-memory buffers");
     let mut ciphertext = nonce.to_vec();
     ciphertext.extend_from_slice(&ct);
     SealedEntry {
-        meta: entry.meta.clone(),
+        meta,
         key_id: fleet.id.clone(),
         ciphertext,
     }
@@ -92,6 +103,18 @@ pub fn unseal(
     key: &TokenKey,
     sealed: &SealedEntry,
 ) -> Result<TokenEntry, SealError> {
+    let plaintext = unseal_payload(ring, key, sealed)?;
+    let secrets: EntrySecrets =
+        serde_json::from_slice(&plaintext).map_err(|_| SealError::Corrupt)?;
+    TokenEntry::new(sealed.meta.clone(), secrets).map_err(|_| SealError::Corrupt)
+}
+
+/// Opens any sealed payload (see [`seal_payload`]).
+pub fn unseal_payload(
+    ring: &KeyRing,
+    key: &TokenKey,
+    sealed: &SealedEntry,
+) -> Result<Vec<u8>, SealError> {
     let fleet = ring
         .by_id(&sealed.key_id)
         .ok_or_else(|| SealError::UnknownKey(sealed.key_id.clone()))?;
@@ -100,7 +123,7 @@ pub fn unseal(
     }
     let cipher = Aes256Gcm::new_from_slice(&fleet.seal).expect("32-byte key");
     let (nonce, ct) = sealed.ciphertext.split_at(NONCE_LEN);
-    let plaintext = cipher
+    cipher
         .decrypt(
             Nonce::from_slice(nonce),
             Payload {
@@ -108,10 +131,7 @@ pub fn unseal(
                 aad: &aad(key, &sealed.meta),
             },
         )
-        .map_err(|_| SealError::Corrupt)?;
-    let secrets: EntrySecrets =
-        serde_json::from_slice(&plaintext).map_err(|_| SealError::Corrupt)?;
-    TokenEntry::new(sealed.meta.clone(), secrets).map_err(|_| SealError::Corrupt)
+        .map_err(|_| SealError::Corrupt)
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! Layout under the tag `{p}`:
 //! - `{p}:e:<key hex>`: hash `v` version, `d` sealed entry (JSON), `u` last use, `r` refresh time;
 //!   its Redis TTL is the token's expiry.
-//! - `{p}:due`: sorted set of key hexes by refresh time (the refresher's work list).
+//! - `{p}:due`: sorted set of key hexes by refresh time (the refresher's work list); entries
+//!   that are not renewable (refresh time at or past expiry) never enter it.
 //! - `{p}:fence`: the newest fencing token granted.
 //! - `{p}:lease`: `"<holder> <fence>"`, with the lease TTL.
 //! - `{p}:fill:<key hex>`: fill-lease holder, with a short TTL.
@@ -33,7 +34,7 @@ local used = tonumber(redis.call('HGET', KEYS[1], 'u') or '0')
 if tonumber(ARGV[8]) > used then used = tonumber(ARGV[8]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'u', used, 'r', ARGV[5])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+if tonumber(ARGV[5]) < tonumber(ARGV[3]) then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6]) end
 redis.call('PUBLISH', ARGV[7], 's ' .. ARGV[6] .. ' ' .. ARGV[1])
 return 'stored'
 ",

@@ -1,6 +1,43 @@
-//! Reading claims from a token's JSON payload.
+//! Claims: reading them from a token's JSON payload, and the authorization expressions that
+//! test them ([`ClaimsExpr`]).
 
+mod expr;
+
+pub use expr::{Check, ClaimsExpr, ExprError};
+
+use std::sync::Arc;
+
+use http::HeaderMap;
 use serde_json::{Map, Value};
+
+use super::{AuthError, headers};
+use crate::config::ClaimsPolicy;
+
+impl ClaimsPolicy {
+    /// Applies the policy to verified `claims`: the `claims` expression must hold (403
+    /// otherwise), then the claim headers replace caller-sent ones. Returns the user named by
+    /// `usernameClaim`. `None` claims (an opaque token) satisfy no expression.
+    pub fn enforce(
+        &self,
+        headers: &mut HeaderMap,
+        claims: Option<&Map<String, Value>>,
+        realm: &Arc<str>,
+    ) -> Result<Option<String>, AuthError> {
+        if let Some(expr) = &self.claims
+            && !claims.is_some_and(|c| expr.allows(c))
+        {
+            return Err(AuthError::InsufficientScope {
+                realm: Arc::clone(realm),
+            });
+        }
+        headers::forward_claims(headers, &self.forward_headers, claims);
+        Ok(self
+            .username_claim
+            .as_deref()
+            .and_then(|c| claims.and_then(|m| lookup(m, c)))
+            .and_then(as_text))
+    }
+}
 
 /// The claim at `path`; dots descend into objects (`realm.roles`), as in Traefik Hub.
 /// A claim whose own name contains a dot is found first by its full name.

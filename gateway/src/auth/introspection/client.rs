@@ -1,0 +1,126 @@
+//! The client side of an RFC 7662 introspection endpoint.
+
+use std::time::Duration;
+
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::{Map, Value};
+
+use crate::config::{EndpointAuth, IntrospectionConfig};
+use crate::token::idp::{basic_authorization, exchange};
+use crate::token::{AuthMethod, IdpClient, IdpError};
+
+/// One configured introspection endpoint, with its own connection pool (its TLS options are
+/// its own).
+pub struct IntrospectionClient {
+    http: reqwest::Client,
+    cfg: IntrospectionConfig,
+}
+
+/// What the endpoint said about a token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `"active": true`, with the whole response as claims.
+    Active(Map<String, Value>),
+    /// `"active": false`.
+    Inactive,
+}
+
+impl IntrospectionClient {
+    /// A client for `cfg`'s endpoint.
+    pub fn new(cfg: &IntrospectionConfig) -> reqwest::Result<Self> {
+        Ok(Self {
+            http: cfg.http.build()?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Asks about `token`, through the node's retries and the endpoint's circuit breaker.
+    pub async fn introspect(&self, idp: &IdpClient, token: &str) -> Result<Answer, IdpError> {
+        idp.call(self.cfg.url.as_str(), self.cfg.http.retries, || {
+            self.attempt(token)
+        })
+        .await
+    }
+
+    async fn attempt(&self, token: &str) -> Result<Answer, (IdpError, Option<Duration>)> {
+        let (req, body) = self.request(token);
+        let (status, body) = exchange(req.body(body)).await?;
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+            // The endpoint refuses *the gateway*: a configuration problem, not the caller's.
+            return Err((IdpError::InvalidClient, None));
+        }
+        if !status.is_success() {
+            return Err((
+                IdpError::Protocol(format!("introspection answered HTTP {}", status.as_u16())),
+                None,
+            ));
+        }
+        parse(&body).map_err(|e| (e, None))
+    }
+
+    /// The request (RFC 7662 §2.1): a form POST with `token` and the optional hint, the
+    /// configured headers and client authentication.
+    fn request(&self, token: &str) -> (reqwest::RequestBuilder, String) {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", token);
+        if let Some(hint) = &self.cfg.token_type_hint {
+            form.append_pair("token_type_hint", hint);
+        }
+        let mut req = self
+            .http
+            .post(self.cfg.url.clone())
+            .timeout(self.cfg.http.timeout)
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        for (name, value) in &self.cfg.headers {
+            req = req.header(name, value);
+        }
+        match &self.cfg.auth {
+            EndpointAuth::None => {}
+            EndpointAuth::Client {
+                method: AuthMethod::ClientSecretBasic,
+                client_id,
+                secret,
+            } => req = req.header(AUTHORIZATION, basic_authorization(client_id, secret.expose())),
+            EndpointAuth::Client {
+                method: AuthMethod::ClientSecretPost,
+                client_id,
+                secret,
+            } => {
+                form.append_pair("client_id", client_id);
+                form.append_pair("client_secret", secret.expose());
+            }
+            EndpointAuth::Bearer(t) => {
+                req = req.header(AUTHORIZATION, format!("Bearer {}", t.expose()));
+            }
+        }
+        (req, form.finish())
+    }
+}
+
+/// RFC 7662 §2.2: a JSON object whose `active` member is REQUIRED and boolean.
+fn parse(body: &[u8]) -> Result<Answer, IdpError> {
+    let obj: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|_| IdpError::Protocol("introspection response is not a JSON object".into()))?;
+    match obj.get("active") {
+        Some(Value::Bool(true)) => Ok(Answer::Active(obj)),
+        Some(Value::Bool(false)) => Ok(Answer::Inactive),
+        _ => Err(IdpError::Protocol(
+            "introspection response has no boolean \"active\"".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_must_be_a_boolean() {
+        assert!(matches!(parse(br#"{"active":true,"sub":"a"}"#), Ok(Answer::Active(c)) if c["sub"] == "a"));
+        assert_eq!(parse(br#"{"active":false}"#).unwrap(), Answer::Inactive);
+        for bad in [&br#"{"active":"true"}"#[..], br#"{"sub":"a"}"#, br#"[]"#, b"nope"] {
+            assert!(matches!(parse(bad), Err(IdpError::Protocol(_))));
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The `introspection` middleware (RFC 7662), after Traefik Hub's `oAuthIntrospection`.
+//!
+//! The caller's token is looked for where `tokenSource` says, its verdict taken from the cache
+//! or asked of the introspection endpoint, the `claims` expression checked against the answer,
+//! and the claim headers written. The token itself is removed before the upstream unless
+//! `forwardAuthorization` is set. A token the endpoint calls inactive, or whose `exp` has passed,
+//! gets 401 `invalid_token`; an endpoint that cannot be reached gets 503: never a silent allow.
+
+mod cache;
+pub mod client;
+
+use std::sync::Arc;
+
+use http::request::Parts;
+
+pub use cache::{CachePolicy, ResultCache, Verdict};
+pub use client::{Answer, IntrospectionClient};
+
+use super::bearer::{self, Found};
+use super::{Applied, AuthError};
+use crate::config::IntrospectionConfig;
+use crate::token::{IdpError, KeyDeriver, TokenCache};
+
+/// A configured `introspection` middleware.
+pub struct Introspection {
+    name: String,
+    cfg: IntrospectionConfig,
+    deriver: KeyDeriver,
+    realm: Arc<str>,
+    results: Arc<ResultCache>,
+}
+
+impl Introspection {
+    /// Builds the middleware named `name`.
+    pub fn new(
+        name: &str,
+        cfg: IntrospectionConfig,
+        tokens: &Arc<TokenCache>,
+    ) -> reqwest::Result<Self> {
+        let client = IntrospectionClient::new(&cfg)?;
+        let deriver = KeyDeriver::introspection(tokens.fleet(), &cfg.url, cfg.auth.client_id());
+        let policy = CachePolicy {
+            max_ttl: cfg.max_cache_ttl.as_millis() as u64,
+            inactive_ttl: cfg.inactive_cache_ttl.as_millis() as u64,
+        };
+        let results = ResultCache::new(Arc::clone(tokens), client, cfg.url.to_string(), policy);
+        Ok(Self {
+            name: name.to_owned(),
+            realm: Arc::from(cfg.realm.as_str()),
+            cfg,
+            deriver,
+            results,
+        })
+    }
+
+    /// Authorises a request by its bearer token.
+    pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
+        let (token, at) = match bearer::find(&self.cfg.token_source, parts) {
+            Found::Token(t, at) => (t, at),
+            Found::Malformed(_) => return Err(self.invalid("malformed token")),
+            Found::Nothing => {
+                return Err(AuthError::MissingToken {
+                    realm: Arc::clone(&self.realm),
+                });
+            }
+        };
+        let key = self.deriver.token(&token);
+        let verdict = self.results.verdict(key, &token).await.map_err(|e| {
+            match &e {
+                IdpError::InvalidClient => tracing::error!(middleware = %self.name, "introspection endpoint rejected the gateway's credentials"),
+                _ => tracing::warn!(middleware = %self.name, error = %e, "introspection failed"),
+            }
+            match e {
+                IdpError::Unavailable { retry_after, .. } => AuthError::Unavailable { retry_after },
+                _ => AuthError::Upstream,
+            }
+        })?;
+        let Some(claims) = &verdict.claims else {
+            return Err(self.invalid("the token is not active"));
+        };
+        if !self.cfg.forward_authorization {
+            bearer::remove(&self.cfg.token_source, parts, at);
+        }
+        let username = self
+            .cfg
+            .policy
+            .enforce(&mut parts.headers, Some(claims), &self.realm)?;
+        Ok(Applied {
+            username,
+            token: None,
+        })
+    }
+
+    fn invalid(&self, reason: &'static str) -> AuthError {
+        AuthError::InvalidToken {
+            realm: Arc::clone(&self.realm),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The verification keys of a `jwt` middleware: a JWKS fetched from a URL or found by OpenID
+//! Connect discovery, cached, refreshed in the background when old, and refetched at once when a
+//! token names an unknown `kid` — at most once per `jwksMinRefreshInterval`, so a caller sending
+//! random `kid`s cannot turn its requests into requests at the IdP.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use crate::config::{JwksSource, JwtConfig};
+use crate::token::idp::exchange;
+use crate::token::{IdpClient, IdpError};
+
+/// One usable key.
+pub struct VerifyingKey {
+    /// Its `kid`, if the set names it.
+    pub kid: Option<String>,
+    /// The key.
+    pub key: DecodingKey,
+    /// Algorithms it may verify: the allow-list, narrowed to the key's type and to its own
+    /// `alg` when the set states one.
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// A fetched key set.
+#[derive(Default)]
+pub struct KeySet {
+    /// The usable keys.
+    pub keys: Vec<VerifyingKey>,
+    /// When it was fetched; `None` before the first successful fetch.
+    pub fetched_at: Option<Instant>,
+}
+
+impl KeySet {
+    /// Keys that may verify a token with this `kid` and `alg`. A token without `kid` may be
+    /// verified by any key allowed for its algorithm.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a VerifyingKey> + 'a {
+        self.keys.iter().filter(move |k| {
+            k.algorithms.contains(&alg) && (kid.is_none() || k.kid.as_deref() == kid)
+        })
+    }
+}
+
+/// Why a fetch is wanted.
+#[derive(Debug, Clone, Copy)]
+pub enum Reason {
+    /// No set yet, or the set is old.
+    Refresh,
+    /// A token names a key the set, as of `seen`, does not have.
+    UnknownKid {
+        /// When the caller looked.
+        seen: Instant,
+    },
+}
+
+/// What a fetch for an unknown `kid` did.
+#[derive(Debug)]
+pub enum Refetch {
+    /// A newer set is in place (fetched now or by someone else meanwhile).
+    Fetched,
+    /// Too soon after the previous fetch: nothing was asked.
+    RateLimited,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    /// The discovered JWKS URL, once known.
+    jwks_uri: Option<Url>,
+}
+
+/// The keys of one middleware.
+pub struct Keys {
+    http: reqwest::Client,
+    cfg: JwtConfig,
+    current: RwLock<Arc<KeySet>>,
+    fetch: tokio::sync::Mutex<FetchState>,
+    refreshing: AtomicBool,
+    fetches: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl Keys {
+    /// Keys for `cfg`; nothing is fetched until asked.
+    pub fn new(cfg: &JwtConfig) -> reqwest::Result<Self> {
+        Ok(Self {
+            http: cfg.http.build()?,
+            cfg: cfg.clone(),
+            current: RwLock::new(Arc::new(KeySet::default())),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
+            refreshing: AtomicBool::new(false),
+            fetches: AtomicU64::new(0),
+        })
+    }
+
+    /// The current set (cheap: an `Arc` clone under a read lock never held across an await).
+    pub fn current(&self) -> Arc<KeySet> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether the set is older than `jwksRefreshInterval` and no refresh is running; marks a
+    /// refresh as running when it answers true.
+    pub fn claim_background_refresh(&self, set: &KeySet) -> bool {
+        set.fetched_at
+            .is_some_and(|t| t.elapsed() >= self.cfg.jwks_refresh_interval)
+            && !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Key-set fetches made so far (for tests and metrics).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Fetches the set. Concurrent callers wait for one fetch instead of making their own.
+    pub async fn fetch(&self, idp: &IdpClient, reason: Reason) -> Result<Refetch, IdpError> {
+        let mut state = self.fetch.lock().await;
+        let fetched_at = self.current().fetched_at;
+        match reason {
+            Reason::UnknownKid { seen } => {
+                if fetched_at.is_some_and(|t| t > seen) {
+                    return Ok(Refetch::Fetched);
+                }
+                if state
+                    .last_attempt
+                    .is_some_and(|t| t.elapsed() < self.cfg.jwks_min_refresh_interval)
+                {
+                    return Ok(Refetch::RateLimited);
+                }
+            }
+            Reason::Refresh => {}
+        }
+        state.last_attempt = Some(Instant::now());
+        let result = self.fetch_locked(idp, &mut state).await;
+        if matches!(reason, Reason::Refresh) {
+            self.refreshing.store(false, Ordering::Release);
+        }
+        let set = result?;
+        tracing::debug!(keys = set.keys.len(), "JWKS fetched");
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        Ok(Refetch::Fetched)
+    }
+
+    async fn fetch_locked(
+        &self,
+        idp: &IdpClient,
+        state: &mut FetchState,
+    ) -> Result<KeySet, IdpError> {
+        let url = match (&self.cfg.keys, &state.jwks_uri) {
+            (JwksSource::Url(u), _) | (JwksSource::Discovery(_), Some(u)) => u.clone(),
+            (JwksSource::Discovery(_), None) => {
+                let u = self.discover(idp).await?;
+                state.jwks_uri = Some(u.clone());
+                u
+            }
+        };
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let doc: Value = self.get_json(idp, &url).await?;
+        Ok(parse_set(&doc, &self.cfg.algorithms))
+    }
+
+    /// OpenID Connect Discovery 1.0 §4: the document's `issuer` must be the configured one.
+    async fn discover(&self, idp: &IdpClient) -> Result<Url, IdpError> {
+        let issuer = self.cfg.issuer.as_deref().unwrap_or_default();
+        let at: Url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        )
+        .parse()
+        .map_err(|_| IdpError::Protocol("issuer is not a URL base".into()))?;
+        let doc: Discovery = serde_json::from_value(self.get_json(idp, &at).await?)
+            .map_err(|_| IdpError::Protocol("discovery document lacks issuer or jwks_uri".into()))?;
+        if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(IdpError::Protocol(
+                "discovery document names another issuer".into(),
+            ));
+        }
+        doc.jwks_uri
+            .parse::<Url>()
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| IdpError::Protocol("jwks_uri is not an http(s) URL".into()))
+    }
+
+    async fn get_json(&self, idp: &IdpClient, url: &Url) -> Result<Value, IdpError> {
+        idp.call(url.as_str(), self.cfg.http.retries, || async {
+            let req = self
+                .http
+                .get(url.clone())
+                .timeout(self.cfg.http.timeout)
+                .header(http::header::ACCEPT, "application/json");
+            let (status, body) = exchange(req).await?;
+            if !status.is_success() {
+                return Err((
+                    IdpError::Protocol(format!("HTTP {} from {url}", status.as_u16())),
+                    None,
+                ));
+            }
+            serde_json::from_slice(&body)
+                .map_err(|_| (IdpError::Protocol(format!("{url} is not JSON")), None))
+        })
+        .await
+    }
+}
+
+/// The usable keys of a JWKS document (RFC 7517). Keys this gateway cannot or must not use are
+/// skipped one by one, so one exotic key does not hide the others: encryption keys, symmetric
+/// keys, keys whose type allows none of the accepted algorithms.
+pub fn parse_set(doc: &Value, allowed: &[Algorithm]) -> KeySet {
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| {
+            let jwk: Jwk = serde_json::from_value(v.clone()).ok()?;
+            if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+                return None;
+            }
+            let key = DecodingKey::from_jwk(&jwk).ok()?;
+            let family = key.family();
+            if family == jsonwebtoken::AlgorithmFamily::Hmac {
+                return None;
+            }
+            let stated = match jwk.common.key_algorithm {
+                Some(a) => Some(Algorithm::from_str(&a.to_string()).ok()?),
+                None => None,
+            };
+            let algorithms: Vec<Algorithm> = allowed
+                .iter()
+                .copied()
+                .filter(|a| a.family() == family && stated.is_none_or(|s| s == *a))
+                .collect();
+            (!algorithms.is_empty()).then_some(VerifyingKey {
+                kid: jwk.common.key_id,
+                key,
+                algorithms,
+            })
+        })
+        .collect();
+    KeySet {
+        keys,
+        fetched_at: Some(Instant::now()),
+    }
+}
+
+/// How long a caller is told to wait when keys cannot be fetched.
+pub const KEYS_RETRY_AFTER: Duration = Duration::from_secs(1);

@@ -1,0 +1,194 @@
+//! The `jwt` middleware: bearer JWTs validated locally against the issuer's published keys,
+//! with no IdP round trip per request.
+//!
+//! Checks, in order: the header parses; its `alg` is on the allow-list (asymmetric algorithms
+//! only, so `none` and the HS256-with-a-public-key confusion never verify); a key with the
+//! token's `kid` exists and may verify that `alg` (one rate-limited refetch when the `kid` is
+//! unknown); the signature; `exp` (required), `nbf`, `iss` and `aud`, with `leeway`; then the
+//! `claims` expression. Any failure is 401 `invalid_token`, an unsatisfied expression 403
+//! `insufficient_scope`, keys that cannot be fetched 503.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+pub use keys::{KeySet, Keys, Reason, Refetch};
+
+use super::bearer::{self, Found};
+use super::{Applied, AuthError};
+use crate::config::JwtConfig;
+use crate::token::{IdpError, TokenCache};
+
+/// A configured `jwt` middleware.
+pub struct Jwt {
+    name: String,
+    cfg: JwtConfig,
+    realm: Arc<str>,
+    keys: Arc<Keys>,
+    /// One prepared validation per accepted algorithm (jsonwebtoken wants every algorithm of
+    /// a validation to match the key's type, so they cannot share one).
+    validations: HashMap<Algorithm, Validation>,
+    tokens: Arc<TokenCache>,
+}
+
+impl Jwt {
+    /// Builds the middleware named `name`; its keys are fetched in the background at once.
+    pub fn new(name: &str, cfg: JwtConfig, tokens: &Arc<TokenCache>) -> reqwest::Result<Self> {
+        let keys = Arc::new(Keys::new(&cfg)?);
+        let validations = cfg
+            .algorithms
+            .iter()
+            .map(|alg| (*alg, validation(&cfg, *alg)))
+            .collect();
+        let jwt = Self {
+            name: name.to_owned(),
+            realm: Arc::from(cfg.realm.as_str()),
+            cfg,
+            keys,
+            validations,
+            tokens: Arc::clone(tokens),
+        };
+        jwt.refresh_in_background();
+        Ok(jwt)
+    }
+
+    /// The middleware's keys.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    /// Authorises a request by its bearer JWT.
+    pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
+        let (token, at) = match bearer::find(&self.cfg.token_source, parts) {
+            Found::Token(t, at) => (t, at),
+            Found::Malformed(_) => return Err(self.invalid("malformed token")),
+            Found::Nothing => {
+                return Err(AuthError::MissingToken {
+                    realm: Arc::clone(&self.realm),
+                });
+            }
+        };
+        let claims = self.verify(&token).await?;
+        if !self.cfg.forward_authorization {
+            bearer::remove(&self.cfg.token_source, parts, at);
+        }
+        let username = self
+            .cfg
+            .policy
+            .enforce(&mut parts.headers, Some(&claims), &self.realm)?;
+        Ok(Applied {
+            username,
+            token: None,
+        })
+    }
+
+    /// Verifies `token` and returns its claims.
+    pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| self.invalid("malformed token"))?;
+        let Some(validation) = self.validations.get(&header.alg) else {
+            return Err(self.invalid("signature algorithm not accepted"));
+        };
+        let kid = header.kid.as_deref();
+        let mut set = self.keys.current();
+        if set.fetched_at.is_none() {
+            self.keys
+                .fetch(self.tokens.idp(), Reason::Refresh)
+                .await
+                .map_err(|e| self.unavailable(&e))?;
+            set = self.keys.current();
+        } else if self.keys.claim_background_refresh(&set) {
+            self.refresh_in_background();
+        }
+        if set.candidates(kid, header.alg).next().is_none() {
+            let seen = Instant::now();
+            match self
+                .keys
+                .fetch(self.tokens.idp(), Reason::UnknownKid { seen })
+                .await
+            {
+                Ok(Refetch::Fetched) => set = self.keys.current(),
+                Ok(Refetch::RateLimited) => {}
+                Err(e) => return Err(self.unavailable(&e)),
+            }
+        }
+        let mut outcome = Err(self.invalid("no trusted key matches the token"));
+        for k in set.candidates(kid, header.alg) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, validation) {
+                Ok(data) => return Ok(data.claims),
+                // Another key without a `kid` may still verify it.
+                Err(e) if *e.kind() == ErrorKind::InvalidSignature && kid.is_none() => {
+                    outcome = Err(self.invalid(reason(e.kind())));
+                }
+                Err(e) => return Err(self.invalid(reason(e.kind()))),
+            }
+        }
+        outcome
+    }
+
+    fn refresh_in_background(&self) {
+        let keys = Arc::clone(&self.keys);
+        let tokens = Arc::clone(&self.tokens);
+        let name = self.name.clone();
+        self.tokens.tasks().spawn(async move {
+            if let Err(error) = keys.fetch(tokens.idp(), Reason::Refresh).await {
+                tracing::warn!(middleware = %name, %error, "cannot fetch the JWKS; keeping the keys we have");
+            }
+        });
+    }
+
+    fn invalid(&self, reason: &'static str) -> AuthError {
+        AuthError::InvalidToken {
+            realm: Arc::clone(&self.realm),
+            reason,
+        }
+    }
+
+    fn unavailable(&self, e: &IdpError) -> AuthError {
+        tracing::warn!(middleware = %self.name, error = %e, "cannot fetch the JWKS");
+        AuthError::Unavailable {
+            retry_after: keys::KEYS_RETRY_AFTER,
+        }
+    }
+}
+
+/// The validation for one algorithm: `exp` required, `iss`/`aud` when configured.
+fn validation(cfg: &JwtConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = cfg.leeway.as_secs();
+    v.validate_nbf = true;
+    let mut required = vec!["exp"];
+    if let Some(iss) = &cfg.issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    if cfg.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&cfg.audience);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// A caller-safe description of a validation failure.
+fn reason(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "the token has expired",
+        ErrorKind::ImmatureSignature => "the token is not valid yet",
+        ErrorKind::InvalidIssuer => "the token has another issuer",
+        ErrorKind::InvalidAudience => "the token is for another audience",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+        ErrorKind::InvalidAlgorithm => "signature algorithm not accepted",
+        _ => "malformed token",
+    }
+}

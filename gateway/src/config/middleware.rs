@@ -1,0 +1,763 @@
+//! The `middlewares` section: each kind's options, validated into typed values (claims
+//! expressions compiled, secrets resolved, TLS files read) with every problem named by its key
+//! path.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use url::Url;
+
+use super::raw::{
+    RawClientCredentials, RawEndpointAuth, RawHttpClient, RawIntrospection, RawJwt,
+    RawMiddleware, RawTls, RawTokenSource, StringOrList,
+};
+use super::validate::Issues;
+use super::{
+    DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_TOKEN_LIFETIME,
+    Secret,
+};
+use crate::auth::claims::ClaimsExpr;
+use crate::token::AuthMethod;
+
+/// Upper bound on reusing an active introspection result: a token revoked at the IdP is still
+/// accepted for at most this long. Half a minute keeps the IdP off the hot path without making
+/// revocation meaningless.
+pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long an inactive (or unknown) token's result is remembered: long enough that a client
+/// retrying with a bad token is not a flood at the IdP, short enough not to matter otherwise.
+pub const DEFAULT_INACTIVE_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Clock skew tolerated on `exp`/`nbf`/`iat`: NTP-synchronised hosts differ by far less.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+/// A key set is fetched again after this long, so keys the IdP retires stop being accepted.
+pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Least time between two key-set fetches caused by unknown `kid`s: a caller sending random
+/// `kid`s costs the IdP at most one request per this interval per node.
+pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Realm announced in challenges when none is configured.
+pub const DEFAULT_REALM: &str = "tokengate";
+
+/// A configured middleware.
+#[derive(Debug, Clone)]
+pub enum MiddlewareConfig {
+    /// OAuth2 client credentials (RFC 6749 §4.4).
+    ClientCredentials(ClientCredentialsConfig),
+    /// Token introspection (RFC 7662).
+    Introspection(IntrospectionConfig),
+    /// Local JWT validation.
+    Jwt(JwtConfig),
+}
+
+/// What a middleware does with verified claims; the same options on every middleware.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimsPolicy {
+    /// Authorization expression; `None` allows every verified caller.
+    pub claims: Option<ClaimsExpr>,
+    /// Header -> claim, replacing caller-sent headers of the same name.
+    pub forward_headers: Vec<(HeaderName, String)>,
+    /// Claim naming the user in the access log.
+    pub username_claim: Option<String>,
+}
+
+/// The `clientCredentials` middleware, validated.
+#[derive(Debug, Clone)]
+pub struct ClientCredentialsConfig {
+    /// The IdP token endpoint.
+    pub token_url: Url,
+    /// Gateway-level credentials; `None` = application level (the caller's Basic credentials).
+    pub credentials: Option<(String, Secret)>,
+    /// How the gateway authenticates at the token endpoint.
+    pub auth_method: AuthMethod,
+    /// Sent as `audience`.
+    pub audience: Option<String>,
+    /// Sent as `scope`, sorted and deduplicated.
+    pub scopes: Vec<String>,
+    /// Extra form parameters, sorted by name.
+    pub endpoint_params: Vec<(String, String)>,
+    /// Claims checks and forwarding, applied to the claims of the token obtained.
+    pub policy: ClaimsPolicy,
+    /// Lifetime assumed when the IdP states none.
+    pub default_token_lifetime: Duration,
+    /// Realm of the `Basic` challenge.
+    pub realm: String,
+    /// How long `invalid_client` is remembered.
+    pub negative_cache_ttl: Duration,
+    /// One IdP attempt's timeout.
+    pub idp_timeout: Duration,
+    /// IdP retries after the first attempt.
+    pub idp_retries: u32,
+}
+
+/// Where a caller's bearer token is looked for, in this order: header, query, cookie.
+#[derive(Debug, Clone)]
+pub struct TokenSource {
+    /// A header, and the scheme that must precede the token in it (`None`: the whole value).
+    pub header: Option<(HeaderName, Option<String>)>,
+    /// A query parameter.
+    pub query: Option<String>,
+    /// A cookie.
+    pub cookie: Option<String>,
+}
+
+impl Default for TokenSource {
+    /// RFC 6750 §2.1: `Authorization: Bearer <token>`.
+    fn default() -> Self {
+        Self {
+            header: Some((http::header::AUTHORIZATION, Some("Bearer".into()))),
+            query: None,
+            cookie: None,
+        }
+    }
+}
+
+/// TLS options of an HTTP client, with the files already read and parsed.
+#[derive(Debug, Clone, Default)]
+pub struct HttpTls {
+    /// Extra trusted CA certificates (added to the system roots).
+    pub ca: Vec<reqwest::Certificate>,
+    /// Client certificate and key (mutual TLS).
+    pub identity: Option<reqwest::Identity>,
+    /// Skip server verification. For tests only.
+    pub insecure_skip_verify: bool,
+}
+
+/// An HTTP client towards an IdP endpoint.
+#[derive(Debug, Clone)]
+pub struct HttpClientConfig {
+    /// One attempt's timeout.
+    pub timeout: Duration,
+    /// Retries after the first attempt (transport errors, 5xx, 429).
+    pub retries: u32,
+    /// TLS options.
+    pub tls: HttpTls,
+}
+
+impl HttpClientConfig {
+    /// Builds the client. Fails only on TLS material the TLS library rejects at build time.
+    pub fn build(&self) -> reqwest::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .danger_accept_invalid_certs(self.tls.insecure_skip_verify);
+        for ca in &self.tls.ca {
+            b = b.add_root_certificate(ca.clone());
+        }
+        if let Some(id) = &self.tls.identity {
+            b = b.identity(id.clone());
+        }
+        b.build()
+    }
+}
+
+/// How the gateway authenticates at an endpoint it calls.
+#[derive(Debug, Clone)]
+pub enum EndpointAuth {
+    /// No authentication.
+    None,
+    /// Client id and secret, by `client_secret_basic` or `client_secret_post`.
+    Client {
+        /// Basic or post.
+        method: AuthMethod,
+        /// The client id.
+        client_id: String,
+        /// The client secret.
+        secret: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+}
+
+impl EndpointAuth {
+    /// The client id, if any (not a secret): part of the introspection cache key.
+    pub fn client_id(&self) -> &str {
+        match self {
+            Self::Client { client_id, .. } => client_id,
+            Self::None | Self::Bearer(_) => "",
+        }
+    }
+}
+
+/// The `introspection` middleware, validated.
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    /// Where the caller's token is.
+    pub token_source: TokenSource,
+    /// The introspection endpoint.
+    pub url: Url,
+    /// How the gateway authenticates there.
+    pub auth: EndpointAuth,
+    /// Extra request headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// RFC 7662 `token_type_hint`.
+    pub token_type_hint: Option<String>,
+    /// HTTP client options.
+    pub http: HttpClientConfig,
+    /// Keep the caller's token on the upstream request.
+    pub forward_authorization: bool,
+    /// Claims checks and forwarding, applied to the introspection response.
+    pub policy: ClaimsPolicy,
+    /// Upper bound on reusing an active result (never past `exp`).
+    pub max_cache_ttl: Duration,
+    /// How long an inactive result is remembered.
+    pub inactive_cache_ttl: Duration,
+    /// `Bearer` realm.
+    pub realm: String,
+}
+
+/// Where a `jwt` middleware finds its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS document.
+    Url(Url),
+    /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` names the JWKS.
+    Discovery(Url),
+}
+
+/// The `jwt` middleware, validated.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Where the caller's token is.
+    pub token_source: TokenSource,
+    /// Where the keys are.
+    pub keys: JwksSource,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Accepted audiences; empty: `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Accepted algorithms (asymmetric only).
+    pub algorithms: Vec<Algorithm>,
+    /// Tolerated clock skew.
+    pub leeway: Duration,
+    /// Keep the caller's token on the upstream request.
+    pub forward_authorization: bool,
+    /// Claims checks and forwarding.
+    pub policy: ClaimsPolicy,
+    /// Maximum age of the cached key set.
+    pub jwks_refresh_interval: Duration,
+    /// Least time between fetches caused by unknown `kid`s.
+    pub jwks_min_refresh_interval: Duration,
+    /// HTTP client for key fetches.
+    pub http: HttpClientConfig,
+    /// `Bearer` realm.
+    pub realm: String,
+}
+
+/// Algorithms accepted when none are configured: every asymmetric one. Symmetric (HS*) ones
+/// are never accepted: a published key set holds public keys, and an HMAC "verified" with a
+/// public key proves nothing (the RS256/HS256 confusion attack).
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Validates one named middleware.
+pub(super) fn middleware(
+    issues: &mut Issues,
+    name: &str,
+    m: RawMiddleware,
+) -> Option<MiddlewareConfig> {
+    let base = format!("middlewares.{name}");
+    match m {
+        RawMiddleware {
+            client_credentials: Some(cc),
+            introspection: None,
+            jwt: None,
+        } => client_credentials(issues, &format!("{base}.clientCredentials"), cc)
+            .map(MiddlewareConfig::ClientCredentials),
+        RawMiddleware {
+            client_credentials: None,
+            introspection: Some(i),
+            jwt: None,
+        } => introspection(issues, &format!("{base}.introspection"), i)
+            .map(MiddlewareConfig::Introspection),
+        RawMiddleware {
+            client_credentials: None,
+            introspection: None,
+            jwt: Some(j),
+        } => jwt(issues, &format!("{base}.jwt"), j).map(MiddlewareConfig::Jwt),
+        RawMiddleware {
+            client_credentials: None,
+            introspection: None,
+            jwt: None,
+        } => {
+            issues.push(
+                base,
+                "names no middleware kind (expected clientCredentials, introspection or jwt)",
+            );
+            None
+        }
+        _ => {
+            issues.push(base, "names more than one middleware kind; declare one per name");
+            None
+        }
+    }
+}
+
+fn client_credentials(
+    issues: &mut Issues,
+    path: &str,
+    cc: RawClientCredentials,
+) -> Option<ClientCredentialsConfig> {
+    let before = issues.0.len();
+    let token_url = issues.http_url(&format!("{path}.url"), &cc.url);
+    let credentials = match (cc.client_id, cc.client_secret) {
+        (None, None) => None,
+        (Some(id), Some(secret)) => {
+            if id.is_empty() {
+                issues.push(format!("{path}.clientId"), "is empty");
+            }
+            issues
+                .secret(&format!("{path}.clientSecret"), &secret)
+                .map(|s| (id, s))
+        }
+        (Some(_), None) => {
+            issues.push(
+                format!("{path}.clientSecret"),
+                "is required when clientId is set",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            issues.push(
+                format!("{path}.clientId"),
+                "is required when clientSecret is set",
+            );
+            None
+        }
+    };
+    let auth_method = match cc.auth_method.as_deref() {
+        None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
+        Some("client_secret_post") => AuthMethod::ClientSecretPost,
+        Some(other) => {
+            issues.push(
+                format!("{path}.authMethod"),
+                format!("must be client_secret_basic or client_secret_post, not {other:?}"),
+            );
+            AuthMethod::ClientSecretBasic
+        }
+    };
+    let mut scopes = cc.scopes;
+    for (i, s) in scopes.iter().enumerate() {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+        {
+            issues.push(
+                format!("{path}.scopes[{i}]"),
+                "not a valid scope token (RFC 6749 §3.3)",
+            );
+        }
+    }
+    scopes.sort();
+    scopes.dedup();
+    let mut endpoint_params = Vec::new();
+    for (k, v) in cc.endpoint_params {
+        if matches!(
+            k.as_str(),
+            "grant_type" | "client_id" | "client_secret" | "scope" | "audience"
+        ) {
+            issues.push(
+                format!("{path}.endpointParams.{k}"),
+                "is set by the middleware itself; use the dedicated option",
+            );
+        }
+        match v {
+            StringOrList::One(v) => endpoint_params.push((k, v)),
+            StringOrList::Many(vs) => {
+                endpoint_params.extend(vs.into_iter().map(|v| (k.clone(), v)))
+            }
+        }
+    }
+    endpoint_params.sort();
+    let policy = policy(
+        issues,
+        path,
+        cc.claims,
+        cc.forward_headers,
+        cc.username_claim,
+    );
+    let default_token_lifetime = cc.default_token_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    if default_token_lifetime.as_secs() < 1 {
+        issues.push(
+            format!("{path}.defaultTokenLifetime"),
+            "must be at least 1s",
+        );
+    }
+    let realm = realm(issues, path, cc.realm);
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(ClientCredentialsConfig {
+        token_url: token_url?,
+        credentials,
+        auth_method,
+        audience: cc.audience,
+        scopes,
+        endpoint_params,
+        policy,
+        default_token_lifetime,
+        realm,
+        negative_cache_ttl: cc.negative_cache_ttl.unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL),
+        idp_timeout: cc.client_config.timeout.unwrap_or(DEFAULT_IDP_TIMEOUT),
+        idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
+    })
+}
+
+fn introspection(
+    issues: &mut Issues,
+    path: &str,
+    i: RawIntrospection,
+) -> Option<IntrospectionConfig> {
+    let before = issues.0.len();
+    let token_source = token_source(issues, path, i.token_source);
+    let cc = i.client_config;
+    let cpath = format!("{path}.clientConfig");
+    let url = issues.http_url(&format!("{cpath}.url"), &cc.url);
+    let auth = match cc.auth {
+        None => EndpointAuth::None,
+        Some(a) => endpoint_auth(issues, &format!("{cpath}.auth"), a),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in cc.headers {
+        let hpath = format!("{cpath}.headers.{name}");
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::try_from(value),
+        ) {
+            (Ok(n), Ok(v)) if !is_reserved_header(&n) && n != http::header::CONTENT_TYPE => {
+                headers.push((n, v));
+            }
+            (Ok(_), Ok(_)) => issues.push(hpath, "is managed by the gateway"),
+            (Err(_), _) => issues.push(hpath, "not a valid header name"),
+            (_, Err(_)) => issues.push(hpath, "not a valid header value"),
+        }
+    }
+    if let Some(hint) = &cc.token_type_hint
+        && (hint.is_empty() || hint.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        issues.push(
+            format!("{cpath}.tokenTypeHint"),
+            "must be a token type such as access_token",
+        );
+    }
+    let http = http_client(issues, &cpath, cc.timeout, cc.retries, cc.tls);
+    let policy = policy(issues, path, i.claims, i.forward_headers, i.username_claim);
+    let realm = realm(issues, path, i.realm);
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(IntrospectionConfig {
+        token_source,
+        url: url?,
+        auth,
+        headers,
+        token_type_hint: cc.token_type_hint,
+        http,
+        forward_authorization: i.forward_authorization,
+        policy,
+        max_cache_ttl: i.max_cache_ttl.unwrap_or(DEFAULT_MAX_CACHE_TTL),
+        inactive_cache_ttl: i.inactive_cache_ttl.unwrap_or(DEFAULT_INACTIVE_CACHE_TTL),
+        realm,
+    })
+}
+
+fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
+    let before = issues.0.len();
+    let token_source = token_source(issues, path, j.token_source);
+    let keys = match (&j.jwks_url, &j.issuer) {
+        (Some(u), _) => issues
+            .http_url(&format!("{path}.jwksUrl"), u)
+            .map(JwksSource::Url),
+        (None, Some(iss)) => issues
+            .http_url(&format!("{path}.issuer"), iss)
+            .map(JwksSource::Discovery),
+        (None, None) => {
+            issues.push(
+                path,
+                "needs jwksUrl, or issuer (keys found by OpenID Connect discovery)",
+            );
+            None
+        }
+    };
+    let audience = match j.audience {
+        None => Vec::new(),
+        Some(StringOrList::One(a)) => vec![a],
+        Some(StringOrList::Many(a)) => a,
+    };
+    let algorithms = match j.algorithms {
+        None => ASYMMETRIC.to_vec(),
+        Some(names) => {
+            if names.is_empty() {
+                issues.push(format!("{path}.algorithms"), "must name at least one");
+            }
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    let p = format!("{path}.algorithms[{i}]");
+                    match n.parse::<Algorithm>() {
+                        Ok(a) if ASYMMETRIC.contains(&a) => Some(a),
+                        Ok(_) => {
+                            issues.push(
+                                p,
+                                "symmetric (HS*) algorithms are not accepted: keys come from a public key set",
+                            );
+                            None
+                        }
+                        Err(_) => {
+                            issues.push(p, format!("unknown algorithm {n:?}"));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        }
+    };
+    let http = match j.client_config {
+        None => http_client(issues, path, None, None, None),
+        Some(RawHttpClient {
+            timeout,
+            retries,
+            tls,
+        }) => http_client(issues, &format!("{path}.clientConfig"), timeout, retries, tls),
+    };
+    let jwks_min_refresh_interval = j
+        .jwks_min_refresh_interval
+        .unwrap_or(DEFAULT_JWKS_MIN_REFRESH_INTERVAL);
+    let jwks_refresh_interval = j
+        .jwks_refresh_interval
+        .unwrap_or(DEFAULT_JWKS_REFRESH_INTERVAL);
+    if jwks_refresh_interval < jwks_min_refresh_interval {
+        issues.push(
+            format!("{path}.jwksRefreshInterval"),
+            "must be at least jwksMinRefreshInterval",
+        );
+    }
+    let policy = policy(issues, path, j.claims, j.forward_headers, j.username_claim);
+    let realm = realm(issues, path, j.realm);
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(JwtConfig {
+        token_source,
+        keys: keys?,
+        issuer: j.issuer,
+        audience,
+        algorithms,
+        leeway: j.leeway.unwrap_or(DEFAULT_LEEWAY),
+        forward_authorization: j.forward_authorization,
+        policy,
+        jwks_refresh_interval,
+        jwks_min_refresh_interval,
+        http,
+        realm,
+    })
+}
+
+fn policy(
+    issues: &mut Issues,
+    path: &str,
+    claims: Option<String>,
+    forward: BTreeMap<String, String>,
+    username_claim: Option<String>,
+) -> ClaimsPolicy {
+    let claims = claims.and_then(|text| {
+        ClaimsExpr::parse(&text)
+            .map_err(|e| issues.push(format!("{path}.claims"), e.to_string()))
+            .ok()
+    });
+    let mut forward_headers = Vec::new();
+    for (header, claim) in forward {
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) if !is_reserved_header(&h) => forward_headers.push((h, claim)),
+            Ok(_) => issues.push(
+                format!("{path}.forwardHeaders.{header}"),
+                "cannot be set from a claim (it is managed by the gateway)",
+            ),
+            Err(_) => issues.push(
+                format!("{path}.forwardHeaders.{header}"),
+                "not a valid header name",
+            ),
+        }
+    }
+    ClaimsPolicy {
+        claims,
+        forward_headers,
+        username_claim,
+    }
+}
+
+fn token_source(issues: &mut Issues, path: &str, raw: Option<RawTokenSource>) -> TokenSource {
+    let Some(raw) = raw else {
+        return TokenSource::default();
+    };
+    let path = format!("{path}.tokenSource");
+    if raw.header.is_none() && raw.query.is_none() && raw.cookie.is_none() {
+        issues.push(&path, "names no source (expected header, query or cookie)");
+    }
+    if raw.header.is_none() && raw.header_auth_scheme.is_some() {
+        issues.push(format!("{path}.headerAuthScheme"), "needs header");
+    }
+    let header = raw.header.and_then(|h| {
+        HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| issues.push(format!("{path}.header"), "not a valid header name"))
+            .ok()
+    });
+    if let Some(scheme) = &raw.header_auth_scheme
+        && (scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "-._~+/".contains(c)))
+    {
+        issues.push(
+            format!("{path}.headerAuthScheme"),
+            "must be an auth scheme such as Bearer",
+        );
+    }
+    for (name, value) in [("query", &raw.query), ("cookie", &raw.cookie)] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            issues.push(format!("{path}.{name}"), "is empty");
+        }
+    }
+    TokenSource {
+        header: header.map(|h| (h, raw.header_auth_scheme)),
+        query: raw.query,
+        cookie: raw.cookie,
+    }
+}
+
+fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> EndpointAuth {
+    let client = |issues: &mut Issues, method| match (a.client_id.clone(), &a.client_secret) {
+        (Some(id), Some(s)) if !id.is_empty() => issues
+            .secret(&format!("{path}.clientSecret"), s)
+            .map_or(EndpointAuth::None, |secret| EndpointAuth::Client {
+                method,
+                client_id: id,
+                secret,
+            }),
+        _ => {
+            issues.push(path, format!("kind {} needs clientId and clientSecret", a.kind));
+            EndpointAuth::None
+        }
+    };
+    match a.kind.as_str() {
+        "Basic" => client(issues, AuthMethod::ClientSecretBasic),
+        "Post" => client(issues, AuthMethod::ClientSecretPost),
+        "Bearer" => match &a.token {
+            Some(t) => issues
+                .secret(&format!("{path}.token"), t)
+                .map_or(EndpointAuth::None, EndpointAuth::Bearer),
+            None => {
+                issues.push(path, "kind Bearer needs token");
+                EndpointAuth::None
+            }
+        },
+        other => {
+            issues.push(
+                format!("{path}.kind"),
+                format!("must be Basic, Post or Bearer, not {other:?}"),
+            );
+            EndpointAuth::None
+        }
+    }
+}
+
+fn http_client(
+    issues: &mut Issues,
+    path: &str,
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+    tls: Option<RawTls>,
+) -> HttpClientConfig {
+    let timeout = timeout.unwrap_or(DEFAULT_IDP_TIMEOUT);
+    if timeout.is_zero() {
+        issues.push(format!("{path}.timeout"), "must be greater than zero");
+    }
+    HttpClientConfig {
+        timeout,
+        retries: retries.unwrap_or(DEFAULT_IDP_RETRIES),
+        tls: tls.map_or_else(HttpTls::default, |t| http_tls(issues, &format!("{path}.tls"), t)),
+    }
+}
+
+fn http_tls(issues: &mut Issues, path: &str, t: RawTls) -> HttpTls {
+    let mut read = |key: &str, file: &Option<String>| {
+        file.as_ref().and_then(|f| {
+            std::fs::read(f)
+                .map_err(|e| issues.push(format!("{path}.{key}"), format!("cannot read {f}: {e}")))
+                .ok()
+        })
+    };
+    let ca = read("caFile", &t.ca_file);
+    let cert = read("certFile", &t.cert_file);
+    let key = read("keyFile", &t.key_file);
+    let ca = ca.map_or_else(Vec::new, |pem| {
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => certs,
+            _ => {
+                issues.push(format!("{path}.caFile"), "holds no PEM certificate");
+                Vec::new()
+            }
+        }
+    });
+    let identity = match (t.cert_file.is_some(), t.key_file.is_some()) {
+        (false, false) => None,
+        (true, true) => {
+            let (Some(mut pem), Some(key)) = (cert, key) else {
+                return HttpTls::default();
+            };
+            pem.push(b'\n');
+            pem.extend_from_slice(&key);
+            reqwest::Identity::from_pem(&pem)
+                .map_err(|_| {
+                    issues.push(
+                        format!("{path}.certFile"),
+                        "certificate and key do not form a PEM identity",
+                    )
+                })
+                .ok()
+        }
+        _ => {
+            issues.push(path, "certFile and keyFile go together");
+            None
+        }
+    };
+    HttpTls {
+        ca,
+        identity,
+        insecure_skip_verify: t.insecure_skip_verify,
+    }
+}
+
+fn realm(issues: &mut Issues, path: &str, realm: Option<String>) -> String {
+    let realm = realm.unwrap_or_else(|| DEFAULT_REALM.into());
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        issues.push(
+            format!("{path}.realm"),
+            "must not contain quotes, backslashes or control characters",
+        );
+    }
+    realm
+}
+
+/// Headers that a claim must never set: the gateway owns them.
+fn is_reserved_header(h: &HeaderName) -> bool {
+    use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+    [
+        AUTHORIZATION,
+        HOST,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+    ]
+    .contains(h)
+        || h.as_str().starts_with("x-forwarded-")
+}
