@@ -1,10 +1,16 @@
 //! A fake OAuth2 identity provider.
 //!
-//! `POST /token` implements the client credentials grant of RFC 6749 §4.4 with both client
-//! authentication methods of §2.3.1 (`client_secret_basic`, with form-urlencoded id and secret,
-//! and `client_secret_post`), and answers errors as §5.2 says. Tokens are RS256 JWTs whose keys
-//! are published at `GET /jwks`. Tests steer it: token lifetime, latency, failure modes, and
-//! they read per-client counters and every request it received (secrets left out).
+//! - `POST /token` implements the client credentials grant of RFC 6749 §4.4 with both client
+//!   authentication methods of §2.3.1 (`client_secret_basic`, with form-urlencoded id and
+//!   secret, and `client_secret_post`), and answers errors as §5.2 says. Tokens are JWTs (RS256
+//!   until [`FakeIdp::rotate_key`] switches to ES256) or opaque strings.
+//! - `POST /introspect` is RFC 7662 token introspection for registered clients (Basic or post)
+//!   or a configured bearer token: JWTs it signed and opaque tokens it issued or was told about
+//!   are active until they expire or are revoked.
+//! - `GET /jwks` publishes the keys; `GET /.well-known/openid-configuration` is OIDC discovery.
+//!
+//! Tests steer it: token lifetime, latency, failure modes, key rotation, revocation, and they
+//! read per-client counters and every request it received (secrets left out).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +33,10 @@ use crate::serve;
 /// The test-only RSA key the fake IdP signs with. Never use it for anything else.
 const SIGNING_KEY_PEM: &str = include_str!("idp-test-key.pem");
 const KID: &str = "fake-idp-1";
+/// The test-only P-256 key [`FakeIdp::rotate_key`] switches to.
+const EC_KEY_PEM: &str = include_str!("idp-test-key-ec.pem");
+/// Its key id.
+pub const EC_KID: &str = "fake-idp-ec-1";
 
 /// How the IdP behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +72,43 @@ struct State {
     seen: Mutex<Vec<SeenRequest>>,
     jti: AtomicU64,
     key: EncodingKey,
+    ec_key: EncodingKey,
+    rotated: AtomicBool,
     issuer: Mutex<String>,
+    /// Opaque tokens and the claims introspection reports for them.
+    opaque_claims: Mutex<HashMap<String, Value>>,
+    revoked: Mutex<Vec<String>>,
+    introspection_bearer: Mutex<Option<String>>,
+    introspections: AtomicU64,
+    introspection_seen: Mutex<Vec<SeenRequest>>,
+    jwks_fetches: AtomicU64,
+}
+
+impl State {
+    /// The current signing key, its algorithm and key id.
+    fn signer(&self) -> (&EncodingKey, Algorithm, &'static str) {
+        if self.rotated.load(Ordering::Relaxed) {
+            (&self.ec_key, Algorithm::ES256, EC_KID)
+        } else {
+            (&self.key, Algorithm::RS256, KID)
+        }
+    }
+
+    /// The published keys: the RSA key, and the EC key once rotated to.
+    fn jwks(&self) -> Value {
+        let mut keys = Vec::new();
+        let mut push = |key: &EncodingKey, alg, kid: &str| {
+            if let Ok(mut jwk) = jsonwebtoken::jwk::Jwk::from_encoding_key(key, alg) {
+                jwk.common.key_id = Some(kid.into());
+                keys.push(jwk);
+            }
+        };
+        push(&self.key, Algorithm::RS256, KID);
+        if self.rotated.load(Ordering::Relaxed) {
+            push(&self.ec_key, Algorithm::ES256, EC_KID);
+        }
+        json!({ "keys": keys })
+    }
 }
 
 /// A running fake IdP on a loopback port. Stops when dropped.
@@ -100,7 +146,15 @@ impl FakeIdp {
             seen: Mutex::new(Vec::new()),
             jti: AtomicU64::new(0),
             key: EncodingKey::from_rsa_pem(SIGNING_KEY_PEM.as_bytes()).expect("test key parses"),
+            ec_key: EncodingKey::from_ec_pem(EC_KEY_PEM.as_bytes()).expect("test key parses"),
+            rotated: AtomicBool::new(false),
             issuer: Mutex::new(String::new()),
+            opaque_claims: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Vec::new()),
+            introspection_bearer: Mutex::new(None),
+            introspections: AtomicU64::new(0),
+            introspection_seen: Mutex::new(Vec::new()),
+            jwks_fetches: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let s = Arc::clone(&state);
@@ -121,6 +175,74 @@ impl FakeIdp {
     /// The JWKS URL.
     pub fn jwks_url(&self) -> String {
         format!("http://{}/jwks", self.addr)
+    }
+
+    /// The introspection endpoint URL.
+    pub fn introspection_url(&self) -> String {
+        format!("http://{}/introspect", self.addr)
+    }
+
+    /// The issuer identifier (`iss` of its tokens; the OIDC discovery base).
+    pub fn issuer(&self) -> String {
+        self.state.issuer.lock().unwrap().clone()
+    }
+
+    /// Switches signing to a new ES256 key (`kid` [`EC_KID`]), published beside the old one.
+    pub fn rotate_key(&self) {
+        self.state.rotated.store(true, Ordering::Relaxed);
+    }
+
+    /// Signs `claims` with the current key, as an access token of this IdP.
+    pub fn mint(&self, claims: &Value) -> String {
+        let (key, alg, kid) = self.state.signer();
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, key).expect("signing works")
+    }
+
+    /// Signs `claims` under a header of the caller's choosing, with whichever of the IdP's keys
+    /// matches `header.alg` (RS* or ES256): for tokens with unknown `kid`s and the like.
+    pub fn sign(&self, header: &Header, claims: &Value) -> String {
+        let key = match header.alg {
+            Algorithm::ES256 => &self.state.ec_key,
+            _ => &self.state.key,
+        };
+        jsonwebtoken::encode(header, claims, key).expect("signing works")
+    }
+
+    /// Makes introspection report `claims` (plus `"active": true`) for the opaque `token`.
+    pub fn register_opaque(&self, token: &str, claims: Value) {
+        self.state
+            .opaque_claims
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), claims);
+    }
+
+    /// Makes introspection report `token` inactive from now on.
+    pub fn revoke(&self, token: &str) {
+        self.state.revoked.lock().unwrap().push(token.to_owned());
+    }
+
+    /// Lets callers presenting `Authorization: Bearer <token>` introspect.
+    pub fn allow_introspection_bearer(&self, token: &str) {
+        *self.state.introspection_bearer.lock().unwrap() = Some(token.to_owned());
+    }
+
+    /// Introspection requests received.
+    pub fn introspections(&self) -> u64 {
+        self.state.introspections.load(Ordering::Relaxed)
+    }
+
+    /// Every introspection request received (caller's auth method and id, form without the
+    /// secret and without the token).
+    pub fn introspection_seen(&self) -> Vec<SeenRequest> {
+        self.state.introspection_seen.lock().unwrap().clone()
+    }
+
+    /// JWKS documents served.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.state.jwks_fetches.load(Ordering::Relaxed)
     }
 
     /// Registers (or re-registers) a client.
@@ -197,10 +319,48 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
     let path = req.uri().path().to_owned();
     match (req.method().as_str(), path.as_str()) {
         ("GET", "/jwks") => {
-            let mut jwk =
-                jsonwebtoken::jwk::Jwk::from_encoding_key(&state.key, Algorithm::RS256).ok()?;
-            jwk.common.key_id = Some(KID.into());
-            Some(json_response(StatusCode::OK, &json!({ "keys": [jwk] })))
+            state.jwks_fetches.fetch_add(1, Ordering::Relaxed);
+            match mode {
+                IdpMode::Healthy => Some(json_response(StatusCode::OK, &state.jwks())),
+                IdpMode::Unreachable => None,
+                IdpMode::ServerError => Some(json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "temporarily_unavailable"}),
+                )),
+            }
+        }
+        ("GET", "/.well-known/openid-configuration") => {
+            let issuer = state.issuer.lock().unwrap().clone();
+            Some(json_response(
+                StatusCode::OK,
+                &json!({
+                    "issuer": issuer,
+                    "jwks_uri": format!("{issuer}/jwks"),
+                    "token_endpoint": format!("{issuer}/token"),
+                    "introspection_endpoint": format!("{issuer}/introspect"),
+                    "grant_types_supported": ["client_credentials"],
+                }),
+            ))
+        }
+        ("POST", "/introspect") => {
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = req.into_body().collect().await.ok()?.to_bytes();
+            let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            match mode {
+                IdpMode::Unreachable => None,
+                IdpMode::ServerError => Some(json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "temporarily_unavailable"}),
+                )),
+                IdpMode::Healthy => Some(introspect(state, auth.as_deref(), &form)),
+            }
         }
         ("POST", "/token") => {
             let basic = req
@@ -238,6 +398,122 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
     }
 }
 
+/// RFC 7662 §2: the caller must authenticate; the answer is `{"active": false}` for anything
+/// this IdP did not issue, or that expired or was revoked.
+fn introspect(
+    state: &State,
+    auth: Option<&str>,
+    form: &[(String, String)],
+) -> Response<Full<Bytes>> {
+    state.introspections.fetch_add(1, Ordering::Relaxed);
+    let get = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let bearer = auth
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let (method, client) = match (basic_credentials(auth), get("client_id"), bearer) {
+        (Some(c), None, None) => ("basic", Some(c)),
+        (None, Some(id), None) => (
+            "post",
+            Some((
+                id.to_owned(),
+                get("client_secret").unwrap_or_default().to_owned(),
+            )),
+        ),
+        (None, None, Some(b)) => ("bearer", Some(("".to_owned(), b))),
+        _ => ("none", None),
+    };
+    state.introspection_seen.lock().unwrap().push(SeenRequest {
+        auth_method: method,
+        client_id: client.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        params: form
+            .iter()
+            .filter(|(k, _)| k != "client_secret" && k != "token")
+            .cloned()
+            .collect(),
+    });
+    let authenticated = match (method, &client) {
+        ("bearer", Some((_, b))) => {
+            state.introspection_bearer.lock().unwrap().as_deref() == Some(b)
+        }
+        ("basic" | "post", Some((id, secret))) => {
+            state.clients.lock().unwrap().get(id) == Some(secret)
+        }
+        _ => false,
+    };
+    if !authenticated {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            Some("Basic realm=\"fake-idp\""),
+        );
+    }
+    let Some(token) = get("token") else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", None);
+    };
+    let inactive = json_response(StatusCode::OK, &json!({ "active": false }));
+    if state.revoked.lock().unwrap().iter().any(|t| t == token) {
+        return inactive;
+    }
+    let claims = match state.opaque_claims.lock().unwrap().get(token) {
+        Some(c) => Some(c.clone()),
+        None => verify_own(state, token),
+    };
+    let Some(mut claims) = claims else {
+        return inactive;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .is_some_and(|exp| exp <= now)
+    {
+        return inactive;
+    }
+    claims["active"] = json!(true);
+    claims["token_type"] = json!("Bearer");
+    json_response(StatusCode::OK, &claims)
+}
+
+/// The claims of a JWT this IdP signed, with either of its keys (expiry checked by the caller).
+fn verify_own(state: &State, token: &str) -> Option<Value> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let key = match header.alg {
+        Algorithm::ES256 => &state.ec_key,
+        _ => &state.key,
+    };
+    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, header.alg).ok()?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(&jwk).ok()?, &v)
+        .ok()
+        .map(|d| d.claims)
+}
+
+/// `Authorization: Basic` credentials, form-decoded as RFC 6749 §2.3.1 says.
+fn basic_credentials(header: Option<&str>) -> Option<(String, String)> {
+    let (scheme, enc) = header?.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = String::from_utf8(BASE64.decode(enc).ok()?).ok()?;
+    let (id, secret) = raw.split_once(':')?;
+    let dec = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((dec(id)?, dec(secret)?))
+}
+
 /// Records the request now; returns how to answer it if the IdP is healthy.
 fn token<'a>(
     state: &'a State,
@@ -249,21 +525,7 @@ fn token<'a>(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let from_basic = basic.and_then(|h| {
-        let (scheme, enc) = h.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return None;
-        }
-        let raw = String::from_utf8(BASE64.decode(enc).ok()?).ok()?;
-        let (id, secret) = raw.split_once(':')?;
-        // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-        let dec = |s: &str| {
-            form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-        };
-        Some((dec(id)?, dec(secret)?))
-    });
+    let from_basic = basic_credentials(basic);
     let from_post = get("client_id").map(|id| {
         (
             id.to_owned(),
@@ -316,16 +578,23 @@ fn token<'a>(
             "exp": (now + lifetime).as_secs(),
             "jti": state.jti.fetch_add(1, Ordering::Relaxed).to_string(),
         });
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(KID.into());
+        let (key, alg, kid) = state.signer();
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
         let token = if state.opaque.load(Ordering::Relaxed) {
-            format!(
+            let token = format!(
                 "opaque-{}-{}",
                 claims["jti"].as_str().unwrap_or_default(),
                 now.as_nanos()
-            )
+            );
+            state
+                .opaque_claims
+                .lock()
+                .unwrap()
+                .insert(token.clone(), claims.clone());
+            token
         } else {
-            jsonwebtoken::encode(&header, &claims, &state.key).expect("signing works")
+            jsonwebtoken::encode(&header, &claims, key).expect("signing works")
         };
         *state.issued.lock().unwrap().entry(client_id).or_default() += 1;
         let mut body = json!({ "access_token": token, "token_type": "Bearer", "scope": get("scope").unwrap_or_default() });

@@ -49,10 +49,9 @@ pub fn find(source: &TokenSource, parts: &Parts) -> Found {
         && let Some(q) = parts.uri.query()
         && let Some((_, v)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == param)
     {
-        return token_text(&v)
-            .map_or(Found::Malformed(Location::Query), |t| {
-                Found::Token(t.to_owned(), Location::Query)
-            });
+        return token_text(&v).map_or(Found::Malformed(Location::Query), |t| {
+            Found::Token(t.to_owned(), Location::Query)
+        });
     }
     if let Some(name) = &source.cookie
         && let Some(v) = cookies(parts).find_map(|(k, v)| (k == name).then_some(v))
@@ -88,7 +87,9 @@ pub fn remove(source: &TokenSource, parts: &mut Parts, at: Location) {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(';'))
                 .map(str::trim)
-                .filter(|c| !c.is_empty() && c.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+                .filter(|c| {
+                    !c.is_empty() && c.split_once('=').is_none_or(|(k, _)| k.trim() != name)
+                })
                 .map(str::to_owned)
                 .collect();
             parts.headers.remove(COOKIE);
@@ -193,9 +194,15 @@ mod tests {
         );
         assert_eq!(find(&s, &all), Found::Token("h1".into(), Location::Header));
         let no_header = parts("/p?a=1&access_token=q%2B1", &[("cookie", "x=1; tg=c1")]);
-        assert_eq!(find(&s, &no_header), Found::Token("q+1".into(), Location::Query));
+        assert_eq!(
+            find(&s, &no_header),
+            Found::Token("q+1".into(), Location::Query)
+        );
         let cookie_only = parts("/p?a=1", &[("cookie", "x=1; tg=c1")]);
-        assert_eq!(find(&s, &cookie_only), Found::Token("c1".into(), Location::Cookie));
+        assert_eq!(
+            find(&s, &cookie_only),
+            Found::Token("c1".into(), Location::Cookie)
+        );
         assert_eq!(find(&s, &parts("/p", &[])), Found::Nothing);
         let basic = parts("/p?access_token=q1", &[("authorization", "Basic abc")]);
         assert_eq!(find(&s, &basic), Found::Token("q1".into(), Location::Query));
@@ -206,7 +213,10 @@ mod tests {
     #[test]
     fn removal_keeps_everything_else() {
         let s = source();
-        let mut p = parts("/p?a=1&access_token=q1&b=%20x", &[("cookie", "x=1; tg=c1; y=2")]);
+        let mut p = parts(
+            "/p?a=1&access_token=q1&b=%20x",
+            &[("cookie", "x=1; tg=c1; y=2")],
+        );
         remove(&s, &mut p, Location::Query);
         assert_eq!(p.uri, "/p?a=1&b=%20x");
         remove(&s, &mut p, Location::Cookie);

@@ -10,8 +10,8 @@ use jsonwebtoken::Algorithm;
 use url::Url;
 
 use super::raw::{
-    RawClientCredentials, RawEndpointAuth, RawHttpClient, RawIntrospection, RawJwt,
-    RawMiddleware, RawTls, RawTokenSource, StringOrList,
+    RawClientCredentials, RawEndpointAuth, RawHttpClient, RawIntrospection, RawJwt, RawMiddleware,
+    RawTls, RawTokenSource, StringOrList,
 };
 use super::validate::Issues;
 use super::{
@@ -296,7 +296,10 @@ pub(super) fn middleware(
             None
         }
         _ => {
-            issues.push(base, "names more than one middleware kind; declare one per name");
+            issues.push(
+                base,
+                "names more than one middleware kind; declare one per name",
+            );
             None
         }
     }
@@ -530,7 +533,13 @@ fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
             timeout,
             retries,
             tls,
-        }) => http_client(issues, &format!("{path}.clientConfig"), timeout, retries, tls),
+        }) => http_client(
+            issues,
+            &format!("{path}.clientConfig"),
+            timeout,
+            retries,
+            tls,
+        ),
     };
     let jwks_min_refresh_interval = j
         .jwks_min_refresh_interval
@@ -615,7 +624,10 @@ fn token_source(issues: &mut Issues, path: &str, raw: Option<RawTokenSource>) ->
             .ok()
     });
     if let Some(scheme) = &raw.header_auth_scheme
-        && (scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "-._~+/".contains(c)))
+        && (scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~+/".contains(c)))
     {
         issues.push(
             format!("{path}.headerAuthScheme"),
@@ -644,7 +656,10 @@ fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> Endpoin
                 secret,
             }),
         _ => {
-            issues.push(path, format!("kind {} needs clientId and clientSecret", a.kind));
+            issues.push(
+                path,
+                format!("kind {} needs clientId and clientSecret", a.kind),
+            );
             EndpointAuth::None
         }
     };
@@ -684,7 +699,9 @@ fn http_client(
     HttpClientConfig {
         timeout,
         retries: retries.unwrap_or(DEFAULT_IDP_RETRIES),
-        tls: tls.map_or_else(HttpTls::default, |t| http_tls(issues, &format!("{path}.tls"), t)),
+        tls: tls.map_or_else(HttpTls::default, |t| {
+            http_tls(issues, &format!("{path}.tls"), t)
+        }),
     }
 }
 
@@ -699,15 +716,16 @@ fn http_tls(issues: &mut Issues, path: &str, t: RawTls) -> HttpTls {
     let ca = read("caFile", &t.ca_file);
     let cert = read("certFile", &t.cert_file);
     let key = read("keyFile", &t.key_file);
-    let ca = ca.map_or_else(Vec::new, |pem| {
-        match reqwest::Certificate::from_pem_bundle(&pem) {
+    let ca = ca.map_or_else(
+        Vec::new,
+        |pem| match reqwest::Certificate::from_pem_bundle(&pem) {
             Ok(certs) if !certs.is_empty() => certs,
             _ => {
                 issues.push(format!("{path}.caFile"), "holds no PEM certificate");
                 Vec::new()
             }
-        }
-    });
+        },
+    );
     let identity = match (t.cert_file.is_some(), t.key_file.is_some()) {
         (false, false) => None,
         (true, true) => {

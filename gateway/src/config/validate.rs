@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 
 use url::Url;
 
-use super::raw::{
-    RawConfig, RawRoute, RawStore,
-};
+use super::raw::{RawConfig, RawRoute, RawStore};
 use super::{
     Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_REFRESH_INTERVAL,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, LogConfig, LogFormat, RefreshConfig,

@@ -57,7 +57,9 @@ impl Gateway {
                     MiddlewareConfig::Introspection(i) => {
                         Introspection::new(name, i.clone(), cache).map(Middleware::Introspection)
                     }
-                    MiddlewareConfig::Jwt(j) => Jwt::new(name, j.clone(), cache).map(Middleware::Jwt),
+                    MiddlewareConfig::Jwt(j) => {
+                        Jwt::new(name, j.clone(), cache).map(Middleware::Jwt)
+                    }
                 };
                 built.map(|b| (name.as_str(), Arc::new(b)))
             })

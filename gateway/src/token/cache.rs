@@ -5,8 +5,8 @@
 //! await the same task), and the fill takes a short per-key lease in the shared store so that one
 //! node per fleet asks the IdP while the others wait for the entry to appear.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -16,8 +16,8 @@ use super::TokenRequest;
 use super::entry::{
     EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time,
 };
-use super::idp::{IdpClient, IdpError};
 use super::flight::SingleFlight;
+use super::idp::{IdpClient, IdpError};
 use super::key::{FleetKey, KeyRing, TokenKey};
 use super::seal::{seal, unseal};
 use crate::store::{FencingToken, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore};

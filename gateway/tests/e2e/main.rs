@@ -3,6 +3,8 @@
 
 mod client_credentials;
 mod config_cli;
+mod introspection;
+mod jwt;
 mod lifecycle;
 mod proxy;
 mod redis;

@@ -208,7 +208,10 @@ fn lex(text: &str) -> Result<Vec<(usize, Token)>, ExprError> {
                     .iter()
                     .position(|&c| c == '`')
                     .ok_or_else(|| err(col, "unterminated `string`".into()))?;
-                out.push((col, Token::Str(chars[i + 1..i + 1 + close].iter().collect())));
+                out.push((
+                    col,
+                    Token::Str(chars[i + 1..i + 1 + close].iter().collect()),
+                ));
                 i += close + 2;
             }
             '"' => {
@@ -288,10 +291,14 @@ impl Parser<'_> {
     }
 
     fn next(&mut self, wanted: &str) -> Result<(usize, Token), ExprError> {
-        let t = self.tokens.get(self.pos).cloned().ok_or_else(|| ExprError {
-            column: self.end,
-            message: format!("unexpected end, expected {wanted}"),
-        })?;
+        let t = self
+            .tokens
+            .get(self.pos)
+            .cloned()
+            .ok_or_else(|| ExprError {
+                column: self.end,
+                message: format!("unexpected end, expected {wanted}"),
+            })?;
         self.pos += 1;
         Ok(t)
     }
@@ -483,9 +490,18 @@ mod tests {
             ("Equals(`grp`, `dev`) || Equals(`grp`, `admin`)", true),
             ("Equals(`grp`, `admin`) && Equals(`sub`, `other`)", false),
             // && binds tighter than ||: true || (false && false).
-            ("Equals(`grp`, `admin`) || Equals(`grp`, `x`) && Equals(`grp`, `y`)", true),
-            ("(Equals(`grp`, `admin`) || Equals(`grp`, `x`)) && Equals(`grp`, `y`)", false),
-            ("!(Equals(`grp`, `x`) || Equals(`grp`, `y`)) && Prefix(`sub`, `svc-`)", true),
+            (
+                "Equals(`grp`, `admin`) || Equals(`grp`, `x`) && Equals(`grp`, `y`)",
+                true,
+            ),
+            (
+                "(Equals(`grp`, `admin`) || Equals(`grp`, `x`)) && Equals(`grp`, `y`)",
+                false,
+            ),
+            (
+                "!(Equals(`grp`, `x`) || Equals(`grp`, `y`)) && Prefix(`sub`, `svc-`)",
+                true,
+            ),
             ("Equals(`sub`, \"svc-\\\"billing\")", false),
         ];
         for (text, expected) in table {
@@ -501,9 +517,17 @@ mod tests {
             ("Equals(`a`, `b`", 16, "unexpected end, expected ',' or ')'"),
             ("Equal(`a`, `b`)", 1, "unknown function `Equal`"),
             ("Equals(`a`)", 1, "Equals takes 2 arguments, not 1"),
-            ("OneOf(`a`)", 1, "OneOf takes a claim and at least one value"),
+            (
+                "OneOf(`a`)",
+                1,
+                "OneOf takes a claim and at least one value",
+            ),
             ("Equals(`a`, `b`) & Equals(`a`, `b`)", 18, "expected '&&'"),
-            ("Equals(`a`, `b`) Equals(`a`, `b`)", 18, "unexpected `Equals` after"),
+            (
+                "Equals(`a`, `b`) Equals(`a`, `b`)",
+                18,
+                "unexpected `Equals` after",
+            ),
             ("Equals('a', 'b')", 8, "single quotes"),
             ("Equals(`a, `b`)", 14, "unterminated `string`"),
             ("Equals(a, `b`)", 8, "expected a string argument"),
@@ -523,7 +547,12 @@ mod tests {
     #[test]
     fn nesting_is_bounded() {
         let deep = format!("{}Equals(`a`, `b`){}", "(".repeat(100), ")".repeat(100));
-        assert!(ClaimsExpr::parse(&deep).unwrap_err().message.contains("nested"));
+        assert!(
+            ClaimsExpr::parse(&deep)
+                .unwrap_err()
+                .message
+                .contains("nested")
+        );
         let nots = format!("{}Equals(`a`, `b`)", "!".repeat(10_000));
         assert!(ClaimsExpr::parse(&nots).is_err());
         let ok = format!("{}Equals(`a`, `b`){}", "(".repeat(20), ")".repeat(20));

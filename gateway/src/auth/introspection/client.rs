@@ -81,7 +81,12 @@ impl IntrospectionClient {
                 method: AuthMethod::ClientSecretBasic,
                 client_id,
                 secret,
-            } => req = req.header(AUTHORIZATION, basic_authorization(client_id, secret.expose())),
+            } => {
+                req = req.header(
+                    AUTHORIZATION,
+                    basic_authorization(client_id, secret.expose()),
+                )
+            }
             EndpointAuth::Client {
                 method: AuthMethod::ClientSecretPost,
                 client_id,
@@ -117,9 +122,16 @@ mod tests {
 
     #[test]
     fn active_must_be_a_boolean() {
-        assert!(matches!(parse(br#"{"active":true,"sub":"a"}"#), Ok(Answer::Active(c)) if c["sub"] == "a"));
+        assert!(
+            matches!(parse(br#"{"active":true,"sub":"a"}"#), Ok(Answer::Active(c)) if c["sub"] == "a")
+        );
         assert_eq!(parse(br#"{"active":false}"#).unwrap(), Answer::Inactive);
-        for bad in [&br#"{"active":"true"}"#[..], br#"{"sub":"a"}"#, br#"[]"#, b"nope"] {
+        for bad in [
+            &br#"{"active":"true"}"#[..],
+            br#"{"sub":"a"}"#,
+            br#"[]"#,
+            b"nope",
+        ] {
             assert!(matches!(parse(bad), Err(IdpError::Protocol(_))));
         }
     }

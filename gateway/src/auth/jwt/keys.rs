@@ -52,12 +52,16 @@ impl KeySet {
     }
 }
 
-/// Why a fetch is wanted.
+/// Why a fetch is wanted. Each reason carries when the caller looked at the set: a set fetched
+/// after that (by a concurrent caller) satisfies it without another fetch.
 #[derive(Debug, Clone, Copy)]
 pub enum Reason {
     /// No set yet, or the set is old.
-    Refresh,
-    /// A token names a key the set, as of `seen`, does not have.
+    Refresh {
+        /// When the caller looked.
+        seen: Instant,
+    },
+    /// A token names a key the set does not have.
     UnknownKid {
         /// When the caller looked.
         seen: Instant,
@@ -131,29 +135,31 @@ impl Keys {
     pub async fn fetch(&self, idp: &IdpClient, reason: Reason) -> Result<Refetch, IdpError> {
         let mut state = self.fetch.lock().await;
         let fetched_at = self.current().fetched_at;
-        match reason {
-            Reason::UnknownKid { seen } => {
-                if fetched_at.is_some_and(|t| t > seen) {
-                    return Ok(Refetch::Fetched);
-                }
-                if state
-                    .last_attempt
-                    .is_some_and(|t| t.elapsed() < self.cfg.jwks_min_refresh_interval)
-                {
-                    return Ok(Refetch::RateLimited);
-                }
-            }
-            Reason::Refresh => {}
+        let (Reason::Refresh { seen } | Reason::UnknownKid { seen }) = reason;
+        if fetched_at.is_some_and(|t| t > seen) {
+            self.done(reason);
+            return Ok(Refetch::Fetched);
+        }
+        if matches!(reason, Reason::UnknownKid { .. })
+            && state
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < self.cfg.jwks_min_refresh_interval)
+        {
+            return Ok(Refetch::RateLimited);
         }
         state.last_attempt = Some(Instant::now());
         let result = self.fetch_locked(idp, &mut state).await;
-        if matches!(reason, Reason::Refresh) {
-            self.refreshing.store(false, Ordering::Release);
-        }
+        self.done(reason);
         let set = result?;
         tracing::debug!(keys = set.keys.len(), "JWKS fetched");
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(Refetch::Fetched)
+    }
+
+    fn done(&self, reason: Reason) {
+        if matches!(reason, Reason::Refresh { .. }) {
+            self.refreshing.store(false, Ordering::Release);
+        }
     }
 
     async fn fetch_locked(
@@ -183,8 +189,10 @@ impl Keys {
         )
         .parse()
         .map_err(|_| IdpError::Protocol("issuer is not a URL base".into()))?;
-        let doc: Discovery = serde_json::from_value(self.get_json(idp, &at).await?)
-            .map_err(|_| IdpError::Protocol("discovery document lacks issuer or jwks_uri".into()))?;
+        let doc: Discovery =
+            serde_json::from_value(self.get_json(idp, &at).await?).map_err(|_| {
+                IdpError::Protocol("discovery document lacks issuer or jwks_uri".into())
+            })?;
         if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
             return Err(IdpError::Protocol(
                 "discovery document names another issuer".into(),

@@ -99,8 +99,9 @@ impl Jwt {
         let kid = header.kid.as_deref();
         let mut set = self.keys.current();
         if set.fetched_at.is_none() {
+            let seen = Instant::now();
             self.keys
-                .fetch(self.tokens.idp(), Reason::Refresh)
+                .fetch(self.tokens.idp(), Reason::Refresh { seen })
                 .await
                 .map_err(|e| self.unavailable(&e))?;
             set = self.keys.current();
@@ -138,7 +139,8 @@ impl Jwt {
         let tokens = Arc::clone(&self.tokens);
         let name = self.name.clone();
         self.tokens.tasks().spawn(async move {
-            if let Err(error) = keys.fetch(tokens.idp(), Reason::Refresh).await {
+            let seen = Instant::now();
+            if let Err(error) = keys.fetch(tokens.idp(), Reason::Refresh { seen }).await {
                 tracing::warn!(middleware = %name, %error, "cannot fetch the JWKS; keeping the keys we have");
             }
         });
