@@ -779,3 +779,116 @@ fn is_reserved_header(h: &HeaderName) -> bool {
     .contains(h)
         || h.as_str().starts_with("x-forwarded-")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, JwksSource, MiddlewareConfig};
+
+    fn load(middleware: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(&format!(
+            r#"
+listen: 127.0.0.1:8080
+admin: {{ listen: 127.0.0.1:9090 }}
+middlewares:
+  m:
+{middleware}
+routes:
+  - name: r
+    match: {{ pathPrefix: / }}
+    middlewares: [m]
+    upstream: {{ urls: [http://127.0.0.1:8081] }}
+"#
+        ))
+    }
+
+    fn issues(middleware: &str) -> Vec<String> {
+        match load(middleware) {
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+            other => panic!("expected value errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claims_syntax_error_names_the_middleware_and_the_column() {
+        let got = issues(
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      claims: Equals(`grp`, `admin`) && Prefx(`iss`, `x`)",
+        );
+        assert_eq!(
+            got,
+            [
+                "middlewares.m.jwt.claims: column 27: unknown function `Prefx` (expected Equals, Prefix, Contains, SplitContains or OneOf)"
+            ]
+        );
+    }
+
+    #[test]
+    fn symmetric_and_unknown_algorithms_are_refused() {
+        let got = issues(
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      algorithms: [RS256, HS256, none]",
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].starts_with("middlewares.m.jwt.algorithms[1]: symmetric"));
+        assert!(got[1].starts_with("middlewares.m.jwt.algorithms[2]: unknown algorithm"));
+    }
+
+    #[test]
+    fn jwt_keys_come_from_a_url_or_discovery() {
+        let by_issuer = load("    jwt:\n      issuer: https://idp.example/realms/x").unwrap();
+        let MiddlewareConfig::Jwt(j) = &by_issuer.middlewares["m"] else {
+            panic!()
+        };
+        assert_eq!(
+            j.keys,
+            JwksSource::Discovery("https://idp.example/realms/x".parse().unwrap())
+        );
+        assert!(
+            j.algorithms
+                .iter()
+                .all(|a| !format!("{a:?}").starts_with("HS"))
+        );
+        assert_eq!(
+            issues("    jwt:\n      leeway: 1s"),
+            [
+                "middlewares.m.jwt: needs jwksUrl, or issuer (keys found by OpenID Connect discovery)"
+            ]
+        );
+    }
+
+    #[test]
+    fn introspection_options_are_checked_together() {
+        let got = issues(
+            r#"    introspection:
+      tokenSource: { headerAuthScheme: Bearer }
+      clientConfig:
+        url: not-a-url
+        auth: { kind: Digest }
+        headers: { Authorization: x }
+        tls: { certFile: /nonexistent/cert.pem }
+      forwardHeaders: { Host: sub }"#,
+        );
+        assert_eq!(
+            got,
+            [
+                "middlewares.m.introspection.tokenSource: names no source (expected header, query or cookie)",
+                "middlewares.m.introspection.tokenSource.headerAuthScheme: needs header",
+                "middlewares.m.introspection.clientConfig.url: not an http(s) URL",
+                "middlewares.m.introspection.clientConfig.auth.kind: must be Basic, Post or Bearer, not \"Digest\"",
+                "middlewares.m.introspection.clientConfig.headers.Authorization: is managed by the gateway",
+                "middlewares.m.introspection.clientConfig.tls.certFile: cannot read /nonexistent/cert.pem: No such file or directory (os error 2)",
+                "middlewares.m.introspection.clientConfig.tls: certFile and keyFile go together",
+                "middlewares.m.introspection.forwardHeaders.Host: cannot be set from a claim (it is managed by the gateway)",
+            ]
+        );
+    }
+
+    #[test]
+    fn two_kinds_under_one_name_are_refused() {
+        let got = issues(
+            "    jwt: { jwksUrl: http://idp/jwks }\n    clientCredentials: { url: http://idp/token }",
+        );
+        assert_eq!(
+            got,
+            ["middlewares.m: names more than one middleware kind; declare one per name"]
+        );
+    }
+}

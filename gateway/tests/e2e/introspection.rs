@@ -6,7 +6,7 @@ use chaos::{EchoUpstream, FakeIdp, IdpMode};
 use serde_json::json;
 
 use crate::redis::FLEET_KEY;
-use crate::support::{Node, RedisServer, client, echo, eventually, header};
+use crate::support::{Node, RedisServer, TlsFixture, client, echo, eventually, free_port, header};
 
 const INTROSPECTOR: (&str, &str) = ("rs-gateway", "rs secret:+/%");
 
@@ -342,4 +342,99 @@ async fn results_are_shared_fleet_wide_through_redis_as_ciphertext() {
     assert!(!everything.contains(&t) && !everything.contains("svc-shared"));
     // Not renewable: the refresher's work list never sees it.
     assert_eq!(redis.cli(&["ZCARD", "{tokengate}:due"]).trim(), "0");
+}
+
+/// `socat` terminating mutual TLS in front of a plain-HTTP address; killed on drop.
+struct TlsTerminator(std::process::Child);
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl TlsTerminator {
+    fn start(tls: &TlsFixture, port: u16, backend: &str) -> Self {
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+            tls.path("server.crt"),
+            tls.path("server.key"),
+            tls.path("ca.crt"),
+        );
+        let child = std::process::Command::new("socat")
+            .args([listen, format!("TCP:{backend}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat is installed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "socat did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_is_reached_over_mutual_tls_with_a_private_ca() {
+    let tls = TlsFixture::new();
+    let idp = FakeIdp::start().await;
+    idp.register(INTROSPECTOR.0, INTROSPECTOR.1);
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let backend = idp.introspection_url();
+    let backend = backend
+        .trim_start_matches("http://")
+        .trim_end_matches("/introspect");
+    let _terminator = TlsTerminator::start(&tls, port, backend);
+    let middleware = |name: &str, tls_options: &str| {
+        format!(
+            r#"
+  {name}:
+    introspection:
+      clientConfig:
+        url: https://127.0.0.1:{port}/introspect
+        auth: {{ kind: Basic, clientId: {}, clientSecret: env:RS_SECRET }}
+        retries: 0
+        timeout: 2s
+        tls: {{ {tls_options} }}"#,
+            INTROSPECTOR.0
+        )
+    };
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+middlewares:{}{}
+routes:
+  - name: mtls
+    match: {{ pathPrefix: /mtls }}
+    middlewares: [mtls]
+    upstream: {{ urls: [{up}] }}
+  - name: nocert
+    match: {{ pathPrefix: /nocert }}
+    middlewares: [nocert]
+    upstream: {{ urls: [{up}] }}
+"#,
+        middleware(
+            "mtls",
+            &format!(
+                "caFile: {}, certFile: {}, keyFile: {}",
+                tls.path("ca.crt"),
+                tls.path("client.crt"),
+                tls.path("client.key")
+            )
+        ),
+        middleware("nocert", &format!("caFile: {}", tls.path("ca.crt"))),
+        up = upstream.url(),
+    );
+    let node = Node::start(&yaml, &[("RS_SECRET", INTROSPECTOR.1)]);
+    let t = token(&idp, "svc-tls", 60);
+    assert_eq!(get(node.url("/mtls"), &t).await.status(), 200);
+    // Without the client certificate the endpoint refuses the handshake: unavailable, not
+    // allowed. (Another token: results are shared per endpoint and client.)
+    let t2 = token(&idp, "svc-tls-2", 60);
+    assert_eq!(get(node.url("/nocert"), &t2).await.status(), 503);
+    assert_eq!(idp.introspections(), 1);
 }
