@@ -343,13 +343,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
             ))
         }
         ("POST", "/introspect") => {
-            let auth = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = req.into_body().collect().await.ok()?.to_bytes();
-            let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+            let (auth, form) = read_form(req).await?;
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
@@ -363,13 +357,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
             }
         }
         ("POST", "/token") => {
-            let basic = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = req.into_body().collect().await.ok()?.to_bytes();
-            let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+            let (basic, form) = read_form(req).await?;
             let answer = token(state, basic.as_deref(), &form);
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
@@ -396,6 +384,17 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
             &json!({"error": "not_found"}),
         )),
     }
+}
+
+/// The `Authorization` header and the form body of a POST.
+async fn read_form(req: Request<Incoming>) -> Option<(Option<String>, Vec<(String, String)>)> {
+    let auth = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = req.into_body().collect().await.ok()?.to_bytes();
+    Some((auth, form_urlencoded::parse(&body).into_owned().collect()))
 }
 
 /// RFC 7662 §2: the caller must authenticate; the answer is `{"active": false}` for anything

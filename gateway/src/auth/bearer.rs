@@ -6,11 +6,33 @@
 //! tokens is not searched for "one that works". A header with another scheme (`Basic ...` where
 //! `Bearer` is expected) does not count as present.
 
+use std::sync::Arc;
+
 use http::header::COOKIE;
 use http::request::Parts;
 use http::{HeaderValue, Uri};
 
+use super::AuthError;
 use crate::config::TokenSource;
+
+/// The token, or the refusal a bearer-token middleware answers without one: no token at all is
+/// a bare challenge, a malformed one is `invalid_token`.
+pub fn require(
+    source: &TokenSource,
+    parts: &Parts,
+    realm: &Arc<str>,
+) -> Result<(String, Location), AuthError> {
+    match find(source, parts) {
+        Found::Token(t, at) => Ok((t, at)),
+        Found::Malformed(_) => Err(AuthError::InvalidToken {
+            realm: Arc::clone(realm),
+            reason: "malformed token",
+        }),
+        Found::Nothing => Err(AuthError::MissingToken {
+            realm: Arc::clone(realm),
+        }),
+    }
+}
 
 /// Where a token was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

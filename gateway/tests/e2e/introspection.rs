@@ -1,12 +1,14 @@
 //! The `introspection` middleware (RFC 7662) against the fake IdP's introspection endpoint.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chaos::{EchoUpstream, FakeIdp, IdpMode};
 use serde_json::json;
 
 use crate::redis::FLEET_KEY;
-use crate::support::{Node, RedisServer, TlsFixture, client, echo, eventually, free_port, header};
+use crate::support::{
+    Node, RedisServer, TlsFixture, client, echo, eventually, free_port, header, now,
+};
 
 const INTROSPECTOR: (&str, &str) = ("rs-gateway", "rs secret:+/%");
 
@@ -14,13 +16,6 @@ struct Fleet {
     idp: FakeIdp,
     upstream: EchoUpstream,
     node: Node,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// A config whose `check` middleware introspects with Basic auth; `extra` goes into it. Routes:

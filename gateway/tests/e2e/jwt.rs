@@ -1,6 +1,6 @@
 //! The `jwt` middleware: local validation against the fake IdP's published keys.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -8,19 +8,12 @@ use chaos::{EchoUpstream, FakeIdp, IdpMode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::support::{Node, client, echo, get_as, header};
+use crate::support::{Node, client, echo, get_as, header, now};
 
 struct Fleet {
     idp: FakeIdp,
     upstream: EchoUpstream,
     node: Node,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// One route `/api` behind a `jwt` middleware; `keys` names the key source (`jwksUrl: ...` or

@@ -160,6 +160,14 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Seconds since the Unix epoch, for JWT times.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// Polls `cond` until it holds or `within` passes.
 pub async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;

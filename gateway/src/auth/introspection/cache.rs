@@ -57,7 +57,14 @@ impl Verdict {
         let Answer::Active(claims) = answer else {
             return inactive;
         };
-        let secs = |name: &str| claims.get(name).and_then(Value::as_u64).map(|s| s * 1000);
+        // NumericDate (RFC 7519 §2) may carry a fraction.
+        let secs = |name: &str| {
+            claims
+                .get(name)
+                .and_then(Value::as_f64)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| (s * 1000.0) as u64)
+        };
         let exp = secs("exp");
         if exp.is_some_and(|e| e <= now) || secs("nbf").is_some_and(|n| n > now) {
             return inactive;
@@ -218,6 +225,7 @@ mod tests {
             json!({"active": true, "exp": 1_000}),
             json!({"active": true, "exp": 999}),
             json!({"active": true, "nbf": 1_001, "exp": 2_000}),
+            json!({"active": true, "exp": 999.5}),
         ] {
             let v = Verdict::decide(active(claims.clone()), now, POLICY);
             assert!(v.claims.is_none(), "{claims}");

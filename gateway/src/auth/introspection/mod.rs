@@ -16,7 +16,7 @@ use http::request::Parts;
 pub use cache::{CachePolicy, ResultCache, Verdict};
 pub use client::{Answer, IntrospectionClient};
 
-use super::bearer::{self, Found};
+use super::bearer;
 use super::{Applied, AuthError};
 use crate::config::IntrospectionConfig;
 use crate::token::{IdpError, KeyDeriver, TokenCache};
@@ -55,15 +55,7 @@ impl Introspection {
 
     /// Authorises a request by its bearer token.
     pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
-        let (token, at) = match bearer::find(&self.cfg.token_source, parts) {
-            Found::Token(t, at) => (t, at),
-            Found::Malformed(_) => return Err(self.invalid("malformed token")),
-            Found::Nothing => {
-                return Err(AuthError::MissingToken {
-                    realm: Arc::clone(&self.realm),
-                });
-            }
-        };
+        let (token, at) = bearer::require(&self.cfg.token_source, parts, &self.realm)?;
         let key = self.deriver.token(&token);
         let verdict = self.results.verdict(key, &token).await.map_err(|e| {
             match &e {

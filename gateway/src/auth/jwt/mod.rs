@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 pub use keys::{KeySet, Keys, Reason, Refetch};
 
-use super::bearer::{self, Found};
+use super::bearer;
 use super::{Applied, AuthError};
 use crate::config::JwtConfig;
 use crate::token::{IdpError, TokenCache};
@@ -66,15 +66,7 @@ impl Jwt {
 
     /// Authorises a request by its bearer JWT.
     pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
-        let (token, at) = match bearer::find(&self.cfg.token_source, parts) {
-            Found::Token(t, at) => (t, at),
-            Found::Malformed(_) => return Err(self.invalid("malformed token")),
-            Found::Nothing => {
-                return Err(AuthError::MissingToken {
-                    realm: Arc::clone(&self.realm),
-                });
-            }
-        };
+        let (token, at) = bearer::require(&self.cfg.token_source, parts, &self.realm)?;
         let claims = self.verify(&token).await?;
         if !self.cfg.forward_authorization {
             bearer::remove(&self.cfg.token_source, parts, at);
