@@ -136,10 +136,7 @@ pub struct HttpClientConfig {
 impl HttpClientConfig {
     /// Builds the client. Fails only on TLS material the TLS library rejects at build time.
     pub fn build(&self) -> reqwest::Result<reqwest::Client> {
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
+        let mut b = crate::token::idp::http_builder()
             .danger_accept_invalid_certs(self.tls.insecure_skip_verify);
         for ca in &self.tls.ca {
             b = b.add_root_certificate(ca.clone());

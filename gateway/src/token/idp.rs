@@ -147,10 +147,7 @@ impl Default for IdpClient {
 impl IdpClient {
     /// A client with a shared connection pool.
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
+        let http = http_builder()
             .build()
             .expect("reqwest client builds with static options");
         Self {
@@ -201,11 +198,6 @@ impl IdpClient {
         self.record(endpoint, result.as_ref().err());
         admitted.recorded = true;
         result
-    }
-
-    /// The pooled HTTP client for endpoints without TLS options of their own.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 
     /// Fails fast while the endpoint's breaker is open; lets one trial through after cooldown.
@@ -306,6 +298,16 @@ impl IdpClient {
             )),
         }
     }
+}
+
+/// How every client towards an IdP starts: our user agent, pooled connections, and redirects
+/// never followed (an IdP endpoint that redirects is misconfigured, and following would carry
+/// credentials elsewhere).
+pub fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// Sends a request and reads its (capped) body. Transport failures, 5xx and 429 come back as

@@ -4,7 +4,7 @@
 //! random `kid`s cannot turn its requests into requests at the IdP.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,6 @@ pub struct Keys {
     current: RwLock<Arc<KeySet>>,
     fetch: tokio::sync::Mutex<FetchState>,
     refreshing: AtomicBool,
-    fetches: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +108,6 @@ impl Keys {
             current: RwLock::new(Arc::new(KeySet::default())),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             refreshing: AtomicBool::new(false),
-            fetches: AtomicU64::new(0),
         })
     }
 
@@ -124,11 +122,6 @@ impl Keys {
         set.fetched_at
             .is_some_and(|t| t.elapsed() >= self.cfg.jwks_refresh_interval)
             && !self.refreshing.swap(true, Ordering::AcqRel)
-    }
-
-    /// Key-set fetches made so far (for tests and metrics).
-    pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     /// Fetches the set. Concurrent callers wait for one fetch instead of making their own.
@@ -175,7 +168,6 @@ impl Keys {
                 u
             }
         };
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let doc: Value = self.get_json(idp, &url).await?;
         Ok(parse_set(&doc, &self.cfg.algorithms))
     }

@@ -59,11 +59,6 @@ impl Jwt {
         Ok(jwt)
     }
 
-    /// The middleware's keys.
-    pub fn keys(&self) -> &Arc<Keys> {
-        &self.keys
-    }
-
     /// Authorises a request by its bearer JWT.
     pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
         let (token, at) = bearer::require(&self.cfg.token_source, parts, &self.realm)?;
