@@ -10,6 +10,8 @@
 //!   caller's bearer token, claims (with the authorization expressions) and headers.
 //! - [`token`]: cache keys and the fleet key ring, entries, sealing, the IdP client, the cache
 //!   with single flight, the refresher, and the L1's sync with the shared store.
+//! - [`issuer`]: the gateway as an OAuth2 authorization server (client credentials, RFC 7523
+//!   workload identity federation, RFC 9068 access tokens, JWKS and RFC 8414 metadata).
 //! - [`store`]: the [`store::TokenStore`] contract, its conformance suite, and its backends
 //!   (`memory`, `redis`).
 //! - [`telemetry`]: logging and the access log.
@@ -20,6 +22,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod demo;
+pub mod issuer;
 pub mod proxy;
 pub mod store;
 pub mod telemetry;
@@ -69,7 +73,11 @@ pub async fn run(
         StoreConfig::Redis(redis) => Store::Redis(RedisStore::new(redis)?),
     };
     let cache = TokenCache::new(fleet, store);
-    let gateway = Arc::new(Gateway::new(&config, &cache)?);
+    let issuer = match &config.issuer {
+        Some(i) => Some(Arc::new(issuer::Issuer::new(i, &cache)?)),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway::new(&config, &cache, issuer)?);
     let background = CancellationToken::new();
     cache.spawn_background(config.refresh.clone(), background.clone());
 

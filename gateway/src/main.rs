@@ -1,5 +1,7 @@
 //! The `gateway` binary: one binary, several roles.
 
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,6 +34,22 @@ enum Command {
         /// The configuration file (YAML).
         file: PathBuf,
     },
+    /// Run everything in one process: the gateway, its own OAuth2 issuer and an echo upstream,
+    /// and print the commands to try every flow.
+    Demo {
+        /// The gateway's address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The admin listener (`/healthz`, `/readyz`).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        admin_listen: SocketAddr,
+        /// Print the demo's configuration (with this run's secrets) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Hash a client secret for `issuer.clients.<id>.secretHash` (argon2id). Reads the secret
+    /// from the first line of standard input.
+    HashSecret,
 }
 
 fn main() -> ExitCode {
@@ -44,16 +62,79 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failed(&file, &e),
         },
+        Command::HashSecret => hash_secret(),
+        Command::Demo {
+            listen,
+            admin_listen,
+            print_config,
+        } => runtime().block_on(demo(listen, admin_listen, print_config)),
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_failed(&config, &e),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            runtime.block_on(run(cfg))
+            runtime().block_on(run(cfg))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn hash_secret() -> ExitCode {
+    if std::io::stdin().is_terminal() {
+        eprintln!("secret (one line; it is not stored anywhere):");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("error: cannot read standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let secret = line.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        eprintln!("error: the secret is empty");
+        return ExitCode::from(2);
+    }
+    println!(
+        "{}",
+        gateway::issuer::secret::SecretHash::hash(secret).as_str()
+    );
+    ExitCode::SUCCESS
+}
+
+async fn demo(listen: SocketAddr, admin_listen: SocketAddr, print_config: bool) -> ExitCode {
+    let demo = match gateway::demo::Demo::prepare(listen, admin_listen).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if matches!(e, gateway::demo::DemoError::Bind { .. }) {
+                eprintln!("  choose other ports with --listen and --admin-listen");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if print_config {
+        print!("{}", demo.config_yaml);
+        return ExitCode::SUCCESS;
+    }
+    gateway::telemetry::init(&gateway::config::LogConfig {
+        format: gateway::config::LogFormat::Text,
+        level: "info".into(),
+    });
+    print!("{}", demo.guide());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_on_stop(shutdown.clone()));
+    match demo.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "the demo stopped");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Finding the caller's bearer token (RFC 6750 §2) where a middleware's `tokenSource` says, and
 //! removing it before the request goes upstream.
 //!
-//! Sources are tried in a fixed order: the header, then the query parameter, then the cookie.
+//! Sources are tried in a fixed order: the headers (in their configured order), then the query
+//! parameter, then the cookie.
 //! The first one present wins, even if its value is malformed: a request carrying two different
 //! tokens is not searched for "one that works". A header with another scheme (`Basic ...` where
 //! `Bearer` is expected) does not count as present.
@@ -37,7 +38,7 @@ pub fn require(
 /// Where a token was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
-    /// The configured header.
+    /// One of the configured headers.
     Header,
     /// The configured query parameter.
     Query,
@@ -58,14 +59,15 @@ pub enum Found {
 
 /// Looks for the token.
 pub fn find(source: &TokenSource, parts: &Parts) -> Found {
-    if let Some((name, scheme)) = &source.header
-        && let Some(value) = parts.headers.get(name)
-        && let Some(token) = from_header(value, scheme.as_deref())
-    {
-        return match token {
-            Some(t) => Found::Token(t, Location::Header),
-            None => Found::Malformed(Location::Header),
-        };
+    for (name, scheme) in &source.headers {
+        if let Some(value) = parts.headers.get(name)
+            && let Some(token) = from_header(value, scheme.as_deref())
+        {
+            return match token {
+                Some(t) => Found::Token(t, Location::Header),
+                None => Found::Malformed(Location::Header),
+            };
+        }
     }
     if let Some(param) = &source.query
         && let Some(q) = parts.uri.query()
@@ -85,12 +87,20 @@ pub fn find(source: &TokenSource, parts: &Parts) -> Found {
     Found::Nothing
 }
 
-/// Removes the token from where it was found, so the upstream never sees it.
+/// Removes the token from where it was found, so the upstream never sees it. From a header,
+/// every configured header holding a token for its scheme goes: a second copy of a credential
+/// in another of them must not reach the upstream either.
 pub fn remove(source: &TokenSource, parts: &mut Parts, at: Location) {
     match at {
         Location::Header => {
-            if let Some((name, _)) = &source.header {
-                parts.headers.remove(name);
+            for (name, scheme) in &source.headers {
+                if parts
+                    .headers
+                    .get(name)
+                    .is_some_and(|v| from_header(v, scheme.as_deref()).is_some())
+                {
+                    parts.headers.remove(name);
+                }
             }
         }
         Location::Query => {
@@ -193,7 +203,10 @@ mod tests {
 
     fn source() -> TokenSource {
         TokenSource {
-            header: Some((http::header::AUTHORIZATION, Some("Bearer".into()))),
+            headers: vec![
+                (http::header::AUTHORIZATION, Some("Bearer".into())),
+                (http::HeaderName::from_static("x-tokengate-auth"), None),
+            ],
             query: Some("access_token".into()),
             cookie: Some("tg".into()),
         }
@@ -230,6 +243,29 @@ mod tests {
         assert_eq!(find(&s, &basic), Found::Token("q1".into(), Location::Query));
         let empty = parts("/p?access_token=q1", &[("authorization", "Bearer ")]);
         assert_eq!(find(&s, &empty), Found::Malformed(Location::Header));
+        let own = parts(
+            "/p",
+            &[("authorization", "Basic abc"), ("x-tokengate-auth", "t1")],
+        );
+        assert_eq!(find(&s, &own), Found::Token("t1".into(), Location::Header));
+    }
+
+    #[test]
+    fn header_removal_takes_every_token_header_but_spares_other_schemes() {
+        let s = source();
+        let mut both = parts(
+            "/p",
+            &[("authorization", "Bearer h1"), ("x-tokengate-auth", "h2")],
+        );
+        remove(&s, &mut both, Location::Header);
+        assert!(both.headers.is_empty());
+        let mut basic = parts(
+            "/p",
+            &[("authorization", "Basic abc"), ("x-tokengate-auth", "h2")],
+        );
+        remove(&s, &mut basic, Location::Header);
+        assert_eq!(basic.headers["authorization"], "Basic abc");
+        assert!(basic.headers.get("x-tokengate-auth").is_none());
     }
 
     #[test]

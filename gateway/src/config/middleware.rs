@@ -35,6 +35,8 @@ pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Least time between two key-set fetches caused by unknown `kid`s: a caller sending random
 /// `kid`s costs the IdP at most one request per this interval per node.
 pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// The header that carries a token of the gateway's own issuer, besides `Authorization`.
+pub const GATEWAY_TOKEN_HEADER: &str = "x-tokengate-auth";
 /// Realm announced in challenges when none is configured.
 pub const DEFAULT_REALM: &str = "tokengate";
 
@@ -92,8 +94,9 @@ pub struct ClientCredentialsConfig {
 /// Where a caller's bearer token is looked for, in this order: header, query, cookie.
 #[derive(Debug, Clone)]
 pub struct TokenSource {
-    /// A header, and the scheme that must precede the token in it (`None`: the whole value).
-    pub header: Option<(HeaderName, Option<String>)>,
+    /// Headers, tried in order, each with the scheme that must precede the token in it
+    /// (`None`: the whole value).
+    pub headers: Vec<(HeaderName, Option<String>)>,
     /// A query parameter.
     pub query: Option<String>,
     /// A cookie.
@@ -104,7 +107,7 @@ impl Default for TokenSource {
     /// RFC 6750 §2.1: `Authorization: Bearer <token>`.
     fn default() -> Self {
         Self {
-            header: Some((http::header::AUTHORIZATION, Some("Bearer".into()))),
+            headers: vec![(http::header::AUTHORIZATION, Some("Bearer".into()))],
             query: None,
             cookie: None,
         }
@@ -210,6 +213,10 @@ pub enum JwksSource {
     Url(Url),
     /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` names the JWKS.
     Discovery(Url),
+    /// A JWKS document given in full; never fetched.
+    Inline(std::sync::Arc<serde_json::Value>),
+    /// The gateway's own issuer (resolved to `Inline` when the node starts).
+    Gateway,
 }
 
 /// The `jwt` middleware, validated.
@@ -239,6 +246,8 @@ pub struct JwtConfig {
     pub http: HttpClientConfig,
     /// `Bearer` realm.
     pub realm: String,
+    /// Require the RFC 9068 header `typ: at+jwt` (set for the gateway's own tokens).
+    pub access_token_type: bool,
 }
 
 /// Algorithms accepted when none are configured: every asymmetric one. Symmetric (HS*) ones
@@ -474,8 +483,24 @@ fn introspection(
 
 fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
     let before = issues.0.len();
-    let token_source = token_source(issues, path, j.token_source);
+    let mut token_source = token_source(issues, path, j.token_source);
+    if j.gateway_issuer {
+        // Octelium-style: the gateway's own tokens are also accepted in its own header.
+        let own = HeaderName::from_static(GATEWAY_TOKEN_HEADER);
+        if !token_source.headers.iter().any(|(h, _)| *h == own) {
+            token_source.headers.push((own, None));
+        }
+    }
     let keys = match (&j.jwks_url, &j.issuer) {
+        _ if j.gateway_issuer => {
+            if j.jwks_url.is_some() || j.issuer.is_some() {
+                issues.push(
+                    format!("{path}.gatewayIssuer"),
+                    "takes its keys and issuer from the top-level issuer; drop jwksUrl and issuer",
+                );
+            }
+            Some(JwksSource::Gateway)
+        }
         (Some(u), _) => issues
             .http_url(&format!("{path}.jwksUrl"), u)
             .map(JwksSource::Url),
@@ -495,35 +520,7 @@ fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
         Some(StringOrList::One(a)) => vec![a],
         Some(StringOrList::Many(a)) => a,
     };
-    let algorithms = match j.algorithms {
-        None => ASYMMETRIC.to_vec(),
-        Some(names) => {
-            if names.is_empty() {
-                issues.push(format!("{path}.algorithms"), "must name at least one");
-            }
-            names
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| {
-                    let p = format!("{path}.algorithms[{i}]");
-                    match n.parse::<Algorithm>() {
-                        Ok(a) if ASYMMETRIC.contains(&a) => Some(a),
-                        Ok(_) => {
-                            issues.push(
-                                p,
-                                "symmetric (HS*) algorithms are not accepted: keys come from a public key set",
-                            );
-                            None
-                        }
-                        Err(_) => {
-                            issues.push(p, format!("unknown algorithm {n:?}"));
-                            None
-                        }
-                    }
-                })
-                .collect()
-        }
-    };
+    let algorithms = algorithms(issues, path, j.algorithms);
     let http = match j.client_config {
         None => http_client(issues, path, None, None, None),
         Some(RawHttpClient {
@@ -568,7 +565,45 @@ fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
         jwks_min_refresh_interval,
         http,
         realm,
+        access_token_type: j.gateway_issuer,
     })
+}
+
+/// The accepted signature algorithms: every asymmetric one unless `names` narrows them.
+pub(super) fn algorithms(
+    issues: &mut Issues,
+    path: &str,
+    names: Option<Vec<String>>,
+) -> Vec<Algorithm> {
+    match names {
+        None => ASYMMETRIC.to_vec(),
+        Some(names) => {
+            if names.is_empty() {
+                issues.push(format!("{path}.algorithms"), "must name at least one");
+            }
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    let p = format!("{path}.algorithms[{i}]");
+                    match n.parse::<Algorithm>() {
+                        Ok(a) if ASYMMETRIC.contains(&a) => Some(a),
+                        Ok(_) => {
+                            issues.push(
+                                p,
+                                "symmetric (HS*) algorithms are not accepted: keys come from a public key set",
+                            );
+                            None
+                        }
+                        Err(_) => {
+                            issues.push(p, format!("unknown algorithm {n:?}"));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        }
+    }
 }
 
 fn policy(
@@ -637,7 +672,10 @@ fn token_source(issues: &mut Issues, path: &str, raw: Option<RawTokenSource>) ->
         }
     }
     TokenSource {
-        header: header.map(|h| (h, raw.header_auth_scheme)),
+        headers: header
+            .map(|h| (h, raw.header_auth_scheme))
+            .into_iter()
+            .collect(),
         query: raw.query,
         cookie: raw.cookie,
     }
@@ -682,7 +720,7 @@ fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> Endpoin
     }
 }
 
-fn http_client(
+pub(super) fn http_client(
     issues: &mut Issues,
     path: &str,
     timeout: Option<Duration>,

@@ -5,6 +5,7 @@
 //! shape error and we report it with its key path. [`validate`] then checks every value and
 //! collects *all* problems, so one run of `gateway check-config` shows everything to fix.
 
+pub mod issuer;
 mod middleware;
 mod raw;
 pub mod secret;
@@ -19,9 +20,10 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use issuer::{IssuerClient, IssuerConfig};
 pub use middleware::{
-    ClaimsPolicy, ClientCredentialsConfig, EndpointAuth, HttpClientConfig, HttpTls,
-    IntrospectionConfig, JwksSource, JwtConfig, MiddlewareConfig, TokenSource,
+    ClaimsPolicy, ClientCredentialsConfig, EndpointAuth, GATEWAY_TOKEN_HEADER, HttpClientConfig,
+    HttpTls, IntrospectionConfig, JwksSource, JwtConfig, MiddlewareConfig, TokenSource,
 };
 pub use secret::Secret;
 pub use store::{
@@ -76,6 +78,8 @@ pub struct Config {
     pub middlewares: BTreeMap<String, MiddlewareConfig>,
     /// Routes in file order (matching is by specificity, not order).
     pub routes: Vec<RouteConfig>,
+    /// The built-in token issuer, if enabled.
+    pub issuer: Option<IssuerConfig>,
 }
 
 /// Refresher settings (DESIGN.md, token lifecycle step 5).

@@ -150,6 +150,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         }
     }
 
+    let issuer = raw
+        .issuer
+        .and_then(|i| super::issuer::issuer(&mut issues, i, store != StoreConfig::Memory));
+    super::issuer::bind_gateway_issuer(&mut issues, issuer.as_ref(), &mut middlewares);
+
     let mut routes = Vec::new();
     let mut seen_names = BTreeMap::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -180,6 +185,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         log,
         middlewares,
         routes,
+        issuer,
     })
 }
 

@@ -21,7 +21,8 @@ use hyper::body::{Body, Incoming};
 pub use serve::{Listeners, serve};
 
 use crate::auth::{Applied, ClientCredentials, Introspection, Jwt, Middleware, UsedToken};
-use crate::config::{Config, MiddlewareConfig};
+use crate::config::{Config, JwksSource, MiddlewareConfig};
+use crate::issuer::Issuer;
 use crate::telemetry::AccessLog;
 use crate::token::TokenCache;
 use router::{Route, Router};
@@ -38,14 +39,20 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 /// The proxy: routes, the upstream client, the timeout.
 pub struct Gateway {
     router: Router,
+    issuer: Option<Arc<Issuer>>,
     client: forward::UpstreamClient,
     request_timeout: Duration,
 }
 
 impl Gateway {
-    /// Builds the proxy from a validated configuration. Fails only if the TLS library rejects
-    /// a middleware's TLS material (the files were parsed at load).
-    pub fn new(config: &Config, cache: &Arc<TokenCache>) -> reqwest::Result<Self> {
+    /// Builds the proxy from a validated configuration, serving `issuer`'s endpoints if given.
+    /// Fails only if the TLS library rejects a middleware's TLS material (the files were parsed
+    /// at load).
+    pub fn new(
+        config: &Config,
+        cache: &Arc<TokenCache>,
+        issuer: Option<Arc<Issuer>>,
+    ) -> reqwest::Result<Self> {
         let middlewares: BTreeMap<&str, Arc<Middleware>> = config
             .middlewares
             .iter()
@@ -58,7 +65,11 @@ impl Gateway {
                         Introspection::new(name, i.clone(), cache).map(Middleware::Introspection)
                     }
                     MiddlewareConfig::Jwt(j) => {
-                        Jwt::new(name, j.clone(), cache).map(Middleware::Jwt)
+                        let mut j = j.clone();
+                        if let (JwksSource::Gateway, Some(issuer)) = (&j.keys, &issuer) {
+                            j.keys = JwksSource::Inline(issuer.jwks());
+                        }
+                        Jwt::new(name, j, cache).map(Middleware::Jwt)
                     }
                 };
                 built.map(|b| (name.as_str(), Arc::new(b)))
@@ -84,6 +95,7 @@ impl Gateway {
             .collect();
         Ok(Self {
             router: Router::new(routes),
+            issuer,
             client: forward::client(),
             request_timeout: config.request_timeout,
         })
@@ -118,6 +130,12 @@ impl Gateway {
         remote: SocketAddr,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
+        if let Some(issuer) = &self.issuer
+            && Issuer::serves(req.uri().path())
+        {
+            log.route = Some("issuer".into());
+            return issuer.handle(req).await;
+        }
         let host = request_host(&req);
         let Some(route) = self.router.find(host.as_deref(), req.uri().path()) else {
             return response::error(

@@ -115,7 +115,8 @@ fn bearer_challenge(
     resp
 }
 
-fn challenge(mut resp: Response<ProxyBody>, realm: &str) -> Response<ProxyBody> {
+/// Adds the `Basic` challenge of `realm`.
+pub fn challenge(mut resp: Response<ProxyBody>, realm: &str) -> Response<ProxyBody> {
     // The realm was checked at configuration load to contain no quote or control character.
     let value = HeaderValue::try_from(format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
         .unwrap_or(HeaderValue::from_static("Basic"));

@@ -20,6 +20,22 @@ pub async fn run<S: TokenStore>(make: impl AsyncFn() -> S) {
     versioned_evict_spares_replacements(&make().await).await;
     due_entries_are_the_used_ones_past_refresh_at(&make().await).await;
     changes_are_announced(&make().await).await;
+    claims_are_granted_once_until_they_lapse(&make().await).await;
+}
+
+async fn claims_are_granted_once_until_they_lapse(s: &impl TokenStore) {
+    let until = now_millis() + 300;
+    assert!(s.claim_once(&key(40), until).await.unwrap());
+    assert!(!s.claim_once(&key(40), until + 60_000).await.unwrap());
+    assert!(
+        s.claim_once(&key(41), until).await.unwrap(),
+        "claims are per key"
+    );
+    eventually("the claim lapses", async || {
+        s.claim_once(&key(40), now_millis() + 60_000).await.unwrap()
+    })
+    .await;
+    assert!(!s.claim_once(&key(40), now_millis() + 60_000).await.unwrap());
 }
 
 /// A sealed entry with the given version and lifetime; content is opaque to stores.

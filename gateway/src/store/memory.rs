@@ -22,6 +22,8 @@ struct State {
     refresh_lease: Option<(NodeId, Instant, FencingToken)>,
     /// Last fence granted; fences only grow.
     fence: u64,
+    /// `claim_once` records and when they lapse.
+    claims: HashMap<TokenKey, UnixMillis>,
 }
 
 /// In-process [`TokenStore`].
@@ -200,6 +202,17 @@ impl TokenStore for MemoryStore {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let mut st = self.state();
+        st.claims.retain(|_, lapses| *lapses > now);
+        if st.claims.contains_key(key) {
+            return Ok(false);
+        }
+        st.claims.insert(*key, until);
+        Ok(true)
     }
 }
 

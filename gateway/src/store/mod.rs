@@ -19,7 +19,9 @@
 //! 6. **Events.** Every stored or evicted entry is announced on [`TokenStore::subscribe`] to
 //!    every subscriber (on every node, for shared backends), so L1 caches stay current without
 //!    polling.
-//! 7. **Failure.** Operations fail with [`StoreError::Unavailable`] rather than hang past the
+//! 7. **Once.** [`TokenStore::claim_once`] answers `true` to exactly one caller per key, fleet
+//!    wide, until the claim lapses (replay protection for client assertions' `jti`).
+//! 8. **Failure.** Operations fail with [`StoreError::Unavailable`] rather than hang past the
 //!    backend's configured timeout; callers degrade to node-local behaviour.
 
 pub mod conformance;
@@ -184,6 +186,13 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Change announcements. A lagging receiver may miss events and must then re-read.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+
+    /// Records `key` until `until`; `true` only for the first caller while the record lasts.
+    fn claim_once(
+        &self,
+        key: &TokenKey,
+        until: UnixMillis,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// The configured backend. An enum rather than a trait object: dispatch is a match, and the
@@ -253,5 +262,8 @@ impl TokenStore for Store {
     }
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         dispatch!(self, s => s.subscribe())
+    }
+    async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.claim_once(key, until).await)
     }
 }

@@ -204,6 +204,15 @@ impl KeyDeriver {
         Self { prefix: mac }
     }
 
+    /// Prepares a deriver for another use of keyed hashes (`label` names it; `context` scopes
+    /// it, e.g. to one issuer), kept apart from every token and introspection key.
+    pub fn labelled(fleet: &FleetKey, label: &'static str, context: &str) -> Self {
+        let mut mac = HmacSha256::new_from_slice(&fleet.derive).expect("HMAC takes any key size");
+        field(&mut mac, label.as_bytes());
+        field(&mut mac, context.as_bytes());
+        Self { prefix: mac }
+    }
+
     /// The key of one introspected token: the token itself never appears anywhere a key does.
     pub fn token(&self, token: &str) -> TokenKey {
         let mut mac = self.prefix.clone();

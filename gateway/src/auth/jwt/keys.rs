@@ -100,12 +100,16 @@ struct Discovery {
 }
 
 impl Keys {
-    /// Keys for `cfg`; nothing is fetched until asked.
+    /// Keys for `cfg`; nothing is fetched until asked. An inline set is in place at once.
     pub fn new(cfg: &JwtConfig) -> reqwest::Result<Self> {
+        let current = match &cfg.keys {
+            JwksSource::Inline(doc) => parse_set(doc, &cfg.algorithms),
+            _ => KeySet::default(),
+        };
         Ok(Self {
             http: cfg.http.build()?,
             cfg: cfg.clone(),
-            current: RwLock::new(Arc::new(KeySet::default())),
+            current: RwLock::new(Arc::new(current)),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             refreshing: AtomicBool::new(false),
         })
@@ -166,6 +170,12 @@ impl Keys {
                 let u = self.discover(idp).await?;
                 state.jwks_uri = Some(u.clone());
                 u
+            }
+            (JwksSource::Inline(doc), _) => return Ok(parse_set(doc, &self.cfg.algorithms)),
+            (JwksSource::Gateway, _) => {
+                return Err(IdpError::Protocol(
+                    "the gateway issuer's keys were not bound at start".into(),
+                ));
             }
         };
         let doc: Value = self.get_json(idp, &url).await?;

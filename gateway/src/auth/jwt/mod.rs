@@ -76,6 +76,11 @@ impl Jwt {
         })
     }
 
+    /// The clock skew tolerated on `exp` and `nbf`.
+    pub fn leeway(&self) -> std::time::Duration {
+        self.cfg.leeway
+    }
+
     /// Verifies `token` and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         let header =
@@ -83,6 +88,9 @@ impl Jwt {
         let Some(validation) = self.validations.get(&header.alg) else {
             return Err(self.invalid("signature algorithm not accepted"));
         };
+        if self.cfg.access_token_type && !is_access_token_type(header.typ.as_deref()) {
+            return Err(self.invalid("not an access token (typ must be at+jwt)"));
+        }
         let kid = header.kid.as_deref();
         let mut set = self.keys.current();
         if set.fetched_at.is_none() {
@@ -166,6 +174,15 @@ fn validation(cfg: &JwtConfig, alg: Algorithm) -> Validation {
     }
     v.set_required_spec_claims(&required);
     v
+}
+
+/// RFC 9068 §4: `typ` is `at+jwt`, or `application/at+jwt` (RFC 7515 §4.1.9 lets the
+/// `application/` prefix be omitted; media types compare case-insensitively).
+fn is_access_token_type(typ: Option<&str>) -> bool {
+    typ.is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t == "at+jwt" || t == "application/at+jwt"
+    })
 }
 
 /// A caller-safe description of a validation failure.

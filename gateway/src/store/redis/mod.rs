@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FencingToken, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
 use crate::config::RedisConfig;
-use crate::token::{SealedEntry, TokenKey, UnixMillis};
+use crate::token::{SealedEntry, TokenKey, UnixMillis, now_millis};
 use pool::Pools;
 
 /// Events a slow subscriber may fall behind by before it must re-read.
@@ -254,6 +254,18 @@ impl TokenStore for RedisStore {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {
+        let cmd = redis::cmd("SET")
+            .arg(self.key(&format!("once:{}", key.to_hex())))
+            .arg(1)
+            .arg("NX")
+            .arg("PXAT")
+            .arg(until.max(now_millis() + 1))
+            .to_owned();
+        let set: Option<String> = self.query(&cmd).await?;
+        Ok(set.is_some())
     }
 }
 

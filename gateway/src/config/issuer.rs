@@ -1,0 +1,403 @@
+//! The `issuer` section: the gateway as an OAuth2 authorization server for workloads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use super::middleware::{DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL};
+use super::middleware::{DEFAULT_LEEWAY, DEFAULT_REALM, algorithms, http_client};
+use super::raw::{RawHttpClient, RawIssuer, RawIssuerClient, RawTrustedIssuer, StringOrList};
+use super::validate::Issues;
+use super::{ClaimsPolicy, JwksSource, JwtConfig, TokenSource};
+use crate::issuer::keys::SigningKey;
+use crate::issuer::secret::SecretHash;
+
+/// Lifetime of issued tokens when neither the client nor the issuer names one: short enough
+/// that a leaked token is soon worthless, long enough that clients are not busy renewing.
+pub const DEFAULT_ISSUED_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// Longest lifetime an issued token may be given.
+pub const MAX_ISSUED_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// The token endpoint's path (Octelium's, and the common choice).
+pub const TOKEN_PATH: &str = "/oauth2/token";
+/// The JWKS path.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// The RFC 8414 metadata path.
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// Claims the issuer sets itself; a client's extra `claims` cannot override them.
+const REGISTERED_CLAIMS: [&str; 10] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "client_id",
+    "scope",
+    "auth_time",
+];
+
+/// The issuer, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// The issuer identifier (`iss`), without a trailing slash.
+    pub issuer: String,
+    /// The key tokens are signed with.
+    pub signing_key: SigningKey,
+    /// Retired keys, still published so tokens they signed verify until they expire.
+    pub previous_keys: Vec<SigningKey>,
+    /// `aud` for clients that name none.
+    pub audience: String,
+    /// Lifetime for clients that name none.
+    pub token_lifetime: Duration,
+    /// Registered clients by id.
+    pub clients: BTreeMap<String, IssuerClient>,
+    /// Identity providers whose tokens are client assertions, as `jwt` validations.
+    pub trusted_issuers: Vec<JwtConfig>,
+}
+
+impl IssuerConfig {
+    /// The token endpoint URL.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}{TOKEN_PATH}", self.issuer)
+    }
+
+    /// The JWKS URL.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}{JWKS_PATH}", self.issuer)
+    }
+}
+
+/// One registered client.
+#[derive(Debug, Clone)]
+pub struct IssuerClient {
+    /// Its secret's hash; `None`: it authenticates only with federated identities.
+    pub secret: Option<SecretHash>,
+    /// Scopes it may be granted, sorted.
+    pub scopes: Vec<String>,
+    /// `aud` of its tokens.
+    pub audience: String,
+    /// Lifetime of its tokens.
+    pub token_lifetime: Duration,
+    /// Extra claims of its tokens.
+    pub claims: Map<String, Value>,
+    /// `(iss, sub)` pairs of workload tokens that act as this client.
+    pub federated: Vec<(String, String)>,
+}
+
+pub(super) fn issuer(
+    issues: &mut Issues,
+    raw: RawIssuer,
+    shared_store: bool,
+) -> Option<IssuerConfig> {
+    let before = issues.0.len();
+    let url = issues.http_url("issuer.url", &raw.url);
+    if let Some(u) = &url
+        && (u.path() != "/" || u.query().is_some() || u.fragment().is_some())
+    {
+        issues.push(
+            "issuer.url",
+            "must be an origin (scheme, host, port) without path, query or fragment",
+        );
+    }
+    let issuer = raw.url.trim_end_matches('/').to_owned();
+    let signing_key = signing_key(issues, &raw, shared_store);
+    let previous_keys = raw
+        .previous_signing_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, file)| {
+            let path = format!("issuer.previousSigningKeys[{i}]");
+            load_key(issues, &path, file, None)
+        })
+        .collect();
+    let audience = raw.audience.unwrap_or_else(|| issuer.clone());
+    let token_lifetime = lifetime(issues, "issuer.tokenLifetime", raw.token_lifetime)
+        .unwrap_or(DEFAULT_ISSUED_TOKEN_LIFETIME);
+    let leeway = raw.leeway.unwrap_or(DEFAULT_LEEWAY);
+
+    let token_endpoint = format!("{issuer}{}", TOKEN_PATH);
+    let mut trusted_issuers = Vec::new();
+    let mut trusted_names = BTreeSet::new();
+    for (i, t) in raw.trusted_issuers.into_iter().enumerate() {
+        let path = format!("issuer.trustedIssuers[{i}]");
+        if !trusted_names.insert(t.issuer.clone()) {
+            issues.push(
+                format!("{path}.issuer"),
+                format!("{:?} is listed twice", t.issuer),
+            );
+        }
+        let default_audience = vec![issuer.clone(), token_endpoint.clone()];
+        if let Some(cfg) = trusted_issuer(issues, &path, t, default_audience, leeway) {
+            trusted_issuers.push(cfg);
+        }
+    }
+
+    let mut clients = BTreeMap::new();
+    let mut identities: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (id, c) in raw.clients {
+        let path = format!("issuer.clients.{id}");
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            issues.push(&path, "a client id is visible ASCII without spaces");
+        }
+        for (j, f) in c.federated_identities.iter().enumerate() {
+            let fpath = format!("{path}.federatedIdentities[{j}]");
+            if !trusted_names.contains(&f.issuer) {
+                issues.push(
+                    format!("{fpath}.issuer"),
+                    format!("{:?} is not in issuer.trustedIssuers", f.issuer),
+                );
+            }
+            if let Some(other) =
+                identities.insert((f.issuer.clone(), f.subject.clone()), id.clone())
+            {
+                issues.push(
+                    fpath,
+                    format!("this identity already acts as client {other:?}"),
+                );
+            }
+        }
+        if let Some(client) = client(issues, &path, c, &audience, token_lifetime) {
+            clients.insert(id, client);
+        }
+    }
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(IssuerConfig {
+        issuer,
+        signing_key: signing_key?,
+        previous_keys,
+        audience,
+        token_lifetime,
+        clients,
+        trusted_issuers,
+    })
+}
+
+fn signing_key(issues: &mut Issues, raw: &RawIssuer, shared_store: bool) -> Option<SigningKey> {
+    let spec = raw.signing_key.as_ref();
+    let alg = match spec.and_then(|k| k.algorithm.as_deref()) {
+        None => None,
+        Some(name) => match name.parse::<Algorithm>() {
+            Ok(a) if crate::issuer::keys::SIGNING_ALGORITHMS.contains(&a) => Some(a),
+            _ => {
+                issues.push(
+                    "issuer.signingKey.algorithm",
+                    format!("{name:?} is not one of ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512"),
+                );
+                return None;
+            }
+        },
+    };
+    match spec.and_then(|k| k.file.as_deref()) {
+        Some(file) => load_key(issues, "issuer.signingKey.file", file, alg),
+        None if shared_store => {
+            issues.push(
+                "issuer.signingKey.file",
+                "is required with a shared store: every node must sign with the same key",
+            );
+            None
+        }
+        None => SigningKey::generate(alg.unwrap_or(Algorithm::ES256))
+            .map_err(|m| issues.push("issuer.signingKey.algorithm", m))
+            .ok(),
+    }
+}
+
+fn load_key(
+    issues: &mut Issues,
+    path: &str,
+    file: &str,
+    alg: Option<Algorithm>,
+) -> Option<SigningKey> {
+    let pem = std::fs::read(file)
+        .map_err(|e| issues.push(path, format!("cannot read {file}: {}", e.kind())))
+        .ok()?;
+    SigningKey::from_pem(&pem, alg)
+        .map_err(|m| issues.push(path, format!("{file} {m}")))
+        .ok()
+}
+
+fn lifetime(issues: &mut Issues, path: &str, value: Option<Duration>) -> Option<Duration> {
+    let d = value?;
+    if d < Duration::from_secs(1) || d > MAX_ISSUED_TOKEN_LIFETIME {
+        issues.push(path, "must be between 1s and 24h");
+    }
+    Some(d)
+}
+
+fn client(
+    issues: &mut Issues,
+    path: &str,
+    c: RawIssuerClient,
+    default_audience: &str,
+    default_lifetime: Duration,
+) -> Option<IssuerClient> {
+    let secret = match (&c.secret_hash, &c.secret) {
+        (Some(_), Some(_)) => {
+            issues.push(path, "give secretHash or secret, not both");
+            None
+        }
+        (Some(phc), None) => SecretHash::parse(phc)
+            .map_err(|m| issues.push(format!("{path}.secretHash"), m))
+            .ok(),
+        (None, Some(reference)) => issues
+            .secret(&format!("{path}.secret"), reference)
+            .map(|s| SecretHash::hash(s.expose())),
+        (None, None) => {
+            if c.federated_identities.is_empty() {
+                issues.push(
+                    path,
+                    "needs secretHash, secret or federatedIdentities to authenticate",
+                );
+            }
+            None
+        }
+    };
+    let mut scopes = c.scopes;
+    for (i, s) in scopes.iter().enumerate() {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            issues.push(
+                format!("{path}.scopes[{i}]"),
+                "is not an RFC 6749 scope token",
+            );
+        }
+    }
+    scopes.sort();
+    scopes.dedup();
+    for name in c.claims.keys() {
+        if REGISTERED_CLAIMS.contains(&name.as_str()) {
+            issues.push(
+                format!("{path}.claims.{name}"),
+                "is set by the issuer and cannot be overridden",
+            );
+        }
+    }
+    let token_lifetime = lifetime(issues, &format!("{path}.tokenLifetime"), c.token_lifetime)
+        .unwrap_or(default_lifetime);
+    Some(IssuerClient {
+        secret,
+        scopes,
+        audience: c.audience.unwrap_or_else(|| default_audience.to_owned()),
+        token_lifetime,
+        claims: c.claims,
+        federated: c
+            .federated_identities
+            .into_iter()
+            .map(|f| (f.issuer, f.subject))
+            .collect(),
+    })
+}
+
+/// A trusted workload identity provider as a `jwt` validation: its `iss`, its keys, the
+/// accepted audiences (this gateway by default, RFC 7523 §3 item 3).
+fn trusted_issuer(
+    issues: &mut Issues,
+    path: &str,
+    t: RawTrustedIssuer,
+    default_audience: Vec<String>,
+    leeway: Duration,
+) -> Option<JwtConfig> {
+    let before = issues.0.len();
+    if t.issuer.is_empty() {
+        issues.push(format!("{path}.issuer"), "is empty");
+    }
+    let keys = match (&t.jwks_url, t.keys) {
+        (Some(_), Some(_)) => {
+            issues.push(path, "give jwksUrl or keys, not both");
+            None
+        }
+        (Some(u), None) => issues
+            .http_url(&format!("{path}.jwksUrl"), u)
+            .map(JwksSource::Url),
+        (None, Some(doc)) => {
+            let usable = crate::auth::jwt::keys::parse_set(&doc, &algorithms(issues, path, None));
+            if usable.keys.is_empty() {
+                issues.push(
+                    format!("{path}.keys"),
+                    "holds no usable public signing key (expected a JWKS: {\"keys\": [...]})",
+                );
+            }
+            Some(JwksSource::Inline(Arc::new(doc)))
+        }
+        (None, None) => issues
+            .http_url(&format!("{path}.issuer"), &t.issuer)
+            .map(JwksSource::Discovery),
+    };
+    let audience = match t.audience {
+        None => default_audience,
+        Some(StringOrList::One(a)) => vec![a],
+        Some(StringOrList::Many(a)) if a.is_empty() => {
+            issues.push(format!("{path}.audience"), "must name at least one");
+            a
+        }
+        Some(StringOrList::Many(a)) => a,
+    };
+    let algorithms = algorithms(issues, path, t.algorithms);
+    let http = match t.client_config {
+        None => http_client(issues, path, None, None, None),
+        Some(RawHttpClient {
+            timeout,
+            retries,
+            tls,
+        }) => http_client(
+            issues,
+            &format!("{path}.clientConfig"),
+            timeout,
+            retries,
+            tls,
+        ),
+    };
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(JwtConfig {
+        token_source: TokenSource::default(),
+        keys: keys?,
+        issuer: Some(t.issuer),
+        audience,
+        algorithms,
+        leeway,
+        forward_authorization: false,
+        policy: ClaimsPolicy::default(),
+        jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+        jwks_min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+        http,
+        realm: DEFAULT_REALM.into(),
+        access_token_type: false,
+    })
+}
+
+/// Points every `gatewayIssuer` jwt middleware at the issuer (its `iss`), or reports that
+/// there is none.
+pub(super) fn bind_gateway_issuer(
+    issues: &mut Issues,
+    issuer: Option<&IssuerConfig>,
+    middlewares: &mut BTreeMap<String, super::MiddlewareConfig>,
+) {
+    for (name, m) in middlewares {
+        let super::MiddlewareConfig::Jwt(j) = m else {
+            continue;
+        };
+        if j.keys != JwksSource::Gateway {
+            continue;
+        }
+        match issuer {
+            Some(i) => j.issuer = Some(i.issuer.clone()),
+            None => issues.push(
+                format!("middlewares.{name}.jwt.gatewayIssuer"),
+                "needs the top-level issuer section",
+            ),
+        }
+    }
+}
