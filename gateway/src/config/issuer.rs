@@ -401,3 +401,99 @@ pub(super) fn bind_gateway_issuer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, JwksSource, MiddlewareConfig};
+
+    fn load(extra: &str, issuer: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(&format!(
+            "listen: 127.0.0.1:8080\nadmin: {{ listen: 127.0.0.1:9090 }}\n{extra}\n{issuer}"
+        ))
+    }
+
+    fn issues(extra: &str, issuer: &str) -> Vec<String> {
+        match load(extra, issuer) {
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+            other => panic!("expected value errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_issuer_problem_is_reported_with_its_key_path() {
+        let got = issues(
+            "fleetKey: 0123456789abcdef0123456789abcdef\nstore: { redis: { endpoints: [127.0.0.1:6379] } }",
+            r#"
+issuer:
+  url: https://gw.example.com/tenant
+  tokenLifetime: 48h
+  clients:
+    app:
+      secret: inline
+      secretHash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA"
+      scopes: ["a b"]
+      claims: { sub: root }
+    nothing: {}
+    legacy:
+      secretHash: "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo"
+    ci:
+      federatedIdentities: [{ issuer: "https://unknown.example", subject: x }]
+  trustedIssuers:
+    - issuer: https://ci.example
+      keys: { keys: [] }
+"#,
+        );
+        assert_eq!(
+            got,
+            [
+                "issuer.url: must be an origin (scheme, host, port) without path, query or fragment",
+                "issuer.signingKey.file: is required with a shared store: every node must sign with the same key",
+                "issuer.tokenLifetime: must be between 1s and 24h",
+                "issuer.trustedIssuers[0].keys: holds no usable public signing key (expected a JWKS: {\"keys\": [...]})",
+                "issuer.clients.app: give secretHash or secret, not both",
+                "issuer.clients.app.scopes[0]: is not an RFC 6749 scope token",
+                "issuer.clients.app.claims.sub: is set by the issuer and cannot be overridden",
+                "issuer.clients.ci.federatedIdentities[0].issuer: \"https://unknown.example\" is not in issuer.trustedIssuers",
+                "issuer.clients.legacy.secretHash: must be an argon2 hash, not pbkdf2-sha256",
+                "issuer.clients.nothing: needs secretHash, secret or federatedIdentities to authenticate",
+            ]
+        );
+    }
+
+    #[test]
+    fn gateway_issuer_middlewares_need_the_issuer_and_are_bound_to_it() {
+        let jwt = "middlewares:\n  own:\n    jwt: { gatewayIssuer: true }";
+        assert_eq!(
+            issues(jwt, ""),
+            ["middlewares.own.jwt.gatewayIssuer: needs the top-level issuer section"]
+        );
+        let cfg = load(jwt, "issuer: { url: \"https://gw.example.com/\" }").unwrap();
+        let issuer = cfg.issuer.as_ref().unwrap();
+        assert_eq!(issuer.issuer, "https://gw.example.com");
+        assert_eq!(
+            issuer.token_endpoint(),
+            "https://gw.example.com/oauth2/token"
+        );
+        let MiddlewareConfig::Jwt(j) = &cfg.middlewares["own"] else {
+            panic!("a jwt middleware")
+        };
+        assert_eq!(j.keys, JwksSource::Gateway);
+        assert_eq!(j.issuer.as_deref(), Some("https://gw.example.com"));
+        assert!(j.access_token_type);
+        let headers: Vec<&str> = j
+            .token_source
+            .headers
+            .iter()
+            .map(|(h, _)| h.as_str())
+            .collect();
+        assert_eq!(headers, ["authorization", "x-tokengate-auth"]);
+        let both =
+            "middlewares:\n  own:\n    jwt: { gatewayIssuer: true, jwksUrl: \"http://x/jwks\" }";
+        assert_eq!(
+            issues(both, "issuer: { url: \"https://gw.example.com\" }"),
+            [
+                "middlewares.own.jwt.gatewayIssuer: takes its keys and issuer from the top-level issuer; drop jwksUrl and issuer"
+            ]
+        );
+    }
+}

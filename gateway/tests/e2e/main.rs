@@ -3,7 +3,9 @@
 
 mod client_credentials;
 mod config_cli;
+mod demo;
 mod introspection;
+mod issuer;
 mod jwt;
 mod lifecycle;
 mod proxy;

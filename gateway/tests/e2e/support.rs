@@ -180,6 +180,18 @@ pub async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut(
     }
 }
 
+/// `GET url`, its body parsed as JSON.
+pub async fn get_json(url: String) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The upstream's echo of a proxied request.
 pub async fn echo(resp: reqwest::Response) -> serde_json::Value {
     assert_eq!(resp.status(), 200, "expected 200 from upstream echo");
@@ -244,15 +256,7 @@ pub const GW_SECRET: &str = "gw sec:ret+/%=&";
 impl Node {
     /// The `store` field of `/readyz`: `ok` or `degraded`.
     pub async fn store_state(&self) -> String {
-        let url = format!("http://{}/readyz", self.admin);
-        let ready: serde_json::Value = client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready = get_json(format!("http://{}/readyz", self.admin)).await;
         ready["store"].as_str().unwrap_or_default().to_owned()
     }
 

@@ -198,3 +198,16 @@ fn reason(kind: &ErrorKind) -> &'static str {
         _ => "malformed token",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn access_token_type_is_at_jwt_with_or_without_the_media_type_prefix() {
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            assert!(super::is_access_token_type(Some(ok)), "{ok}");
+        }
+        for bad in [None, Some("JWT"), Some("at+jwt2"), Some("application/jwt")] {
+            assert!(!super::is_access_token_type(bad), "{bad:?}");
+        }
+    }
+}

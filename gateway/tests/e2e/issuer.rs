@@ -1,0 +1,590 @@
+//! The gateway as a token issuer: a real OAuth2 client library gets tokens from
+//! `/oauth2/token`, the RFC 6749 §5.2 errors, RFC 7523 workload identity federation with the
+//! fake IdP as the workload's identity provider, and a fleet of two nodes on Redis sharing the
+//! signing key and the assertion replay records.
+
+use std::process::Stdio;
+
+use chaos::{EchoUpstream, FakeIdp};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, HttpClientError, RequestTokenError, Scope, TokenResponse,
+    TokenUrl,
+};
+use serde_json::{Value, json};
+
+use crate::support::{Node, RedisServer, basic, client, echo, get_json, header, now};
+
+const ISSUER: &str = "https://issuer.test";
+const TOKEN_ENDPOINT: &str = "https://issuer.test/oauth2/token";
+/// A secret with characters RFC 6749 §2.3.1's form-encoding must carry through Basic auth.
+const ORDERS_SECRET: &str = "p@ss:w+rd/ü&=";
+const WORKLOAD: &str = "repo:acme/deploy:ref:refs/heads/main";
+
+/// An issuer with two clients (one by secret reference, one by `gateway hash-secret` hash, one
+/// federated), a `gatewayIssuer` route `/api`, and `extra` top-level lines.
+fn config(upstream: &EchoUpstream, trusted: &str, extra: &str) -> String {
+    let hash = hash_secret("inventory-secret");
+    format!(
+        r#"
+{extra}
+issuer:
+  url: {ISSUER}
+  audience: orders-api
+  tokenLifetime: 5m
+  clients:
+    orders:
+      secret: env:ORDERS_SECRET
+      scopes: [orders:read, orders:write]
+      claims: {{ team: payments }}
+    inventory:
+      secretHash: "{hash}"
+      scopes: [inventory:read]
+      audience: inventory-api
+      tokenLifetime: 1m
+    deployer:
+      scopes: [deploy]
+      federatedIdentities:
+        - {{ issuer: "{trusted}", subject: "{WORKLOAD}" }}
+  trustedIssuers:
+    - issuer: "{trusted}"
+      jwksUrl: "{trusted}/jwks"
+middlewares:
+  own-tokens:
+    jwt:
+      gatewayIssuer: true
+      audience: orders-api
+      forwardHeaders: {{ X-Client-Id: client_id, X-Scope: scope, X-Team: team }}
+routes:
+  - name: api
+    match: {{ pathPrefix: /api }}
+    middlewares: [own-tokens]
+    upstream: {{ urls: [{}] }}
+"#,
+        upstream.url()
+    )
+}
+
+/// `printf secret | gateway hash-secret`.
+fn hash_secret(secret: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains(secret));
+    hash
+}
+
+const LOCAL: &str = "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }";
+
+type TokenResult = Result<
+    BasicTokenResponse,
+    RequestTokenError<HttpClientError<oauth2::reqwest::Error>, BasicErrorResponse>,
+>;
+
+/// A client credentials grant made by the `oauth2` crate, as an application would.
+async fn client_credentials(
+    node: &Node,
+    id: &str,
+    secret: &str,
+    auth: AuthType,
+    scope: Option<&str>,
+) -> TokenResult {
+    let oauth = BasicClient::new(ClientId::new(id.into()))
+        .set_client_secret(ClientSecret::new(secret.into()))
+        .set_token_uri(TokenUrl::new(node.url("/oauth2/token")).unwrap())
+        .set_auth_type(auth);
+    let mut req = oauth.exchange_client_credentials();
+    if let Some(s) = scope {
+        req = req.add_scope(Scope::new(s.into()));
+    }
+    let http = oauth2::reqwest::Client::builder()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    req.request_async(&http).await
+}
+
+/// The claims of `token`, verified against the node's published JWKS as any resource server
+/// would (RFC 9068 §4: `typ` is `at+jwt`).
+async fn verified_claims(node: &Node, token: &str, audience: &str) -> Value {
+    let jwks: JwkSet =
+        serde_json::from_value(get_json(node.url("/.well-known/jwks.json")).await).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid is published");
+    let mut v = Validation::new(header.alg);
+    v.set_audience(&[audience]);
+    v.set_issuer(&[ISSUER]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+        .unwrap()
+        .claims
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth2_library_gets_tokens_that_open_protected_routes() {
+    let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
+    let node = Node::start(
+        &config(&upstream, &idp.issuer(), LOCAL),
+        &[("ORDERS_SECRET", ORDERS_SECRET)],
+    );
+    // client_secret_basic, with a secret that needs form-encoding.
+    let token = client_credentials(
+        &node,
+        "orders",
+        ORDERS_SECRET,
+        AuthType::BasicAuth,
+        Some("orders:read"),
+    )
+    .await
+    .expect("the token endpoint grants orders a token");
+    assert_eq!(token.expires_in().unwrap().as_secs(), 300);
+    assert_eq!(
+        token
+            .scopes()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        ["orders:read"]
+    );
+    let access = token.access_token().secret().clone();
+    let claims = verified_claims(&node, &access, "orders-api").await;
+    assert_eq!(claims["sub"], "orders");
+    assert_eq!(claims["client_id"], "orders");
+    assert_eq!(claims["scope"], "orders:read");
+    assert_eq!(claims["team"], "payments");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        300
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16));
+
+    // The protected route takes it as a Bearer token and in X-Tokengate-Auth; neither header
+    // reaches the upstream, and the caller cannot spoof a forwarded claim.
+    let http2 = client();
+    for (name, value) in [
+        ("authorization", format!("Bearer {access}")),
+        ("x-tokengate-auth", access.clone()),
+    ] {
+        let resp = http2
+            .get(node.url("/api/orders"))
+            .header(name, value)
+            .header("x-client-id", "admin")
+            .send()
+            .await
+            .unwrap();
+        let seen = echo(resp).await;
+        assert_eq!(header(&seen, "x-client-id"), ["orders"]);
+        assert_eq!(header(&seen, "x-team"), ["payments"]);
+        assert!(header(&seen, "authorization").is_empty());
+        assert!(header(&seen, "x-tokengate-auth").is_empty());
+    }
+
+    // client_secret_post, a client whose secret is configured only as an argon2 hash; its
+    // token is for another audience, so the route refuses it.
+    let token = client_credentials(
+        &node,
+        "inventory",
+        "inventory-secret",
+        AuthType::RequestBody,
+        None,
+    )
+    .await
+    .expect("client_secret_post works");
+    assert_eq!(token.expires_in().unwrap().as_secs(), 60);
+    let resp = http2
+        .get(node.url("/api/orders"))
+        .bearer_auth(token.access_token().secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // The library sees a wrong secret as RFC 6749 invalid_client.
+    match client_credentials(&node, "orders", "nope", AuthType::BasicAuth, None).await {
+        Err(RequestTokenError::ServerResponse(e)) => {
+            assert_eq!(*e.error(), BasicErrorResponseType::InvalidClient)
+        }
+        other => panic!("expected invalid_client, got {other:?}"),
+    }
+    let log = node.log();
+    assert!(!log.contains(ORDERS_SECRET) && !log.contains(&access));
+}
+
+/// Posts a raw form to the token endpoint.
+async fn post(
+    node: &Node,
+    auth: Option<&str>,
+    content_type: &str,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = client()
+        .post(node.url("/oauth2/token"))
+        .header("content-type", content_type)
+        .body(body.to_owned());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or(Value::Null))
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// What a case shows, its `Authorization`, content type, body, status and error code.
+type Case = (
+    &'static str,
+    Option<String>,
+    &'static str,
+    String,
+    u16,
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_errors_follow_rfc_6749() {
+    let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
+    let node = Node::start(
+        &config(&upstream, &idp.issuer(), LOCAL),
+        &[("ORDERS_SECRET", ORDERS_SECRET)],
+    );
+    let good = basic("orders", "p%40ss%3Aw%2Brd%2F%C3%BC%26%3D");
+    let grant = "grant_type=client_credentials";
+    let cases: Vec<Case> = vec![
+        (
+            "encoded Basic credentials",
+            Some(good.clone()),
+            FORM,
+            grant.into(),
+            200,
+            "",
+        ),
+        (
+            "wrong secret",
+            Some(basic("orders", "wrong")),
+            FORM,
+            grant.into(),
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown client",
+            Some(basic("ghost", "x")),
+            FORM,
+            grant.into(),
+            401,
+            "invalid_client",
+        ),
+        (
+            "no client authentication",
+            None,
+            FORM,
+            format!("{grant}&client_id=orders"),
+            401,
+            "invalid_client",
+        ),
+        (
+            "unsupported grant",
+            Some(good.clone()),
+            FORM,
+            "grant_type=authorization_code&code=x".into(),
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            "missing grant_type",
+            Some(good.clone()),
+            FORM,
+            "scope=orders:read".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "JSON body",
+            Some(good.clone()),
+            "application/json",
+            r#"{"grant_type":"client_credentials"}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "repeated parameter",
+            Some(good.clone()),
+            FORM,
+            format!("{grant}&{grant}"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "two authentication methods",
+            Some(good.clone()),
+            FORM,
+            format!("{grant}&client_id=orders&client_secret=x"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "scope not registered",
+            Some(good.clone()),
+            FORM,
+            format!("{grant}&scope=orders:read%20admin"),
+            400,
+            "invalid_scope",
+        ),
+        (
+            "secret in the body, wrong",
+            None,
+            FORM,
+            format!("{grant}&client_id=orders&client_secret=wrong"),
+            401,
+            "invalid_client",
+        ),
+    ];
+    for (what, auth, content_type, body, status, code) in cases {
+        let (got, headers, json) = post(&node, auth.as_deref(), content_type, &body).await;
+        assert_eq!(got, status, "{what}: {json}");
+        assert_eq!(headers["cache-control"], "no-store", "{what}");
+        if status == 200 {
+            assert_eq!(json["token_type"], "Bearer", "{what}");
+            assert_eq!(headers["pragma"], "no-cache");
+            continue;
+        }
+        assert_eq!(json["error"], code, "{what}");
+        if auth.is_some() && status == 401 {
+            // §5.2: a failed Basic authentication is answered with a Basic challenge.
+            let challenge = headers["www-authenticate"].to_str().unwrap();
+            assert!(challenge.starts_with("Basic realm="), "{what}: {challenge}");
+        }
+    }
+    let resp = client()
+        .get(node.url("/oauth2/token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+
+    let meta = get_json(node.url("/.well-known/oauth-authorization-server")).await;
+    assert_eq!(meta["issuer"], ISSUER);
+    assert_eq!(meta["token_endpoint"], TOKEN_ENDPOINT);
+    assert_eq!(
+        meta["jwks_uri"],
+        "https://issuer.test/.well-known/jwks.json"
+    );
+    assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        meta["token_endpoint_auth_methods_supported"],
+        json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt"
+        ])
+    );
+    assert!(!node.log().contains(ORDERS_SECRET));
+}
+
+/// An identity token of the workload, as its platform (CI, Kubernetes) would issue it.
+fn assertion(idp: &FakeIdp, overrides: Value) -> String {
+    let mut claims = json!({
+        "iss": idp.issuer(),
+        "sub": WORKLOAD,
+        "aud": TOKEN_ENDPOINT,
+        "iat": now(),
+        "exp": now() + 120,
+        "jti": format!("{:x}", rand::random::<u128>()),
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    idp.mint(&claims)
+}
+
+fn assertion_form(jwt: &str) -> String {
+    format!(
+        "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jwt}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_federation_rfc_7523() {
+    let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
+    let node = Node::start(
+        &config(&upstream, &idp.issuer(), LOCAL),
+        &[("ORDERS_SECRET", ORDERS_SECRET)],
+    );
+    let valid = assertion(&idp, json!({}));
+    let (status, _, json) = post(&node, None, FORM, &assertion_form(&valid)).await;
+    assert_eq!(status, 200, "{json}");
+    let token = json["access_token"].as_str().unwrap();
+    let claims = verified_claims(&node, token, "orders-api").await;
+    assert_eq!(claims["sub"], "deployer");
+    assert_eq!(claims["scope"], "deploy");
+
+    let other = FakeIdp::start().await;
+    let cases = [
+        ("replayed jti", valid.clone()),
+        (
+            "expired",
+            assertion(&idp, json!({"exp": now() - 60, "iat": now() - 120})),
+        ),
+        (
+            "wrong audience",
+            assertion(&idp, json!({"aud": "https://elsewhere.test/token"})),
+        ),
+        (
+            "untrusted issuer",
+            assertion(&other, json!({"iss": other.issuer()})),
+        ),
+        // The fake IdP publishes its EC key only once it rotates to it.
+        (
+            "signed by a key the issuer does not publish",
+            idp.sign(
+                &Header {
+                    kid: Some(chaos::idp::EC_KID.into()),
+                    ..Header::new(Algorithm::ES256)
+                },
+                &json!({
+                    "iss": idp.issuer(), "sub": WORKLOAD, "aud": TOKEN_ENDPOINT,
+                    "exp": now() + 60, "jti": "forged-1",
+                }),
+            ),
+        ),
+        (
+            "subject bound to no client",
+            assertion(&idp, json!({"sub": "repo:evil/x"})),
+        ),
+        ("no jti", assertion(&idp, json!({"jti": null}))),
+        ("no exp", assertion(&idp, json!({"exp": null}))),
+    ];
+    for (what, jwt) in cases {
+        let (status, headers, json) = post(&node, None, FORM, &assertion_form(&jwt)).await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{what}: {json}"
+        );
+        assert_eq!(headers["cache-control"], "no-store");
+    }
+    // The token endpoint also accepts the issuer URL as the assertion's audience (RFC 7523 §3).
+    let to_issuer = assertion(&idp, json!({"aud": ISSUER}));
+    let (status, _, _) = post(&node, None, FORM, &assertion_form(&to_issuer)).await;
+    assert_eq!(status, 200);
+    // A client_id naming another client than the assertion's is refused.
+    let mismatch = format!(
+        "{}&client_id=orders",
+        assertion_form(&assertion(&idp, json!({})))
+    );
+    let (status, _, json) = post(&node, None, FORM, &mismatch).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    assert!(!node.log().contains(&valid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_redis_shares_the_key_and_refuses_replays_on_every_node() {
+    let (idp, upstream, redis) = (
+        FakeIdp::start().await,
+        EchoUpstream::start().await,
+        RedisServer::start(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("issuer.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let shared = format!(
+        "{LOCAL}\nfleetKey: env:FLEET_KEY\nstore: {{ redis: {{ endpoints: [\"{}\"] }} }}",
+        redis.endpoint()
+    );
+    let yaml = config(&upstream, &idp.issuer(), &shared).replace(
+        "  tokenLifetime: 5m\n",
+        &format!(
+            "  tokenLifetime: 5m\n  signingKey: {{ file: {} }}\n",
+            key.display()
+        ),
+    );
+    let env = [
+        ("ORDERS_SECRET", ORDERS_SECRET),
+        ("FLEET_KEY", "0123456789abcdef0123456789abcdef-issuer"),
+    ];
+    let (a, b) = (Node::start(&yaml, &env), Node::start(&yaml, &env));
+
+    // A token from node a opens node b's route: both sign and verify with the file's key.
+    let (status, _, json) = post(
+        &a,
+        Some(&basic("orders", "p%40ss%3Aw%2Brd%2F%C3%BC%26%3D")),
+        FORM,
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let resp = client()
+        .get(b.url("/api/x"))
+        .bearer_auth(json["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&echo(resp).await, "x-client-id"), ["orders"]);
+
+    // An assertion spent at node a is a replay at node b.
+    let jwt = assertion(&idp, json!({}));
+    assert_eq!(post(&a, None, FORM, &assertion_form(&jwt)).await.0, 200);
+    let (status, _, json) = post(&b, None, FORM, &assertion_form(&jwt)).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    // The replay record is keyed by an HMAC: the jti is nowhere in Redis.
+    let keys = redis.cli(&["--scan"]);
+    assert!(keys.contains(":once:"), "{keys}");
+    let spent = jsonwebtoken::dangerous::insecure_decode::<Value>(&jwt).unwrap();
+    assert!(!keys.contains(spent.claims["jti"].as_str().unwrap()));
+
+    // Redis down: replay protection cannot be checked, so assertions are refused with 503
+    // while secrets still work.
+    drop(redis);
+    let (status, headers, _) =
+        post(&a, None, FORM, &assertion_form(&assertion(&idp, json!({})))).await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
+    let by_secret = post(
+        &b,
+        Some(&basic("inventory", "inventory-secret")),
+        FORM,
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(by_secret.0, 200);
+}
