@@ -12,6 +12,7 @@
 //!   with single flight, the refresher, and the L1's sync with the shared store.
 //! - [`issuer`]: the gateway as an OAuth2 authorization server (client credentials, RFC 7523
 //!   workload identity federation, RFC 9068 access tokens, JWKS and RFC 8414 metadata).
+//! - [`demo`]: `gateway demo`, every flow in one process with an echo upstream.
 //! - [`store`]: the [`store::TokenStore`] contract, its conformance suite, and its backends
 //!   (`memory`, `redis`).
 //! - [`telemetry`]: logging and the access log.
