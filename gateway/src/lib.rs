@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cachenode;
 pub mod config;
 pub mod demo;
 pub mod issuer;
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use config::{Config, StoreConfig};
 use proxy::admin::Admin;
 use proxy::{Gateway, Listeners};
-use store::{MemoryStore, RedisStore, Store, StoreError};
+use store::{MemoryStore, RaftStore, RedisStore, Store, StoreError};
 use token::{FleetKey, KeyRing, TokenCache};
 
 /// Why a node could not start.
@@ -72,6 +73,7 @@ pub async fn run(
     let store = match &config.store {
         StoreConfig::Memory => Store::Memory(MemoryStore::new()),
         StoreConfig::Redis(redis) => Store::Redis(RedisStore::new(redis)?),
+        StoreConfig::Raft(raft) => Store::Raft(RaftStore::new(raft)),
     };
     let cache = TokenCache::new(fleet, store);
     let issuer = match &config.issuer {

@@ -47,6 +47,38 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Run a member of the Raft-replicated cache service.
+    CacheNode {
+        /// This node's id: unique in the cluster, never reused.
+        #[arg(long, env = "TOKENGATE_NODE_ID")]
+        id: u64,
+        /// Where to listen for gRPC (Raft, TokenCache, Admin).
+        #[arg(long, env = "TOKENGATE_LISTEN")]
+        listen: SocketAddr,
+        /// The address peers and gateways reach this node at (default: --listen).
+        #[arg(long, env = "TOKENGATE_ADVERTISE")]
+        advertise: Option<String>,
+        /// Where the Raft log, vote and snapshots are kept.
+        #[arg(long, env = "TOKENGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Bootstrap a new cluster with these members: `1=host:port,2=host:port,...`. Safe to
+        /// repeat on every initial member and on restarts.
+        #[arg(long, value_delimiter = ',', value_parser = parse_member)]
+        init: Vec<(u64, String)>,
+        /// Join a running cluster as a learner through this member (promote it with
+        /// Admin.ChangeMembership).
+        #[arg(long)]
+        join: Option<String>,
+        /// Secret reference (`env:NAME`, `file:/path`) to the bearer token Admin calls need.
+        #[arg(long, env = "TOKENGATE_ADMIN_TOKEN")]
+        admin_token: Option<String>,
+        /// Log entries between snapshots.
+        #[arg(long, default_value_t = gateway::cachenode::DEFAULT_SNAPSHOT_LOGS)]
+        snapshot_logs: u64,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        log_format: String,
+    },
     /// Hash a client secret for `issuer.clients.<id>.secretHash` (argon2id). Reads the secret
     /// from the first line of standard input.
     HashSecret,
@@ -63,6 +95,41 @@ fn main() -> ExitCode {
             Err(e) => config_failed(&file, &e),
         },
         Command::HashSecret => hash_secret(),
+        Command::CacheNode {
+            id,
+            listen,
+            advertise,
+            data_dir,
+            init,
+            join,
+            admin_token,
+            snapshot_logs,
+            log_format,
+        } => {
+            let admin_token = match admin_token.as_deref().map(gateway::config::secret::resolve) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => {
+                    eprintln!("error: --admin-token: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let format = match log_format.as_str() {
+                "json" => gateway::config::LogFormat::Json,
+                _ => gateway::config::LogFormat::Text,
+            };
+            let cfg = gateway::cachenode::CacheNodeConfig {
+                id,
+                listen,
+                advertise: advertise.unwrap_or_else(|| listen.to_string()),
+                data_dir,
+                init: init.into_iter().collect(),
+                join,
+                admin_token,
+                snapshot_logs,
+            };
+            runtime().block_on(cache_node(cfg, format))
+        }
         Command::Demo {
             listen,
             admin_listen,
@@ -74,6 +141,34 @@ fn main() -> ExitCode {
                 Err(e) => return config_failed(&config, &e),
             };
             runtime().block_on(run(cfg))
+        }
+    }
+}
+
+/// `id=host:port`.
+fn parse_member(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not id=host:port"))?;
+    let id = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
+    Ok((id, addr.to_owned()))
+}
+
+async fn cache_node(
+    cfg: gateway::cachenode::CacheNodeConfig,
+    format: gateway::config::LogFormat,
+) -> ExitCode {
+    gateway::telemetry::init(&gateway::config::LogConfig {
+        format,
+        level: "info,openraft=warn".into(),
+    });
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_on_stop(shutdown.clone()));
+    match gateway::cachenode::run(cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cache node stopped");
+            ExitCode::FAILURE
         }
     }
 }

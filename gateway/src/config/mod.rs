@@ -27,8 +27,8 @@ pub use middleware::{
 };
 pub use secret::Secret;
 pub use store::{
-    DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RedisConfig, RedisTls, RedisTopology,
-    StoreConfig,
+    DEFAULT_RAFT_TIMEOUT, DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RaftStoreConfig,
+    RedisConfig, RedisTls, RedisTopology, StoreConfig,
 };
 
 /// Default upper bound on one proxied request: long enough for slow APIs, short enough that a

@@ -158,6 +158,19 @@ pub struct RawStore {
     /// Redis (standalone, Sentinel or Cluster).
     #[serde(default)]
     pub redis: Option<RawRedisStore>,
+    /// The Raft-replicated cache service (`gateway cache-node`).
+    #[serde(default)]
+    pub raft: Option<RawRaftStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRaftStore {
+    /// `host:port` of cache nodes (any subset; the leader is found from them).
+    pub endpoints: Vec<String>,
+    /// Upper bound on one operation, leader changes included.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

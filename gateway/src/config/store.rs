@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::Secret;
-use super::raw::{RawRedisStore, RawTls};
+use super::raw::{RawRaftStore, RawRedisStore, RawTls};
 use super::validate::Issues;
 
 /// Which [`crate::store::TokenStore`] backend holds the fleet's tokens.
@@ -14,6 +14,44 @@ pub enum StoreConfig {
     Memory,
     /// Shared through Redis.
     Redis(Box<RedisConfig>),
+    /// Shared through the Raft cache service.
+    Raft(RaftStoreConfig),
+}
+
+/// Long enough for an election (a dead leader is replaced in well under a second), short
+/// enough that a cluster without quorum soon degrades nodes to their L1 instead of making
+/// callers wait.
+pub const DEFAULT_RAFT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Raft cache service as the store, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStoreConfig {
+    /// `host:port` of cache nodes.
+    pub endpoints: Vec<String>,
+    /// Upper bound on one operation.
+    pub timeout: Duration,
+}
+
+pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConfig> {
+    if r.endpoints.is_empty() {
+        issues.push("store.raft.endpoints", "must name at least one cache node");
+    }
+    for (i, e) in r.endpoints.iter().enumerate() {
+        let ok = e
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !ok {
+            issues.push(format!("store.raft.endpoints[{i}]"), "not host:port");
+        }
+    }
+    let timeout = r.timeout.unwrap_or(DEFAULT_RAFT_TIMEOUT);
+    if timeout.is_zero() {
+        issues.push("store.raft.timeout", "must be greater than zero");
+    }
+    Some(RaftStoreConfig {
+        endpoints: r.endpoints,
+        timeout,
+    })
 }
 
 /// A one-line description for logs (no secrets).
@@ -21,6 +59,7 @@ impl fmt::Display for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Memory => f.write_str("memory"),
+            Self::Raft(r) => write!(f, "raft {}", r.endpoints.join(",")),
             Self::Redis(r) => {
                 let endpoints: Vec<String> = r
                     .endpoints

@@ -59,30 +59,30 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         issues.push("admin.listen", "must differ from listen");
     }
     let store = match raw.store {
-        None
-        | Some(RawStore {
-            memory: Some(_),
-            redis: None,
-        }) => StoreConfig::Memory,
+        None => StoreConfig::Memory,
         Some(RawStore {
-            memory: None,
-            redis: Some(r),
-        }) => super::store::redis(&mut issues, r)
-            .map_or(StoreConfig::Memory, |r| StoreConfig::Redis(Box::new(r))),
-        Some(RawStore {
-            memory: None,
-            redis: None,
-        }) => {
-            issues.push("store", "names no backend (expected memory or redis)");
-            StoreConfig::Memory
-        }
-        Some(RawStore {
-            memory: Some(_),
-            redis: Some(_),
-        }) => {
-            issues.push("store", "names two backends; choose memory or redis");
-            StoreConfig::Memory
-        }
+            memory,
+            redis,
+            raft,
+        }) => match (memory, redis, raft) {
+            (Some(_), None, None) => StoreConfig::Memory,
+            (None, None, None) => {
+                issues.push("store", "names no backend (expected memory, redis or raft)");
+                StoreConfig::Memory
+            }
+            (None, Some(r), None) => super::store::redis(&mut issues, r)
+                .map_or(StoreConfig::Memory, |r| StoreConfig::Redis(Box::new(r))),
+            (None, None, Some(r)) => {
+                super::store::raft(&mut issues, r).map_or(StoreConfig::Memory, StoreConfig::Raft)
+            }
+            _ => {
+                issues.push(
+                    "store",
+                    "names two backends; choose one of memory, redis, raft",
+                );
+                StoreConfig::Memory
+            }
+        },
     };
     let fleet_key = raw
         .fleet_key

@@ -26,6 +26,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod raft;
 pub mod redis;
 
 use std::fmt;
@@ -38,6 +39,7 @@ use tokio::sync::broadcast;
 use crate::token::{SealedEntry, TokenKey, UnixMillis};
 
 pub use memory::MemoryStore;
+pub use raft::RaftStore;
 pub use redis::RedisStore;
 
 /// Identifies a gateway node as a lease holder.
@@ -202,6 +204,8 @@ pub enum Store {
     Memory(MemoryStore),
     /// Redis.
     Redis(RedisStore),
+    /// The Raft cache service.
+    Raft(RaftStore),
 }
 
 macro_rules! dispatch {
@@ -209,6 +213,7 @@ macro_rules! dispatch {
         match $self {
             Store::Memory($s) => $body,
             Store::Redis($s) => $body,
+            Store::Raft($s) => $body,
         }
     };
 }

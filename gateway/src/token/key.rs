@@ -56,6 +56,20 @@ impl TokenKey {
 }
 
 /// Shows a short id (first 8 bytes): enough to tell entries apart in logs and listings.
+/// Keys travel as hex text (Raft log entries, snapshots).
+impl serde::Serialize for TokenKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TokenKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_hex(&hex).ok_or_else(|| serde::de::Error::custom("not a 64-digit hex key"))
+    }
+}
+
 impl fmt::Display for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))

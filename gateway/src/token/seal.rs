@@ -25,7 +25,7 @@ pub struct SealedEntry {
 }
 
 /// Bytes as standard base64 text, a third larger rather than the four times of a JSON array.
-mod base64_bytes {
+pub(crate) mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};

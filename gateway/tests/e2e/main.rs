@@ -9,6 +9,7 @@ mod issuer;
 mod jwt;
 mod lifecycle;
 mod proxy;
+mod raft;
 mod redis;
 mod redis_ha;
 mod support;

@@ -1,0 +1,272 @@
+//! `gateway cache-node`: a member of the Raft-replicated cache service, for fleets that would
+//! rather not run Redis.
+//!
+//! # Layout
+//!
+//! - [`state`]: the replicated cache and its commands: the state machine's logic, pure and
+//!   deterministic (time comes from the leader's stamp on each command).
+//! - [`log_store`]: the Raft log and vote, durable in redb.
+//! - [`state_machine`]: openraft's state machine over the cache: apply, watch, snapshots.
+//! - [`network`]: Raft RPCs to peers over gRPC.
+//! - [`service`]: the gRPC services: Raft transport, `TokenCache`, `Admin`.
+//! - [`convert`]: protobuf conversions.
+//!
+//! One redb file per node (`<data-dir>/raft.redb`) holds the log, the vote, the committed index
+//! and the latest snapshot. A restarted node loads the snapshot and re-applies the committed log
+//! after it.
+
+pub mod convert;
+pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod state;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Raft};
+use subtle::ConstantTimeEq;
+use tokengate_proto::admin::admin_server::AdminServer;
+use tokengate_proto::cache::token_cache_server::TokenCacheServer;
+use tokengate_proto::raft::raft_transport_server::RaftTransportServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use service::{AdminService, CacheService, NodeContext, RaftService};
+use state::{Outcome, Stamped};
+
+openraft::declare_raft_types!(
+    /// The cache service's Raft types: stamped commands in, outcomes out, snapshots as bytes.
+    pub TypeConfig:
+        D = Stamped,
+        R = Outcome,
+        SnapshotData = Vec<u8>,
+);
+
+/// Leader heartbeat (openraft ticks every 1.5 heartbeats).
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
+/// Lower bound of the randomised election timeout.
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
+/// Upper bound of the randomised election timeout. openraft lets a follower stand for election
+/// only after the leader's lease (this bound) plus its own timeout have passed without a
+/// heartbeat: 450–600 ms after a leader dies, plus one tick and a vote round trip, so a new
+/// leader is in place in well under a second.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(300);
+/// A snapshot is taken after this many log entries, and the log before it purged.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
+
+/// How a cache node runs.
+#[derive(Debug, Clone)]
+pub struct CacheNodeConfig {
+    /// This node's id, unique in the cluster and never reused.
+    pub id: u64,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The address peers and gateways reach it at (default: `listen`).
+    pub advertise: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Initial members `id -> addr`, to bootstrap a new cluster (ignored once initialised).
+    pub init: BTreeMap<u64, String>,
+    /// A member to ask to add this node as a learner.
+    pub join: Option<String>,
+    /// The bearer token `Admin` calls need; `None` refuses every admin call.
+    pub admin_token: Option<Secret>,
+    /// Log entries between snapshots.
+    pub snapshot_logs: u64,
+}
+
+/// Why a cache node stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheNodeError {
+    /// The data directory or database could not be opened.
+    #[error("data directory {dir}: {message}")]
+    Data {
+        /// The directory.
+        dir: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The listener could not be bound or served.
+    #[error("cannot serve on {addr}: {message}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Runs a cache node until `shutdown` is cancelled.
+pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<(), CacheNodeError> {
+    let data = |message: String| CacheNodeError::Data {
+        dir: cfg.data_dir.display().to_string(),
+        message,
+    };
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| data(e.to_string()))?;
+    let db =
+        redb::Database::create(cfg.data_dir.join("raft.redb")).map_err(|e| data(e.to_string()))?;
+    let db = Arc::new(db);
+    let log_store = log_store::LogStore::open(Arc::clone(&db)).map_err(|e| data(e.to_string()))?;
+    let (state_machine, shared) =
+        state_machine::StateMachine::open(Arc::clone(&db)).map_err(data)?;
+
+    let raft_config = openraft::Config {
+        cluster_name: "tokengate-cache".into(),
+        heartbeat_interval: HEARTBEAT.as_millis() as u64,
+        election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
+        election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| CacheNodeError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        cfg.id,
+        Arc::new(raft_config),
+        network::Network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| CacheNodeError::Raft(e.to_string()))?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| CacheNodeError::Serve {
+            addr: cfg.listen,
+            message: e.to_string(),
+        })?;
+    let ctx = Arc::new(NodeContext {
+        id: cfg.id,
+        addr: cfg.advertise.clone(),
+        raft: raft.clone(),
+        shared,
+        shutdown: shutdown.clone(),
+    });
+    let admin_token = cfg.admin_token.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(RaftTransportServer::new(RaftService(Arc::clone(&ctx))))
+        .add_service(TokenCacheServer::new(CacheService(Arc::clone(&ctx))))
+        .add_service(AdminServer::with_interceptor(
+            AdminService(Arc::clone(&ctx)),
+            move |req| admin_auth(admin_token.as_ref(), req),
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tracing::info!(id = cfg.id, addr = %cfg.advertise, listen = %cfg.listen, "cache node listening");
+
+    if !cfg.init.is_empty() {
+        let members: BTreeMap<u64, BasicNode> = cfg
+            .init
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(members = cfg.init.len(), "cluster initialised"),
+            // Initialised before (a restart, or another member initialised it first).
+            Err(e) => tracing::info!(reason = %e, "cluster already initialised"),
+        }
+    }
+    let joiner = cfg.join.clone().map(|member| {
+        let (id, addr, token) = (cfg.id, cfg.advertise.clone(), cfg.admin_token.clone());
+        tokio::spawn(join(member, id, addr, token, shutdown.clone()))
+    });
+
+    let served = server.await;
+    if let Some(j) = joiner {
+        j.abort();
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    tracing::info!(id = cfg.id, "cache node stopped");
+    served.map_err(|e| CacheNodeError::Serve {
+        addr: cfg.listen,
+        message: e.to_string(),
+    })
+}
+
+/// Asks `member` (following redirects to the leader) to add this node as a learner, until it
+/// succeeds. Promotion to voter is the operator's decision (`Admin.ChangeMembership`).
+async fn join(
+    member: String,
+    id: u64,
+    addr: String,
+    token: Option<Secret>,
+    stop: CancellationToken,
+) {
+    use tokengate_proto::admin::AddLearnerRequest;
+    use tokengate_proto::admin::admin_client::AdminClient;
+    let mut target = member;
+    loop {
+        let attempt = async {
+            let channel = network::channel(&target).map_err(|e| (e.to_string(), None))?;
+            let mut client = AdminClient::new(channel);
+            let mut req = tonic::Request::new(AddLearnerRequest {
+                id,
+                addr: addr.clone(),
+            });
+            if let Some(t) = &token
+                && let Ok(v) = format!("Bearer {}", t.expose()).parse()
+            {
+                req.metadata_mut().insert("authorization", v);
+            }
+            client.add_learner(req).await.map_err(|s| {
+                let leader = s
+                    .metadata()
+                    .get(service::LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                (s.message().to_owned(), leader)
+            })
+        };
+        match attempt.await {
+            Ok(_) => {
+                tracing::info!(via = %target, "joined the cluster as a learner");
+                return;
+            }
+            Err((message, leader)) => {
+                tracing::info!(via = %target, reason = %message, "cannot join yet; retrying");
+                if let Some(l) = leader {
+                    target = l;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Lets an `Admin` call through only with `authorization: Bearer <admin token>`.
+fn admin_auth(
+    token: Option<&Secret>,
+    req: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    let presented = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (token, presented) {
+        (Some(t), Some(p)) if bool::from(t.expose().as_bytes().ct_eq(p.as_bytes())) => Ok(req),
+        (None, _) => Err(tonic::Status::unauthenticated(
+            "admin calls are disabled on this node (no admin token configured)",
+        )),
+        _ => Err(tonic::Status::unauthenticated(
+            "missing or wrong admin token",
+        )),
+    }
+}

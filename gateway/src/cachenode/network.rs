@@ -1,0 +1,177 @@
+//! The Raft transport: openraft's RPCs to peer cache nodes over gRPC. Each message carries
+//! openraft's own request or response type as JSON (see `proto/proto/raft.proto`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokengate_proto::raft::RaftMessage;
+use tokengate_proto::raft::raft_transport_client::RaftTransportClient;
+use tonic::transport::Channel;
+
+use super::TypeConfig;
+
+/// A whole snapshot as sent to a follower.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotTransfer {
+    /// The leader's vote.
+    pub vote: Vote<u64>,
+    /// What the snapshot covers.
+    pub meta: openraft::SnapshotMeta<u64, BasicNode>,
+    /// The serialized cache (base64 in JSON).
+    #[serde(with = "crate::token::seal::base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Makes clients for peers.
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            client: channel(&node.addr).map(RaftTransportClient::new),
+        }
+    }
+}
+
+/// A lazily connected gRPC channel to `addr` (`host:port`).
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    )
+}
+
+/// One peer.
+pub struct Peer {
+    target: u64,
+    client: Result<RaftTransportClient<Channel>, tonic::transport::Error>,
+}
+
+/// Why a call to a peer failed, before openraft's error types are chosen.
+enum CallError {
+    Unreachable(tonic::Status),
+    Timeout,
+    Decode(serde_json::Error),
+}
+
+impl Peer {
+    async fn call<Req, Resp, Fut>(
+        &mut self,
+        req: &Req,
+        ttl: Duration,
+        send: impl FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                return Err(CallError::Unreachable(tonic::Status::unavailable(
+                    e.to_string(),
+                )));
+            }
+        };
+        let msg = RaftMessage {
+            json: serde_json::to_vec(req).expect("raft messages serialize"),
+        };
+        match tokio::time::timeout(ttl, send(client, msg)).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(status)) => Err(CallError::Unreachable(status)),
+            Ok(Ok(resp)) => {
+                serde_json::from_slice(&resp.into_inner().json).map_err(CallError::Decode)
+            }
+        }
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        e: CallError,
+        ttl: Duration,
+    ) -> RPCError<u64, BasicNode, E> {
+        match e {
+            CallError::Unreachable(s) => RPCError::Unreachable(Unreachable::new(&s)),
+            CallError::Timeout => RPCError::Network(NetworkError::new(&std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from node {} within {ttl:?}", self.target),
+            ))),
+            CallError::Decode(d) => RPCError::Network(NetworkError::new(&d)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let ttl = option.hard_ttl();
+        let answer: Result<AppendEntriesResponse<u64>, RaftError<u64>> = self
+            .call(
+                &rpc,
+                ttl,
+                |mut c, m| async move { c.append_entries(m).await },
+            )
+            .await
+            .map_err(|e| self.rpc_error(e, ttl))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let ttl = option.hard_ttl();
+        let answer: Result<VoteResponse<u64>, RaftError<u64>> = self
+            .call(&rpc, ttl, |mut c, m| async move { c.vote(m).await })
+            .await
+            .map_err(|e| self.rpc_error(e, ttl))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let ttl = option.hard_ttl().max(Duration::from_secs(10));
+        let transfer = SnapshotTransfer {
+            vote,
+            meta: snapshot.meta,
+            data: *snapshot.snapshot,
+        };
+        let answer: Result<SnapshotResponse<u64>, Fatal<u64>> = self
+            .call(&transfer, ttl, |mut c, m| async move {
+                c.install_snapshot(m).await
+            })
+            .await
+            .map_err(|e| match self.rpc_error::<Fatal<u64>>(e, ttl) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Network(n) => StreamingError::Network(n),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            })?;
+        answer.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}

@@ -1,0 +1,524 @@
+//! The gRPC services of a cache node: the Raft transport between nodes, `TokenCache` for
+//! gateways, and `Admin` for operators.
+//!
+//! `TokenCache` is answered by the leader. A follower (or a node that knows no leader) answers
+//! `UNAVAILABLE` with the leader's address in the `tokengate-leader` metadata entry, and the
+//! client retries there. Writes are stamped with the leader's clock when proposed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{BasicNode, Raft, ServerState, Snapshot};
+use tokengate_proto::admin as pa;
+use tokengate_proto::cache as pc;
+use tokengate_proto::raft::RaftMessage;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::TypeConfig;
+use super::convert::{key_from, sealed_from, sealed_to};
+use super::network::SnapshotTransfer;
+use super::state::{Change, Command, Outcome, Stamped};
+use super::state_machine::{Shared, WatchItem};
+use crate::token::now_millis;
+
+/// The metadata entry naming the leader's address on a redirect.
+pub const LEADER_METADATA: &str = "tokengate-leader";
+/// Largest page `List` returns.
+const MAX_LIST: usize = 1000;
+
+/// What every service of a node shares.
+pub struct NodeContext {
+    /// This node's id.
+    pub id: u64,
+    /// The address peers and clients reach it at.
+    pub addr: String,
+    /// The Raft instance.
+    pub raft: Raft<TypeConfig>,
+    /// The applied state.
+    pub shared: Arc<Shared>,
+    /// Cancelled on shutdown (ends watch streams).
+    pub shutdown: CancellationToken,
+}
+
+impl NodeContext {
+    /// `UNAVAILABLE`, naming the leader when one is known.
+    fn redirect(&self, leader: Option<u64>) -> Status {
+        let addr = leader.and_then(|id| {
+            self.raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
+        let mut status = Status::unavailable(match &addr {
+            Some(a) => format!("not the leader; the leader is {a}"),
+            None => "no leader is known; retry shortly".to_owned(),
+        });
+        if let Some(a) = addr.and_then(|a| a.parse().ok()) {
+            status.metadata_mut().insert(LEADER_METADATA, a);
+        }
+        status
+    }
+
+    /// Ok when this node leads; the redirect otherwise.
+    fn lead(&self) -> Result<(), Status> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        if leader == Some(self.id) {
+            Ok(())
+        } else {
+            Err(self.redirect(leader))
+        }
+    }
+
+    /// Proposes `command`, stamped with this (leader) node's clock, and waits until applied.
+    pub async fn write(&self, command: Command) -> Result<(Outcome, u64), Status> {
+        let stamped = Stamped {
+            now: now_millis(),
+            command,
+        };
+        match self.raft.client_write(stamped).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.redirect(f.leader_id))
+            }
+            Err(e) => Err(Status::unavailable(format!("write not committed: {e}"))),
+        }
+    }
+}
+
+/// The Raft transport server.
+pub struct RaftService(pub Arc<NodeContext>);
+
+fn decode<T: serde::de::DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
+    serde_json::from_slice(&req.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    Ok(Response::new(RaftMessage {
+        json: serde_json::to_vec(value).expect("raft messages serialize"),
+    }))
+}
+
+#[tonic::async_trait]
+impl tokengate_proto::raft::raft_transport_server::RaftTransport for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        encode(&self.0.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<u64> = decode(req)?;
+        encode(&self.0.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let t: SnapshotTransfer = decode(req)?;
+        let snapshot = Snapshot {
+            meta: t.meta,
+            snapshot: Box::new(t.data),
+        };
+        encode(&self.0.raft.install_full_snapshot(t.vote, snapshot).await)
+    }
+}
+
+/// The `TokenCache` server.
+pub struct CacheService(pub Arc<NodeContext>);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pc::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pc::token_cache_server::TokenCache for CacheService {
+    async fn get(&self, req: Request<pc::GetRequest>) -> Result<Response<pc::GetResponse>, Status> {
+        self.0.lead()?;
+        let key = key_from(&req.into_inner().key)?;
+        let now = now_millis();
+        let entry = self
+            .0
+            .shared
+            .read(|a| a.cache.get(&key, now).map(sealed_to));
+        Ok(Response::new(pc::GetResponse { entry }))
+    }
+
+    async fn put(&self, req: Request<pc::PutRequest>) -> Result<Response<pc::PutResponse>, Status> {
+        let req = req.into_inner();
+        let command = Command::Put {
+            key: key_from(&req.key)?,
+            entry: sealed_from(req.entry)?,
+            fence: req.fence,
+        };
+        let (outcome, index) = self.0.write(command).await?;
+        let outcome = match outcome {
+            Outcome::Stored => pc::PutOutcome::Stored,
+            Outcome::Stale => pc::PutOutcome::Stale,
+            Outcome::Fenced => pc::PutOutcome::Fenced,
+            _ => pc::PutOutcome::Unspecified,
+        };
+        Ok(Response::new(pc::PutResponse {
+            outcome: outcome.into(),
+            index,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pc::DeleteRequest>,
+    ) -> Result<Response<pc::DeleteResponse>, Status> {
+        let req = req.into_inner();
+        let command = Command::Evict {
+            key: key_from(&req.key)?,
+            version: req.version,
+        };
+        let (outcome, _) = self.0.write(command).await?;
+        Ok(Response::new(pc::DeleteResponse {
+            removed: outcome == Outcome::Flag(true),
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pc::ListRequest>,
+    ) -> Result<Response<pc::ListResponse>, Status> {
+        self.0.lead()?;
+        let req = req.into_inner();
+        let after = if req.after.is_empty() {
+            None
+        } else {
+            Some(key_from(&req.after)?)
+        };
+        let limit = (req.limit as usize).clamp(1, MAX_LIST);
+        let now = now_millis();
+        let entries = self.0.shared.read(|a| a.cache.list(after, limit, now));
+        Ok(Response::new(pc::ListResponse {
+            entries: entries
+                .iter()
+                .map(|(k, e)| pc::ListedEntry {
+                    key: k.as_bytes().to_vec(),
+                    entry: Some(sealed_to(e)),
+                })
+                .collect(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pc::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let after = req.into_inner().after_index;
+        let (mut rx, replay) = self.0.shared.watch(after);
+        let (tx, out) = mpsc::channel(256);
+        let stop = self.0.shutdown.clone();
+        tokio::spawn(async move {
+            let first: Vec<WatchItem> = match replay {
+                Some(changes) => changes
+                    .into_iter()
+                    .map(|(i, c)| WatchItem::Change(i, c))
+                    .collect(),
+                None => vec![WatchItem::Resync(after)],
+            };
+            for item in first {
+                if tx.send(Ok(watch_event(item))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tx.closed() => return,
+                    item = rx.recv() => match item {
+                        Ok(item) => item,
+                        Err(broadcast::error::RecvError::Lagged(_)) => WatchItem::Resync(0),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if tx.send(Ok(watch_event(item))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn acquire_lease(
+        &self,
+        req: Request<pc::LeaseRequest>,
+    ) -> Result<Response<pc::LeaseResponse>, Status> {
+        let req = req.into_inner();
+        let (outcome, _) = self
+            .0
+            .write(Command::AcquireRefreshLease {
+                holder: req.holder,
+                ttl_ms: req.ttl_ms,
+            })
+            .await?;
+        let fence = match outcome {
+            Outcome::Lease(f) => f,
+            _ => None,
+        };
+        Ok(Response::new(pc::LeaseResponse { fence }))
+    }
+
+    async fn release_lease(
+        &self,
+        req: Request<pc::ReleaseLeaseRequest>,
+    ) -> Result<Response<pc::Empty>, Status> {
+        let holder = req.into_inner().holder;
+        self.0
+            .write(Command::ReleaseRefreshLease { holder })
+            .await?;
+        Ok(Response::new(pc::Empty {}))
+    }
+
+    async fn try_fill_lease(
+        &self,
+        req: Request<pc::FillLeaseRequest>,
+    ) -> Result<Response<pc::FillLeaseResponse>, Status> {
+        let req = req.into_inner();
+        let (outcome, _) = self
+            .0
+            .write(Command::TryFillLease {
+                key: key_from(&req.key)?,
+                holder: req.holder,
+                ttl_ms: req.ttl_ms,
+            })
+            .await?;
+        Ok(Response::new(pc::FillLeaseResponse {
+            held: outcome == Outcome::Flag(true),
+        }))
+    }
+
+    async fn release_fill_lease(
+        &self,
+        req: Request<pc::ReleaseFillLeaseRequest>,
+    ) -> Result<Response<pc::Empty>, Status> {
+        let req = req.into_inner();
+        let command = Command::ReleaseFillLease {
+            key: key_from(&req.key)?,
+            holder: req.holder,
+        };
+        self.0.write(command).await?;
+        Ok(Response::new(pc::Empty {}))
+    }
+
+    async fn due_for_refresh(
+        &self,
+        req: Request<pc::DueRequest>,
+    ) -> Result<Response<pc::DueResponse>, Status> {
+        self.0.lead()?;
+        let req = req.into_inner();
+        let keys = self
+            .0
+            .shared
+            .read(|a| a.cache.due(req.now, req.used_since, req.limit as usize));
+        Ok(Response::new(pc::DueResponse {
+            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+        }))
+    }
+
+    async fn touch(&self, req: Request<pc::TouchRequest>) -> Result<Response<pc::Empty>, Status> {
+        let uses = req
+            .into_inner()
+            .uses
+            .iter()
+            .map(|u| Ok((key_from(&u.key)?, u.at)))
+            .collect::<Result<Vec<_>, Status>>()?;
+        self.0.write(Command::Touch { uses }).await?;
+        Ok(Response::new(pc::Empty {}))
+    }
+
+    async fn claim_once(
+        &self,
+        req: Request<pc::ClaimRequest>,
+    ) -> Result<Response<pc::ClaimResponse>, Status> {
+        let req = req.into_inner();
+        let command = Command::ClaimOnce {
+            key: key_from(&req.key)?,
+            until: req.until,
+        };
+        let (outcome, _) = self.0.write(command).await?;
+        Ok(Response::new(pc::ClaimResponse {
+            first: outcome == Outcome::Flag(true),
+        }))
+    }
+}
+
+fn watch_event(item: WatchItem) -> pc::WatchEvent {
+    use pc::watch_event::Change as C;
+    match item {
+        WatchItem::Change(index, Change::Stored(key, version)) => pc::WatchEvent {
+            index,
+            change: Some(C::Stored(pc::Stored {
+                key: key.as_bytes().to_vec(),
+                version,
+            })),
+        },
+        WatchItem::Change(index, Change::Evicted(key)) => pc::WatchEvent {
+            index,
+            change: Some(C::Evicted(pc::Evicted {
+                key: key.as_bytes().to_vec(),
+            })),
+        },
+        WatchItem::Resync(index) => pc::WatchEvent {
+            index,
+            change: Some(C::Resync(pc::Empty {})),
+        },
+    }
+}
+
+/// The `Admin` server (behind the bearer-token interceptor, see [`super::admin_auth`]).
+pub struct AdminService(pub Arc<NodeContext>);
+
+fn membership_error(
+    ctx: &NodeContext,
+    e: RaftError<u64, ClientWriteError<u64, BasicNode>>,
+) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ctx.redirect(f.leader_id),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Status::failed_precondition(c.to_string())
+        }
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl pa::admin_server::Admin for AdminService {
+    async fn status(
+        &self,
+        _: Request<pa::StatusRequest>,
+    ) -> Result<Response<pa::StatusResponse>, Status> {
+        let m = self.0.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let replication: BTreeMap<u64, Option<u64>> = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pa::Member {
+                id: *id,
+                addr: node.addr.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                matched_index: replication.get(id).copied().flatten(),
+            })
+            .collect();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let entries = self.0.shared.read(|a| a.cache.len() as u64);
+        Ok(Response::new(pa::StatusResponse {
+            id: self.0.id,
+            addr: self.0.addr.clone(),
+            leader: m.current_leader,
+            term: m.current_term,
+            state: state.into(),
+            commit_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members,
+            entries,
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pa::AddLearnerRequest>,
+    ) -> Result<Response<pa::MembershipResponse>, Status> {
+        let req = req.into_inner();
+        let node = BasicNode { addr: req.addr };
+        let resp = self
+            .0
+            .raft
+            .add_learner(req.id, node, true)
+            .await
+            .map_err(|e| membership_error(&self.0, e))?;
+        Ok(Response::new(pa::MembershipResponse {
+            index: resp.log_id.index,
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pa::ChangeMembershipRequest>,
+    ) -> Result<Response<pa::MembershipResponse>, Status> {
+        let voters: BTreeSet<u64> = req.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument(
+                "a cluster needs at least one voter",
+            ));
+        }
+        let resp = self
+            .0
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| membership_error(&self.0, e))?;
+        Ok(Response::new(pa::MembershipResponse {
+            index: resp.log_id.index,
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<pa::SnapshotRequest>,
+    ) -> Result<Response<pa::SnapshotResponse>, Status> {
+        self.0
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let index = self.0.raft.metrics().borrow().snapshot.map(|l| l.index);
+        Ok(Response::new(pa::SnapshotResponse { index }))
+    }
+
+    async fn evict(
+        &self,
+        req: Request<pa::EvictRequest>,
+    ) -> Result<Response<pa::EvictResponse>, Status> {
+        let req = req.into_inner();
+        let mut evicted = 0;
+        if req.all {
+            if let (Outcome::Count(n), _) = self.0.write(Command::EvictAll).await? {
+                evicted = n;
+            }
+        } else {
+            for k in &req.keys {
+                let command = Command::Evict {
+                    key: key_from(k)?,
+                    version: None,
+                };
+                if self.0.write(command).await?.0 == Outcome::Flag(true) {
+                    evicted += 1;
+                }
+            }
+        }
+        Ok(Response::new(pa::EvictResponse { evicted }))
+    }
+}

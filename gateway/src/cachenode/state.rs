@@ -1,0 +1,459 @@
+//! The replicated cache: the state every cache node holds, and the commands that change it.
+//!
+//! [`CacheState::apply`] is the whole state machine. It is a pure function of the state, the
+//! command, the command's log index and the time the leader stamped on the command: no replica
+//! reads its own clock here, so every replica expires entries and leases at the same point of
+//! the log and ends in the same state.
+//!
+//! The semantics are the [`crate::store::TokenStore`] contract's: newest version wins, a put
+//! carrying a fence older than the newest granted one is refused, the refresh lease is exclusive
+//! and its fence is the log index of the command that granted it (so fences only grow), fill
+//! leases lapse, claims are granted once.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::token::{SealedEntry, TokenKey, UnixMillis};
+
+/// Expired entries and lapsed leases are swept at most this often (in leader time).
+const SWEEP_EVERY_MS: u64 = 1_000;
+
+/// A change to the cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Store an entry if newer (and, with a fence, if the fence is current).
+    Put {
+        /// Which entry.
+        key: TokenKey,
+        /// The sealed entry.
+        entry: SealedEntry,
+        /// The writer's refresh-lease fence.
+        fence: Option<u64>,
+    },
+    /// Remove an entry, or only the given version of it.
+    Evict {
+        /// Which entry.
+        key: TokenKey,
+        /// Only this version.
+        version: Option<u64>,
+    },
+    /// Remove every entry.
+    EvictAll,
+    /// Take the per-key fill lease if free or ours.
+    TryFillLease {
+        /// Which entry.
+        key: TokenKey,
+        /// The gateway node asking.
+        holder: String,
+        /// Lease lifetime.
+        ttl_ms: u64,
+    },
+    /// Release a fill lease we hold.
+    ReleaseFillLease {
+        /// Which entry.
+        key: TokenKey,
+        /// The gateway node releasing.
+        holder: String,
+    },
+    /// Take or renew the refresh-leader lease.
+    AcquireRefreshLease {
+        /// The gateway node asking.
+        holder: String,
+        /// Lease lifetime.
+        ttl_ms: u64,
+    },
+    /// Give the refresh lease up.
+    ReleaseRefreshLease {
+        /// The gateway node releasing.
+        holder: String,
+    },
+    /// Record entry uses.
+    Touch {
+        /// Keys and when they were used.
+        uses: Vec<(TokenKey, UnixMillis)>,
+    },
+    /// Record a key once until a time.
+    ClaimOnce {
+        /// Which key.
+        key: TokenKey,
+        /// Until when.
+        until: UnixMillis,
+    },
+}
+
+/// A command with the leader's clock reading when it was proposed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stamped {
+    /// Leader time, Unix milliseconds.
+    pub now: UnixMillis,
+    /// The command.
+    pub command: Command,
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Outcome {
+    /// Nothing to say (membership entries, blank entries, releases).
+    #[default]
+    Done,
+    /// A put was stored.
+    Stored,
+    /// A put was not stored: an entry at least as new is present.
+    Stale,
+    /// A put was refused: its fence is older than the newest granted.
+    Fenced,
+    /// Yes or no (evictions, fill leases, claims).
+    Flag(bool),
+    /// The refresh lease: its fence when granted to the asker.
+    Lease(Option<u64>),
+    /// How many entries a bulk eviction removed.
+    Count(u64),
+}
+
+/// A change announced to watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An entry was stored with this version.
+    Stored(TokenKey, u64),
+    /// An entry was removed.
+    Evicted(TokenKey),
+}
+
+/// The refresh-leader lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshLease {
+    /// The gateway node holding it.
+    pub holder: String,
+    /// When it lapses (leader time).
+    pub until: UnixMillis,
+    /// The log index that granted it.
+    pub fence: u64,
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheState {
+    entries: BTreeMap<TokenKey, SealedEntry>,
+    fill_leases: BTreeMap<TokenKey, (String, UnixMillis)>,
+    refresh_lease: Option<RefreshLease>,
+    /// The newest fence granted; puts with an older one are refused.
+    max_fence: u64,
+    claims: BTreeMap<TokenKey, UnixMillis>,
+    /// Leader time of the last sweep.
+    swept_at: UnixMillis,
+}
+
+impl CacheState {
+    /// Applies `command`, stamped `now`, at log index `index`; changes go to `changes`.
+    pub fn apply(&mut self, index: u64, stamped: Stamped, changes: &mut Vec<Change>) -> Outcome {
+        let now = stamped.now;
+        if now >= self.swept_at + SWEEP_EVERY_MS {
+            self.sweep(now);
+        }
+        match stamped.command {
+            Command::Put { key, entry, fence } => {
+                if fence.is_some_and(|f| f < self.max_fence) {
+                    return Outcome::Fenced;
+                }
+                let version = entry.meta.version;
+                if self
+                    .entries
+                    .get(&key)
+                    .is_some_and(|cur| cur.meta.version >= version && cur.meta.expires_at > now)
+                {
+                    return Outcome::Stale;
+                }
+                self.entries.insert(key, entry);
+                changes.push(Change::Stored(key, version));
+                Outcome::Stored
+            }
+            Command::Evict { key, version } => {
+                let matches = self
+                    .entries
+                    .get(&key)
+                    .is_some_and(|cur| version.is_none_or(|v| v == cur.meta.version));
+                if matches {
+                    self.entries.remove(&key);
+                    changes.push(Change::Evicted(key));
+                }
+                Outcome::Flag(matches)
+            }
+            Command::EvictAll => {
+                let removed = std::mem::take(&mut self.entries);
+                changes.extend(removed.keys().map(|k| Change::Evicted(*k)));
+                Outcome::Count(removed.len() as u64)
+            }
+            Command::TryFillLease {
+                key,
+                holder,
+                ttl_ms,
+            } => match self.fill_leases.get(&key) {
+                Some((h, until)) if *until > now && *h != holder => Outcome::Flag(false),
+                _ => {
+                    self.fill_leases.insert(key, (holder, now + ttl_ms));
+                    Outcome::Flag(true)
+                }
+            },
+            Command::ReleaseFillLease { key, holder } => {
+                if self
+                    .fill_leases
+                    .get(&key)
+                    .is_some_and(|(h, _)| *h == holder)
+                {
+                    self.fill_leases.remove(&key);
+                }
+                Outcome::Done
+            }
+            Command::AcquireRefreshLease { holder, ttl_ms } => {
+                let lease = match &self.refresh_lease {
+                    Some(l) if l.holder == holder && l.until > now => RefreshLease {
+                        until: now + ttl_ms,
+                        ..l.clone()
+                    },
+                    Some(l) if l.until > now => return Outcome::Lease(None),
+                    _ => {
+                        self.max_fence = index;
+                        RefreshLease {
+                            holder,
+                            until: now + ttl_ms,
+                            fence: index,
+                        }
+                    }
+                };
+                let fence = lease.fence;
+                self.refresh_lease = Some(lease);
+                Outcome::Lease(Some(fence))
+            }
+            Command::ReleaseRefreshLease { holder } => {
+                if self
+                    .refresh_lease
+                    .as_ref()
+                    .is_some_and(|l| l.holder == holder)
+                {
+                    self.refresh_lease = None;
+                }
+                Outcome::Done
+            }
+            Command::Touch { uses } => {
+                for (key, at) in uses {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.meta.last_used = e.meta.last_used.max(at);
+                    }
+                }
+                Outcome::Done
+            }
+            Command::ClaimOnce { key, until } => match self.claims.get(&key) {
+                Some(lapses) if *lapses > now => Outcome::Flag(false),
+                _ => {
+                    self.claims.insert(key, until);
+                    Outcome::Flag(true)
+                }
+            },
+        }
+    }
+
+    /// Drops expired entries, lapsed fill leases and claims (as of leader time `now`).
+    fn sweep(&mut self, now: UnixMillis) {
+        self.entries.retain(|_, e| e.meta.expires_at > now);
+        self.fill_leases.retain(|_, (_, until)| *until > now);
+        self.claims.retain(|_, until| *until > now);
+        self.swept_at = now;
+    }
+
+    /// The entry under `key`, unless expired at `now`.
+    pub fn get(&self, key: &TokenKey, now: UnixMillis) -> Option<&SealedEntry> {
+        self.entries.get(key).filter(|e| e.meta.expires_at > now)
+    }
+
+    /// Unexpired entries after `after` in key order, at most `limit`.
+    pub fn list(
+        &self,
+        after: Option<TokenKey>,
+        limit: usize,
+        now: UnixMillis,
+    ) -> Vec<(TokenKey, SealedEntry)> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entries
+            .range((start, Bound::Unbounded))
+            .filter(|(_, e)| e.meta.expires_at > now)
+            .take(limit)
+            .map(|(k, e)| (*k, e.clone()))
+            .collect()
+    }
+
+    /// Keys due for refresh at `now` and used since `used_since`, soonest first.
+    pub fn due(&self, now: UnixMillis, used_since: UnixMillis, limit: usize) -> Vec<TokenKey> {
+        let mut due: Vec<(UnixMillis, TokenKey)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.meta.expires_at > now
+                    && e.meta.refresh_at <= now
+                    && e.meta.refresh_at < e.meta.expires_at
+                    && e.meta.last_used >= used_since
+            })
+            .map(|(k, e)| (e.meta.refresh_at, *k))
+            .collect();
+        due.sort();
+        due.into_iter().take(limit).map(|(_, k)| k).collect()
+    }
+
+    /// How many entries are held (expired ones included until swept).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The refresh lease, if any.
+    pub fn refresh_lease(&self) -> Option<&RefreshLease> {
+        self.refresh_lease.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::entry;
+
+    fn key(n: u8) -> TokenKey {
+        TokenKey::from_bytes([n; 32])
+    }
+
+    fn at(now: UnixMillis, command: Command) -> Stamped {
+        Stamped { now, command }
+    }
+
+    #[test]
+    fn replicas_applying_the_same_log_end_in_the_same_state() {
+        let now = entry(1, 0, 0).meta.issued_at;
+        let log = [
+            at(
+                now,
+                Command::AcquireRefreshLease {
+                    holder: "a".into(),
+                    ttl_ms: 100,
+                },
+            ),
+            at(
+                now,
+                Command::Put {
+                    key: key(1),
+                    entry: entry(1, 60_000, 120_000),
+                    fence: Some(1),
+                },
+            ),
+            at(
+                now + 50,
+                Command::AcquireRefreshLease {
+                    holder: "b".into(),
+                    ttl_ms: 100,
+                },
+            ),
+            // Leader time passes a's lease: b takes it at index 4, and a's fence is stale.
+            at(
+                now + 150,
+                Command::AcquireRefreshLease {
+                    holder: "b".into(),
+                    ttl_ms: 100,
+                },
+            ),
+            at(
+                now + 160,
+                Command::Put {
+                    key: key(2),
+                    entry: entry(1, 60_000, 120_000),
+                    fence: Some(1),
+                },
+            ),
+            at(
+                now + 170,
+                Command::Put {
+                    key: key(2),
+                    entry: entry(1, 60_000, 120_000),
+                    fence: Some(4),
+                },
+            ),
+            at(
+                now + 180,
+                Command::Evict {
+                    key: key(1),
+                    version: Some(9),
+                },
+            ),
+        ];
+        let run = || {
+            let mut s = CacheState::default();
+            let mut changes = Vec::new();
+            let outcomes: Vec<Outcome> = log
+                .iter()
+                .enumerate()
+                .map(|(i, c)| s.apply(i as u64 + 1, c.clone(), &mut changes))
+                .collect();
+            (s, outcomes, changes)
+        };
+        let (a, outcomes, changes) = run();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Lease(Some(1)),
+                Outcome::Stored,
+                Outcome::Lease(None),
+                Outcome::Lease(Some(4)),
+                Outcome::Fenced,
+                Outcome::Stored,
+                Outcome::Flag(false),
+            ]
+        );
+        assert_eq!(
+            changes,
+            [Change::Stored(key(1), 1), Change::Stored(key(2), 1)]
+        );
+        assert_eq!(run().0, a, "a second replica ends identically");
+        let bytes = serde_json::to_vec(&a).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<CacheState>(&bytes).unwrap(),
+            a,
+            "snapshots round-trip"
+        );
+    }
+
+    #[test]
+    fn expiry_follows_leader_time_not_the_replica_clock() {
+        let e = entry(1, 100, 200);
+        let expires = e.meta.expires_at;
+        let mut s = CacheState::default();
+        let mut changes = Vec::new();
+        s.apply(
+            1,
+            at(
+                expires - 150,
+                Command::Put {
+                    key: key(1),
+                    entry: e,
+                    fence: None,
+                },
+            ),
+            &mut changes,
+        );
+        // A lower version is stale while the entry lives, and stored once it has expired.
+        let older = entry(0, 60_000, 120_000);
+        let put = |now| {
+            at(
+                now,
+                Command::Put {
+                    key: key(1),
+                    entry: older.clone(),
+                    fence: None,
+                },
+            )
+        };
+        assert_eq!(s.apply(2, put(expires - 1), &mut changes), Outcome::Stale);
+        assert_eq!(s.apply(3, put(expires), &mut changes), Outcome::Stored);
+    }
+}

@@ -1,0 +1,516 @@
+//! The Raft cache service: clusters of real `gateway cache-node` processes on loopback, the
+//! store contract through them, failover, durability, membership changes, and gateways sharing
+//! tokens through them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gateway::config::RaftStoreConfig;
+use gateway::store::{PutOutcome, RaftStore, TokenStore, conformance};
+use gateway::token::TokenKey;
+use tokengate_proto::admin::admin_client::AdminClient;
+use tokengate_proto::admin::{self as pa};
+
+use crate::support::{eventually, free_port};
+
+pub(crate) const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+/// One `gateway cache-node` process; killed when dropped.
+pub(crate) struct CacheNode {
+    pub id: u64,
+    pub addr: String,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    init: String,
+    join: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for CacheNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl CacheNode {
+    fn spawn(id: u64, addr: String, init: String, join: Option<String>) -> Self {
+        let mut node = Self {
+            id,
+            addr,
+            child: None,
+            log: Arc::default(),
+            init,
+            join,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        node.start();
+        node
+    }
+
+    /// Starts the process (again, on the same address and data directory) and waits until it
+    /// listens.
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.args([
+            "cache-node",
+            "--id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr,
+        ])
+        .arg("--data-dir")
+        .arg(self.dir.path())
+        .args(["--log-format", "json", "--snapshot-logs", "200"])
+        .env("TOKENGATE_ADMIN_TOKEN", "env:CACHE_ADMIN")
+        .env("CACHE_ADMIN", ADMIN_TOKEN)
+        .env_remove("RUST_LOG");
+        if !self.init.is_empty() {
+            cmd.args(["--init", &self.init]);
+        }
+        if let Some(j) = &self.join {
+            cmd.args(["--join", j]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (log, tx) = (Arc::clone(&self.log), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("cache node listening") {
+                        let _ = tx.send(());
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            self.kill();
+            panic!("cache node {} did not start:\n{}", self.id, self.log());
+        }
+    }
+
+    /// SIGKILLs the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of cache nodes.
+pub(crate) struct Cluster {
+    pub nodes: Vec<CacheNode>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes that bootstrap a cluster together, and waits for a leader.
+    pub async fn start(n: u64) -> Self {
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let init = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| CacheNode::spawn(i as u64 + 1, a, init.clone(), None))
+            .collect();
+        let cluster = Self { nodes };
+        cluster.leader(Duration::from_secs(20)).await;
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn store(&self) -> RaftStore {
+        RaftStore::new(&RaftStoreConfig {
+            endpoints: self.endpoints(),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// The YAML `store` section for gateways.
+    pub fn store_yaml(&self) -> String {
+        let list = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("store: {{ raft: {{ endpoints: [{list}] }} }}")
+    }
+
+    /// The status of every running node that answers.
+    pub async fn statuses(&self) -> BTreeMap<u64, pa::StatusResponse> {
+        let mut out = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.running()) {
+            if let Ok(s) = status(&n.addr, ADMIN_TOKEN).await {
+                out.insert(n.id, s);
+            }
+        }
+        out
+    }
+
+    /// The id of the leader all running nodes agree on, waiting up to `within`.
+    pub async fn leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses().await;
+            let leaders: Vec<Option<u64>> = statuses.values().map(|s| s.leader).collect();
+            let running = self.nodes.iter().filter(|n| n.running()).count();
+            if leaders.len() == running
+                && let Some(Some(l)) = leaders.first()
+                && leaders.iter().all(|x| *x == Some(*l))
+                && statuses.get(l).is_some_and(|s| s.state == "leader")
+            {
+                return *l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut CacheNode {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+}
+
+pub(crate) async fn admin(addr: &str) -> AdminClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+    AdminClient::new(channel)
+}
+
+pub(crate) fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+pub(crate) async fn status(addr: &str, token: &str) -> Result<pa::StatusResponse, tonic::Status> {
+    let mut c = admin(addr).await;
+    let call = c.status(authed(pa::StatusRequest {}, token));
+    match tokio::time::timeout(Duration::from_secs(1), call).await {
+        Ok(r) => r.map(|r| r.into_inner()),
+        Err(_) => Err(tonic::Status::deadline_exceeded("status")),
+    }
+}
+
+fn key(n: u64) -> TokenKey {
+    let mut b = [7u8; 32];
+    b[..8].copy_from_slice(&n.to_be_bytes());
+    TokenKey::from_bytes(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_store_meets_the_contract() {
+    // A fresh three-node cluster per check: the contract's checks share no state.
+    let current: Mutex<Option<Cluster>> = Mutex::new(None);
+    conformance::run(async || {
+        current.lock().unwrap().take();
+        let cluster = Cluster::start(3).await;
+        let store = cluster.store();
+        assert!(
+            store.watching(Duration::from_secs(10)).await,
+            "change stream open"
+        );
+        *current.lock().unwrap() = Some(cluster);
+        store
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_token() {
+    let cluster = Cluster::start(1).await;
+    let addr = &cluster.nodes[0].addr;
+    let wrong = status(addr, "not-the-token").await.unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    let mut c = admin(addr).await;
+    let missing = c.status(pa::StatusRequest {}).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+    assert!(!missing.message().contains(ADMIN_TOKEN));
+    let ok = status(addr, ADMIN_TOKEN).await.unwrap();
+    assert_eq!(
+        (ok.id, ok.state.as_str(), ok.leader),
+        (1, "leader", Some(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let store = Arc::new(cluster.store());
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (store, acked, stop) = (Arc::clone(&store), Arc::clone(&acknowledged), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                let entry = conformance::entry(1, 60_000, 120_000);
+                if let Ok(PutOutcome::Stored) = store.put(&key(n), entry, None).await {
+                    acked.lock().unwrap().push(n);
+                }
+            }
+        })
+    };
+    eventually(
+        "some writes are acknowledged",
+        Duration::from_secs(10),
+        async || acknowledged.lock().unwrap().len() > 50,
+    )
+    .await;
+    let old = cluster.leader(Duration::from_secs(5)).await;
+    let killed_at = Instant::now();
+    cluster.node(old).kill();
+    let new = cluster.leader(Duration::from_secs(10)).await;
+    let failover = killed_at.elapsed();
+    assert_ne!(new, old);
+    println!("new leader {new} elected {failover:?} after SIGKILL of leader {old}");
+    let before = acknowledged.lock().unwrap().len();
+    eventually(
+        "writes resume on the new leader",
+        Duration::from_secs(10),
+        async || acknowledged.lock().unwrap().len() > before + 50,
+    )
+    .await;
+    stop.cancel();
+    writer.await.unwrap();
+
+    let acked = acknowledged.lock().unwrap().clone();
+    for n in &acked {
+        assert!(
+            store.get(&key(*n)).await.unwrap().is_some(),
+            "acknowledged write {n} lost"
+        );
+    }
+    // The killed node comes back and catches up (from its log, or a snapshot: the policy
+    // snapshots every 200 entries).
+    cluster.node(old).start();
+    let leader_applied = cluster.statuses().await[&new].applied_index;
+    eventually(
+        "the restarted node catches up",
+        Duration::from_secs(20),
+        async || {
+            cluster
+                .statuses()
+                .await
+                .get(&old)
+                .is_some_and(|s| s.applied_index >= leader_applied)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restarted_whole_keeps_every_acknowledged_entry() {
+    let mut cluster = Cluster::start(3).await;
+    let store = cluster.store();
+    for n in 0..300 {
+        let outcome = store
+            .put(&key(n), conformance::entry(n + 1, 60_000, 120_000), None)
+            .await;
+        assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+    }
+    drop(store);
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    for node in &mut cluster.nodes {
+        node.start();
+    }
+    cluster.leader(Duration::from_secs(20)).await;
+    let store = cluster.store();
+    for n in 0..300 {
+        let e = store
+            .get(&key(n))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("entry {n} lost"));
+        assert_eq!(e.meta.version, n + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_grows_to_five_and_shrinks_back() {
+    let mut cluster = Cluster::start(3).await;
+    let first = cluster.nodes[0].addr.clone();
+    for id in [4, 5] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        cluster.nodes.push(CacheNode::spawn(
+            id,
+            addr,
+            String::new(),
+            Some(first.clone()),
+        ));
+    }
+    eventually(
+        "both joined as learners",
+        Duration::from_secs(20),
+        async || {
+            let s = cluster.statuses().await;
+            s.values().any(|s| {
+                s.state == "leader" && s.members.iter().filter(|m| m.role == "learner").count() == 2
+            })
+        },
+    )
+    .await;
+    let leader = cluster.leader(Duration::from_secs(5)).await;
+    let leader_addr = cluster.node(leader).addr.clone();
+    let mut c = admin(&leader_addr).await;
+    c.change_membership(authed(
+        pa::ChangeMembershipRequest {
+            voters: vec![1, 2, 3, 4, 5],
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    let s = status(&leader_addr, ADMIN_TOKEN).await.unwrap();
+    assert_eq!(s.members.iter().filter(|m| m.role == "voter").count(), 5);
+
+    // Remove two of the original members (the leader may be one of them).
+    c.change_membership(authed(
+        pa::ChangeMembershipRequest {
+            voters: vec![3, 4, 5],
+        },
+        ADMIN_TOKEN,
+    ))
+    .await
+    .unwrap();
+    cluster.node(1).kill();
+    cluster.node(2).kill();
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    assert!([3, 4, 5].contains(&leader));
+    let store = RaftStore::new(&RaftStoreConfig {
+        endpoints: cluster.nodes[2..].iter().map(|n| n.addr.clone()).collect(),
+        timeout: Duration::from_secs(5),
+    });
+    let outcome = store
+        .put(&key(1), conformance::entry(1, 60_000, 120_000), None)
+        .await;
+    assert_eq!(
+        outcome.unwrap(),
+        PutOutcome::Stored,
+        "three of five voters left still commit"
+    );
+}
+
+/// Three gateway nodes on a three-node cache cluster, with the fake IdP and an echo upstream.
+struct Fleet {
+    idp: chaos::FakeIdp,
+    upstream: chaos::EchoUpstream,
+    _cluster: Cluster,
+    nodes: Vec<crate::support::Node>,
+}
+
+async fn fleet(lifetime: Duration, refresh: &str) -> Fleet {
+    let idp = chaos::FakeIdp::start().await;
+    let upstream = chaos::EchoUpstream::start().await;
+    idp.set_token_lifetime(lifetime);
+    for i in 0..20 {
+        idp.register(&format!("client-{i}"), &format!("secret-{i}"));
+    }
+    let cluster = Cluster::start(3).await;
+    let store = cluster.store_yaml();
+    let store = store.trim_start_matches("store: ");
+    let yaml = crate::redis::node_config(&idp, &upstream, store, refresh);
+    let nodes = (0..3)
+        .map(|_| crate::support::Node::start(&yaml, &[("FLEET_KEY", crate::redis::FLEET_KEY)]))
+        .collect();
+    Fleet {
+        idp,
+        upstream,
+        _cluster: cluster,
+        nodes,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_on_the_cluster_ask_the_idp_once_per_credential() {
+    let f = fleet(Duration::from_secs(300), "{ interval: 1s }").await;
+    f.idp.set_latency(Duration::from_millis(300));
+    let http = crate::support::client();
+    let calls = (0..300).map(|i| {
+        let req = http
+            .get(f.nodes[i % 3].url(&format!("/r/{i}")))
+            .header("authorization", crate::redis::creds(i));
+        async move { req.send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        f.idp.total_issued(),
+        20,
+        "one token request per credential for the whole fleet"
+    );
+    assert_eq!(f.upstream.seen().len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateway_refreshes_through_the_raft_lease_while_all_serve() {
+    let f = fleet(Duration::from_secs(4), "{ interval: 100ms }").await;
+    let http = crate::support::client();
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(11) {
+        let resp = http
+            .get(f.nodes[served % 3].url("/x"))
+            .header("authorization", crate::redis::creds(0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // As with Redis: 1 + at most 5 renewals in 11 s; three nodes refreshing on their own would
+    // make about three times as many.
+    let issued = f.idp.issued("client-0");
+    assert!(
+        (4..=6).contains(&issued),
+        "{issued} tokens issued for one credential in 11 s"
+    );
+    let leaders = f
+        .nodes
+        .iter()
+        .filter(|n| n.log().contains("became refresh leader"))
+        .count();
+    assert_eq!(leaders, 1, "exactly one node held the refresh lease");
+}
