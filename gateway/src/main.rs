@@ -69,6 +69,10 @@ enum Command {
         /// Admin.ChangeMembership).
         #[arg(long)]
         join: Option<String>,
+        /// Reach these peers at other addresses for Raft traffic (`2=host:port,...`), e.g. over
+        /// a separate replication network; their membership addresses stay what gateways use.
+        #[arg(long, value_delimiter = ',', value_parser = parse_member)]
+        peer: Vec<(u64, String)>,
         /// Secret reference (`env:NAME`, `file:/path`) to the bearer token Admin calls need.
         #[arg(long, env = "TOKENGATE_ADMIN_TOKEN")]
         admin_token: Option<String>,
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
             data_dir,
             init,
             join,
+            peer,
             admin_token,
             snapshot_logs,
             log_format,
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
                 data_dir,
                 init: init.into_iter().collect(),
                 join,
+                peers: peer.into_iter().collect(),
                 admin_token,
                 snapshot_logs,
             };

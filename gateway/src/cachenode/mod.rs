@@ -74,6 +74,9 @@ pub struct CacheNodeConfig {
     pub init: BTreeMap<u64, String>,
     /// A member to ask to add this node as a learner.
     pub join: Option<String>,
+    /// Addresses to reach peers at for Raft traffic instead of their membership addresses
+    /// (a separate replication network; tests put fault-injecting relays there).
+    pub peers: BTreeMap<u64, String>,
     /// The bearer token `Admin` calls need; `None` refuses every admin call.
     pub admin_token: Option<Secret>,
     /// Log entries between snapshots.
@@ -132,7 +135,9 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config),
-        network::Network,
+        network::Network {
+            peer_overrides: cfg.peers.clone(),
+        },
         log_store,
         state_machine,
     )

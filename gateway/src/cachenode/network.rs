@@ -1,6 +1,7 @@
 //! The Raft transport: openraft's RPCs to peer cache nodes over gRPC. Each message carries
 //! openraft's own request or response type as JSON (see `proto/proto/raft.proto`).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -34,15 +35,19 @@ pub struct SnapshotTransfer {
 }
 
 /// Makes clients for peers.
-pub struct Network;
+pub struct Network {
+    /// Addresses that replace a peer's membership address for Raft traffic.
+    pub peer_overrides: BTreeMap<u64, String>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        let addr = self.peer_overrides.get(&target).unwrap_or(&node.addr);
         Peer {
             target,
-            client: channel(&node.addr).map(RaftTransportClient::new),
+            client: channel(addr).map(RaftTransportClient::new),
         }
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct CacheNode {
     log: Arc<Mutex<String>>,
     init: String,
     join: Option<String>,
+    /// `--peer` overrides (`id=addr,...`), empty for none.
+    peers: String,
     dir: tempfile::TempDir,
 }
 
@@ -36,7 +38,7 @@ impl Drop for CacheNode {
 }
 
 impl CacheNode {
-    fn spawn(id: u64, addr: String, init: String, join: Option<String>) -> Self {
+    fn spawn(id: u64, addr: String, init: String, join: Option<String>, peers: String) -> Self {
         let mut node = Self {
             id,
             addr,
@@ -44,6 +46,7 @@ impl CacheNode {
             log: Arc::default(),
             init,
             join,
+            peers,
             dir: tempfile::tempdir().unwrap(),
         };
         node.start();
@@ -72,6 +75,9 @@ impl CacheNode {
         }
         if let Some(j) = &self.join {
             cmd.args(["--join", j]);
+        }
+        if !self.peers.is_empty() {
+            cmd.args(["--peer", &self.peers]);
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -127,9 +133,14 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Starts `n` nodes that bootstrap a cluster together, and waits for a leader.
     pub async fn start(n: u64) -> Self {
-        let addrs: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        Self::start_on(&ports, |_| String::new()).await
+    }
+
+    /// Like [`Cluster::start`], on loopback `ports`, node `i` given `--peer peers(i)` (empty:
+    /// none).
+    async fn start_on(ports: &[u16], peers: impl Fn(u64) -> String) -> Self {
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let init = addrs
             .iter()
             .enumerate()
@@ -137,9 +148,12 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let nodes = addrs
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(i, a)| CacheNode::spawn(i as u64 + 1, a, init.clone(), None))
+            .map(|(i, a)| {
+                let id = i as u64 + 1;
+                CacheNode::spawn(id, a.clone(), init.clone(), None, peers(id))
+            })
             .collect();
         let cluster = Self { nodes };
         cluster.leader(Duration::from_secs(20)).await;
@@ -181,11 +195,23 @@ impl Cluster {
 
     /// The id of the leader all running nodes agree on, waiting up to `within`.
     pub async fn leader(&self, within: Duration) -> u64 {
+        let running: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.running())
+            .map(|n| n.id)
+            .collect();
+        self.leader_among(&running, within).await
+    }
+
+    /// The id of the leader the nodes `ids` agree on, waiting up to `within`.
+    pub async fn leader_among(&self, ids: &[u64], within: Duration) -> u64 {
         let deadline = Instant::now() + within;
         loop {
-            let statuses = self.statuses().await;
+            let mut statuses = self.statuses().await;
+            statuses.retain(|id, _| ids.contains(id));
             let leaders: Vec<Option<u64>> = statuses.values().map(|s| s.leader).collect();
-            let running = self.nodes.iter().filter(|n| n.running()).count();
+            let running = ids.len();
             if leaders.len() == running
                 && let Some(Some(l)) = leaders.first()
                 && leaders.iter().all(|x| *x == Some(*l))
@@ -378,6 +404,7 @@ async fn membership_grows_to_five_and_shrinks_back() {
             addr,
             String::new(),
             Some(first.clone()),
+            String::new(),
         ));
     }
     eventually(
@@ -513,4 +540,133 @@ async fn one_gateway_refreshes_through_the_raft_lease_while_all_serve() {
         .filter(|n| n.log().contains("became refresh leader"))
         .count();
     assert_eq!(leaders, 1, "exactly one node held the refresh lease");
+}
+
+/// A TCP relay that can cut its link: when cut, open connections are dropped and new ones are
+/// closed at once, as a network partition would (the fault-injecting relay between nodes).
+struct Relay {
+    addr: String,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    async fn start(to: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (to, mut cut_rx) = (to.clone(), cut_rx.clone());
+                if *cut_rx.borrow() {
+                    continue; // dropped: closed at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    fn set_cut(&self, on: bool) {
+        self.cut.send_replace(on);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
+    use gateway::store::NodeId;
+    // Raft traffic from node i to node j goes through relay (i, j); gateways reach the nodes
+    // directly.
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut relays = BTreeMap::new();
+    for i in 1..=3u64 {
+        for j in 1..=3u64 {
+            if i != j {
+                let to = format!("127.0.0.1:{}", ports[j as usize - 1]);
+                relays.insert((i, j), Relay::start(to).await);
+            }
+        }
+    }
+    let peers = |i: u64| {
+        (1..=3u64)
+            .filter(|j| *j != i)
+            .map(|j| format!("{j}={}", relays[&(i, j)].addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let peer_args: BTreeMap<u64, String> = (1..=3).map(|i| (i, peers(i))).collect();
+    let cluster = Cluster::start_on(&ports, |i| peer_args[&i].clone()).await;
+    let old = cluster.leader(Duration::from_secs(10)).await;
+    let partition = |on: bool| {
+        for ((i, j), r) in &relays {
+            if *i == old || *j == old {
+                r.set_cut(on);
+            }
+        }
+    };
+    partition(true);
+
+    // A gateway that reaches only the old leader cannot get the lease granted: the old leader
+    // cannot commit it without a majority.
+    let isolated = RaftStore::new(&RaftStoreConfig {
+        endpoints: vec![cluster.nodes[old as usize - 1].addr.clone()],
+        timeout: Duration::from_millis(1500),
+    });
+    let a = NodeId::random();
+    let refused = isolated
+        .acquire_refresh_lease(&a, Duration::from_secs(30))
+        .await;
+    assert!(refused.is_err(), "a minority granted a lease: {refused:?}");
+
+    // The majority elects a leader of its own and grants the lease there.
+    let majority: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    let new = cluster
+        .leader_among(&majority, Duration::from_secs(10))
+        .await;
+    assert_ne!(new, old);
+    let reachable = RaftStore::new(&RaftStoreConfig {
+        endpoints: majority
+            .iter()
+            .map(|i| cluster.nodes[*i as usize - 1].addr.clone())
+            .collect(),
+        timeout: Duration::from_secs(5),
+    });
+    let b = NodeId::random();
+    let fence = reachable
+        .acquire_refresh_lease(&b, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the majority grants the lease");
+
+    // Healed, the old leader follows; its uncommitted grant to `a` never took effect.
+    partition(false);
+    cluster.leader(Duration::from_secs(10)).await;
+    let all = cluster.store();
+    assert_eq!(
+        all.acquire_refresh_lease(&a, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        all.acquire_refresh_lease(&b, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Some(fence),
+        "b still holds it, with the same fence"
+    );
 }
