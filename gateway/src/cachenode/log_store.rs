@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -63,16 +63,22 @@ impl LogStore {
             .map_err(|e| redb::Error::Corrupted(format!("raft meta {name}: {e}")))
     }
 
+    /// Writes one metadata value; with `durable`, fsync'd before returning.
     async fn write_meta<T: Serialize>(
         &self,
         name: &'static str,
         value: &T,
+        durable: bool,
         wrap: fn(&redb::Error) -> StorageIOError<u64>,
     ) -> StoreResult<()> {
         let bytes = serde_json::to_vec(value).expect("raft metadata serializes");
         self.blocking(
             move |db| {
-                let tx = db.begin_write()?;
+                let mut tx = db.begin_write()?;
+                if !durable {
+                    tx.set_durability(Durability::None)
+                        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                }
                 tx.open_table(META)?.insert(name, bytes.as_slice())?;
                 tx.commit()?;
                 Ok(())
@@ -137,7 +143,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StoreResult<()> {
-        self.write_meta(VOTE, vote, |e| StorageIOError::write_vote(e))
+        self.write_meta(VOTE, vote, true, |e| StorageIOError::write_vote(e))
             .await
     }
 
@@ -150,7 +156,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StoreResult<()> {
-        self.write_meta(COMMITTED, &committed, |e| StorageIOError::write(e))
+        // Only a hint for replay after a restart: it becomes durable with the next append, and
+        // losing it costs nothing but re-learning the commit index from the leader.
+        self.write_meta(COMMITTED, &committed, false, |e| StorageIOError::write(e))
             .await
     }
 

@@ -150,13 +150,20 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
             addr: cfg.listen,
             message: e.to_string(),
         })?;
+    let (puts, put_queue) = tokio::sync::mpsc::channel(4 * 512);
     let ctx = Arc::new(NodeContext {
         id: cfg.id,
         addr: cfg.advertise.clone(),
         raft: raft.clone(),
         shared,
         shutdown: shutdown.clone(),
+        puts,
     });
+    let committer = tokio::spawn(service::group_commit(
+        Arc::clone(&ctx),
+        put_queue,
+        shutdown.clone(),
+    ));
     let admin_token = cfg.admin_token.clone();
     let server = tonic::transport::Server::builder()
         .add_service(RaftTransportServer::new(RaftService(Arc::clone(&ctx))))
@@ -192,6 +199,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     if let Some(j) = joiner {
         j.abort();
     }
+    let _ = committer.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }

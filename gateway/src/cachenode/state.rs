@@ -80,6 +80,10 @@ pub enum Command {
         /// Until when.
         until: UnixMillis,
     },
+    /// Puts proposed together (group commit): applied in order, answered one by one. Only
+    /// puts are batched: every command of a batch shares its log index, and a lease's fence
+    /// must be unique to the command that granted it.
+    PutBatch(Vec<Command>),
 }
 
 /// A command with the leader's clock reading when it was proposed.
@@ -92,7 +96,7 @@ pub struct Stamped {
 }
 
 /// What applying a command answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Outcome {
     /// Nothing to say (membership entries, blank entries, releases).
     #[default]
@@ -109,6 +113,8 @@ pub enum Outcome {
     Lease(Option<u64>),
     /// How many entries a bulk eviction removed.
     Count(u64),
+    /// The outcomes of a [`Command::PutBatch`], in order.
+    Batch(Vec<Outcome>),
 }
 
 /// A change announced to watchers.
@@ -152,6 +158,15 @@ impl CacheState {
             self.sweep(now);
         }
         match stamped.command {
+            Command::PutBatch(puts) => Outcome::Batch(
+                puts.into_iter()
+                    .map(|command| match command {
+                        Command::Put { .. } => self.apply(index, Stamped { now, command }, changes),
+                        // Never proposed (see the variant's documentation).
+                        _ => Outcome::Done,
+                    })
+                    .collect(),
+            ),
             Command::Put { key, entry, fence } => {
                 if fence.is_some_and(|f| f < self.max_fence) {
                     return Outcome::Fenced;
@@ -421,6 +436,59 @@ mod tests {
             a,
             "snapshots round-trip"
         );
+    }
+
+    #[test]
+    fn a_put_batch_applies_in_order_and_answers_each_put() {
+        let mut s = CacheState::default();
+        let mut changes = Vec::new();
+        let now = entry(1, 0, 0).meta.issued_at;
+        let lease = Command::AcquireRefreshLease {
+            holder: "a".into(),
+            ttl_ms: 60_000,
+        };
+        assert_eq!(
+            s.apply(7, at(now, lease), &mut changes),
+            Outcome::Lease(Some(7))
+        );
+        let put = |n: u8, v: u64, fence| Command::Put {
+            key: key(n),
+            entry: entry(v, 60_000, 120_000),
+            fence,
+        };
+        let batch = Command::PutBatch(vec![
+            put(1, 2, None),
+            put(1, 1, None),
+            put(2, 1, Some(3)),
+            put(2, 1, Some(7)),
+            lease_in_batch(),
+        ]);
+        assert_eq!(
+            s.apply(8, at(now, batch), &mut changes),
+            Outcome::Batch(vec![
+                Outcome::Stored,
+                Outcome::Stale,
+                Outcome::Fenced,
+                Outcome::Stored,
+                Outcome::Done,
+            ])
+        );
+        assert_eq!(
+            changes,
+            [Change::Stored(key(1), 2), Change::Stored(key(2), 1)]
+        );
+        assert_eq!(
+            s.refresh_lease().unwrap().fence,
+            7,
+            "no lease is granted inside a batch"
+        );
+    }
+
+    fn lease_in_batch() -> Command {
+        Command::AcquireRefreshLease {
+            holder: "b".into(),
+            ttl_ms: 1,
+        }
     }
 
     #[test]

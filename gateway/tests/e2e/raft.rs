@@ -463,7 +463,7 @@ async fn membership_grows_to_five_and_shrinks_back() {
 struct Fleet {
     idp: chaos::FakeIdp,
     upstream: chaos::EchoUpstream,
-    _cluster: Cluster,
+    cluster: Cluster,
     nodes: Vec<crate::support::Node>,
 }
 
@@ -484,8 +484,21 @@ async fn fleet(lifetime: Duration, refresh: &str) -> Fleet {
     Fleet {
         idp,
         upstream,
-        _cluster: cluster,
+        cluster,
         nodes,
+    }
+}
+
+impl Fleet {
+    /// `GET /x` on gateway `node` as client 0.
+    async fn call(&self, node: usize) -> reqwest::StatusCode {
+        crate::support::client()
+            .get(self.nodes[node].url("/x"))
+            .header("authorization", crate::redis::creds(0))
+            .send()
+            .await
+            .unwrap()
+            .status()
     }
 }
 
@@ -508,6 +521,26 @@ async fn three_gateways_on_the_cluster_ask_the_idp_once_per_credential() {
         "one token request per credential for the whole fleet"
     );
     assert_eq!(f.upstream.seen().len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_serve_from_their_l1_while_the_cluster_has_no_quorum() {
+    let mut f = fleet(Duration::from_secs(300), "{ interval: 1s }").await;
+    for node in 0..3 {
+        assert_eq!(f.call(node).await, 200);
+    }
+    let leader = f.cluster.leader(Duration::from_secs(5)).await;
+    for id in (1..=3).filter(|id| *id != leader).take(1).chain([leader]) {
+        f.cluster.node(id).kill();
+    }
+    for node in 0..3 {
+        assert_eq!(
+            f.call(node).await,
+            200,
+            "node {node} serves its cached token"
+        );
+    }
+    assert_eq!(f.idp.issued("client-0"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,150 @@
+//! The Raft cache service from a gateway's side: a three-node cluster of release-built
+//! `gateway cache-node` processes on loopback, reached through the same `RaftStore` a gateway
+//! node uses.
+//!
+//! - `get`: latency percentiles of sequential reads of one entry (served by the leader);
+//! - `fenced put`: throughput of concurrent writes carrying the refresh lease's fence, each
+//!   committed by a majority and fsync'd on each node before it is acknowledged.
+//!
+//! Run with `cargo bench -p gateway --bench raft`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gateway::config::RaftStoreConfig;
+use gateway::store::conformance::entry;
+use gateway::store::{NodeId, PutOutcome, RaftStore, TokenStore};
+use gateway::token::TokenKey;
+
+struct Nodes(Vec<Child>, Vec<tempfile::TempDir>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn key(n: u64) -> TokenKey {
+    let mut b = [3u8; 32];
+    b[..8].copy_from_slice(&n.to_be_bytes());
+    TokenKey::from_bytes(b)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let init: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let mut nodes = Nodes(Vec::new(), Vec::new());
+    for (i, addr) in addrs.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args([
+                "cache-node",
+                "--id",
+                &(i + 1).to_string(),
+                "--listen",
+                addr,
+                "--init",
+                &init.join(","),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        nodes.0.push(child);
+        nodes.1.push(dir);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Arc::new(RaftStore::new(&RaftStoreConfig {
+            endpoints: addrs.clone(),
+            timeout: Duration::from_secs(5),
+        }));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store
+            .put(&key(0), entry(1, 60_000, 600_000), None)
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not elect a leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let mut latencies = Vec::with_capacity(20_000);
+        for _ in 0..20_000 {
+            let t = Instant::now();
+            assert!(store.get(&key(0)).await.unwrap().is_some());
+            latencies.push(t.elapsed());
+        }
+        latencies.sort();
+        println!(
+            "get: p50 {:?}  p99 {:?}  p99.9 {:?}  ({} sequential reads)",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 0.999),
+            latencies.len()
+        );
+
+        let fence = store
+            .acquire_refresh_lease(&NodeId::random(), Duration::from_secs(600))
+            .await
+            .unwrap()
+            .expect("a free lease is granted");
+        for concurrency in [16u64, 64, 256] {
+            let done = Arc::new(AtomicU64::new(0));
+            let run_for = Duration::from_secs(5);
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|t| {
+                    let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while started.elapsed() < run_for {
+                            n += 1;
+                            let k = key(1_000_000 * (concurrency * 1000 + t + 1) + n);
+                            let outcome =
+                                store.put(&k, entry(n, 60_000, 600_000), Some(fence)).await;
+                            assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "fenced put: {:.0}/s with {concurrency} concurrent writers",
+                done.load(Ordering::Relaxed) as f64 / secs
+            );
+        }
+    });
+}
