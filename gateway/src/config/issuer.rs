@@ -8,8 +8,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use super::middleware::{DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL};
-use super::middleware::{DEFAULT_LEEWAY, DEFAULT_REALM, algorithms, http_client};
-use super::raw::{RawHttpClient, RawIssuer, RawIssuerClient, RawTrustedIssuer, StringOrList};
+use super::middleware::{DEFAULT_LEEWAY, DEFAULT_REALM, algorithms, key_client};
+use super::raw::{RawIssuer, RawIssuerClient, RawTrustedIssuer, StringOrList};
 use super::validate::Issues;
 use super::{ClaimsPolicy, JwksSource, JwtConfig, TokenSource};
 use crate::issuer::keys::SigningKey;
@@ -344,20 +344,7 @@ fn trusted_issuer(
         Some(StringOrList::Many(a)) => a,
     };
     let algorithms = algorithms(issues, path, t.algorithms);
-    let http = match t.client_config {
-        None => http_client(issues, path, None, None, None),
-        Some(RawHttpClient {
-            timeout,
-            retries,
-            tls,
-        }) => http_client(
-            issues,
-            &format!("{path}.clientConfig"),
-            timeout,
-            retries,
-            tls,
-        ),
-    };
+    let http = key_client(issues, path, t.client_config);
     if issues.0.len() != before {
         return None;
     }

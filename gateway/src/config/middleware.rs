@@ -521,20 +521,7 @@ fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
         Some(StringOrList::Many(a)) => a,
     };
     let algorithms = algorithms(issues, path, j.algorithms);
-    let http = match j.client_config {
-        None => http_client(issues, path, None, None, None),
-        Some(RawHttpClient {
-            timeout,
-            retries,
-            tls,
-        }) => http_client(
-            issues,
-            &format!("{path}.clientConfig"),
-            timeout,
-            retries,
-            tls,
-        ),
-    };
+    let http = key_client(issues, path, j.client_config);
     let jwks_min_refresh_interval = j
         .jwks_min_refresh_interval
         .unwrap_or(DEFAULT_JWKS_MIN_REFRESH_INTERVAL);
@@ -717,6 +704,28 @@ fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> Endpoin
             );
             EndpointAuth::None
         }
+    }
+}
+
+/// The HTTP client that fetches keys (`clientConfig` under `path`).
+pub(super) fn key_client(
+    issues: &mut Issues,
+    path: &str,
+    raw: Option<RawHttpClient>,
+) -> HttpClientConfig {
+    match raw {
+        None => http_client(issues, path, None, None, None),
+        Some(RawHttpClient {
+            timeout,
+            retries,
+            tls,
+        }) => http_client(
+            issues,
+            &format!("{path}.clientConfig"),
+            timeout,
+            retries,
+            tls,
+        ),
     }
 }
 

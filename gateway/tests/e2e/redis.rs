@@ -189,12 +189,19 @@ async fn three_nodes_ask_the_idp_once_per_credential() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_refreshes_each_token_once_per_lifetime_while_all_serve() {
     let f = fleet(3, Duration::from_secs(4), "{ interval: 100ms }").await;
+    refresh_once_per_lifetime(&f.nodes, &f.idp).await;
+}
+
+/// Calls the nodes in turn for 11 s with 4 s tokens (the fleet must be configured so), checking
+/// that no expired token reaches the upstream, that the credential's token was renewed about
+/// once per lifetime, and that one node alone held the refresh lease.
+pub(crate) async fn refresh_once_per_lifetime(nodes: &[Node], idp: &FakeIdp) {
     let http = client();
     let started = Instant::now();
     let mut served = 0;
     while started.elapsed() < Duration::from_secs(11) {
         let e = echo(
-            http.get(f.nodes[served % 3].url("/x"))
+            http.get(nodes[served % nodes.len()].url("/x"))
                 .header("authorization", creds(0))
                 .send()
                 .await
@@ -210,13 +217,12 @@ async fn one_node_refreshes_each_token_once_per_lifetime_while_all_serve() {
     }
     // 4 s tokens (3 s servable) are refreshed every 2.25-2.4 s: 1 + at most 5 renewals in 11 s.
     // Three nodes each refreshing on their own would make about three times as many.
-    let issued = f.idp.issued("client-0");
+    let issued = idp.issued("client-0");
     assert!(
         (4..=6).contains(&issued),
         "{issued} tokens issued for one credential in 11 s"
     );
-    let leaders = f
-        .nodes
+    let leaders = nodes
         .iter()
         .filter(|n| n.log().contains("became refresh leader"))
         .count();
