@@ -244,3 +244,46 @@ fn redis_tls(issues: &mut Issues, t: RawTls) -> RedisTls {
         insecure_skip_verify: t.insecure_skip_verify,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, DEFAULT_RAFT_TIMEOUT, RaftStoreConfig, StoreConfig};
+
+    fn load(store: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(&format!(
+            "listen: 127.0.0.1:8080\nadmin: {{ listen: 127.0.0.1:9090 }}\nfleetKey: 0123456789abcdef0123456789abcdef\nstore: {store}\n"
+        ))
+    }
+
+    #[test]
+    fn raft_store_endpoints_are_checked_and_backends_are_exclusive() {
+        let cfg = load("{ raft: { endpoints: [\"10.0.0.1:7000\", \"cache-2:7000\"] } }").unwrap();
+        assert_eq!(
+            cfg.store,
+            StoreConfig::Raft(RaftStoreConfig {
+                endpoints: vec!["10.0.0.1:7000".into(), "cache-2:7000".into()],
+                timeout: DEFAULT_RAFT_TIMEOUT,
+            })
+        );
+        let issues = |store: &str| match load(store) {
+            Err(ConfigError::Invalid(i)) => i.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            other => panic!("expected value errors, got {other:?}"),
+        };
+        assert_eq!(
+            issues("{ raft: { endpoints: [\"cache-1\", \":7000\"], timeout: 0s } }"),
+            [
+                "store.raft.endpoints[0]: not host:port",
+                "store.raft.endpoints[1]: not host:port",
+                "store.raft.timeout: must be greater than zero",
+            ]
+        );
+        assert_eq!(
+            issues("{ raft: { endpoints: [\"a:1\"] }, redis: { endpoints: [\"b:2\"] } }"),
+            ["store: names two backends; choose one of memory, redis, raft"]
+        );
+        assert_eq!(
+            issues("{}"),
+            ["store: names no backend (expected memory, redis or raft)"]
+        );
+    }
+}
