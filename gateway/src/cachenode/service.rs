@@ -405,6 +405,37 @@ impl pc::token_cache_server::TokenCache for CacheService {
         Ok(Response::new(pc::Empty {}))
     }
 
+    async fn mark_due(
+        &self,
+        req: Request<pc::GetRequest>,
+    ) -> Result<Response<pc::ClaimResponse>, Status> {
+        let key = key_from(&req.into_inner().key)?;
+        let (outcome, _) = self.0.write(Command::MarkDue { key }).await?;
+        Ok(Response::new(pc::ClaimResponse {
+            first: outcome == Outcome::Flag(true),
+        }))
+    }
+
+    async fn refresh_lease(
+        &self,
+        _: Request<pc::Empty>,
+    ) -> Result<Response<pc::LeaseInfo>, Status> {
+        self.0.lead()?;
+        let now = now_millis();
+        let lease = self
+            .0
+            .shared
+            .read(|a| a.cache.refresh_lease().filter(|l| l.until > now).cloned());
+        Ok(Response::new(match lease {
+            Some(l) => pc::LeaseInfo {
+                holder: Some(l.holder),
+                fence: l.fence,
+                expires_in_ms: l.until - now,
+            },
+            None => pc::LeaseInfo::default(),
+        }))
+    }
+
     async fn claim_once(
         &self,
         req: Request<pc::ClaimRequest>,

@@ -80,6 +80,11 @@ pub enum Command {
         /// Until when.
         until: UnixMillis,
     },
+    /// Make a renewable entry due now, and count it as used now.
+    MarkDue {
+        /// Which entry.
+        key: TokenKey,
+    },
     /// Puts proposed together (group commit): applied in order, answered one by one. Only
     /// puts are batched: every command of a batch shares its log index, and a lease's fence
     /// must be unique to the command that granted it.
@@ -258,6 +263,14 @@ impl CacheState {
                 }
                 Outcome::Done
             }
+            Command::MarkDue { key } => match self.entries.get_mut(&key) {
+                Some(e) if e.meta.expires_at > now && e.meta.refresh_at < e.meta.expires_at => {
+                    e.meta.refresh_at = e.meta.refresh_at.min(now);
+                    e.meta.last_used = e.meta.last_used.max(now);
+                    Outcome::Flag(true)
+                }
+                _ => Outcome::Flag(false),
+            },
             Command::ClaimOnce { key, until } => match self.claims.get(&key) {
                 Some(lapses) if *lapses > now => Outcome::Flag(false),
                 _ => {

@@ -21,6 +21,75 @@ pub async fn run<S: TokenStore>(make: impl AsyncFn() -> S) {
     due_entries_are_the_used_ones_past_refresh_at(&make().await).await;
     changes_are_announced(&make().await).await;
     claims_are_granted_once_until_they_lapse(&make().await).await;
+    listing_pages_through_live_entries_in_key_order(&make().await).await;
+    marking_due_makes_an_entry_due_now(&make().await).await;
+    the_lease_holder_is_visible(&make().await).await;
+}
+
+async fn listing_pages_through_live_entries_in_key_order(s: &impl TokenStore) {
+    for n in [30, 32, 31, 34] {
+        s.put(&key(n), entry(1, 60_000, 120_000), None)
+            .await
+            .unwrap();
+    }
+    s.put(&key(33), entry(1, 50, 100), None).await.unwrap();
+    eventually("the short entry expires", async || {
+        s.get(&key(33)).await.unwrap().is_none()
+    })
+    .await;
+    let keys =
+        |page: Vec<(TokenKey, SealedEntry)>| page.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(keys(s.list(None, 2).await.unwrap()), [key(30), key(31)]);
+    assert_eq!(
+        keys(s.list(Some(key(31)), 10).await.unwrap()),
+        [key(32), key(34)]
+    );
+    assert!(s.list(Some(key(34)), 10).await.unwrap().is_empty());
+}
+
+async fn marking_due_makes_an_entry_due_now(s: &impl TokenStore) {
+    let now = now_millis();
+    let mut idle = entry(1, 60_000, 120_000);
+    idle.meta.last_used = now - 600_000;
+    s.put(&key(35), idle, None).await.unwrap();
+    assert!(
+        s.due_for_refresh(now_millis(), now - 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.mark_due(&key(35)).await.unwrap());
+    assert!(!s.mark_due(&key(36)).await.unwrap(), "no such entry");
+    let due = s
+        .due_for_refresh(now_millis(), now - 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(due, [key(35)], "due now, and counted as used");
+    let e = s.get(&key(35)).await.unwrap().unwrap();
+    assert!(
+        e.meta.refresh_at <= now_millis(),
+        "a refresher reading it sees it due"
+    );
+    // A result that is not renewable (an introspection answer) stays so.
+    s.put(&key(37), entry(1, 60_000, 60_000), None)
+        .await
+        .unwrap();
+    assert!(!s.mark_due(&key(37)).await.unwrap());
+}
+
+async fn the_lease_holder_is_visible(s: &impl TokenStore) {
+    assert_eq!(s.refresh_lease().await.unwrap(), None);
+    let a = NodeId::random();
+    let fence = s
+        .acquire_refresh_lease(&a, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let info = s.refresh_lease().await.unwrap().expect("held");
+    assert_eq!((info.holder.as_str(), info.fence), (a.as_str(), fence.0));
+    assert!(info.expires_in_ms > 20_000 && info.expires_in_ms <= 30_000);
+    s.release_refresh_lease(&a).await.unwrap();
+    assert_eq!(s.refresh_lease().await.unwrap(), None);
 }
 
 async fn claims_are_granted_once_until_they_lapse(s: &impl TokenStore) {

@@ -204,6 +204,51 @@ impl TokenStore for MemoryStore {
         self.events.subscribe()
     }
 
+    async fn list(
+        &self,
+        after: Option<TokenKey>,
+        limit: usize,
+    ) -> Result<Vec<(TokenKey, SealedEntry)>, StoreError> {
+        let now = now_millis();
+        let st = self.state();
+        let mut listed: Vec<(TokenKey, SealedEntry)> = st
+            .entries
+            .iter()
+            .filter(|(k, e)| e.meta.expires_at > now && after.is_none_or(|a| **k > a))
+            .map(|(k, e)| (*k, e.clone()))
+            .collect();
+        listed.sort_by_key(|(k, _)| *k);
+        listed.truncate(limit);
+        Ok(listed)
+    }
+
+    async fn mark_due(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let mut st = self.state();
+        match st.entries.get_mut(key) {
+            Some(e) if e.meta.expires_at > now && e.meta.refresh_at < e.meta.expires_at => {
+                e.meta.refresh_at = e.meta.refresh_at.min(now);
+                e.meta.last_used = e.meta.last_used.max(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn refresh_lease(&self) -> Result<Option<super::LeaseInfo>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .state()
+            .refresh_lease
+            .as_ref()
+            .filter(|(_, until, _)| *until > now)
+            .map(|(holder, until, fence)| super::LeaseInfo {
+                holder: holder.to_string(),
+                fence: fence.0,
+                expires_in_ms: (*until - now).as_millis() as u64,
+            }))
+    }
+
     async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {
         let now = now_millis();
         let mut st = self.state();

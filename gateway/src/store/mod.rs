@@ -195,6 +195,32 @@ pub trait TokenStore: Send + Sync + 'static {
         key: &TokenKey,
         until: UnixMillis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Unexpired entries with keys after `after`, in key order, at most `limit` (operators'
+    /// listings; not on any request path).
+    fn list(
+        &self,
+        after: Option<TokenKey>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(TokenKey, SealedEntry)>, StoreError>> + Send;
+
+    /// Makes a renewable entry due for refresh now (and counts it as used now), so the refresh
+    /// leader renews it on its next pass. Whether there was such an entry.
+    fn mark_due(&self, key: &TokenKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Who holds the refresh lease, if anyone.
+    fn refresh_lease(&self) -> impl Future<Output = Result<Option<LeaseInfo>, StoreError>> + Send;
+}
+
+/// The refresh lease as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseInfo {
+    /// The gateway node holding it.
+    pub holder: String,
+    /// Its fencing token.
+    pub fence: u64,
+    /// Milliseconds until it lapses unless renewed.
+    pub expires_in_ms: u64,
 }
 
 /// The configured backend. An enum rather than a trait object: dispatch is a match, and the
@@ -270,5 +296,18 @@ impl TokenStore for Store {
     }
     async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {
         dispatch!(self, s => s.claim_once(key, until).await)
+    }
+    async fn list(
+        &self,
+        after: Option<TokenKey>,
+        limit: usize,
+    ) -> Result<Vec<(TokenKey, SealedEntry)>, StoreError> {
+        dispatch!(self, s => s.list(after, limit).await)
+    }
+    async fn mark_due(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.mark_due(key).await)
+    }
+    async fn refresh_lease(&self) -> Result<Option<LeaseInfo>, StoreError> {
+        dispatch!(self, s => s.refresh_lease().await)
     }
 }

@@ -414,6 +414,62 @@ impl TokenStore for RaftStore {
             .map(|_| ())
     }
 
+    async fn list(
+        &self,
+        after: Option<TokenKey>,
+        limit: usize,
+    ) -> Result<Vec<(TokenKey, SealedEntry)>, StoreError> {
+        let corrupt = |s: Status| StoreError::Corrupt(s.message().to_owned());
+        let mut listed = Vec::new();
+        let mut after = after;
+        // The service pages at most 1,000 entries per call.
+        while listed.len() < limit {
+            let req = pc::ListRequest {
+                after: after.map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
+                limit: (limit - listed.len()).min(1000) as u32,
+            };
+            let resp = self
+                .inner
+                .ask(req, |mut c, r| async move { c.list(r).await })
+                .await?;
+            if resp.entries.is_empty() {
+                break;
+            }
+            for item in resp.entries {
+                let key = key_from(&item.key).map_err(corrupt)?;
+                after = Some(key);
+                listed.push((key, sealed_from(item.entry).map_err(corrupt)?));
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn mark_due(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        let req = pc::GetRequest {
+            key: key.as_bytes().to_vec(),
+        };
+        let resp = self
+            .inner
+            .ask(req, |mut c, r| async move { c.mark_due(r).await })
+            .await?;
+        Ok(resp.first)
+    }
+
+    async fn refresh_lease(&self) -> Result<Option<super::LeaseInfo>, StoreError> {
+        let resp = self
+            .inner
+            .ask(
+                pc::Empty {},
+                |mut c, r| async move { c.refresh_lease(r).await },
+            )
+            .await?;
+        Ok(resp.holder.map(|holder| super::LeaseInfo {
+            holder,
+            fence: resp.fence,
+            expires_in_ms: resp.expires_in_ms,
+        }))
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
     }

@@ -136,12 +136,18 @@ impl TokenStore for RedisStore {
             .arg(self.entry_key(key))
             .arg("d")
             .arg("u")
+            .arg("r")
             .to_owned();
-        let (data, used): (Option<String>, Option<u64>) = self.query(&cmd).await?;
+        let (data, used, refresh): (Option<String>, Option<u64>, Option<u64>) =
+            self.query(&cmd).await?;
         let Some(data) = data else { return Ok(None) };
         let mut entry: SealedEntry = serde_json::from_str(&data)
             .map_err(|e| StoreError::Corrupt(format!("entry {key}: {e}")))?;
         entry.meta.last_used = entry.meta.last_used.max(used.unwrap_or(0));
+        // `cachectl refresh` moves the refresh time forward without rewriting the entry.
+        if let Some(r) = refresh {
+            entry.meta.refresh_at = entry.meta.refresh_at.min(r);
+        }
         Ok(Some(entry))
     }
 
@@ -156,6 +162,7 @@ impl TokenStore for RedisStore {
         inv.key(self.entry_key(key))
             .key(self.key("fence"))
             .key(self.key("due"))
+            .key(self.key("keys"))
             .arg(entry.meta.version)
             .arg(payload)
             .arg(entry.meta.expires_at)
@@ -179,6 +186,7 @@ impl TokenStore for RedisStore {
         let mut inv = scripts::EVICT.prepare_invoke();
         inv.key(self.entry_key(key))
             .key(self.key("due"))
+            .key(self.key("keys"))
             .arg(version.map(|v| v.to_string()).unwrap_or_default())
             .arg(key.to_hex())
             .arg(self.key("events"));
@@ -254,6 +262,64 @@ impl TokenStore for RedisStore {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    /// Reads the key index (the cache is small), then the page; index members whose entry has
+    /// expired are dropped from the index on the way.
+    async fn list(
+        &self,
+        after: Option<TokenKey>,
+        limit: usize,
+    ) -> Result<Vec<(TokenKey, SealedEntry)>, StoreError> {
+        let index = self.key("keys");
+        let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+        let mut keys: Vec<TokenKey> = members
+            .iter()
+            .filter_map(|h| TokenKey::from_hex(h))
+            .collect();
+        keys.sort();
+        let mut page = Vec::new();
+        for key in keys.into_iter().filter(|k| after.is_none_or(|a| *k > a)) {
+            if page.len() >= limit {
+                break;
+            }
+            match self.get(&key).await? {
+                Some(e) => page.push((key, e)),
+                None => {
+                    let _: i64 = self
+                        .query(redis::cmd("SREM").arg(&index).arg(key.to_hex()))
+                        .await?;
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    async fn mark_due(&self, key: &TokenKey) -> Result<bool, StoreError> {
+        let mut inv = scripts::MARK_DUE.prepare_invoke();
+        inv.key(self.entry_key(key))
+            .key(self.key("due"))
+            .arg(now_millis())
+            .arg(key.to_hex());
+        let marked: i64 = self.invoke(inv).await?;
+        Ok(marked == 1)
+    }
+
+    async fn refresh_lease(&self) -> Result<Option<super::LeaseInfo>, StoreError> {
+        let lease = self.key("lease");
+        let value: Option<String> = self.query(redis::cmd("GET").arg(&lease)).await?;
+        let ttl: i64 = self.query(redis::cmd("PTTL").arg(&lease)).await?;
+        let Some((holder, fence)) = value.as_deref().and_then(|v| v.split_once(' ')) else {
+            return Ok(None);
+        };
+        let fence = fence
+            .parse()
+            .map_err(|_| StoreError::Corrupt("refresh lease without a fence".into()))?;
+        Ok(Some(super::LeaseInfo {
+            holder: holder.to_owned(),
+            fence,
+            expires_in_ms: ttl.max(0) as u64,
+        }))
     }
 
     async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {

@@ -9,6 +9,8 @@
 //!   its Redis TTL is the token's expiry.
 //! - `{p}:due`: sorted set of key hexes by refresh time (the refresher's work list); entries
 //!   that are not renewable (refresh time at or past expiry) never enter it.
+//! - `{p}:keys`: set of every stored entry's key hex (listings; an expired entry's hex stays
+//!   until a listing finds the entry gone and removes it).
 //! - `{p}:fence`: the newest fencing token granted.
 //! - `{p}:lease`: `"<holder> <fence>"`, with the lease TTL.
 //! - `{p}:fill:<key hex>`: fill-lease holder, with a short TTL.
@@ -19,8 +21,8 @@ use std::sync::LazyLock;
 use deadpool_redis::redis::Script;
 
 /// Fenced put-if-newer.
-/// KEYS: entry, fence, due. ARGV: version, payload, expires_at, fence or "", refresh_at, hex,
-/// channel, last_used. Returns `stored`, `stale` or `fenced`.
+/// KEYS: entry, fence, due, keys. ARGV: version, payload, expires_at, fence or "", refresh_at,
+/// hex, channel, last_used. Returns `stored`, `stale` or `fenced`.
 pub static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -35,6 +37,7 @@ if tonumber(ARGV[8]) > used then used = tonumber(ARGV[8]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'u', used, 'r', ARGV[5])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 if tonumber(ARGV[5]) < tonumber(ARGV[3]) then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6]) end
+redis.call('SADD', KEYS[4], ARGV[6])
 redis.call('PUBLISH', ARGV[7], 's ' .. ARGV[6] .. ' ' .. ARGV[1])
 return 'stored'
 ",
@@ -42,7 +45,7 @@ return 'stored'
 });
 
 /// Evict, optionally only a given version.
-/// KEYS: entry, due. ARGV: version or "", hex, channel. Returns 1 if removed.
+/// KEYS: entry, due, keys. ARGV: version or "", hex, channel. Returns 1 if removed.
 pub static EVICT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -51,6 +54,7 @@ if not cur then return 0 end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('PUBLISH', ARGV[3], 'e ' .. ARGV[2])
 return 1
 ",
@@ -158,6 +162,23 @@ for i = 2, #ARGV, 2 do
     if r then redis.call('ZADD', KEYS[1], 'NX', r, ARGV[i]) end
   end
 end
+return 1
+",
+    )
+});
+
+/// Make a renewable entry due now (operators' `cachectl refresh`). Renewable entries are the
+/// ones in the due index; `r` overrides the entry's own refresh time when earlier.
+/// KEYS: entry, due. ARGV: now, hex. Returns 1 if marked.
+pub static MARK_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
+local used = tonumber(redis.call('HGET', KEYS[1], 'u') or '0')
+if tonumber(ARGV[1]) > used then used = tonumber(ARGV[1]) end
+redis.call('HSET', KEYS[1], 'r', ARGV[1], 'u', used)
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1
 ",
     )
