@@ -30,6 +30,7 @@ pub fn sealed_to(e: &SealedEntry) -> pc::SealedEntry {
         }),
         key_id: e.key_id.clone(),
         ciphertext: e.ciphertext.clone(),
+        marked_due: e.marked_due,
     }
 }
 
@@ -54,5 +55,6 @@ pub fn sealed_from(e: Option<pc::SealedEntry>) -> Result<SealedEntry, Status> {
         },
         key_id: e.key_id,
         ciphertext: e.ciphertext,
+        marked_due: e.marked_due,
     })
 }

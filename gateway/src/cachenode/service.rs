@@ -214,7 +214,7 @@ impl pc::token_cache_server::TokenCache for CacheService {
         let req = req.into_inner();
         let command = Command::Put {
             key: key_from(&req.key)?,
-            entry: sealed_from(req.entry)?,
+            entry: Box::new(sealed_from(req.entry)?),
             fence: req.fence,
         };
         let (reply, answer) = oneshot::channel();

@@ -26,8 +26,8 @@ pub enum Command {
     Put {
         /// Which entry.
         key: TokenKey,
-        /// The sealed entry.
-        entry: SealedEntry,
+        /// The sealed entry (boxed: it dwarfs every other command).
+        entry: Box<SealedEntry>,
         /// The writer's refresh-lease fence.
         fence: Option<u64>,
     },
@@ -184,7 +184,7 @@ impl CacheState {
                 {
                     return Outcome::Stale;
                 }
-                self.entries.insert(key, entry);
+                self.entries.insert(key, *entry);
                 changes.push(Change::Stored(key, version));
                 Outcome::Stored
             }
@@ -265,7 +265,7 @@ impl CacheState {
             }
             Command::MarkDue { key } => match self.entries.get_mut(&key) {
                 Some(e) if e.meta.expires_at > now && e.meta.refresh_at < e.meta.expires_at => {
-                    e.meta.refresh_at = e.meta.refresh_at.min(now);
+                    e.marked_due = Some(now);
                     e.meta.last_used = e.meta.last_used.max(now);
                     Outcome::Flag(true)
                 }
@@ -318,11 +318,11 @@ impl CacheState {
             .iter()
             .filter(|(_, e)| {
                 e.meta.expires_at > now
-                    && e.meta.refresh_at <= now
+                    && e.refresh_at() <= now
                     && e.meta.refresh_at < e.meta.expires_at
                     && e.meta.last_used >= used_since
             })
-            .map(|(k, e)| (e.meta.refresh_at, *k))
+            .map(|(k, e)| (e.refresh_at(), *k))
             .collect();
         due.sort();
         due.into_iter().take(limit).map(|(_, k)| k).collect()
@@ -372,7 +372,7 @@ mod tests {
                 now,
                 Command::Put {
                     key: key(1),
-                    entry: entry(1, 60_000, 120_000),
+                    entry: Box::new(entry(1, 60_000, 120_000)),
                     fence: Some(1),
                 },
             ),
@@ -395,7 +395,7 @@ mod tests {
                 now + 160,
                 Command::Put {
                     key: key(2),
-                    entry: entry(1, 60_000, 120_000),
+                    entry: Box::new(entry(1, 60_000, 120_000)),
                     fence: Some(1),
                 },
             ),
@@ -403,7 +403,7 @@ mod tests {
                 now + 170,
                 Command::Put {
                     key: key(2),
-                    entry: entry(1, 60_000, 120_000),
+                    entry: Box::new(entry(1, 60_000, 120_000)),
                     fence: Some(4),
                 },
             ),
@@ -466,7 +466,7 @@ mod tests {
         );
         let put = |n: u8, v: u64, fence| Command::Put {
             key: key(n),
-            entry: entry(v, 60_000, 120_000),
+            entry: Box::new(entry(v, 60_000, 120_000)),
             fence,
         };
         let batch = Command::PutBatch(vec![
@@ -516,7 +516,7 @@ mod tests {
                 expires - 150,
                 Command::Put {
                     key: key(1),
-                    entry: e,
+                    entry: Box::new(e),
                     fence: None,
                 },
             ),
@@ -529,7 +529,7 @@ mod tests {
                 now,
                 Command::Put {
                     key: key(1),
-                    entry: older.clone(),
+                    entry: Box::new(older.clone()),
                     fence: None,
                 },
             )

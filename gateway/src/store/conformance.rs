@@ -67,8 +67,12 @@ async fn marking_due_makes_an_entry_due_now(s: &impl TokenStore) {
     assert_eq!(due, [key(35)], "due now, and counted as used");
     let e = s.get(&key(35)).await.unwrap().unwrap();
     assert!(
-        e.meta.refresh_at <= now_millis(),
+        e.refresh_at() <= now_millis(),
         "a refresher reading it sees it due"
+    );
+    assert!(
+        e.meta.refresh_at > now_millis(),
+        "the sealed metadata is left as sealed"
     );
     // A result that is not renewable (an introspection answer) stays so.
     s.put(&key(37), entry(1, 60_000, 60_000), None)
@@ -125,6 +129,7 @@ pub fn entry(version: u64, refresh_in_ms: i64, expires_in_ms: i64) -> SealedEntr
         },
         key_id: "00000000".into(),
         ciphertext: vec![version as u8; 40],
+        marked_due: None,
     }
 }
 

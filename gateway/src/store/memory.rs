@@ -183,8 +183,8 @@ impl TokenStore for MemoryStore {
         let mut due: Vec<(UnixMillis, TokenKey)> = st
             .entries
             .iter()
-            .filter(|(_, e)| e.meta.refresh_at <= now && e.meta.last_used >= used_since)
-            .map(|(k, e)| (e.meta.refresh_at, *k))
+            .filter(|(_, e)| e.refresh_at() <= now && e.meta.last_used >= used_since)
+            .map(|(k, e)| (e.refresh_at(), *k))
             .collect();
         due.sort();
         Ok(due.into_iter().take(limit).map(|(_, k)| k).collect())
@@ -227,7 +227,7 @@ impl TokenStore for MemoryStore {
         let mut st = self.state();
         match st.entries.get_mut(key) {
             Some(e) if e.meta.expires_at > now && e.meta.refresh_at < e.meta.expires_at => {
-                e.meta.refresh_at = e.meta.refresh_at.min(now);
+                e.marked_due = Some(now);
                 e.meta.last_used = e.meta.last_used.max(now);
                 Ok(true)
             }

@@ -408,7 +408,7 @@ impl TokenCache {
             Ok(None) => return Ok(()),
             Err(e) => return self.store_failed(e, Ok(())),
         };
-        if sealed.meta.refresh_at > now_millis() {
+        if sealed.refresh_at() > now_millis() {
             return Ok(()); // renewed meanwhile (by a previous leader)
         }
         if sealed.meta.refresh_at >= sealed.meta.expires_at {

@@ -9,7 +9,7 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use super::entry::{EntryMeta, EntrySecrets, TokenEntry};
+use super::entry::{EntryMeta, EntrySecrets, TokenEntry, UnixMillis};
 use super::key::{FleetKey, KeyRing, TokenKey};
 
 /// An entry as a shared store holds it: clear metadata, sealed secrets.
@@ -22,6 +22,20 @@ pub struct SealedEntry {
     /// 12-byte nonce followed by the AES-GCM ciphertext and tag (base64 when serialized).
     #[serde(with = "base64_bytes")]
     pub ciphertext: Vec<u8>,
+    /// When an operator asked for a renewal now (`cachectl refresh`). Kept beside the sealed
+    /// metadata rather than in it, since `refresh_at` is bound to the ciphertext; a new version
+    /// of the entry clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked_due: Option<UnixMillis>,
+}
+
+impl SealedEntry {
+    /// When the refresh leader should renew it: its own `refresh_at`, or earlier if an
+    /// operator marked it due.
+    pub fn refresh_at(&self) -> UnixMillis {
+        self.marked_due
+            .map_or(self.meta.refresh_at, |m| m.min(self.meta.refresh_at))
+    }
 }
 
 /// Bytes as standard base64 text, a third larger rather than the four times of a JSON array.
@@ -91,6 +105,7 @@ pub fn seal_payload(
     let mut ciphertext = nonce.to_vec();
     ciphertext.extend_from_slice(&ct);
     SealedEntry {
+        marked_due: None,
         meta,
         key_id: fleet.id.clone(),
         ciphertext,

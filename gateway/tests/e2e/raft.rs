@@ -53,6 +53,11 @@ impl CacheNode {
         node
     }
 
+    /// A node that is in no cluster yet (to be added as a learner).
+    pub fn spawn_bare(id: u64, addr: String) -> Self {
+        Self::spawn(id, addr, String::new(), None, String::new())
+    }
+
     /// Starts the process (again, on the same address and data directory) and waits until it
     /// listens.
     pub fn start(&mut self) {
@@ -460,14 +465,14 @@ async fn membership_grows_to_five_and_shrinks_back() {
 }
 
 /// Three gateway nodes on a three-node cache cluster, with the fake IdP and an echo upstream.
-struct Fleet {
-    idp: chaos::FakeIdp,
-    upstream: chaos::EchoUpstream,
-    cluster: Cluster,
-    nodes: Vec<crate::support::Node>,
+pub(crate) struct Fleet {
+    pub(crate) idp: chaos::FakeIdp,
+    pub(crate) upstream: chaos::EchoUpstream,
+    pub(crate) cluster: Cluster,
+    pub(crate) nodes: Vec<crate::support::Node>,
 }
 
-async fn fleet(lifetime: Duration, refresh: &str) -> Fleet {
+pub(crate) async fn fleet(lifetime: Duration, refresh: &str) -> Fleet {
     let idp = chaos::FakeIdp::start().await;
     let upstream = chaos::EchoUpstream::start().await;
     idp.set_token_lifetime(lifetime);
@@ -490,15 +495,14 @@ async fn fleet(lifetime: Duration, refresh: &str) -> Fleet {
 }
 
 impl Fleet {
-    /// `GET /x` on gateway `node` as client 0.
-    async fn call(&self, node: usize) -> reqwest::StatusCode {
+    /// `GET /x` on gateway `node` with client `client`'s credentials.
+    pub(crate) async fn call(&self, node: usize, client: usize) -> reqwest::Response {
         crate::support::client()
             .get(self.nodes[node].url("/x"))
-            .header("authorization", crate::redis::creds(0))
+            .header("authorization", crate::redis::creds(client))
             .send()
             .await
             .unwrap()
-            .status()
     }
 }
 
@@ -527,7 +531,7 @@ async fn three_gateways_on_the_cluster_ask_the_idp_once_per_credential() {
 async fn gateways_serve_from_their_l1_while_the_cluster_has_no_quorum() {
     let mut f = fleet(Duration::from_secs(300), "{ interval: 1s }").await;
     for node in 0..3 {
-        assert_eq!(f.call(node).await, 200);
+        assert_eq!(f.call(node, 0).await.status(), 200);
     }
     let leader = f.cluster.leader(Duration::from_secs(5)).await;
     for id in (1..=3).filter(|id| *id != leader).take(1).chain([leader]) {
@@ -535,7 +539,7 @@ async fn gateways_serve_from_their_l1_while_the_cluster_has_no_quorum() {
     }
     for node in 0..3 {
         assert_eq!(
-            f.call(node).await,
+            f.call(node, 0).await.status(),
             200,
             "node {node} serves its cached token"
         );

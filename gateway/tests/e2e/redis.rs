@@ -51,11 +51,11 @@ async fn redis_store_meets_the_contract() {
 }
 
 /// A fleet: the fake IdP, an echo upstream, one Redis and `n` gateway nodes.
-struct Fleet {
-    idp: FakeIdp,
-    upstream: EchoUpstream,
-    redis: RedisServer,
-    nodes: Vec<Node>,
+pub(crate) struct Fleet {
+    pub(crate) idp: FakeIdp,
+    pub(crate) upstream: EchoUpstream,
+    pub(crate) redis: RedisServer,
+    pub(crate) nodes: Vec<Node>,
 }
 
 /// A gateway configuration with one application-level route, on the given `store` section.
@@ -86,7 +86,7 @@ routes:
     )
 }
 
-async fn fleet(nodes: usize, lifetime: Duration, refresh: &str) -> Fleet {
+pub(crate) async fn fleet(nodes: usize, lifetime: Duration, refresh: &str) -> Fleet {
     let idp = FakeIdp::start().await;
     let upstream = EchoUpstream::start().await;
     let redis = RedisServer::start();
@@ -109,7 +109,7 @@ async fn fleet(nodes: usize, lifetime: Duration, refresh: &str) -> Fleet {
 
 impl Fleet {
     /// `GET /` on node `node` with client `client`'s credentials.
-    async fn call(&self, node: usize, client: usize) -> reqwest::Response {
+    pub(crate) async fn call(&self, node: usize, client: usize) -> reqwest::Response {
         let req = crate::support::client()
             .get(self.nodes[node].url("/"))
             .header("authorization", creds(client));

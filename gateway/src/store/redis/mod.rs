@@ -144,10 +144,8 @@ impl TokenStore for RedisStore {
         let mut entry: SealedEntry = serde_json::from_str(&data)
             .map_err(|e| StoreError::Corrupt(format!("entry {key}: {e}")))?;
         entry.meta.last_used = entry.meta.last_used.max(used.unwrap_or(0));
-        // `cachectl refresh` moves the refresh time forward without rewriting the entry.
-        if let Some(r) = refresh {
-            entry.meta.refresh_at = entry.meta.refresh_at.min(r);
-        }
+        // `cachectl refresh` brings the refresh time forward without rewriting the entry.
+        entry.marked_due = refresh.filter(|r| *r < entry.meta.refresh_at);
         Ok(Some(entry))
     }
 

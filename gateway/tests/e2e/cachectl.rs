@@ -1,0 +1,353 @@
+//! `cachectl` against a real Raft cache cluster and a real Redis, each shared by gateway nodes
+//! with cached tokens: every command in both output formats, the errors scripts rely on, an
+//! eviction every gateway sees, and no token in any output.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::raft::{ADMIN_TOKEN, CacheNode};
+use crate::support::free_port;
+
+/// The `cachectl` binary, built once per test run (it is another package of the workspace).
+fn cachectl_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "cachectl", "--bin", "cachectl"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "cachectl builds");
+            PathBuf::from(env!("CARGO_BIN_EXE_gateway")).with_file_name("cachectl")
+        })
+        .clone()
+}
+
+/// The outputs of every command run, checked for tokens at the end.
+#[derive(Default)]
+struct Transcript(Vec<String>);
+
+impl Transcript {
+    fn run(&mut self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(cachectl_bin());
+        cmd.args(args)
+            .env_remove("CACHECTL_TOKEN")
+            .env_remove("CACHECTL_ENDPOINTS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        self.0.push(format!(
+            "$ cachectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        out
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&mut self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let out = self.run(args, env);
+        assert!(
+            out.status.success(),
+            "cachectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs with `-o json` and parses stdout.
+    fn json(&mut self, args: &[&str], env: &[(&str, &str)]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all, env)).unwrap()
+    }
+
+    /// Runs and expects exit `code` with a one-line error containing `says`.
+    fn fails(&mut self, args: &[&str], env: &[(&str, &str)], code: i32, says: &str) {
+        let out = self.run(args, env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "cachectl {args:?}: {err}");
+        assert!(
+            err.contains(says),
+            "cachectl {args:?} said {err:?}, not {says:?}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+
+    fn assert_no_secret(&self, secrets: &[String]) {
+        for out in &self.0 {
+            for s in secrets {
+                assert!(
+                    !out.contains(s.as_str()),
+                    "a token or secret was printed:\n{out}"
+                );
+            }
+        }
+    }
+}
+
+/// Tokens the upstream received, and the clients' secrets.
+fn secrets(upstream: &chaos::EchoUpstream) -> Vec<String> {
+    let mut s: Vec<String> = upstream
+        .seen()
+        .iter()
+        .filter_map(|r| r.bearer().map(str::to_owned))
+        .collect();
+    s.extend((0..20).map(|i| format!("secret-{i}")));
+    s.push(crate::redis::FLEET_KEY.to_owned());
+    s.push(ADMIN_TOKEN.to_owned());
+    assert!(s.len() > 22, "tokens were captured");
+    s
+}
+
+fn entry_for<'a>(list: &'a Value, client: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["client_id"] == client)
+        .unwrap_or_else(|| panic!("no entry for {client} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cachectl_inspects_and_steers_the_raft_cache() {
+    let f = crate::raft::fleet(Duration::from_secs(300), "{ interval: 100ms }").await;
+    for (node, client) in [(0, 0), (1, 1), (2, 2)] {
+        assert_eq!(f.call(node, client).await.status(), 200);
+    }
+    let endpoints = f.cluster.endpoints().join(",");
+    let env = [
+        ("CACHECTL_ENDPOINTS", endpoints.as_str()),
+        ("CACHECTL_TOKEN", ADMIN_TOKEN),
+    ];
+    let mut t = Transcript::default();
+
+    // status: every node, one leader, no lag once settled.
+    let status = t.json(&["status"], &env);
+    let nodes = status.as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes.iter().filter(|n| n["state"] == "leader").count(), 1);
+    let table = t.ok(&["status"], &env);
+    assert!(
+        table.contains("LEADER") && table.contains("leader"),
+        "{table}"
+    );
+
+    // ls and its filters.
+    let list = t.json(&["ls"], &env);
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let e0 = entry_for(&list, "client-0").clone();
+    assert_eq!(e0["scopes"], serde_json::json!(["read"]));
+    assert!(e0["expires_in_ms"].as_i64().unwrap() > 200_000);
+    let only = t.json(&["ls", "--client", "client-1"], &env);
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    let none = t.json(&["ls", "--expiring-within", "30s"], &env);
+    assert!(none.as_array().unwrap().is_empty());
+    let table = t.ok(&["ls", "--sort", "client"], &env);
+    assert!(
+        table.contains("client-2") && table.contains("3 entries"),
+        "{table}"
+    );
+
+    // get by key prefix, both formats.
+    let key = e0["key"].as_str().unwrap().to_owned();
+    let prefix = &key[..12];
+    let one = t.json(&["get", prefix], &env);
+    assert_eq!(one["key"], key.as_str());
+    assert!(one["sealed_bytes"].as_u64().unwrap() > 0);
+    let table = t.ok(&["get", prefix], &env);
+    assert!(table.contains("not readable here"), "{table}");
+
+    // leases: one gateway holds the refresh lease.
+    let leases = t.json(&["leases"], &env);
+    assert!(leases["fence"].as_u64().unwrap() > 0, "{leases}");
+    assert!(t.ok(&["leases"], &env).contains("refresh"));
+
+    // refresh: the leader renews it at once.
+    let issued = f.idp.issued("client-0");
+    t.ok(&["refresh", prefix], &env);
+    crate::support::eventually("the entry is renewed", Duration::from_secs(5), async || {
+        f.idp.issued("client-0") > issued
+    })
+    .await;
+    let renewed = t.json(&["get", prefix], &env);
+    assert!(renewed["version"].as_u64() > e0["version"].as_u64());
+
+    // watch sees an eviction, which every gateway's L1 drops within a second.
+    let old = f
+        .upstream
+        .seen()
+        .last()
+        .and_then(|s| s.bearer().map(str::to_owned));
+    let watcher = {
+        let bin = cachectl_bin();
+        let endpoints = endpoints.clone();
+        std::thread::spawn(move || {
+            Command::new(bin)
+                .args([
+                    "watch",
+                    "--count",
+                    "1",
+                    "-o",
+                    "json",
+                    "--endpoints",
+                    &endpoints,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = f.upstream.seen().len();
+    let evicted = t.json(&["evict", "--client", "client-0"], &env);
+    assert_eq!(evicted["evicted"], 1);
+    let evicted_at = Instant::now();
+    let watched = watcher.join().unwrap();
+    let line: Value = serde_json::from_slice(&watched.stdout).unwrap();
+    assert_eq!(
+        (line["change"].as_str(), line["key"].as_str()),
+        (Some("evicted"), Some(key.as_str()))
+    );
+    for node in 0..3 {
+        let resp = f.call(node, 0).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let fresh: Vec<Option<String>> = f.upstream.seen()[before..]
+        .iter()
+        .map(|s| s.bearer().map(str::to_owned))
+        .collect();
+    assert_eq!(fresh.len(), 3);
+    assert!(
+        fresh.iter().all(|b| *b != old),
+        "a gateway still served the evicted token"
+    );
+    println!(
+        "all three gateways served a new token {:?} after the eviction",
+        evicted_at.elapsed()
+    );
+    assert!(evicted_at.elapsed() < Duration::from_secs(1));
+
+    // members and snapshot: a fourth node joins as a learner, is promoted, then removed.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _four = CacheNode::spawn_bare(4, addr.clone());
+    t.ok(&["members", "add-learner", "4", &addr], &env);
+    t.json(&["members", "promote", "4"], &env);
+    let voters = |s: &Value| {
+        s.as_array().unwrap()[0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "voter")
+            .count()
+    };
+    assert_eq!(voters(&t.json(&["status"], &env)), 4);
+    t.ok(&["members", "remove", "4"], &env);
+    assert_eq!(voters(&t.json(&["status"], &env)), 3);
+    let snap = t.json(&["snapshot"], &env);
+    assert!(
+        snap.as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["snapshot_index"].as_u64().is_some()),
+        "{snap}"
+    );
+    t.ok(&["snapshot"], &env);
+
+    // evict --all, with confirmation.
+    t.fails(&["evict", "--all"], &env, 2, "add --yes");
+    let all = t.json(&["evict", "--all", "--yes"], &env);
+    assert_eq!(all["evicted"], 3);
+
+    // Errors scripts can tell apart.
+    let wrong = [
+        ("CACHECTL_ENDPOINTS", endpoints.as_str()),
+        ("CACHECTL_TOKEN", "wrong"),
+    ];
+    t.fails(&["status"], &wrong, 1, "refused the admin token");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    t.fails(
+        &["--endpoints", &nobody, "--timeout", "1s", "ls"],
+        &[],
+        1,
+        "cannot reach",
+    );
+    t.fails(&["get", "ffffffffff"], &env, 1, "no cached entry");
+    t.fails(&["get", "xyz"], &env, 2, "a key is hex");
+    t.fails(&["ls"], &[], 2, "name the cache");
+    let bash = t.ok(&["completions", "bash"], &[]);
+    assert!(bash.contains("cachectl"));
+
+    t.assert_no_secret(&secrets(&f.upstream));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cachectl_inspects_and_steers_a_redis_cache() {
+    let f = crate::redis::fleet(2, Duration::from_secs(300), "{ interval: 100ms }").await;
+    for (node, client) in [(0, 0), (1, 1)] {
+        assert_eq!(f.call(node, client).await.status(), 200);
+    }
+    let url = format!("redis://{}", f.redis.endpoint());
+    let env = [("CACHECTL_REDIS", url.as_str())];
+    let mut t = Transcript::default();
+
+    let status = t.json(&["status"], &env);
+    assert_eq!(status["entries"], 2);
+    assert!(status["fence"].as_u64().is_some(), "{status}");
+    assert!(t.ok(&["status"], &env).contains("LEASE HOLDER"));
+    let list = t.json(&["ls"], &env);
+    let e1 = entry_for(&list, "client-1");
+    let prefix = e1["key"].as_str().unwrap()[..10].to_owned();
+    assert!(t.ok(&["ls"], &env).contains("2 entries"));
+    assert_eq!(t.json(&["get", &prefix], &env)["client_id"], "client-1");
+    assert!(t.ok(&["get", &prefix], &env).contains("client-1"));
+    assert!(t.json(&["leases"], &env)["holder"].as_str().is_some());
+    assert!(t.ok(&["leases"], &env).contains("refresh"));
+
+    let issued = f.idp.issued("client-1");
+    t.ok(&["refresh", &prefix], &env);
+    crate::support::eventually("the entry is renewed", Duration::from_secs(5), async || {
+        f.idp.issued("client-1") > issued
+    })
+    .await;
+
+    let watcher = {
+        let (bin, url) = (cachectl_bin(), url.clone());
+        std::thread::spawn(move || {
+            Command::new(bin)
+                .args(["watch", "--count", "1", "--redis", &url])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(t.json(&["evict", &prefix], &env)["evicted"], 1);
+    let watched = String::from_utf8(watcher.join().unwrap().stdout).unwrap();
+    assert!(watched.starts_with("evicted"), "{watched}");
+    assert!(
+        t.ok(&["evict", "--client", "client-0"], &env)
+            .contains("evicted: 1")
+    );
+    assert!(t.json(&["ls"], &env).as_array().unwrap().is_empty());
+
+    t.fails(
+        &["members", "remove", "1"],
+        &env,
+        2,
+        "needs the Raft cache service",
+    );
+    t.fails(&["--redis", "http://x", "ls"], &[], 2, "--redis");
+    let nobody = format!("redis://127.0.0.1:{}", free_port());
+    t.fails(
+        &["--redis", &nobody, "--timeout", "1s", "ls"],
+        &[],
+        1,
+        "cannot reach",
+    );
+    t.assert_no_secret(&secrets(&f.upstream));
+}
