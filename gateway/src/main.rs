@@ -67,7 +67,7 @@ enum Command {
         init: Vec<(u64, String)>,
         /// Join a running cluster as a learner through this member (promote it with
         /// Admin.ChangeMembership).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "init")]
         join: Option<String>,
         /// Reach these peers at other addresses for Raft traffic (`2=host:port,...`), e.g. over
         /// a separate replication network; their membership addresses stay what gateways use.
