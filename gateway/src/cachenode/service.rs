@@ -31,6 +31,8 @@ use crate::token::now_millis;
 pub const LEADER_METADATA: &str = "tokengate-leader";
 /// Largest page `List` returns.
 const MAX_LIST: usize = 1000;
+/// Longest `Admin.Snapshot` waits for the snapshot it triggered.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most puts proposed as one log entry.
 const MAX_PUT_BATCH: usize = 512;
 
@@ -583,13 +585,24 @@ impl pa::admin_server::Admin for AdminService {
         &self,
         _: Request<pa::SnapshotRequest>,
     ) -> Result<Response<pa::SnapshotResponse>, Status> {
+        let mut metrics = self.0.raft.metrics();
+        let applied = metrics.borrow().last_applied.map_or(0, |l| l.index);
         self.0
             .raft
             .trigger()
             .snapshot()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let index = self.0.raft.metrics().borrow().snapshot.map(|l| l.index);
+        // Triggering only asks; answer once the snapshot covers what was applied when asked.
+        let built = metrics.wait_for(|m| m.snapshot.is_some_and(|l| l.index >= applied));
+        let index = match tokio::time::timeout(SNAPSHOT_WAIT, built).await {
+            Ok(Ok(m)) => m.snapshot.map(|l| l.index),
+            _ => {
+                return Err(Status::deadline_exceeded(
+                    "the snapshot is still being built",
+                ));
+            }
+        };
         Ok(Response::new(pa::SnapshotResponse { index }))
     }
 
