@@ -8,13 +8,15 @@
 //! - [`log_store`]: the Raft log and vote, durable in redb.
 //! - [`state_machine`]: openraft's state machine over the cache: apply, watch, snapshots.
 //! - [`network`]: Raft RPCs to peers over gRPC.
-//! - [`service`]: the gRPC services: Raft transport, `TokenCache`, `Admin`.
+//! - [`service`]: the gRPC services for peers and gateways: Raft transport, `TokenCache`.
+//! - [`admin`]: the `Admin` service for operators.
 //! - [`convert`]: protobuf conversions.
 //!
 //! One redb file per node (`<data-dir>/raft.redb`) holds the log, the vote, the committed index
 //! and the latest snapshot. A restarted node loads the snapshot and re-applies the committed log
 //! after it.
 
+pub mod admin;
 pub mod convert;
 pub mod log_store;
 pub mod network;
@@ -36,7 +38,8 @@ use tokengate_proto::raft::raft_transport_server::RaftTransportServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
-use service::{AdminService, CacheService, NodeContext, RaftService};
+use admin::AdminService;
+use service::{CacheService, NodeContext, RaftService};
 use state::{Outcome, Stamped};
 
 openraft::declare_raft_types!(

@@ -133,8 +133,10 @@ impl Jwt {
         let keys = Arc::clone(&self.keys);
         let tokens = Arc::clone(&self.tokens);
         let name = self.name.clone();
+        // Looked at now, not when the task gets to run: a fetch a request makes meanwhile
+        // satisfies this one.
+        let seen = Instant::now();
         self.tokens.tasks().spawn(async move {
-            let seen = Instant::now();
             if let Err(error) = keys.fetch(tokens.idp(), Reason::Refresh { seen }).await {
                 tracing::warn!(middleware = %name, %error, "cannot fetch the JWKS; keeping the keys we have");
             }
