@@ -58,6 +58,17 @@ impl Admin {
                     format!(r#"{{"status":"{state}","store":"{store}"}}"#),
                 )
             }
+            (&http::Method::GET | &http::Method::HEAD, "/metrics") => {
+                let mut resp = json(
+                    StatusCode::OK,
+                    crate::telemetry::metrics::metrics().render(),
+                );
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
         }
     }

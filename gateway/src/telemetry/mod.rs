@@ -3,6 +3,8 @@
 //! Nothing logged here or elsewhere carries a token or a secret: the access log records the
 //! path without its query string (queries may carry credentials) and never a header value.
 
+pub mod metrics;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,6 +53,11 @@ impl AccessLog {
 
     /// Writes the line.
     pub fn finish(self, status: StatusCode, latency: Duration) {
+        metrics::metrics().request(
+            self.route.as_deref().unwrap_or("none"),
+            status.as_u16(),
+            latency.as_secs_f64(),
+        );
         tracing::info!(
             target: "tokengate::access",
             method = %self.method,

@@ -109,6 +109,7 @@ impl TokenCache {
         let l1 = self.l1.pin();
         let entry = l1.get(key).filter(|e| e.meta.is_servable(now))?;
         entry.touch(now);
+        crate::telemetry::metrics::metrics().l1_hits.inc();
         Some(Arc::clone(entry))
     }
 
@@ -155,8 +156,10 @@ impl TokenCache {
     }
 
     async fn fill(&self, key: &TokenKey, spec: TokenRequest) -> Result<Arc<TokenEntry>, IdpError> {
+        let metrics = crate::telemetry::metrics::metrics();
         let mut events = self.store.subscribe();
         if let Some(e) = self.read_store(key).await {
+            metrics.store_hits.inc();
             return Ok(e);
         }
         if let Some(e) = self.adopt_from_previous_keys(key, &spec).await {
@@ -175,7 +178,10 @@ impl TokenCache {
             None => false,
             Some(true) => true,
             Some(false) => match self.await_other_fill(key, &mut events).await {
-                OtherFill::Delivered(e) => return Ok(e),
+                OtherFill::Delivered(e) => {
+                    metrics.store_hits.inc();
+                    return Ok(e);
+                }
                 OtherFill::LeaseIsOurs => true,
                 OtherFill::GaveUp => false,
             },
@@ -184,9 +190,13 @@ impl TokenCache {
         // first read and our taking the lease: look once more before asking the IdP.
         if holds_lease && let Some(e) = self.read_store(key).await {
             let _ = self.store.release_fill_lease(key, &self.node).await;
+            metrics.store_hits.inc();
             return Ok(e);
         }
         let result = self.fetch_and_store(key, spec, None, None).await;
+        if result.is_ok() {
+            metrics.idp_fetches.inc();
+        }
         if holds_lease {
             let _ = self.store.release_fill_lease(key, &self.node).await;
         }

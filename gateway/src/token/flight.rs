@@ -46,6 +46,7 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     {
         let mut flights = self.lock();
         if let Some(f) = flights.get(&key) {
+            crate::telemetry::metrics::metrics().flight_waits.inc();
             return f.clone();
         }
         let landed = Landed {

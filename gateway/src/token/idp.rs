@@ -184,6 +184,7 @@ impl IdpClient {
             recorded: false,
         };
         let mut tries = 0;
+        let started = std::time::Instant::now();
         let result = loop {
             match attempt().await {
                 Err((e, server_wait)) if e.is_retryable() && tries < retries => {
@@ -197,6 +198,8 @@ impl IdpClient {
         };
         self.record(endpoint, result.as_ref().err());
         admitted.recorded = true;
+        crate::telemetry::metrics::metrics()
+            .idp_call(result.is_ok(), started.elapsed().as_secs_f64());
         result
     }
 

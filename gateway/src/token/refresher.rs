@@ -73,6 +73,10 @@ pub async fn run(cache: Arc<TokenCache>, cfg: RefreshConfig, shutdown: Cancellat
             _ => {}
         }
         leading = fence;
+        let m = crate::telemetry::metrics::metrics();
+        m.refresh_leader.set(i64::from(fence.is_some()));
+        m.refresh_fence
+            .set(fence.map_or(0, |f| i64::try_from(f.0).unwrap_or(i64::MAX)));
         if let Some(fence) = fence {
             start_due(&cache, &cfg, fence, &renewals, &shutdown).await;
         }
@@ -129,7 +133,9 @@ async fn renew(cache: &TokenCache, renewals: &Renewals, key: &TokenKey, fence: F
     let Ok(_permit) = renewals.permits.acquire().await else {
         return;
     };
-    match cache.refresh(key, fence).await {
+    let result = cache.refresh(key, fence).await;
+    crate::telemetry::metrics::metrics().refresh(result.is_ok());
+    match result {
         Ok(()) => tracing::debug!(key = %key, "token refreshed"),
         // Still valid until it expires; the next tick tries again, behind the breaker.
         Err(IdpError::Unavailable { reason, .. }) => {

@@ -9,6 +9,7 @@ mod introspection;
 mod issuer;
 mod jwt;
 mod lifecycle;
+mod metrics;
 mod proxy;
 mod raft;
 mod redis;

@@ -1,0 +1,178 @@
+//! Prometheus metrics, served in the text exposition format on the admin listener's
+//! `/metrics`.
+//!
+//! Labels are fixed, low-cardinality values: route names, HTTP status codes, cache layers,
+//! outcomes. No token, secret, client id or key ever becomes a label. Counters on the request
+//! path are resolved once, so a cache hit costs one atomic increment.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder, exponential_buckets,
+};
+
+/// Every metric of a gateway node.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    /// Tokens served from L1 (the hot path).
+    pub l1_hits: IntCounter,
+    /// Tokens another node had put in the shared store.
+    pub store_hits: IntCounter,
+    /// Tokens fetched from the IdP.
+    pub idp_fetches: IntCounter,
+    idp_ok: IntCounter,
+    idp_error: IntCounter,
+    idp_duration: Histogram,
+    refresh_ok: IntCounter,
+    refresh_error: IntCounter,
+    /// Callers that waited for another caller's fetch of the same key instead of fetching.
+    pub flight_waits: IntCounter,
+    /// 1 while this node holds the refresh lease.
+    pub refresh_leader: IntGauge,
+    /// The fence of the refresh lease this node holds (0 when it holds none).
+    pub refresh_fence: IntGauge,
+}
+
+/// 0.5 ms to ~16 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("tokengate".into()), None).expect("a valid prefix");
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Proxied requests by route and status"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        reg(Box::new(requests.clone()));
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time to answer a proxied request, by route",
+            )
+            .buckets(latency_buckets()),
+            &["route"],
+        )
+        .expect("valid metric");
+        reg(Box::new(request_duration.clone()));
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tokens_served_total",
+                "Tokens handed to requests, by the layer they came from",
+            ),
+            &["layer"],
+        )
+        .expect("valid metric");
+        reg(Box::new(tokens.clone()));
+        let idp = IntCounterVec::new(
+            Opts::new(
+                "idp_requests_total",
+                "Calls to identity provider endpoints, retries included in one call",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        reg(Box::new(idp.clone()));
+        let idp_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "idp_request_duration_seconds",
+                "Time of identity provider calls",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("valid metric");
+        reg(Box::new(idp_duration.clone()));
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "refreshes_total",
+                "Background token renewals by the refresh leader",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        reg(Box::new(refreshes.clone()));
+        let flight_waits = IntCounter::new(
+            "single_flight_waits_total",
+            "Callers that waited for another caller's fetch of the same token",
+        )
+        .expect("valid metric");
+        reg(Box::new(flight_waits.clone()));
+        let refresh_leader = IntGauge::new(
+            "refresh_leader",
+            "1 while this node holds the fleet's refresh lease",
+        )
+        .expect("valid metric");
+        reg(Box::new(refresh_leader.clone()));
+        let refresh_fence = IntGauge::new(
+            "refresh_lease_fence",
+            "Fencing token of the refresh lease this node holds (0: none)",
+        )
+        .expect("valid metric");
+        reg(Box::new(refresh_fence.clone()));
+        Self {
+            l1_hits: tokens.with_label_values(&["l1"]),
+            store_hits: tokens.with_label_values(&["store"]),
+            idp_fetches: tokens.with_label_values(&["idp"]),
+            idp_ok: idp.with_label_values(&["ok"]),
+            idp_error: idp.with_label_values(&["error"]),
+            refresh_ok: refreshes.with_label_values(&["ok"]),
+            refresh_error: refreshes.with_label_values(&["error"]),
+            registry,
+            requests,
+            request_duration,
+            idp_duration,
+            flight_waits,
+            refresh_leader,
+            refresh_fence,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        self.requests.with_label_values(&[route, &status]).inc();
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(seconds);
+    }
+
+    /// Records one IdP call.
+    pub fn idp_call(&self, ok: bool, seconds: f64) {
+        if ok { &self.idp_ok } else { &self.idp_error }.inc();
+        self.idp_duration.observe(seconds);
+    }
+
+    /// Records one background renewal.
+    pub fn refresh(&self, ok: bool) {
+        if ok {
+            &self.refresh_ok
+        } else {
+            &self.refresh_error
+        }
+        .inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to memory cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// This process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}

@@ -1,0 +1,127 @@
+//! `/metrics` on the admin listener: the counters follow what the node did, the exposition
+//! passes `promtool check metrics`, and no token or secret becomes a label.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use chaos::{EchoUpstream, FakeIdp};
+
+use crate::support::{GW_SECRET, Node, client, get_as, two_modes};
+
+/// The value of the sample `name` (with its labels, exactly as exposed).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_and_token_layers_and_pass_promtool() {
+    let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
+    idp.register("demo-app", "demo-secret");
+    let node = Node::start(
+        &two_modes(&idp.token_url(), &upstream.url(), ""),
+        &[("GW_SECRET", GW_SECRET)],
+    );
+    let http = client();
+    for _ in 0..5 {
+        let resp = get_as(&http, node.url("/app/x"), "demo-app", "demo-secret").await;
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = get_as(&http, node.url("/app/x"), "demo-app", "wrong").await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        http.get(node.url("/nowhere"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let resp = http
+        .get(format!("http://{}/metrics", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = resp.text().await.unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            r#"tokengate_requests_total{route="app",status="200"}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tokengate_requests_total{route="app",status="401"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tokengate_requests_total{route="none",status="404"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tokengate_request_duration_seconds_count{route="app"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        sample(&text, r#"tokengate_tokens_served_total{layer="idp"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"tokengate_tokens_served_total{layer="l1"}"#),
+        4.0
+    );
+    // The good credential's token request and the bad one's refusal.
+    assert_eq!(
+        sample(&text, r#"tokengate_idp_requests_total{outcome="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"tokengate_idp_requests_total{outcome="error"}"#),
+        1.0
+    );
+    assert_eq!(sample(&text, "tokengate_refresh_leader"), 1.0);
+    assert!(sample(&text, "tokengate_refresh_lease_fence") >= 1.0);
+
+    let token = upstream.seen()[0].bearer().unwrap().to_owned();
+    for secret in [token.as_str(), "demo-secret", "demo-app", GW_SECRET] {
+        assert!(!text.contains(secret), "{secret:?} in the metrics");
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (.ci/run installs Debian's prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
