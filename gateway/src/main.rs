@@ -82,6 +82,9 @@ enum Command {
         /// `text` or `json`.
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// Serve Prometheus `/metrics` (Raft term, leader, log and applied index) over HTTP here.
+        #[arg(long, env = "TOKENGATE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Hash a client secret for `issuer.clients.<id>.secretHash` (argon2id). Reads the secret
     /// from the first line of standard input.
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             admin_token,
             snapshot_logs,
             log_format,
+            metrics_listen,
         } => {
             let admin_token = match admin_token.as_deref().map(gateway::config::secret::resolve) {
                 None => None,
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
                 peers: peer.into_iter().collect(),
                 admin_token,
                 snapshot_logs,
+                metrics_listen,
             };
             runtime().block_on(cache_node(cfg, format))
         }

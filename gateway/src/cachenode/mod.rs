@@ -11,6 +11,7 @@
 //! - [`service`]: the gRPC services for peers and gateways: Raft transport, `TokenCache`.
 //! - [`admin`]: the `Admin` service for operators.
 //! - [`convert`]: protobuf conversions.
+//! - [`metrics`]: Prometheus gauges of the node's Raft state (`--metrics-listen`).
 //!
 //! One redb file per node (`<data-dir>/raft.redb`) holds the log, the vote, the committed index
 //! and the latest snapshot. A restarted node loads the snapshot and re-applies the committed log
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod convert;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod service;
 pub mod state;
@@ -84,6 +86,8 @@ pub struct CacheNodeConfig {
     pub admin_token: Option<Secret>,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
+    /// Where to serve Prometheus `/metrics` over HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why a cache node stopped or could not start.
@@ -198,7 +202,14 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         tokio::spawn(join(member, id, addr, token, shutdown.clone()))
     });
 
+    let metrics_server = match cfg.metrics_listen {
+        None => None,
+        Some(addr) => Some(serve_metrics(addr, Arc::clone(&ctx), shutdown.clone()).await?),
+    };
     let served = server.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     if let Some(j) = joiner {
         j.abort();
     }
@@ -211,6 +222,46 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         addr: cfg.listen,
         message: e.to_string(),
     })
+}
+
+/// Serves `GET /metrics` on `addr` until `stop`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    ctx: Arc<NodeContext>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, CacheNodeError> {
+    use futures_util::FutureExt;
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CacheNodeError::Serve {
+                addr,
+                message: e.to_string(),
+            })?;
+    let gauges = Arc::new(metrics::RaftMetrics::new());
+    let handler: crate::proxy::serve::Handler = Arc::new(move |req, _| {
+        let resp = if req.uri().path() == "/metrics" {
+            let mut r = crate::proxy::response::json(
+                http::StatusCode::OK,
+                gauges.render(&ctx.raft, &ctx.shared),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        } else {
+            crate::proxy::response::error(http::StatusCode::NOT_FOUND, "not_found", "try /metrics")
+        };
+        async move { resp }.boxed()
+    });
+    tracing::info!(%addr, "cache node metrics listening");
+    Ok(tokio::spawn(crate::proxy::serve(
+        listener,
+        handler,
+        stop,
+        Duration::from_secs(1),
+    )))
 }
 
 /// Asks `member` (following redirects to the leader) to add this node as a learner, until it

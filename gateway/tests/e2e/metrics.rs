@@ -6,7 +6,32 @@ use std::process::{Command, Stdio};
 
 use chaos::{EchoUpstream, FakeIdp};
 
+use crate::raft::Cluster;
 use crate::support::{GW_SECRET, Node, client, get_as, two_modes};
+
+/// `promtool check metrics` on `text`.
+fn promtool(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (.ci/run installs Debian's prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
 
 /// The value of the sample `name` (with its labels, exactly as exposed).
 fn sample(text: &str, name: &str) -> f64 {
@@ -104,24 +129,37 @@ async fn metrics_count_requests_and_token_layers_and_pass_promtool() {
         assert!(!text.contains(secret), "{secret:?} in the metrics");
     }
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (.ci/run installs Debian's prometheus package)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
+    promtool(&text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_nodes_expose_their_raft_state() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader(std::time::Duration::from_secs(10)).await;
+    let store = cluster.store();
+    let e = gateway::store::conformance::entry(1, 60_000, 120_000);
+    let key = gateway::token::TokenKey::from_bytes([9; 32]);
+    gateway::store::TokenStore::put(&store, &key, e, None)
+        .await
         .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    let mut leaders = 0.0;
+    for n in &cluster.nodes {
+        let text = client()
+            .get(format!("http://{}/metrics", n.metrics_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        leaders += sample(&text, "tokengate_cache_raft_is_leader");
+        assert_eq!(
+            sample(&text, "tokengate_cache_raft_leader_id"),
+            leader as f64
+        );
+        assert!(sample(&text, "tokengate_cache_raft_term") >= 1.0);
+        assert!(sample(&text, "tokengate_cache_raft_last_log_index") >= 2.0);
+        promtool(&text);
+    }
+    assert_eq!(leaders, 1.0, "exactly one node reports itself leader");
 }

@@ -28,6 +28,8 @@ pub(crate) struct CacheNode {
     join: Option<String>,
     /// `--peer` overrides (`id=addr,...`), empty for none.
     peers: String,
+    /// Where it serves Prometheus metrics.
+    pub metrics_addr: String,
     dir: tempfile::TempDir,
 }
 
@@ -47,6 +49,7 @@ impl CacheNode {
             init,
             join,
             peers,
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
             dir: tempfile::tempdir().unwrap(),
         };
         node.start();
@@ -72,6 +75,7 @@ impl CacheNode {
         .arg("--data-dir")
         .arg(self.dir.path())
         .args(["--log-format", "json", "--snapshot-logs", "200"])
+        .args(["--metrics-listen", &self.metrics_addr])
         .env("TOKENGATE_ADMIN_TOKEN", "env:CACHE_ADMIN")
         .env("CACHE_ADMIN", ADMIN_TOKEN)
         .env_remove("RUST_LOG");
