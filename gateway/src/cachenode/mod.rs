@@ -183,6 +183,10 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
+    let metrics_server = match cfg.metrics_listen {
+        None => None,
+        Some(addr) => Some(serve_metrics(addr, Arc::clone(&ctx), shutdown.clone()).await?),
+    };
     tracing::info!(id = cfg.id, addr = %cfg.advertise, listen = %cfg.listen, "cache node listening");
 
     if !cfg.init.is_empty() {
@@ -202,10 +206,6 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         tokio::spawn(join(member, id, addr, token, shutdown.clone()))
     });
 
-    let metrics_server = match cfg.metrics_listen {
-        None => None,
-        Some(addr) => Some(serve_metrics(addr, Arc::clone(&ctx), shutdown.clone()).await?),
-    };
     let served = server.await;
     if let Some(m) = metrics_server {
         let _ = m.await;
@@ -255,7 +255,8 @@ async fn serve_metrics(
         };
         async move { resp }.boxed()
     });
-    tracing::info!(%addr, "cache node metrics listening");
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "cache node metrics listening");
     Ok(tokio::spawn(crate::proxy::serve(
         listener,
         handler,

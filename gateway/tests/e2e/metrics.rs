@@ -145,7 +145,7 @@ async fn cache_nodes_expose_their_raft_state() {
     let mut leaders = 0.0;
     for n in &cluster.nodes {
         let text = client()
-            .get(format!("http://{}/metrics", n.metrics_addr))
+            .get(format!("http://{}/metrics", n.metrics_addr()))
             .send()
             .await
             .unwrap()

@@ -28,8 +28,8 @@ pub(crate) struct CacheNode {
     join: Option<String>,
     /// `--peer` overrides (`id=addr,...`), empty for none.
     peers: String,
-    /// Where it serves Prometheus metrics.
-    pub metrics_addr: String,
+    /// Where it serves Prometheus metrics (bound on port 0; read from its log).
+    metrics_addr: Arc<Mutex<Option<String>>>,
     dir: tempfile::TempDir,
 }
 
@@ -49,7 +49,7 @@ impl CacheNode {
             init,
             join,
             peers,
-            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: Arc::default(),
             dir: tempfile::tempdir().unwrap(),
         };
         node.start();
@@ -75,7 +75,7 @@ impl CacheNode {
         .arg("--data-dir")
         .arg(self.dir.path())
         .args(["--log-format", "json", "--snapshot-logs", "200"])
-        .args(["--metrics-listen", &self.metrics_addr])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .env("TOKENGATE_ADMIN_TOKEN", "env:CACHE_ADMIN")
         .env("CACHE_ADMIN", ADMIN_TOKEN)
         .env_remove("RUST_LOG");
@@ -99,8 +99,14 @@ impl CacheNode {
             Box::new(child.stderr.take().unwrap()),
         ] {
             let (log, tx) = (Arc::clone(&self.log), tx.clone());
+            let metrics = Arc::clone(&self.metrics_addr);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                        && v["message"] == "cache node metrics listening"
+                    {
+                        *metrics.lock().unwrap() = v["addr"].as_str().map(str::to_owned);
+                    }
                     if line.contains("cache node listening") {
                         let _ = tx.send(());
                     }
@@ -115,6 +121,15 @@ impl CacheNode {
             self.kill();
             panic!("cache node {} did not start:\n{}", self.id, self.log());
         }
+    }
+
+    /// Where it serves `/metrics` (known once it listens: it binds them first).
+    pub fn metrics_addr(&self) -> String {
+        self.metrics_addr
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the node logged its metrics address")
     }
 
     /// SIGKILLs the process.
