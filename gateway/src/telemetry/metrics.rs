@@ -67,7 +67,7 @@ impl Metrics {
         let tokens = IntCounterVec::new(
             Opts::new(
                 "tokens_served_total",
-                "Tokens handed to requests, by the layer they came from",
+                "Tokens obtained for requests, by the layer they came from (callers sharing one fetch count once; see single_flight_waits)",
             ),
             &["layer"],
         )
