@@ -118,6 +118,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// [`StoreError::Unavailable`] with `e`'s description.
+    pub fn unavailable(e: impl fmt::Display) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
 /// A fleet-wide token store. See the module documentation for the contract.
 pub trait TokenStore: Send + Sync + 'static {
     /// The entry under `key`, if present and not expired.

@@ -57,17 +57,13 @@ impl Drop for RaftStore {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
 impl Inner {
     fn client(&self, addr: &str) -> Result<TokenCacheClient<Channel>, StoreError> {
         let clients = self.clients.pin();
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = TokenCacheClient::new(channel(addr).map_err(unavailable)?);
+        let c = TokenCacheClient::new(channel(addr).map_err(StoreError::unavailable)?);
         clients.insert(addr.to_owned(), c.clone());
         Ok(c)
     }
@@ -121,7 +117,7 @@ impl Inner {
             let client = self.client(&target)?;
             let status = match tokio::time::timeout_at(deadline, op(client)).await {
                 Err(_) => {
-                    return Err(unavailable(format!(
+                    return Err(StoreError::unavailable(format!(
                         "no answer from the cache service within {:?}",
                         self.timeout
                     )));
@@ -158,7 +154,7 @@ impl Inner {
                 }
             };
             if Instant::now() >= deadline {
-                return Err(unavailable(format!(
+                return Err(StoreError::unavailable(format!(
                     "the cache service has no reachable leader: {}",
                     status.message()
                 )));
@@ -220,7 +216,7 @@ async fn follow(
             let stream = client
                 .watch(pc::WatchRequest { after_index })
                 .await
-                .map_err(|s| unavailable(s.message()))?;
+                .map_err(|s| StoreError::unavailable(s.message()))?;
             Ok::<_, StoreError>(stream.into_inner())
         };
         let stream = tokio::select! {

@@ -319,6 +319,23 @@ async fn admin_calls_need_the_token() {
         (ok.id, ok.state.as_str(), ok.leader),
         (1, "leader", Some(1))
     );
+    // Admin.Evict, with the token, removes entries.
+    let store = cluster.store();
+    let e = conformance::entry(1, 60_000, 120_000);
+    store.put(&key(1), e, None).await.unwrap();
+    let evicted = c
+        .evict(authed(
+            pa::EvictRequest {
+                keys: vec![],
+                all: true,
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(evicted.evicted, 1);
+    assert_eq!(store.get(&key(1)).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,21 +546,7 @@ impl Fleet {
 async fn three_gateways_on_the_cluster_ask_the_idp_once_per_credential() {
     let f = fleet(Duration::from_secs(300), "{ interval: 1s }").await;
     f.idp.set_latency(Duration::from_millis(300));
-    let http = crate::support::client();
-    let calls = (0..300).map(|i| {
-        let req = http
-            .get(f.nodes[i % 3].url(&format!("/r/{i}")))
-            .header("authorization", crate::redis::creds(i));
-        async move { req.send().await.unwrap().status() }
-    });
-    let statuses = futures_util::future::join_all(calls).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(
-        f.idp.total_issued(),
-        20,
-        "one token request per credential for the whole fleet"
-    );
-    assert_eq!(f.upstream.seen().len(), 300);
+    crate::redis::one_idp_request_per_credential(&f.nodes, &f.idp, &f.upstream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,21 +169,31 @@ async fn leader(redis: &RedisServer, nodes: &[Node]) -> usize {
 async fn three_nodes_ask_the_idp_once_per_credential() {
     let f = fleet(3, Duration::from_secs(300), "{ interval: 1s }").await;
     f.idp.set_latency(Duration::from_millis(300));
+    one_idp_request_per_credential(&f.nodes, &f.idp, &f.upstream).await;
+}
+
+/// 300 concurrent requests for the 20 registered clients, spread over the nodes: all served,
+/// with one token request per credential for the whole fleet.
+pub(crate) async fn one_idp_request_per_credential(
+    nodes: &[Node],
+    idp: &FakeIdp,
+    upstream: &EchoUpstream,
+) {
     let http = client();
     let calls = (0..300).map(|i| {
         let req = http
-            .get(f.nodes[i % 3].url(&format!("/r/{i}")))
+            .get(nodes[i % nodes.len()].url(&format!("/r/{i}")))
             .header("authorization", creds(i));
         async move { req.send().await.unwrap().status() }
     });
     let statuses = futures_util::future::join_all(calls).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(
-        f.idp.total_issued(),
+        idp.total_issued(),
         20,
         "one token request per credential for the whole fleet"
     );
-    assert_eq!(f.upstream.seen().len(), 300);
+    assert_eq!(upstream.seen().len(), 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

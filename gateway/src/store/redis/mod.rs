@@ -43,10 +43,6 @@ impl Drop for RedisStore {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
 impl RedisStore {
     /// Creates the pools and starts following the event channel. Does not wait for Redis: a
     /// node whose Redis is down starts degraded and connects when Redis comes back.
@@ -104,14 +100,14 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, self.pools.invoke(&inv))
             .await
-            .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| StoreError::unavailable(format!("no answer within {:?}", self.timeout)))?
     }
 
     /// Runs a command, bounded by the timeout.
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, self.pools.query(cmd))
             .await
-            .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| StoreError::unavailable(format!("no answer within {:?}", self.timeout)))?
     }
 }
 

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{parse_event, unavailable};
+use super::parse_event;
 use crate::config::{RedisConfig, RedisTls, RedisTopology};
 use crate::store::{StoreError, StoreEvent};
 
@@ -103,15 +103,15 @@ macro_rules! with_conn {
     ($pool:expr, $conn:ident => $body:expr) => {
         match $pool {
             Pool::Standalone(p) => {
-                let mut $conn = p.get().await.map_err(unavailable)?;
+                let mut $conn = p.get().await.map_err(StoreError::unavailable)?;
                 $body
             }
             Pool::Sentinel(p) => {
-                let mut $conn = p.get().await.map_err(unavailable)?;
+                let mut $conn = p.get().await.map_err(StoreError::unavailable)?;
                 $body
             }
             Pool::Cluster(p) => {
-                let mut $conn = p.get().await.map_err(unavailable)?;
+                let mut $conn = p.get().await.map_err(StoreError::unavailable)?;
                 $body
             }
         }
@@ -256,11 +256,11 @@ impl Pools {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        with_conn!(&self.pool, conn => inv.invoke_async(&mut *conn).await.map_err(unavailable))
+        with_conn!(&self.pool, conn => inv.invoke_async(&mut *conn).await.map_err(StoreError::unavailable))
     }
 
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        with_conn!(&self.pool, conn => cmd.query_async(&mut *conn).await.map_err(unavailable))
+        with_conn!(&self.pool, conn => cmd.query_async(&mut *conn).await.map_err(StoreError::unavailable))
     }
 
     /// A dedicated connection subscribed to `channel` (pub/sub cannot share a pooled one).
@@ -268,8 +268,14 @@ impl Pools {
         let clients = match &*self.target {
             PubSubTarget::Servers(clients) => clients.clone(),
             PubSubTarget::Sentinel { cfg, master_set } => {
-                let mut sentinel = sentinel_client(cfg, master_set).map_err(unavailable)?;
-                vec![sentinel.async_get_client().await.map_err(unavailable)?]
+                let mut sentinel =
+                    sentinel_client(cfg, master_set).map_err(StoreError::unavailable)?;
+                vec![
+                    sentinel
+                        .async_get_client()
+                        .await
+                        .map_err(StoreError::unavailable)?,
+                ]
             }
         };
         let mut last = StoreError::Unavailable("no Redis endpoint".into());
@@ -277,9 +283,9 @@ impl Pools {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => match pubsub.subscribe(channel).await {
                     Ok(()) => return Ok(pubsub),
-                    Err(e) => last = unavailable(e),
+                    Err(e) => last = StoreError::unavailable(e),
                 },
-                Err(e) => last = unavailable(e),
+                Err(e) => last = StoreError::unavailable(e),
             }
         }
         Err(last)
