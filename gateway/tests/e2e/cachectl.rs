@@ -186,8 +186,14 @@ async fn cachectl_inspects_and_steers_the_raft_cache() {
         f.idp.issued("client-0") > issued
     })
     .await;
-    let renewed = t.json(&["get", prefix], &env);
-    assert!(renewed["version"].as_u64() > e0["version"].as_u64());
+    // The IdP counts the request before the leader has stored its answer.
+    let before = e0["version"].as_u64().unwrap();
+    crate::support::eventually(
+        "the renewal is stored",
+        Duration::from_secs(5),
+        async || t.json(&["get", prefix], &env)["version"].as_u64().unwrap() > before,
+    )
+    .await;
 
     // watch sees an eviction, which every gateway's L1 drops at once.
     let last_bearer = || {
