@@ -341,6 +341,13 @@ async fn cachectl_inspects_and_steers_a_redis_cache() {
         f.idp.issued("client-1") > issued
     })
     .await;
+    let before = e1["version"].as_u64().unwrap();
+    crate::support::eventually(
+        "the renewal is stored",
+        Duration::from_secs(5),
+        async || t.json(&["get", &prefix], &env)["version"].as_u64().unwrap() > before,
+    )
+    .await;
 
     let watcher = {
         let (bin, url) = (cachectl_bin(), url.clone());
