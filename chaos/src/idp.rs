@@ -116,6 +116,7 @@ pub struct FakeIdp {
     addr: SocketAddr,
     state: Arc<State>,
     stop: CancellationToken,
+    tracing: serve::Tracing,
 }
 
 impl Drop for FakeIdp {
@@ -125,6 +126,12 @@ impl Drop for FakeIdp {
 }
 
 impl FakeIdp {
+    /// Records a server span for every request from now on, continuing the caller's W3C
+    /// trace context (tests of distributed tracing).
+    pub fn trace_to(&self, tracer: opentelemetry_sdk::trace::SdkTracer) {
+        self.tracing.set(tracer);
+    }
+
     /// Starts an IdP on a free loopback port with no clients and a 60 s token lifetime.
     pub async fn start() -> Self {
         Self::start_on(([127, 0, 0, 1], 0).into())
@@ -162,9 +169,15 @@ impl FakeIdp {
             let s = Arc::clone(&s);
             Box::pin(async move { handle(&s, req).await })
         });
-        let addr = serve::start(addr, handler, stop.clone()).await?;
+        let tracing = serve::Tracing::default();
+        let addr = serve::start(addr, handler, tracing.clone(), stop.clone()).await?;
         *state.issuer.lock().unwrap() = format!("http://{addr}");
-        Ok(Self { addr, state, stop })
+        Ok(Self {
+            addr,
+            state,
+            stop,
+            tracing,
+        })
     }
 
     /// The token endpoint URL.

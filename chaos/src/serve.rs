@@ -1,7 +1,7 @@
 //! A minimal accept loop for the test doubles, stopped by a cancellation token.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -10,6 +10,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{Span, SpanKind, Tracer};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,10 +26,50 @@ pub type Handler = Arc<
     dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<Option<Response<Full<Bytes>>>> + Send + Sync,
 >;
 
+/// Where a double records a server span per request, continuing the caller's W3C trace
+/// context; nothing is recorded until a tracer is set.
+#[derive(Clone, Default)]
+pub struct Tracing(Arc<OnceLock<SdkTracer>>);
+
+impl Tracing {
+    /// Records spans with `tracer` from now on (the first tracer set stays).
+    pub fn set(&self, tracer: SdkTracer) {
+        let _ = self.0.set(tracer);
+    }
+
+    fn start<B>(&self, req: &Request<B>) -> Option<opentelemetry_sdk::trace::Span> {
+        let tracer = self.0.get()?;
+        let parent = TraceContextPropagator::new()
+            .extract_with_context(&Context::new(), &Headers(req.headers()));
+        let span = tracer
+            .span_builder(format!("{} {}", req.method(), req.uri().path()))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", req.method().to_string()),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+            ])
+            .start_with_context(tracer, &parent);
+        Some(span)
+    }
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
 /// Binds `addr` (port 0: any free port) and serves until `stop` is cancelled.
 pub async fn start(
     addr: SocketAddr,
     handler: Handler,
+    tracing: Tracing,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -36,12 +81,23 @@ pub async fn start(
                 r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
             };
             let handler = Arc::clone(&handler);
-            let stop = stop.clone();
+            let (stop, tracing) = (stop.clone(), tracing.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
+                    let span = tracing.start(&req);
                     let fut = handler(req, remote);
                     async move {
-                        match fut.await {
+                        let resp = fut.await;
+                        if let Some(mut span) = span {
+                            if let Some(r) = &resp {
+                                span.set_attribute(KeyValue::new(
+                                    "http.response.status_code",
+                                    i64::from(r.status().as_u16()),
+                                ));
+                            }
+                            span.end();
+                        }
+                        match resp {
                             Some(resp) => Ok::<_, std::io::Error>(resp),
                             None => Err(std::io::Error::other("double closes the connection")),
                         }

@@ -34,6 +34,11 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The first value of header `name`, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+
     /// The bearer token it carried.
     pub fn bearer(&self) -> Option<&str> {
         self.headers
@@ -57,6 +62,7 @@ pub struct EchoUpstream {
     addr: SocketAddr,
     state: Arc<State>,
     stop: CancellationToken,
+    tracing: serve::Tracing,
 }
 
 impl Drop for EchoUpstream {
@@ -66,6 +72,12 @@ impl Drop for EchoUpstream {
 }
 
 impl EchoUpstream {
+    /// Records a server span for every request from now on, continuing the caller's W3C
+    /// trace context (tests of distributed tracing).
+    pub fn trace_to(&self, tracer: opentelemetry_sdk::trace::SdkTracer) {
+        self.tracing.set(tracer);
+    }
+
     /// Starts an echo upstream on a free loopback port.
     pub async fn start() -> Self {
         Self::start_on(([127, 0, 0, 1], 0).into())
@@ -82,8 +94,14 @@ impl EchoUpstream {
             let s = Arc::clone(&s);
             Box::pin(async move { Some(handle(&s, req, remote).await) })
         });
-        let addr = serve::start(addr, handler, stop.clone()).await?;
-        Ok(Self { addr, state, stop })
+        let tracing = serve::Tracing::default();
+        let addr = serve::start(addr, handler, tracing.clone(), stop.clone()).await?;
+        Ok(Self {
+            addr,
+            state,
+            stop,
+            tracing,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.

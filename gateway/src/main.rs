@@ -169,19 +169,34 @@ async fn cache_node(
     cfg: gateway::cachenode::CacheNodeConfig,
     format: gateway::config::LogFormat,
 ) -> ExitCode {
-    gateway::telemetry::init(&gateway::config::LogConfig {
+    let log = gateway::config::LogConfig {
         format,
         level: "info,openraft=warn".into(),
-    });
+    };
+    // Tracing on cache nodes follows the standard OTEL_* environment.
+    let telemetry = match gateway::telemetry::init(
+        &log,
+        None,
+        "tokengate-cache-node",
+        Some(&format!("cache-node-{}", cfg.id)),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
-    match gateway::cachenode::run(cfg, shutdown).await {
+    let code = match gateway::cachenode::run(cfg, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "cache node stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -227,22 +242,31 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, print_config: bool) 
         print!("{}", demo.config_yaml);
         return ExitCode::SUCCESS;
     }
-    gateway::telemetry::init(&gateway::config::LogConfig {
+    let log = gateway::config::LogConfig {
         format: gateway::config::LogFormat::Text,
         level: "info".into(),
-    });
+    };
+    let telemetry = match gateway::telemetry::init(&log, None, "tokengate-demo", None) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     print!("{}", demo.guide());
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
-    match demo.run(shutdown).await {
+    let code = match demo.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "the demo stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 fn config_failed(file: &std::path::Path, e: &gateway::config::ConfigError) -> ExitCode {
@@ -254,7 +278,14 @@ fn config_failed(file: &std::path::Path, e: &gateway::config::ConfigError) -> Ex
 }
 
 async fn run(cfg: Config) -> ExitCode {
-    gateway::telemetry::init(&cfg.log);
+    let telemetry =
+        match gateway::telemetry::init(&cfg.log, cfg.tracing.as_ref(), "tokengate-gateway", None) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let listeners = match Listeners::bind(cfg.listen, cfg.admin_listen).await {
         Ok(l) => l,
         Err(error) => {
@@ -273,13 +304,15 @@ async fn run(cfg: Config) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
-    match gateway::run(cfg, listeners, shutdown).await {
+    let code = match gateway::run(cfg, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "cannot start");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

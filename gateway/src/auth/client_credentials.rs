@@ -35,6 +35,11 @@ pub struct ClientCredentials {
 }
 
 impl ClientCredentials {
+    /// The name it has in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Builds the middleware named `name`.
     pub fn new(name: &str, cfg: ClientCredentialsConfig, cache: Arc<TokenCache>) -> Self {
         let deriver = KeyDeriver::new(

@@ -34,6 +34,24 @@ pub enum Middleware {
 }
 
 impl Middleware {
+    /// The name it has in the configuration.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::ClientCredentials(m) => m.name(),
+            Self::Introspection(m) => m.name(),
+            Self::Jwt(m) => m.name(),
+        }
+    }
+
+    /// Its kind, as the configuration spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ClientCredentials(_) => "clientCredentials",
+            Self::Introspection(_) => "introspection",
+            Self::Jwt(_) => "jwt",
+        }
+    }
+
     /// Authorises the request, rewriting `parts` for the upstream.
     pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
         match self {

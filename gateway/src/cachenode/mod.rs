@@ -173,6 +173,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     ));
     let admin_token = cfg.admin_token.clone();
     let server = tonic::transport::Server::builder()
+        .trace_fn(grpc_span)
         .add_service(RaftTransportServer::new(RaftService(Arc::clone(&ctx))))
         .add_service(TokenCacheServer::new(CacheService(Arc::clone(&ctx))))
         .add_service(AdminServer::with_interceptor(
@@ -337,4 +338,28 @@ fn admin_auth(
             "missing or wrong admin token",
         )),
     }
+}
+
+/// The span of one gRPC call that continues a caller's trace. A cache node only ever joins
+/// traces: calls without trace context (Raft's own heartbeats, a refresher's lease ticks,
+/// cachectl) record nothing, so background chatter does not flood the trace store.
+fn grpc_span(req: &http::Request<()>) -> tracing::Span {
+    let path = req.uri().path();
+    if !crate::telemetry::otel::enabled() || !req.headers().contains_key("traceparent") {
+        return tracing::Span::none();
+    }
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+    );
+    crate::telemetry::otel::continue_from(&span, req.headers());
+    span
 }

@@ -5,8 +5,10 @@
 //! `UNAVAILABLE` with the leader's address in the `tokengate-leader` metadata entry, and the
 //! client retries there. Writes are stamped with the leader's clock when proposed.
 
+use crate::telemetry::otel;
 use std::pin::Pin;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use futures_util::Stream;
 use openraft::error::{ClientWriteError, RaftError};
@@ -32,8 +34,30 @@ const MAX_LIST: usize = 1000;
 /// Most puts proposed as one log entry.
 const MAX_PUT_BATCH: usize = 512;
 
-/// A put waiting for the group commit, and where its answer goes.
-pub type PendingPut = (Command, oneshot::Sender<Result<(Outcome, u64), Status>>);
+/// A put waiting for the group commit, where its answer goes, and the span of its call.
+pub type PendingPut = (
+    Command,
+    oneshot::Sender<Result<(Outcome, u64), Status>>,
+    tracing::Span,
+);
+
+/// The span of one Raft proposal, a child of the current span.
+fn write_span() -> tracing::Span {
+    write_span_in(&tracing::Span::current(), 1)
+}
+
+/// The span of a proposal of `n` commands, a child of `parent`; none outside a trace.
+fn write_span_in(parent: &tracing::Span, n: usize) -> tracing::Span {
+    if parent.is_disabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        parent: parent,
+        "raft.write",
+        raft.commands = n as u64,
+        raft.log_index = tracing::field::Empty
+    )
+}
 
 /// What every service of a node shares.
 pub struct NodeContext {
@@ -85,11 +109,28 @@ impl NodeContext {
 
     /// Proposes `command`, stamped with this (leader) node's clock, and waits until applied.
     pub async fn write(&self, command: Command) -> Result<(Outcome, u64), Status> {
-        let stamped = Stamped {
-            now: now_millis(),
-            command,
+        self.write_in(command, write_span()).await
+    }
+
+    /// [`Self::write`] inside `span`, whose trace the replicas' applies join.
+    async fn write_in(
+        &self,
+        command: Command,
+        span: tracing::Span,
+    ) -> Result<(Outcome, u64), Status> {
+        let proposed = async {
+            let stamped = Stamped {
+                now: now_millis(),
+                command,
+                trace: otel::current_traceparent(),
+            };
+            let result = self.raft.client_write(stamped).await;
+            if let Ok(resp) = &result {
+                tracing::Span::current().record("raft.log_index", resp.log_id.index);
+            }
+            result
         };
-        match self.raft.client_write(stamped).await {
+        match proposed.instrument(span).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.redirect(f.leader_id))
@@ -122,13 +163,19 @@ pub async fn group_commit(
                 Err(_) => break,
             }
         }
+        // The commit continues the first put's trace and links the others'.
+        let span = write_span_in(&batch[0].2, batch.len());
+        for (_, _, other) in &batch[1..] {
+            otel::link(&span, other);
+        }
         if batch.len() == 1 {
-            let (command, reply) = batch.pop().expect("one put");
-            let _ = reply.send(ctx.write(command).await);
+            let (command, reply, _) = batch.pop().expect("one put");
+            let _ = reply.send(ctx.write_in(command, span).await);
             continue;
         }
-        let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-        match ctx.write(Command::PutBatch(commands)).await {
+        let (commands, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|(c, r, _)| (c, r)).unzip();
+        match ctx.write_in(Command::PutBatch(commands), span).await {
             Ok((Outcome::Batch(outcomes), index)) if outcomes.len() == replies.len() => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok((outcome, index)));
@@ -218,7 +265,7 @@ impl pc::token_cache_server::TokenCache for CacheService {
         let (reply, answer) = oneshot::channel();
         self.0
             .puts
-            .send((command, reply))
+            .send((command, reply, tracing::Span::current()))
             .await
             .map_err(|_| Status::unavailable("the node is shutting down"))?;
         let (outcome, index) = answer

@@ -98,6 +98,10 @@ pub struct Stamped {
     pub now: UnixMillis,
     /// The command.
     pub command: Command,
+    /// The proposing span's W3C `traceparent`, when that trace is recorded: each replica's
+    /// apply joins it. Not state: applying ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// What applying a command answered.
@@ -166,7 +170,15 @@ impl CacheState {
             Command::PutBatch(puts) => Outcome::Batch(
                 puts.into_iter()
                     .map(|command| match command {
-                        Command::Put { .. } => self.apply(index, Stamped { now, command }, changes),
+                        Command::Put { .. } => self.apply(
+                            index,
+                            Stamped {
+                                now,
+                                command,
+                                trace: None,
+                            },
+                            changes,
+                        ),
                         // Never proposed (see the variant's documentation).
                         _ => Outcome::Done,
                     })
@@ -354,7 +366,11 @@ mod tests {
     }
 
     fn at(now: UnixMillis, command: Command) -> Stamped {
-        Stamped { now, command }
+        Stamped {
+            now,
+            command,
+            trace: None,
+        }
     }
 
     #[test]

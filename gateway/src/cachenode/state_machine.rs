@@ -224,6 +224,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => Outcome::Done,
                     EntryPayload::Normal(stamped) => {
                         let mut these = Vec::new();
+                        let _span = stamped.trace.as_deref().map(|tp| {
+                            let span = tracing::info_span!("raft.apply", raft.log_index = index);
+                            crate::telemetry::otel::continue_from_traceparent(&span, tp);
+                            span.entered()
+                        });
                         let o = applied.cache.apply(index, stamped, &mut these);
                         changes.extend(these.into_iter().map(|c| (index, c)));
                         o

@@ -74,6 +74,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Logging.
     pub log: LogConfig,
+    /// Span export (`telemetry.tracing`); `None` leaves it to the `OTEL_*` environment.
+    pub tracing: Option<crate::telemetry::TracingConfig>,
     /// Middlewares by name.
     pub middlewares: BTreeMap<String, MiddlewareConfig>,
     /// Routes in file order (matching is by specificity, not order).

@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// Logging options.
     #[serde(default)]
     pub log: RawLog,
+    /// Distributed tracing.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     /// Named middlewares, referenced by routes.
     #[serde(default)]
     pub middlewares: BTreeMap<String, RawMiddleware>,
@@ -256,6 +259,54 @@ pub struct RawLog {
     /// A `tracing` filter such as `info` or `gateway=debug`; `RUST_LOG` wins when set.
     #[serde(default)]
     pub level: Option<String>,
+}
+
+/// `telemetry`: distributed tracing (metrics are always on the admin listener).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTelemetry {
+    /// Span export over OTLP; omitted, tracing follows the `OTEL_*` environment.
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
+}
+
+/// `telemetry.tracing`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTracing {
+    /// `service.name` of exported spans.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0.
+    #[serde(default)]
+    pub sample_rate: Option<f64>,
+    /// Extra resource attributes.
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Where spans go.
+    #[serde(default)]
+    pub otlp: Option<RawOtlp>,
+}
+
+/// `telemetry.tracing.otlp`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawOtlp {
+    /// OTLP over gRPC.
+    #[serde(default)]
+    pub grpc: Option<RawOtlpGrpc>,
+}
+
+/// `telemetry.tracing.otlp.grpc`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawOtlpGrpc {
+    /// Collector URL, `http://host:4317` or `https://...`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Export timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 /// A named middleware: exactly one kind per entry.

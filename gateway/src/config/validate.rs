@@ -11,6 +11,7 @@ use super::{
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, LogConfig, LogFormat, RefreshConfig,
     RouteConfig, StoreConfig, secret,
 };
+use crate::telemetry::TracingConfig;
 
 /// Collects issues; each check records and carries on.
 #[derive(Default)]
@@ -142,6 +143,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
     };
 
+    let tracing = raw.telemetry.tracing.map(|t| tracing(&mut issues, t));
+
     let declared: Vec<String> = raw.middlewares.keys().cloned().collect();
     let mut middlewares = BTreeMap::new();
     for (name, m) in raw.middlewares {
@@ -183,10 +186,51 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         request_timeout: raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
         shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         log,
+        tracing,
         middlewares,
         routes,
         issuer,
     })
+}
+
+fn tracing(issues: &mut Issues, raw: super::raw::RawTracing) -> TracingConfig {
+    const PATH: &str = "telemetry.tracing";
+    if let Some(rate) = raw.sample_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        issues.push(format!("{PATH}.sampleRate"), "must be between 0.0 and 1.0");
+    }
+    if raw
+        .service_name
+        .as_deref()
+        .is_some_and(|n| n.trim().is_empty())
+    {
+        issues.push(format!("{PATH}.serviceName"), "must not be empty");
+    }
+    let grpc = raw.otlp.and_then(|o| o.grpc).unwrap_or_default();
+    let endpoint_path = format!("{PATH}.otlp.grpc.endpoint");
+    if let Some(e) = &grpc.endpoint {
+        match url::Url::parse(e) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => issues.push(
+                endpoint_path,
+                format!("{e:?} is not an http:// or https:// URL"),
+            ),
+        }
+    }
+    if grpc.timeout.is_some_and(|t| t.is_zero()) {
+        issues.push(
+            format!("{PATH}.otlp.grpc.timeout"),
+            "must be greater than zero",
+        );
+    }
+    TracingConfig {
+        service_name: raw.service_name,
+        sample_rate: raw.sample_rate,
+        endpoint: grpc.endpoint,
+        timeout: grpc.timeout,
+        resource_attributes: raw.resource_attributes,
+    }
 }
 
 fn route(issues: &mut Issues, path: &str, r: RawRoute, declared: &[String]) -> Option<RouteConfig> {

@@ -17,13 +17,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
+use tracing::Instrument;
 
 pub use serve::{Listeners, serve};
 
 use crate::auth::{Applied, ClientCredentials, Introspection, Jwt, Middleware, UsedToken};
 use crate::config::{Config, JwksSource, MiddlewareConfig};
 use crate::issuer::Issuer;
-use crate::telemetry::AccessLog;
+use crate::telemetry::{AccessLog, otel};
 use crate::token::TokenCache;
 use router::{Route, Router};
 
@@ -108,18 +109,38 @@ impl Gateway {
         remote: SocketAddr,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %req.method(),
+            otel.kind = "server",
+            http.request.method = %req.method(),
+            url.path = req.uri().path(),
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        otel::continue_from(&span, req.headers());
         let mut log = AccessLog::new(&req, remote);
-        let resp =
-            match tokio::time::timeout(self.request_timeout, self.route(req, remote, &mut log))
-                .await
-            {
-                Ok(resp) => resp,
-                Err(_) => response::error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway_timeout",
-                    "the upstream did not answer in time",
-                ),
-            };
+        // Tracing off, the log names the caller's trace; on, the span's (read at the end,
+        // once the span has its route in its name).
+        let caller_trace = match otel::enabled() {
+            true => None,
+            false => otel::caller_trace_id(req.headers()),
+        };
+        let routed = self.route(req, remote, &mut log).instrument(span.clone());
+        let resp = match tokio::time::timeout(self.request_timeout, routed).await {
+            Ok(resp) => resp,
+            Err(_) => response::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the upstream did not answer in time",
+            ),
+        };
+        span.record("http.response.status_code", resp.status().as_u16());
+        if resp.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        log.trace_id = caller_trace.or_else(|| otel::span_trace_id(&span));
         log.finish(resp.status(), started.elapsed());
         resp
     }
@@ -134,6 +155,7 @@ impl Gateway {
             && Issuer::serves(req.uri().path())
         {
             log.route = Some("issuer".into());
+            name_request(&req, req.uri().path());
             return issuer.handle(req).await;
         }
         let host = request_host(&req);
@@ -145,6 +167,7 @@ impl Gateway {
             );
         };
         log.route = Some(route.name.clone());
+        name_request(&req, route.prefix());
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -232,7 +255,26 @@ impl Gateway {
             )
         })?;
         parts.version = http::Version::HTTP_11;
-        self.client.request(Request::from_parts(parts, body)).await.map_err(|error| {
+        let span = tracing::info_span!(
+            "upstream",
+            otel.name = %parts.method,
+            otel.kind = "client",
+            tokengate.peer = "upstream",
+            http.request.method = %parts.method,
+            server.address = upstream.host_str().unwrap_or_default(),
+            server.port = upstream.port_or_known_default(),
+            url.path = parts.uri.path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let sent = async {
+            otel::inject(&mut parts.headers);
+            let resp = self.client.request(Request::from_parts(parts, body)).await;
+            if let Ok(r) = &resp {
+                tracing::Span::current().record("http.response.status_code", r.status().as_u16());
+            }
+            resp
+        };
+        sent.instrument(span).await.map_err(|error| {
             tracing::warn!(upstream = %upstream, error = %error_chain(&error), "upstream request failed");
             response::error(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream service is unreachable")
         })
@@ -247,7 +289,13 @@ async fn apply_chain<'r>(
 ) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<ProxyBody>> {
     let mut used = Vec::new();
     for m in &route.middlewares {
-        match m.apply(parts).await {
+        let span = tracing::info_span!(
+            "middleware",
+            otel.name = %format_args!("middleware {}", m.name()),
+            tokengate.middleware = m.name(),
+            tokengate.middleware.kind = m.kind(),
+        );
+        match m.apply(parts).instrument(span).await {
             Ok(Applied { username, token }) => {
                 if username.is_some() {
                     log.user = username;
@@ -258,6 +306,15 @@ async fn apply_chain<'r>(
         }
     }
     Ok(used)
+}
+
+/// Names the request span `METHOD route` (OpenTelemetry's `{method} {http.route}`).
+fn name_request<B>(req: &Request<B>, route: &str) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("otel.name", format!("{} {route}", req.method()));
+        span.record("http.route", route);
+    }
 }
 
 fn full(bytes: Bytes) -> ProxyBody {

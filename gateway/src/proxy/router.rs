@@ -24,6 +24,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// The path prefix the route matches.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A route; `upstreams` must not be empty (configuration validation guarantees it).
     pub fn new(
         name: String,

@@ -241,6 +241,17 @@ pub enum Store {
     Raft(RaftStore),
 }
 
+impl Store {
+    /// The backend's name, as spans and metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
+            Self::Raft(_) => "raft",
+        }
+    }
+}
+
 macro_rules! dispatch {
     ($self:ident, $s:ident => $body:expr) => {
         match $self {

@@ -19,6 +19,7 @@ use tokengate_proto::cache::token_cache_client::TokenCacheClient;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
@@ -27,6 +28,7 @@ use crate::cachenode::convert::{key_from, sealed_from, sealed_to};
 use crate::cachenode::network::channel;
 use crate::cachenode::service::LEADER_METADATA;
 use crate::config::RaftStoreConfig;
+use crate::telemetry::otel;
 use crate::token::{SealedEntry, TokenKey, UnixMillis};
 
 /// Events a slow subscriber may fall behind by before it must re-read.
@@ -36,9 +38,12 @@ const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
 /// Pause before re-opening a broken watch stream.
 const REWATCH_BACKOFF: Duration = Duration::from_millis(200);
 
+/// A client that passes the caller's trace context on to the cache node.
+type Client = TokenCacheClient<InterceptedService<Channel, otel::GrpcInjector>>;
+
 struct Inner {
     endpoints: Vec<String>,
-    clients: papaya::HashMap<String, TokenCacheClient<Channel>>,
+    clients: papaya::HashMap<String, Client>,
     leader: RwLock<String>,
     timeout: Duration,
 }
@@ -58,12 +63,14 @@ impl Drop for RaftStore {
 }
 
 impl Inner {
-    fn client(&self, addr: &str) -> Result<TokenCacheClient<Channel>, StoreError> {
+    fn client(&self, addr: &str) -> Result<Client, StoreError> {
         let clients = self.clients.pin();
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = TokenCacheClient::new(channel(addr).map_err(StoreError::unavailable)?);
+        let channel = channel(addr).map_err(StoreError::unavailable)?;
+        let c =
+            TokenCacheClient::with_interceptor(channel, otel::inject_grpc as otel::GrpcInjector);
         clients.insert(addr.to_owned(), c.clone());
         Ok(c)
     }
@@ -93,7 +100,7 @@ impl Inner {
     async fn ask<R: Clone, T, Fut>(
         &self,
         req: R,
-        op: impl Fn(TokenCacheClient<Channel>, R) -> Fut,
+        op: impl Fn(Client, R) -> Fut,
     ) -> Result<T, StoreError>
     where
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -103,10 +110,7 @@ impl Inner {
 
     /// Runs `op` against the leader, following redirects and trying other endpoints until it
     /// answers or the timeout passes.
-    async fn call<T, Fut>(
-        &self,
-        op: impl Fn(TokenCacheClient<Channel>) -> Fut,
-    ) -> Result<T, StoreError>
+    async fn call<T, Fut>(&self, op: impl Fn(Client) -> Fut) -> Result<T, StoreError>
     where
         Fut: Future<Output = Result<Response<T>, Status>>,
     {

@@ -1,31 +1,89 @@
-//! Logging: `tracing` to stdout, as text or JSON, and one access-log line per request.
+//! Logging (`tracing` to stdout, as text or JSON, one access-log line per request), metrics
+//! and distributed tracing.
 //!
-//! Nothing logged here or elsewhere carries a token or a secret: the access log records the
-//! path without its query string (queries may carry credentials) and never a header value.
+//! Nothing logged, exported or counted here or elsewhere carries a token or a secret: the
+//! access log records the path without its query string (queries may carry credentials) and
+//! never a header value; spans carry the same kind of fields as log lines.
 
 pub mod metrics;
+pub mod otel;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use tracing_subscriber::EnvFilter;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogConfig, LogFormat};
+pub use otel::{TracingConfig, TracingError};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured level.
-pub fn init(cfg: &LogConfig) {
+/// What [`init`] started; [`Telemetry::shutdown`] flushes the spans not yet exported.
+#[must_use = "call shutdown() before exiting so that buffered spans are exported"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered and stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber: log lines per `cfg` (`RUST_LOG`, when set, overrides the
+/// configured level) and, when tracing is on (see [`otel`]), span export for a process of
+/// `role` (`instance` names this member of the role, e.g. a cache node's id). Spans go only
+/// to the exporter; log lines carry their own fields.
+pub fn init(
+    cfg: &LogConfig,
+    tracing: Option<&TracingConfig>,
+    role: &str,
+    instance: Option<&str>,
+) -> Result<Telemetry, TracingError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_ansi(ansi);
-    // A second call (tests embedding several nodes) keeps the first subscriber.
-    let _ = match cfg.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = match cfg.format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    }
+    .with_filter(filter.and(filter_fn(|m| m.is_event())));
+    let exported = otel::provider(tracing, role, instance)?;
+    let (provider, otel_layer) = match exported {
+        Some((provider, tracer)) => {
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                // Spans start when first needed, not when entered, so the request span can
+                // take its route's name once routing is done.
+                .with_context_activation(false)
+                .with_filter(Targets::new().with_target("gateway", tracing::Level::INFO));
+            (Some(provider), Some(layer))
+        }
+        None => (None, None),
     };
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel_layer)
+        .try_init()
+        .is_ok();
+    // A second call (tests embedding several nodes) keeps the first subscriber.
+    if installed && provider.is_some() {
+        otel::set_enabled();
+    }
+    Ok(Telemetry {
+        provider: provider.filter(|_| installed),
+    })
 }
 
 /// The access-log record of one request, filled in as the request progresses.
@@ -37,6 +95,8 @@ pub struct AccessLog {
     pub route: Option<String>,
     /// The user named by a middleware's `usernameClaim`.
     pub user: Option<String>,
+    /// The request's trace id (see [`otel::span_trace_id`], [`otel::caller_trace_id`]).
+    pub trace_id: Option<String>,
 }
 
 impl AccessLog {
@@ -48,6 +108,7 @@ impl AccessLog {
             client,
             route: None,
             user: None,
+            trace_id: None,
         }
     }
 
@@ -67,6 +128,7 @@ impl AccessLog {
             route = self.route.as_deref().unwrap_or("-"),
             user = self.user.as_deref().unwrap_or("-"),
             client = %self.client.ip(),
+            trace_id = self.trace_id.as_deref().unwrap_or("-"),
         );
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::task::TaskTracker;
@@ -121,8 +122,11 @@ impl TokenCache {
         spec: impl FnOnce() -> TokenRequest,
         negative_ttl: Duration,
     ) -> Result<Arc<TokenEntry>, IdpError> {
+        let span = tracing::info_span!("token.get", tokengate.cache.layer = tracing::field::Empty);
+        let layer = |name: &'static str| span.record("tokengate.cache.layer", name);
         let now = now_millis();
         if let Some(e) = self.cached(key, now) {
+            layer("l1");
             return Ok(e);
         }
         if self
@@ -131,15 +135,20 @@ impl TokenCache {
             .get(key)
             .is_some_and(|until| *until > now)
         {
+            layer("negative");
             return Err(IdpError::InvalidClient);
         }
+        layer("fill");
         let this = Arc::clone(self);
         let key = *key;
+        let fill_span = span.clone();
         let flight = self.flights.join(
             key,
             &self.tasks,
             move || {
                 let spec = spec();
+                // The fill outlives a caller that gives up; its spans stay in the trace of
+                // the request that started it.
                 async move {
                     let result = this.fill(&key, spec).await;
                     if matches!(result, Err(IdpError::InvalidClient)) {
@@ -149,10 +158,11 @@ impl TokenCache {
                     }
                     result
                 }
+                .instrument(fill_span)
             },
             || Err(IdpError::Protocol("token fill task failed".into())),
         );
-        flight.await
+        flight.instrument(span).await
     }
 
     async fn fill(&self, key: &TokenKey, spec: TokenRequest) -> Result<Arc<TokenEntry>, IdpError> {
@@ -168,6 +178,7 @@ impl TokenCache {
         let lease = match self
             .store
             .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
+            .instrument(self.store_span("store.fill_lease"))
             .await
         {
             Ok(held) => self.store_ok(Some(held)),
@@ -189,7 +200,7 @@ impl TokenCache {
         // The previous holder may have stored the entry and released the lease between our
         // first read and our taking the lease: look once more before asking the IdP.
         if holds_lease && let Some(e) = self.read_store(key).await {
-            let _ = self.store.release_fill_lease(key, &self.node).await;
+            self.release_fill_lease(key).await;
             metrics.store_hits.inc();
             return Ok(e);
         }
@@ -198,7 +209,7 @@ impl TokenCache {
             metrics.idp_fetches.inc();
         }
         if holds_lease {
-            let _ = self.store.release_fill_lease(key, &self.node).await;
+            self.release_fill_lease(key).await;
         }
         result
     }
@@ -232,6 +243,7 @@ impl TokenCache {
             match self
                 .store
                 .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
+                .instrument(self.store_span("store.fill_lease"))
                 .await
             {
                 Ok(true) => return OtherFill::LeaseIsOurs,
@@ -254,7 +266,8 @@ impl TokenCache {
     ) -> Option<Arc<TokenEntry>> {
         for previous in self.ring.previous() {
             let old_key = spec.key(previous);
-            let sealed = match self.store.get(&old_key).await {
+            let read = self.store.get(&old_key);
+            let sealed = match read.instrument(self.store_span("store.get")).await {
                 Ok(Some(sealed)) => sealed,
                 Ok(None) => continue,
                 Err(e) => return self.store_failed(e, None),
@@ -278,9 +291,26 @@ impl TokenCache {
         None
     }
 
+    async fn release_fill_lease(&self, key: &TokenKey) {
+        let released = self.store.release_fill_lease(key, &self.node);
+        let _ = released
+            .instrument(self.store_span("store.release_fill_lease"))
+            .await;
+    }
+
+    /// A span for one call to the shared store.
+    fn store_span(&self, name: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "store",
+            otel.name = name,
+            db.system.name = self.store.kind()
+        )
+    }
+
     /// Reads, opens and installs a servable entry from the shared store.
     pub(super) async fn read_store(&self, key: &TokenKey) -> Option<Arc<TokenEntry>> {
-        let sealed = match self.store.get(key).await {
+        let read = self.store.get(key).instrument(self.store_span("store.get"));
+        let sealed = match read.await {
             Ok(s) => self.store_ok(s)?,
             Err(e) => return self.store_failed(e, None),
         };
@@ -346,6 +376,7 @@ impl TokenCache {
         match self
             .store
             .put(key, seal(self.ring.current(), key, &entry), fence)
+            .instrument(self.store_span("store.put"))
             .await
         {
             Ok(PutOutcome::Fenced) => {
@@ -387,7 +418,8 @@ impl TokenCache {
                 l1.remove(key);
             }
         }
-        if let Err(e) = self.store.evict(key, version).await {
+        let evicted = self.store.evict(key, version);
+        if let Err(e) = evicted.instrument(self.store_span("store.evict")).await {
             self.store_failed(e, ());
         }
     }
@@ -413,7 +445,8 @@ impl TokenCache {
         key: &TokenKey,
         fence: FencingToken,
     ) -> Result<(), IdpError> {
-        let sealed = match self.store.get(key).await {
+        let read = self.store.get(key).instrument(self.store_span("store.get"));
+        let sealed = match read.await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(()),
             Err(e) => return self.store_failed(e, Ok(())),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -318,7 +319,39 @@ pub fn http_builder() -> reqwest::ClientBuilder {
 pub async fn exchange(
     builder: reqwest::RequestBuilder,
 ) -> Result<(http::StatusCode, Vec<u8>), (IdpError, Option<Duration>)> {
-    let resp = builder.send().await.map_err(|e| {
+    let (client, request) = builder.build_split();
+    let mut request =
+        request.map_err(|_| (IdpError::Protocol("request cannot be built".into()), None))?;
+    let span = tracing::info_span!(
+        "idp",
+        otel.name = %format_args!("{} {}", request.method(), request.url().path()),
+        otel.kind = "client",
+        tokengate.peer = "idp",
+        http.request.method = %request.method(),
+        server.address = request.url().host_str().unwrap_or_default(),
+        server.port = request.url().port_or_known_default(),
+        url.path = request.url().path(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let sent = async {
+        crate::telemetry::otel::inject(request.headers_mut());
+        let result = send(&client, request).await;
+        let span = tracing::Span::current();
+        match &result {
+            Ok((status, _)) => span.record("http.response.status_code", status.as_u16()),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        result
+    };
+    sent.instrument(span).await
+}
+
+async fn send(
+    client: &reqwest::Client,
+    request: reqwest::Request,
+) -> Result<(http::StatusCode, Vec<u8>), (IdpError, Option<Duration>)> {
+    let resp = client.execute(request).await.map_err(|e| {
         let reason = if e.is_timeout() {
             "timeout"
         } else if e.is_connect() {

@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -115,10 +116,17 @@ async fn start_due(
         }
         let (cache, renewals_for_task, shutdown) =
             (Arc::clone(cache), Arc::clone(renewals), shutdown.clone());
+        // A background refresh is no request's work: it starts its own trace.
+        let span = tracing::info_span!(
+            parent: None,
+            "token.refresh",
+            tokengate.fence = fence.0,
+            otel.status_code = tracing::field::Empty,
+        );
         renewals.tasks.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = renew(&cache, &renewals_for_task, &key, fence) => {}
+                () = renew(&cache, &renewals_for_task, &key, fence).instrument(span) => {}
             }
             renewals_for_task
                 .keys
@@ -135,6 +143,9 @@ async fn renew(cache: &TokenCache, renewals: &Renewals, key: &TokenKey, fence: F
     };
     let result = cache.refresh(key, fence).await;
     crate::telemetry::metrics::metrics().refresh(result.is_ok());
+    if result.is_err() {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+    }
     match result {
         Ok(()) => tracing::debug!(key = %key, "token refreshed"),
         // Still valid until it expires; the next tick tries again, behind the breaker.

@@ -15,3 +15,4 @@ mod raft;
 mod redis;
 mod redis_ha;
 mod support;
+mod traces;

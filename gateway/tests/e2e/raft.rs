@@ -30,6 +30,8 @@ pub(crate) struct CacheNode {
     peers: String,
     /// Where it serves Prometheus metrics (bound on port 0; read from its log).
     metrics_addr: Arc<Mutex<Option<String>>>,
+    /// Extra environment (e.g. `OTEL_*`).
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -41,6 +43,17 @@ impl Drop for CacheNode {
 
 impl CacheNode {
     fn spawn(id: u64, addr: String, init: String, join: Option<String>, peers: String) -> Self {
+        Self::spawn_with(id, addr, init, join, peers, Vec::new())
+    }
+
+    fn spawn_with(
+        id: u64,
+        addr: String,
+        init: String,
+        join: Option<String>,
+        peers: String,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let mut node = Self {
             id,
             addr,
@@ -50,6 +63,7 @@ impl CacheNode {
             join,
             peers,
             metrics_addr: Arc::default(),
+            env,
             dir: tempfile::tempdir().unwrap(),
         };
         node.start();
@@ -78,7 +92,8 @@ impl CacheNode {
         .args(["--metrics-listen", "127.0.0.1:0"])
         .env("TOKENGATE_ADMIN_TOKEN", "env:CACHE_ADMIN")
         .env("CACHE_ADMIN", ADMIN_TOKEN)
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .envs(self.env.iter().map(|(k, v)| (k, v)));
         if !self.init.is_empty() {
             cmd.args(["--init", &self.init]);
         }
@@ -164,6 +179,24 @@ impl Cluster {
     /// Like [`Cluster::start`], on loopback `ports`, node `i` given `--peer peers(i)` (empty:
     /// none).
     async fn start_on(ports: &[u16], peers: impl Fn(u64) -> String) -> Self {
+        Self::start_with(ports, peers, &[]).await
+    }
+
+    /// Like [`Cluster::start`], every node with the extra environment `env`.
+    pub async fn start_with_env(n: u64, env: &[(&str, &str)]) -> Self {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        Self::start_with(&ports, |_| String::new(), env).await
+    }
+
+    async fn start_with(
+        ports: &[u16],
+        peers: impl Fn(u64) -> String,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let init = addrs
             .iter()
@@ -176,7 +209,7 @@ impl Cluster {
             .enumerate()
             .map(|(i, a)| {
                 let id = i as u64 + 1;
-                CacheNode::spawn(id, a.clone(), init.clone(), None, peers(id))
+                CacheNode::spawn_with(id, a.clone(), init.clone(), None, peers(id), env.clone())
             })
             .collect();
         let cluster = Self { nodes };

@@ -31,6 +31,11 @@ pub struct Introspection {
 }
 
 impl Introspection {
+    /// The name it has in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Builds the middleware named `name`.
     pub fn new(
         name: &str,

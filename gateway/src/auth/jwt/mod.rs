@@ -39,6 +39,11 @@ pub struct Jwt {
 }
 
 impl Jwt {
+    /// The name it has in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Builds the middleware named `name`; its keys are fetched in the background at once.
     pub fn new(name: &str, cfg: JwtConfig, tokens: &Arc<TokenCache>) -> reqwest::Result<Self> {
         let keys = Arc::new(Keys::new(&cfg)?);

@@ -1,0 +1,300 @@
+//! Distributed tracing: `tracing` spans exported over OTLP/gRPC, and W3C trace context
+//! (`traceparent`, `tracestate`) taken from callers and passed on to every hop.
+//!
+//! Tracing runs when the configuration has a `telemetry.tracing` section or the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variable is set, and
+//! `OTEL_SDK_DISABLED` is not `true`. Off, no span is ever created (no subscriber layer is
+//! interested in them) and trace headers pass through the proxy untouched, like any header.
+//!
+//! Settings come from the configuration first and the `OTEL_*` variables second, as the
+//! OpenTelemetry specification orders them: the endpoint (`OTEL_EXPORTER_OTLP_*ENDPOINT`,
+//! `_HEADERS`, `_TIMEOUT`, read by the exporter), the service name (`OTEL_SERVICE_NAME`),
+//! resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), the sampler (`OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`) and the batch processor (`OTEL_BSP_*`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::HeaderMap;
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The `telemetry.tracing` section, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TracingConfig {
+    /// `service.name`; default `OTEL_SERVICE_NAME`, then the role's name.
+    pub service_name: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0; a caller's sampling decision is followed.
+    /// Default: `OTEL_TRACES_SAMPLER(_ARG)`, then 1.0.
+    pub sample_rate: Option<f64>,
+    /// The OTLP/gRPC collector, e.g. `http://otel-collector:4317`; default from `OTEL_*`.
+    pub endpoint: Option<String>,
+    /// Export timeout.
+    pub timeout: Option<Duration>,
+    /// Extra resource attributes (e.g. `deployment.environment.name`).
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Marks tracing as running (once its subscriber layer is installed).
+pub(super) fn set_enabled() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether spans are being exported (set once at start).
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the `OTEL_*` environment asks for tracing without a configuration section.
+fn wanted_by_env() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start trace export: {0}")]
+pub struct TracingError(String);
+
+/// The tracer provider and its tracer for a process of `role` (e.g. `tokengate-gateway`), or
+/// `None` when tracing is off.
+pub(super) fn provider(
+    cfg: Option<&TracingConfig>,
+    role: &str,
+    instance: Option<&str>,
+) -> Result<Option<(SdkTracerProvider, SdkTracer)>, TracingError> {
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let cfg = match cfg {
+        Some(c) => c.clone(),
+        None if wanted_by_env() => TracingConfig::default(),
+        None => return Ok(None),
+    };
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) = &cfg.endpoint {
+        exporter = exporter.with_endpoint(endpoint.clone());
+    }
+    if let Some(timeout) = cfg.timeout {
+        exporter = exporter.with_timeout(timeout);
+    }
+    let endpoint = cfg.endpoint.clone().or_else(|| {
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+    });
+    if endpoint.is_some_and(|e| e.starts_with("https://")) {
+        // Verified against the Mozilla root set; the collector's name must match its cert.
+        exporter =
+            exporter.with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
+    }
+    let exporter = exporter.build().map_err(|e| TracingError(e.to_string()))?;
+
+    let mut resource =
+        Resource::builder().with_attribute(KeyValue::new("tokengate.role", role.to_owned()));
+    match &cfg.service_name {
+        Some(name) => resource = resource.with_service_name(name.clone()),
+        None if std::env::var("OTEL_SERVICE_NAME").is_err() => {
+            resource = resource.with_service_name(role.to_owned());
+        }
+        None => {}
+    }
+    if let Some(id) = instance {
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", id.to_owned()));
+    }
+    for (k, v) in &cfg.resource_attributes {
+        resource = resource.with_attribute(KeyValue::new(k.clone(), v.clone()));
+    }
+    let mut builder = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build());
+    if let Some(rate) = cfg.sample_rate {
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            rate,
+        ))));
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("tokengate");
+    Ok(Some((provider, tracer)))
+}
+
+fn propagator() -> TraceContextPropagator {
+    TraceContextPropagator::new()
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Makes `span` continue the trace the caller's headers carry, if any (tracing on only).
+pub fn continue_from(span: &Span, headers: &HeaderMap) {
+    if !enabled() {
+        return;
+    }
+    let cx = propagator().extract(&HeaderExtractor(headers));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Writes the current span's trace context into `headers`, replacing what the caller sent.
+/// Off, the caller's headers are left as they are.
+pub fn inject(headers: &mut HeaderMap) {
+    if !enabled() {
+        return;
+    }
+    headers.remove("traceparent");
+    headers.remove("tracestate");
+    propagator().inject_context(&Span::current().context(), &mut HeaderInjector(headers));
+}
+
+/// The current span's `traceparent` when it is being recorded: carried inside Raft log
+/// entries so that every replica's apply joins the writer's trace.
+pub fn current_traceparent() -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let cx = Span::current().context();
+    if !cx.span().span_context().is_sampled() {
+        return None;
+    }
+    let mut headers = HeaderMap::new();
+    propagator().inject_context(&cx, &mut HeaderInjector(&mut headers));
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Makes `span` a child of the span a `traceparent` names.
+pub fn continue_from_traceparent(span: &Span, traceparent: &str) {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_str(traceparent) {
+        headers.insert("traceparent", v);
+        continue_from(span, &headers);
+    }
+}
+
+/// Links `span` to `other` (work done for several traces at once, like a group commit).
+pub fn link(span: &Span, other: &Span) {
+    if enabled() {
+        span.add_link(other.context().span().span_context().clone());
+    }
+}
+
+/// The trace id of `span` when tracing runs. Reading it starts the span's OpenTelemetry
+/// span, after which its name can no longer change.
+pub fn span_trace_id(span: &Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let sc = span.context().span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The trace id in the caller's `traceparent`, if well-formed: what an access log names
+/// when tracing is off (the header itself goes on to the upstream as sent).
+pub fn caller_trace_id(headers: &HeaderMap) -> Option<String> {
+    let tp = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = tp.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let well_formed = id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.bytes().any(|b| b != b'0');
+    well_formed.then(|| id.to_owned())
+}
+
+/// A tonic interceptor that puts the current span's trace context into the call's metadata.
+pub fn inject_grpc(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    if enabled() {
+        let mut headers = HeaderMap::new();
+        propagator().inject_context(
+            &Span::current().context(),
+            &mut HeaderInjector(&mut headers),
+        );
+        for (name, value) in &headers {
+            if let Ok(v) = tonic::metadata::MetadataValue::try_from(value.as_bytes()) {
+                req.metadata_mut().insert(
+                    tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes())
+                        .expect("trace header names are valid metadata keys"),
+                    v,
+                );
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// The interceptor's type, for client types.
+pub type GrpcInjector = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_trace_id_is_logged_only_when_well_formed() {
+        let with = |tp: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", tp.parse().unwrap());
+            caller_trace_id(&h)
+        };
+        assert_eq!(
+            with("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            with("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            with("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(with("00-short-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            with("00-4bf92f3577b34da6a3ce929d0e0e473\"-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(caller_trace_id(&HeaderMap::new()), None);
+    }
+}
