@@ -345,6 +345,46 @@ routes:
     }
 
     #[test]
+    fn tracing_settings_are_read_and_checked_with_their_paths() {
+        let good = format!(
+            "{GOOD}telemetry:\n  tracing:\n    serviceName: edge\n    sampleRate: 0.01\n    resourceAttributes: {{ deployment.environment.name: prod }}\n    otlp: {{ grpc: {{ endpoint: \"https://collector:4317\", timeout: 3s }} }}\n"
+        );
+        let t = Config::from_yaml(&good).unwrap().tracing.unwrap();
+        assert_eq!(t.service_name.as_deref(), Some("edge"));
+        assert_eq!(t.sample_rate, Some(0.01));
+        assert_eq!(t.endpoint.as_deref(), Some("https://collector:4317"));
+        assert_eq!(t.timeout, Some(std::time::Duration::from_secs(3)));
+        assert_eq!(t.resource_attributes["deployment.environment.name"], "prod");
+        assert!(Config::from_yaml(GOOD).unwrap().tracing.is_none());
+
+        let bad = good
+            .replace("0.01", "1.5")
+            .replace("edge", "\"\"")
+            .replace("https://collector:4317", "collector:4317")
+            .replace("3s", "0s");
+        let Err(ConfigError::Invalid(issues)) = Config::from_yaml(&bad) else {
+            panic!()
+        };
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "telemetry.tracing.sampleRate: must be between 0.0 and 1.0",
+                "telemetry.tracing.serviceName: must not be empty",
+                "telemetry.tracing.otlp.grpc.endpoint: \"collector:4317\" is not an http:// or https:// URL",
+                "telemetry.tracing.otlp.grpc.timeout: must be greater than zero",
+            ]
+        );
+        let err = Config::from_yaml(&good.replace("grpc:", "http:"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("telemetry.tracing.otlp.http: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn forward_header_cannot_overwrite_authorization() {
         let bad = GOOD.replace(
             "scopes: [b, a, a]",

@@ -105,27 +105,41 @@ impl Gateway {
     /// Serves one request end to end, writing one access log line.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let span = tracing::info_span!(
-            "request",
-            otel.name = %req.method(),
-            otel.kind = "server",
-            http.request.method = %req.method(),
-            url.path = req.uri().path(),
-            http.route = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        otel::continue_from(&span, req.headers());
         let mut log = AccessLog::new(&req, remote);
-        // Tracing off, the log names the caller's trace; on, the span's (read at the end,
-        // once the span has its route in its name).
-        let caller_trace = match otel::enabled() {
-            true => None,
-            false => otel::caller_trace_id(req.headers()),
+        // The log names the trace: the caller's when tracing is off; the span's when the
+        // request is recorded (read at the end, once the span has its route in its name).
+        let mut trace_id = None;
+        let span = match otel::Incoming::decide(req.headers()) {
+            otel::Incoming::Off => {
+                trace_id = otel::caller_trace_id(req.headers());
+                tracing::Span::none()
+            }
+            otel::Incoming::Unrecorded {
+                trace_id: id,
+                traceparent,
+            } => {
+                trace_id = Some(id.to_string());
+                req.headers_mut().insert("traceparent", traceparent);
+                tracing::Span::none()
+            }
+            recorded => {
+                let span = tracing::info_span!(
+                    "request",
+                    otel.name = %req.method(),
+                    otel.kind = "server",
+                    http.request.method = %req.method(),
+                    url.path = req.uri().path(),
+                    http.route = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                recorded.apply_to(&span);
+                span
+            }
         };
         let routed = self.route(req, remote, &mut log).instrument(span.clone());
         let resp = match tokio::time::timeout(self.request_timeout, routed).await {
@@ -140,7 +154,7 @@ impl Gateway {
         if resp.status().is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
-        log.trace_id = caller_trace.or_else(|| otel::span_trace_id(&span));
+        log.trace_id = trace_id.or_else(|| otel::span_trace_id(&span));
         log.finish(resp.status(), started.elapsed());
         resp
     }
@@ -255,7 +269,7 @@ impl Gateway {
             )
         })?;
         parts.version = http::Version::HTTP_11;
-        let span = tracing::info_span!(
+        let span = otel::child_span!(
             "upstream",
             otel.name = %parts.method,
             otel.kind = "client",
@@ -289,7 +303,7 @@ async fn apply_chain<'r>(
 ) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<ProxyBody>> {
     let mut used = Vec::new();
     for m in &route.middlewares {
-        let span = tracing::info_span!(
+        let span = otel::child_span!(
             "middleware",
             otel.name = %format_args!("middleware {}", m.name()),
             tokengate.middleware = m.name(),

@@ -58,7 +58,7 @@ pub fn init(
     .with_filter(filter.and(filter_fn(|m| m.is_event())));
     let exported = otel::provider(tracing, role, instance)?;
     let (provider, otel_layer) = match exported {
-        Some((provider, tracer)) => {
+        Some((provider, tracer, rate)) => {
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_location(false)
@@ -68,7 +68,7 @@ pub fn init(
                 // take its route's name once routing is done.
                 .with_context_activation(false)
                 .with_filter(Targets::new().with_target("gateway", tracing::Level::INFO));
-            (Some(provider), Some(layer))
+            (Some((provider, rate)), Some(layer))
         }
         None => (None, None),
     };
@@ -78,12 +78,11 @@ pub fn init(
         .try_init()
         .is_ok();
     // A second call (tests embedding several nodes) keeps the first subscriber.
-    if installed && provider.is_some() {
-        otel::set_enabled();
-    }
-    Ok(Telemetry {
-        provider: provider.filter(|_| installed),
-    })
+    let provider = provider.filter(|_| installed).map(|(provider, rate)| {
+        otel::set_enabled(rate);
+        provider
+    });
+    Ok(Telemetry { provider })
 }
 
 /// The access-log record of one request, filled in as the request progresses.

@@ -13,13 +13,13 @@
 //! `OTEL_TRACES_SAMPLER_ARG`) and the batch processor (`OTEL_BSP_*`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderMap;
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -44,10 +44,117 @@ pub struct TracingConfig {
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The share of new traces recorded, as the bits of an `f64`.
+static SAMPLE_RATE: AtomicU64 = AtomicU64::new(0);
 
-/// Marks tracing as running (once its subscriber layer is installed).
-pub(super) fn set_enabled() {
+/// Marks tracing as running (once its subscriber layer is installed) at `rate`.
+pub(super) fn set_enabled(rate: f64) {
+    SAMPLE_RATE.store(rate.to_bits(), Ordering::Relaxed);
     ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether spans made now join a recorded trace: tracing runs and the current span is one.
+/// Spans are only ever children; a new trace starts only where sampling decided so.
+#[inline]
+pub fn in_recorded_trace() -> bool {
+    enabled() && !Span::current().is_disabled()
+}
+
+/// `tracing::info_span!` when [`in_recorded_trace`], else a disabled span: work outside a
+/// recorded trace (tracing off, a request not sampled) makes no span at all.
+macro_rules! child_span {
+    ($($args:tt)*) => {
+        if $crate::telemetry::otel::in_recorded_trace() {
+            ::tracing::info_span!($($args)*)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+pub(crate) use child_span;
+
+/// The sample rate the `OTEL_TRACES_SAMPLER` variables ask for (the ratio samplers, on, off);
+/// 1.0 when unset or unknown, as the specification's default sampler.
+fn rate_from_env() -> f64 {
+    let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG")
+        .ok()
+        .and_then(|a| a.trim().parse::<f64>().ok())
+        .filter(|r| (0.0..=1.0).contains(r));
+    match std::env::var("OTEL_TRACES_SAMPLER")
+        .as_deref()
+        .map(str::trim)
+    {
+        Ok("always_off" | "parentbased_always_off") => 0.0,
+        Ok("traceidratio" | "parentbased_traceidratio") => arg.unwrap_or(1.0),
+        _ => 1.0,
+    }
+}
+
+/// Whether to record a trace this node starts (a request without a caller's trace context,
+/// a background refresh): one draw at the sample rate. The decision is taken here, before
+/// any span exists, so that work which is not recorded costs no span at all.
+pub fn sample_root() -> bool {
+    if !enabled() {
+        return false;
+    }
+    let rate = f64::from_bits(SAMPLE_RATE.load(Ordering::Relaxed));
+    rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate)
+}
+
+/// How one incoming request is traced.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Tracing is off: trace headers pass through as sent.
+    Off,
+    /// Recorded, continuing the caller's span when the context holds one.
+    Recorded(opentelemetry::Context),
+    /// Not recorded; the upstream still gets a W3C context saying so (`sampled` = 0), so
+    /// services behind the gateway make the same decision.
+    Unrecorded {
+        /// The trace (the caller's, or a new one).
+        trace_id: TraceId,
+        /// What the upstream receives as `traceparent`.
+        traceparent: http::HeaderValue,
+    },
+}
+
+impl Incoming {
+    /// Decides for a request with `headers`: the caller's sampling decision when it sent a
+    /// trace context (a parent-based sampler), a draw at the sample rate otherwise.
+    pub fn decide(headers: &HeaderMap) -> Self {
+        if !enabled() {
+            return Self::Off;
+        }
+        let cx = propagator().extract(&HeaderExtractor(headers));
+        let parent = cx.span().span_context().clone();
+        let record = match parent.is_valid() {
+            true => parent.is_sampled(),
+            false => sample_root(),
+        };
+        if record {
+            return Self::Recorded(cx);
+        }
+        let trace_id = match parent.is_valid() {
+            true => parent.trace_id(),
+            false => TraceId::from_bytes(rand::random()),
+        };
+        let span_id = SpanId::from_bytes(rand::random());
+        let traceparent = http::HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-00"))
+            .expect("hex digits and dashes are a valid header value");
+        Self::Unrecorded {
+            trace_id,
+            traceparent,
+        }
+    }
+
+    /// Makes `span` continue the caller's trace, when recording one.
+    pub fn apply_to(self, span: &Span) {
+        if let Self::Recorded(cx) = self
+            && cx.span().span_context().is_valid()
+        {
+            let _ = span.set_parent(cx);
+        }
+    }
 }
 
 /// Whether spans are being exported (set once at start).
@@ -69,13 +176,13 @@ fn wanted_by_env() -> bool {
 #[error("cannot start trace export: {0}")]
 pub struct TracingError(String);
 
-/// The tracer provider and its tracer for a process of `role` (e.g. `tokengate-gateway`), or
-/// `None` when tracing is off.
+/// The tracer provider, its tracer and the sample rate for a process of `role` (e.g.
+/// `tokengate-gateway`), or `None` when tracing is off.
 pub(super) fn provider(
     cfg: Option<&TracingConfig>,
     role: &str,
     instance: Option<&str>,
-) -> Result<Option<(SdkTracerProvider, SdkTracer)>, TracingError> {
+) -> Result<Option<(SdkTracerProvider, SdkTracer, f64)>, TracingError> {
     if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
@@ -121,17 +228,16 @@ pub(super) fn provider(
     for (k, v) in &cfg.resource_attributes {
         resource = resource.with_attribute(KeyValue::new(k.clone(), v.clone()));
     }
-    let mut builder = SdkTracerProvider::builder()
+    // Which traces to record is decided before spans are made (`Incoming`, `sample_root`);
+    // the SDK records every span it is given, and follows a caller's decision.
+    let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource.build());
-    if let Some(rate) = cfg.sample_rate {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            rate,
-        ))));
-    }
-    let provider = builder.build();
+        .with_resource(resource.build())
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        .build();
     let tracer = provider.tracer("tokengate");
-    Ok(Some((provider, tracer)))
+    let rate = cfg.sample_rate.unwrap_or_else(rate_from_env);
+    Ok(Some((provider, tracer, rate)))
 }
 
 fn propagator() -> TraceContextPropagator {
@@ -175,14 +281,16 @@ pub fn continue_from(span: &Span, headers: &HeaderMap) {
 }
 
 /// Writes the current span's trace context into `headers`, replacing what the caller sent.
-/// Off, the caller's headers are left as they are.
+/// Outside a recorded span (tracing off, or a request not sampled) `headers` stay as they
+/// are.
 pub fn inject(headers: &mut HeaderMap) {
-    if !enabled() {
+    let span = Span::current();
+    if !enabled() || span.is_disabled() {
         return;
     }
     headers.remove("traceparent");
     headers.remove("tracestate");
-    propagator().inject_context(&Span::current().context(), &mut HeaderInjector(headers));
+    propagator().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
 /// The current span's `traceparent` when it is being recorded: carried inside Raft log

@@ -122,7 +122,10 @@ impl TokenCache {
         spec: impl FnOnce() -> TokenRequest,
         negative_ttl: Duration,
     ) -> Result<Arc<TokenEntry>, IdpError> {
-        let span = tracing::info_span!("token.get", tokengate.cache.layer = tracing::field::Empty);
+        let span = crate::telemetry::otel::child_span!(
+            "token.get",
+            tokengate.cache.layer = tracing::field::Empty
+        );
         let layer = |name: &'static str| span.record("tokengate.cache.layer", name);
         let now = now_millis();
         if let Some(e) = self.cached(key, now) {
@@ -300,7 +303,7 @@ impl TokenCache {
 
     /// A span for one call to the shared store.
     fn store_span(&self, name: &'static str) -> tracing::Span {
-        tracing::info_span!(
+        crate::telemetry::otel::child_span!(
             "store",
             otel.name = name,
             db.system.name = self.store.kind()

@@ -322,7 +322,7 @@ pub async fn exchange(
     let (client, request) = builder.build_split();
     let mut request =
         request.map_err(|_| (IdpError::Protocol("request cannot be built".into()), None))?;
-    let span = tracing::info_span!(
+    let span = crate::telemetry::otel::child_span!(
         "idp",
         otel.name = %format_args!("{} {}", request.method(), request.url().path()),
         otel.kind = "client",

@@ -116,13 +116,16 @@ async fn start_due(
         }
         let (cache, renewals_for_task, shutdown) =
             (Arc::clone(cache), Arc::clone(renewals), shutdown.clone());
-        // A background refresh is no request's work: it starts its own trace.
-        let span = tracing::info_span!(
-            parent: None,
-            "token.refresh",
-            tokengate.fence = fence.0,
-            otel.status_code = tracing::field::Empty,
-        );
+        // A background refresh is no request's work: it starts its own trace, if sampled.
+        let span = match crate::telemetry::otel::sample_root() {
+            true => tracing::info_span!(
+                parent: None,
+                "token.refresh",
+                tokengate.fence = fence.0,
+                otel.status_code = tracing::field::Empty,
+            ),
+            false => tracing::Span::none(),
+        };
         renewals.tasks.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}

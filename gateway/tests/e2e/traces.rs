@@ -375,3 +375,82 @@ async fn without_tracing_trace_headers_pass_through_and_are_logged() {
         .expect("an access log line");
     assert_eq!(access["trace_id"], CALLER_TRACE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampling_decision_is_the_callers_or_the_sample_rate_and_is_passed_on() {
+    let collector = Collector::start().await;
+    let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
+    idp.register("client-0", "secret-0");
+    let yaml = format!(
+        "telemetry: {{ tracing: {{ sampleRate: 0.0, otlp: {{ grpc: {{ endpoint: \"{}\" }} }} }} }}\n{}",
+        collector.endpoint(),
+        crate::redis::node_config(&idp, &upstream, "{ memory: {} }", "{ interval: 1s }")
+    );
+    let node = Node::start(
+        &yaml,
+        &[("FLEET_KEY", FLEET_KEY), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let call = async |traceparent: Option<String>| {
+        let mut req = client()
+            .get(node.url("/x"))
+            .header("authorization", creds(0));
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+        let seen = upstream.seen();
+        seen.last()
+            .unwrap()
+            .header("traceparent")
+            .map(str::to_owned)
+            .expect("the upstream always gets a trace context")
+    };
+
+    // Rate 0, no caller context: not recorded, and the upstream is told so.
+    let fresh = call(None).await;
+    assert!(
+        fresh.starts_with("00-") && fresh.ends_with("-00"),
+        "{fresh}"
+    );
+    // The caller decided not to record: its trace goes on, unrecorded, under a new parent.
+    let unsampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-00");
+    let passed = call(Some(unsampled)).await;
+    assert!(
+        passed.starts_with(&format!("00-{CALLER_TRACE}-"))
+            && passed.ends_with("-00")
+            && !passed.contains(CALLER_SPAN),
+        "{passed}"
+    );
+    // The caller decided to record: the gateway records too, whatever its own rate.
+    let sampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let recorded = call(Some(format!("00-{sampled_trace}-b7ad6b7169203331-01"))).await;
+    assert!(recorded.ends_with("-01"), "{recorded}");
+    eventually(
+        "the recorded request is exported",
+        Duration::from_secs(10),
+        async || {
+            collector
+                .spans()
+                .iter()
+                .any(|s| s.trace_id == sampled_trace && s.kind == SERVER)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let traces: BTreeSet<String> = collector.spans().into_iter().map(|s| s.trace_id).collect();
+    assert_eq!(
+        traces,
+        BTreeSet::from([sampled_trace.to_owned()]),
+        "only the caller-sampled request is recorded"
+    );
+    let logged: Vec<String> = node
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "tokengate::access")
+        .map(|v| v["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(logged.len(), 3);
+    assert_eq!(logged[0], fresh.split('-').nth(1).unwrap());
+    assert_eq!(logged[1..], [CALLER_TRACE, sampled_trace]);
+}
