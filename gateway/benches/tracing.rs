@@ -4,9 +4,11 @@
 //! Each mode gets its own gateway process (an application-level client credentials route to an
 //! echo upstream, tokens from the fake IdP, memory store, access log on). A closed-loop driver
 //! keeps `CONCURRENCY` requests in flight from 8 client identities; after a warm-up, completed
-//! requests are counted for `ROUND`. The modes take turns over several rounds and the median
-//! of each is reported, so drift on the machine hits them alike. The driver shares the cores
-//! with the gateway: the figures compare the modes, they are not the gateway's ceiling.
+//! requests and the gateway process's CPU time are counted for `ROUND`. The modes take turns
+//! over several rounds and the median of each is reported, so drift on the machine hits them
+//! alike. The driver and the receiver share the cores with the gateway (at sampling 1.0 the
+//! receiver decodes every span it is sent): the figures compare the modes, they are not the
+//! gateway's ceiling.
 //!
 //! Run with `cargo bench -p gateway --bench tracing`.
 
@@ -22,8 +24,9 @@ use chaos::{EchoUpstream, FakeIdp};
 const CONCURRENCY: usize = 32;
 const WARMUP: Duration = Duration::from_secs(2);
 const ROUND: Duration = Duration::from_secs(8);
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const CLIENTS: usize = 8;
+const SETTLE: Duration = Duration::from_secs(3);
 
 struct Gateway {
     child: Child,
@@ -89,8 +92,24 @@ routes:
     }
 }
 
-/// Requests completed per second over `ROUND`, after `WARMUP`.
-async fn throughput(gw: &Gateway) -> f64 {
+/// CPU time the process has used so far (user + system), from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel reports in USER_HZ, 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Over `ROUND`, after `WARMUP`: requests completed per second, and the gateway's CPU time
+/// per request.
+async fn throughput(gw: &Gateway) -> (f64, Duration) {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)
         .build()
@@ -118,14 +137,17 @@ async fn throughput(gw: &Gateway) -> f64 {
         })
         .collect();
     tokio::time::sleep(WARMUP).await;
-    let (start, before) = (Instant::now(), done.load(Ordering::Relaxed));
+    let pid = gw.child.id();
+    let (start, before, cpu_before) = (Instant::now(), done.load(Ordering::Relaxed), cpu_time(pid));
     tokio::time::sleep(ROUND).await;
-    let rate = (done.load(Ordering::Relaxed) - before) as f64 / start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed) - before;
+    let cpu = (cpu_time(pid) - cpu_before) / u32::try_from(n).unwrap();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.await;
     }
-    rate
+    (rate, cpu)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -161,21 +183,33 @@ fn main() {
             ("sampling 1.0", traced("1.0")),
         ];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+        let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         for round in 0..ROUNDS {
-            for (i, (name, telemetry)) in modes.iter().enumerate() {
+            // Each round starts with another mode, so no mode always follows the busiest one.
+            for i in (0..modes.len()).map(|k| (k + round) % modes.len()) {
+                let (name, telemetry) = &modes[i];
                 let gw = start(&idp, &upstream, telemetry, &[("OTEL_BSP_MAX_QUEUE_SIZE", "65536")]);
-                let rate = throughput(&gw).await;
-                println!("round {}: {name:<14} {rate:>8.0} req/s", round + 1);
+                let (rate, cpu) = throughput(&gw).await;
+                drop(gw);
+                let cpu_us = cpu.as_secs_f64() * 1e6;
+                println!(
+                    "round {}: {name:<14} {rate:>8.0} req/s  {cpu_us:>6.1} µs CPU/request",
+                    round + 1
+                );
                 rates[i].push(rate);
+                cpus[i].push(cpu_us);
+                // Let the receiver take in the last exported batches before the next mode.
+                tokio::time::sleep(SETTLE).await;
             }
         }
-        let off = median(rates[0].clone());
+        let (off, off_cpu) = (median(rates[0].clone()), median(cpus[0].clone()));
         println!("\nmedian of {ROUNDS} rounds, {CONCURRENCY} in flight:");
-        for ((name, _), r) in modes.iter().zip(rates) {
-            let m = median(r);
+        for (((name, _), r), c) in modes.iter().zip(rates).zip(cpus) {
+            let (m, c) = (median(r), median(c));
             println!(
-                "  {name:<14} {m:>8.0} req/s  ({:+.1}% vs off)",
-                (m / off - 1.0) * 100.0
+                "  {name:<14} {m:>8.0} req/s ({:+.1}%)  {c:>6.1} µs CPU/request ({:+.1}%)",
+                (m / off - 1.0) * 100.0,
+                (c / off_cpu - 1.0) * 100.0
             );
         }
         println!("spans received: {}", collector.spans().len());
