@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::serve;
@@ -82,6 +83,37 @@ struct State {
     introspections: AtomicU64,
     introspection_seen: Mutex<Vec<SeenRequest>>,
     jwks_fetches: AtomicU64,
+    /// The next token answer is held: told it arrived, waits for the release.
+    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    /// Faults that make the IdP lie (tests of the harness's own checks).
+    lies: Mutex<Lies>,
+}
+
+/// Ways the IdP can lie in its tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lies {
+    /// Tokens whose `exp` has passed, while `expires_in` promises the full lifetime.
+    pub expired: bool,
+    /// Tokens naming another client in `sub` and `client_id`.
+    pub other_client: bool,
+}
+
+/// A token answer held back by [`FakeIdp::hold_next_token`].
+pub struct Hold {
+    arrived: oneshot::Receiver<()>,
+    release: oneshot::Sender<()>,
+}
+
+impl Hold {
+    /// Waits up to `within` for a token request to reach the hold; whether one did.
+    pub async fn arrived(&mut self, within: Duration) -> bool {
+        matches!(tokio::time::timeout(within, &mut self.arrived).await, Ok(Ok(())))
+    }
+
+    /// Sends the held answer (to whoever is still there to read it).
+    pub fn release(self) {
+        let _ = self.release.send(());
+    }
 }
 
 impl State {
@@ -162,6 +194,8 @@ impl FakeIdp {
             introspections: AtomicU64::new(0),
             introspection_seen: Mutex::new(Vec::new()),
             jwks_fetches: AtomicU64::new(0),
+            hold: Mutex::new(None),
+            lies: Mutex::new(Lies::default()),
         });
         let stop = CancellationToken::new();
         let s = Arc::clone(&state);
@@ -297,6 +331,20 @@ impl FakeIdp {
         self.state.fail_next.store(n, Ordering::Relaxed);
     }
 
+    /// Holds the answer to the next successful token request until [`Hold::release`]: the
+    /// token is issued (and counted), the requester waits for it.
+    pub fn hold_next_token(&self) -> Hold {
+        let (arrived_tx, arrived) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel();
+        *self.state.hold.lock().unwrap() = Some((arrived_tx, release_rx));
+        Hold { arrived, release }
+    }
+
+    /// Makes the IdP lie in the tokens it issues from now on.
+    pub fn set_lies(&self, lies: Lies) {
+        *self.state.lies.lock().unwrap() = lies;
+    }
+
     /// Tokens issued to `client_id` so far.
     pub fn issued(&self, client_id: &str) -> u64 {
         self.state
@@ -389,7 +437,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"error": "temporarily_unavailable"}),
                 )),
-                IdpMode::Healthy => Some(answer()),
+                IdpMode::Healthy => {
+                    let resp = answer();
+                    let held = state.hold.lock().unwrap().take();
+                    if let Some((arrived, release)) = held {
+                        let _ = arrived.send(());
+                        let _ = release.await;
+                    }
+                    Some(resp)
+                }
             }
         }
         _ => Some(json_response(
@@ -580,14 +636,23 @@ fn token<'a>(
             .filter(|(k, _)| k == "audience" || k == "resource")
             .map(|(_, v)| v.as_str())
             .collect();
+        let lies = *state.lies.lock().unwrap();
+        let named = match lies.other_client {
+            true => format!("not-{client_id}"),
+            false => client_id.clone(),
+        };
+        let exp = match lies.expired {
+            true => now.as_secs() - 1,
+            false => (now + lifetime).as_secs(),
+        };
         let claims = json!({
             "iss": *state.issuer.lock().unwrap(),
-            "sub": client_id,
-            "client_id": client_id,
+            "sub": named,
+            "client_id": named,
             "aud": audience,
             "scope": get("scope").unwrap_or_default(),
             "iat": now.as_secs(),
-            "exp": (now + lifetime).as_secs(),
+            "exp": exp,
             "jti": state.jti.fetch_add(1, Ordering::Relaxed).to_string(),
         });
         let (key, alg, kid) = state.signer();

@@ -19,5 +19,5 @@ pub mod otlp;
 mod serve;
 pub mod upstream;
 
-pub use idp::{FakeIdp, IdpMode};
+pub use idp::{FakeIdp, IdpMode, Lies};
 pub use upstream::EchoUpstream;

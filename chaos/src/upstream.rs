@@ -49,9 +49,36 @@ impl Seen {
     }
 }
 
+/// The header a load driver names its caller in, for [`EchoUpstream::verify_tokens`].
+pub const CALLER_HEADER: &str = "x-chaos-client";
+
+/// What token verification found, over every request checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verdicts {
+    /// Requests checked.
+    pub checked: u64,
+    /// Requests without a bearer token.
+    pub missing: u64,
+    /// Tokens whose signature does not verify.
+    pub bad_signature: u64,
+    /// Tokens past their `exp` when they arrived.
+    pub expired: u64,
+    /// Tokens issued to another client than the caller's.
+    pub cross_client: u64,
+}
+
+impl Verdicts {
+    /// Bad tokens of any kind.
+    pub fn bad(&self) -> u64 {
+        self.missing + self.bad_signature + self.expired + self.cross_client
+    }
+}
+
 #[derive(Default)]
 struct State {
     seen: Mutex<Vec<Seen>>,
+    verifier: std::sync::OnceLock<(jsonwebtoken::DecodingKey, bool)>,
+    verdicts: Mutex<Verdicts>,
     rejected: Mutex<HashSet<String>>,
     reject_all: std::sync::atomic::AtomicBool,
     delay: Mutex<Duration>,
@@ -126,6 +153,18 @@ impl EchoUpstream {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// From now on checks the bearer token of every request against `key` (RS256): the
+    /// signature, `exp`, and that its `client_id` is the caller named in [`CALLER_HEADER`].
+    /// With `keep_seen` false, requests are no longer recorded (long load runs).
+    pub fn verify_tokens(&self, key: jsonwebtoken::DecodingKey, keep_seen: bool) {
+        let _ = self.state.verifier.set((key, keep_seen));
+    }
+
+    /// What verification found so far.
+    pub fn verdicts(&self) -> Verdicts {
+        *self.state.verdicts.lock().unwrap()
+    }
+
     /// Hold every answer this long.
     pub fn set_delay(&self, d: Duration) {
         *self.state.delay.lock().unwrap() = d;
@@ -158,7 +197,16 @@ async fn handle(
         || seen
             .bearer()
             .is_some_and(|t| state.rejected.lock().unwrap().contains(t));
-    state.seen.lock().unwrap().push(seen.clone());
+    let keep = match state.verifier.get() {
+        Some((key, keep)) => {
+            verify(state, key, &seen);
+            *keep
+        }
+        None => true,
+    };
+    if keep {
+        state.seen.lock().unwrap().push(seen.clone());
+    }
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -202,4 +250,37 @@ async fn handle(
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// Checks one request's token and counts the verdict.
+fn verify(state: &State, key: &jsonwebtoken::DecodingKey, seen: &Seen) {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_aud = false;
+    validation.validate_exp = false;
+    validation.required_spec_claims.clear();
+    let caller = seen
+        .headers
+        .get(CALLER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let decoded = seen
+        .bearer()
+        .map(|t| jsonwebtoken::decode::<serde_json::Value>(t, key, &validation));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut v = state.verdicts.lock().unwrap();
+    v.checked += 1;
+    match decoded {
+        None => v.missing += 1,
+        Some(Err(_)) => v.bad_signature += 1,
+        Some(Ok(t)) => {
+            if t.claims["exp"].as_u64().is_none_or(|exp| exp <= now) {
+                v.expired += 1;
+            }
+            if caller.is_some_and(|c| t.claims["client_id"].as_str() != Some(c)) {
+                v.cross_client += 1;
+            }
+        }
+    }
 }

@@ -257,7 +257,9 @@ async fn refresh_lease_is_exclusive_and_fences_grow(s: &impl TokenStore) {
 
 async fn fill_lease_is_exclusive_per_key(s: &impl TokenStore) {
     let (a, b) = (NodeId::random(), NodeId::random());
-    let ttl = Duration::from_millis(300);
+    // Long enough that the lease cannot lapse during the checks below on a loaded machine
+    // (each is a replicated write on the Raft store); short enough to watch it lapse.
+    let ttl = Duration::from_millis(1500);
     assert!(s.try_fill_lease(&key(5), &a, ttl).await.unwrap());
     assert!(!s.try_fill_lease(&key(5), &b, ttl).await.unwrap());
     assert!(
