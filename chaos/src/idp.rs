@@ -107,7 +107,10 @@ pub struct Hold {
 impl Hold {
     /// Waits up to `within` for a token request to reach the hold; whether one did.
     pub async fn arrived(&mut self, within: Duration) -> bool {
-        matches!(tokio::time::timeout(within, &mut self.arrived).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(within, &mut self.arrived).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Sends the held answer (to whoever is still there to read it).

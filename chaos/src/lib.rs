@@ -9,13 +9,30 @@
 //! - `serve`: the small hyper accept loop both share, which records a server span per request
 //!   once a double is given a tracer.
 //!
-//! These are test doubles: they run in the test's process, on loopback, on ports the OS picks.
-//! The processes under test (gateway nodes) are real.
+//! The harness around them:
+//!
+//! - [`fleet`]: a fleet of real processes (gateway nodes, Redis or three cache nodes) started
+//!   from the built binaries ([`procs`]), behind a round-robin TCP [`balancer`], with a cuttable
+//!   [`relay`] on each gateway's link to Redis;
+//! - [`driver`]: open-loop load from many client identities, every outcome kept;
+//! - [`scenario`]: the faults, [`run`]: one experiment and its invariants, [`report`]: the
+//!   terminal table, JSON and the SVG timeline.
+//!
+//! The doubles run in the harness's (or test's) process, on loopback, on ports the OS picks.
+//! The processes under test are real.
 
 #![forbid(unsafe_code)]
 
+pub mod balancer;
+pub mod driver;
+pub mod fleet;
 pub mod idp;
 pub mod otlp;
+pub mod procs;
+pub mod relay;
+pub mod report;
+pub mod run;
+pub mod scenario;
 mod serve;
 pub mod upstream;
 

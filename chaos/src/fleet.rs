@@ -1,0 +1,406 @@
+//! A fleet of real processes for one experiment: N gateway nodes behind the [`Balancer`], a
+//! shared store (a Redis server or three cache nodes), the fake IdP and the verifying echo
+//! upstream. Every process is killed when the fleet is dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gateway::config::{RaftStoreConfig, RedisConfig, RedisTopology};
+use gateway::store::{RaftStore, RedisStore, Store, TokenStore};
+use tokengate_proto::admin::admin_client::AdminClient;
+use tokengate_proto::admin::{StatusRequest, StatusResponse};
+
+use crate::balancer::Balancer;
+use crate::driver::identity;
+use crate::procs::{Proc, free_port, wait_listening};
+use crate::relay::Relay;
+use crate::{EchoUpstream, FakeIdp};
+
+const FLEET_KEY: &str = "chaos-fleet-key-0123456789abcdef0123456789";
+const ADMIN_TOKEN: &str = "chaos-admin-token";
+/// How long a node may take to come up.
+const START_WITHIN: Duration = Duration::from_secs(30);
+
+/// Which shared store the gateways use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+pub enum StoreKind {
+    /// One Redis server.
+    Redis,
+    /// A three-node Raft cache service.
+    Raft,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Redis => "redis",
+            Self::Raft => "raft",
+        })
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// The store.
+    pub store: StoreKind,
+    /// Gateway nodes.
+    pub gateways: usize,
+    /// Client identities registered at the IdP.
+    pub clients: usize,
+    /// Lifetime of the IdP's tokens.
+    pub token_lifetime: Duration,
+    /// Refresh-leader lease.
+    pub lease_ttl: Duration,
+    /// The `gateway` binary.
+    pub gateway_bin: PathBuf,
+    /// Where logs, data directories and the report go.
+    pub dir: PathBuf,
+}
+
+/// A running fleet.
+pub struct Fleet {
+    /// What was started.
+    pub spec: FleetSpec,
+    /// The identity provider.
+    pub idp: FakeIdp,
+    /// The upstream, verifying every token it receives.
+    pub upstream: EchoUpstream,
+    /// Gateway nodes, in order.
+    pub gateways: Vec<Mutex<Proc>>,
+    gateway_admin: Vec<String>,
+    /// Cache nodes (Raft store), ids 1..=3.
+    pub cache_nodes: Vec<Mutex<Proc>>,
+    cache_addrs: Vec<String>,
+    /// The Redis server (Redis store).
+    pub redis: Option<Mutex<Proc>>,
+    /// Per gateway, the relay its store traffic goes through (Redis store), for partitions.
+    pub store_links: Vec<Relay>,
+    redis_addr: Option<String>,
+    /// The balancer in front of the gateways.
+    pub balancer: Balancer,
+    probe: Store,
+}
+
+impl Fleet {
+    /// Starts everything and waits until every gateway is ready.
+    pub async fn start(spec: FleetSpec) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let idp = FakeIdp::start().await;
+        idp.set_token_lifetime(spec.token_lifetime);
+        for i in 0..spec.clients {
+            let (id, secret) = identity(i);
+            idp.register(&id, &secret);
+        }
+        let upstream = EchoUpstream::start().await;
+        upstream.verify_tokens(FakeIdp::decoding_key(), false);
+
+        let (mut redis, mut cache_nodes, mut cache_addrs, mut store_links) =
+            (None, Vec::new(), Vec::new(), Vec::new());
+        let mut redis_addr = None;
+        let probe = match spec.store {
+            StoreKind::Redis => {
+                let port = free_port();
+                let data = spec.dir.join("redis");
+                std::fs::create_dir_all(&data)?;
+                let args = [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    &data.to_string_lossy(),
+                ];
+                let p = Proc::start(
+                    "redis",
+                    Path::new("redis-server"),
+                    args.iter().map(|a| (*a).to_owned()).collect(),
+                    Vec::new(),
+                    &spec.dir,
+                )?;
+                redis = Some(Mutex::new(p));
+                let addr = format!("127.0.0.1:{port}");
+                redis_addr = Some(addr.clone());
+                anyhow::ensure!(
+                    wait_listening(&addr, START_WITHIN).await,
+                    "redis did not start"
+                );
+                for _ in 0..spec.gateways {
+                    store_links.push(Relay::start(addr.clone()).await);
+                }
+                Store::Redis(RedisStore::new(&redis_config(&addr))?)
+            }
+            StoreKind::Raft => {
+                cache_addrs = (0..3)
+                    .map(|_| format!("127.0.0.1:{}", free_port()))
+                    .collect();
+                let init: Vec<String> = cache_addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| format!("{}={a}", i + 1))
+                    .collect();
+                for (i, addr) in cache_addrs.iter().enumerate() {
+                    let data = spec.dir.join(format!("cache-node-{}", i + 1));
+                    let args = vec![
+                        "cache-node".into(),
+                        "--id".into(),
+                        (i + 1).to_string(),
+                        "--listen".into(),
+                        addr.clone(),
+                        "--data-dir".into(),
+                        data.to_string_lossy().into_owned(),
+                        "--init".into(),
+                        init.join(","),
+                        "--log-format".into(),
+                        "json".into(),
+                    ];
+                    let env = vec![
+                        ("TOKENGATE_ADMIN_TOKEN".into(), "env:CHAOS_ADMIN".into()),
+                        ("CHAOS_ADMIN".into(), ADMIN_TOKEN.into()),
+                    ];
+                    let name = format!("cache-node-{}", i + 1);
+                    cache_nodes.push(Mutex::new(Proc::start(
+                        &name,
+                        &spec.gateway_bin,
+                        args,
+                        env,
+                        &spec.dir,
+                    )?));
+                }
+                for a in &cache_addrs {
+                    anyhow::ensure!(
+                        wait_listening(a, START_WITHIN).await,
+                        "cache node {a} did not start"
+                    );
+                }
+                Store::Raft(RaftStore::new(&RaftStoreConfig {
+                    endpoints: cache_addrs.clone(),
+                    timeout: Duration::from_secs(2),
+                }))
+            }
+        };
+        // The store answers (Raft: a leader is elected) before gateways start.
+        let deadline = Instant::now() + START_WITHIN;
+        while probe.refresh_lease().await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the store does not answer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let mut gateways = Vec::new();
+        let (mut proxies, mut gateway_admin) = (Vec::new(), Vec::new());
+        for i in 0..spec.gateways {
+            let (proxy, admin) = (free_port(), free_port());
+            let store = match store_links.get(i) {
+                Some(link) => format!(
+                    "{{ redis: {{ endpoints: [\"{}\"], timeout: 1s }} }}",
+                    link.addr
+                ),
+                None => format!(
+                    "{{ raft: {{ endpoints: [{}], timeout: 2s }} }}",
+                    cache_addrs
+                        .iter()
+                        .map(|a| format!("\"{a}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let yaml = format!(
+                r#"listen: 127.0.0.1:{proxy}
+admin: {{ listen: 127.0.0.1:{admin} }}
+log: {{ format: json, level: info }}
+fleetKey: env:CHAOS_FLEET_KEY
+store: {store}
+refresh: {{ interval: 200ms, leaseTtl: {lease} }}
+middlewares:
+  app:
+    clientCredentials:
+      url: {token_url}
+      scopes: [read]
+      clientConfig: {{ timeout: 3s, retries: 2 }}
+routes:
+  - {{ name: app, match: {{ pathPrefix: / }}, middlewares: [app], upstream: {{ urls: [{up}] }} }}
+"#,
+                lease = humantime::format_duration(spec.lease_ttl),
+                token_url = idp.token_url(),
+                up = upstream.url(),
+            );
+            let config = spec.dir.join(format!("gateway-{}.yaml", i + 1));
+            std::fs::write(&config, yaml)?;
+            let args = vec![
+                "run".into(),
+                "--config".into(),
+                config.to_string_lossy().into_owned(),
+            ];
+            let env = vec![("CHAOS_FLEET_KEY".into(), FLEET_KEY.into())];
+            let name = format!("gateway-{}", i + 1);
+            gateways.push(Mutex::new(Proc::start(
+                &name,
+                &spec.gateway_bin,
+                args,
+                env,
+                &spec.dir,
+            )?));
+            proxies.push(format!("127.0.0.1:{proxy}").parse()?);
+            gateway_admin.push(format!("127.0.0.1:{admin}"));
+        }
+        let balancer = Balancer::start(proxies).await;
+        let fleet = Self {
+            spec,
+            idp,
+            upstream,
+            gateways,
+            gateway_admin,
+            cache_nodes,
+            cache_addrs,
+            redis,
+            store_links,
+            redis_addr,
+            balancer,
+            probe,
+        };
+        for i in 0..fleet.gateways.len() {
+            fleet.wait_ready(i).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// Gateway `i`'s process.
+    pub fn gateway(&self, i: usize) -> std::sync::MutexGuard<'_, Proc> {
+        self.gateways[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cache node `i`'s process (index 0 is node 1).
+    pub fn cache_node(&self, i: usize) -> std::sync::MutexGuard<'_, Proc> {
+        self.cache_nodes[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until cache node `i` listens again.
+    pub async fn wait_cache_node(&self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            wait_listening(&self.cache_addrs[i], START_WITHIN).await,
+            "cache-node-{} did not come back",
+            i + 1
+        );
+        Ok(())
+    }
+
+    /// Waits until the Redis server listens again.
+    pub async fn wait_redis(&self) -> anyhow::Result<()> {
+        if let Some(a) = &self.redis_addr {
+            anyhow::ensure!(
+                wait_listening(a, START_WITHIN).await,
+                "redis did not come back"
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until gateway `i` answers `/readyz` with 200.
+    pub async fn wait_ready(&self, i: usize) -> anyhow::Result<()> {
+        let url = format!("http://{}/readyz", self.gateway_admin[i]);
+        let deadline = Instant::now() + START_WITHIN;
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "gateway-{} is not ready", i + 1);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The gateway that says it holds the refresh lease, if exactly one does.
+    pub async fn refresh_leader(&self) -> Option<usize> {
+        let mut leaders = Vec::new();
+        for (i, admin) in self.gateway_admin.iter().enumerate() {
+            let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                reqwest::get(format!("http://{admin}/metrics")),
+            )
+            .await
+            else {
+                continue;
+            };
+            let text = r.text().await.unwrap_or_default();
+            if text.lines().any(|l| l == "tokengate_refresh_leader 1") {
+                leaders.push(i);
+            }
+        }
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// The store's view of the refresh lease: holder and fence.
+    pub async fn lease(&self) -> Option<(String, u64)> {
+        match self.probe.refresh_lease().await {
+            Ok(Some(l)) => Some((l.holder, l.fence)),
+            _ => None,
+        }
+    }
+
+    /// The status of each cache node that answers, by index.
+    pub async fn cache_statuses(&self) -> Vec<(usize, StatusResponse)> {
+        let mut out = Vec::new();
+        for (i, addr) in self.cache_addrs.iter().enumerate() {
+            if let Ok(s) = cache_status(addr).await {
+                out.push((i, s));
+            }
+        }
+        out
+    }
+
+    /// The Raft leader's index, if the answering nodes agree on one.
+    pub async fn raft_leader(&self) -> Option<usize> {
+        let statuses = self.cache_statuses().await;
+        let leader = statuses.first()?.1.leader?;
+        statuses
+            .iter()
+            .all(|(_, s)| s.leader == Some(leader))
+            .then(|| leader as usize - 1)
+    }
+}
+
+fn redis_config(addr: &str) -> RedisConfig {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    RedisConfig {
+        endpoints: vec![(host.into(), port.parse().expect("a port"))],
+        username: None,
+        password: None,
+        database: 0,
+        key_prefix: "tokengate".into(),
+        topology: RedisTopology::Standalone,
+        pool_size: 2,
+        timeout: Duration::from_secs(1),
+        tls: None,
+    }
+}
+
+async fn cache_status(addr: &str) -> Result<StatusResponse, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_millis(500))
+        .connect_lazy();
+    let mut req = tonic::Request::new(StatusRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
+    );
+    match tokio::time::timeout(
+        Duration::from_secs(1),
+        AdminClient::new(channel).status(req),
+    )
+    .await
+    {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("status")),
+    }
+}

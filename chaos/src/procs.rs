@@ -1,0 +1,155 @@
+//! Real processes under test: started from built binaries, their output kept in files,
+//! killed, paused and restarted on command, and always killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A process the harness owns.
+pub struct Proc {
+    /// Name in reports and log file names (`gateway-1`, `cache-node-2`, `redis`).
+    pub name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Proc {
+    /// Starts `program args` with `env`, its output appended to `<log_dir>/<name>.log`.
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log_dir: &Path,
+    ) -> std::io::Result<Self> {
+        let mut p = Self {
+            name: name.to_owned(),
+            program: program.to_owned(),
+            args,
+            env,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            paused: false,
+        };
+        p.restart()?;
+        Ok(p)
+    }
+
+    /// Starts the process again (after a kill) with the same arguments.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.paused {
+                self.signal_pid(c.id(), "CONT");
+                self.paused = false;
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `grace` for it to exit (SIGKILL after that).
+    pub fn terminate(&mut self, grace: Duration) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        self.signal_pid(c.id(), "TERM");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !matches!(c.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// SIGSTOP: the process stays, frozen.
+    pub fn pause(&mut self) {
+        if let Some(pid) = self.pid() {
+            self.signal_pid(pid, "STOP");
+            self.paused = true;
+        }
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self) {
+        if let Some(pid) = self.pid() {
+            self.signal_pid(pid, "CONT");
+            self.paused = false;
+        }
+    }
+
+    fn signal_pid(&self, pid: u32, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status();
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it is running (not killed, not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Waits up to `within` until something listens on `addr`.
+pub async fn wait_listening(addr: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// A free loopback port (bound and released: another process could take it first, which on a
+/// test machine's loopback does not happen in practice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -1,0 +1,347 @@
+//! The experiments: which faults, when. Each runs against a live [`Fleet`] while the load
+//! driver keeps sending, and records what it did on the [`Timeline`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::IdpMode;
+use crate::fleet::{Fleet, StoreKind};
+
+/// Something that happened during a run, for the report and the chart.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Ms since the run started.
+    pub at_ms: u64,
+    /// `fault` (injected), `heal` (undone), `leader` (refresh lease changed hands), `raft` (the
+    /// Raft leader changed).
+    pub kind: &'static str,
+    /// What, in words.
+    pub what: String,
+}
+
+/// The run's event log.
+pub struct Timeline {
+    started: Instant,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Timeline {
+    /// A log whose clock starts at `started`.
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records an event now.
+    pub fn record(&self, kind: &'static str, what: impl Into<String>) {
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        self.events.lock().unwrap().push(Event {
+            at_ms,
+            kind,
+            what: what.into(),
+        });
+    }
+
+    /// Everything recorded, in order.
+    pub fn events(&self) -> Vec<Event> {
+        let mut e = self.events.lock().unwrap().clone();
+        e.sort_by_key(|e| e.at_ms);
+        e
+    }
+
+    /// Sleeps until `at` after the start.
+    pub async fn until(&self, at: Duration) {
+        tokio::time::sleep_until((self.started + at).into()).await;
+    }
+}
+
+/// What a scenario's faults get.
+pub struct Ctx {
+    /// The fleet.
+    pub fleet: Arc<Fleet>,
+    /// Where to record.
+    pub timeline: Arc<Timeline>,
+    /// The load's duration.
+    pub duration: Duration,
+    /// Choices (victims, orders) drawn from the run's seed.
+    pub rng: Mutex<StdRng>,
+}
+
+impl Ctx {
+    /// A new context.
+    pub fn new(fleet: Arc<Fleet>, timeline: Arc<Timeline>, duration: Duration, seed: u64) -> Self {
+        Self {
+            fleet,
+            timeline,
+            duration,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        }
+    }
+
+    fn at(&self, fraction: f64) -> Duration {
+        self.duration.mul_f64(fraction)
+    }
+
+    fn pick(&self, n: usize) -> usize {
+        self.rng.lock().unwrap().random_range(0..n)
+    }
+
+    /// SIGKILLs gateway `i` and records it.
+    fn kill_gateway(&self, i: usize, why: &str) {
+        self.fleet.gateway(i).kill();
+        self.timeline
+            .record("fault", format!("SIGKILL gateway-{}{why}", i + 1));
+    }
+
+    /// Restarts gateway `i`, waits until it is ready, records it.
+    async fn restart_gateway(&self, i: usize) -> anyhow::Result<()> {
+        self.fleet.gateway(i).restart()?;
+        self.fleet.wait_ready(i).await?;
+        self.timeline
+            .record("heal", format!("gateway-{} restarted and ready", i + 1));
+        Ok(())
+    }
+
+    /// The refresh leader, waiting up to 5 s for the fleet to agree on one.
+    async fn refresh_leader(&self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(l) = self.fleet.refresh_leader().await {
+                return Ok(l);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no refresh leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+type Script = for<'a> fn(
+    &'a Ctx,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'a>,
+>;
+
+/// One experiment.
+#[derive(Debug)]
+pub struct Scenario {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// What it does and what it shows.
+    pub about: &'static str,
+    /// The stores it applies to.
+    pub stores: &'static [StoreKind],
+    /// The faults.
+    pub script: Script,
+}
+
+const BOTH: &[StoreKind] = &[StoreKind::Redis, StoreKind::Raft];
+
+/// Every scenario.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "baseline",
+        about: "No faults: the invariants hold on a quiet fleet.",
+        stores: BOTH,
+        script: |_| Box::pin(async { Ok(()) }),
+    },
+    Scenario {
+        name: "kill-gateway",
+        about: "SIGKILL a gateway that is not the refresh leader, restart it two seconds later.",
+        stores: BOTH,
+        script: |c| Box::pin(kill_gateway(c)),
+    },
+    Scenario {
+        name: "kill-leader-during-refresh",
+        about: "Hold the IdP's answer to the refresh leader's next renewal, SIGKILL the leader \
+                while it waits, then let the answer go to nobody. Another node takes the lease \
+                and renews the token before it expires.",
+        stores: BOTH,
+        script: |c| Box::pin(kill_leader_during_refresh(c)),
+    },
+    Scenario {
+        name: "pause-leader",
+        about: "SIGSTOP the refresh leader past its lease, SIGCONT it: another node has taken \
+                over, and the woken one's writes are fenced off.",
+        stores: BOTH,
+        script: |c| Box::pin(pause_leader(c)),
+    },
+    Scenario {
+        name: "kill-store-leader",
+        about: "Raft: SIGKILL the cache service's leader, restart it two seconds later. \
+                Redis: SIGKILL the server, restart it (append-only file) two seconds later. \
+                Gateways serve from their L1 meanwhile.",
+        stores: BOTH,
+        script: |c| Box::pin(kill_store_leader(c)),
+    },
+    Scenario {
+        name: "partition-leader",
+        about: "Cut the refresh leader off from Redis for longer than its lease, then heal: \
+                another node leads, the cut-off one keeps serving from its L1.",
+        stores: &[StoreKind::Redis],
+        script: |c| Box::pin(partition_leader(c)),
+    },
+    Scenario {
+        name: "idp-outage",
+        about: "The IdP stops answering for a while shorter than a token's refresh margin: \
+                renewals fail and are retried, no request notices.",
+        stores: BOTH,
+        script: |c| Box::pin(idp_fault(c, IdpMode::Unreachable, Duration::ZERO)),
+    },
+    Scenario {
+        name: "idp-slow",
+        about: "The IdP takes a second per token request for a third of the run.",
+        stores: BOTH,
+        script: |c| Box::pin(idp_fault(c, IdpMode::Healthy, Duration::from_secs(1))),
+    },
+    Scenario {
+        name: "rolling-restart",
+        about: "Restart every gateway in turn (SIGTERM: drain, then exit), each one ready \
+                before the next goes.",
+        stores: BOTH,
+        script: |c| Box::pin(rolling_restart(c)),
+    },
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+async fn kill_gateway(c: &Ctx) -> anyhow::Result<()> {
+    c.timeline.until(c.at(0.3)).await;
+    let leader = c.refresh_leader().await.ok();
+    let n = c.fleet.gateways.len();
+    let victim = match leader {
+        Some(l) => (l + 1 + c.pick(n - 1)) % n,
+        None => c.pick(n),
+    };
+    c.kill_gateway(victim, "");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.restart_gateway(victim).await
+}
+
+async fn kill_leader_during_refresh(c: &Ctx) -> anyhow::Result<()> {
+    // After the warm-up every token is cached: the next token request is a renewal.
+    c.timeline.until(c.at(0.2)).await;
+    let mut hold = c.fleet.idp.hold_next_token();
+    let window = c.duration.mul_f64(0.5);
+    anyhow::ensure!(
+        hold.arrived(window).await,
+        "no renewal reached the IdP within {window:?}: the run is shorter than a refresh period"
+    );
+    c.timeline
+        .record("fault", "IdP holds its answer to a renewal");
+    let leader = c.refresh_leader().await?;
+    c.kill_gateway(leader, " (refresh leader, awaiting the IdP)");
+    hold.release();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.restart_gateway(leader).await
+}
+
+async fn pause_leader(c: &Ctx) -> anyhow::Result<()> {
+    c.timeline.until(c.at(0.3)).await;
+    let leader = c.refresh_leader().await?;
+    c.fleet.gateway(leader).pause();
+    c.timeline.record(
+        "fault",
+        format!("SIGSTOP gateway-{} (refresh leader)", leader + 1),
+    );
+    tokio::time::sleep(c.fleet.spec.lease_ttl + Duration::from_secs(1)).await;
+    c.fleet.gateway(leader).resume();
+    c.timeline
+        .record("heal", format!("SIGCONT gateway-{}", leader + 1));
+    Ok(())
+}
+
+async fn kill_store_leader(c: &Ctx) -> anyhow::Result<()> {
+    c.timeline.until(c.at(0.3)).await;
+    match c.fleet.spec.store {
+        StoreKind::Raft => {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let leader = loop {
+                if let Some(l) = c.fleet.raft_leader().await {
+                    break l;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "no Raft leader");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            c.fleet.cache_node(leader).kill();
+            c.timeline.record(
+                "fault",
+                format!("SIGKILL cache-node-{} (Raft leader)", leader + 1),
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.fleet.cache_node(leader).restart()?;
+            c.fleet.wait_cache_node(leader).await?;
+            c.timeline
+                .record("heal", format!("cache-node-{} restarted", leader + 1));
+        }
+        StoreKind::Redis => {
+            let redis = c.fleet.redis.as_ref().expect("a Redis fleet has Redis");
+            redis.lock().unwrap().kill();
+            c.timeline.record("fault", "SIGKILL redis");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            redis.lock().unwrap().restart()?;
+            c.fleet.wait_redis().await?;
+            c.timeline.record("heal", "redis restarted");
+        }
+    }
+    Ok(())
+}
+
+async fn partition_leader(c: &Ctx) -> anyhow::Result<()> {
+    c.timeline.until(c.at(0.3)).await;
+    let leader = c.refresh_leader().await?;
+    c.fleet.store_links[leader].set_cut(true);
+    c.timeline.record(
+        "fault",
+        format!("gateway-{} cut off from Redis", leader + 1),
+    );
+    tokio::time::sleep(c.fleet.spec.lease_ttl + Duration::from_secs(1)).await;
+    c.fleet.store_links[leader].set_cut(false);
+    c.timeline
+        .record("heal", format!("gateway-{} reconnected", leader + 1));
+    Ok(())
+}
+
+async fn idp_fault(c: &Ctx, mode: IdpMode, latency: Duration) -> anyhow::Result<()> {
+    c.timeline.until(c.at(0.3)).await;
+    let length = match mode {
+        // Shorter than the margin between a token's refresh time and its expiry.
+        IdpMode::Unreachable => c.fleet.spec.token_lifetime.mul_f64(0.12),
+        _ => c.duration.mul_f64(0.33),
+    };
+    c.fleet.idp.set_mode(mode);
+    c.fleet.idp.set_latency(latency);
+    let what = match mode {
+        IdpMode::Unreachable => format!("IdP unreachable for {length:?}"),
+        _ => format!("IdP answers after {latency:?} for {length:?}"),
+    };
+    c.timeline.record("fault", what);
+    tokio::time::sleep(length).await;
+    c.fleet.idp.set_mode(IdpMode::Healthy);
+    c.fleet.idp.set_latency(Duration::ZERO);
+    c.timeline.record("heal", "IdP healthy");
+    Ok(())
+}
+
+async fn rolling_restart(c: &Ctx) -> anyhow::Result<()> {
+    c.timeline.until(c.at(0.2)).await;
+    for i in 0..c.fleet.gateways.len() {
+        c.timeline.record(
+            "fault",
+            format!("SIGTERM gateway-{} (rolling restart)", i + 1),
+        );
+        let gateway = &c.fleet.gateways[i];
+        tokio::task::block_in_place(|| gateway.lock().unwrap().terminate(Duration::from_secs(15)));
+        c.restart_gateway(i).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
