@@ -218,6 +218,8 @@ log: {{ format: json, level: info }}
 fleetKey: env:CHAOS_FLEET_KEY
 store: {store}
 refresh: {{ interval: 200ms, leaseTtl: {lease} }}
+# Scaled down with the short token lifetimes of a chaos run.
+idpCircuitBreaker: {{ failures: 3, cooldown: 500ms }}
 middlewares:
   app:
     clientCredentials:

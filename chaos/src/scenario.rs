@@ -311,12 +311,22 @@ async fn partition_leader(c: &Ctx) -> anyhow::Result<()> {
 }
 
 async fn idp_fault(c: &Ctx, mode: IdpMode, latency: Duration) -> anyhow::Result<()> {
-    c.timeline.until(c.at(0.3)).await;
-    let length = match mode {
-        // Shorter than the margin between a token's refresh time and its expiry.
-        IdpMode::Unreachable => c.fleet.spec.token_lifetime.mul_f64(0.12),
-        _ => c.duration.mul_f64(0.33),
+    // The warm-up's tokens fall due from 75 % of their servable lifetime on: an outage then
+    // meets the renewals. It lasts 10 % of that lifetime, less than the margin left.
+    let servable = c
+        .fleet
+        .spec
+        .token_lifetime
+        .saturating_sub(Duration::from_secs(1));
+    let (start, length) = match mode {
+        IdpMode::Unreachable => (servable.mul_f64(0.75), servable.mul_f64(0.1)),
+        _ => (c.at(0.3), c.duration.mul_f64(0.33)),
     };
+    anyhow::ensure!(
+        start + length < c.duration,
+        "the run is too short to reach the renewals"
+    );
+    c.timeline.until(start).await;
     c.fleet.idp.set_mode(mode);
     c.fleet.idp.set_latency(latency);
     let what = match mode {

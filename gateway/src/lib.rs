@@ -75,7 +75,11 @@ pub async fn run(
         StoreConfig::Redis(redis) => Store::Redis(RedisStore::new(redis)?),
         StoreConfig::Raft(raft) => Store::Raft(RaftStore::new(raft)),
     };
-    let cache = TokenCache::new(fleet, store);
+    let cache = TokenCache::with_idp(
+        fleet,
+        store,
+        token::IdpClient::with_breaker(&config.idp_breaker),
+    );
     let issuer = match &config.issuer {
         Some(i) => Some(Arc::new(issuer::Issuer::new(i, &cache)?)),
         None => None,

@@ -74,6 +74,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Logging.
     pub log: LogConfig,
+    /// The circuit breaker in front of each IdP endpoint.
+    pub idp_breaker: crate::token::BreakerConfig,
     /// Span export (`telemetry.tracing`); `None` leaves it to the `OTEL_*` environment.
     pub tracing: Option<crate::telemetry::TracingConfig>,
     /// Middlewares by name.

@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// Logging options.
     #[serde(default)]
     pub log: RawLog,
+    /// The circuit breaker in front of each IdP endpoint.
+    #[serde(default)]
+    pub idp_circuit_breaker: RawBreaker,
     /// Distributed tracing.
     #[serde(default)]
     pub telemetry: RawTelemetry,
@@ -259,6 +262,18 @@ pub struct RawLog {
     /// A `tracing` filter such as `info` or `gateway=debug`; `RUST_LOG` wins when set.
     #[serde(default)]
     pub level: Option<String>,
+}
+
+/// `idpCircuitBreaker`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBreaker {
+    /// Failed calls in a row that open the breaker.
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// How long it stays open before one trial call.
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Option<Duration>,
 }
 
 /// `telemetry`: distributed tracing (metrics are always on the admin listener).

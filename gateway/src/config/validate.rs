@@ -144,6 +144,23 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     };
 
     let tracing = raw.telemetry.tracing.map(|t| tracing(&mut issues, t));
+    let defaults = crate::token::BreakerConfig::default();
+    let idp_breaker = crate::token::BreakerConfig {
+        failures: raw
+            .idp_circuit_breaker
+            .failures
+            .unwrap_or(defaults.failures),
+        cooldown: raw
+            .idp_circuit_breaker
+            .cooldown
+            .unwrap_or(defaults.cooldown),
+    };
+    if idp_breaker.failures == 0 {
+        issues.push("idpCircuitBreaker.failures", "must be at least 1");
+    }
+    if idp_breaker.cooldown.is_zero() {
+        issues.push("idpCircuitBreaker.cooldown", "must be greater than zero");
+    }
 
     let declared: Vec<String> = raw.middlewares.keys().cloned().collect();
     let mut middlewares = BTreeMap::new();
@@ -186,6 +203,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         request_timeout: raw.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
         shutdown_timeout: raw.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         log,
+        idp_breaker,
         tracing,
         middlewares,
         routes,
@@ -380,6 +398,28 @@ routes:
             .to_string();
         assert!(
             err.starts_with("telemetry.tracing.otlp.http: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_idp_circuit_breaker_is_configurable_and_checked() {
+        let c = Config::from_yaml(GOOD).unwrap();
+        assert_eq!(c.idp_breaker, crate::token::BreakerConfig::default());
+        let tuned = format!("{GOOD}idpCircuitBreaker: {{ failures: 5, cooldown: 500ms }}\n");
+        let c = Config::from_yaml(&tuned).unwrap();
+        assert_eq!(
+            (c.idp_breaker.failures, c.idp_breaker.cooldown),
+            (5, std::time::Duration::from_millis(500))
+        );
+        let bad = format!("{GOOD}idpCircuitBreaker: {{ failures: 0, cooldown: 0s }}\n");
+        let err = Config::from_yaml(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("idpCircuitBreaker.failures: must be at least 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("idpCircuitBreaker.cooldown: must be greater than zero"),
             "{err}"
         );
     }

@@ -56,11 +56,16 @@ pub struct TokenCache {
 impl TokenCache {
     /// A cache over `store`, deriving and sealing with the ring's current key.
     pub fn new(ring: impl Into<KeyRing>, store: Store) -> Arc<Self> {
+        Self::with_idp(ring, store, IdpClient::new())
+    }
+
+    /// [`TokenCache::new`] with a configured IdP client.
+    pub fn with_idp(ring: impl Into<KeyRing>, store: Store, idp: IdpClient) -> Arc<Self> {
         Arc::new(Self {
             ring: ring.into(),
             node: NodeId::random(),
             store,
-            idp: IdpClient::new(),
+            idp,
             l1: papaya::HashMap::new(),
             negative: papaya::HashMap::new(),
             flights: SingleFlight::new(),

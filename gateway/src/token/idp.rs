@@ -131,6 +131,24 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// The circuit breaker in front of each IdP endpoint (`idpCircuitBreaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Failed calls in a row that open it.
+    pub failures: u32,
+    /// How long it stays open before one trial call goes through.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: BREAKER_THRESHOLD,
+            cooldown: BREAKER_COOLDOWN,
+        }
+    }
+}
+
 /// The node's client towards every configured token endpoint.
 pub struct IdpClient {
     http: reqwest::Client,
@@ -146,16 +164,22 @@ impl Default for IdpClient {
 }
 
 impl IdpClient {
-    /// A client with a shared connection pool.
+    /// A client with a shared connection pool and the default circuit breaker.
     pub fn new() -> Self {
+        Self::with_breaker(&BreakerConfig::default())
+    }
+
+    /// A client whose per-endpoint circuit breaker opens after `cfg.failures` failed calls
+    /// in a row and lets one trial call through after `cfg.cooldown`.
+    pub fn with_breaker(cfg: &BreakerConfig) -> Self {
         let http = http_builder()
             .build()
             .expect("reqwest client builds with static options");
         Self {
             http,
             breakers: Mutex::new(HashMap::new()),
-            breaker_threshold: BREAKER_THRESHOLD,
-            breaker_cooldown: BREAKER_COOLDOWN,
+            breaker_threshold: cfg.failures,
+            breaker_cooldown: cfg.cooldown,
         }
     }
 

@@ -13,7 +13,7 @@ mod sync;
 
 pub use cache::TokenCache;
 pub use entry::{EntryMeta, TokenEntry, UnixMillis, now_millis};
-pub use idp::{IdpClient, IdpError};
+pub use idp::{BreakerConfig, IdpClient, IdpError};
 pub use key::{FleetKey, KeyDeriver, KeyRing, TokenKey};
 pub use request::{AuthMethod, TokenRequest};
 pub use seal::SealedEntry;

@@ -1,0 +1,173 @@
+//! Every scenario in its short form on both stores, against real processes; and the checks
+//! themselves catching a fleet whose tokens are bad.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chaos::fleet::StoreKind;
+use chaos::run::{Live, Report, RunSpec, run};
+use chaos::scenario::{self, SCENARIOS};
+
+/// One fleet at a time: this machine has two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The `gateway` binary, built once.
+fn gateway_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "the gateway builds");
+            PathBuf::from(env!("CARGO_BIN_EXE_chaos")).with_file_name("gateway")
+        })
+        .clone()
+}
+
+/// The short form: 12 s of load on 3 gateways, tokens living 8 s (renewed from 5.25 s on).
+fn short(name: &str, store: StoreKind, dir: &tempfile::TempDir) -> RunSpec {
+    RunSpec {
+        scenario: scenario::find(name).expect("a scenario"),
+        store,
+        gateways: 3,
+        duration: Duration::from_secs(12),
+        rps: 80,
+        seed: 7,
+        clients: 10,
+        token_lifetime: Duration::from_secs(8),
+        gateway_bin: gateway_bin(),
+        dir: dir.path().join(format!("{name}-{store}")),
+        lies: chaos::Lies::default(),
+    }
+}
+
+async fn every_scenario_passes(store: StoreKind) {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut failed = Vec::new();
+    for s in SCENARIOS.iter().filter(|s| s.stores.contains(&store)) {
+        let spec = short(s.name, store, &dir);
+        let report = run(&spec, Arc::new(Live::default()))
+            .await
+            .unwrap_or_else(|e| panic!("{} on {store} could not run: {e:#}", s.name));
+        chaos::report::write(&report, &spec.dir).unwrap();
+        assert!(spec.dir.join("timeline.svg").exists());
+        check_report(&report);
+        if !report.passed() {
+            failed.push(chaos::report::table(&report));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "scenarios failed:\n{}",
+        failed.join("\n")
+    );
+}
+
+/// What every report must show, pass or fail.
+fn check_report(r: &Report) {
+    assert!(
+        r.requests >= 12 * 80 * 9 / 10,
+        "the driver kept its rate: {}",
+        r.requests
+    );
+    assert!(
+        r.tokens.checked >= r.requests - r.failed,
+        "the upstream checked every token"
+    );
+    let faults = r.events.iter().filter(|e| e.kind == "fault").count();
+    assert_eq!(
+        faults == 0,
+        r.scenario == "baseline",
+        "{}: faults {:?}",
+        r.scenario,
+        r.events
+    );
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(
+        json["invariants"].as_array().unwrap().len(),
+        r.invariants.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_keeps_every_invariant_on_redis() {
+    every_scenario_passes(StoreKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_keeps_every_invariant_on_raft() {
+    every_scenario_passes(StoreKind::Raft).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checks_catch_expired_and_cross_client_tokens() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = short("baseline", StoreKind::Redis, &dir);
+    spec.duration = Duration::from_secs(4);
+    spec.lies = chaos::Lies {
+        expired: true,
+        other_client: true,
+    };
+    let report = run(&spec, Arc::new(Live::default())).await.unwrap();
+    let held = |name: &str| {
+        report
+            .invariants
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no invariant {name}"))
+            .held
+    };
+    assert!(!report.passed(), "{}", chaos::report::table(&report));
+    assert!(!held("no expired token at the upstream"));
+    assert!(!held("no cross-client token at the upstream"));
+    // What the lies do not touch still holds: requests succeed, tokens are genuine.
+    assert!(held("no failed request"));
+    assert!(held("every token genuine"));
+    assert!(chaos::report::table(&report).contains("FAILED: an invariant broke"));
+}
+
+#[test]
+fn the_cli_lists_scenarios_and_refuses_bad_runs() {
+    let chaos = env!("CARGO_BIN_EXE_chaos");
+    let list = Command::new(chaos).arg("list").output().unwrap();
+    assert!(list.status.success());
+    let text = String::from_utf8(list.stdout).unwrap();
+    for s in SCENARIOS {
+        assert!(
+            text.contains(s.name),
+            "{} missing from `chaos list`",
+            s.name
+        );
+    }
+    let unknown = Command::new(chaos)
+        .args(["run", "no-such"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("chaos list"));
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_store = Command::new(chaos)
+        .args([
+            "run",
+            "partition-leader",
+            "--store",
+            "raft",
+            "--gateway-bin",
+        ])
+        .arg(gateway_bin())
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(wrong_store.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong_store.stderr).contains("does not apply to the raft store")
+    );
+}
