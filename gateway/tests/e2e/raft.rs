@@ -14,6 +14,8 @@ use gateway::token::TokenKey;
 use tokengate_proto::admin::admin_client::AdminClient;
 use tokengate_proto::admin::{self as pa};
 
+use chaos::relay::Relay;
+
 use crate::support::{eventually, free_port};
 
 pub(crate) const ADMIN_TOKEN: &str = "admin-token-for-tests";
@@ -606,50 +608,6 @@ async fn gateways_serve_from_their_l1_while_the_cluster_has_no_quorum() {
 async fn one_gateway_refreshes_through_the_raft_lease_while_all_serve() {
     let f = fleet(Duration::from_secs(4), "{ interval: 100ms }").await;
     crate::redis::refresh_once_per_lifetime(&f.nodes, &f.idp).await;
-}
-
-/// A TCP relay that can cut its link: when cut, open connections are dropped and new ones are
-/// closed at once, as a network partition would (the fault-injecting relay between nodes).
-struct Relay {
-    addr: String,
-    cut: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Relay {
-    async fn start(to: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (cut, cut_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let (to, mut cut_rx) = (to.clone(), cut_rx.clone());
-                if *cut_rx.borrow() {
-                    continue; // dropped: closed at once
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, cut, task }
-    }
-
-    fn set_cut(&self, on: bool) {
-        self.cut.send_replace(on);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
