@@ -2,6 +2,7 @@
 //! shared store (a Redis server or three cache nodes), the fake IdP and the verifying echo
 //! upstream. Every process is killed when the fleet is dropped.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -77,6 +78,8 @@ pub struct Fleet {
     pub redis: Option<Mutex<Proc>>,
     /// Per gateway, the relay its store traffic goes through (Redis store), for partitions.
     pub store_links: Vec<Relay>,
+    /// Raft traffic from cache node i to node j (indexes from 0) goes through relay (i, j).
+    pub peer_links: BTreeMap<(usize, usize), Relay>,
     redis_addr: Option<String>,
     /// The balancer in front of the gateways.
     pub balancer: Balancer,
@@ -99,6 +102,7 @@ impl Fleet {
         let (mut redis, mut cache_nodes, mut cache_addrs, mut store_links) =
             (None, Vec::new(), Vec::new(), Vec::new());
         let mut redis_addr = None;
+        let mut peer_links = BTreeMap::new();
         let probe = match spec.store {
             StoreKind::Redis => {
                 let port = free_port();
@@ -146,8 +150,20 @@ impl Fleet {
                     .enumerate()
                     .map(|(i, a)| format!("{}={a}", i + 1))
                     .collect();
+                // Raft traffic from node i to node j goes through relay (i, j).
+                for i in 0..cache_addrs.len() {
+                    for (j, to) in cache_addrs.iter().enumerate() {
+                        if i != j {
+                            peer_links.insert((i, j), Relay::start(to.clone()).await);
+                        }
+                    }
+                }
                 for (i, addr) in cache_addrs.iter().enumerate() {
                     let data = spec.dir.join(format!("cache-node-{}", i + 1));
+                    let peers: Vec<String> = (0..cache_addrs.len())
+                        .filter(|j| *j != i)
+                        .map(|j| format!("{}={}", j + 1, peer_links[&(i, j)].addr))
+                        .collect();
                     let args = vec![
                         "cache-node".into(),
                         "--id".into(),
@@ -158,6 +174,8 @@ impl Fleet {
                         data.to_string_lossy().into_owned(),
                         "--init".into(),
                         init.join(","),
+                        "--peer".into(),
+                        peers.join(","),
                         "--log-format".into(),
                         "json".into(),
                     ];
@@ -263,6 +281,7 @@ routes:
             cache_addrs,
             redis,
             store_links,
+            peer_links,
             redis_addr,
             balancer,
             probe,

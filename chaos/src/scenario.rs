@@ -108,6 +108,18 @@ impl Ctx {
         Ok(())
     }
 
+    /// The Raft leader, waiting up to 5 s for the cache nodes to agree on one.
+    async fn raft_leader(&self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(l) = self.fleet.raft_leader().await {
+                return Ok(l);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no Raft leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The refresh leader, waiting up to 5 s for the fleet to agree on one.
     async fn refresh_leader(&self) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -181,9 +193,11 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "partition-leader",
-        about: "Cut the refresh leader off from Redis for longer than its lease, then heal: \
-                another node leads, the cut-off one keeps serving from its L1.",
-        stores: &[StoreKind::Redis],
+        about: "Redis: cut the refresh leader off from Redis for longer than its lease, then \
+                heal: another node leads, the cut-off one serves from its L1. Raft: cut the \
+                cache service's leader off from its peers for 3 s: the majority elects another \
+                leader, gateways follow it, the old leader cannot commit (or grant a lease).",
+        stores: BOTH,
         script: |c| Box::pin(partition_leader(c)),
     },
     Scenario {
@@ -263,14 +277,7 @@ async fn kill_store_leader(c: &Ctx) -> anyhow::Result<()> {
     c.timeline.until(c.at(0.3)).await;
     match c.fleet.spec.store {
         StoreKind::Raft => {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let leader = loop {
-                if let Some(l) = c.fleet.raft_leader().await {
-                    break l;
-                }
-                anyhow::ensure!(Instant::now() < deadline, "no Raft leader");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            let leader = c.raft_leader().await?;
             c.fleet.cache_node(leader).kill();
             c.timeline.record(
                 "fault",
@@ -297,6 +304,29 @@ async fn kill_store_leader(c: &Ctx) -> anyhow::Result<()> {
 
 async fn partition_leader(c: &Ctx) -> anyhow::Result<()> {
     c.timeline.until(c.at(0.3)).await;
+    if c.fleet.spec.store == StoreKind::Raft {
+        let leader = c.raft_leader().await?;
+        let cut = |on: bool| {
+            for ((i, j), link) in &c.fleet.peer_links {
+                if *i == leader || *j == leader {
+                    link.set_cut(on);
+                }
+            }
+        };
+        cut(true);
+        c.timeline.record(
+            "fault",
+            format!(
+                "cache-node-{} (Raft leader) cut off from its peers",
+                leader + 1
+            ),
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cut(false);
+        c.timeline
+            .record("heal", format!("cache-node-{} reconnected", leader + 1));
+        return Ok(());
+    }
     let leader = c.refresh_leader().await?;
     c.fleet.store_links[leader].set_cut(true);
     c.timeline.record(

@@ -152,22 +152,13 @@ fn the_cli_lists_scenarios_and_refuses_bad_runs() {
         .unwrap();
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("chaos list"));
-    let dir = tempfile::tempdir().unwrap();
-    let wrong_store = Command::new(chaos)
-        .args([
-            "run",
-            "partition-leader",
-            "--store",
-            "raft",
-            "--gateway-bin",
-        ])
-        .arg(gateway_bin())
-        .arg("--out")
-        .arg(dir.path())
+    let no_binary = Command::new(chaos)
+        .args(["run", "baseline", "--gateway-bin", "/nonexistent/gateway"])
         .output()
         .unwrap();
-    assert_eq!(wrong_store.status.code(), Some(1));
+    assert_eq!(no_binary.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&wrong_store.stderr).contains("does not apply to the raft store")
+        String::from_utf8_lossy(&no_binary.stderr)
+            .contains("no gateway binary at /nonexistent/gateway")
     );
 }
