@@ -2,9 +2,13 @@
 //!
 //! Every call goes to the cluster's leader. The store remembers which node that is, follows a
 //! redirect (`tokengate-leader` metadata) when a follower answers, and tries the other
-//! endpoints when a node does not answer, pausing briefly after a full round without a leader
-//! (an election is under way). A call is bounded by the configured timeout, then fails as
-//! [`StoreError::Unavailable`]: the node serves from its L1 while the cluster has no leader.
+//! endpoints when a node does not answer (or not within its share of the timeout: a leader cut
+//! off from its peers still takes calls it cannot commit), pausing briefly after a full round
+//! without a leader (an election is under way). A write retried on another node after a
+//! timeout may have been committed by the first; every write is idempotent except
+//! `claim_once`, which then refuses the retry as a replay (failing closed). A call is bounded
+//! by the configured timeout, then fails as [`StoreError::Unavailable`]: the node serves from
+//! its L1 while the cluster has no leader.
 //!
 //! A task follows the leader's `Watch` stream and turns it into [`StoreEvent`]s. After a
 //! reconnect it resumes from the last log index it saw; a node that no longer has those
@@ -35,6 +39,8 @@ use crate::token::{SealedEntry, TokenKey, UnixMillis};
 const EVENT_BUFFER: usize = 4096;
 /// Pause after asking every endpoint without finding a leader.
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
+/// The least time one node gets to answer before the next is tried.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 /// Pause before re-opening a broken watch stream.
 const REWATCH_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -115,16 +121,24 @@ impl Inner {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
+        // One node gets a share of the timeout, then the next is tried: a leader cut off from
+        // its peers still accepts calls that it can never commit, while the majority has
+        // elected another leader that a follower would name.
+        let per_node = (self.timeout / self.endpoints.len().max(1) as u32).max(MIN_ATTEMPT);
         let mut target = self.leader();
         let mut misses = 0;
         loop {
             let client = self.client(&target)?;
-            let status = match tokio::time::timeout_at(deadline, op(client)).await {
-                Err(_) => {
+            let attempt_deadline = (Instant::now() + per_node).min(deadline);
+            let status = match tokio::time::timeout_at(attempt_deadline, op(client)).await {
+                Err(_) if Instant::now() >= deadline => {
                     return Err(StoreError::unavailable(format!(
                         "no answer from the cache service within {:?}",
                         self.timeout
                     )));
+                }
+                Err(_) => {
+                    Status::unavailable(format!("{target} did not answer within {per_node:?}"))
                 }
                 Ok(Ok(resp)) => {
                     self.set_leader(&target);

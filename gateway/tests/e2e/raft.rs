@@ -676,6 +676,26 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
         .unwrap()
         .expect("the majority grants the lease");
 
+    // A gateway that last knew the old leader moves on to the majority within its timeout,
+    // instead of waiting on calls the old leader accepts but can never commit.
+    let mut endpoints = vec![cluster.nodes[old as usize - 1].addr.clone()];
+    endpoints.extend(
+        majority
+            .iter()
+            .map(|i| cluster.nodes[*i as usize - 1].addr.clone()),
+    );
+    let following = RaftStore::new(&RaftStoreConfig {
+        endpoints,
+        timeout: Duration::from_secs(2),
+    });
+    let moved = following
+        .put(&key(90), conformance::entry(1, 60_000, 120_000), None)
+        .await;
+    assert!(
+        matches!(moved, Ok(PutOutcome::Stored)),
+        "stuck on the cut-off leader: {moved:?}"
+    );
+
     // Healed, the old leader follows; its uncommitted grant to `a` never took effect.
     partition(false);
     cluster.leader(Duration::from_secs(10)).await;
