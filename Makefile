@@ -1,5 +1,5 @@
 # Recipes match .ci/run; `make ci` is what CI runs.
-.PHONY: ci fmt lint test bench demo
+.PHONY: ci fmt lint test bench demo doubles run-example
 
 ci: fmt lint test
 
@@ -12,9 +12,16 @@ lint:
 test:
 	cargo test --workspace
 
+demo:
+	cargo run -p gateway -- demo
+
 bench:
 	cargo bench -p gateway --bench cache_hit
 
-# Runs a node on the example configuration (needs an IdP on :4444 and an upstream on :8081).
+# The fake IdP on :4444 and echo upstreams on :8081/:8082 that the example configuration uses.
+doubles:
+	GW_SECRET=$${GW_SECRET:-example-secret} cargo run -p chaos -- doubles
+
+# Runs a node on the example configuration (start `make doubles` first).
 run-example:
 	GW_SECRET=$${GW_SECRET:-example-secret} cargo run -p gateway -- run --config deploy/gateway.example.yaml

@@ -217,6 +217,11 @@ impl FakeIdp {
         })
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The token endpoint URL.
     pub fn token_url(&self) -> String {
         format!("http://{}/token", self.addr)
@@ -235,6 +240,13 @@ impl FakeIdp {
     /// The issuer identifier (`iss` of its tokens; the OIDC discovery base).
     pub fn issuer(&self) -> String {
         self.state.issuer.lock().unwrap().clone()
+    }
+
+    /// Names the IdP by `url` (its tokens' `iss`, and the base of the endpoints its discovery
+    /// document names) when callers reach it at another address than the one it bound, as in
+    /// a container network.
+    pub fn set_issuer(&self, url: &str) {
+        *self.state.issuer.lock().unwrap() = url.trim_end_matches('/').to_owned();
     }
 
     /// Switches signing to a new ES256 key (`kid` [`EC_KID`]), published beside the old one.

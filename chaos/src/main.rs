@@ -1,5 +1,6 @@
 //! `chaos`: run an experiment against a real fleet and say whether the fleet kept its promise.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -59,6 +60,47 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Serve the fake IdP and echo upstreams until SIGINT or SIGTERM, as stand-ins for a real
+    /// IdP and real APIs (the example configuration and docker-compose.yml use them).
+    Doubles {
+        /// Where the fake IdP listens (`/token`, `/introspect`, `/jwks`, OIDC discovery).
+        #[arg(long, default_value = "127.0.0.1:4444")]
+        idp_listen: SocketAddr,
+        /// The URL callers reach the IdP at: its tokens' `iss` and the base of the endpoints
+        /// its discovery document names [default: http://IDP_LISTEN].
+        #[arg(long)]
+        idp_url: Option<String>,
+        /// Where an echo upstream listens (repeat for several).
+        #[arg(long = "upstream-listen", default_values = ["127.0.0.1:8081", "127.0.0.1:8082"])]
+        upstream_listen: Vec<SocketAddr>,
+        /// A client the IdP accepts, `ID=SECRET`; SECRET may be a reference `env:NAME` or
+        /// `file:/path` (repeat for several).
+        #[arg(long = "client", value_parser = parse_client,
+              default_values = ["demo-app=demo-secret", "gateway=env:GW_SECRET"])]
+        clients: Vec<(String, String)>,
+        /// Lifetime of the tokens it issues.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        token_lifetime: Duration,
+    },
+}
+
+/// `ID=SECRET`, the secret given inline or as a reference.
+fn parse_client(s: &str) -> Result<(String, String), String> {
+    let (id, secret) = s
+        .split_once('=')
+        .filter(|(id, secret)| !id.is_empty() && !secret.is_empty())
+        .ok_or_else(|| format!("{s:?} is not ID=SECRET"))?;
+    let secret = if let Some(name) = secret.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("client {id}: {name} is not set"))?
+    } else if let Some(path) = secret.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("client {id}: cannot read {path}: {e}"))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned()
+    } else {
+        secret.to_owned()
+    };
+    Ok((id.to_owned(), secret))
 }
 
 fn main() -> ExitCode {
@@ -124,6 +166,77 @@ fn main() -> ExitCode {
                 .expect("tokio runtime");
             rt.block_on(run(spec, dir))
         }
+        Command::Doubles {
+            idp_listen,
+            idp_url,
+            upstream_listen,
+            clients,
+            token_lifetime,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(doubles(
+                idp_listen,
+                idp_url,
+                &upstream_listen,
+                &clients,
+                token_lifetime,
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Serves the doubles until SIGINT or SIGTERM.
+async fn doubles(
+    idp_listen: SocketAddr,
+    idp_url: Option<String>,
+    upstream_listen: &[SocketAddr],
+    clients: &[(String, String)],
+    token_lifetime: Duration,
+) -> std::io::Result<()> {
+    let bind_error =
+        |addr: SocketAddr| move |e: std::io::Error| std::io::Error::other(format!("{addr}: {e}"));
+    let idp = chaos::FakeIdp::start_on(idp_listen)
+        .await
+        .map_err(bind_error(idp_listen))?;
+    if let Some(url) = &idp_url {
+        idp.set_issuer(url);
+    }
+    idp.set_token_lifetime(token_lifetime);
+    for (id, secret) in clients {
+        idp.register(id, secret);
+    }
+    let mut upstreams = Vec::new();
+    for addr in upstream_listen {
+        upstreams.push(
+            chaos::EchoUpstream::start_on(*addr)
+                .await
+                .map_err(bind_error(*addr))?,
+        );
+    }
+    let ids: Vec<&str> = clients.iter().map(|(id, _)| id.as_str()).collect();
+    println!(
+        "fake IdP listening on {} as {} (clients: {})",
+        idp.addr(),
+        idp.issuer(),
+        ids.join(", ")
+    );
+    for upstream in &upstreams {
+        println!("echo upstream listening on {}", upstream.url());
+    }
+    println!("serving until SIGINT or SIGTERM");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
     }
 }
 

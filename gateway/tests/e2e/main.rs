@@ -5,6 +5,7 @@ mod cachectl;
 mod client_credentials;
 mod config_cli;
 mod demo;
+mod deploy;
 mod introspection;
 mod issuer;
 mod jwt;
