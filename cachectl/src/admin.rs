@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use gateway::cachenode::network::Dialer;
 use serde::Serialize;
 use tokengate_proto::admin as pa;
 use tokengate_proto::admin::admin_client::AdminClient;
@@ -16,6 +17,7 @@ pub struct Admin {
     endpoints: Vec<String>,
     token: Option<String>,
     timeout: Duration,
+    dialer: Dialer,
 }
 
 /// What one endpoint said.
@@ -51,8 +53,14 @@ pub struct MemberView {
 }
 
 impl Admin {
-    pub fn new(endpoints: Vec<String>, token: Option<String>, timeout: Duration) -> Self {
+    pub fn new(
+        endpoints: Vec<String>,
+        token: Option<String>,
+        timeout: Duration,
+        dialer: Dialer,
+    ) -> Self {
         Self {
+            dialer,
             endpoints,
             token,
             timeout,
@@ -60,7 +68,9 @@ impl Admin {
     }
 
     fn client(&self, addr: &str) -> Result<AdminClient<Channel>, Failure> {
-        let channel = gateway::cachenode::network::channel(addr)
+        let channel = self
+            .dialer
+            .channel(addr)
             .map_err(|e| Failure::Usage(format!("{addr} is not host:port: {e}")))?;
         Ok(AdminClient::new(channel))
     }

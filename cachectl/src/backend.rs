@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use gateway::config::{RaftStoreConfig, RedisConfig, RedisTls, RedisTopology, Secret};
+use gateway::cachenode::network::Dialer;
+use gateway::config::{RaftStoreConfig, RedisConfig, RedisTopology, Secret, StoreTls};
 use gateway::store::{RaftStore, RedisStore, Store, StoreError, StoreEvent, TokenStore};
 use gateway::token::{SealedEntry, TokenKey, now_millis};
 use serde::Serialize;
@@ -48,9 +49,11 @@ impl Backend {
                 "give --endpoints or --redis, not both".into(),
             )),
             (endpoints, None) => {
+                let tls = tls_files(cli)?;
                 let store = RaftStore::new(&RaftStoreConfig {
                     endpoints: endpoints.to_vec(),
                     timeout: cli.timeout,
+                    tls: tls.clone(),
                 });
                 Ok(Self {
                     store: Store::Raft(store),
@@ -58,13 +61,14 @@ impl Backend {
                         endpoints.to_vec(),
                         cli.token.clone(),
                         cli.timeout,
+                        Dialer::new(tls.as_ref()),
                     )),
                     target: endpoints.join(","),
                     timeout: cli.timeout,
                 })
             }
             ([], Some(url)) => {
-                let cfg = redis_config(url, &cli.key_prefix, cli.timeout)?;
+                let cfg = redis_config(url, &cli.key_prefix, cli.timeout, tls_files(cli)?)?;
                 let target = cfg
                     .endpoints
                     .iter()
@@ -308,21 +312,48 @@ fn view(key: &TokenKey, e: &SealedEntry) -> EntryView {
     }
 }
 
-/// `redis://[[user]:password@]host:port[/db]`; `rediss://` for TLS with the system roots.
-fn redis_config(url: &str, prefix: &str, timeout: Duration) -> Result<RedisConfig, Failure> {
+/// The TLS files the flags name, read; `None` when no TLS flag is given.
+fn tls_files(cli: &Cli) -> Result<Option<StoreTls>, Failure> {
+    let read = |flag: &str, path: &Option<std::path::PathBuf>| -> Result<_, Failure> {
+        path.as_ref()
+            .map(|p| gateway::config::read_pem(&p.display().to_string()))
+            .transpose()
+            .map_err(|e| Failure::Usage(format!("{flag}: {e}")))
+    };
+    let ca = read("--cacert", &cli.cacert)?;
+    let client = match (read("--cert", &cli.cert)?, read("--key", &cli.cert_key)?) {
+        (Some(cert), Some(key)) => Some((cert, Secret::new(String::from_utf8_lossy(&key)))),
+        _ => None,
+    };
+    Ok((ca.is_some() || client.is_some()).then_some(StoreTls {
+        ca,
+        client,
+        insecure_skip_verify: false,
+    }))
+}
+
+/// `redis://[[user]:password@]host:port[/db]`; `rediss://` for TLS (the system roots, or the
+/// `tls` files).
+fn redis_config(
+    url: &str,
+    prefix: &str,
+    timeout: Duration,
+    tls_files: Option<StoreTls>,
+) -> Result<RedisConfig, Failure> {
     let bad = |why: &str| {
         Failure::Usage(format!(
             "--redis: {why} (expected redis://[[user]:password@]host:port[/db])"
         ))
     };
     let u = url::Url::parse(url).map_err(|_| bad("not a URL"))?;
-    let tls = match u.scheme() {
-        "redis" => None,
-        "rediss" => Some(RedisTls {
+    let tls = match (u.scheme(), tls_files) {
+        ("redis", None) => None,
+        ("redis", Some(_)) => return Err(bad("--cacert/--cert/--key need rediss://")),
+        ("rediss", files) => Some(files.unwrap_or(StoreTls {
             ca: None,
             client: None,
             insecure_skip_verify: false,
-        }),
+        })),
         _ => return Err(bad("the scheme must be redis or rediss")),
     };
     let host = u.host_str().ok_or_else(|| bad("no host"))?.to_owned();
@@ -349,26 +380,28 @@ fn redis_config(url: &str, prefix: &str, timeout: Duration) -> Result<RedisConfi
 mod tests {
     #[test]
     fn redis_urls_become_configs_and_bad_ones_name_the_flag() {
-        let cfg = super::redis_config(
-            "redis://:pw@10.0.0.5:6380/2",
-            "fleet",
-            super::Duration::from_secs(1),
-        )
-        .unwrap();
+        use gateway::config::StoreTls;
+        let second = super::Duration::from_secs(1);
+        let cfg =
+            super::redis_config("redis://:pw@10.0.0.5:6380/2", "fleet", second, None).unwrap();
         assert_eq!(cfg.endpoints, [("10.0.0.5".to_owned(), 6380)]);
         assert_eq!((cfg.database, cfg.key_prefix.as_str()), (2, "fleet"));
         assert_eq!(cfg.password.unwrap().expose(), "pw");
+        let tls = |url: &str, files| super::redis_config(url, "p", second, files);
+        assert!(tls("rediss://cache.internal", None).unwrap().tls.is_some());
+        let files = StoreTls {
+            ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            client: None,
+            insecure_skip_verify: false,
+        };
+        let with_ca = tls("rediss://cache.internal", Some(files.clone())).unwrap();
+        assert_eq!(with_ca.tls, Some(files.clone()));
+        let err = tls("redis://cache.internal", Some(files)).unwrap_err();
         assert!(
-            super::redis_config(
-                "rediss://cache.internal",
-                "p",
-                super::Duration::from_secs(1)
-            )
-            .unwrap()
-            .tls
-            .is_some()
+            err.to_string()
+                .contains("--cacert/--cert/--key need rediss://")
         );
-        let err = super::redis_config("http://x", "p", super::Duration::from_secs(1)).unwrap_err();
+        let err = tls("http://x", None).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("--redis: the scheme must be redis or rediss")

@@ -20,6 +20,7 @@ mod admin;
 mod backend;
 mod render;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -44,6 +45,22 @@ struct Cli {
     /// A Redis-backed cache: `redis://[[user]:password@]host:port[/db]`, `rediss://` for TLS.
     #[arg(long, global = true, env = "CACHECTL_REDIS", hide_env_values = true)]
     redis: Option<String>,
+    /// PEM CA bundle to verify the cache nodes' (or `rediss://` Redis') certificate against;
+    /// giving any TLS flag dials the cache nodes over TLS (default roots: webpki).
+    #[arg(long, global = true, env = "CACHECTL_CACERT")]
+    cacert: Option<PathBuf>,
+    /// PEM client certificate, for nodes that require one (mutual TLS).
+    #[arg(long, global = true, env = "CACHECTL_CERT", requires = "cert_key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long = "key",
+        id = "cert_key",
+        global = true,
+        env = "CACHECTL_KEY",
+        requires = "cert"
+    )]
+    cert_key: Option<PathBuf>,
     /// The fleet's `store.redis.keyPrefix`.
     #[arg(long, global = true, default_value = "tokengate")]
     key_prefix: String,

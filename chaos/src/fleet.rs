@@ -201,6 +201,7 @@ impl Fleet {
                 Store::Raft(RaftStore::new(&RaftStoreConfig {
                     endpoints: cache_addrs.clone(),
                     timeout: Duration::from_secs(2),
+                    tls: None,
                 }))
             }
         };

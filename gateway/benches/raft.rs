@@ -83,6 +83,7 @@ fn main() {
         let store = Arc::new(RaftStore::new(&RaftStoreConfig {
             endpoints: addrs.clone(),
             timeout: Duration::from_secs(5),
+            tls: None,
         }));
         let deadline = Instant::now() + Duration::from_secs(30);
         while store

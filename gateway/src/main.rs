@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a proxy node.
@@ -85,6 +87,19 @@ enum Command {
         /// Serve Prometheus `/metrics` (Raft term, leader, log and applied index) over HTTP here.
         #[arg(long, env = "TOKENGATE_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Serve gRPC over TLS with this PEM certificate chain (also presented to peers).
+        #[arg(long, env = "TOKENGATE_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "TOKENGATE_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// PEM CA bundle to verify peers' certificates against (default: the webpki roots).
+        #[arg(long, env = "TOKENGATE_TLS_CA", requires = "tls_cert")]
+        tls_ca: Option<PathBuf>,
+        /// Require every caller (gateways, cachectl, peers) to present a certificate signed by
+        /// this PEM CA bundle (mutual TLS).
+        #[arg(long, env = "TOKENGATE_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Hash a client secret for `issuer.clients.<id>.secretHash` (argon2id). Reads the secret
     /// from the first line of standard input.
@@ -114,7 +129,18 @@ fn main() -> ExitCode {
             snapshot_logs,
             log_format,
             metrics_listen,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            tls_client_ca,
         } => {
+            let tls = match node_tls(tls_cert, tls_key, tls_ca, tls_client_ca) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let admin_token = match admin_token.as_deref().map(gateway::config::secret::resolve) {
                 None => None,
                 Some(Ok(t)) => Some(t),
@@ -138,6 +164,7 @@ fn main() -> ExitCode {
                 admin_token,
                 snapshot_logs,
                 metrics_listen,
+                tls,
             };
             runtime().block_on(cache_node(cfg, format))
         }
@@ -154,6 +181,29 @@ fn main() -> ExitCode {
             runtime().block_on(run(cfg))
         }
     }
+}
+
+/// The cache node's TLS files, read; an error names the flag and the file.
+fn node_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<gateway::cachenode::NodeTls>, String> {
+    let read = |flag: &str, path: Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
+        path.map(|p| gateway::config::read_pem(&p.display().to_string()))
+            .transpose()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    let (Some(cert), Some(key)) = (read("--tls-cert", cert)?, read("--tls-key", key)?) else {
+        return Ok(None);
+    };
+    Ok(Some(gateway::cachenode::NodeTls {
+        cert,
+        key: gateway::config::Secret::new(String::from_utf8_lossy(&key).into_owned()),
+        ca: read("--tls-ca", ca)?,
+        client_ca: read("--tls-client-ca", client_ca)?,
+    }))
 }
 
 /// `id=host:port`.

@@ -88,6 +88,53 @@ pub struct CacheNodeConfig {
     pub snapshot_logs: u64,
     /// Where to serve Prometheus `/metrics` over HTTP, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on the gRPC port and towards peers; `None`: plain gRPC.
+    pub tls: Option<NodeTls>,
+}
+
+/// TLS for a cache node, with the files already read.
+#[derive(Clone)]
+pub struct NodeTls {
+    /// PEM certificate chain the node serves, and presents to the peers it dials.
+    pub cert: Vec<u8>,
+    /// PEM private key of `cert`.
+    pub key: Secret,
+    /// PEM CA bundle the peers' certificates are verified against; `None`: the webpki roots.
+    pub ca: Option<Vec<u8>>,
+    /// Callers (gateways, cachectl, peers) must present a certificate signed by this PEM CA
+    /// bundle (mutual TLS); `None`: any caller may connect.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("custom_ca", &self.ca.is_some())
+            .field("client_certificates_required", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    /// How the node dials its peers: verifying them against `ca`, presenting its own
+    /// certificate.
+    fn dialer(&self) -> network::Dialer {
+        network::Dialer::new(Some(&crate::config::StoreTls {
+            ca: self.ca.clone(),
+            client: Some((self.cert.clone(), self.key.clone())),
+            insecure_skip_verify: false,
+        }))
+    }
+
+    fn server(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let cfg =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, self.key.expose()));
+        match &self.client_ca {
+            Some(ca) => cfg.client_ca_root(Certificate::from_pem(ca)),
+            None => cfg,
+        }
+    }
 }
 
 /// Why a cache node stopped or could not start.
@@ -104,6 +151,9 @@ pub enum CacheNodeError {
     /// openraft refused to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The TLS certificate, key or CA could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The listener could not be bound or served.
     #[error("cannot serve on {addr}: {message}")]
     Serve {
@@ -139,11 +189,16 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     }
     .validate()
     .map_err(|e| CacheNodeError::Raft(e.to_string()))?;
+    let dialer = cfg
+        .tls
+        .as_ref()
+        .map_or_else(network::Dialer::default, NodeTls::dialer);
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config),
         network::Network {
             peer_overrides: cfg.peers.clone(),
+            dialer: dialer.clone(),
         },
         log_store,
         state_machine,
@@ -172,7 +227,13 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         shutdown.clone(),
     ));
     let admin_token = cfg.admin_token.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| CacheNodeError::Tls(e.to_string()))?;
+    }
+    let server = builder
         .trace_fn(grpc_span)
         .add_service(RaftTransportServer::new(RaftService(Arc::clone(&ctx))))
         .add_service(TokenCacheServer::new(CacheService(Arc::clone(&ctx))))
@@ -204,7 +265,14 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     }
     let joiner = cfg.join.clone().map(|member| {
         let (id, addr, token) = (cfg.id, cfg.advertise.clone(), cfg.admin_token.clone());
-        tokio::spawn(join(member, id, addr, token, shutdown.clone()))
+        tokio::spawn(join(
+            member,
+            id,
+            addr,
+            token,
+            dialer.clone(),
+            shutdown.clone(),
+        ))
     });
 
     let served = server.await;
@@ -273,6 +341,7 @@ async fn join(
     id: u64,
     addr: String,
     token: Option<Secret>,
+    dialer: network::Dialer,
     stop: CancellationToken,
 ) {
     use tokengate_proto::admin::AddLearnerRequest;
@@ -280,7 +349,7 @@ async fn join(
     let mut target = member;
     loop {
         let attempt = async {
-            let channel = network::channel(&target).map_err(|e| (e.to_string(), None))?;
+            let channel = dialer.channel(&target).map_err(|e| (e.to_string(), None))?;
             let mut client = AdminClient::new(channel);
             let mut req = tonic::Request::new(AddLearnerRequest {
                 id,

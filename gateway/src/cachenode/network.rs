@@ -18,9 +18,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokengate_proto::raft::RaftMessage;
 use tokengate_proto::raft::raft_transport_client::RaftTransportClient;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::TypeConfig;
+use crate::config::StoreTls;
 
 /// A whole snapshot as sent to a follower.
 #[derive(Serialize, Deserialize)]
@@ -38,6 +39,8 @@ pub struct SnapshotTransfer {
 pub struct Network {
     /// Addresses that replace a peer's membership address for Raft traffic.
     pub peer_overrides: BTreeMap<u64, String>,
+    /// How peers are dialed.
+    pub dialer: Dialer,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -47,19 +50,53 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         let addr = self.peer_overrides.get(&target).unwrap_or(&node.addr);
         Peer {
             target,
-            client: channel(addr).map(RaftTransportClient::new),
+            client: self.dialer.channel(addr).map(RaftTransportClient::new),
         }
     }
 }
 
-/// A lazily connected gRPC channel to `addr` (`host:port`).
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+/// How a process dials cache nodes: plain gRPC, or TLS (server verified against a CA bundle or
+/// the webpki roots, and a client certificate when the nodes require one). Gateways, cachectl
+/// and the nodes themselves (towards their peers) dial the same way.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Dialer {
+    /// Dials plain gRPC, or TLS as `tls` says.
+    pub fn new(tls: Option<&StoreTls>) -> Self {
+        let tls = tls.map(|t| {
+            let cfg = ClientTlsConfig::new();
+            let cfg = match &t.ca {
+                Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
+                None => cfg.with_webpki_roots(),
+            };
+            match &t.client {
+                Some((cert, key)) => cfg.identity(Identity::from_pem(cert, key.expose())),
+                None => cfg,
+            }
+        });
+        Self { tls }
+    }
+
+    /// Whether it dials TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A lazily connected gRPC channel to `addr` (`host:port`). The server's certificate must
+    /// name the host as given (a DNS name, or an IP address in its subjectAltName).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy(),
-    )
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
 }
 
 /// One peer.

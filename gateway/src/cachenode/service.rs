@@ -8,6 +8,7 @@
 use crate::telemetry::otel;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 use futures_util::Stream;
@@ -29,6 +30,11 @@ use crate::token::now_millis;
 
 /// The metadata entry naming the leader's address on a redirect.
 pub const LEADER_METADATA: &str = "tokengate-leader";
+
+/// How long a leader goes on serving without a quorum's acknowledgement. The others elect a
+/// new leader 0.6–0.75 s after they stop hearing from it (see [`super::ELECTION_TIMEOUT_MAX`]);
+/// heartbeats every 50 ms keep a connected leader's silence far below this.
+pub const QUORUM_SILENCE: Duration = Duration::from_secs(1);
 /// Largest page `List` returns.
 const MAX_LIST: usize = 1000;
 /// Most puts proposed as one log entry.
@@ -97,13 +103,27 @@ impl NodeContext {
         status
     }
 
-    /// Ok when this node leads; the redirect otherwise.
+    /// Ok when this node leads and a quorum has acknowledged it lately; the redirect when
+    /// another leads.
+    ///
+    /// A leader cut off from its peers still believes it leads, while the others elect a new
+    /// leader within about [`QUORUM_SILENCE`]: past that silence it refuses without naming a
+    /// leader, so clients try the other nodes instead of waiting on writes it can never commit
+    /// (and reading state that may be stale).
     fn lead(&self) -> Result<(), Status> {
-        let leader = self.raft.metrics().borrow().current_leader;
-        if leader == Some(self.id) {
-            Ok(())
-        } else {
-            Err(self.redirect(leader))
+        let (leader, silence) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.millis_since_quorum_ack)
+        };
+        if leader != Some(self.id) {
+            return Err(self.redirect(leader));
+        }
+        match silence.map(Duration::from_millis) {
+            Some(silence) if silence > QUORUM_SILENCE => Err(Status::unavailable(format!(
+                "no quorum has acknowledged this leader for {silence:?}; another node may lead"
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -118,6 +138,8 @@ impl NodeContext {
         command: Command,
         span: tracing::Span,
     ) -> Result<(Outcome, u64), Status> {
+        // A leader no quorum hears from could only leave the write pending.
+        self.lead()?;
         let proposed = async {
             let stamped = Stamped {
                 now: now_millis(),

@@ -28,7 +28,7 @@ pub use middleware::{
 pub use secret::Secret;
 pub use store::{
     DEFAULT_RAFT_TIMEOUT, DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RaftStoreConfig,
-    RedisConfig, RedisTls, RedisTopology, StoreConfig,
+    RedisConfig, RedisTopology, StoreConfig, StoreTls, read_pem,
 };
 
 /// Default upper bound on one proxied request: long enough for slow APIs, short enough that a

@@ -177,6 +177,9 @@ pub struct RawRaftStore {
     /// Upper bound on one operation, leader changes included.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// TLS towards the cache nodes.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]

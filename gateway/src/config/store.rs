@@ -30,6 +30,8 @@ pub struct RaftStoreConfig {
     pub endpoints: Vec<String>,
     /// Upper bound on one operation.
     pub timeout: Duration,
+    /// TLS, when the cache nodes speak it (`None`: plain gRPC).
+    pub tls: Option<StoreTls>,
 }
 
 pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConfig> {
@@ -48,9 +50,19 @@ pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConf
     if timeout.is_zero() {
         issues.push("store.raft.timeout", "must be greater than zero");
     }
+    let tls = r.tls.map(|t| {
+        if t.insecure_skip_verify {
+            issues.push(
+                "store.raft.tls.insecureSkipVerify",
+                "not supported for the cache service: give caFile to trust a private CA",
+            );
+        }
+        store_tls(issues, "store.raft.tls", t)
+    });
     Some(RaftStoreConfig {
         endpoints: r.endpoints,
         timeout,
+        tls,
     })
 }
 
@@ -59,7 +71,10 @@ impl fmt::Display for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Memory => f.write_str("memory"),
-            Self::Raft(r) => write!(f, "raft {}", r.endpoints.join(",")),
+            Self::Raft(r) => {
+                let tls = if r.tls.is_some() { " (tls)" } else { "" };
+                write!(f, "raft {}{tls}", r.endpoints.join(","))
+            }
             Self::Redis(r) => {
                 let endpoints: Vec<String> = r
                     .endpoints
@@ -106,12 +121,12 @@ pub struct RedisConfig {
     /// Upper bound on one operation.
     pub timeout: Duration,
     /// TLS, when the servers speak it.
-    pub tls: Option<RedisTls>,
+    pub tls: Option<StoreTls>,
 }
 
-/// TLS towards Redis, with the files already read.
+/// TLS towards the store (Redis, or the cache service's nodes), with the files already read.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RedisTls {
+pub struct StoreTls {
     /// PEM CA bundle; `None` trusts the system roots.
     pub ca: Option<Vec<u8>>,
     /// PEM client certificate and key, for mutual TLS.
@@ -120,9 +135,9 @@ pub struct RedisTls {
     pub insecure_skip_verify: bool,
 }
 
-impl fmt::Debug for RedisTls {
+impl fmt::Debug for StoreTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisTls")
+        f.debug_struct("StoreTls")
             .field("custom_ca", &self.ca.is_some())
             .field("client_certificate", &self.client.is_some())
             .field("insecure_skip_verify", &self.insecure_skip_verify)
@@ -198,7 +213,7 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
     if timeout.is_zero() {
         issues.push("store.redis.timeout", "must be greater than zero");
     }
-    let tls = r.tls.map(|t| redis_tls(issues, t));
+    let tls = r.tls.map(|t| store_tls(issues, "store.redis.tls", t));
     (issues.0.len() == before).then_some(RedisConfig {
         endpoints,
         username: r.username,
@@ -212,33 +227,34 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
     })
 }
 
-fn redis_tls(issues: &mut Issues, t: RawTls) -> RedisTls {
+/// Reads a PEM file (certificates or a key); the error names the file, never its content.
+pub fn read_pem(file: &str) -> Result<Vec<u8>, String> {
+    match std::fs::read(file) {
+        Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Ok(pem),
+        Ok(_) => Err(format!("{file} is not PEM")),
+        Err(e) => Err(format!("cannot read {file}: {}", e.kind())),
+    }
+}
+
+/// The `tls` block of the store `section`, its files read (errors named by key path).
+fn store_tls(issues: &mut Issues, section: &str, t: RawTls) -> StoreTls {
     let mut read = |path: &str, file: &Option<String>| -> Option<Vec<u8>> {
-        let file = file.as_deref()?;
-        match std::fs::read(file) {
-            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
-            Ok(_) => {
-                issues.push(path, format!("{file} is not PEM"));
-                None
-            }
-            Err(e) => {
-                issues.push(path, format!("cannot read {file}: {}", e.kind()));
-                None
-            }
-        }
+        read_pem(file.as_deref()?)
+            .map_err(|e| issues.push(path, e))
+            .ok()
     };
-    let ca = read("store.redis.tls.caFile", &t.ca_file);
-    let cert = read("store.redis.tls.certFile", &t.cert_file);
-    let key = read("store.redis.tls.keyFile", &t.key_file);
+    let ca = read(&format!("{section}.caFile"), &t.ca_file);
+    let cert = read(&format!("{section}.certFile"), &t.cert_file);
+    let key = read(&format!("{section}.keyFile"), &t.key_file);
     let client = match (cert, key) {
         (Some(c), Some(k)) => Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned()))),
         _ if t.cert_file.is_some() != t.key_file.is_some() => {
-            issues.push("store.redis.tls", "certFile and keyFile go together");
+            issues.push(section, "certFile and keyFile go together");
             None
         }
         _ => None,
     };
-    RedisTls {
+    StoreTls {
         ca,
         client,
         insecure_skip_verify: t.insecure_skip_verify,
@@ -263,6 +279,7 @@ mod tests {
             StoreConfig::Raft(RaftStoreConfig {
                 endpoints: vec!["10.0.0.1:7000".into(), "cache-2:7000".into()],
                 timeout: DEFAULT_RAFT_TIMEOUT,
+                tls: None,
             })
         );
         let issues = |store: &str| match load(store) {
@@ -275,6 +292,18 @@ mod tests {
                 "store.raft.endpoints[0]: not host:port",
                 "store.raft.endpoints[1]: not host:port",
                 "store.raft.timeout: must be greater than zero",
+            ]
+        );
+        assert_eq!(
+            issues(
+                "{ raft: { endpoints: [\"a:1\"], tls: { caFile: /nonexistent/ca.pem, \
+                 certFile: /nonexistent/c.pem, insecureSkipVerify: true } } }"
+            ),
+            [
+                "store.raft.tls.insecureSkipVerify: not supported for the cache service: give caFile to trust a private CA",
+                "store.raft.tls.caFile: cannot read /nonexistent/ca.pem: entity not found",
+                "store.raft.tls.certFile: cannot read /nonexistent/c.pem: entity not found",
+                "store.raft.tls: certFile and keyFile go together",
             ]
         );
         assert_eq!(

@@ -2,13 +2,11 @@
 //!
 //! Every call goes to the cluster's leader. The store remembers which node that is, follows a
 //! redirect (`tokengate-leader` metadata) when a follower answers, and tries the other
-//! endpoints when a node does not answer (or not within its share of the timeout: a leader cut
-//! off from its peers still takes calls it cannot commit), pausing briefly after a full round
-//! without a leader (an election is under way). A write retried on another node after a
-//! timeout may have been committed by the first; every write is idempotent except
-//! `claim_once`, which then refuses the retry as a replay (failing closed). A call is bounded
-//! by the configured timeout, then fails as [`StoreError::Unavailable`]: the node serves from
-//! its L1 while the cluster has no leader.
+//! endpoints when a node does not answer or refuses without naming a leader (as a leader does
+//! once no quorum has acknowledged it for a while: it may be cut off from its peers, which
+//! elect another), pausing briefly after a full round without a leader (an election is under
+//! way). A call is bounded by the configured timeout, then fails as
+//! [`StoreError::Unavailable`]: the node serves from its L1 while the cluster has no leader.
 //!
 //! A task follows the leader's `Watch` stream and turns it into [`StoreEvent`]s. After a
 //! reconnect it resumes from the last log index it saw; a node that no longer has those
@@ -29,7 +27,7 @@ use tonic::{Code, Response, Status};
 
 use super::{FencingToken, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
 use crate::cachenode::convert::{key_from, sealed_from, sealed_to};
-use crate::cachenode::network::channel;
+use crate::cachenode::network::Dialer;
 use crate::cachenode::service::LEADER_METADATA;
 use crate::config::RaftStoreConfig;
 use crate::telemetry::otel;
@@ -39,8 +37,6 @@ use crate::token::{SealedEntry, TokenKey, UnixMillis};
 const EVENT_BUFFER: usize = 4096;
 /// Pause after asking every endpoint without finding a leader.
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
-/// The least time one node gets to answer before the next is tried.
-const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 /// Pause before re-opening a broken watch stream.
 const REWATCH_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -52,6 +48,7 @@ struct Inner {
     clients: papaya::HashMap<String, Client>,
     leader: RwLock<String>,
     timeout: Duration,
+    dialer: Dialer,
 }
 
 /// A [`TokenStore`] on the Raft cache service.
@@ -74,7 +71,7 @@ impl Inner {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = channel(addr).map_err(StoreError::unavailable)?;
+        let channel = self.dialer.channel(addr).map_err(StoreError::unavailable)?;
         let c =
             TokenCacheClient::with_interceptor(channel, otel::inject_grpc as otel::GrpcInjector);
         clients.insert(addr.to_owned(), c.clone());
@@ -121,24 +118,16 @@ impl Inner {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
-        // One node gets a share of the timeout, then the next is tried: a leader cut off from
-        // its peers still accepts calls that it can never commit, while the majority has
-        // elected another leader that a follower would name.
-        let per_node = (self.timeout / self.endpoints.len().max(1) as u32).max(MIN_ATTEMPT);
         let mut target = self.leader();
         let mut misses = 0;
         loop {
             let client = self.client(&target)?;
-            let attempt_deadline = (Instant::now() + per_node).min(deadline);
-            let status = match tokio::time::timeout_at(attempt_deadline, op(client)).await {
-                Err(_) if Instant::now() >= deadline => {
+            let status = match tokio::time::timeout_at(deadline, op(client)).await {
+                Err(_) => {
                     return Err(StoreError::unavailable(format!(
                         "no answer from the cache service within {:?}",
                         self.timeout
                     )));
-                }
-                Err(_) => {
-                    Status::unavailable(format!("{target} did not answer within {per_node:?}"))
                 }
                 Ok(Ok(resp)) => {
                     self.set_leader(&target);
@@ -146,10 +135,16 @@ impl Inner {
                 }
                 Ok(Err(status)) => status,
             };
-            if !matches!(
-                status.code(),
-                Code::Unavailable | Code::Unknown | Code::Cancelled
-            ) {
+            // A status the client made from a connection failure (one with a source: a
+            // refused TLS handshake, an HTTP/2 protocol error) says nothing of the cache
+            // service: try the next node, as when one does not answer.
+            let connection_failed = std::error::Error::source(&status).is_some();
+            if !connection_failed
+                && !matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                )
+            {
                 return Err(StoreError::Corrupt(format!(
                     "cache node {target} refused the call: {}",
                     status.message()
@@ -189,6 +184,7 @@ impl RaftStore {
             endpoints: cfg.endpoints.clone(),
             clients: papaya::HashMap::new(),
             timeout: cfg.timeout,
+            dialer: Dialer::new(cfg.tls.as_ref()),
         });
         let events = broadcast::channel(EVENT_BUFFER).0;
         let stop = CancellationToken::new();

@@ -384,3 +384,136 @@ async fn cachectl_inspects_and_steers_a_redis_cache() {
     );
     t.assert_no_secret(&secrets(&f.upstream));
 }
+
+/// A cache cluster that requires mutual TLS: the nodes replicate over it, a gateway's store and
+/// cachectl with the client certificate get through, and callers without one (or without TLS)
+/// are turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_service_over_mutual_tls() {
+    use gateway::config::{RaftStoreConfig, Secret, StoreTls};
+    use gateway::store::raft::RaftStore;
+    use gateway::store::{PutOutcome, StoreError, TokenStore, conformance};
+
+    let tls = crate::support::TlsFixture::new();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let init = crate::raft::init_members(&addrs);
+    let env = vec![
+        ("TOKENGATE_TLS_CERT".to_owned(), tls.path("node.crt")),
+        ("TOKENGATE_TLS_KEY".to_owned(), tls.path("node.key")),
+        ("TOKENGATE_TLS_CA".to_owned(), tls.path("ca.crt")),
+        ("TOKENGATE_TLS_CLIENT_CA".to_owned(), tls.path("ca.crt")),
+    ];
+    let _nodes: Vec<CacheNode> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let id = i as u64 + 1;
+            CacheNode::spawn_with(
+                id,
+                a.clone(),
+                init.clone(),
+                None,
+                String::new(),
+                env.clone(),
+            )
+        })
+        .collect();
+
+    let read = |name: &str| std::fs::read(tls.path(name)).unwrap();
+    let store = |tls: Option<StoreTls>| {
+        RaftStore::new(&RaftStoreConfig {
+            endpoints: addrs.clone(),
+            timeout: Duration::from_secs(3),
+            tls,
+        })
+    };
+    let with_cert = store(Some(StoreTls {
+        ca: Some(read("ca.crt")),
+        client: Some((
+            read("client.crt"),
+            Secret::new(String::from_utf8(read("client.key")).unwrap()),
+        )),
+        insecure_skip_verify: false,
+    }));
+    // A put is committed only once a majority has it: the nodes replicate over mutual TLS.
+    let key = gateway::token::TokenKey::from_bytes([9; 32]);
+    let entry = conformance::entry(1, 60_000, 120_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match with_cert.put(&key, entry.clone(), None).await {
+            Ok(PutOutcome::Stored) => break,
+            other => assert!(Instant::now() < deadline, "no commit over TLS: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        with_cert.get(&key).await.unwrap().map(|e| e.meta.version),
+        Some(1)
+    );
+
+    // TLS without a client certificate, and plain gRPC, are refused.
+    let no_cert = store(Some(StoreTls {
+        ca: Some(read("ca.crt")),
+        client: None,
+        insecure_skip_verify: false,
+    }));
+    assert!(matches!(
+        no_cert.get(&key).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let plain = store(None).get(&key).await;
+    assert!(
+        matches!(plain, Err(StoreError::Unavailable(_))),
+        "{plain:?}"
+    );
+
+    // cachectl, with and without the files.
+    let mut t = Transcript::default();
+    let (ca, cert, key) = (
+        tls.path("ca.crt"),
+        tls.path("client.crt"),
+        tls.path("client.key"),
+    );
+    let endpoints = addrs.join(",");
+    let args = |command: &'static str, files: &[&str]| -> Vec<String> {
+        [command, "--endpoints", &endpoints, "--timeout", "2s"]
+            .iter()
+            .chain(files)
+            .map(|a| (*a).to_owned())
+            .collect()
+    };
+    let all_files = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    let admin = [("CACHECTL_TOKEN", ADMIN_TOKEN)];
+    let view = t.json(&as_str(&args("status", &all_files)), &admin);
+    let nodes = view.as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{view}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["members"].as_array().unwrap().len() == 3),
+        "{view}"
+    );
+    let list = t.json(&as_str(&args("ls", &all_files)), &[]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let no_cert = args("ls", &["--cacert", &ca]);
+    t.fails(&as_str(&no_cert), &[], 1, "cannot reach the cache");
+    // A certificate without its key is a usage error (clap's, several lines long).
+    let half = t.run(&as_str(&args("ls", &["--cert", &cert])), &[]);
+    assert_eq!(half.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&half.stderr).contains("--key"));
+    let missing = args("ls", &["--cacert", "/nonexistent/ca.pem"]);
+    t.fails(
+        &as_str(&missing),
+        &[],
+        2,
+        "--cacert: cannot read /nonexistent/ca.pem",
+    );
+    let key_pem = String::from_utf8(read("client.key")).unwrap();
+    t.assert_no_secret(&[key_pem.lines().nth(1).unwrap().to_owned()]);
+}
+
+fn as_str(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}

@@ -48,7 +48,7 @@ impl CacheNode {
         Self::spawn_with(id, addr, init, join, peers, Vec::new())
     }
 
-    fn spawn_with(
+    pub(crate) fn spawn_with(
         id: u64,
         addr: String,
         init: String,
@@ -166,6 +166,16 @@ impl CacheNode {
     }
 }
 
+/// `--init` for nodes 1, 2, ... at `addrs`.
+pub(crate) fn init_members(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A cluster of cache nodes.
 pub(crate) struct Cluster {
     pub nodes: Vec<CacheNode>,
@@ -200,12 +210,7 @@ impl Cluster {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let init = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let init = init_members(&addrs);
         let nodes = addrs
             .iter()
             .enumerate()
@@ -227,6 +232,7 @@ impl Cluster {
         RaftStore::new(&RaftStoreConfig {
             endpoints: self.endpoints(),
             timeout: Duration::from_secs(5),
+            tls: None,
         })
     }
 
@@ -524,6 +530,7 @@ async fn membership_grows_to_five_and_shrinks_back() {
     let store = RaftStore::new(&RaftStoreConfig {
         endpoints: cluster.nodes[2..].iter().map(|n| n.addr.clone()).collect(),
         timeout: Duration::from_secs(5),
+        tls: None,
     });
     let outcome = store
         .put(&key(1), conformance::entry(1, 60_000, 120_000), None)
@@ -649,6 +656,7 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
     let isolated = RaftStore::new(&RaftStoreConfig {
         endpoints: vec![cluster.nodes[old as usize - 1].addr.clone()],
         timeout: Duration::from_millis(1500),
+        tls: None,
     });
     let a = NodeId::random();
     let refused = isolated
@@ -668,6 +676,7 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
             .map(|i| cluster.nodes[*i as usize - 1].addr.clone())
             .collect(),
         timeout: Duration::from_secs(5),
+        tls: None,
     });
     let b = NodeId::random();
     let fence = reachable
@@ -687,6 +696,7 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
     let following = RaftStore::new(&RaftStoreConfig {
         endpoints,
         timeout: Duration::from_secs(2),
+        tls: None,
     });
     let moved = following
         .put(&key(90), conformance::entry(1, 60_000, 120_000), None)

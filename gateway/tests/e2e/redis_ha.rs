@@ -211,7 +211,7 @@ async fn redis_over_mutual_tls() {
                 n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ),
         );
-        cfg.tls = Some(gateway::config::RedisTls {
+        cfg.tls = Some(gateway::config::StoreTls {
             ca: Some(std::fs::read(tls.path("ca.crt")).unwrap()),
             client: Some((
                 std::fs::read(tls.path("client.crt")).unwrap(),

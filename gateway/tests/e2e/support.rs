@@ -458,8 +458,9 @@ impl RedisServer {
     }
 }
 
-/// A throw-away CA with a server certificate for 127.0.0.1 and a client certificate, made with
-/// `openssl` in a temporary directory.
+/// A throw-away CA with a server certificate for 127.0.0.1, a client certificate, and a `node`
+/// certificate for 127.0.0.1 good for both (a cache node serves and dials its peers with it),
+/// made with `openssl` in a temporary directory.
 pub struct TlsFixture {
     dir: tempfile::TempDir,
 }
@@ -471,7 +472,8 @@ set -e
 openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=tokengate-test-ca
 printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext
 printf 'extendedKeyUsage=clientAuth\\n' > client.ext
-for name in server client; do
+printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > node.ext
+for name in server client node; do
   openssl req -newkey rsa:2048 -nodes -keyout $name.key -out $name.csr -subj /CN=$name
   openssl x509 -req -in $name.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $name.crt -days 1 -extfile $name.ext
 done

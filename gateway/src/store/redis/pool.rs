@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::parse_event;
-use crate::config::{RedisConfig, RedisTls, RedisTopology};
+use crate::config::{RedisConfig, RedisTopology, StoreTls};
 use crate::store::{StoreError, StoreEvent};
 
 /// Cluster connections from a certificate-aware cluster client.
@@ -118,7 +118,7 @@ macro_rules! with_conn {
     };
 }
 
-fn certificates(tls: &RedisTls) -> TlsCertificates {
+fn certificates(tls: &StoreTls) -> TlsCertificates {
     TlsCertificates {
         client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
             client_cert: cert.clone(),
