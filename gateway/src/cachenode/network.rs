@@ -80,11 +80,6 @@ impl Dialer {
         Self { tls }
     }
 
-    /// Whether it dials TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// A lazily connected gRPC channel to `addr` (`host:port`). The server's certificate must
     /// name the host as given (a DNS name, or an IP address in its subjectAltName).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
