@@ -2,7 +2,9 @@
 //! code with keys and answers obtained from the fake IdP first:
 //!
 //! - `jwt/rs256`, `jwt/es256`: find the token, pick the key, verify the signature and the
-//!   registered claims, check a claims expression, rewrite the headers;
+//!   registered claims, check a claims expression, rewrite the headers (a token seen for the
+//!   first time: the remembered verifications are forgotten before each iteration);
+//! - `jwt/remembered`: the same with a token verified before (hash, lookup, expiry check);
 //! - `introspection/cached`: an introspection answer served from the L1;
 //! - `claims/*`: a claims expression alone.
 
@@ -96,7 +98,10 @@ middlewares:
     for (name, token) in [("rs256", &rs256), ("es256", &es256)] {
         group.bench_function(name, |b| {
             b.iter_batched_ref(
-                || request(token),
+                || {
+                    jwt.forget_verified();
+                    request(token)
+                },
                 |parts| {
                     jwt.apply(black_box(parts))
                         .now_or_never()
@@ -107,6 +112,18 @@ middlewares:
             )
         });
     }
+    group.bench_function("remembered", |b| {
+        b.iter_batched_ref(
+            || request(&rs256),
+            |parts| {
+                jwt.apply(black_box(parts))
+                    .now_or_never()
+                    .expect("a remembered token never waits")
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 
     let mut group = c.benchmark_group("introspection");

@@ -316,3 +316,23 @@ routes:
             .contains("insufficient_scope")
     );
 }
+
+/// A token presented again is served from the remembered verification, but only until its
+/// `exp`: then it is refused like any expired token.
+#[tokio::test]
+async fn a_remembered_token_is_refused_once_it_expires() {
+    let f = start("").await;
+    let mut c = claims(&f.idp);
+    let exp = now() + 2;
+    c["exp"] = json!(exp);
+    let token = f.idp.mint(&c);
+    for _ in 0..3 {
+        assert_eq!(call(&f, &token).await.status(), 200);
+    }
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_invalid(&f, &token, "expired").await;
+    // A fresh token still passes on the same keys.
+    assert_eq!(call(&f, &f.idp.mint(&claims(&f.idp))).await.status(), 200);
+}

@@ -7,8 +7,12 @@
 //! unknown); the signature; `exp` (required), `nbf`, `iss` and `aud`, with `leeway`; then the
 //! `claims` expression. Any failure is 401 `invalid_token`, an unsatisfied expression 403
 //! `insufficient_scope`, keys that cannot be fetched 503.
+//!
+//! A token that verified is remembered until it expires ([`verified`]), so a caller that
+//! presents it again skips the signature check.
 
 pub mod keys;
+pub mod verified;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 pub use keys::{KeySet, Keys, Reason, Refetch};
+pub use verified::{Claims, Verified};
 
 use super::bearer;
 use super::{Applied, AuthError};
@@ -35,6 +40,7 @@ pub struct Jwt {
     /// One prepared validation per accepted algorithm (jsonwebtoken wants every algorithm of
     /// a validation to match the key's type, so they cannot share one).
     validations: HashMap<Algorithm, Validation>,
+    verified: Verified,
     tokens: Arc<TokenCache>,
 }
 
@@ -55,6 +61,7 @@ impl Jwt {
         let jwt = Self {
             name: name.to_owned(),
             realm: Arc::from(cfg.realm.as_str()),
+            verified: Verified::new(cfg.leeway),
             cfg,
             keys,
             validations,
@@ -71,10 +78,10 @@ impl Jwt {
         if !self.cfg.forward_authorization {
             bearer::remove(&self.cfg.token_source, parts, at);
         }
-        let username = self
-            .cfg
-            .policy
-            .enforce(&mut parts.headers, Some(&claims), &self.realm)?;
+        let username =
+            self.cfg
+                .policy
+                .enforce(&mut parts.headers, Some(claims.as_ref()), &self.realm)?;
         Ok(Applied {
             username,
             token: None,
@@ -86,8 +93,38 @@ impl Jwt {
         self.cfg.leeway
     }
 
-    /// Verifies `token` and returns its claims.
-    pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+    /// Verifies `token` (or finds it verified against the current keys and unexpired) and
+    /// returns its claims.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let digest = verified::digest(token);
+        let set = self.keys.current();
+        if let Some(fetched_at) = set.fetched_at {
+            if self.keys.claim_background_refresh(&set) {
+                self.refresh_in_background();
+            }
+            if let Some(claims) = self.verified.get(&digest, fetched_at) {
+                return Ok(claims);
+            }
+        }
+        let (claims, fetched_at) = self.verify_signature(token, set).await?;
+        let claims = Arc::new(claims);
+        self.verified.insert(digest, &claims, fetched_at);
+        Ok(claims)
+    }
+
+    /// Forgets every remembered verification, so the next presentation of each token is
+    /// checked in full (benchmarks measure that path).
+    pub fn forget_verified(&self) {
+        self.verified.clear();
+    }
+
+    /// The full check of `token` starting from the key set `set`: its claims, and when the
+    /// key set that verified it was fetched.
+    async fn verify_signature(
+        &self,
+        token: &str,
+        mut set: Arc<KeySet>,
+    ) -> Result<(Map<String, Value>, Instant), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| self.invalid("malformed token"))?;
         let Some(validation) = self.validations.get(&header.alg) else {
@@ -97,7 +134,6 @@ impl Jwt {
             return Err(self.invalid("not an access token (typ must be at+jwt)"));
         }
         let kid = header.kid.as_deref();
-        let mut set = self.keys.current();
         if set.fetched_at.is_none() {
             let seen = Instant::now();
             self.keys
@@ -105,8 +141,6 @@ impl Jwt {
                 .await
                 .map_err(|e| self.unavailable(&e))?;
             set = self.keys.current();
-        } else if self.keys.claim_background_refresh(&set) {
-            self.refresh_in_background();
         }
         if set.candidates(kid, header.alg).next().is_none() {
             let seen = Instant::now();
@@ -121,9 +155,10 @@ impl Jwt {
             }
         }
         let mut outcome = Err(self.invalid("no trusted key matches the token"));
+        let fetched_at = set.fetched_at.unwrap_or_else(Instant::now);
         for k in set.candidates(kid, header.alg) {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return Ok((data.claims, fetched_at)),
                 // Another key without a `kid` may still verify it.
                 Err(e) if *e.kind() == ErrorKind::InvalidSignature && kid.is_none() => {
                     outcome = Err(self.invalid(reason(e.kind())));
