@@ -108,7 +108,8 @@ middlewares:
                         .expect("loaded keys never wait")
                         .unwrap()
                 },
-                BatchSize::SmallInput,
+                // Every setup runs right before its own iteration, so none is remembered.
+                BatchSize::PerIteration,
             )
         });
     }
