@@ -127,6 +127,23 @@ impl NodeContext {
         }
     }
 
+    /// Returns once this node no longer leads, or no quorum has acknowledged it for
+    /// [`QUORUM_SILENCE`] (or Raft has stopped).
+    async fn quorum_lost(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let lost = {
+                let m = metrics.borrow_and_update();
+                m.current_leader != Some(self.id)
+                    || m.millis_since_quorum_ack
+                        .is_some_and(|ms| Duration::from_millis(ms) > QUORUM_SILENCE)
+            };
+            if lost || metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Proposes `command`, stamped with this (leader) node's clock, and waits until applied.
     pub async fn write(&self, command: Command) -> Result<(Outcome, u64), Status> {
         self.write_in(command, write_span()).await
@@ -152,7 +169,17 @@ impl NodeContext {
             }
             result
         };
-        match proposed.instrument(span).await {
+        // A write waiting for a commit that a cut-off leader can never make is given up once no
+        // quorum has answered for [`QUORUM_SILENCE`], so the caller tries the other nodes.
+        let result = tokio::select! {
+            r = proposed.instrument(span) => r,
+            () = self.quorum_lost() => {
+                return Err(Status::unavailable(
+                    "no quorum acknowledged this leader while the write waited; another node may lead",
+                ));
+            }
+        };
+        match result {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.redirect(f.leader_id))

@@ -649,23 +649,44 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
             }
         }
     };
+    // A gateway that knows every node but the old leader first.
+    let majority: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    let mut endpoints = vec![cluster.nodes[old as usize - 1].addr.clone()];
+    endpoints.extend(
+        majority
+            .iter()
+            .map(|i| cluster.nodes[*i as usize - 1].addr.clone()),
+    );
+    let following_endpoints = endpoints.clone();
+    let following = RaftStore::new(&RaftStoreConfig {
+        endpoints,
+        timeout: Duration::from_secs(3),
+        tls: None,
+    });
     partition(true);
 
     // A gateway that reaches only the old leader cannot get the lease granted: the old leader
-    // cannot commit it without a majority.
+    // cannot commit it without a majority. Meanwhile a write the old leader took just after
+    // the cut is given up once no quorum answers it, and lands on the majority's new leader
+    // (held until the old leader's commit, it would outlast the store's timeout).
     let isolated = RaftStore::new(&RaftStoreConfig {
         endpoints: vec![cluster.nodes[old as usize - 1].addr.clone()],
         timeout: Duration::from_millis(1500),
         tls: None,
     });
     let a = NodeId::random();
-    let refused = isolated
-        .acquire_refresh_lease(&a, Duration::from_secs(30))
-        .await;
+    let written = key(91);
+    let (refused, in_flight) = tokio::join!(
+        isolated.acquire_refresh_lease(&a, Duration::from_secs(30)),
+        following.put(&written, conformance::entry(1, 60_000, 120_000), None)
+    );
     assert!(refused.is_err(), "a minority granted a lease: {refused:?}");
+    assert!(
+        matches!(in_flight, Ok(PutOutcome::Stored)),
+        "a write in flight stayed with the cut-off leader: {in_flight:?}"
+    );
 
     // The majority elects a leader of its own and grants the lease there.
-    let majority: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
     let new = cluster
         .leader_among(&majority, Duration::from_secs(10))
         .await;
@@ -687,14 +708,8 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
 
     // A gateway that last knew the old leader moves on to the majority within its timeout,
     // instead of waiting on calls the old leader accepts but can never commit.
-    let mut endpoints = vec![cluster.nodes[old as usize - 1].addr.clone()];
-    endpoints.extend(
-        majority
-            .iter()
-            .map(|i| cluster.nodes[*i as usize - 1].addr.clone()),
-    );
     let following = RaftStore::new(&RaftStoreConfig {
-        endpoints,
+        endpoints: following_endpoints,
         timeout: Duration::from_secs(2),
         tls: None,
     });
