@@ -14,7 +14,7 @@ use tracing::Instrument;
 use futures_util::Stream;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::{Raft, Snapshot};
+use openraft::{BasicNode, Raft, RaftMetrics, Snapshot};
 use tokengate_proto::cache as pc;
 use tokengate_proto::raft::RaftMessage;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -65,6 +65,16 @@ fn write_span_in(parent: &tracing::Span, n: usize) -> tracing::Span {
     )
 }
 
+/// Whether a node may serve a leader's calls.
+enum Standing {
+    /// It leads, and a quorum acknowledged it lately.
+    Leads,
+    /// Another node leads (or none is known).
+    Follows(Option<u64>),
+    /// It believes it leads, but no quorum has acknowledged it for this long.
+    Unheard(Duration),
+}
+
 /// What every service of a node shares.
 pub struct NodeContext {
     /// This node's id.
@@ -103,6 +113,28 @@ impl NodeContext {
         status
     }
 
+    /// Where this node stands, by its Raft metrics.
+    fn standing(&self, m: &RaftMetrics<u64, BasicNode>) -> Standing {
+        if m.current_leader != Some(self.id) {
+            return Standing::Follows(m.current_leader);
+        }
+        match m.millis_since_quorum_ack.map(Duration::from_millis) {
+            Some(silence) if silence > QUORUM_SILENCE => Standing::Unheard(silence),
+            _ => Standing::Leads,
+        }
+    }
+
+    /// Why a node that stands so may not serve a leader's call, if it may not.
+    fn refusal(&self, standing: Standing) -> Option<Status> {
+        match standing {
+            Standing::Leads => None,
+            Standing::Follows(leader) => Some(self.redirect(leader)),
+            Standing::Unheard(silence) => Some(Status::unavailable(format!(
+                "no quorum has acknowledged this leader for {silence:?}; another node may lead"
+            ))),
+        }
+    }
+
     /// Ok when this node leads and a quorum has acknowledged it lately; the redirect when
     /// another leads.
     ///
@@ -111,35 +143,21 @@ impl NodeContext {
     /// leader, so clients try the other nodes instead of waiting on writes it can never commit
     /// (and reading state that may be stale).
     fn lead(&self) -> Result<(), Status> {
-        let (leader, silence) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (m.current_leader, m.millis_since_quorum_ack)
-        };
-        if leader != Some(self.id) {
-            return Err(self.redirect(leader));
-        }
-        match silence.map(Duration::from_millis) {
-            Some(silence) if silence > QUORUM_SILENCE => Err(Status::unavailable(format!(
-                "no quorum has acknowledged this leader for {silence:?}; another node may lead"
-            ))),
-            _ => Ok(()),
-        }
+        let standing = self.standing(&self.raft.metrics().borrow());
+        self.refusal(standing).map_or(Ok(()), Err)
     }
 
-    /// Returns once this node no longer leads, or no quorum has acknowledged it for
-    /// [`QUORUM_SILENCE`] (or Raft has stopped).
-    async fn quorum_lost(&self) {
+    /// Returns, with the refusal, once this node may no longer serve as leader (or Raft has
+    /// stopped).
+    async fn lost_lead(&self) -> Status {
         let mut metrics = self.raft.metrics();
         loop {
-            let lost = {
-                let m = metrics.borrow_and_update();
-                m.current_leader != Some(self.id)
-                    || m.millis_since_quorum_ack
-                        .is_some_and(|ms| Duration::from_millis(ms) > QUORUM_SILENCE)
-            };
-            if lost || metrics.changed().await.is_err() {
-                return;
+            let standing = self.standing(&metrics.borrow_and_update());
+            if let Some(refusal) = self.refusal(standing) {
+                return refusal;
+            }
+            if metrics.changed().await.is_err() {
+                return Status::unavailable("the node is shutting down");
             }
         }
     }
@@ -173,11 +191,7 @@ impl NodeContext {
         // quorum has answered for [`QUORUM_SILENCE`], so the caller tries the other nodes.
         let result = tokio::select! {
             r = proposed.instrument(span) => r,
-            () = self.quorum_lost() => {
-                return Err(Status::unavailable(
-                    "no quorum acknowledged this leader while the write waited; another node may lead",
-                ));
-            }
+            refusal = self.lost_lead() => return Err(refusal),
         };
         match result {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
