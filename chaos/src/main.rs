@@ -160,11 +160,7 @@ fn main() -> ExitCode {
                 dir: dir.clone(),
                 lies: chaos::Lies::default(),
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(run(spec, dir))
+            runtime().block_on(run(spec, dir))
         }
         Command::Doubles {
             idp_listen,
@@ -173,11 +169,7 @@ fn main() -> ExitCode {
             clients,
             token_lifetime,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(doubles(
+            match runtime().block_on(doubles(
                 idp_listen,
                 idp_url,
                 &upstream_listen,
@@ -192,6 +184,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// Serves the doubles until SIGINT or SIGTERM.
