@@ -20,6 +20,11 @@ use gateway::store::{MemoryStore, Store};
 use gateway::token::{FleetKey, TokenCache};
 use serde_json::json;
 
+/// Benchmarks call from one address; their middlewares have no miss budget.
+const CALLER: gateway::auth::Caller = gateway::auth::Caller {
+    address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+};
+
 fn request(token: &str) -> http::request::Parts {
     http::Request::get("/api/orders?page=2")
         .header("host", "api.example")
@@ -82,8 +87,14 @@ middlewares:
             panic!("introspection")
         };
         (
-            Jwt::new("jwt", j, &cache).unwrap(),
-            Introspection::new("introspect", i, &cache).unwrap(),
+            Jwt::new("jwt", j, &cache, Default::default()).unwrap(),
+            Introspection::new(
+                "introspect",
+                i,
+                &cache,
+                gateway::auth::limits::Guards::unlimited(),
+            )
+            .unwrap(),
         )
     });
     rt.block_on(async {
@@ -91,7 +102,10 @@ middlewares:
         for t in [&rs256, &es256] {
             jwt.apply(&mut request(t)).await.unwrap();
         }
-        introspect.apply(&mut request(&rs256)).await.unwrap();
+        introspect
+            .apply(&mut request(&rs256), &CALLER)
+            .await
+            .unwrap();
     });
 
     let mut group = c.benchmark_group("jwt");
@@ -133,7 +147,7 @@ middlewares:
             || request(&rs256),
             |parts| {
                 introspect
-                    .apply(black_box(parts))
+                    .apply(black_box(parts), &CALLER)
                     .now_or_never()
                     .expect("a cached answer never waits")
                     .unwrap()

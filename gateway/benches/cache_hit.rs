@@ -21,11 +21,21 @@ use gateway::store::{MemoryStore, Store};
 use gateway::token::{FleetKey, KeyDeriver, TokenCache};
 use http::{HeaderMap, HeaderValue};
 
+/// Benchmarks call from one address; their middlewares have no miss budget.
+const CALLER: gateway::auth::Caller = gateway::auth::Caller {
+    address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+};
+
 fn middleware(cfg: &Config, name: &str, cache: &Arc<TokenCache>) -> ClientCredentials {
     let MiddlewareConfig::ClientCredentials(cc) = &cfg.middlewares[name] else {
         panic!("{name} is a clientCredentials middleware")
     };
-    ClientCredentials::new(name, cc.clone(), Arc::clone(cache))
+    ClientCredentials::new(
+        name,
+        cc.clone(),
+        Arc::clone(cache),
+        gateway::auth::limits::Guards::unlimited(),
+    )
 }
 
 fn request_headers(auth: Option<&str>) -> HeaderMap {
@@ -76,8 +86,10 @@ middlewares:
         base64::engine::general_purpose::STANDARD.encode("bench-client:bench-secret")
     );
     rt.block_on(async {
-        app.apply(&mut request_headers(Some(&basic))).await.unwrap();
-        gw.apply(&mut request_headers(None)).await.unwrap();
+        app.apply(&mut request_headers(Some(&basic)), &CALLER)
+            .await
+            .unwrap();
+        gw.apply(&mut request_headers(None), &CALLER).await.unwrap();
     });
 
     let mut group = c.benchmark_group("cache_hit");
@@ -85,7 +97,7 @@ middlewares:
         b.iter_batched_ref(
             || request_headers(Some(&basic)),
             |h| {
-                app.apply(black_box(h))
+                app.apply(black_box(h), &CALLER)
                     .now_or_never()
                     .expect("a hit never waits")
                     .unwrap()
@@ -97,7 +109,7 @@ middlewares:
         b.iter_batched_ref(
             || request_headers(None),
             |h| {
-                gw.apply(black_box(h))
+                gw.apply(black_box(h), &CALLER)
                     .now_or_never()
                     .expect("a hit never waits")
                     .unwrap()
@@ -208,7 +220,7 @@ fn redis(c: &mut Criterion) {
         ids
     };
     let warm = fresh(1)[0];
-    rt.block_on(a.apply(&mut request_headers(Some(&basic(warm)))))
+    rt.block_on(a.apply(&mut request_headers(Some(&basic(warm))), &CALLER))
         .unwrap();
 
     let mut group = c.benchmark_group("redis");
@@ -216,7 +228,7 @@ fn redis(c: &mut Criterion) {
         bench.iter_batched_ref(
             || request_headers(Some(&basic(warm))),
             |h| {
-                a.apply(black_box(h))
+                a.apply(black_box(h), &CALLER)
                     .now_or_never()
                     .expect("a hit never waits")
                     .unwrap()
@@ -230,13 +242,13 @@ fn redis(c: &mut Criterion) {
             let ids = fresh(iters);
             rt.block_on(async {
                 for i in &ids {
-                    a.apply(&mut request_headers(Some(&basic(*i))))
+                    a.apply(&mut request_headers(Some(&basic(*i))), &CALLER)
                         .await
                         .unwrap();
                 }
                 let started = std::time::Instant::now();
                 for i in &ids {
-                    b.apply(&mut request_headers(Some(&basic(*i))))
+                    b.apply(&mut request_headers(Some(&basic(*i))), &CALLER)
                         .await
                         .unwrap();
                 }
@@ -250,7 +262,7 @@ fn redis(c: &mut Criterion) {
             rt.block_on(async {
                 let started = std::time::Instant::now();
                 for i in &ids {
-                    a.apply(&mut request_headers(Some(&basic(*i))))
+                    a.apply(&mut request_headers(Some(&basic(*i))), &CALLER)
                         .await
                         .unwrap();
                 }

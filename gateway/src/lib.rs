@@ -111,11 +111,12 @@ pub async fn run(
         proxy_stop.cancelled().await;
         admin_for_drain.set_draining();
     });
-    proxy::serve(
+    proxy::serve::serve_with(
         listeners.proxy,
         proxy_handler,
         shutdown,
         config.shutdown_timeout,
+        config.edge.transport,
     )
     .await;
 

@@ -76,7 +76,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_parser = parse_member)]
         peer: Vec<(u64, String)>,
         /// Secret reference (`env:NAME`, `file:/path`) to the bearer token Admin calls need.
-        #[arg(long, env = "TOKENGATE_ADMIN_TOKEN")]
+        #[arg(long, env = "TOKENGATE_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
         /// Log entries between snapshots.
         #[arg(long, default_value_t = gateway::cachenode::DEFAULT_SNAPSHOT_LOGS)]

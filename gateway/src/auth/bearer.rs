@@ -1,11 +1,13 @@
 //! Finding the caller's bearer token (RFC 6750 §2) where a middleware's `tokenSource` says, and
 //! removing it before the request goes upstream.
 //!
-//! Sources are tried in a fixed order: the headers (in their configured order), then the query
-//! parameter, then the cookie.
-//! The first one present wins, even if its value is malformed: a request carrying two different
-//! tokens is not searched for "one that works". A header with another scheme (`Basic ...` where
-//! `Bearer` is expected) does not count as present.
+//! A request carries one token, in one place: RFC 6750 §2 forbids more than one method, and a
+//! second token is how an unverified credential would reach the upstream beside the verified
+//! one. So every configured source is read, every copy counted (repeated headers, repeated query
+//! parameters, repeated cookies), and more than one is 400 `invalid_request`. A header holding
+//! another scheme (`Basic ...` where `Bearer` is expected) is not a token of ours.
+//! A token longer than `limits.tokenMaxLength`, or not printable ASCII, is malformed: 401
+//! before anything is spent on it.
 
 use std::sync::Arc;
 
@@ -14,16 +16,18 @@ use http::request::Parts;
 use http::{HeaderValue, Uri};
 
 use super::AuthError;
+use super::limits::CallerLimits;
 use crate::config::TokenSource;
 
 /// The token, or the refusal a bearer-token middleware answers without one: no token at all is
-/// a bare challenge, a malformed one is `invalid_token`.
+/// a bare challenge, a malformed one is `invalid_token`, two are `invalid_request`.
 pub fn require(
     source: &TokenSource,
     parts: &Parts,
+    limits: &CallerLimits,
     realm: &Arc<str>,
 ) -> Result<(String, Location), AuthError> {
-    match find(source, parts) {
+    match find(source, parts, limits) {
         Found::Token(t, at) => Ok((t, at)),
         Found::Malformed(_) => Err(AuthError::InvalidToken {
             realm: Arc::clone(realm),
@@ -31,6 +35,11 @@ pub fn require(
         }),
         Found::Nothing => Err(AuthError::MissingToken {
             realm: Arc::clone(realm),
+        }),
+        Found::Several => Err(AuthError::InvalidRequest {
+            realm: Arc::clone(realm),
+            basic: false,
+            reason: "more than one token in the request",
         }),
     }
 }
@@ -46,45 +55,59 @@ pub enum Location {
     Cookie,
 }
 
-/// What the request carries at the first source present.
+/// What the request carries.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found {
-    /// A token.
+    /// Exactly one token.
     Token(String, Location),
-    /// A source is present but holds no usable token (wrong scheme, empty, not text).
+    /// Exactly one source is present but holds no usable token (wrong length or characters).
     Malformed(Location),
     /// No source is present.
     Nothing,
+    /// More than one token, or the same source twice.
+    Several,
 }
 
-/// Looks for the token.
-pub fn find(source: &TokenSource, parts: &Parts) -> Found {
+/// Looks for the token in every source.
+pub fn find(source: &TokenSource, parts: &Parts, limits: &CallerLimits) -> Found {
+    let mut found: Option<(Option<String>, Location)> = None;
+    let mut present = |value: Option<String>, at: Location| -> bool {
+        let first = found.is_none();
+        found = Some((value, at));
+        first
+    };
     for (name, scheme) in &source.headers {
-        if let Some(value) = parts.headers.get(name)
-            && let Some(token) = from_header(value, scheme.as_deref())
-        {
-            return match token {
-                Some(t) => Found::Token(t, Location::Header),
-                None => Found::Malformed(Location::Header),
-            };
+        for value in parts.headers.get_all(name) {
+            if let Some(token) = from_header(value, scheme.as_deref(), limits)
+                && !present(token, Location::Header)
+            {
+                return Found::Several;
+            }
         }
     }
     if let Some(param) = &source.query
         && let Some(q) = parts.uri.query()
-        && let Some((_, v)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == param)
     {
-        return token_text(&v).map_or(Found::Malformed(Location::Query), |t| {
-            Found::Token(t.to_owned(), Location::Query)
-        });
+        for (_, v) in form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == param) {
+            let token = token_text(&v, limits).map(str::to_owned);
+            if !present(token, Location::Query) {
+                return Found::Several;
+            }
+        }
     }
-    if let Some(name) = &source.cookie
-        && let Some(v) = cookies(parts).find_map(|(k, v)| (k == name).then_some(v))
-    {
-        return token_text(v).map_or(Found::Malformed(Location::Cookie), |t| {
-            Found::Token(t.to_owned(), Location::Cookie)
-        });
+    if let Some(name) = &source.cookie {
+        for (_, v) in cookies(parts).filter(|(k, _)| k == name) {
+            let token = token_text(v, limits).map(str::to_owned);
+            if !present(token, Location::Cookie) {
+                return Found::Several;
+            }
+        }
     }
-    Found::Nothing
+    match found {
+        Some((Some(t), at)) => Found::Token(t, at),
+        Some((None, at)) => Found::Malformed(at),
+        None => Found::Nothing,
+    }
 }
 
 /// Removes the token from where it was found, so the upstream never sees it. From a header,
@@ -97,7 +120,7 @@ pub fn remove(source: &TokenSource, parts: &mut Parts, at: Location) {
                 if parts
                     .headers
                     .get(name)
-                    .is_some_and(|v| from_header(v, scheme.as_deref()).is_some())
+                    .is_some_and(|v| is_for_scheme(v, scheme.as_deref()))
                 {
                     parts.headers.remove(name);
                 }
@@ -134,32 +157,45 @@ pub fn remove(source: &TokenSource, parts: &mut Parts, at: Location) {
     }
 }
 
+/// Whether a header value is for `scheme` (any value is, when no scheme is configured; a value
+/// that is not text is treated as ours, so it is refused rather than passed on).
+fn is_for_scheme(value: &HeaderValue, scheme: Option<&str>) -> bool {
+    let (Some(scheme), Ok(text)) = (scheme, value.to_str()) else {
+        return true;
+    };
+    let text = text.trim();
+    let s = text.split_once(' ').map_or(text, |(s, _)| s);
+    s.eq_ignore_ascii_case(scheme)
+}
+
 /// `<scheme> <token>` (scheme case-insensitive, RFC 7235 §2.1), or the whole value when no
 /// scheme is configured. `None` when the value is for another scheme; `Some(None)` when it is
 /// ours but holds no usable token.
-fn from_header(value: &HeaderValue, scheme: Option<&str>) -> Option<Option<String>> {
+fn from_header(
+    value: &HeaderValue,
+    scheme: Option<&str>,
+    limits: &CallerLimits,
+) -> Option<Option<String>> {
+    if !is_for_scheme(value, scheme) {
+        return None;
+    }
     let Ok(text) = value.to_str() else {
         return Some(None);
     };
     let text = text.trim();
     let token = match scheme {
-        Some(scheme) => {
-            let (s, rest) = text.split_once(' ').unwrap_or((text, ""));
-            if !s.eq_ignore_ascii_case(scheme) {
-                return None;
-            }
-            rest.trim_start()
-        }
+        Some(_) => text
+            .split_once(' ')
+            .map_or("", |(_, rest)| rest.trim_start()),
         None => text,
     };
-    Some(token_text(token).map(str::to_owned))
+    Some(token_text(token, limits).map(str::to_owned))
 }
 
-/// A token is non-empty printable text without whitespace (RFC 6750's b64token is stricter;
-/// opaque tokens from real IdPs are not always that tidy, and the IdP is the judge).
-fn token_text(t: &str) -> Option<&str> {
+/// A token within the caller limits; quotes around a cookie or query value are not part of it.
+fn token_text<'t>(t: &'t str, limits: &CallerLimits) -> Option<&'t str> {
     let t = t.trim_matches('"');
-    (!t.is_empty() && t.len() <= 16 * 1024 && t.bytes().all(|b| b.is_ascii_graphic())).then_some(t)
+    limits.token_ok(t).then_some(t)
 }
 
 fn cookies(parts: &Parts) -> impl Iterator<Item = (&str, &str)> {
@@ -220,34 +256,85 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    fn found(s: &TokenSource, p: &Parts) -> Found {
+        find(s, p, &CallerLimits::default())
+    }
+
     #[test]
-    fn header_then_query_then_cookie() {
+    fn the_one_token_is_found_wherever_it_is() {
         let s = source();
-        let all = parts(
-            "/p?access_token=q1",
-            &[("authorization", "bearer h1"), ("cookie", "tg=c1")],
-        );
-        assert_eq!(find(&s, &all), Found::Token("h1".into(), Location::Header));
-        let no_header = parts("/p?a=1&access_token=q%2B1", &[("cookie", "x=1; tg=c1")]);
+        let header = parts("/p", &[("authorization", "bearer h1")]);
         assert_eq!(
-            find(&s, &no_header),
+            found(&s, &header),
+            Found::Token("h1".into(), Location::Header)
+        );
+        let query = parts("/p?a=1&access_token=q%2B1", &[("cookie", "x=1")]);
+        assert_eq!(
+            found(&s, &query),
             Found::Token("q+1".into(), Location::Query)
         );
-        let cookie_only = parts("/p?a=1", &[("cookie", "x=1; tg=c1")]);
+        let cookie = parts("/p?a=1", &[("cookie", "x=1; tg=c1")]);
         assert_eq!(
-            find(&s, &cookie_only),
+            found(&s, &cookie),
             Found::Token("c1".into(), Location::Cookie)
         );
-        assert_eq!(find(&s, &parts("/p", &[])), Found::Nothing);
+        assert_eq!(found(&s, &parts("/p", &[])), Found::Nothing);
         let basic = parts("/p?access_token=q1", &[("authorization", "Basic abc")]);
-        assert_eq!(find(&s, &basic), Found::Token("q1".into(), Location::Query));
-        let empty = parts("/p?access_token=q1", &[("authorization", "Bearer ")]);
-        assert_eq!(find(&s, &empty), Found::Malformed(Location::Header));
+        assert_eq!(
+            found(&s, &basic),
+            Found::Token("q1".into(), Location::Query)
+        );
+        let empty = parts("/p", &[("authorization", "Bearer ")]);
+        assert_eq!(found(&s, &empty), Found::Malformed(Location::Header));
         let own = parts(
             "/p",
             &[("authorization", "Basic abc"), ("x-tokengate-auth", "t1")],
         );
-        assert_eq!(find(&s, &own), Found::Token("t1".into(), Location::Header));
+        assert_eq!(found(&s, &own), Found::Token("t1".into(), Location::Header));
+    }
+
+    #[test]
+    fn two_tokens_anywhere_are_refused() {
+        let s = source();
+        for (uri, headers) in [
+            ("/p?access_token=q1", &[("authorization", "Bearer h1")][..]),
+            (
+                "/p",
+                &[("authorization", "Bearer h1"), ("x-tokengate-auth", "h2")][..],
+            ),
+            (
+                "/p",
+                &[("authorization", "Bearer h1"), ("cookie", "tg=c1")][..],
+            ),
+            (
+                "/p",
+                &[("x-tokengate-auth", "h1"), ("x-tokengate-auth", "h1")][..],
+            ),
+            ("/p?access_token=a&access_token=b", &[][..]),
+            ("/p", &[("cookie", "tg=a; tg=b")][..]),
+            ("/p", &[("cookie", "tg=a"), ("cookie", "tg=b")][..]),
+            // A malformed copy beside a good one is still two.
+            ("/p?access_token=q1", &[("authorization", "Bearer ")][..]),
+        ] {
+            assert_eq!(
+                found(&s, &parts(uri, headers)),
+                Found::Several,
+                "{uri} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_over_the_length_limit_are_malformed() {
+        let s = source();
+        let limits = CallerLimits {
+            token_max_length: 10,
+            ..CallerLimits::default()
+        };
+        let long = parts("/p", &[("authorization", "Bearer 12345678901")]);
+        assert_eq!(find(&s, &long, &limits), Found::Malformed(Location::Header));
+        let fits = parts("/p", &[("authorization", "Bearer 1234567890")]);
+        assert!(matches!(find(&s, &fits, &limits), Found::Token(..)));
     }
 
     #[test]
@@ -284,5 +371,32 @@ mod tests {
         remove(&s, &mut only, Location::Cookie);
         assert_eq!(only.uri, "/p");
         assert!(only.headers.get(COOKIE).is_none());
+    }
+
+    proptest::proptest! {
+        /// Arbitrary query strings and cookies: at most one token is found, within the limits.
+        #[test]
+        fn arbitrary_sources_yield_at_most_one_bounded_token(
+            query in "[a-z_=&%0-9A-F+.-]{0,60}",
+            cookie in "[a-z_=; 0-9\"]{0,40}",
+            header in proptest::option::of("(Bearer|bearer|Basic) ?[ -~]{0,30}"),
+        ) {
+            let mut headers = vec![("cookie", cookie.as_str())];
+            if let Some(h) = &header {
+                headers.push(("authorization", h.as_str()));
+            }
+            let Ok(req) = Request::builder().uri(format!("/p?{query}")).body(()) else {
+                return Ok(());
+            };
+            let mut p = req.into_parts().0;
+            for (k, v) in headers {
+                if let Ok(v) = HeaderValue::try_from(v) {
+                    p.headers.append(k, v);
+                }
+            }
+            if let Found::Token(t, _) = found(&source(), &p) {
+                proptest::prop_assert!(CallerLimits::default().token_ok(&t));
+            }
+        }
     }
 }

@@ -17,7 +17,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use super::{Applied, AuthError, UsedToken};
+use super::limits::{CallerLimits, Guards};
+use super::{Applied, AuthError, Caller, UsedToken};
 use crate::config::{ClientCredentialsConfig, Secret};
 use crate::token::{
     IdpError, KeyDeriver, TokenCache, TokenEntry, TokenKey, TokenRequest, now_millis,
@@ -32,7 +33,14 @@ pub struct ClientCredentials {
     gateway_key: Option<TokenKey>,
     realm: Arc<str>,
     cache: Arc<TokenCache>,
+    guards: Guards,
+    /// The last version of each key evicted after an upstream 401.
+    evicted: papaya::HashMap<TokenKey, u64>,
 }
+
+/// Evictions remembered (per key, the last version); past this the memory starts over, which
+/// at worst repeats one conditional eviction per key.
+const EVICTED_REMEMBERED: usize = 4096;
 
 impl ClientCredentials {
     /// The name it has in the configuration.
@@ -40,8 +48,18 @@ impl ClientCredentials {
         &self.name
     }
 
+    /// The realm it announces.
+    pub fn realm(&self) -> Arc<str> {
+        Arc::clone(&self.realm)
+    }
+
     /// Builds the middleware named `name`.
-    pub fn new(name: &str, cfg: ClientCredentialsConfig, cache: Arc<TokenCache>) -> Self {
+    pub fn new(
+        name: &str,
+        cfg: ClientCredentialsConfig,
+        cache: Arc<TokenCache>,
+        guards: Guards,
+    ) -> Self {
         let deriver = KeyDeriver::new(
             cache.fleet(),
             &cfg.token_url,
@@ -61,6 +79,8 @@ impl ClientCredentials {
             gateway_key,
             realm,
             cache,
+            guards,
+            evicted: papaya::HashMap::new(),
         }
     }
 
@@ -70,7 +90,15 @@ impl ClientCredentials {
     }
 
     /// Authorises a request: finds or obtains the token, then rewrites `headers`.
-    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<Applied, AuthError> {
+    ///
+    /// At application level the caller's credentials are checked against the caller limits
+    /// before anything else, and a miss spends from the caller's budget before it costs a store
+    /// read or an IdP call.
+    pub async fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        caller: &Caller,
+    ) -> Result<Applied, AuthError> {
         let now = now_millis();
         let (key, entry) = match (&self.gateway_key, &self.cfg.credentials) {
             (Some(key), Some((id, secret))) => match self.cache.cached(key, now) {
@@ -78,14 +106,33 @@ impl ClientCredentials {
                 None => (*key, self.obtain(key, id, secret.clone()).await?),
             },
             _ => {
-                let (id, secret) =
-                    caller_credentials(headers).ok_or_else(|| AuthError::MissingCredentials {
-                        realm: Arc::clone(&self.realm),
-                    })?;
+                let (id, secret) = match caller_credentials(headers, &self.guards.limits) {
+                    Presented::Valid(id, secret) => (id, secret),
+                    Presented::Nothing => {
+                        return Err(AuthError::MissingCredentials {
+                            realm: Arc::clone(&self.realm),
+                        });
+                    }
+                    Presented::OutOfBounds => {
+                        return Err(AuthError::InvalidClient {
+                            realm: Arc::clone(&self.realm),
+                        });
+                    }
+                };
                 let key = self.deriver.key(&id, &secret);
                 match self.cache.cached(&key, now) {
                     Some(e) => (key, e),
-                    None => (key, self.obtain(&key, &id, Secret::new(secret)).await?),
+                    None => {
+                        if !self.cache.miss_is_free(&key, now) {
+                            self.guards
+                                .budget
+                                .spend(caller.address, Some(&id))
+                                .map_err(|o| AuthError::OverBudget {
+                                    retry_after: o.retry_after,
+                                })?;
+                        }
+                        (key, self.obtain(&key, &id, Secret::new(secret)).await?)
+                    }
                 }
             }
         };
@@ -110,8 +157,33 @@ impl ClientCredentials {
             token: Some(UsedToken {
                 key,
                 version: entry.meta.version,
+                issued_at: entry.meta.issued_at,
             }),
         })
+    }
+
+    /// The upstream answered 401 to `used`. A token younger than `rejectedTokenMinAge` is kept:
+    /// a fresh token refused is the upstream's own policy (or an attacker provoking 401s to
+    /// churn tokens), and a new one would be refused too. An older one is evicted fleet-wide,
+    /// once per version: concurrent 401s for the same version evict it once.
+    pub async fn reject_token(&self, used: &UsedToken) -> bool {
+        let age = now_millis().saturating_sub(used.issued_at);
+        if age < self.cfg.rejected_token_min_age.as_millis() as u64 {
+            tracing::info!(middleware = %self.name, age_ms = age, "upstream refused a fresh token; kept");
+            return false;
+        }
+        {
+            let evicted = self.evicted.pin();
+            if evicted.get(&used.key) == Some(&used.version) {
+                return true;
+            }
+            if evicted.len() >= EVICTED_REMEMBERED {
+                evicted.clear();
+            }
+            evicted.insert(used.key, used.version);
+        }
+        self.cache.evict(&used.key, Some(used.version)).await;
+        true
     }
 
     async fn obtain(
@@ -151,21 +223,54 @@ impl ClientCredentials {
     }
 }
 
+/// What the caller's `Authorization` header holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented {
+    /// Basic credentials within the caller limits.
+    Valid(String, String),
+    /// No Basic credentials (no header, another scheme, not base64, no `:`).
+    Nothing,
+    /// Basic credentials outside the limits: refused before they cost anything.
+    OutOfBounds,
+}
+
 /// The caller's `Authorization: Basic` credentials (RFC 7617): scheme case-insensitive, the
 /// user-id ends at the first `:`. Exactly as the Traefik Hub docs have callers build it:
-/// `base64(client_id:client_secret)`.
-fn caller_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
+/// `base64(client_id:client_secret)`. A header too long to hold credentials within the limits
+/// is refused before it is decoded.
+pub fn caller_credentials(headers: &HeaderMap, limits: &CallerLimits) -> Presented {
+    let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Presented::Nothing;
+    };
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Presented::Nothing;
+    };
     if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
+        return Presented::Nothing;
     }
-    let decoded = String::from_utf8(BASE64.decode(encoded.trim()).ok()?).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
+    let encoded = encoded.trim();
+    let longest =
+        (limits.client_id_max_length + limits.client_secret_max_length + 1).div_ceil(3) * 4;
+    if encoded.len() > longest {
+        return Presented::OutOfBounds;
+    }
+    let Some(decoded) = BASE64
+        .decode(encoded)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+    else {
+        return Presented::Nothing;
+    };
+    let Some((id, secret)) = decoded.split_once(':') else {
+        return Presented::Nothing;
+    };
     if id.is_empty() {
-        return None;
+        return Presented::Nothing;
     }
-    Some((id.to_owned(), secret.to_owned()))
+    if !limits.client_credentials_ok(id, secret) {
+        return Presented::OutOfBounds;
+    }
+    Presented::Valid(id.to_owned(), secret.to_owned())
 }
 
 #[cfg(test)]
@@ -183,20 +288,59 @@ mod tests {
         h
     }
 
+    fn presented(h: &HeaderMap) -> Presented {
+        caller_credentials(h, &CallerLimits::default())
+    }
+
     #[test]
     fn basic_credentials_split_at_the_first_colon() {
         assert_eq!(
-            caller_credentials(&basic("id:se:cr et")),
-            Some(("id".into(), "se:cr et".into()))
+            presented(&basic("id:se:cr et")),
+            Presented::Valid("id".into(), "se:cr et".into())
         );
         assert_eq!(
-            caller_credentials(&basic(":secret")),
-            None,
+            presented(&basic(":secret")),
+            Presented::Nothing,
             "empty client id"
         );
-        assert_eq!(caller_credentials(&basic("no-colon")), None);
+        assert_eq!(presented(&basic("no-colon")), Presented::Nothing);
         let mut bearer = HeaderMap::new();
         bearer.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
-        assert_eq!(caller_credentials(&bearer), None);
+        assert_eq!(presented(&bearer), Presented::Nothing);
+    }
+
+    #[test]
+    fn credentials_outside_the_limits_are_refused_before_decoding() {
+        let long_id = format!("{}:secret", "a".repeat(20 * 1024));
+        assert_eq!(presented(&basic(&long_id)), Presented::OutOfBounds);
+        let at_limit = format!("{}:{}", "a".repeat(256), "s".repeat(512));
+        assert!(matches!(presented(&basic(&at_limit)), Presented::Valid(..)));
+        let over = format!("{}:s", "a".repeat(257));
+        assert_eq!(presented(&basic(&over)), Presented::OutOfBounds);
+        assert_eq!(presented(&basic("id\u{7f}:s")), Presented::OutOfBounds);
+    }
+
+    proptest::proptest! {
+        /// Any header bytes: no panic, and what is accepted is within the limits.
+        #[test]
+        fn any_authorization_value_is_parsed_safely(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Ok(v) = HeaderValue::from_bytes(&raw) {
+                let mut h = HeaderMap::new();
+                h.insert(AUTHORIZATION, v);
+                if let Presented::Valid(id, secret) = presented(&h) {
+                    proptest::prop_assert!(CallerLimits::default().client_credentials_ok(&id, &secret));
+                }
+            }
+        }
+
+        /// Base64 of arbitrary text after `Basic `: the parse agrees with RFC 7617.
+        #[test]
+        fn any_basic_payload_splits_at_the_first_colon(text in "\\PC{0,80}") {
+            match presented(&basic(&text)) {
+                Presented::Valid(id, secret) => proptest::prop_assert_eq!(format!("{id}:{secret}"), text),
+                Presented::Nothing => proptest::prop_assert!(text.split_once(':').is_none_or(|(id, _)| id.is_empty())),
+                Presented::OutOfBounds => {}
+            }
+        }
     }
 }

@@ -11,10 +11,13 @@ pub mod client_credentials;
 pub mod headers;
 pub mod introspection;
 pub mod jwt;
+pub mod limits;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::AUTHORIZATION;
 use http::request::Parts;
 
 pub use client_credentials::ClientCredentials;
@@ -53,22 +56,51 @@ impl Middleware {
     }
 
     /// Authorises the request, rewriting `parts` for the upstream.
-    pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
+    ///
+    /// A request with more than one `Authorization` field is refused whatever the middleware:
+    /// the field is a singleton (RFC 9110 §11.6.2), and a second copy is exactly how an
+    /// unverified credential would ride along with a verified one (RFC 6750 §2, §3.1).
+    pub async fn apply(&self, parts: &mut Parts, caller: &Caller) -> Result<Applied, AuthError> {
+        let mut authorization = parts.headers.get_all(AUTHORIZATION).iter();
+        if authorization.next().is_some() && authorization.next().is_some() {
+            return Err(AuthError::InvalidRequest {
+                realm: self.realm(),
+                basic: matches!(self, Self::ClientCredentials(_)),
+                reason: "more than one Authorization header",
+            });
+        }
         match self {
-            Self::ClientCredentials(m) => m.apply(&mut parts.headers).await,
-            Self::Introspection(m) => m.apply(parts).await,
+            Self::ClientCredentials(m) => m.apply(&mut parts.headers, caller).await,
+            Self::Introspection(m) => m.apply(parts, caller).await,
             Self::Jwt(m) => m.apply(parts).await,
         }
     }
 
-    /// Drops the token this middleware attached (the upstream rejected it).
-    pub async fn reject_token(&self, used: &UsedToken) {
+    fn realm(&self) -> Arc<str> {
         match self {
-            Self::ClientCredentials(m) => m.cache().evict(&used.key, Some(used.version)).await,
-            // These pass the caller's own token on (or none): nothing of ours to drop.
-            Self::Introspection(_) | Self::Jwt(_) => {}
+            Self::ClientCredentials(m) => m.realm(),
+            Self::Introspection(m) => m.realm(),
+            Self::Jwt(m) => m.realm(),
         }
     }
+
+    /// The upstream rejected the token this middleware attached: drops it fleet-wide if it may
+    /// be the culprit. Whether it was dropped (and a retry with a fresh one makes sense).
+    pub async fn reject_token(&self, used: &UsedToken) -> bool {
+        match self {
+            Self::ClientCredentials(m) => m.reject_token(used).await,
+            // These pass the caller's own token on (or none): nothing of ours to drop.
+            Self::Introspection(_) | Self::Jwt(_) => false,
+        }
+    }
+}
+
+/// Who is calling, as far as the edge could tell: the address is the peer's, or the one a
+/// trusted proxy named (`forwardedHeaders.trustedIPs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The caller's address; miss budgets are kept per address.
+    pub address: IpAddr,
 }
 
 /// What a middleware did to a request.
@@ -87,6 +119,8 @@ pub struct UsedToken {
     pub key: TokenKey,
     /// Its version.
     pub version: u64,
+    /// When the IdP issued it (ms since the epoch).
+    pub issued_at: u64,
 }
 
 /// Why a request was refused. Each variant is one HTTP answer; internal detail stays in logs.
@@ -119,6 +153,24 @@ pub enum AuthError {
         realm: Arc<str>,
         /// A fixed, caller-safe description (never the token or a key).
         reason: &'static str,
+    },
+    /// The request carries credentials in more than one place, or more than one of them:
+    /// 400 with `error="invalid_request"` (RFC 6750 §3.1, RFC 6749 §5.2).
+    #[error("invalid request: {reason}")]
+    InvalidRequest {
+        /// The realm to announce.
+        realm: Arc<str>,
+        /// Announce a `Basic` challenge (client credentials), else `Bearer`.
+        basic: bool,
+        /// A fixed, caller-safe description.
+        reason: &'static str,
+    },
+    /// Credentials the gateway has not seen cost IdP calls, and this caller (or client id) has
+    /// spent its budget of them: 429 with `Retry-After`.
+    #[error("too many unknown credentials")]
+    OverBudget {
+        /// When a miss will be allowed again.
+        retry_after: Duration,
     },
     /// The caller is authenticated but its claims do not satisfy the route's `claims`
     /// expression: 403 with `error="insufficient_scope"` (RFC 6750 §3.1).

@@ -7,7 +7,9 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::middleware::{DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL};
+use super::middleware::{
+    DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
+};
 use super::middleware::{DEFAULT_LEEWAY, DEFAULT_REALM, algorithms, key_client};
 use super::raw::{RawIssuer, RawIssuerClient, RawTrustedIssuer, StringOrList};
 use super::validate::Issues;
@@ -359,6 +361,7 @@ fn trusted_issuer(
         policy: ClaimsPolicy::default(),
         jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
         jwks_min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+        jwks_max_staleness: DEFAULT_JWKS_MAX_STALENESS,
         http,
         realm: DEFAULT_REALM.into(),
         access_token_type: false,
@@ -449,7 +452,7 @@ issuer:
 
     #[test]
     fn gateway_issuer_middlewares_need_the_issuer_and_are_bound_to_it() {
-        let jwt = "middlewares:\n  own:\n    jwt: { gatewayIssuer: true }";
+        let jwt = "middlewares:\n  own:\n    jwt: { gatewayIssuer: true, audience: api }";
         assert_eq!(
             issues(jwt, ""),
             ["middlewares.own.jwt.gatewayIssuer: needs the top-level issuer section"]
@@ -474,8 +477,7 @@ issuer:
             .map(|(h, _)| h.as_str())
             .collect();
         assert_eq!(headers, ["authorization", "x-tokengate-auth"]);
-        let both =
-            "middlewares:\n  own:\n    jwt: { gatewayIssuer: true, jwksUrl: \"http://x/jwks\" }";
+        let both = "middlewares:\n  own:\n    jwt: { gatewayIssuer: true, audience: api, jwksUrl: \"http://x/jwks\" }";
         assert_eq!(
             issues(both, "issuer: { url: \"https://gw.example.com\" }"),
             [

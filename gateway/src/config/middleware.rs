@@ -15,8 +15,8 @@ use super::raw::{
 };
 use super::validate::Issues;
 use super::{
-    DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_TOKEN_LIFETIME,
-    Secret,
+    DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, DEFAULT_NEGATIVE_CACHE_TTL,
+    DEFAULT_REJECTED_TOKEN_MIN_AGE, DEFAULT_TOKEN_LIFETIME, Secret,
 };
 use crate::auth::claims::ClaimsExpr;
 use crate::token::AuthMethod;
@@ -32,6 +32,10 @@ pub const DEFAULT_INACTIVE_CACHE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
 /// A key set is fetched again after this long, so keys the IdP retires stop being accepted.
 pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// A key set that could not be refreshed for this long stops verifying (503): keys the IdP
+/// retired (perhaps because they leaked) must not be trusted for ever while it is unreachable.
+/// Twelve refresh intervals: an IdP outage of most of an hour is ridden out.
+pub const DEFAULT_JWKS_MAX_STALENESS: Duration = Duration::from_secs(60 * 60);
 /// Least time between two key-set fetches caused by unknown `kid`s: a caller sending random
 /// `kid`s costs the IdP at most one request per this interval per node.
 pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -85,6 +89,8 @@ pub struct ClientCredentialsConfig {
     pub realm: String,
     /// How long `invalid_client` is remembered.
     pub negative_cache_ttl: Duration,
+    /// Tokens younger than this are not evicted when an upstream answers 401 to them.
+    pub rejected_token_min_age: Duration,
     /// One IdP attempt's timeout.
     pub idp_timeout: Duration,
     /// IdP retries after the first attempt.
@@ -242,6 +248,8 @@ pub struct JwtConfig {
     pub jwks_refresh_interval: Duration,
     /// Least time between fetches caused by unknown `kid`s.
     pub jwks_min_refresh_interval: Duration,
+    /// A key set older than this (not refreshed) verifies nothing until it is fetched again.
+    pub jwks_max_staleness: Duration,
     /// HTTP client for key fetches.
     pub http: HttpClientConfig,
     /// `Bearer` realm.
@@ -418,6 +426,9 @@ fn client_credentials(
         default_token_lifetime,
         realm,
         negative_cache_ttl: cc.negative_cache_ttl.unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL),
+        rejected_token_min_age: cc
+            .rejected_token_min_age
+            .unwrap_or(DEFAULT_REJECTED_TOKEN_MIN_AGE),
         idp_timeout: cc.client_config.timeout.unwrap_or(DEFAULT_IDP_TIMEOUT),
         idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
     })
@@ -520,6 +531,21 @@ fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
         Some(StringOrList::One(a)) => vec![a],
         Some(StringOrList::Many(a)) => a,
     };
+    // A token of any issuer, or meant for any service, is a token of the wrong one: both are
+    // required unless the operator says, in so many words, that any will do.
+    if j.issuer.is_none() && !j.gateway_issuer && !j.allow_any_issuer {
+        issues.push(
+            format!("{path}.issuer"),
+            "is required (the expected iss); set allowAnyIssuer: true to accept any",
+        );
+    }
+    if audience.is_empty() && !j.allow_any_audience {
+        issues.push(
+            format!("{path}.audience"),
+            "is required (the aud values this route accepts); set allowAnyAudience: true to accept any",
+        );
+    }
+    let jwks_max_staleness = j.jwks_max_staleness.unwrap_or(DEFAULT_JWKS_MAX_STALENESS);
     let algorithms = algorithms(issues, path, j.algorithms);
     let http = key_client(issues, path, j.client_config);
     let jwks_min_refresh_interval = j
@@ -532,6 +558,12 @@ fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
         issues.push(
             format!("{path}.jwksRefreshInterval"),
             "must be at least jwksMinRefreshInterval",
+        );
+    }
+    if jwks_max_staleness < jwks_refresh_interval {
+        issues.push(
+            format!("{path}.jwksMaxStaleness"),
+            "must be at least jwksRefreshInterval",
         );
     }
     let policy = policy(issues, path, j.claims, j.forward_headers, j.username_claim);
@@ -550,6 +582,7 @@ fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
         policy,
         jwks_refresh_interval,
         jwks_min_refresh_interval,
+        jwks_max_staleness,
         http,
         realm,
         access_token_type: j.gateway_issuer,
@@ -855,7 +888,7 @@ routes:
     #[test]
     fn a_claims_syntax_error_names_the_middleware_and_the_column() {
         let got = issues(
-            "    jwt:\n      jwksUrl: http://idp/jwks\n      claims: Equals(`grp`, `admin`) && Prefx(`iss`, `x`)",
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      issuer: http://idp\n      audience: api\n      claims: Equals(`grp`, `admin`) && Prefx(`iss`, `x`)",
         );
         assert_eq!(
             got,
@@ -868,7 +901,7 @@ routes:
     #[test]
     fn symmetric_and_unknown_algorithms_are_refused() {
         let got = issues(
-            "    jwt:\n      jwksUrl: http://idp/jwks\n      algorithms: [RS256, HS256, none]",
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      allowAnyIssuer: true\n      allowAnyAudience: true\n      algorithms: [RS256, HS256, none]",
         );
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got[0].starts_with("middlewares.m.jwt.algorithms[1]: symmetric"));
@@ -877,7 +910,9 @@ routes:
 
     #[test]
     fn jwt_keys_come_from_a_url_or_discovery() {
-        let by_issuer = load("    jwt:\n      issuer: https://idp.example/realms/x").unwrap();
+        let by_issuer =
+            load("    jwt:\n      issuer: https://idp.example/realms/x\n      audience: api")
+                .unwrap();
         let MiddlewareConfig::Jwt(j) = &by_issuer.middlewares["m"] else {
             panic!()
         };
@@ -891,10 +926,37 @@ routes:
                 .all(|a| !format!("{a:?}").starts_with("HS"))
         );
         assert_eq!(
-            issues("    jwt:\n      leeway: 1s"),
+            issues(
+                "    jwt:\n      leeway: 1s\n      allowAnyIssuer: true\n      allowAnyAudience: true"
+            ),
             [
                 "middlewares.m.jwt: needs jwksUrl, or issuer (keys found by OpenID Connect discovery)"
             ]
+        );
+    }
+
+    #[test]
+    fn jwt_needs_an_issuer_and_an_audience_unless_told_any_will_do() {
+        assert_eq!(
+            issues("    jwt:\n      jwksUrl: http://idp/jwks"),
+            [
+                "middlewares.m.jwt.issuer: is required (the expected iss); set allowAnyIssuer: true to accept any",
+                "middlewares.m.jwt.audience: is required (the aud values this route accepts); set allowAnyAudience: true to accept any",
+            ]
+        );
+        let open = load(
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      allowAnyIssuer: true\n      allowAnyAudience: true",
+        )
+        .unwrap();
+        let MiddlewareConfig::Jwt(j) = &open.middlewares["m"] else {
+            panic!()
+        };
+        assert!(j.issuer.is_none() && j.audience.is_empty());
+        assert_eq!(
+            issues(
+                "    jwt:\n      issuer: http://idp\n      audience: a\n      jwksMaxStaleness: 1m"
+            ),
+            ["middlewares.m.jwt.jwksMaxStaleness: must be at least jwksRefreshInterval"]
         );
     }
 

@@ -5,6 +5,7 @@
 //! shape error and we report it with its key path. [`validate`] then checks every value and
 //! collects *all* problems, so one run of `gateway check-config` shows everything to fix.
 
+mod edge;
 pub mod issuer;
 mod middleware;
 mod raw;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use edge::EdgeConfig;
 pub use issuer::{IssuerClient, IssuerConfig};
 pub use middleware::{
     ClaimsPolicy, ClientCredentialsConfig, EndpointAuth, GATEWAY_TOKEN_HEADER, HttpClientConfig,
@@ -47,6 +49,10 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 /// How long an `invalid_client` answer is remembered, so a flood of bad secrets is not a flood
 /// at the IdP, while a fixed client registration is picked up quickly.
 pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
+/// An upstream 401 evicts a token only once it is this old: a token that was refused within
+/// seconds of being issued is refused for the upstream's own reasons, and fetching another
+/// would only turn anonymous traffic into IdP load (at most two fetches a minute per credential).
+pub const DEFAULT_REJECTED_TOKEN_MIN_AGE: Duration = Duration::from_secs(30);
 /// One IdP attempt; IdPs answer token requests in milliseconds when healthy.
 pub const DEFAULT_IDP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries after the first IdP attempt (transport errors, 5xx and 429 only).
@@ -84,6 +90,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The built-in token issuer, if enabled.
     pub issuer: Option<IssuerConfig>,
+    /// What the request edge enforces before any middleware runs.
+    pub edge: EdgeConfig,
 }
 
 /// Refresher settings (DESIGN.md, token lifecycle step 5).
@@ -128,6 +136,8 @@ pub struct RouteConfig {
     pub middlewares: Vec<String>,
     /// Upstream base URLs, round robin.
     pub upstreams: Vec<Url>,
+    /// Ambiguous encoded characters allowed in this route's paths.
+    pub encoded_characters: crate::proxy::path::EncodedCharacters,
 }
 
 /// One problem with a configuration value.

@@ -55,6 +55,138 @@ pub struct RawConfig {
     /// The gateway as an OAuth2 authorization server for workloads.
     #[serde(default)]
     pub issuer: Option<RawIssuer>,
+    /// How request paths are canonicalised before routing.
+    #[serde(default)]
+    pub paths: RawPaths,
+    /// Ambiguous percent-encoded characters allowed in paths (default: none).
+    #[serde(default)]
+    pub encoded_characters: RawEncodedCharacters,
+    /// Which peers may set `X-Forwarded-*`, `Forwarded` and `X-Real-IP`.
+    #[serde(default)]
+    pub forwarded_headers: RawForwardedHeaders,
+    /// Connection limits and timeouts of the proxy listener.
+    #[serde(default)]
+    pub transport: RawTransport,
+    /// HTTP/2 limits of the proxy listener.
+    #[serde(default)]
+    pub http2: RawHttp2,
+    /// Bounds on the credentials callers present.
+    #[serde(default)]
+    pub limits: RawCallerLimits,
+    /// Budgets of cache misses (IdP calls) per client id and per caller address.
+    #[serde(default)]
+    pub idp_miss_budget: RawMissBudget,
+}
+
+/// `paths`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPaths {
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    #[serde(default)]
+    pub merge_slashes: Option<bool>,
+}
+
+/// `encodedCharacters` (Traefik's names), top level or per route.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEncodedCharacters {
+    #[serde(default)]
+    pub allow_encoded_slash: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_back_slash: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_null_character: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_semicolon: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_percent: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_question_mark: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_hash: Option<bool>,
+}
+
+/// `forwardedHeaders` (Traefik's names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawForwardedHeaders {
+    /// Peers (IPs or CIDRs) whose forwarding headers are kept and extended.
+    #[serde(default, rename = "trustedIPs")]
+    pub trusted_ips: Vec<String>,
+    /// Trust every peer. For tests behind a proxy you control only.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `transport`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTransport {
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub max_header_bytes: Option<usize>,
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    #[serde(default)]
+    pub responding_timeouts: RawRespondingTimeouts,
+}
+
+/// `transport.respondingTimeouts`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRespondingTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    pub read_header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `http2`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHttp2 {
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive_timeout: Option<Duration>,
+}
+
+/// `limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCallerLimits {
+    #[serde(default)]
+    pub client_id_max_length: Option<usize>,
+    #[serde(default)]
+    pub client_secret_max_length: Option<usize>,
+    #[serde(default)]
+    pub token_max_length: Option<usize>,
+}
+
+/// `idpMissBudget`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMissBudget {
+    #[serde(default)]
+    pub per_client_id: Option<RawBucket>,
+    #[serde(default)]
+    pub per_address: Option<RawBucket>,
+}
+
+/// A token bucket (Traefik `rateLimit` names); `average: 0` turns it off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBucket {
+    pub average: u32,
+    #[serde(default, with = "humantime_serde")]
+    pub period: Option<Duration>,
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// The built-in token issuer.
@@ -301,6 +433,9 @@ pub struct RawTracing {
     /// Extra resource attributes.
     #[serde(default)]
     pub resource_attributes: BTreeMap<String, String>,
+    /// Follow the `traceparent` sampling flag of callers that are not trusted proxies.
+    #[serde(default)]
+    pub trust_caller_sampling: bool,
     /// Where spans go.
     #[serde(default)]
     pub otlp: Option<RawOtlp>,
@@ -460,6 +595,15 @@ pub struct RawJwt {
     /// Least time between two fetches caused by unknown `kid`s.
     #[serde(default, with = "humantime_serde")]
     pub jwks_min_refresh_interval: Option<Duration>,
+    /// A key set not refreshed for this long stops verifying (503).
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_max_staleness: Option<Duration>,
+    /// Accept tokens of any `iss` (no `issuer` configured).
+    #[serde(default)]
+    pub allow_any_issuer: bool,
+    /// Accept tokens of any `aud` (no `audience` configured).
+    #[serde(default)]
+    pub allow_any_audience: bool,
     #[serde(default)]
     pub client_config: Option<RawHttpClient>,
     #[serde(default)]
@@ -522,6 +666,9 @@ pub struct RawClientCredentials {
     /// How long an `invalid_client` answer is remembered.
     #[serde(default, with = "humantime_serde")]
     pub negative_cache_ttl: Option<Duration>,
+    /// Tokens younger than this are kept when an upstream answers 401 to them.
+    #[serde(default, with = "humantime_serde")]
+    pub rejected_token_min_age: Option<Duration>,
     #[serde(default)]
     pub client_config: RawClientConfig,
 }
@@ -555,6 +702,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub middlewares: Vec<String>,
     pub upstream: RawUpstream,
+    /// Overrides the top-level `encodedCharacters` for this route.
+    #[serde(default)]
+    pub encoded_characters: Option<RawEncodedCharacters>,
 }
 
 #[derive(Debug, Deserialize)]

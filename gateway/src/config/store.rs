@@ -167,12 +167,15 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
     let mut endpoints = Vec::new();
     for (i, e) in r.endpoints.iter().enumerate() {
         match e.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
-            Some((host, Ok(port))) if !host.is_empty() && !host.contains('/') => {
+            Some((host, Ok(port))) if !host.is_empty() && !host.contains(['/', '@']) => {
                 endpoints.push((host.trim_matches(['[', ']']).to_owned(), port));
             }
             _ => issues.push(
                 format!("store.redis.endpoints[{i}]"),
-                format!("not host:port: {e:?}"),
+                format!(
+                    "not host:port: {:?} (credentials go in username and password)",
+                    super::validate::redacted(e)
+                ),
             ),
         }
     }

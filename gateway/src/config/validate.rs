@@ -37,6 +37,14 @@ impl Issues {
 
     pub(super) fn http_url(&mut self, path: &str, value: &str) -> Option<Url> {
         match Url::parse(value) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                // Never echoed: the userinfo is a credential.
+                self.push(
+                    path,
+                    "must not carry credentials (user:password@); use the auth options",
+                );
+                None
+            }
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             _ => {
                 self.push(path, "not an http(s) URL");
@@ -52,6 +60,16 @@ impl Issues {
     }
 }
 
+/// `value` as it may appear in an error message: any `user:password@` cut out, so a credential
+/// typed into an address is never echoed.
+pub(super) fn redacted(value: &str) -> String {
+    let start = value.find("://").map_or(0, |i| i + 3);
+    match value[start..].rfind('@') {
+        Some(at) => format!("{}***@{}", &value[..start], &value[start + at + 1..]),
+        None => value.to_owned(),
+    }
+}
+
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     let mut issues = Issues::default();
     let listen = issues.addr("listen", &raw.listen);
@@ -59,6 +77,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     if listen.is_some() && listen == admin_listen && listen.is_some_and(|a| a.port() != 0) {
         issues.push("admin.listen", "must differ from listen");
     }
+    let edge = super::edge::edge(&mut issues, &raw);
     let store = match raw.store {
         None => StoreConfig::Memory,
         Some(RawStore {
@@ -185,7 +204,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
                 format!("{:?} is also routes[{prev}]", r.name),
             );
         }
-        if let Some(route) = route(&mut issues, &path, r, &declared) {
+        if let Some(route) = route(&mut issues, &path, r, &declared, &edge) {
             routes.push(route);
         }
     }
@@ -208,6 +227,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         middlewares,
         routes,
         issuer,
+        edge,
     })
 }
 
@@ -232,7 +252,7 @@ fn tracing(issues: &mut Issues, raw: super::raw::RawTracing) -> TracingConfig {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
             _ => issues.push(
                 endpoint_path,
-                format!("{e:?} is not an http:// or https:// URL"),
+                format!("{:?} is not an http:// or https:// URL", redacted(e)),
             ),
         }
     }
@@ -248,14 +268,31 @@ fn tracing(issues: &mut Issues, raw: super::raw::RawTracing) -> TracingConfig {
         endpoint: grpc.endpoint,
         timeout: grpc.timeout,
         resource_attributes: raw.resource_attributes,
+        trust_caller_sampling: raw.trust_caller_sampling,
     }
 }
 
-fn route(issues: &mut Issues, path: &str, r: RawRoute, declared: &[String]) -> Option<RouteConfig> {
+fn route(
+    issues: &mut Issues,
+    path: &str,
+    r: RawRoute,
+    declared: &[String],
+    edge: &super::EdgeConfig,
+) -> Option<RouteConfig> {
     let before = issues.0.len();
     let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".into());
     if !path_prefix.starts_with('/') {
         issues.push(format!("{path}.match.pathPrefix"), "must start with /");
+    } else {
+        // Requests are matched in canonical form: a prefix in any other form never matches.
+        match crate::proxy::path::canonicalize(&path_prefix, &edge.paths) {
+            Ok(c) if c.path == path_prefix => {}
+            Ok(c) => issues.push(
+                format!("{path}.match.pathPrefix"),
+                format!("is not in canonical form; write {:?}", c.path),
+            ),
+            Err(e) => issues.push(format!("{path}.match.pathPrefix"), e.to_string()),
+        }
     }
     let host = r.matcher.host.map(|h| h.to_ascii_lowercase());
     if host
@@ -300,6 +337,9 @@ fn route(issues: &mut Issues, path: &str, r: RawRoute, declared: &[String]) -> O
         path_prefix,
         middlewares: r.middlewares,
         upstreams,
+        encoded_characters: r.encoded_characters.map_or(edge.encoded_characters, |e| {
+            super::edge::encoded_characters(&e, edge.encoded_characters)
+        }),
     })
 }
 

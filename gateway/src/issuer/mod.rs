@@ -76,7 +76,12 @@ impl Issuer {
         let mut trusted = HashMap::new();
         for t in &cfg.trusted_issuers {
             let iss = t.issuer.clone().unwrap_or_default();
-            let jwt = Jwt::new(&format!("issuer trust {iss}"), t.clone(), tokens)?;
+            let jwt = Jwt::new(
+                &format!("issuer trust {iss}"),
+                t.clone(),
+                tokens,
+                crate::auth::limits::CallerLimits::default(),
+            )?;
             let replay = KeyDeriver::labelled(tokens.fleet(), "tokengate assertion jti v1", &iss);
             trusted.insert(iss, Trusted { jwt, replay });
         }

@@ -1,6 +1,6 @@
 //! Forwarding a request to an upstream: header hygiene, the target URI, the pooled client.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderName};
@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
 use url::Url;
 
 use super::ProxyBody;
@@ -60,32 +61,108 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the caller's address to any chain it sent),
-/// `X-Forwarded-Host` and `X-Forwarded-Proto` (replacing caller-sent values).
-pub fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, host: Option<&HeaderValue>) {
-    let ip = remote.ip().to_string();
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let chain: Vec<&str> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if chain.is_empty() {
-        ip
-    } else {
-        format!("{}, {ip}", chain.join(", "))
-    };
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(xff, v);
+/// `forwardedHeaders`: the peers whose forwarding headers are believed (Traefik's `trustedIPs`).
+#[derive(Debug, Clone, Default)]
+pub struct ForwardedHeaders {
+    /// Trusted peers.
+    pub trusted: Vec<IpNet>,
+    /// Trust every peer.
+    pub insecure: bool,
+}
+
+/// Headers through which a proxy tells the next hop about the original request. From a peer
+/// that is not trusted, every one of them is a forgery and is dropped before ours are set.
+const FORWARDING: [&str; 3] = ["forwarded", "x-real-ip", "x-forwarded-for"];
+
+impl ForwardedHeaders {
+    /// Whether `peer` may tell us about the original request.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.insecure || self.trusted.iter().any(|n| n.contains(&peer))
     }
-    match host {
-        Some(h) => headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone()),
-        None => headers.remove(HeaderName::from_static("x-forwarded-host")),
-    };
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+
+    /// The caller's address: the peer's, or, from a trusted peer, the right-most address of
+    /// `X-Forwarded-For` that is not itself a trusted proxy (the left-most entries are whatever
+    /// the client wrote).
+    pub fn caller(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let chain: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map_while(|a| a.trim().parse().ok())
+            .collect();
+        chain
+            .iter()
+            .rev()
+            .find(|a| !self.trusts(**a))
+            .or(chain.first())
+            .copied()
+            .unwrap_or(peer)
+    }
+
+    /// Writes the forwarding headers of a request from `peer`, on behalf of `caller`.
+    ///
+    /// From a trusted peer, `X-Forwarded-For` is appended to and the peer's `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host` and `Forwarded` are kept. From anyone else, every `X-Forwarded-*`,
+    /// `Forwarded` and `X-Real-IP` the peer sent is dropped and ours replace them. Either way
+    /// `X-Real-IP` is the caller.
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        peer: IpAddr,
+        caller: IpAddr,
+        host: Option<&HeaderValue>,
+    ) {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let proto = HeaderName::from_static("x-forwarded-proto");
+        let fwd_host = HeaderName::from_static("x-forwarded-host");
+        let peer_text = peer.to_string();
+        if self.trusts(peer) {
+            let chain: Vec<&str> = headers
+                .get_all(&xff)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let value = if chain.is_empty() {
+                peer_text
+            } else {
+                format!("{}, {peer_text}", chain.join(", "))
+            };
+            if let Ok(v) = HeaderValue::try_from(value) {
+                headers.insert(&xff, v);
+            }
+        } else {
+            let forged: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| {
+                    k.as_str().starts_with("x-forwarded-") || FORWARDING.contains(&k.as_str())
+                })
+                .cloned()
+                .collect();
+            for name in forged {
+                headers.remove(name);
+            }
+            headers.insert(
+                &xff,
+                HeaderValue::from_str(&peer_text).expect("an IP address is a valid value"),
+            );
+        }
+        if !headers.contains_key(&fwd_host)
+            && let Some(h) = host
+        {
+            headers.insert(fwd_host, h.clone());
+        }
+        if !headers.contains_key(&proto) {
+            headers.insert(proto, HeaderValue::from_static("http"));
+        }
+        headers.insert(
+            HeaderName::from_static("x-real-ip"),
+            HeaderValue::from_str(&caller.to_string()).expect("an IP address is a valid value"),
+        );
+    }
 }
 
 /// The upstream URI: the upstream's base URL with the request's path and query appended.
@@ -122,19 +199,63 @@ mod tests {
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
-    #[test]
-    fn forwarded_for_appends_and_host_proto_replace() {
+    fn caller_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.9.9.9, 203.0.113.5"),
+        );
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        set_forwarded(
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/admin"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.9.9.9"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.9.9.9"));
+        h
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peers_are_replaced() {
+        let fwd = ForwardedHeaders::default();
+        let peer: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut h = caller_headers();
+        assert_eq!(fwd.caller(&h, peer), peer);
+        fwd.apply(
             &mut h,
-            "127.0.0.9:5000".parse().unwrap(),
+            peer,
+            peer,
             Some(&HeaderValue::from_static("api.local")),
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.local");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+        assert!(h.get("forwarded").is_none() && h.get("x-forwarded-prefix").is_none());
+    }
+
+    #[test]
+    fn forwarding_headers_from_trusted_proxies_are_extended() {
+        let fwd = ForwardedHeaders {
+            trusted: vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "203.0.113.5/32".parse().unwrap(),
+            ],
+            insecure: false,
+        };
+        let peer: IpAddr = "198.51.100.7".parse().unwrap();
+        let mut h = caller_headers();
+        // 203.0.113.5 is a trusted proxy too; the client is the next one to the left.
+        let caller = fwd.caller(&h, peer);
+        assert_eq!(caller, "10.9.9.9".parse::<IpAddr>().unwrap());
+        fwd.apply(
+            &mut h,
+            peer,
+            caller,
+            Some(&HeaderValue::from_static("api.local")),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.9.9.9, 203.0.113.5, 198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+        assert_eq!(h["x-real-ip"], "10.9.9.9");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The HTTP side: listeners, graceful shutdown, routing, middlewares, forwarding.
 
 pub mod admin;
+pub mod edge;
 pub mod forward;
+pub mod path;
 pub mod response;
 pub mod router;
 pub mod serve;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,8 @@ use tracing::Instrument;
 
 pub use serve::{Listeners, serve};
 
-use crate::auth::{Applied, ClientCredentials, Introspection, Jwt, Middleware, UsedToken};
+use crate::auth::limits::{Guards, MissBudget};
+use crate::auth::{Applied, Caller, ClientCredentials, Introspection, Jwt, Middleware, UsedToken};
 use crate::config::{Config, JwksSource, MiddlewareConfig};
 use crate::issuer::Issuer;
 use crate::telemetry::{AccessLog, otel};
@@ -37,12 +40,16 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// after an upstream 401; larger ones are streamed and not replayed.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
-/// The proxy: routes, the upstream client, the timeout.
+/// The proxy: routes, the upstream client, the timeout, the edge's rules.
 pub struct Gateway {
     router: Router,
     issuer: Option<Arc<Issuer>>,
     client: forward::UpstreamClient,
     request_timeout: Duration,
+    paths: path::PathPolicy,
+    forwarded: forward::ForwardedHeaders,
+    /// Honour a caller's `traceparent` sampling flag even from peers not trusted.
+    trust_caller_sampling: bool,
 }
 
 impl Gateway {
@@ -54,23 +61,28 @@ impl Gateway {
         cache: &Arc<TokenCache>,
         issuer: Option<Arc<Issuer>>,
     ) -> reqwest::Result<Self> {
+        let guards = Guards {
+            limits: config.edge.caller_limits,
+            budget: MissBudget::new(&config.edge.miss_budget),
+        };
         let middlewares: BTreeMap<&str, Arc<Middleware>> = config
             .middlewares
             .iter()
             .map(|(name, m)| {
                 let built = match m {
                     MiddlewareConfig::ClientCredentials(cc) => Ok(Middleware::ClientCredentials(
-                        ClientCredentials::new(name, cc.clone(), Arc::clone(cache)),
+                        ClientCredentials::new(name, cc.clone(), Arc::clone(cache), guards.clone()),
                     )),
                     MiddlewareConfig::Introspection(i) => {
-                        Introspection::new(name, i.clone(), cache).map(Middleware::Introspection)
+                        Introspection::new(name, i.clone(), cache, guards.clone())
+                            .map(Middleware::Introspection)
                     }
                     MiddlewareConfig::Jwt(j) => {
                         let mut j = j.clone();
                         if let (JwksSource::Gateway, Some(issuer)) = (&j.keys, &issuer) {
                             j.keys = JwksSource::Inline(issuer.jwks());
                         }
-                        Jwt::new(name, j, cache).map(Middleware::Jwt)
+                        Jwt::new(name, j, cache, guards.limits).map(Middleware::Jwt)
                     }
                 };
                 built.map(|b| (name.as_str(), Arc::new(b)))
@@ -92,6 +104,7 @@ impl Gateway {
                     chain,
                     r.upstreams.clone(),
                 )
+                .allowing(r.encoded_characters)
             })
             .collect();
         Ok(Self {
@@ -99,6 +112,12 @@ impl Gateway {
             issuer,
             client: forward::client(),
             request_timeout: config.request_timeout,
+            paths: config.edge.paths,
+            forwarded: config.edge.forwarded.clone(),
+            trust_caller_sampling: config
+                .tracing
+                .as_ref()
+                .is_some_and(|t| t.trust_caller_sampling),
         })
     }
 
@@ -109,11 +128,17 @@ impl Gateway {
         remote: SocketAddr,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let mut log = AccessLog::new(&req, remote);
+        let peer = remote.ip();
+        let trusted_peer = self.forwarded.trusts(peer);
+        let caller = Caller {
+            address: self.forwarded.caller(req.headers(), peer),
+        };
+        let mut log = AccessLog::new(&req, SocketAddr::new(caller.address, remote.port()));
         // The log names the trace: the caller's when tracing is off; the span's when the
         // request is recorded (read at the end, once the span has its route in its name).
         let mut trace_id = None;
-        let span = match otel::Incoming::decide(req.headers()) {
+        let trust_sampling = trusted_peer || self.trust_caller_sampling;
+        let span = match otel::Incoming::decide(req.headers(), trust_sampling) {
             otel::Incoming::Off => {
                 trace_id = otel::caller_trace_id(req.headers());
                 tracing::Span::none()
@@ -141,7 +166,9 @@ impl Gateway {
                 span
             }
         };
-        let routed = self.route(req, remote, &mut log).instrument(span.clone());
+        let routed = self
+            .route(req, peer, caller, &mut log)
+            .instrument(span.clone());
         let resp = match tokio::time::timeout(self.request_timeout, routed).await {
             Ok(resp) => resp,
             Err(_) => response::error(
@@ -161,10 +188,15 @@ impl Gateway {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
-        remote: SocketAddr,
+        mut req: Request<Incoming>,
+        peer: IpAddr,
+        caller: Caller,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
+        let encoded = match edge::check(&mut req, &self.paths) {
+            Ok(encoded) => encoded,
+            Err(refusal) => return refusal.response(),
+        };
         if let Some(issuer) = &self.issuer
             && Issuer::serves(req.uri().path())
         {
@@ -182,6 +214,9 @@ impl Gateway {
         };
         log.route = Some(route.name.clone());
         name_request(&req, route.prefix());
+        if let Some(refused) = encoded.first_refused(route.encoded_characters()) {
+            return edge::Refusal::EncodedCharacter(refused).response();
+        }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -190,23 +225,37 @@ impl Gateway {
                 .authority()
                 .and_then(|a| http::HeaderValue::try_from(a.as_str()).ok())
         });
-        forward::set_forwarded(&mut parts.headers, remote, original_host.as_ref());
+        self.forwarded.apply(
+            &mut parts.headers,
+            peer,
+            caller.address,
+            original_host.as_ref(),
+        );
         if let Some(h) = &original_host {
             parts.headers.insert(HOST, h.clone());
         }
 
+        // The caller's own headers, for a second run of the middlewares after an upstream 401.
+        let original_headers = route.attaches_tokens().then(|| parts.headers.clone());
+        // The middlewares first: nothing of the body is read for a caller they refuse.
+        let used = match apply_chain(route, &mut parts, &caller, log).await {
+            Ok(used) => used,
+            Err(resp) => return resp,
+        };
+
         // A small body is held so that the request can be replayed after an upstream 401.
-        let replayable = body.is_end_stream()
-            || parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .is_some_and(|n| n <= REPLAY_LIMIT);
+        let replayable = !used.is_empty()
+            && (body.is_end_stream()
+                || parts
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .is_some_and(|n| n <= REPLAY_LIMIT));
         let (body, replay) = if replayable {
             match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
-                    (full(bytes.clone()), Some((bytes, parts.headers.clone())))
+                    (full(bytes.clone()), Some(bytes))
                 }
                 Err(_) => {
                     return response::error(
@@ -220,30 +269,32 @@ impl Gateway {
             (body.map_err(BoxError::from).boxed_unsync(), None)
         };
 
-        let used = match apply_chain(route, &mut parts, log).await {
-            Ok(used) => used,
-            Err(resp) => return resp,
-        };
         let upstream = route.next_upstream();
         let resp = match self.forward(upstream, parts.clone_for_retry(), body).await {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        let (Some((bytes, original_headers)), true) = (
+        let (Some(bytes), Some(original_headers), true) = (
             replay,
-            resp.status() == StatusCode::UNAUTHORIZED && !used.is_empty(),
+            original_headers,
+            resp.status() == StatusCode::UNAUTHORIZED,
         ) else {
             return into_proxy(resp);
         };
 
         // The upstream rejected the token: evict exactly that token fleet-wide, get a fresh one
-        // and try once more.
+        // and try once more, unless every token used is too young to be the culprit (then the
+        // upstream refuses for its own reasons, and a new token would not help).
+        let mut evicted = false;
         for (m, token) in &used {
-            m.reject_token(token).await;
+            evicted |= m.reject_token(token).await;
+        }
+        if !evicted {
+            return into_proxy(resp);
         }
         tracing::info!(route = %route.name, "upstream rejected the token; evicted and retrying once with a fresh one");
         parts.headers = original_headers;
-        if let Err(resp) = apply_chain(route, &mut parts, log).await {
+        if let Err(resp) = apply_chain(route, &mut parts, &caller, log).await {
             return resp;
         }
         match self
@@ -299,6 +350,7 @@ impl Gateway {
 async fn apply_chain<'r>(
     route: &'r Route,
     parts: &mut http::request::Parts,
+    caller: &Caller,
     log: &mut AccessLog,
 ) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<ProxyBody>> {
     let mut used = Vec::new();
@@ -309,7 +361,7 @@ async fn apply_chain<'r>(
             tokengate.middleware = m.name(),
             tokengate.middleware.kind = m.kind(),
         );
-        match m.apply(parts).instrument(span).await {
+        match m.apply(parts, caller).instrument(span).await {
             Ok(Applied { username, token }) => {
                 if username.is_some() {
                     log.user = username;

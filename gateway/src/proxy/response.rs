@@ -61,6 +61,35 @@ pub fn auth_error(e: &AuthError) -> Response<ProxyBody> {
             realm,
             Some(("invalid_token", reason)),
         ),
+        AuthError::InvalidRequest {
+            realm,
+            basic: true,
+            reason,
+        } => challenge(
+            error(StatusCode::BAD_REQUEST, "invalid_request", reason),
+            realm,
+        ),
+        AuthError::InvalidRequest {
+            realm,
+            basic: false,
+            reason,
+        } => bearer_challenge(
+            error(StatusCode::BAD_REQUEST, "invalid_request", reason),
+            realm,
+            Some(("invalid_request", reason)),
+        ),
+        AuthError::OverBudget { retry_after } => {
+            let mut resp = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many requests with unknown credentials; retry later",
+            );
+            resp.headers_mut().insert(
+                RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            resp
+        }
         AuthError::InsufficientScope { realm } => bearer_challenge(
             error(
                 StatusCode::FORBIDDEN,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use url::Url;
 
+use super::path::EncodedCharacters;
 use crate::auth::Middleware;
 
 /// A route ready to serve.
@@ -21,6 +22,7 @@ pub struct Route {
     pub middlewares: Vec<Arc<Middleware>>,
     upstreams: Vec<Url>,
     next: AtomicUsize,
+    encoded: EncodedCharacters,
 }
 
 impl Route {
@@ -45,7 +47,27 @@ impl Route {
             middlewares,
             upstreams,
             next: AtomicUsize::new(0),
+            encoded: EncodedCharacters::default(),
         }
+    }
+
+    /// Allows the ambiguous encoded characters `encoded` in this route's paths.
+    pub fn allowing(mut self, encoded: EncodedCharacters) -> Self {
+        self.encoded = encoded;
+        self
+    }
+
+    /// The ambiguous encoded characters this route's paths may contain.
+    pub fn encoded_characters(&self) -> &EncodedCharacters {
+        &self.encoded
+    }
+
+    /// Whether a middleware of this route attaches a token of the gateway's, so that an
+    /// upstream 401 may be retried with a fresh one.
+    pub fn attaches_tokens(&self) -> bool {
+        self.middlewares
+            .iter()
+            .any(|m| matches!(**m, Middleware::ClientCredentials(_)))
     }
 
     /// The next upstream, round robin.

@@ -1,27 +1,83 @@
-//! Accept loops with graceful shutdown: stop accepting, let in-flight requests finish (bounded),
-//! then return.
+//! Accept loops with bounded connections and graceful shutdown: stop accepting, let in-flight
+//! requests finish (bounded), then return.
+//!
+//! Every connection is bounded (HAProxy's and nginx's habits): at most `maxConnections` are open
+//! (the next caller waits in the kernel's backlog); a request head must arrive within
+//! `readHeaderTimeout` and fit in `maxHeaderBytes` and `maxHeaders` (else 408/431); a
+//! connection with no request in progress for `idleTimeout` is closed, whatever trickle of bytes
+//! it sends (a slowloris client never completes a request, so it is idle); HTTP/2 connections
+//! carry at most `maxConcurrentStreams` streams and are pinged so dead peers are dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::ProxyBody;
+use super::{BoxError, ProxyBody};
 
-/// A slow client gets this long to send its request headers (slowloris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After `accept` fails (e.g. out of file descriptors), wait this long before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// A connection asked to close for idleness that has not closed after this long is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Connection limits and timeouts of a listener (`transport`, `http2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Open connections at most; more wait to be accepted.
+    pub max_connections: usize,
+    /// Bytes of one HTTP/1 request head (request line and headers), and of an HTTP/2 header
+    /// list; larger is 431.
+    pub max_header_bytes: usize,
+    /// Header fields in one HTTP/1 request; more is 431.
+    pub max_headers: usize,
+    /// Time to receive a whole HTTP/1 request head; then the connection is closed.
+    pub read_header_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive ping interval.
+    pub keep_alive_interval: Duration,
+    /// A ping unanswered this long closes the HTTP/2 connection.
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for TransportLimits {
+    /// 10,000 connections (a gateway node behind a load balancer sees far fewer; a file
+    /// descriptor limit of 65,536 leaves room for upstream sockets); heads of 32 KiB and 100
+    /// fields (nginx's and hyper's defaults); 10 s to send a head (Go's common
+    /// `ReadHeaderTimeout`); 180 s idle (Traefik's `idleTimeout`); 250 HTTP/2 streams
+    /// (Traefik's `maxConcurrentStreams`), pinged every 20 s.
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            read_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(180),
+            max_concurrent_streams: 250,
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(20),
+        }
+    }
+}
 
 /// Handles one request from a remote address.
 pub type Handler = Arc<
@@ -47,20 +103,70 @@ impl Listeners {
     }
 }
 
-/// Serves connections from `listener` until `shutdown`, then drains for at most `drain`.
+/// Serves connections from `listener` with default limits until `shutdown`, then drains for at
+/// most `drain`.
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    run(
+        listener,
+        handler,
+        shutdown,
+        drain,
+        TransportLimits::default(),
+        false,
+    )
+    .await;
+}
+
+/// Serves the proxy listener: connections within `limits` (and counted in the connection
+/// metrics) until `shutdown`, then drains for at most `drain`.
+pub async fn serve_with(
+    listener: TcpListener,
+    handler: Handler,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: TransportLimits,
+) {
+    run(listener, handler, shutdown, drain, limits, true).await;
+}
+
+async fn run(
+    listener: TcpListener,
+    handler: Handler,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: TransportLimits,
+    observed: bool,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.read_header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.keep_alive_interval)
+        .keep_alive_timeout(limits.keep_alive_timeout);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    // `closing`: finish in-flight requests and close; `abort`: drop what is left.
+    let closing = CancellationToken::new();
+    let abort = CancellationToken::new();
     loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -73,24 +179,23 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let handler = Arc::clone(&handler);
-        let service = service_fn(move |req| {
-            let fut = handler(req, remote);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let conn = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, %remote, "connection ended with an error");
-            }
+        let conn = Connection {
+            handler: Arc::clone(&handler),
+            builder: Arc::clone(&builder),
+            idle_timeout: limits.idle_timeout,
+            observed,
+            closing: closing.clone(),
+            abort: abort.clone(),
+        };
+        connections.spawn(async move {
+            let _slot = slot;
+            conn.serve(stream, remote).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    closing.cancel();
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
         .await
         .is_err()
     {
@@ -98,5 +203,175 @@ pub async fn serve(
             ?drain,
             "drain timeout reached; closing remaining connections"
         );
+        abort.cancel();
+        connections.wait().await;
+    }
+}
+
+/// One accepted connection and what it needs.
+struct Connection {
+    handler: Handler,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+    /// Counted in the connection metrics (the proxy listener's connections are).
+    observed: bool,
+    closing: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, remote: SocketAddr) {
+        let metrics = crate::telemetry::metrics::metrics();
+        if self.observed {
+            metrics.connections_open.inc();
+        }
+        let activity = Arc::new(Activity::new());
+        let handler = Arc::clone(&self.handler);
+        let tracked = Arc::clone(&activity);
+        let service = service_fn(move |req| {
+            let guard = InFlight::begin(&tracked);
+            let fut = handler(req, remote);
+            async move {
+                let resp = fut.await;
+                Ok::<_, Infallible>(resp.map(|body| {
+                    let body: ProxyBody = http_body_util::BodyExt::boxed_unsync(Tracked {
+                        body,
+                        _guard: guard,
+                    });
+                    body
+                }))
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        let mut hard_stop: Option<Instant> = None;
+        loop {
+            let idle_check = activity.idle_deadline(self.idle_timeout);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, %remote, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = self.closing.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = self.abort.cancelled() => break,
+                () = tokio::time::sleep_until(idle_check), if hard_stop.is_none() => {
+                    if activity.is_idle(self.idle_timeout) {
+                        if self.observed {
+                            metrics.connections_idle_closed.inc();
+                        }
+                        if !closing {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        hard_stop = Some(Instant::now() + IDLE_CLOSE_GRACE);
+                    }
+                }
+                () = sleep_until_some(hard_stop) => {
+                    if activity.active.load(Ordering::Acquire) == 0 {
+                        break;
+                    }
+                    hard_stop = None;
+                }
+            }
+        }
+        if self.observed {
+            metrics.connections_open.dec();
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Requests in progress on one connection, and when the last one ended.
+struct Activity {
+    started: Instant,
+    active: AtomicUsize,
+    /// Milliseconds after `started` when the connection last went idle.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+    }
+
+    /// When to look again: `timeout` after it went idle (or after now, while busy).
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        if self.active.load(Ordering::Acquire) > 0 {
+            Instant::now() + timeout
+        } else {
+            self.idle_since() + timeout
+        }
+    }
+
+    fn is_idle(&self, timeout: Duration) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && self.idle_since() + timeout <= Instant::now()
+    }
+}
+
+/// A request in progress: from its head until its response body is dropped (sent or not).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = u64::try_from(a.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.idle_since_ms.store(now, Ordering::Release);
+        a.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in progress until it is dropped.
+    struct Tracked {
+        #[pin]
+        body: ProxyBody,
+        _guard: InFlight,
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub refresh_leader: IntGauge,
     /// The fence of the refresh lease this node holds (0 when it holds none).
     pub refresh_fence: IntGauge,
+    idp_miss_refused: IntCounterVec,
+    edge_refused: IntCounterVec,
+    /// Open proxy connections.
+    pub connections_open: IntGauge,
+    /// Proxy connections closed for being idle or too slow to send a request.
+    pub connections_idle_closed: IntCounter,
 }
 
 /// 0.5 ms to ~16 s.
@@ -118,7 +124,38 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(refresh_fence.clone()));
+        let idp_miss_refused = IntCounterVec::new(
+            Opts::new(
+                "idp_miss_budget_exceeded_total",
+                "Cache misses refused with 429 because a miss budget was spent, by bucket",
+            ),
+            &["bucket"],
+        )
+        .expect("valid metric");
+        reg(Box::new(idp_miss_refused.clone()));
+        let edge_refused = IntCounterVec::new(
+            Opts::new(
+                "edge_refused_total",
+                "Requests refused before routing or authentication, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        reg(Box::new(edge_refused.clone()));
+        let connections_open =
+            IntGauge::new("connections_open", "Open proxy connections").expect("valid metric");
+        reg(Box::new(connections_open.clone()));
+        let connections_idle_closed = IntCounter::new(
+            "connections_idle_closed_total",
+            "Proxy connections closed because no request was in progress for idleTimeout",
+        )
+        .expect("valid metric");
+        reg(Box::new(connections_idle_closed.clone()));
         Self {
+            idp_miss_refused,
+            edge_refused,
+            connections_open,
+            connections_idle_closed,
             l1_hits: tokens.with_label_values(&["l1"]),
             store_hits: tokens.with_label_values(&["store"]),
             idp_fetches: tokens.with_label_values(&["idp"]),
@@ -149,6 +186,16 @@ impl Metrics {
     pub fn idp_call(&self, ok: bool, seconds: f64) {
         if ok { &self.idp_ok } else { &self.idp_error }.inc();
         self.idp_duration.observe(seconds);
+    }
+
+    /// Records a cache miss refused by the `bucket` miss budget.
+    pub fn idp_miss_refused(&self, bucket: &'static str) {
+        self.idp_miss_refused.with_label_values(&[bucket]).inc();
+    }
+
+    /// Records a request refused at the edge for `reason` (a fixed word).
+    pub fn edge_refused(&self, reason: &'static str) {
+        self.edge_refused.with_label_values(&[reason]).inc();
     }
 
     /// Records one background renewal.

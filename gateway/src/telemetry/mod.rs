@@ -85,6 +85,26 @@ pub fn init(
     Ok(Telemetry { provider })
 }
 
+/// Longest request path written to the access log; a caller controls it, the log's size is the
+/// operator's.
+const LOGGED_PATH_MAX: usize = 512;
+/// Longest method written (extension methods are caller text).
+const LOGGED_METHOD_MAX: usize = 32;
+/// Longest user name written (a claim's value).
+const LOGGED_USER_MAX: usize = 256;
+
+/// `text`, cut at a character boundary to at most `max` bytes, marked `…` when cut.
+pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// The access-log record of one request, filled in as the request progresses.
 pub struct AccessLog {
     method: http::Method,
@@ -103,7 +123,7 @@ impl AccessLog {
     pub fn new<B>(req: &Request<B>, client: SocketAddr) -> Self {
         Self {
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            path: bounded(req.uri().path(), LOGGED_PATH_MAX).into_owned(),
             client,
             route: None,
             user: None,
@@ -120,12 +140,12 @@ impl AccessLog {
         );
         tracing::info!(
             target: "tokengate::access",
-            method = %self.method,
+            method = %bounded(self.method.as_str(), LOGGED_METHOD_MAX),
             path = %self.path,
             status = status.as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,
             route = self.route.as_deref().unwrap_or("-"),
-            user = self.user.as_deref().unwrap_or("-"),
+            user = %bounded(self.user.as_deref().unwrap_or("-"), LOGGED_USER_MAX),
             client = %self.client.ip(),
             trace_id = self.trace_id.as_deref().unwrap_or("-"),
         );

@@ -41,6 +41,10 @@ pub struct TracingConfig {
     pub timeout: Option<Duration>,
     /// Extra resource attributes (e.g. `deployment.environment.name`).
     pub resource_attributes: BTreeMap<String, String>,
+    /// Follow the sampling decision of callers that are not trusted proxies too
+    /// (`forwardedHeaders.trustedIPs`). Off, such a caller's trace is continued but whether it
+    /// is recorded is decided by `sampleRate`: a caller cannot make every request expensive.
+    pub trust_caller_sampling: bool,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -120,14 +124,15 @@ pub enum Incoming {
 
 impl Incoming {
     /// Decides for a request with `headers`: the caller's sampling decision when it sent a
-    /// trace context (a parent-based sampler), a draw at the sample rate otherwise.
-    pub fn decide(headers: &HeaderMap) -> Self {
+    /// trace context and `trust_caller` (a parent-based sampler), a draw at the sample rate
+    /// otherwise.
+    pub fn decide(headers: &HeaderMap, trust_caller: bool) -> Self {
         if !enabled() {
             return Self::Off;
         }
         let cx = propagator().extract(&HeaderExtractor(headers));
         let parent = cx.span().span_context().clone();
-        let record = match parent.is_valid() {
+        let record = match parent.is_valid() && trust_caller {
             true => parent.is_sampled(),
             false => sample_root(),
         };

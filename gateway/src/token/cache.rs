@@ -119,6 +119,16 @@ impl TokenCache {
         Some(Arc::clone(entry))
     }
 
+    /// Whether a miss on `key` now would cost nothing new: the IdP's `invalid_client` is
+    /// remembered for it, or this node is already fetching it (the caller would join).
+    pub fn miss_is_free(&self, key: &TokenKey, now: UnixMillis) -> bool {
+        self.negative
+            .pin()
+            .get(key)
+            .is_some_and(|until| *until > now)
+            || self.flights.in_flight(key)
+    }
+
     /// A servable token for `key`: from L1, the shared store, or the IdP. `spec` is called only
     /// on a miss. An `invalid_client` answer is remembered for `negative_ttl`.
     pub async fn get(

@@ -67,6 +67,11 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         flight
     }
 
+    /// Whether work for `key` is running (a caller asking now would join it).
+    pub fn in_flight(&self, key: &TokenKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, Flight<T>>> {
         // A poisoned map only means a panic elsewhere while holding it; inserts and removes are
         // single calls, so the map itself is consistent.

@@ -259,11 +259,11 @@ impl IdpClient {
         let mut breakers = self.breakers();
         let b = breakers.entry(endpoint.to_owned()).or_default();
         b.trial_in_flight = false;
-        // Only an unreachable or failing IdP counts; a wrong secret says nothing about its health.
-        if matches!(
-            error,
-            Some(IdpError::Unavailable { .. } | IdpError::Protocol(_))
-        ) {
+        // Only an unreachable or failing IdP counts (transport errors, timeouts, 5xx, 429). Any
+        // other answer, 4xx or odd, may have been provoked by what a caller sent (a 20 KB client
+        // id, a malformed token) and says nothing about the IdP's health: counting it would let
+        // any anonymous caller lock every new client out.
+        if matches!(error, Some(IdpError::Unavailable { .. })) {
             b.consecutive_failures += 1;
             if b.consecutive_failures >= self.breaker_threshold {
                 if b.open_until.is_none() {
@@ -463,7 +463,9 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, IdpError> {
     Ok(body)
 }
 
-fn parse_success(body: &[u8], issued_at: UnixMillis) -> Result<IssuedToken, IdpError> {
+/// A successful token response (RFC 6749 §5.1): JSON with `access_token` and a `Bearer`
+/// `token_type`; `expires_in` as a number (or a numeric string, as some IdPs send).
+pub fn parse_success(body: &[u8], issued_at: UnixMillis) -> Result<IssuedToken, IdpError> {
     let ok: SuccessBody = serde_json::from_slice(body)
         .map_err(|_| IdpError::Protocol("token response is not RFC 6749 JSON".into()))?;
     // RFC 6750: we present the token as a bearer token; anything else we cannot use correctly.
@@ -545,6 +547,49 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn answers_a_caller_can_provoke_never_open_the_circuit() {
+        // An IdP that answers every request 400 with an HTML page (not RFC 6749), as IdPs and
+        // their front proxies do for an oversized client id.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0; 65536];
+                    let _ = s.read(&mut buf).await;
+                    let body = "<html>Bad Request</html>";
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        let mut client = IdpClient::new();
+        client.breaker_threshold = 1;
+        for _ in 0..4 {
+            let e = client
+                .fetch(&request(&url, Duration::from_secs(5)))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, IdpError::Protocol(_)), "{e:?}");
+        }
+        assert!(
+            client
+                .breakers()
+                .get(url.as_str())
+                .unwrap()
+                .open_until
+                .is_none()
+        );
+    }
+
     #[test]
     fn basic_credentials_are_form_encoded_before_base64() {
         let h = basic_authorization("a:b c", "p+/%");
@@ -561,5 +606,22 @@ mod tests {
             parse_success(body, 0).unwrap().expires_in,
             Some(Duration::from_secs(60))
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever a token endpoint answers: a usable bearer token or a protocol error.
+        #[test]
+        fn any_token_response_is_judged_safely(
+            token_type in "(Bearer|bearer|mac|)",
+            expires in "(60|\"60\"|-1|1e9|\"x\"|null|18446744073709551616)",
+            junk in "[ -~]{0,40}",
+        ) {
+            let body = format!(r#"{{"access_token":"t","token_type":"{token_type}","expires_in":{expires}}}"#);
+            if let Ok(t) = parse_success(body.as_bytes(), 0) {
+                proptest::prop_assert!(token_type.eq_ignore_ascii_case("bearer"));
+                proptest::prop_assert_eq!(t.access_token.expose(), "t");
+            }
+            let _ = parse_success(junk.as_bytes(), 0);
+        }
     }
 }

@@ -50,6 +50,48 @@ fn secrets_never_appear_in_config_errors() {
 }
 
 #[test]
+fn credentials_typed_into_addresses_are_refused_and_never_echoed() {
+    let yaml = r#"
+listen: 127.0.0.1:8080
+admin: { listen: 127.0.0.1:9090 }
+fleetKey: env:FLEET_KEY
+store: { redis: { endpoints: ["redis://:pa55word@redis:6379", "admin:pa55word@redis:6379"] } }
+telemetry: { tracing: { otlp: { grpc: { endpoint: "user:pa55word@collector:4317" } } } }
+middlewares:
+  m: { clientCredentials: { url: "https://client:pa55word@idp.example/token" } }
+"#;
+    let (mut cmd, _dir) = gateway_command(
+        &["check-config"],
+        yaml,
+        &[("FLEET_KEY", "k-k-k-k-k-k-k-k-k-k-k-k-k-k-k-k-k-k")],
+    );
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for path in [
+        "store.redis.endpoints[0]",
+        "store.redis.endpoints[1]",
+        "telemetry.tracing.otlp.grpc.endpoint",
+        "middlewares.m.clientCredentials.url: must not carry credentials",
+    ] {
+        assert!(stderr.contains(path), "{path} in {stderr}");
+    }
+    assert!(!stderr.contains("pa55word"), "{stderr}");
+}
+
+#[test]
+fn help_never_shows_a_secret_from_the_environment() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["cache-node", "--help"])
+        .env("TOKENGATE_ADMIN_TOKEN", "inline-admin-t0ken")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("--admin-token"), "{help}");
+    assert!(!help.contains("inline-admin-t0ken"), "{help}");
+}
+
+#[test]
 fn run_with_a_bad_config_exits_before_binding_anything() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

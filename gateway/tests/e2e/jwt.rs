@@ -8,7 +8,7 @@ use chaos::{EchoUpstream, FakeIdp, IdpMode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::support::{Node, client, echo, get_as, header, now};
+use crate::support::{Node, client, echo, eventually, get_as, header, now};
 
 struct Fleet {
     idp: FakeIdp,
@@ -258,7 +258,11 @@ async fn unreachable_keys_are_503_and_claims_are_enforced() {
     let idp = FakeIdp::start().await;
     idp.set_mode(IdpMode::Unreachable);
     let upstream = EchoUpstream::start().await;
-    let keys = format!("jwksUrl: {}", idp.jwks_url());
+    let keys = format!(
+        "jwksUrl: {}\n      issuer: {}",
+        idp.jwks_url(),
+        idp.issuer()
+    );
     let node = Node::start(
         &config(
             &upstream,
@@ -335,4 +339,30 @@ async fn a_remembered_token_is_refused_once_it_expires() {
     assert_invalid(&f, &token, "expired").await;
     // A fresh token still passes on the same keys.
     assert_eq!(call(&f, &f.idp.mint(&claims(&f.idp))).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_cannot_be_refreshed_for_too_long_stop_verifying() {
+    let f = start(
+        "jwksRefreshInterval: 1s\n      jwksMaxStaleness: 2s\n      clientConfig: { retries: 0, timeout: 1s }",
+    )
+    .await;
+    let token = f.idp.mint(&claims(&f.idp));
+    assert_eq!(call(&f, &token).await.status(), 200);
+    // The IdP goes away: the keys in hand serve until they are 2 s old, then nothing verifies,
+    // not even a token verified before.
+    f.idp.set_mode(IdpMode::Unreachable);
+    eventually(
+        "stale keys stop verifying",
+        Duration::from_secs(15),
+        async || call(&f, &token).await.status() == 503,
+    )
+    .await;
+    f.idp.set_mode(IdpMode::Healthy);
+    eventually(
+        "fresh keys verify again",
+        Duration::from_secs(15),
+        async || call(&f, &token).await.status() == 200,
+    )
+    .await;
 }

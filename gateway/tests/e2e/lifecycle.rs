@@ -10,6 +10,11 @@ use crate::support::{GW_SECRET, Node, basic, client, echo, eventually, get_as, h
 const FAST_REFRESH: &str = "refresh: { interval: 100ms, leaseTtl: 6s }\n";
 
 async fn start(lifetime: Duration) -> (FakeIdp, EchoUpstream, Node) {
+    start_with(lifetime, "").await
+}
+
+/// [`start`] with `cc_extra` added to the application-level middleware.
+async fn start_with(lifetime: Duration, cc_extra: &str) -> (FakeIdp, EchoUpstream, Node) {
     let idp = FakeIdp::start().await;
     let upstream = EchoUpstream::start().await;
     idp.register("gw id:+/%", GW_SECRET);
@@ -17,10 +22,26 @@ async fn start(lifetime: Duration) -> (FakeIdp, EchoUpstream, Node) {
     idp.set_token_lifetime(lifetime);
     let yaml = format!(
         "{FAST_REFRESH}{}",
-        two_modes(&idp.token_url(), &upstream.url(), "")
+        two_modes(&idp.token_url(), &upstream.url(), cc_extra)
     );
     let node = Node::start(&yaml, &[("GW_SECRET", GW_SECRET)]);
     (idp, upstream, node)
+}
+
+/// The bearer token the upstream received for a first `GET /app` with `auth`.
+async fn token_of_first_call(http: &reqwest::Client, node: &Node, auth: &str) -> String {
+    let first = echo(
+        http.get(node.url("/app"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    header(&first, "authorization")[0]
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_owned()
 }
 
 fn exp_of(token: &str) -> u64 {
@@ -145,21 +166,11 @@ async fn idp_outage_serves_valid_tokens_then_answers_503_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_401_evicts_the_token_and_retries_once_with_a_fresh_one() {
-    let (idp, upstream, node) = start(Duration::from_secs(300)).await;
+    let (idp, upstream, node) =
+        start_with(Duration::from_secs(300), "rejectedTokenMinAge: 0s").await;
     let http = client();
     let auth = basic("svc-a", "s3cret");
-    let first = echo(
-        http.get(node.url("/app"))
-            .header("authorization", &auth)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let revoked = header(&first, "authorization")[0]
-        .strip_prefix("Bearer ")
-        .unwrap()
-        .to_owned();
+    let revoked = token_of_first_call(&http, &node, &auth).await;
     upstream.reject_token(&revoked);
 
     let resp = http
@@ -264,4 +275,35 @@ async fn opaque_tokens_without_expires_in_get_the_configured_default_lifetime() 
     .await;
     let token = first.strip_prefix("Bearer ").unwrap();
     assert!(!node.log().contains(token), "tokens are never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_401_to_a_fresh_token_is_passed_on_without_churning_the_idp() {
+    // The default rejectedTokenMinAge (30 s): an upstream that refuses a token it was given
+    // seconds ago refuses for its own reasons; anonymous callers must not turn that into IdP
+    // traffic.
+    let (idp, upstream, node) = start(Duration::from_secs(300)).await;
+    let http = client();
+    let auth = basic("svc-a", "s3cret");
+    let token = token_of_first_call(&http, &node, &auth).await;
+    upstream.reject_token(&token);
+    for _ in 0..5 {
+        let resp = http
+            .get(node.url("/app/orders"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "the upstream's answer is passed on");
+    }
+    assert_eq!(
+        upstream.seen().len(),
+        6,
+        "one attempt per request, no retry"
+    );
+    assert_eq!(
+        idp.issued("svc-a"),
+        1,
+        "the token was neither evicted nor refetched"
+    );
 }

@@ -6,6 +6,7 @@ mod client_credentials;
 mod config_cli;
 mod demo;
 mod deploy;
+mod edge;
 mod introspection;
 mod issuer;
 mod jwt;

@@ -78,6 +78,8 @@ middlewares:
       url: {url}
       scopes: [read]
       clientConfig: {{ timeout: 4s, retries: 1 }}
+      # Tests revoke tokens seconds after they were issued.
+      rejectedTokenMinAge: 0s
 routes:
   - {{ name: app, match: {{ pathPrefix: / }}, middlewares: [app-creds], upstream: {{ urls: [{up}] }} }}
 "#,

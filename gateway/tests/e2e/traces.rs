@@ -382,14 +382,34 @@ async fn the_sampling_decision_is_the_callers_or_the_sample_rate_and_is_passed_o
     let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
     idp.register("client-0", "secret-0");
     let yaml = format!(
-        "telemetry: {{ tracing: {{ sampleRate: 0.0, otlp: {{ grpc: {{ endpoint: \"{}\" }} }} }} }}\n{}",
+        "telemetry: {{ tracing: {{ sampleRate: 0.0, trustCallerSampling: true, otlp: {{ grpc: {{ endpoint: \"{}\" }} }} }} }}\n{}",
         collector.endpoint(),
         crate::redis::node_config(&idp, &upstream, "{ memory: {} }", "{ interval: 1s }")
     );
-    let node = Node::start(
-        &yaml,
-        &[("FLEET_KEY", FLEET_KEY), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    let env = [("FLEET_KEY", FLEET_KEY), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    // Without trustCallerSampling (and no trusted proxy), a caller cannot ask for recording.
+    let untrusting = Node::start(&yaml.replace("trustCallerSampling: true, ", ""), &env);
+    let resp = client()
+        .get(untrusting.url("/x"))
+        .header("authorization", creds(0))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let passed = upstream
+        .seen()
+        .last()
+        .unwrap()
+        .header("traceparent")
+        .unwrap()
+        .to_owned();
+    assert!(
+        passed.starts_with(&format!("00-{CALLER_TRACE}-")) && passed.ends_with("-00"),
+        "the caller's trace goes on, unrecorded at rate 0: {passed}"
     );
+    drop(untrusting);
+    let node = Node::start(&yaml, &env);
     let call = async |traceparent: Option<String>| {
         let mut req = client()
             .get(node.url("/x"))

@@ -3,8 +3,9 @@
 //!
 //! An active result is reused for at most `min(exp − now, maxCacheTtl)`: never past the token's
 //! own expiry, and never longer than the operator accepts a revoked token to keep working. An
-//! inactive result is remembered for `inactiveCacheTtl`, so a client retrying with a dead token
-//! is not a flood at the IdP. One introspection per token per node is in flight at a time.
+//! inactive result is remembered for `inactiveCacheTtl`, in this node's L1 only (random tokens
+//! must not become writes to the shared store), so a client retrying with a dead token is not a
+//! flood at the IdP. One introspection per token per node is in flight at a time.
 //!
 //! In the store a result is an entry like a token's, with clear metadata (the introspected
 //! token's `client_id` and `scope`, the cache deadline) and a sealed payload (the full answer).
@@ -107,15 +108,29 @@ impl ResultCache {
         })
     }
 
+    /// The verdict on the token whose key is `key`, if this node holds a live one.
+    pub fn cached(&self, key: &TokenKey) -> Option<Arc<Verdict>> {
+        let now = now_millis();
+        self.l1
+            .pin()
+            .get(key)
+            .filter(|v| v.until > now)
+            .map(Arc::clone)
+    }
+
+    /// Whether this node is already asking about the token whose key is `key`.
+    pub fn in_flight(&self, key: &TokenKey) -> bool {
+        self.flights.in_flight(key)
+    }
+
     /// The verdict on `token` (whose key is `key`): from L1, the store, or the endpoint.
     pub async fn verdict(
         self: &Arc<Self>,
         key: TokenKey,
         token: &str,
     ) -> Result<Arc<Verdict>, IdpError> {
-        let now = now_millis();
-        if let Some(v) = self.l1.pin().get(&key).filter(|v| v.until > now) {
-            return Ok(Arc::clone(v));
+        if let Some(v) = self.cached(&key) {
+            return Ok(v);
         }
         let this = Arc::clone(self);
         let token = token.to_owned();
@@ -138,6 +153,11 @@ impl ResultCache {
         let verdict = Arc::new(Verdict::decide(answer, now, self.policy));
         if verdict.until <= now {
             return Ok(verdict); // caching disabled for this kind of result
+        }
+        if verdict.claims.is_none() {
+            // Inactive answers stay on this node: random tokens must not become store writes
+            // (and a replicated log) for the whole fleet.
+            return Ok(self.install(key, verdict));
         }
         let store = self.tokens.store();
         match store.put(&key, self.seal(&key, &verdict, now), None).await {

@@ -104,7 +104,7 @@ impl IntrospectionClient {
 }
 
 /// RFC 7662 §2.2: a JSON object whose `active` member is REQUIRED and boolean.
-fn parse(body: &[u8]) -> Result<Answer, IdpError> {
+pub fn parse(body: &[u8]) -> Result<Answer, IdpError> {
     let obj: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|_| IdpError::Protocol("introspection response is not a JSON object".into()))?;
     match obj.get("active") {
@@ -133,6 +133,19 @@ mod tests {
             b"nope",
         ] {
             assert!(matches!(parse(bad), Err(IdpError::Protocol(_))));
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever an endpoint answers is an answer or a protocol error, never a panic; an
+        /// active answer is a JSON object with `active: true`.
+        #[test]
+        fn any_introspection_body_is_judged_safely(body in "[ -~]{0,80}", raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            for b in [body.as_bytes(), &raw[..]] {
+                if let Ok(Answer::Active(c)) = parse(b) {
+                    proptest::prop_assert_eq!(&c["active"], &Value::Bool(true));
+                }
+            }
         }
     }
 }

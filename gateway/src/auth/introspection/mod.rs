@@ -17,7 +17,8 @@ pub use cache::{CachePolicy, ResultCache, Verdict};
 pub use client::{Answer, IntrospectionClient};
 
 use super::bearer;
-use super::{Applied, AuthError};
+use super::limits::Guards;
+use super::{Applied, AuthError, Caller};
 use crate::config::IntrospectionConfig;
 use crate::token::{IdpError, KeyDeriver, TokenCache};
 
@@ -28,6 +29,7 @@ pub struct Introspection {
     deriver: KeyDeriver,
     realm: Arc<str>,
     results: Arc<ResultCache>,
+    guards: Guards,
 }
 
 impl Introspection {
@@ -36,11 +38,17 @@ impl Introspection {
         &self.name
     }
 
+    /// The realm it announces.
+    pub fn realm(&self) -> Arc<str> {
+        Arc::clone(&self.realm)
+    }
+
     /// Builds the middleware named `name`.
     pub fn new(
         name: &str,
         cfg: IntrospectionConfig,
         tokens: &Arc<TokenCache>,
+        guards: Guards,
     ) -> reqwest::Result<Self> {
         let client = IntrospectionClient::new(&cfg)?;
         let deriver = KeyDeriver::introspection(tokens.fleet(), &cfg.url, cfg.auth.client_id());
@@ -55,14 +63,35 @@ impl Introspection {
             cfg,
             deriver,
             results,
+            guards,
         })
     }
 
-    /// Authorises a request by its bearer token.
-    pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
-        let (token, at) = bearer::require(&self.cfg.token_source, parts, &self.realm)?;
+    /// Authorises a request by its bearer token. A token not in L1 costs a store read and
+    /// perhaps an introspection call, so it spends from the caller's miss budget first.
+    pub async fn apply(&self, parts: &mut Parts, caller: &Caller) -> Result<Applied, AuthError> {
+        let (token, at) = bearer::require(
+            &self.cfg.token_source,
+            parts,
+            &self.guards.limits,
+            &self.realm,
+        )?;
         let key = self.deriver.token(&token);
-        let verdict = self.results.verdict(key, &token).await.map_err(|e| {
+        let verdict = match self.results.cached(&key) {
+            Some(v) => Ok(v),
+            None => {
+                if !self.results.in_flight(&key) {
+                    self.guards
+                        .budget
+                        .spend(caller.address, None)
+                        .map_err(|o| AuthError::OverBudget {
+                            retry_after: o.retry_after,
+                        })?;
+                }
+                self.results.verdict(key, &token).await
+            }
+        };
+        let verdict = verdict.map_err(|e| {
             match &e {
                 IdpError::InvalidClient => tracing::error!(middleware = %self.name, "introspection endpoint rejected the gateway's credentials"),
                 _ => tracing::warn!(middleware = %self.name, error = %e, "introspection failed"),

@@ -66,6 +66,11 @@ pub enum Reason {
         /// When the caller looked.
         seen: Instant,
     },
+    /// The set is older than `jwksMaxStaleness`: it verifies nothing until fetched again.
+    Stale {
+        /// When the caller looked.
+        seen: Instant,
+    },
 }
 
 /// What a fetch for an unknown `kid` did.
@@ -128,16 +133,25 @@ impl Keys {
             && !self.refreshing.swap(true, Ordering::AcqRel)
     }
 
+    /// Whether `set` came from the network and is older than `jwksMaxStaleness`.
+    pub fn is_stale(&self, set: &KeySet) -> bool {
+        matches!(self.cfg.keys, JwksSource::Url(_) | JwksSource::Discovery(_))
+            && set
+                .fetched_at
+                .is_some_and(|t| t.elapsed() > self.cfg.jwks_max_staleness)
+    }
+
     /// Fetches the set. Concurrent callers wait for one fetch instead of making their own.
     pub async fn fetch(&self, idp: &IdpClient, reason: Reason) -> Result<Refetch, IdpError> {
         let mut state = self.fetch.lock().await;
         let fetched_at = self.current().fetched_at;
-        let (Reason::Refresh { seen } | Reason::UnknownKid { seen }) = reason;
+        let (Reason::Refresh { seen } | Reason::UnknownKid { seen } | Reason::Stale { seen }) =
+            reason;
         if fetched_at.is_some_and(|t| t > seen) {
             self.done(reason);
             return Ok(Refetch::Fetched);
         }
-        if matches!(reason, Reason::UnknownKid { .. })
+        if matches!(reason, Reason::UnknownKid { .. } | Reason::Stale { .. })
             && state
                 .last_attempt
                 .is_some_and(|t| t.elapsed() < self.cfg.jwks_min_refresh_interval)

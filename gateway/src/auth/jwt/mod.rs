@@ -27,6 +27,7 @@ pub use keys::{KeySet, Keys, Reason, Refetch};
 pub use verified::{Claims, Verified};
 
 use super::bearer;
+use super::limits::CallerLimits;
 use super::{Applied, AuthError};
 use crate::config::JwtConfig;
 use crate::token::{IdpError, TokenCache};
@@ -42,6 +43,7 @@ pub struct Jwt {
     validations: HashMap<Algorithm, Validation>,
     verified: Verified,
     tokens: Arc<TokenCache>,
+    limits: CallerLimits,
 }
 
 impl Jwt {
@@ -50,8 +52,18 @@ impl Jwt {
         &self.name
     }
 
+    /// The realm it announces.
+    pub fn realm(&self) -> Arc<str> {
+        Arc::clone(&self.realm)
+    }
+
     /// Builds the middleware named `name`; its keys are fetched in the background at once.
-    pub fn new(name: &str, cfg: JwtConfig, tokens: &Arc<TokenCache>) -> reqwest::Result<Self> {
+    pub fn new(
+        name: &str,
+        cfg: JwtConfig,
+        tokens: &Arc<TokenCache>,
+        limits: CallerLimits,
+    ) -> reqwest::Result<Self> {
         let keys = Arc::new(Keys::new(&cfg)?);
         let validations = cfg
             .algorithms
@@ -66,6 +78,7 @@ impl Jwt {
             keys,
             validations,
             tokens: Arc::clone(tokens),
+            limits,
         };
         jwt.refresh_in_background();
         Ok(jwt)
@@ -73,7 +86,8 @@ impl Jwt {
 
     /// Authorises a request by its bearer JWT.
     pub async fn apply(&self, parts: &mut Parts) -> Result<Applied, AuthError> {
-        let (token, at) = bearer::require(&self.cfg.token_source, parts, &self.realm)?;
+        let (token, at) =
+            bearer::require(&self.cfg.token_source, parts, &self.limits, &self.realm)?;
         let claims = self.verify(&token).await?;
         if !self.cfg.forward_authorization {
             bearer::remove(&self.cfg.token_source, parts, at);
@@ -97,7 +111,30 @@ impl Jwt {
     /// returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let digest = verified::digest(token);
-        let set = self.keys.current();
+        let mut set = self.keys.current();
+        if self.keys.is_stale(&set) {
+            // Not refreshed for jwksMaxStaleness: one fetch (rate-limited across callers), and
+            // 503 rather than old keys if it fails.
+            let seen = Instant::now();
+            match self
+                .keys
+                .fetch(self.tokens.idp(), Reason::Stale { seen })
+                .await
+            {
+                Ok(Refetch::Fetched) => set = self.keys.current(),
+                Ok(Refetch::RateLimited) => {
+                    return Err(AuthError::Unavailable {
+                        retry_after: keys::KEYS_RETRY_AFTER,
+                    });
+                }
+                Err(e) => return Err(self.unavailable(&e)),
+            }
+            if self.keys.is_stale(&set) {
+                return Err(AuthError::Unavailable {
+                    retry_after: keys::KEYS_RETRY_AFTER,
+                });
+            }
+        }
         if let Some(fetched_at) = set.fetched_at {
             if self.keys.claim_background_refresh(&set) {
                 self.refresh_in_background();
@@ -251,5 +288,64 @@ mod tests {
         for bad in [None, Some("JWT"), Some("at+jwt2"), Some("application/jwt")] {
             assert!(!super::is_access_token_type(bad), "{bad:?}");
         }
+    }
+
+    /// Arbitrary tokens, and tokens made of arbitrary header and claims JSON: none verifies
+    /// against a key that signed none of them, and none panics.
+    #[test]
+    fn arbitrary_tokens_are_refused_without_panicking() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+        use proptest::prelude::*;
+        use proptest::test_runner::TestRunner;
+
+        use crate::config::{Config, JwksSource, MiddlewareConfig};
+        use crate::store::{MemoryStore, Store};
+        use crate::token::{FleetKey, TokenCache};
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = Config::from_yaml(
+            "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nmiddlewares:\n  m:\n    jwt:\n      jwksUrl: http://127.0.0.1:1/jwks\n      issuer: https://idp.example\n      audience: orders\n",
+        )
+        .unwrap();
+        let MiddlewareConfig::Jwt(mut j) = cfg.middlewares["m"].clone() else {
+            unreachable!()
+        };
+        // RFC 7517 Appendix A.1's P-256 public key.
+        j.keys = JwksSource::Inline(std::sync::Arc::new(serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "use": "sig", "kid": "1",
+            "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+            "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM",
+        }]})));
+        let jwt = rt.block_on(async {
+            let cache = TokenCache::new(FleetKey::random(), Store::Memory(MemoryStore::new()));
+            super::Jwt::new("t", j, &cache, Default::default()).unwrap()
+        });
+        let header = prop_oneof![
+            Just(r#"{"alg":"ES256","kid":"1"}"#.to_owned()),
+            Just(r#"{"alg":"none"}"#.to_owned()),
+            Just(r#"{"alg":"HS256","kid":"1"}"#.to_owned()),
+            "[ -~]{0,40}",
+        ];
+        let claims = prop_oneof![
+            Just(r#"{"iss":"https://idp.example","aud":"orders","exp":9999999999}"#.to_owned()),
+            "[ -~]{0,60}",
+        ];
+        let mut runner = TestRunner::default();
+        runner
+            .run(
+                &(header, claims, "[A-Za-z0-9_-]{0,90}", "[ -~]{0,60}"),
+                |(h, c, sig, raw)| {
+                    let token = format!("{}.{}.{sig}", B64URL.encode(h), B64URL.encode(c));
+                    for t in [token.as_str(), raw.as_str()] {
+                        prop_assert!(rt.block_on(jwt.verify(t)).is_err(), "{t}");
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 }

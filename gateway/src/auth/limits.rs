@@ -1,0 +1,275 @@
+//! What a caller's credentials may cost before they are known to be good.
+//!
+//! Credentials the gateway has never seen cost an IdP call (client credentials, introspection)
+//! and a shared-store round trip. Two bounds keep an anonymous caller from turning that into a
+//! flood, or from locking a client out at an IdP that locks accounts after failed attempts:
+//!
+//! - [`CallerLimits`]: the length and character set of client ids, secrets and bearer tokens,
+//!   checked before anything else looks at them (no IdP call, no store write, no log line).
+//! - [`MissBudget`]: token buckets of cache misses per client id and per caller address. A miss
+//!   over budget is answered 429 with `Retry-After`; hits never spend anything.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Longest client id accepted by default. RFC 6749 sets no limit; IdPs issue ids of tens of
+/// characters (UUIDs, `urn:` names), Entra ID's are 36, Okta's 20.
+pub const DEFAULT_CLIENT_ID_MAX_LENGTH: usize = 256;
+/// Longest client secret accepted by default (generated secrets are 32 to 128 characters).
+pub const DEFAULT_CLIENT_SECRET_MAX_LENGTH: usize = 512;
+/// Longest bearer token accepted by default: JWTs with many claims reach a few KiB; 8 KiB is
+/// also what most servers accept for a whole header line.
+pub const DEFAULT_TOKEN_MAX_LENGTH: usize = 8 * 1024;
+
+/// Bounds on credentials a caller presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallerLimits {
+    /// Longest client id.
+    pub client_id_max_length: usize,
+    /// Longest client secret.
+    pub client_secret_max_length: usize,
+    /// Longest bearer token.
+    pub token_max_length: usize,
+}
+
+impl Default for CallerLimits {
+    fn default() -> Self {
+        Self {
+            client_id_max_length: DEFAULT_CLIENT_ID_MAX_LENGTH,
+            client_secret_max_length: DEFAULT_CLIENT_SECRET_MAX_LENGTH,
+            token_max_length: DEFAULT_TOKEN_MAX_LENGTH,
+        }
+    }
+}
+
+impl CallerLimits {
+    /// A client id or secret within its length bound (in bytes), without control characters.
+    /// RFC 6749 Appendix A asks for printable ASCII, but it also has clients form-encode ids and
+    /// secrets (§2.3.1) precisely because real ones are not (Keycloak and others allow any
+    /// Unicode): text is accepted, control characters are not. Ids must be non-empty.
+    pub fn client_credentials_ok(&self, id: &str, secret: &str) -> bool {
+        let text = |s: &str| !s.chars().any(char::is_control);
+        !id.is_empty()
+            && id.len() <= self.client_id_max_length
+            && secret.len() <= self.client_secret_max_length
+            && text(id)
+            && text(secret)
+    }
+
+    /// A bearer token: non-empty printable ASCII without spaces, within its length bound
+    /// (RFC 6750's `b64token` is stricter; opaque tokens of real IdPs are not always that tidy).
+    pub fn token_ok(&self, token: &str) -> bool {
+        !token.is_empty()
+            && token.len() <= self.token_max_length
+            && token.bytes().all(|b| b.is_ascii_graphic())
+    }
+}
+
+/// A token bucket: `burst` misses at once, refilled at `average` per `period` (the option
+/// names of Traefik's `rateLimit` middleware).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Misses allowed per `period` on average.
+    pub average: u32,
+    /// The period `average` is counted over.
+    pub period: Duration,
+    /// Misses allowed at once.
+    pub burst: u32,
+}
+
+impl BucketConfig {
+    fn quota(&self) -> Option<Quota> {
+        let average = NonZeroU32::new(self.average)?;
+        let burst = NonZeroU32::new(self.burst)?;
+        Quota::with_period(self.period / average.get()).map(|q| q.allow_burst(burst))
+    }
+}
+
+/// `idpMissBudget`: the buckets; `None` turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissBudgetConfig {
+    /// Per client id (application-level client credentials).
+    pub per_client_id: Option<BucketConfig>,
+    /// Per caller address (after `forwardedHeaders.trustedIPs`).
+    pub per_address: Option<BucketConfig>,
+}
+
+impl Default for MissBudgetConfig {
+    /// 10 misses at once per client id, then one every 6 s: a client whose callers all present
+    /// a wrong secret reaches the IdP about 10 times a minute, well under common lockout
+    /// thresholds. 100 at once per address, then 20 a second: a fleet rolling out many new
+    /// credentials from one address starts in seconds, a flood from one address is contained.
+    fn default() -> Self {
+        Self {
+            per_client_id: Some(BucketConfig {
+                average: 10,
+                period: Duration::from_secs(60),
+                burst: 10,
+            }),
+            per_address: Some(BucketConfig {
+                average: 20,
+                period: Duration::from_secs(1),
+                burst: 100,
+            }),
+        }
+    }
+}
+
+/// The bounds and budget every middleware of a node applies to its callers.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// Bounds on presented credentials.
+    pub limits: CallerLimits,
+    /// The node's miss budget.
+    pub budget: Arc<MissBudget>,
+}
+
+impl Guards {
+    /// Default bounds and no miss budget (tests, benches).
+    pub fn unlimited() -> Self {
+        Self {
+            limits: CallerLimits::default(),
+            budget: MissBudget::unlimited(),
+        }
+    }
+}
+
+/// Keys are hashed with a per-process random key: the budget keeps no client id in memory and
+/// a caller cannot aim collisions at another's bucket.
+type Buckets = DefaultKeyedRateLimiter<u64>;
+
+/// Buckets kept before idle ones are swept (a full bucket is the same as none).
+const SWEEP_ABOVE: usize = 10_000;
+
+/// The node's miss budget, shared by every middleware.
+pub struct MissBudget {
+    per_client_id: Option<Buckets>,
+    per_address: Option<Buckets>,
+    hasher: RandomState,
+}
+
+/// A miss was refused; try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget {
+    /// When the bucket has a token again.
+    pub retry_after: Duration,
+    /// Which bucket: `client_id` or `address` (a metric label).
+    pub bucket: &'static str,
+}
+
+impl std::fmt::Debug for MissBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MissBudget").finish_non_exhaustive()
+    }
+}
+
+impl MissBudget {
+    /// Buckets as configured.
+    pub fn new(cfg: &MissBudgetConfig) -> Arc<Self> {
+        let build = |b: &Option<BucketConfig>| {
+            b.as_ref()
+                .and_then(BucketConfig::quota)
+                .map(RateLimiter::keyed)
+        };
+        Arc::new(Self {
+            per_client_id: build(&cfg.per_client_id),
+            per_address: build(&cfg.per_address),
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// No budget at all (tests, benches).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(&MissBudgetConfig {
+            per_client_id: None,
+            per_address: None,
+        })
+    }
+
+    /// Spends one miss for `address` and, when known, `client_id`. The address is charged
+    /// first, so a caller cycling through client ids cannot spend other callers' id budgets.
+    pub fn spend(&self, address: IpAddr, client_id: Option<&str>) -> Result<(), OverBudget> {
+        if let Some(b) = &self.per_address {
+            Self::take(b, self.hasher.hash_one(address), "address")?;
+        }
+        if let (Some(b), Some(id)) = (&self.per_client_id, client_id) {
+            Self::take(b, self.hasher.hash_one(id), "client_id")?;
+        }
+        Ok(())
+    }
+
+    fn take(buckets: &Buckets, key: u64, bucket: &'static str) -> Result<(), OverBudget> {
+        if buckets.len() > SWEEP_ABOVE {
+            buckets.retain_recent();
+        }
+        buckets.check_key(&key).map_err(|not_until| {
+            crate::telemetry::metrics::metrics().idp_miss_refused(bucket);
+            OverBudget {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                bucket,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_outside_the_bounds_are_refused() {
+        let l = CallerLimits::default();
+        assert!(l.client_credentials_ok("svc-a", "s3cr:et with spaces"));
+        assert!(!l.client_credentials_ok("", "s"));
+        assert!(!l.client_credentials_ok(&"a".repeat(257), "s"));
+        assert!(!l.client_credentials_ok("a", &"s".repeat(513)));
+        assert!(!l.client_credentials_ok("a\nb", "s"));
+        assert!(!l.client_credentials_ok("a", "s\u{0}"));
+        assert!(l.client_credentials_ok("caf\u{e9}", "\u{e9}t\u{e9}"));
+        assert!(l.token_ok("eyJ.abc-_~+/="));
+        assert!(!l.token_ok(&"t".repeat(8 * 1024 + 1)));
+        assert!(!l.token_ok("a b"));
+        assert!(!l.token_ok(""));
+    }
+
+    #[test]
+    fn misses_over_budget_are_refused_per_address_and_per_client_id() {
+        let budget = MissBudget::new(&MissBudgetConfig {
+            per_client_id: Some(BucketConfig {
+                average: 1,
+                period: Duration::from_secs(3600),
+                burst: 2,
+            }),
+            per_address: Some(BucketConfig {
+                average: 1,
+                period: Duration::from_secs(3600),
+                burst: 3,
+            }),
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(budget.spend(a, Some("victim")).is_ok());
+        assert!(budget.spend(a, Some("victim")).is_ok());
+        let refused = budget.spend(b, Some("victim")).unwrap_err();
+        assert_eq!(refused.bucket, "client_id");
+        assert!(refused.retry_after > Duration::from_secs(3000));
+        assert!(
+            budget.spend(b, Some("other")).is_ok(),
+            "other ids unaffected"
+        );
+        // Address a has spent 2 of 3; its third miss passes, its fourth does not.
+        assert!(budget.spend(a, Some("third")).is_ok());
+        assert_eq!(
+            budget.spend(a, Some("fourth")).unwrap_err().bucket,
+            "address"
+        );
+        assert!(MissBudget::unlimited().spend(a, Some("victim")).is_ok());
+    }
+}
