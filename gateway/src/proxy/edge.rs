@@ -68,11 +68,17 @@ pub fn check<B>(req: &mut Request<B>, paths: &PathPolicy) -> Result<EncodedChara
         _ => {}
     }
     let canonical = canonicalize(req.uri().path(), paths).map_err(Refusal::Path)?;
-    if canonical.path != req.uri().path() || req.uri().authority().is_some() {
+    let encoded = canonical.encoded;
+    let rewrite = match canonical.path {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(p) => Some(p),
+    };
+    if rewrite.is_some() || req.uri().authority().is_some() && req.version() != Version::HTTP_2 {
         // Origin-form from here on: what was absolute-form has been checked against `Host`.
+        let path = rewrite.unwrap_or_else(|| req.uri().path().to_owned());
         let path_and_query = match req.uri().query() {
-            Some(q) => format!("{}?{q}", canonical.path),
-            None => canonical.path,
+            Some(q) => format!("{path}?{q}"),
+            None => path,
         };
         let pq = PathAndQuery::try_from(path_and_query)
             .map_err(|_| Refusal::Path(PathError::ForbiddenCharacter))?;
@@ -85,7 +91,7 @@ pub fn check<B>(req: &mut Request<B>, paths: &PathPolicy) -> Result<EncodedChara
         *req.uri_mut() =
             Uri::from_parts(parts).map_err(|_| Refusal::Path(PathError::NotAbsolute))?;
     }
-    Ok(canonical.encoded)
+    Ok(encoded)
 }
 
 #[cfg(test)]
