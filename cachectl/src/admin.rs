@@ -220,6 +220,13 @@ impl Admin {
             .find(|m| m.id == leader)
             .map(|m| m.addr.clone())
             .ok_or_else(|| Failure::Server("the leader is not among the members".into()))?;
+        // The token goes only where the operator pointed it: a membership address is what a
+        // node says, and a node that lies would otherwise collect the admin token.
+        if !self.endpoints.contains(&addr) {
+            return Err(Failure::Server(format!(
+                "the leader is {addr}, which is not among --endpoints; add it (the admin token is sent to configured endpoints only)"
+            )));
+        }
         let status = self.status_of(&addr).await.map_err(Failure::Server)?;
         Ok((addr, status))
     }

@@ -54,6 +54,8 @@ impl Backend {
                     endpoints: endpoints.to_vec(),
                     timeout: cli.timeout,
                     tls: tls.clone(),
+                    // Listing and evicting are the operator's calls.
+                    token: cli.token.clone().map(Secret::new),
                 });
                 Ok(Self {
                     store: Store::Raft(store),

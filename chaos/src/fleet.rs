@@ -20,6 +20,9 @@ use crate::{EchoUpstream, FakeIdp};
 
 const FLEET_KEY: &str = "chaos-fleet-key-0123456789abcdef0123456789";
 const ADMIN_TOKEN: &str = "chaos-admin-token";
+/// The cache nodes' peer and gateway secrets: the fleet runs authenticated, as production does.
+const PEER_TOKEN: &str = "chaos-peer-token";
+const GATEWAY_TOKEN: &str = "chaos-gateway-token";
 /// How long a node may take to come up.
 const START_WITHIN: Duration = Duration::from_secs(30);
 
@@ -182,6 +185,10 @@ impl Fleet {
                     let env = vec![
                         ("TOKENGATE_ADMIN_TOKEN".into(), "env:CHAOS_ADMIN".into()),
                         ("CHAOS_ADMIN".into(), ADMIN_TOKEN.into()),
+                        ("TOKENGATE_PEER_TOKEN".into(), "env:CHAOS_PEER".into()),
+                        ("CHAOS_PEER".into(), PEER_TOKEN.into()),
+                        ("TOKENGATE_GATEWAY_TOKEN".into(), "env:CHAOS_GATEWAY".into()),
+                        ("CHAOS_GATEWAY".into(), GATEWAY_TOKEN.into()),
                     ];
                     let name = format!("cache-node-{}", i + 1);
                     cache_nodes.push(Mutex::new(Proc::start(
@@ -202,6 +209,7 @@ impl Fleet {
                     endpoints: cache_addrs.clone(),
                     timeout: Duration::from_secs(2),
                     tls: None,
+                    token: Some(gateway::config::Secret::new(GATEWAY_TOKEN)),
                 }))
             }
         };
@@ -222,7 +230,7 @@ impl Fleet {
                     link.addr
                 ),
                 None => format!(
-                    "{{ raft: {{ endpoints: [{}], timeout: 2s }} }}",
+                    "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
                     cache_addrs
                         .iter()
                         .map(|a| format!("\"{a}\""))
@@ -259,7 +267,10 @@ routes:
                 "--config".into(),
                 config.to_string_lossy().into_owned(),
             ];
-            let env = vec![("CHAOS_FLEET_KEY".into(), FLEET_KEY.into())];
+            let env = vec![
+                ("CHAOS_FLEET_KEY".into(), FLEET_KEY.into()),
+                ("CHAOS_GATEWAY_TOKEN".into(), GATEWAY_TOKEN.into()),
+            ];
             let name = format!("gateway-{}", i + 1);
             gateways.push(Mutex::new(Proc::start(
                 &name,

@@ -6,6 +6,10 @@
 //! - `fenced put`: throughput of concurrent writes carrying the refresh lease's fence, each
 //!   committed by a majority and fsync'd on each node before it is acknowledged.
 //!
+//! The cluster runs authenticated (peer, gateway and operator secrets, every call checked), as
+//! production does; `RAFT_BENCH_AUTH=off` runs it without credentials, to measure what
+//! authentication costs.
+//!
 //! Run with `cargo bench -p gateway --bench raft`.
 
 use std::process::{Child, Command, Stdio};
@@ -47,7 +51,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+const PEER_TOKEN: &str = "bench-peer-token";
+const GATEWAY_TOKEN: &str = "bench-gateway-token";
+const ADMIN_TOKEN: &str = "bench-admin-token";
+
 fn main() {
+    let auth = std::env::var("RAFT_BENCH_AUTH").map_or(true, |v| v != "off");
+    println!(
+        "authentication: {}",
+        if auth {
+            "on (every call carries and checks a role secret)"
+        } else {
+            "off"
+        }
+    );
     let addrs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -59,7 +76,13 @@ fn main() {
     let mut nodes = Nodes(Vec::new(), Vec::new());
     for (i, addr) in addrs.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        if auth {
+            cmd.env("TOKENGATE_PEER_TOKEN", PEER_TOKEN)
+                .env("TOKENGATE_GATEWAY_TOKEN", GATEWAY_TOKEN)
+                .env("TOKENGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+        }
+        let child = cmd
             .args([
                 "cache-node",
                 "--id",
@@ -84,6 +107,7 @@ fn main() {
             endpoints: addrs.clone(),
             timeout: Duration::from_secs(5),
             tls: None,
+            token: auth.then(|| gateway::config::Secret::new(GATEWAY_TOKEN)),
         }));
         let deadline = Instant::now() + Duration::from_secs(30);
         while store

@@ -67,17 +67,40 @@ enum Command {
         /// repeat on every initial member and on restarts.
         #[arg(long, value_delimiter = ',', value_parser = parse_member)]
         init: Vec<(u64, String)>,
-        /// Join a running cluster as a learner through this member (promote it with
-        /// Admin.ChangeMembership).
-        #[arg(long, conflicts_with = "init")]
-        join: Option<String>,
+        /// Join a running cluster as a learner through these members (`host:port,...`; promote
+        /// it with Admin.ChangeMembership). The operator token is sent only to them, or, with
+        /// TLS, to a leader whose certificate proves its address.
+        #[arg(long, value_delimiter = ',', conflicts_with = "init")]
+        join: Vec<String>,
         /// Reach these peers at other addresses for Raft traffic (`2=host:port,...`), e.g. over
         /// a separate replication network; their membership addresses stay what gateways use.
         #[arg(long, value_delimiter = ',', value_parser = parse_member)]
         peer: Vec<(u64, String)>,
-        /// Secret reference (`env:NAME`, `file:/path`) to the bearer token Admin calls need.
+        /// Secret reference (`env:NAME`, `file:/path`) to the operator's bearer token: Admin
+        /// calls and cachectl's listings and evictions need it.
         #[arg(long, env = "TOKENGATE_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Secret reference to the peers' bearer token: the Raft RPCs need it, and this node
+        /// sends it to its peers.
+        #[arg(long, env = "TOKENGATE_PEER_TOKEN", hide_env_values = true)]
+        peer_token: Option<String>,
+        /// Secret reference to the gateways' bearer token: TokenCache calls need it.
+        #[arg(long, env = "TOKENGATE_GATEWAY_TOKEN", hide_env_values = true)]
+        gateway_token: Option<String>,
+        /// Client-certificate identities (SAN DNS/URI or subject CN; `*` matches any run of
+        /// characters) that hold the peer role under mutual TLS.
+        #[arg(long, value_delimiter = ',', env = "TOKENGATE_PEER_IDENTITY")]
+        peer_identity: Vec<String>,
+        /// Certificate identities that hold the gateway role.
+        #[arg(long, value_delimiter = ',', env = "TOKENGATE_GATEWAY_IDENTITY")]
+        gateway_identity: Vec<String>,
+        /// Certificate identities that hold the operator role.
+        #[arg(long, value_delimiter = ',', env = "TOKENGATE_OPERATOR_IDENTITY")]
+        operator_identity: Vec<String>,
+        /// Serve without any credential on a non-loopback address: anyone who can reach the
+        /// port may read, evict and rewrite the cache. For isolated test networks only.
+        #[arg(long)]
+        insecure_no_auth: bool,
         /// Log entries between snapshots.
         #[arg(long, default_value_t = gateway::cachenode::DEFAULT_SNAPSHOT_LOGS)]
         snapshot_logs: u64,
@@ -106,6 +129,39 @@ enum Command {
     HashSecret,
 }
 
+/// Each role's secret (resolved) and identity patterns, as the flags give them; identities need
+/// mutual TLS.
+fn node_credentials(
+    roles: [(&str, Option<String>, Vec<String>); 3],
+    mutual_tls: bool,
+) -> Result<gateway::cachenode::auth::Credentials, String> {
+    use gateway::cachenode::auth::{Credentials, IdentityPattern, RoleCredential};
+    let mut out = Vec::new();
+    for (flag, token, identities) in roles {
+        let secret = match token.as_deref().map(gateway::config::secret::resolve) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => return Err(format!("{flag} token: {e}")),
+        };
+        if !identities.is_empty() && !mutual_tls {
+            return Err(format!(
+                "{flag} identities need mutual TLS (--tls-client-ca)"
+            ));
+        }
+        let identities = identities
+            .iter()
+            .map(|p| IdentityPattern::new(p).ok_or_else(|| format!("{flag} identity is empty")))
+            .collect::<Result<_, _>>()?;
+        out.push(RoleCredential { secret, identities });
+    }
+    let [peer, gateway, operator] = <[RoleCredential; 3]>::try_from(out).expect("three roles");
+    Ok(Credentials {
+        peer,
+        gateway,
+        operator,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -126,6 +182,12 @@ fn main() -> ExitCode {
             join,
             peer,
             admin_token,
+            peer_token,
+            gateway_token,
+            peer_identity,
+            gateway_identity,
+            operator_identity,
+            insecure_no_auth,
             snapshot_logs,
             log_format,
             metrics_listen,
@@ -141,11 +203,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let admin_token = match admin_token.as_deref().map(gateway::config::secret::resolve) {
-                None => None,
-                Some(Ok(t)) => Some(t),
-                Some(Err(e)) => {
-                    eprintln!("error: --admin-token: {e}");
+            let credentials = match node_credentials(
+                [
+                    ("--peer", peer_token, peer_identity),
+                    ("--gateway", gateway_token, gateway_identity),
+                    ("--admin-token/--operator", admin_token, operator_identity),
+                ],
+                tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -161,7 +229,8 @@ fn main() -> ExitCode {
                 init: init.into_iter().collect(),
                 join,
                 peers: peer.into_iter().collect(),
-                admin_token,
+                credentials,
+                insecure_no_auth,
                 snapshot_logs,
                 metrics_listen,
                 tls,

@@ -24,3 +24,32 @@ pub mod raft {
 pub mod admin {
     tonic::include_proto!("tokengate.admin.v1");
 }
+
+/// One RPC of a service, as the descriptors declare it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rpc {
+    /// The HTTP/2 path of the call: `/<package>.<Service>/<Method>`.
+    pub path: String,
+    /// Whether the server answers with a stream.
+    pub server_streaming: bool,
+}
+
+/// Every RPC of every service in the `.proto` files, read from the compiled descriptors: the
+/// list a new RPC joins by being declared, so authorization can be checked against all of them.
+pub fn rpcs() -> Vec<Rpc> {
+    let set: prost_types::FileDescriptorSet =
+        prost::Message::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"))[..])
+            .expect("descriptors written by build.rs decode");
+    let mut all = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                all.push(Rpc {
+                    path: format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                    server_streaming: method.server_streaming(),
+                });
+            }
+        }
+    }
+    all
+}

@@ -34,6 +34,9 @@ impl RaftMetrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("tokengate_cache".into()), None).expect("a valid prefix");
+        registry
+            .register(Box::new(super::auth::refusals().clone()))
+            .expect("metric names are unique");
         Self {
             term: gauge(&registry, "raft_term", "Current Raft term"),
             leader: gauge(

@@ -18,6 +18,8 @@
 //! after it.
 
 pub mod admin;
+pub mod auth;
+pub mod bounds;
 pub mod convert;
 pub mod log_store;
 pub mod metrics;
@@ -33,7 +35,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
-use subtle::ConstantTimeEq;
 use tokengate_proto::admin::admin_server::AdminServer;
 use tokengate_proto::cache::token_cache_server::TokenCacheServer;
 use tokengate_proto::raft::raft_transport_server::RaftTransportServer;
@@ -77,13 +78,17 @@ pub struct CacheNodeConfig {
     pub data_dir: PathBuf,
     /// Initial members `id -> addr`, to bootstrap a new cluster (ignored once initialised).
     pub init: BTreeMap<u64, String>,
-    /// A member to ask to add this node as a learner.
-    pub join: Option<String>,
+    /// Members to ask to add this node as a learner (the operator token goes to them only, or
+    /// to a TLS-proven leader).
+    pub join: Vec<String>,
     /// Addresses to reach peers at for Raft traffic instead of their membership addresses
     /// (a separate replication network; tests put fault-injecting relays there).
     pub peers: BTreeMap<u64, String>,
-    /// The bearer token `Admin` calls need; `None` refuses every admin call.
-    pub admin_token: Option<Secret>,
+    /// Who may call, per role. None at all: everyone (only on loopback, or with
+    /// `insecure_no_auth`).
+    pub credentials: auth::Credentials,
+    /// Serve without credentials on a non-loopback address.
+    pub insecure_no_auth: bool,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
     /// Where to serve Prometheus `/metrics` over HTTP, if anywhere.
@@ -154,6 +159,9 @@ pub enum CacheNodeError {
     /// The TLS certificate, key or CA could not be used.
     #[error("tls: {0}")]
     Tls(String),
+    /// The credentials are incomplete, or missing where they must not be.
+    #[error("authentication: {0}")]
+    Credentials(#[from] auth::CredentialsError),
     /// The listener could not be bound or served.
     #[error("cannot serve on {addr}: {message}")]
     Serve {
@@ -166,6 +174,10 @@ pub enum CacheNodeError {
 
 /// Runs a cache node until `shutdown` is cancelled.
 pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<(), CacheNodeError> {
+    cfg.credentials.check(cfg.listen, cfg.insecure_no_auth)?;
+    if !cfg.credentials.enabled() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(listen = %cfg.listen, "--insecure-no-auth: anyone who can reach this port may read, evict and rewrite the cache");
+    }
     let data = |message: String| CacheNodeError::Data {
         dir: cfg.data_dir.display().to_string(),
         message,
@@ -199,6 +211,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         network::Network {
             peer_overrides: cfg.peers.clone(),
             dialer: dialer.clone(),
+            bearer: network::bearer(cfg.credentials.peer.secret.as_ref()),
         },
         log_store,
         state_machine,
@@ -220,13 +233,13 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         shared,
         shutdown: shutdown.clone(),
         puts,
+        watches: std::sync::Mutex::default(),
     });
     let committer = tokio::spawn(service::group_commit(
         Arc::clone(&ctx),
         put_queue,
         shutdown.clone(),
     ));
-    let admin_token = cfg.admin_token.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &cfg.tls {
         builder = builder
@@ -235,12 +248,10 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     }
     let server = builder
         .trace_fn(grpc_span)
+        .layer(auth::AuthLayer::new(cfg.credentials.clone()))
         .add_service(RaftTransportServer::new(RaftService(Arc::clone(&ctx))))
         .add_service(TokenCacheServer::new(CacheService(Arc::clone(&ctx))))
-        .add_service(AdminServer::with_interceptor(
-            AdminService(Arc::clone(&ctx)),
-            move |req| admin_auth(admin_token.as_ref(), req),
-        ))
+        .add_service(AdminServer::new(AdminService(Arc::clone(&ctx))))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
@@ -263,17 +274,23 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
             Err(e) => tracing::info!(reason = %e, "cluster already initialised"),
         }
     }
-    let joiner = cfg.join.clone().map(|member| {
-        let (id, addr, token) = (cfg.id, cfg.advertise.clone(), cfg.admin_token.clone());
-        tokio::spawn(join(
-            member,
-            id,
-            addr,
-            token,
-            dialer.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let joiner = (!cfg.join.is_empty())
+        .then(|| cfg.join.clone())
+        .map(|members| {
+            let (id, addr, token) = (
+                cfg.id,
+                cfg.advertise.clone(),
+                cfg.credentials.operator.secret.clone(),
+            );
+            tokio::spawn(join(
+                members,
+                id,
+                addr,
+                token,
+                dialer.clone(),
+                shutdown.clone(),
+            ))
+        });
 
     let served = server.await;
     if let Some(m) = metrics_server {
@@ -334,10 +351,13 @@ async fn serve_metrics(
     )))
 }
 
-/// Asks `member` (following redirects to the leader) to add this node as a learner, until it
+/// Asks `members` (following redirects to the leader) to add this node as a learner, until it
 /// succeeds. Promotion to voter is the operator's decision (`Admin.ChangeMembership`).
+///
+/// The operator token is sent only to a configured member, or to a redirect target whose TLS
+/// certificate proves the address: without TLS a redirect names an address no one vouched for.
 async fn join(
-    member: String,
+    members: Vec<String>,
     id: u64,
     addr: String,
     token: Option<Secret>,
@@ -346,7 +366,9 @@ async fn join(
 ) {
     use tokengate_proto::admin::AddLearnerRequest;
     use tokengate_proto::admin::admin_client::AdminClient;
-    let mut target = member;
+    let bearer = network::bearer(token.as_ref());
+    let mut next = 0;
+    let mut target = members[0].clone();
     loop {
         let attempt = async {
             let channel = dialer.channel(&target).map_err(|e| (e.to_string(), None))?;
@@ -355,10 +377,8 @@ async fn join(
                 id,
                 addr: addr.clone(),
             });
-            if let Some(t) = &token
-                && let Ok(v) = format!("Bearer {}", t.expose()).parse()
-            {
-                req.metadata_mut().insert("authorization", v);
+            if let Some(b) = &bearer {
+                req.metadata_mut().insert("authorization", b.clone());
             }
             client.add_learner(req).await.map_err(|s| {
                 let leader = s
@@ -376,36 +396,19 @@ async fn join(
             }
             Err((message, leader)) => {
                 tracing::info!(via = %target, reason = %message, "cannot join yet; retrying");
-                if let Some(l) = leader {
-                    target = l;
-                }
+                target = match leader {
+                    Some(l) if members.contains(&l) || dialer.verifies_servers() => l,
+                    _ => {
+                        next = (next + 1) % members.len();
+                        members[next].clone()
+                    }
+                };
             }
         }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-    }
-}
-
-/// Lets an `Admin` call through only with `authorization: Bearer <admin token>`.
-fn admin_auth(
-    token: Option<&Secret>,
-    req: tonic::Request<()>,
-) -> Result<tonic::Request<()>, tonic::Status> {
-    let presented = req
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match (token, presented) {
-        (Some(t), Some(p)) if bool::from(t.expose().as_bytes().ct_eq(p.as_bytes())) => Ok(req),
-        (None, _) => Err(tonic::Status::unauthenticated(
-            "admin calls are disabled on this node (no admin token configured)",
-        )),
-        _ => Err(tonic::Status::unauthenticated(
-            "missing or wrong admin token",
-        )),
     }
 }
 

@@ -41,6 +41,16 @@ pub struct Network {
     pub peer_overrides: BTreeMap<u64, String>,
     /// How peers are dialed.
     pub dialer: Dialer,
+    /// The peer secret sent with every Raft RPC, when the cluster has one.
+    pub bearer: Option<Bearer>,
+}
+
+/// `authorization: Bearer <secret>` as gRPC metadata.
+pub type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// The metadata value for `secret`; `None` without one (or one that cannot be a header).
+pub fn bearer(secret: Option<&crate::config::Secret>) -> Option<Bearer> {
+    secret.and_then(|s| format!("Bearer {}", s.expose()).parse().ok())
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -51,6 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             client: self.dialer.channel(addr).map(RaftTransportClient::new),
+            bearer: self.bearer.clone(),
         }
     }
 }
@@ -80,6 +91,12 @@ impl Dialer {
         Self { tls }
     }
 
+    /// Whether servers are verified by certificate (TLS): a server dialed by name proves it
+    /// holds that name.
+    pub fn verifies_servers(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// A lazily connected gRPC channel to `addr` (`host:port`). The server's certificate must
     /// name the host as given (a DNS name, or an IP address in its subjectAltName).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -98,6 +115,7 @@ impl Dialer {
 pub struct Peer {
     target: u64,
     client: Result<RaftTransportClient<Channel>, tonic::transport::Error>,
+    bearer: Option<Bearer>,
 }
 
 /// Why a call to a peer failed, before openraft's error types are chosen.
@@ -112,7 +130,7 @@ impl Peer {
         &mut self,
         req: &Req,
         ttl: Duration,
-        send: impl FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        send: impl FnOnce(RaftTransportClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
     ) -> Result<Resp, CallError>
     where
         Req: Serialize,
@@ -127,9 +145,12 @@ impl Peer {
                 )));
             }
         };
-        let msg = RaftMessage {
+        let mut msg = tonic::Request::new(RaftMessage {
             json: serde_json::to_vec(req).expect("raft messages serialize"),
-        };
+        });
+        if let Some(b) = &self.bearer {
+            msg.metadata_mut().insert("authorization", b.clone());
+        }
         match tokio::time::timeout(ttl, send(client, msg)).await {
             Err(_) => Err(CallError::Timeout),
             Ok(Err(status)) => Err(CallError::Unreachable(status)),

@@ -89,6 +89,44 @@ pub struct NodeContext {
     pub shutdown: CancellationToken,
     /// Puts waiting for the group commit ([`group_commit`]).
     pub puts: mpsc::Sender<PendingPut>,
+    /// Open `Watch` streams per caller address.
+    pub watches: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One open `Watch` stream, counted against its caller's address until dropped.
+struct WatchSlot {
+    ctx: Arc<NodeContext>,
+    address: std::net::IpAddr,
+}
+
+impl WatchSlot {
+    fn take(ctx: &Arc<NodeContext>, address: std::net::IpAddr) -> Result<Self, Status> {
+        let mut open = ctx.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(address).or_default();
+        if *n >= super::bounds::MAX_WATCHES_PER_ADDRESS {
+            return Err(Status::resource_exhausted(format!(
+                "at most {} change streams per address",
+                super::bounds::MAX_WATCHES_PER_ADDRESS
+            )));
+        }
+        *n += 1;
+        Ok(Self {
+            ctx: Arc::clone(ctx),
+            address,
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.ctx.watches.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl NodeContext {
@@ -320,9 +358,11 @@ impl pc::token_cache_server::TokenCache for CacheService {
 
     async fn put(&self, req: Request<pc::PutRequest>) -> Result<Response<pc::PutResponse>, Status> {
         let req = req.into_inner();
+        let entry = sealed_from(req.entry)?;
+        super::bounds::entry(&entry, now_millis())?;
         let command = Command::Put {
             key: key_from(&req.key)?,
-            entry: Box::new(sealed_from(req.entry)?),
+            entry: Box::new(entry),
             fence: req.fence,
         };
         let (reply, answer) = oneshot::channel();
@@ -389,11 +429,16 @@ impl pc::token_cache_server::TokenCache for CacheService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pc::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let address = req
+            .remote_addr()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let slot = WatchSlot::take(&self.0, address)?;
         let after = req.into_inner().after_index;
         let (mut rx, replay) = self.0.shared.watch(after);
         let (tx, out) = mpsc::channel(256);
         let stop = self.0.shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let first: Vec<WatchItem> = match replay {
                 Some(changes) => changes
                     .into_iter()
@@ -431,6 +476,7 @@ impl pc::token_cache_server::TokenCache for CacheService {
         req: Request<pc::LeaseRequest>,
     ) -> Result<Response<pc::LeaseResponse>, Status> {
         let req = req.into_inner();
+        super::bounds::lease(req.ttl_ms, &req.holder)?;
         let (outcome, _) = self
             .0
             .write(Command::AcquireRefreshLease {
@@ -461,6 +507,7 @@ impl pc::token_cache_server::TokenCache for CacheService {
         req: Request<pc::FillLeaseRequest>,
     ) -> Result<Response<pc::FillLeaseResponse>, Status> {
         let req = req.into_inner();
+        super::bounds::lease(req.ttl_ms, &req.holder)?;
         let (outcome, _) = self
             .0
             .write(Command::TryFillLease {
@@ -493,10 +540,10 @@ impl pc::token_cache_server::TokenCache for CacheService {
     ) -> Result<Response<pc::DueResponse>, Status> {
         self.0.lead()?;
         let req = req.into_inner();
-        let keys = self
-            .0
-            .shared
-            .read(|a| a.cache.due(req.now, req.used_since, req.limit as usize));
+        let keys = self.0.shared.read(|a| {
+            a.cache
+                .due(req.now, req.used_since, (req.limit as usize).min(MAX_LIST))
+        });
         Ok(Response::new(pc::DueResponse {
             keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
         }))
@@ -509,6 +556,11 @@ impl pc::token_cache_server::TokenCache for CacheService {
             .iter()
             .map(|u| Ok((key_from(&u.key)?, u.at)))
             .collect::<Result<Vec<_>, Status>>()?;
+        super::bounds::touches(
+            uses.len(),
+            uses.iter().map(|(_, at)| *at).max(),
+            now_millis(),
+        )?;
         self.0.write(Command::Touch { uses }).await?;
         Ok(Response::new(pc::Empty {}))
     }
@@ -549,6 +601,7 @@ impl pc::token_cache_server::TokenCache for CacheService {
         req: Request<pc::ClaimRequest>,
     ) -> Result<Response<pc::ClaimResponse>, Status> {
         let req = req.into_inner();
+        super::bounds::claim(req.until, now_millis())?;
         let command = Command::ClaimOnce {
             key: key_from(&req.key)?,
             until: req.until,

@@ -223,7 +223,8 @@ impl CacheState {
             } => match self.fill_leases.get(&key) {
                 Some((h, until)) if *until > now && *h != holder => Outcome::Flag(false),
                 _ => {
-                    self.fill_leases.insert(key, (holder, now + ttl_ms));
+                    self.fill_leases
+                        .insert(key, (holder, now.saturating_add(ttl_ms)));
                     Outcome::Flag(true)
                 }
             },
@@ -240,7 +241,7 @@ impl CacheState {
             Command::AcquireRefreshLease { holder, ttl_ms } => {
                 let lease = match &self.refresh_lease {
                     Some(l) if l.holder == holder && l.until > now => RefreshLease {
-                        until: now + ttl_ms,
+                        until: now.saturating_add(ttl_ms),
                         ..l.clone()
                     },
                     Some(l) if l.until > now => return Outcome::Lease(None),
@@ -248,7 +249,7 @@ impl CacheState {
                         self.max_fence = index;
                         RefreshLease {
                             holder,
-                            until: now + ttl_ms,
+                            until: now.saturating_add(ttl_ms),
                             fence: index,
                         }
                     }

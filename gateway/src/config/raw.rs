@@ -312,6 +312,9 @@ pub struct RawRaftStore {
     /// TLS towards the cache nodes.
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// Secret reference to the gateway role's token (the nodes' `--gateway-token`).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -32,6 +32,8 @@ pub struct RaftStoreConfig {
     pub timeout: Duration,
     /// TLS, when the cache nodes speak it (`None`: plain gRPC).
     pub tls: Option<StoreTls>,
+    /// The gateway role's secret, sent with every call (`None`: nodes without credentials).
+    pub token: Option<super::Secret>,
 }
 
 pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConfig> {
@@ -59,10 +61,15 @@ pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConf
         }
         store_tls(issues, "store.raft.tls", t)
     });
+    let token = r
+        .token
+        .as_deref()
+        .and_then(|t| issues.secret("store.raft.token", t));
     Some(RaftStoreConfig {
         endpoints: r.endpoints,
         timeout,
         tls,
+        token,
     })
 }
 
@@ -283,7 +290,15 @@ mod tests {
                 endpoints: vec!["10.0.0.1:7000".into(), "cache-2:7000".into()],
                 timeout: DEFAULT_RAFT_TIMEOUT,
                 tls: None,
+                token: None,
             })
+        );
+        let with_token = load("{ raft: { endpoints: [\"a:1\"], token: env:TG_TEST_UNSET_TOKEN } }");
+        assert!(
+            with_token
+                .unwrap_err()
+                .to_string()
+                .contains("store.raft.token: environment variable TG_TEST_UNSET_TOKEN is not set")
         );
         let issues = |store: &str| match load(store) {
             Err(ConfigError::Invalid(i)) => i.iter().map(ToString::to_string).collect::<Vec<_>>(),

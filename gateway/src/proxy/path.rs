@@ -126,6 +126,29 @@ impl fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
+/// RFC 3986 §3.3: a path is `/` and `pchar`s (unreserved, sub-delims, `:` and `@`; `%` is
+/// handled apart). Anything else (`\`, spaces, controls, `"`, `<`, `>`, `[`, `]`, `^`, `` ` ``,
+/// `{`, `|`, `}`, non-ASCII) is a character servers disagree about, so it is refused.
+fn is_pchar_or_slash(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'/' | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
 /// RFC 3986 §2.3 unreserved characters.
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
@@ -144,31 +167,8 @@ fn hex(b: u8) -> Option<u8> {
 /// or checking, no empty segment and no segment starting with a dot. Most requests are; they
 /// cost one scan and no allocation.
 fn is_plainly_canonical(raw: &str) -> bool {
-    let bytes = raw.as_bytes();
-    bytes.first() == Some(&b'/')
-        && bytes.iter().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'/' | b'-'
-                        | b'_'
-                        | b'~'
-                        | b'.'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'@'
-                )
-        })
+    raw.starts_with('/')
+        && raw.bytes().all(is_pchar_or_slash)
         && !raw.contains("//")
         && !raw.contains("/.")
 }
@@ -210,7 +210,7 @@ pub fn canonicalize<'a>(raw: &'a str, policy: &PathPolicy) -> Result<CanonicalPa
             i += 3;
             continue;
         }
-        if b == b'\\' || b.is_ascii_control() || !b.is_ascii() || b == b' ' {
+        if !is_pchar_or_slash(b) {
             return Err(PathError::ForbiddenCharacter);
         }
         decoded.push(char::from(b));
@@ -358,6 +358,18 @@ mod tests {
         assert_eq!(canon("/a\\..\\b"), Err(PathError::ForbiddenCharacter));
         assert_eq!(canon("/a\0"), Err(PathError::ForbiddenCharacter));
         assert_eq!(canon("/a\u{e9}"), Err(PathError::ForbiddenCharacter));
+        // Found by the fuzzer: characters outside RFC 3986's pchar.
+        for raw in [
+            "/ppbul;bli`c",
+            "/a{b}",
+            "/a|b",
+            "/a\"b",
+            "/a[0]",
+            "/a^b",
+            "/a<b>",
+        ] {
+            assert_eq!(canon(raw), Err(PathError::ForbiddenCharacter), "{raw}");
+        }
         assert_eq!(canon("*"), Err(PathError::NotAbsolute));
         assert_eq!(canon("/public/..;/admin"), Err(PathError::AmbiguousSegment));
         assert_eq!(canon("/public/.;x/admin"), Err(PathError::AmbiguousSegment));

@@ -40,8 +40,24 @@ const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
 /// Pause before re-opening a broken watch stream.
 const REWATCH_BACKOFF: Duration = Duration::from_millis(200);
 
-/// A client that passes the caller's trace context on to the cache node.
-type Client = TokenCacheClient<InterceptedService<Channel, otel::GrpcInjector>>;
+/// A client that passes the caller's trace context and the gateway's credential on.
+type Client = TokenCacheClient<InterceptedService<Channel, CallMetadata>>;
+
+/// What every call carries: the trace context, and the role's bearer secret.
+#[derive(Clone)]
+struct CallMetadata {
+    bearer: Option<crate::cachenode::network::Bearer>,
+}
+
+impl tonic::service::Interceptor for CallMetadata {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let mut req = otel::inject_grpc(req)?;
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    }
+}
 
 struct Inner {
     endpoints: Vec<String>,
@@ -49,6 +65,7 @@ struct Inner {
     leader: RwLock<String>,
     timeout: Duration,
     dialer: Dialer,
+    metadata: CallMetadata,
 }
 
 /// A [`TokenStore`] on the Raft cache service.
@@ -72,8 +89,7 @@ impl Inner {
             return Ok(c.clone());
         }
         let channel = self.dialer.channel(addr).map_err(StoreError::unavailable)?;
-        let c =
-            TokenCacheClient::with_interceptor(channel, otel::inject_grpc as otel::GrpcInjector);
+        let c = TokenCacheClient::with_interceptor(channel, self.metadata.clone());
         clients.insert(addr.to_owned(), c.clone());
         Ok(c)
     }
@@ -139,6 +155,16 @@ impl Inner {
             // refused TLS handshake, an HTTP/2 protocol error) says nothing of the cache
             // service: try the next node, as when one does not answer.
             let connection_failed = std::error::Error::source(&status).is_some();
+            if matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ) {
+                // A credential problem is the operator's to fix; every node would say the same.
+                return Err(StoreError::unavailable(format!(
+                    "cache node {target} refused the credential: {}",
+                    status.message()
+                )));
+            }
             if !connection_failed
                 && !matches!(
                     status.code(),
@@ -150,11 +176,13 @@ impl Inner {
                     status.message()
                 )));
             }
+            // A redirect is followed only to a configured endpoint: the credential goes where
+            // the operator pointed it, never where a node says.
             let hint = status
                 .metadata()
                 .get(LEADER_METADATA)
                 .and_then(|v| v.to_str().ok())
-                .filter(|l| *l != target)
+                .filter(|l| *l != target && self.endpoints.iter().any(|e| e == l))
                 .map(str::to_owned);
             target = match hint {
                 Some(leader) => leader,
@@ -185,6 +213,9 @@ impl RaftStore {
             clients: papaya::HashMap::new(),
             timeout: cfg.timeout,
             dialer: Dialer::new(cfg.tls.as_ref()),
+            metadata: CallMetadata {
+                bearer: crate::cachenode::network::bearer(cfg.token.as_ref()),
+            },
         });
         let events = broadcast::channel(EVENT_BUFFER).0;
         let stop = CancellationToken::new();

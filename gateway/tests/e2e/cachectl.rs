@@ -226,6 +226,7 @@ async fn cachectl_inspects_and_steers_the_raft_cache() {
                     "--endpoints",
                     &endpoints,
                 ])
+                .env("CACHECTL_TOKEN", ADMIN_TOKEN)
                 .output()
                 .unwrap()
         })
@@ -404,6 +405,13 @@ async fn the_cache_service_over_mutual_tls() {
         ("TOKENGATE_TLS_KEY".to_owned(), tls.path("node.key")),
         ("TOKENGATE_TLS_CA".to_owned(), tls.path("ca.crt")),
         ("TOKENGATE_TLS_CLIENT_CA".to_owned(), tls.path("ca.crt")),
+        // Roles by certificate: the nodes' own (CN), the gateways' (CN), the operator's (URI).
+        ("TOKENGATE_PEER_IDENTITY".to_owned(), "node".to_owned()),
+        ("TOKENGATE_GATEWAY_IDENTITY".to_owned(), "client".to_owned()),
+        (
+            "TOKENGATE_OPERATOR_IDENTITY".to_owned(),
+            "spiffe://tokengate.test/*".to_owned(),
+        ),
     ];
     let _nodes: Vec<CacheNode> = addrs
         .iter()
@@ -427,6 +435,8 @@ async fn the_cache_service_over_mutual_tls() {
             endpoints: addrs.clone(),
             timeout: Duration::from_secs(3),
             tls,
+            // The client certificate alone proves the gateway role.
+            token: None,
         })
     };
     let with_cert = store(Some(StoreTls {
@@ -495,7 +505,16 @@ async fn the_cache_service_over_mutual_tls() {
             .all(|n| n["members"].as_array().unwrap().len() == 3),
         "{view}"
     );
-    let list = t.json(&as_str(&args("ls", &all_files)), &[]);
+    // Listing is the operator's: a gateway's certificate is refused, the operator's is not.
+    t.fails(
+        &as_str(&args("ls", &all_files)),
+        &[],
+        1,
+        "this call is for the operator role",
+    );
+    let (op_cert, op_key) = (tls.path("operator.crt"), tls.path("operator.key"));
+    let operator_files = ["--cacert", &ca, "--cert", &op_cert, "--key", &op_key];
+    let list = t.json(&as_str(&args("ls", &operator_files)), &[]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     let no_cert = args("ls", &["--cacert", &ca]);
     t.fails(&as_str(&no_cert), &[], 1, "cannot reach the cache");

@@ -22,6 +22,8 @@ const SECRETS: &[(&str, &str)] = &[
     ),
     ("GATEWAY_CLIENT_SECRET", "k8s-secret"),
     ("CACHE_ADMIN_TOKEN", "admin-token"),
+    ("CACHE_PEER_TOKEN", "peer-token"),
+    ("CACHE_GATEWAY_TOKEN", "gateway-token"),
 ];
 
 fn root() -> PathBuf {
@@ -314,7 +316,11 @@ fn the_statefulset_gives_each_pod_its_id_and_role() {
     // A pod added by scaling up joins instead of bootstrapping a cluster of its own.
     let args = statefulset_args(script, 3);
     assert_eq!(flag(&args, "--id"), Some("4"));
-    assert_eq!(flag(&args, "--join"), Some(pod(0).as_str()));
+    assert_eq!(
+        flag(&args, "--join"),
+        Some((0..3).map(pod).collect::<Vec<_>>().join(",").as_str()),
+        "joins through the initial members: the operator token goes to them only"
+    );
     assert!(flag(&args, "--init").is_none());
 
     // The gateways' ConfigMap names the same pods.

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Node, basic, eventually, get_json, now};
+use crate::support::{Node, basic, eventually, get_json, metrics_text, now};
 
 struct Edge {
     idp: FakeIdp,
@@ -271,12 +271,7 @@ async fn a_flood_of_unknown_credentials_is_bounded_by_the_miss_budget() {
         3,
         "three misses reached the IdP, no more"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", e.node.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(e.node.admin).await;
     assert!(
         metrics.contains("tokengate_idp_miss_budget_exceeded_total{bucket=\"address\"} 3"),
         "{metrics}"
@@ -430,12 +425,7 @@ async fn slowloris(addr: SocketAddr) -> Duration {
 }
 
 async fn metric(e: &Edge, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", e.node.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(e.node.admin).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

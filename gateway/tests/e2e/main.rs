@@ -1,6 +1,7 @@
 //! End-to-end tests: real gateway processes on loopback, with the `chaos` crate's fake IdP and
 //! echo upstream as the parties around them.
 
+mod cache_auth;
 mod cachectl;
 mod client_credentials;
 mod config_cli;

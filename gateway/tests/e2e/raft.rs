@@ -19,6 +19,15 @@ use chaos::relay::Relay;
 use crate::support::{eventually, free_port};
 
 pub(crate) const ADMIN_TOKEN: &str = "admin-token-for-tests";
+/// The peers' secret: the test clusters run authenticated, as production does.
+pub(crate) const PEER_TOKEN: &str = "peer-token-for-tests";
+/// The gateways' secret.
+pub(crate) const GATEWAY_TOKEN: &str = "gateway-token-for-tests";
+
+/// The gateway credential, for stores the tests make themselves.
+pub(crate) fn gateway_token() -> Option<gateway::config::Secret> {
+    Some(gateway::config::Secret::new(GATEWAY_TOKEN))
+}
 
 /// One `gateway cache-node` process; killed when dropped.
 pub(crate) struct CacheNode {
@@ -94,6 +103,10 @@ impl CacheNode {
         .args(["--metrics-listen", "127.0.0.1:0"])
         .env("TOKENGATE_ADMIN_TOKEN", "env:CACHE_ADMIN")
         .env("CACHE_ADMIN", ADMIN_TOKEN)
+        .env("TOKENGATE_PEER_TOKEN", "env:CACHE_PEER")
+        .env("CACHE_PEER", PEER_TOKEN)
+        .env("TOKENGATE_GATEWAY_TOKEN", "env:CACHE_GATEWAY")
+        .env("CACHE_GATEWAY", GATEWAY_TOKEN)
         .env_remove("RUST_LOG")
         .envs(self.env.iter().map(|(k, v)| (k, v)));
         if !self.init.is_empty() {
@@ -233,6 +246,7 @@ impl Cluster {
             endpoints: self.endpoints(),
             timeout: Duration::from_secs(5),
             tls: None,
+            token: gateway_token(),
         })
     }
 
@@ -244,7 +258,7 @@ impl Cluster {
             .map(|e| format!("\"{e}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        format!("store: {{ raft: {{ endpoints: [{list}] }} }}")
+        format!("store: {{ raft: {{ endpoints: [{list}], token: {GATEWAY_TOKEN} }} }}")
     }
 
     /// The status of every running node that answers.
@@ -331,17 +345,29 @@ fn key(n: u64) -> TokenKey {
 async fn raft_store_meets_the_contract() {
     // A fresh three-node cluster per check: the contract's checks share no state.
     let current: Mutex<Option<Cluster>> = Mutex::new(None);
-    conformance::run(async || {
-        current.lock().unwrap().take();
-        let cluster = Cluster::start(3).await;
-        let store = cluster.store();
-        assert!(
-            store.watching(Duration::from_secs(10)).await,
-            "change stream open"
-        );
-        *current.lock().unwrap() = Some(cluster);
-        store
-    })
+    conformance::run_with_operator(
+        async || {
+            current.lock().unwrap().take();
+            let cluster = Cluster::start(3).await;
+            let store = cluster.store();
+            assert!(
+                store.watching(Duration::from_secs(10)).await,
+                "change stream open"
+            );
+            *current.lock().unwrap() = Some(cluster);
+            store
+        },
+        // Listing and marking due are the operator's calls (cachectl's), not a gateway's.
+        async |_| {
+            let endpoints = current.lock().unwrap().as_ref().unwrap().endpoints();
+            Some(RaftStore::new(&RaftStoreConfig {
+                endpoints,
+                timeout: Duration::from_secs(5),
+                tls: None,
+                token: Some(gateway::config::Secret::new(ADMIN_TOKEN)),
+            }))
+        },
+    )
     .await;
 }
 
@@ -478,14 +504,16 @@ async fn a_cluster_restarted_whole_keeps_every_acknowledged_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_grows_to_five_and_shrinks_back() {
     let mut cluster = Cluster::start(3).await;
-    let first = cluster.nodes[0].addr.clone();
+    // Joined through the three members: without TLS the operator token goes to them only, so
+    // whichever leads is among the addresses given.
+    let members = cluster.endpoints().join(",");
     for id in [4, 5] {
         let addr = format!("127.0.0.1:{}", free_port());
         cluster.nodes.push(CacheNode::spawn(
             id,
             addr,
             String::new(),
-            Some(first.clone()),
+            Some(members.clone()),
             String::new(),
         ));
     }
@@ -531,6 +559,7 @@ async fn membership_grows_to_five_and_shrinks_back() {
         endpoints: cluster.nodes[2..].iter().map(|n| n.addr.clone()).collect(),
         timeout: Duration::from_secs(5),
         tls: None,
+        token: gateway_token(),
     });
     let outcome = store
         .put(&key(1), conformance::entry(1, 60_000, 120_000), None)
@@ -662,6 +691,7 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
         endpoints,
         timeout: Duration::from_secs(3),
         tls: None,
+        token: gateway_token(),
     });
     partition(true);
 
@@ -673,6 +703,7 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
         endpoints: vec![cluster.nodes[old as usize - 1].addr.clone()],
         timeout: Duration::from_millis(1500),
         tls: None,
+        token: gateway_token(),
     });
     let a = NodeId::random();
     let written = key(91);
@@ -698,6 +729,7 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
             .collect(),
         timeout: Duration::from_secs(5),
         tls: None,
+        token: gateway_token(),
     });
     let b = NodeId::random();
     let fence = reachable
@@ -712,6 +744,7 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
         endpoints: following_endpoints,
         timeout: Duration::from_secs(2),
         tls: None,
+        token: gateway_token(),
     });
     let moved = following
         .put(&key(90), conformance::entry(1, 60_000, 120_000), None)

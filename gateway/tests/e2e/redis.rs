@@ -498,3 +498,113 @@ async fn rotating_the_fleet_key_costs_no_idp_request() {
     assert_eq!(bearer(&echo(req.send().await.unwrap()).await), old_token);
     assert_eq!(f.idp.total_issued(), 1, "the rotation made no IdP request");
 }
+
+/// The ACL line the README's "Securing the cache" section documents, with `password`.
+fn documented_acl(password: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER tokengate "))
+        .expect("the README documents the ACL user");
+    line.split_whitespace()
+        .map(|w| w.replace(">CHANGE-ME", &format!(">{password}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_works_under_the_documented_least_privilege_user_and_not_without_it() {
+    let redis = RedisServer::start();
+    let acl = documented_acl("acl-pass");
+    let acl: Vec<&str> = acl.iter().map(String::as_str).collect();
+    assert_eq!(redis.cli(&acl).trim(), "OK");
+    // A co-tenant with rights elsewhere only.
+    assert_eq!(
+        redis
+            .cli(&[
+                "ACL",
+                "SETUSER",
+                "other",
+                "on",
+                ">other-pass",
+                "~other:*",
+                "&other:*",
+                "+@all",
+            ])
+            .trim(),
+        "OK"
+    );
+    let idp = FakeIdp::start().await;
+    let upstream = EchoUpstream::start().await;
+    for i in 0..20 {
+        idp.register(&format!("client-{i}"), &format!("secret-{i}"));
+    }
+    let store = |user: &str, env: &str| {
+        format!(
+            r#"{{ redis: {{ endpoints: ["{}"], username: {user}, password: env:{env} }} }}"#,
+            redis.endpoint()
+        )
+    };
+    let env = [
+        ("FLEET_KEY", FLEET_KEY),
+        ("ACL_PASS", "acl-pass"),
+        ("OTHER_PASS", "other-pass"),
+    ];
+    let yaml = node_config(
+        &idp,
+        &upstream,
+        &store("tokengate", "ACL_PASS"),
+        "{ interval: 1s }",
+    );
+    let nodes = [Node::start(&yaml, &env), Node::start(&yaml, &env)];
+    for n in &nodes {
+        eventually("the store answers", Duration::from_secs(10), async || {
+            n.store_state().await == "ok"
+        })
+        .await;
+    }
+    one_idp_request_per_credential(&nodes, &idp, &upstream).await;
+    // The refresh lease and the index live under the user's keys: the leader holds a fence.
+    eventually("a refresh leader", Duration::from_secs(10), async || {
+        !redis.cli(&["GET", "{tokengate}:lease"]).trim().is_empty()
+    })
+    .await;
+
+    // The co-tenant cannot read, evict or take the lease.
+    let other = |args: &[&str]| {
+        let mut all = vec![
+            "--user",
+            "other",
+            "--pass",
+            "other-pass",
+            "--no-auth-warning",
+        ];
+        all.extend_from_slice(args);
+        redis.cli(&all)
+    };
+    assert!(other(&["ZRANGE", "{tokengate}:index", "0", "-1"]).contains("NOPERM"));
+    assert!(other(&["DEL", "{tokengate}:lease"]).contains("NOPERM"));
+    // And a gateway running as it is refused by Redis: it degrades, it does not share.
+    let refused = Node::start(
+        &node_config(
+            &idp,
+            &upstream,
+            &store("other", "OTHER_PASS"),
+            "{ interval: 1s }",
+        ),
+        &env,
+    );
+    let resp = client()
+        .get(refused.url("/x"))
+        .header("authorization", creds(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "served from its own IdP fetch");
+    eventually(
+        "the refused node reports its store degraded",
+        Duration::from_secs(10),
+        async || refused.store_state().await == "degraded",
+    )
+    .await;
+}

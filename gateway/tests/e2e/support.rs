@@ -180,6 +180,16 @@ pub async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut(
     }
 }
 
+/// `GET http://<addr>/metrics`: the Prometheus text.
+pub async fn metrics_text(addr: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// `GET url`, its body parsed as JSON.
 pub async fn get_json(url: String) -> serde_json::Value {
     client()
@@ -465,7 +475,8 @@ pub struct TlsFixture {
     dir: tempfile::TempDir,
 }
 
-/// Makes the CA and the two certificates. The extensions make them X.509 v3, the only kind
+/// Makes the CA and the certificates (`server`, `client`, `node`, and `operator`, which names
+/// itself by a SPIFFE URI). The extensions make them X.509 v3, the only kind
 /// rustls accepts.
 const MAKE_CERTIFICATES: &str = "
 set -e
@@ -473,7 +484,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -su
 printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext
 printf 'extendedKeyUsage=clientAuth\\n' > client.ext
 printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > node.ext
-for name in server client node; do
+printf 'subjectAltName=URI:spiffe://tokengate.test/operator\\nextendedKeyUsage=clientAuth\\n' > operator.ext
+for name in server client node operator; do
   openssl req -newkey rsa:2048 -nodes -keyout $name.key -out $name.csr -subj /CN=$name
   openssl x509 -req -in $name.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $name.crt -days 1 -extfile $name.ext
 done

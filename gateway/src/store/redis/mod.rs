@@ -156,7 +156,7 @@ impl TokenStore for RedisStore {
         inv.key(self.entry_key(key))
             .key(self.key("fence"))
             .key(self.key("due"))
-            .key(self.key("keys"))
+            .key(self.key("index"))
             .arg(entry.meta.version)
             .arg(payload)
             .arg(entry.meta.expires_at)
@@ -180,7 +180,7 @@ impl TokenStore for RedisStore {
         let mut inv = scripts::EVICT.prepare_invoke();
         inv.key(self.entry_key(key))
             .key(self.key("due"))
-            .key(self.key("keys"))
+            .key(self.key("index"))
             .arg(version.map(|v| v.to_string()).unwrap_or_default())
             .arg(key.to_hex())
             .arg(self.key("events"));
@@ -258,15 +258,22 @@ impl TokenStore for RedisStore {
         self.events.subscribe()
     }
 
-    /// Reads the key index (the cache is small), then the page; index members whose entry has
-    /// expired are dropped from the index on the way.
+    /// Reads the live part of the key index, then the page; index members whose entry is
+    /// gone are dropped from the index on the way.
     async fn list(
         &self,
         after: Option<TokenKey>,
         limit: usize,
     ) -> Result<Vec<(TokenKey, SealedEntry)>, StoreError> {
-        let index = self.key("keys");
-        let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+        let index = self.key("index");
+        let members: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg(format!("({}", now_millis()))
+                    .arg("+inf"),
+            )
+            .await?;
         let mut keys: Vec<TokenKey> = members
             .iter()
             .filter_map(|h| TokenKey::from_hex(h))
@@ -281,7 +288,7 @@ impl TokenStore for RedisStore {
                 Some(e) => page.push((key, e)),
                 None => {
                     let _: i64 = self
-                        .query(redis::cmd("SREM").arg(&index).arg(key.to_hex()))
+                        .query(redis::cmd("ZREM").arg(&index).arg(key.to_hex()))
                         .await?;
                 }
             }

@@ -9,8 +9,9 @@
 //!   its Redis TTL is the token's expiry.
 //! - `{p}:due`: sorted set of key hexes by refresh time (the refresher's work list); entries
 //!   that are not renewable (refresh time at or past expiry) never enter it.
-//! - `{p}:keys`: set of every stored entry's key hex (listings; an expired entry's hex stays
-//!   until a listing finds the entry gone and removes it).
+//! - `{p}:index`: sorted set of every stored entry's key hex by expiry (listings). Each put
+//!   drops the members that have expired, so it holds about the live entries, never more.
+//!   (Versions before it kept a set `{p}:keys`, which can be deleted.)
 //! - `{p}:fence`: the newest fencing token granted.
 //! - `{p}:lease`: `"<holder> <fence>"`, with the lease TTL.
 //! - `{p}:fill:<key hex>`: fill-lease holder, with a short TTL.
@@ -21,7 +22,7 @@ use std::sync::LazyLock;
 use deadpool_redis::redis::Script;
 
 /// Fenced put-if-newer.
-/// KEYS: entry, fence, due, keys. ARGV: version, payload, expires_at, fence or "", refresh_at,
+/// KEYS: entry, fence, due, index. ARGV: version, payload, expires_at, fence or "", refresh_at,
 /// hex, channel, last_used. Returns `stored`, `stale` or `fenced`.
 pub static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -37,7 +38,9 @@ if tonumber(ARGV[8]) > used then used = tonumber(ARGV[8]) end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'u', used, 'r', ARGV[5])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 if tonumber(ARGV[5]) < tonumber(ARGV[3]) then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6]) end
-redis.call('SADD', KEYS[4], ARGV[6])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[6])
+local t = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('PUBLISH', ARGV[7], 's ' .. ARGV[6] .. ' ' .. ARGV[1])
 return 'stored'
 ",
@@ -45,7 +48,7 @@ return 'stored'
 });
 
 /// Evict, optionally only a given version.
-/// KEYS: entry, due, keys. ARGV: version or "", hex, channel. Returns 1 if removed.
+/// KEYS: entry, due, index. ARGV: version or "", hex, channel. Returns 1 if removed.
 pub static EVICT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -54,7 +57,7 @@ if not cur then return 0 end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('PUBLISH', ARGV[3], 'e ' .. ARGV[2])
 return 1
 ",
@@ -88,9 +91,10 @@ return 1
 /// Take or renew the refresh lease. KEYS: lease, fence. ARGV: holder, ttl ms.
 /// Returns the fence, or nil when another node holds the lease.
 ///
-/// A new grant increments the fence counter. If the counter is gone (Redis lost its data), it
-/// restarts from Redis' clock in milliseconds, above any fence granted before, so fences never
-/// go backwards and a leader from before the loss stays fenced off.
+/// A new grant is `max(counter + 1, Redis' clock in ms)`. The counter alone could repeat a
+/// fence after a failover to a replica that had not received the last grant (or after Redis lost
+/// its data); the clock has moved on by the failover's seconds since then, so the new fence is
+/// above any granted before and a leader from before stays fenced off.
 pub static ACQUIRE_REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -103,12 +107,11 @@ if cur then
   end
   return false
 end
-local fence
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  fence = redis.call('INCR', KEYS[2])
-else
-  local t = redis.call('TIME')
-  fence = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fence = redis.call('INCR', KEYS[2])
+if fence <= now then
+  fence = now
   redis.call('SET', KEYS[2], fence)
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. fence, 'PX', ARGV[2])
