@@ -18,11 +18,12 @@
 //! A node with no credential configured at all serves everyone, and refuses to start on a
 //! non-loopback address unless told `--insecure-no-auth`.
 
-use std::future::Future;
+use std::future::Ready;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use futures_util::future::Either;
 
 use prometheus::IntCounterVec;
 use subtle::ConstantTimeEq;
@@ -307,20 +308,14 @@ pub struct Authorised<S> {
     credentials: Option<Arc<Credentials>>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B> tower::Service<http::Request<B>> for Authorised<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    /// The refusal at once, or the service's own future: nothing boxed on the way through.
+    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -330,10 +325,9 @@ where
         if let Some(credentials) = &self.credentials
             && let Err(status) = check(credentials, &req)
         {
-            return Box::pin(async move { Ok(status.into_http()) });
+            return Either::Left(std::future::ready(Ok(status.into_http())));
         }
-        let fut = self.inner.call(req);
-        Box::pin(fut)
+        Either::Right(self.inner.call(req))
     }
 }
 
