@@ -185,7 +185,6 @@ pub fn canonicalize<'a>(raw: &'a str, policy: &PathPolicy) -> Result<CanonicalPa
         return Err(PathError::NotAbsolute);
     }
     let bytes = raw.as_bytes();
-    let mut encoded = EncodedCharacters::default();
     // Pass 1: check every byte and canonicalise percent-encodings.
     let mut decoded = String::with_capacity(raw.len());
     let mut i = 0;
@@ -202,7 +201,6 @@ pub fn canonicalize<'a>(raw: &'a str, policy: &PathPolicy) -> Result<CanonicalPa
             if policy.normalize && is_unreserved(value) {
                 decoded.push(char::from(value));
             } else {
-                encoded.note(value);
                 decoded.push('%');
                 decoded.push(char::from(bytes[i + 1].to_ascii_uppercase()));
                 decoded.push(char::from(bytes[i + 2].to_ascii_uppercase()));
@@ -223,8 +221,8 @@ pub fn canonicalize<'a>(raw: &'a str, policy: &PathPolicy) -> Result<CanonicalPa
             decoded
         };
         return Ok(CanonicalPath {
+            encoded: encoded_in(&path),
             path: path.into(),
-            encoded,
         });
     }
     // Pass 2: remove dot segments (RFC 3986 §5.2.4), refusing to climb above the root.
@@ -260,9 +258,27 @@ pub fn canonicalize<'a>(raw: &'a str, policy: &PathPolicy) -> Result<CanonicalPa
         path.push('/');
     }
     Ok(CanonicalPath {
+        encoded: encoded_in(&path),
         path: path.into(),
-        encoded,
     })
+}
+
+/// The ambiguous encoded characters a canonical path still holds (what the upstream will see:
+/// an encoding inside a segment that `..` removed is gone).
+fn encoded_in(path: &str) -> EncodedCharacters {
+    let mut encoded = EncodedCharacters::default();
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            encoded.note(hi << 4 | lo);
+        }
+    }
+    encoded
 }
 
 fn merge_slashes(path: &str) -> String {
