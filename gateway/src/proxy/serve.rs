@@ -146,7 +146,11 @@ async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_header_timeout)
+        // hyper's own head timer also runs while a keep-alive connection waits for its next
+        // request, which would close idle connections after readHeaderTimeout instead of
+        // idleTimeout (and race a load balancer reusing them). The head timer here starts at
+        // the first byte of a head instead (see `Activity`).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     builder
@@ -183,6 +187,7 @@ async fn run(
             handler: Arc::clone(&handler),
             builder: Arc::clone(&builder),
             idle_timeout: limits.idle_timeout,
+            read_header_timeout: limits.read_header_timeout,
             observed,
             closing: closing.clone(),
             abort: abort.clone(),
@@ -213,6 +218,7 @@ struct Connection {
     handler: Handler,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
+    read_header_timeout: Duration,
     /// Counted in the connection metrics (the proxy listener's connections are).
     observed: bool,
     closing: CancellationToken,
@@ -242,12 +248,17 @@ impl Connection {
                 }))
             }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        let io = Watched {
+            io: stream,
+            activity: Arc::clone(&activity),
+        };
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut closing = false;
         let mut hard_stop: Option<Instant> = None;
         loop {
             let idle_check = activity.idle_deadline(self.idle_timeout);
+            let head_check = activity.head_deadline(self.read_header_timeout);
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(error) = result {
@@ -272,6 +283,17 @@ impl Connection {
                         hard_stop = Some(Instant::now() + IDLE_CLOSE_GRACE);
                     }
                 }
+                () = activity.head_started.notified(), if head_check.is_none() => {}
+                () = sleep_until_some(head_check) => {
+                    // A head begun longer ago than readHeaderTimeout and still not complete:
+                    // a slow (or slowloris) client, closed at once.
+                    if activity.head_overdue(self.read_header_timeout) {
+                        if self.observed {
+                            metrics.connections_idle_closed.inc();
+                        }
+                        break;
+                    }
+                }
                 () = sleep_until_some(hard_stop) => {
                     if activity.active.load(Ordering::Acquire) == 0 {
                         break;
@@ -293,12 +315,22 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Requests in progress on one connection, and when the last one ended.
+/// Requests in progress on one connection, when the last one ended, and when the bytes of the
+/// next HTTP/1 request head began to arrive.
 struct Activity {
     started: Instant,
     active: AtomicUsize,
     /// Milliseconds after `started` when the connection last went idle.
     idle_since_ms: AtomicU64,
+    /// Milliseconds after `started` (plus one; 0: none) when the first byte of a request head
+    /// arrived while no request was in progress.
+    head_since_ms: AtomicU64,
+    /// The connection speaks HTTP/2 (its bytes between requests are frames, not heads).
+    http2: std::sync::atomic::AtomicBool,
+    /// Whether the first bytes were seen (to tell HTTP/2 by its preface).
+    seen_first: std::sync::atomic::AtomicBool,
+    /// Wakes the connection's loop when a head starts, to arm the head timer.
+    head_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -307,7 +339,46 @@ impl Activity {
             started: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
+            http2: std::sync::atomic::AtomicBool::new(false),
+            seen_first: std::sync::atomic::AtomicBool::new(false),
+            head_started: tokio::sync::Notify::new(),
         }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes arrived: the first ones say whether this is HTTP/2; on HTTP/1, bytes while no
+    /// request is in progress start a head.
+    fn received(&self, first_bytes: &[u8]) {
+        if !self.seen_first.swap(true, Ordering::AcqRel) && first_bytes.starts_with(b"PRI * ") {
+            self.http2.store(true, Ordering::Release);
+        }
+        if !self.http2.load(Ordering::Acquire)
+            && self.active.load(Ordering::Acquire) == 0
+            && self.head_since_ms.load(Ordering::Acquire) == 0
+        {
+            self.head_since_ms
+                .store(self.elapsed_ms().saturating_add(1), Ordering::Release);
+            self.head_started.notify_one();
+        }
+    }
+
+    /// When a head begun now would be overdue; `None` without one in progress.
+    fn head_deadline(&self, timeout: Duration) -> Option<Instant> {
+        match self.head_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(self.started + Duration::from_millis(at - 1) + timeout),
+        }
+    }
+
+    fn head_overdue(&self, timeout: Duration) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+            && self
+                .head_deadline(timeout)
+                .is_some_and(|d| d <= Instant::now())
     }
 
     fn idle_since(&self) -> Instant {
@@ -334,6 +405,8 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> Self {
         activity.active.fetch_add(1, Ordering::AcqRel);
+        // The head is complete: the head timer is done with it.
+        activity.head_since_ms.store(0, Ordering::Release);
         Self(Arc::clone(activity))
     }
 }
@@ -344,6 +417,61 @@ impl Drop for InFlight {
         let now = u64::try_from(a.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         a.idle_since_ms.store(now, Ordering::Release);
         a.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The connection's socket, telling its [`Activity`] when bytes arrive.
+    struct Watched {
+        #[pin]
+        io: TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.io.poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.received(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }
 

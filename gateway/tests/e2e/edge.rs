@@ -444,6 +444,23 @@ async fn slow_clients_are_shed_by_the_header_timeout_while_others_are_served() {
     }
     let shed_after = trickle.await.unwrap();
     assert!(shed_after < Duration::from_secs(10), "{shed_after:?}");
+
+    // The head timer starts at a head's first byte, not while a keep-alive connection waits:
+    // one idle for longer than readHeaderTimeout is still open for its next request (closing
+    // it would race a load balancer about to reuse it).
+    let mut kept = TcpStream::connect(e.node.proxy).await.unwrap();
+    let request = b"GET /public/a HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    kept.write_all(request).await.unwrap();
+    assert!(kept.read(&mut buf).await.unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    kept.write_all(request).await.unwrap();
+    let n = kept.read(&mut buf).await.unwrap();
+    assert_eq!(
+        statuses(&String::from_utf8_lossy(&buf[..n])),
+        [200],
+        "the idle keep-alive connection was closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
