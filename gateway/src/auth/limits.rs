@@ -14,6 +14,7 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -153,6 +154,9 @@ pub struct MissBudget {
     per_client_id: Option<Buckets>,
     per_address: Option<Buckets>,
     hasher: RandomState,
+    started: std::time::Instant,
+    /// Seconds after `started` of the last sweep.
+    swept_at: AtomicU64,
 }
 
 /// A miss was refused; try again after this long.
@@ -182,6 +186,8 @@ impl MissBudget {
             per_client_id: build(&cfg.per_client_id),
             per_address: build(&cfg.per_address),
             hasher: RandomState::new(),
+            started: std::time::Instant::now(),
+            swept_at: AtomicU64::new(0),
         })
     }
 
@@ -197,17 +203,28 @@ impl MissBudget {
     /// first, so a caller cycling through client ids cannot spend other callers' id budgets.
     pub fn spend(&self, address: IpAddr, client_id: Option<&str>) -> Result<(), OverBudget> {
         if let Some(b) = &self.per_address {
-            Self::take(b, self.hasher.hash_one(address), "address")?;
+            self.take(b, self.hasher.hash_one(address), "address")?;
         }
         if let (Some(b), Some(id)) = (&self.per_client_id, client_id) {
-            Self::take(b, self.hasher.hash_one(id), "client_id")?;
+            self.take(b, self.hasher.hash_one(id), "client_id")?;
         }
         Ok(())
     }
 
-    fn take(buckets: &Buckets, key: u64, bucket: &'static str) -> Result<(), OverBudget> {
+    fn take(&self, buckets: &Buckets, key: u64, bucket: &'static str) -> Result<(), OverBudget> {
+        // Sweep at most once a second, however many callers are missing at once: a sweep
+        // walks every bucket.
         if buckets.len() > SWEEP_ABOVE {
-            buckets.retain_recent();
+            let now = self.started.elapsed().as_secs();
+            let last = self.swept_at.load(Ordering::Relaxed);
+            if now > last
+                && self
+                    .swept_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                buckets.retain_recent();
+            }
         }
         buckets.check_key(&key).map_err(|not_until| {
             crate::telemetry::metrics::metrics().idp_miss_refused(bucket);

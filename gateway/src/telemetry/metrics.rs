@@ -147,7 +147,7 @@ impl Metrics {
         reg(Box::new(connections_open.clone()));
         let connections_idle_closed = IntCounter::new(
             "connections_idle_closed_total",
-            "Proxy connections closed because no request was in progress for idleTimeout",
+            "Proxy connections closed for idleness (idleTimeout) or a request head too slow to arrive (readHeaderTimeout)",
         )
         .expect("valid metric");
         reg(Box::new(connections_idle_closed.clone()));
