@@ -34,6 +34,7 @@ fn server(target: &str, e: StoreError) -> Failure {
         StoreError::Corrupt(m) => {
             format!("the cache at {target} answered something unreadable: {m}")
         }
+        StoreError::Refused(m) => format!("the cache at {target} refused the request: {m}"),
     })
 }
 

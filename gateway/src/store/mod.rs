@@ -116,6 +116,9 @@ pub enum StoreError {
     /// The backend holds data this node cannot read.
     #[error("token store data corrupt: {0}")]
     Corrupt(String),
+    /// The backend refused the request as malformed or out of bounds; retrying will not help.
+    #[error("token store refused the request: {0}")]
+    Refused(String),
 }
 
 impl StoreError {

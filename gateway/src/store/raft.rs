@@ -165,6 +165,15 @@ impl Inner {
                     status.message()
                 )));
             }
+            if matches!(
+                status.code(),
+                Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
+            ) {
+                return Err(StoreError::Refused(format!(
+                    "cache node {target}: {}",
+                    status.message()
+                )));
+            }
             if !connection_failed
                 && !matches!(
                     status.code(),

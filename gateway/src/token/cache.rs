@@ -451,6 +451,12 @@ impl TokenCache {
 
     /// Logs a store failure once per outage (not once per request) and returns `fallback`.
     pub(crate) fn store_failed<T>(&self, error: StoreError, fallback: T) -> T {
+        // A refused request is this request's problem (an entry over the store's bounds), not
+        // the store's: it stays healthy for every other.
+        if let StoreError::Refused(reason) = &error {
+            tracing::warn!(%reason, "token store refused an entry; serving it from L1 only");
+            return fallback;
+        }
         if !self.store_degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "token store unavailable; serving from L1 and fetching per node");
         }

@@ -221,7 +221,7 @@ async fn oversized_and_overflowing_writes_are_refused_and_replication_goes_on() 
     big.ciphertext = vec![7; 100 * 1024];
     let refused = store.put(&key(1), big, None).await;
     assert!(
-        matches!(&refused, Err(StoreError::Corrupt(m)) if m.contains("at most 65536")),
+        matches!(&refused, Err(StoreError::Refused(m)) if m.contains("at most 65536")),
         "{refused:?}"
     );
     let mut forever = conformance::entry(1, 60_000, 120_000);
