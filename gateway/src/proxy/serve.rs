@@ -350,10 +350,11 @@ impl Activity {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Bytes arrived: the first ones say whether this is HTTP/2; on HTTP/1, bytes while no
+    /// Bytes arrived: the first ones say whether this is HTTP/2 (its preface starts `PRI`, and
+    /// a segment as short as three bytes is not seen in practice); on HTTP/1, bytes while no
     /// request is in progress start a head.
     fn received(&self, first_bytes: &[u8]) {
-        if !self.seen_first.swap(true, Ordering::AcqRel) && first_bytes.starts_with(b"PRI * ") {
+        if !self.seen_first.swap(true, Ordering::AcqRel) && first_bytes.starts_with(b"PRI") {
             self.http2.store(true, Ordering::Release);
         }
         if !self.http2.load(Ordering::Acquire)

@@ -562,6 +562,28 @@ async fn http2_connections_announce_the_stream_limit() {
         settings.contains(&(3, 7)),
         "SETTINGS_MAX_CONCURRENT_STREAMS = 7 in {settings:?}"
     );
+    // Frames between requests are not a slow request head: past readHeaderTimeout (1 s) the
+    // connection still answers a PING.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    s.write_all(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00tokengat")
+        .await
+        .unwrap();
+    let ping_ack = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await?;
+            if head[3] == 6 && head[4] & 1 == 1 {
+                return Ok::<_, std::io::Error>(payload);
+            }
+        }
+    })
+    .await
+    .expect("an answer within 5 s")
+    .expect("the connection is open");
+    assert_eq!(ping_ack, b"tokengat");
     drop(s);
     still_served(&e).await;
     let ready = get_json(format!("http://{}/readyz", e.node.admin)).await;
