@@ -145,9 +145,19 @@ pub async fn wait_listening(addr: &str, within: Duration) -> bool {
     false
 }
 
-/// A free loopback port (bound and released: another process could take it first, which on a
-/// test machine's loopback does not happen in practice).
+/// A free loopback port (bound and released, so another process could still take it first).
+///
+/// The port is drawn below Linux's ephemeral range (32768 and up): a gateway restarted on its
+/// port must find it free, and a port in the ephemeral range can meanwhile become the source
+/// port of any outgoing connection (the balancer's, the driver's), which fails the restart.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    for _ in 0..1000 {
+        let port = rand::rng().random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -277,13 +277,10 @@ impl Node {
     }
 }
 
-/// A free loopback port (bound and released; the OS does not hand it out again at once).
+/// A free loopback port, below the ephemeral range so that a node restarted on it finds it
+/// free (see `chaos::procs::free_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    chaos::procs::free_port()
 }
 
 /// A free port whose Redis Cluster bus port (port + 10000) is free and valid too.
