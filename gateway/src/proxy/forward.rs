@@ -87,20 +87,26 @@ impl ForwardedHeaders {
         if !self.trusts(peer) {
             return peer;
         }
-        let chain: Vec<IpAddr> = headers
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map_while(|a| a.trim().parse().ok())
+            .map(str::trim)
             .collect();
-        chain
-            .iter()
-            .rev()
-            .find(|a| !self.trusts(**a))
-            .or(chain.first())
-            .copied()
-            .unwrap_or(peer)
+        // From the right: each trusted hop vouches for the entry before it. An entry that is
+        // not an address ends the walk: nothing to its left is vouched for.
+        let mut caller = peer;
+        for entry in entries.iter().rev() {
+            let Ok(address) = entry.parse::<IpAddr>() else {
+                break;
+            };
+            caller = address;
+            if !self.trusts(address) {
+                break;
+            }
+        }
+        caller
     }
 
     /// Writes the forwarding headers of a request from `peer`, on behalf of `caller`.
@@ -256,6 +262,17 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");
         assert_eq!(h["x-real-ip"], "10.9.9.9");
+        // A malformed entry ends the walk: the client-written left part is not believed.
+        let mut odd = HeaderMap::new();
+        odd.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, unknown, 203.0.113.5"),
+        );
+        assert_eq!(
+            fwd.caller(&odd, peer),
+            "203.0.113.5".parse::<IpAddr>().unwrap(),
+            "the last trusted hop, not the forged address left of the garbage"
+        );
     }
 
     #[test]
