@@ -124,12 +124,7 @@ impl ClientCredentials {
                     Some(e) => (key, e),
                     None => {
                         if !self.cache.miss_is_free(&key, now) {
-                            self.guards
-                                .budget
-                                .spend(caller.address, Some(&id))
-                                .map_err(|o| AuthError::OverBudget {
-                                    retry_after: o.retry_after,
-                                })?;
+                            self.guards.budget.spend(caller.address, Some(&id))?;
                         }
                         (key, self.obtain(&key, &id, Secret::new(secret)).await?)
                     }

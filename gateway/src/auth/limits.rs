@@ -168,6 +168,15 @@ pub struct OverBudget {
     pub bucket: &'static str,
 }
 
+impl From<OverBudget> for super::AuthError {
+    /// 429 with `Retry-After`.
+    fn from(o: OverBudget) -> Self {
+        Self::OverBudget {
+            retry_after: o.retry_after,
+        }
+    }
+}
+
 impl std::fmt::Debug for MissBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MissBudget").finish_non_exhaustive()

@@ -235,22 +235,23 @@ impl Gateway {
             parts.headers.insert(HOST, h.clone());
         }
 
-        // The caller's own headers, for a second run of the middlewares after an upstream 401.
-        let original_headers = route.attaches_tokens().then(|| parts.headers.clone());
-        // The middlewares first: nothing of the body is read for a caller they refuse.
-        let used = match apply_chain(route, &mut parts, &caller, log).await {
-            Ok(used) => used,
-            Err(resp) => return resp,
-        };
-
-        // A small body is held so that the request can be replayed after an upstream 401.
-        let replayable = !used.is_empty()
+        // A small body can be held, so that the request can be replayed once after an upstream
+        // 401 (a route whose middlewares attach no token of ours has nothing to replay for).
+        let may_replay = route.attaches_tokens()
             && (body.is_end_stream()
                 || parts
                     .headers
                     .get(CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                     .is_some_and(|n| n <= REPLAY_LIMIT));
+        // The caller's own headers, for the second run of the middlewares.
+        let original_headers = may_replay.then(|| parts.headers.clone());
+        // The middlewares first: nothing of the body is read for a caller they refuse.
+        let used = match apply_chain(route, &mut parts, &caller, log).await {
+            Ok(used) => used,
+            Err(resp) => return resp,
+        };
+        let replayable = may_replay && !used.is_empty();
         let (body, replay) = if replayable {
             match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
                 Ok(collected) => {

@@ -239,12 +239,10 @@ impl Connection {
             let fut = handler(req, remote);
             async move {
                 let resp = fut.await;
-                Ok::<_, Infallible>(resp.map(|body| {
-                    let body: ProxyBody = http_body_util::BodyExt::boxed_unsync(Tracked {
-                        body,
-                        _guard: guard,
-                    });
-                    body
+                // hyper serves the wrapper as it is: no second box per response.
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _guard: guard,
                 }))
             }
         });

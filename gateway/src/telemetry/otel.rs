@@ -377,9 +377,6 @@ pub fn inject_grpc(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, to
     Ok(req)
 }
 
-/// The interceptor's type, for client types.
-pub type GrpcInjector = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
