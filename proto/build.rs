@@ -2,7 +2,12 @@
 //! no system `protoc`, then generates prost messages and tonic clients and servers.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/cache.proto", "proto/raft.proto", "proto/admin.proto"];
+    let files = [
+        "proto/cache.proto",
+        "proto/raft.proto",
+        "proto/admin.proto",
+        "proto/snapshot.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -259,13 +259,15 @@ impl Backend {
         while count.is_none_or(|c| seen < c) {
             let event = match events.recv().await {
                 Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => StoreEvent::Resync,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    StoreEvent::Resync { lost: false }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             };
             let (change, key, version) = match event {
                 StoreEvent::Stored { key, version } => ("stored", Some(key), Some(version)),
                 StoreEvent::Evicted { key } => ("evicted", Some(key), None),
-                StoreEvent::Resync => ("resync", None, None),
+                StoreEvent::Resync { .. } => ("resync", None, None),
             };
             let line = match format {
                 Format::Json => serde_json::json!({

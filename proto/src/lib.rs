@@ -6,24 +6,45 @@
 //!   request and response types, serialized with serde, so the wire follows openraft's
 //!   definitions instead of a hand-kept copy of them.
 //! - [`admin`]: cluster status and membership, for operators; every call needs a bearer token.
+//! - [`snapshot`]: the binary snapshot file a cache node keeps and streams to followers.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::all)]
 
-/// `tokengate.cache.v1`.
-pub mod cache {
-    tonic::include_proto!("tokengate.cache.v1");
-}
-
-/// `tokengate.raft.v1`.
-pub mod raft {
-    tonic::include_proto!("tokengate.raft.v1");
+/// The generated code, nested as the protobuf packages are (so that one package's messages can
+/// name another's); the modules below re-export each package under a short name.
+#[allow(missing_docs)]
+pub mod tokengate {
+    pub mod cache {
+        pub mod v1 {
+            tonic::include_proto!("tokengate.cache.v1");
+        }
+    }
+    pub mod raft {
+        pub mod v1 {
+            tonic::include_proto!("tokengate.raft.v1");
+        }
+    }
+    pub mod admin {
+        pub mod v1 {
+            tonic::include_proto!("tokengate.admin.v1");
+        }
+    }
+    pub mod snapshot {
+        pub mod v1 {
+            tonic::include_proto!("tokengate.snapshot.v1");
+        }
+    }
 }
 
 /// `tokengate.admin.v1`.
-pub mod admin {
-    tonic::include_proto!("tokengate.admin.v1");
-}
+pub use tokengate::admin::v1 as admin;
+/// `tokengate.cache.v1`.
+pub use tokengate::cache::v1 as cache;
+/// `tokengate.raft.v1`.
+pub use tokengate::raft::v1 as raft;
+/// `tokengate.snapshot.v1`: the records of a cache node's snapshot file.
+pub use tokengate::snapshot::v1 as snapshot;
 
 /// One RPC of a service, as the descriptors declare it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,8 +72,8 @@ pub fn allowed(path: &str) -> Option<&'static [Role]> {
             "List" | "MarkDue" => OPERATOR,
             // Read, evict, follow changes, see the refresh lease: both.
             "Get" | "Delete" | "Watch" | "RefreshLease" => GATEWAY_OR_OPERATOR,
-            "Put" | "AcquireLease" | "ReleaseLease" | "TryFillLease" | "ReleaseFillLease"
-            | "DueForRefresh" | "Touch" | "ClaimOnce" => GATEWAY,
+            "Lookup" | "Put" | "AcquireLease" | "ReleaseLease" | "TryFillLease"
+            | "ReleaseFillLease" | "DueForRefresh" | "Touch" | "ClaimOnce" | "Postpone" => GATEWAY,
             _ => return None,
         },
         _ => return None,

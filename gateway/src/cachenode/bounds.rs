@@ -27,16 +27,22 @@ pub const MAX_TOUCHES: usize = 10_000;
 /// Concurrent `Watch` streams from one address (a gateway holds one).
 pub const MAX_WATCHES_PER_ADDRESS: usize = 16;
 
-/// A sealed entry within size and time bounds.
-pub fn entry(e: &SealedEntry, now: UnixMillis) -> Result<(), Status> {
+/// The bytes of an entry's variable parts (metadata strings and ciphertext).
+pub fn entry_bytes(e: &SealedEntry) -> usize {
     let m = &e.meta;
-    let size = m.client_id.len()
+    m.client_id.len()
         + m.token_url.len()
         + m.scopes.iter().map(String::len).sum::<usize>()
         + m.audience.as_ref().map_or(0, String::len)
         + m.granted_scope.as_ref().map_or(0, String::len)
         + e.key_id.len()
-        + e.ciphertext.len();
+        + e.ciphertext.len()
+}
+
+/// A sealed entry within size and time bounds.
+pub fn entry(e: &SealedEntry, now: UnixMillis) -> Result<(), Status> {
+    let m = &e.meta;
+    let size = entry_bytes(e);
     if size > MAX_ENTRY_BYTES {
         return Err(Status::invalid_argument(format!(
             "the entry is {size} bytes; at most {MAX_ENTRY_BYTES}"

@@ -31,6 +31,7 @@ pub fn sealed_to(e: &SealedEntry) -> pc::SealedEntry {
         key_id: e.key_id.clone(),
         ciphertext: e.ciphertext.clone(),
         marked_due: e.marked_due,
+        retry_at: e.retry_at,
     }
 }
 
@@ -56,5 +57,6 @@ pub fn sealed_from(e: Option<pc::SealedEntry>) -> Result<SealedEntry, Status> {
         key_id: e.key_id,
         ciphertext: e.ciphertext,
         marked_due: e.marked_due,
+        retry_at: e.retry_at,
     })
 }

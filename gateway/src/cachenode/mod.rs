@@ -7,6 +7,7 @@
 //!   deterministic (time comes from the leader's stamp on each command).
 //! - [`log_store`]: the Raft log and vote, durable in redb.
 //! - [`state_machine`]: openraft's state machine over the cache: apply, watch, snapshots.
+//! - [`snapshot`]: the binary snapshot file, written, streamed and read a record at a time.
 //! - [`network`]: Raft RPCs to peers over gRPC.
 //! - [`service`]: the gRPC services for peers and gateways: Raft transport, `TokenCache`.
 //! - [`admin`]: the `Admin` service for operators.
@@ -14,8 +15,12 @@
 //! - [`metrics`]: Prometheus gauges of the node's Raft state (`--metrics-listen`).
 //!
 //! One redb file per node (`<data-dir>/raft.redb`) holds the log, the vote, the committed index
-//! and the latest snapshot. A restarted node loads the snapshot and re-applies the committed log
-//! after it.
+//! and which snapshot is current; the snapshot itself is a file in `<data-dir>/snapshots/`. A
+//! restarted node loads the snapshot and re-applies the committed log after it.
+//!
+//! Raft's core (its timers, heartbeats, replication and storage calls) runs on a runtime of its
+//! own, one thread that request work never queues on: a node whose gRPC workers are saturated
+//! by gateways still sends and answers heartbeats on time, so load does not cause elections.
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +30,7 @@ pub mod log_store;
 pub mod metrics;
 pub mod network;
 pub mod service;
+pub mod snapshot;
 pub mod state;
 pub mod state_machine;
 
@@ -46,22 +52,30 @@ use service::{CacheService, NodeContext, RaftService};
 use state::{Outcome, Stamped};
 
 openraft::declare_raft_types!(
-    /// The cache service's Raft types: stamped commands in, outcomes out, snapshots as bytes.
+    /// The cache service's Raft types: stamped commands in, outcomes out, snapshots as files.
     pub TypeConfig:
         D = Stamped,
         R = Outcome,
-        SnapshotData = Vec<u8>,
+        SnapshotData = snapshot::SnapshotFile,
 );
 
 /// Leader heartbeat (openraft ticks every 1.5 heartbeats).
-pub const HEARTBEAT: Duration = Duration::from_millis(50);
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Lower bound of the randomised election timeout.
-pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(400);
 /// Upper bound of the randomised election timeout. openraft lets a follower stand for election
 /// only after the leader's lease (this bound) plus its own timeout have passed without a
-/// heartbeat: 450–600 ms after a leader dies, plus one tick and a vote round trip, so a new
-/// leader is in place in well under a second.
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(300);
+/// heartbeat: 1.2–1.6 s (a dozen heartbeats) after a leader dies, plus one tick and a vote round
+/// trip. Shorter bounds failed over faster on an idle machine and elected new leaders over and
+/// over on a saturated one.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
+/// Most log entries in one `AppendEntries`: with put batches of at most
+/// [`service::MAX_PUT_BATCH_BYTES`], one message stays well under
+/// [`network::MAX_RAFT_MESSAGE_BYTES`].
+pub const MAX_PAYLOAD_ENTRIES: u64 = 32;
+/// Largest request a gateway or operator may send (a put carries one entry of at most
+/// [`bounds::MAX_ENTRY_BYTES`]; a touch at most [`bounds::MAX_TOUCHES`] uses).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// A snapshot is taken after this many log entries, and the log before it purged.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
 
@@ -187,8 +201,10 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         redb::Database::create(cfg.data_dir.join("raft.redb")).map_err(|e| data(e.to_string()))?;
     let db = Arc::new(db);
     let log_store = log_store::LogStore::open(Arc::clone(&db)).map_err(|e| data(e.to_string()))?;
+    let snapshots = snapshot::Snapshots::open(state_machine_files(&cfg.data_dir))
+        .map_err(|e| data(e.to_string()))?;
     let (state_machine, shared) =
-        state_machine::StateMachine::open(Arc::clone(&db)).map_err(data)?;
+        state_machine::StateMachine::open(Arc::clone(&db), snapshots.clone()).map_err(data)?;
 
     let raft_config = openraft::Config {
         cluster_name: "tokengate-cache".into(),
@@ -197,6 +213,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: 1000,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
     .validate()
@@ -205,19 +222,23 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         .tls
         .as_ref()
         .map_or_else(network::Dialer::default, NodeTls::dialer);
-    let raft = Raft::new(
-        cfg.id,
-        Arc::new(raft_config),
-        network::Network {
-            peer_overrides: cfg.peers.clone(),
-            dialer: dialer.clone(),
-            bearer: network::bearer(cfg.credentials.peer.secret.as_ref()),
-        },
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| CacheNodeError::Raft(e.to_string()))?;
+    let raft_runtime = RaftRuntime::start().map_err(|e| CacheNodeError::Raft(e.to_string()))?;
+    let network = network::Network {
+        peer_overrides: cfg.peers.clone(),
+        dialer: dialer.clone(),
+        bearer: network::bearer(cfg.credentials.peer.secret.as_ref()),
+    };
+    let raft = raft_runtime
+        .spawn(Raft::new(
+            cfg.id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        ))
+        .await
+        .map_err(|e| CacheNodeError::Raft(e.to_string()))?
+        .map_err(|e| CacheNodeError::Raft(e.to_string()))?;
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -234,6 +255,8 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         shutdown: shutdown.clone(),
         puts,
         watches: std::sync::Mutex::default(),
+        fill_leases: service::FillLeases::default(),
+        snapshots,
     });
     let committer = tokio::spawn(service::group_commit(
         Arc::clone(&ctx),
@@ -249,9 +272,19 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     let server = builder
         .trace_fn(grpc_span)
         .layer(auth::AuthLayer::new(cfg.credentials.clone()))
-        .add_service(RaftTransportServer::new(RaftService(Arc::clone(&ctx))))
-        .add_service(TokenCacheServer::new(CacheService(Arc::clone(&ctx))))
-        .add_service(AdminServer::new(AdminService(Arc::clone(&ctx))))
+        .add_service(
+            RaftTransportServer::new(RaftService(Arc::clone(&ctx)))
+                .max_decoding_message_size(network::MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(network::MAX_RAFT_MESSAGE_BYTES),
+        )
+        .add_service(
+            TokenCacheServer::new(CacheService(Arc::clone(&ctx)))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            AdminServer::new(AdminService(Arc::clone(&ctx)))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
@@ -303,11 +336,50 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
+    drop(ctx);
+    drop(raft);
+    raft_runtime.stop().await;
     tracing::info!(id = cfg.id, "cache node stopped");
     served.map_err(|e| CacheNodeError::Serve {
         addr: cfg.listen,
         message: e.to_string(),
     })
+}
+
+/// The runtime Raft's core runs on: one thread of its own (see the module documentation).
+struct RaftRuntime(tokio::runtime::Runtime);
+
+impl RaftRuntime {
+    fn start() -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("raft")
+            .enable_all()
+            .build()
+            .map(Self)
+    }
+
+    /// Runs `work` there (openraft spawns its tasks on the runtime it is created on).
+    fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.spawn(work)
+    }
+
+    /// Stops it (after `Raft::shutdown`), off the async threads: a runtime cannot be dropped
+    /// on one.
+    async fn stop(self) {
+        let rt = self.0;
+        let _ =
+            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5))).await;
+    }
+}
+
+/// The snapshot directory of a node's data directory.
+fn state_machine_files(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("snapshots")
 }
 
 /// Serves `GET /metrics` on `addr` until `stop`.

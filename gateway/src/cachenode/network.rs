@@ -1,5 +1,6 @@
-//! The Raft transport: openraft's RPCs to peer cache nodes over gRPC. Each message carries
-//! openraft's own request or response type as JSON (see `proto/proto/raft.proto`).
+//! The Raft transport: openraft's RPCs to peer cache nodes over gRPC. Log replication and votes
+//! carry openraft's own request or response type as JSON; a snapshot is its file, streamed in
+//! chunks (see `proto/proto/raft.proto`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,26 +15,25 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use tokengate_proto::raft::RaftMessage;
+use sha2::{Digest, Sha256};
 use tokengate_proto::raft::raft_transport_client::RaftTransportClient;
+use tokengate_proto::raft::{RaftMessage, SnapshotChunk};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::TypeConfig;
+use super::snapshot::{CHUNK_BYTES, SnapshotFile};
 use crate::config::StoreTls;
 
-/// A whole snapshot as sent to a follower.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotTransfer {
-    /// The leader's vote.
-    pub vote: Vote<u64>,
-    /// What the snapshot covers.
-    pub meta: openraft::SnapshotMeta<u64, BasicNode>,
-    /// The serialized cache (base64 in JSON).
-    #[serde(with = "crate::token::seal::base64_bytes")]
-    pub data: Vec<u8>,
-}
+/// What the first chunk of a snapshot stream says: the leader's vote and the snapshot's
+/// metadata.
+pub type SnapshotHeader = (Vote<u64>, openraft::SnapshotMeta<u64, BasicNode>);
+
+/// Largest message of the Raft transport, either way: an `AppendEntries` of
+/// [`super::MAX_PAYLOAD_ENTRIES`] log entries of at most [`super::service::MAX_PUT_BATCH_BYTES`]
+/// each (JSON, with base64 ciphertexts), or one snapshot chunk.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Makes clients for peers.
 pub struct Network {
@@ -60,7 +60,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         let addr = self.peer_overrides.get(&target).unwrap_or(&node.addr);
         Peer {
             target,
-            client: self.dialer.channel(addr).map(RaftTransportClient::new),
+            client: self.dialer.channel(addr).map(|c| {
+                RaftTransportClient::new(c)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            }),
             bearer: self.bearer.clone(),
         }
     }
@@ -211,25 +215,129 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         vote: Vote<u64>,
         snapshot: Snapshot<TypeConfig>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
-        let ttl = option.hard_ttl().max(Duration::from_secs(10));
-        let transfer = SnapshotTransfer {
-            vote,
-            meta: snapshot.meta,
-            data: *snapshot.snapshot,
+        let file = *snapshot.snapshot;
+        // Generous: a slow disk or network moves a few MiB a second.
+        let ttl = option.hard_ttl().max(Duration::from_secs(30))
+            + Duration::from_secs(file.len / (4 << 20));
+        let header =
+            serde_json::to_vec(&(vote, snapshot.meta)).expect("snapshot metadata serializes");
+        let len = file.len;
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                return Err(StreamingError::Unreachable(Unreachable::new(
+                    &tonic::Status::unavailable(e.to_string()),
+                )));
+            }
         };
-        let answer: Result<SnapshotResponse<u64>, Fatal<u64>> = self
-            .call(&transfer, ttl, |mut c, m| async move {
-                c.install_snapshot(m).await
-            })
-            .await
-            .map_err(|e| match self.rpc_error::<Fatal<u64>>(e, ttl) {
-                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                RPCError::Network(n) => StreamingError::Network(n),
-                other => StreamingError::Network(NetworkError::new(&other)),
-            })?;
+        let mut req = tonic::Request::new(snapshot_chunks(file, header));
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        let started = std::time::Instant::now();
+        let sent = async move {
+            let mut client = client;
+            client.install_snapshot(req).await
+        };
+        let answer = tokio::select! {
+            closed = cancel => {
+                return Err(StreamingError::Closed(closed));
+            }
+            r = tokio::time::timeout(ttl, sent) => r,
+        };
+        let message = match answer {
+            Err(_) => return Err(self.streaming_error(CallError::Timeout, ttl)),
+            Ok(Err(status)) => {
+                return Err(self.streaming_error(CallError::Unreachable(status), ttl));
+            }
+            Ok(Ok(resp)) => resp.into_inner(),
+        };
+        let answer: Result<SnapshotResponse<u64>, Fatal<u64>> =
+            serde_json::from_slice(&message.json)
+                .map_err(|e| self.streaming_error(CallError::Decode(e), ttl))?;
+        tracing::info!(
+            target_node = self.target,
+            bytes = len,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot sent"
+        );
         answer.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+impl Peer {
+    fn streaming_error(
+        &self,
+        e: CallError,
+        ttl: Duration,
+    ) -> StreamingError<TypeConfig, Fatal<u64>> {
+        match self.rpc_error::<Fatal<u64>>(e, ttl) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        }
+    }
+}
+
+/// The chunks of a snapshot file: the header first, then at most [`CHUNK_BYTES`] of data per
+/// chunk, read from disk as the stream is polled; the last chunk carries the length and SHA-256
+/// of everything sent. A read error ends the stream early, which the receiver refuses.
+fn snapshot_chunks(
+    file: SnapshotFile,
+    header: Vec<u8>,
+) -> impl futures_util::Stream<Item = SnapshotChunk> + Send + 'static {
+    struct Reading {
+        file: tokio::fs::File,
+        header: Option<Vec<u8>>,
+        hash: Sha256,
+        sent: u64,
+        done: bool,
+    }
+    let state = Reading {
+        file: tokio::fs::File::from_std(file.file),
+        header: Some(header),
+        hash: Sha256::new(),
+        sent: 0,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        use tokio::io::AsyncReadExt;
+        if s.done {
+            return None;
+        }
+        let mut data = Vec::with_capacity(CHUNK_BYTES);
+        while data.len() < CHUNK_BYTES {
+            match (&mut s.file)
+                .take((CHUNK_BYTES - data.len()) as u64)
+                .read_to_end(&mut data)
+                .await
+            {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the snapshot file; the transfer stops");
+                    return None;
+                }
+            }
+        }
+        s.hash.update(&data);
+        s.sent += data.len() as u64;
+        let last = data.len() < CHUNK_BYTES;
+        let chunk = SnapshotChunk {
+            header_json: s.header.take().unwrap_or_default(),
+            data,
+            sha256: if last {
+                s.hash.clone().finalize().to_vec()
+            } else {
+                Vec::new()
+            },
+            last,
+            length: if last { s.sent } else { 0 },
+        };
+        s.done = last;
+        Some((chunk, s))
+    })
 }

@@ -16,17 +16,17 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{BasicNode, Raft, RaftMetrics, Snapshot};
 use tokengate_proto::cache as pc;
-use tokengate_proto::raft::RaftMessage;
+use tokengate_proto::raft::{RaftMessage, SnapshotChunk};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::TypeConfig;
 use super::convert::{key_from, sealed_from, sealed_to};
-use super::network::SnapshotTransfer;
+use super::snapshot::{MAX_SNAPSHOT_BYTES, SnapshotFile, Snapshots};
 use super::state::{Change, Command, Outcome, Stamped};
 use super::state_machine::{Shared, WatchItem};
-use crate::token::now_millis;
+use crate::token::{TokenKey, now_millis};
 
 /// The metadata entry naming the leader's address on a redirect.
 pub const LEADER_METADATA: &str = "tokengate-leader";
@@ -35,10 +35,52 @@ pub const LEADER_METADATA: &str = "tokengate-leader";
 /// new leader 0.6–0.75 s after they stop hearing from it (see [`super::ELECTION_TIMEOUT_MAX`]);
 /// heartbeats every 50 ms keep a connected leader's silence far below this.
 pub const QUORUM_SILENCE: Duration = Duration::from_secs(1);
-/// Largest page `List` returns.
+/// Largest page `List` returns, in entries.
 const MAX_LIST: usize = 1000;
+/// Largest page `List` returns, in bytes of entries (a page ends early past it): well under the
+/// 4 MiB a gRPC client accepts by default.
+const MAX_LIST_BYTES: usize = 2 << 20;
 /// Most puts proposed as one log entry.
 const MAX_PUT_BATCH: usize = 512;
+/// Most bytes of entries proposed as one log entry (see [`super::MAX_PAYLOAD_ENTRIES`]).
+pub const MAX_PUT_BATCH_BYTES: usize = 1 << 20;
+/// Fill leases the leader keeps before it drops the lapsed ones.
+const FILL_LEASES_SWEEP_AT: usize = 16_384;
+
+/// The fill leases (fleet-wide single flight), in the leader's memory: a hint that spares the
+/// identity provider duplicate requests, not state worth a replicated write. A new leader starts
+/// with none, so a fill in progress during a failover may be duplicated once.
+#[derive(Default)]
+pub struct FillLeases(
+    std::sync::Mutex<std::collections::HashMap<TokenKey, (String, std::time::Instant)>>,
+);
+
+impl FillLeases {
+    /// Takes the lease on `key` for `holder` if free, lapsed or already `holder`'s.
+    pub fn try_take(&self, key: TokenKey, holder: &str, ttl: Duration) -> bool {
+        let now = std::time::Instant::now();
+        let mut leases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((h, until)) = leases.get(&key)
+            && *until > now
+            && h != holder
+        {
+            return false;
+        }
+        if leases.len() >= FILL_LEASES_SWEEP_AT {
+            leases.retain(|_, (_, until)| *until > now);
+        }
+        leases.insert(key, (holder.to_owned(), now + ttl));
+        true
+    }
+
+    /// Releases `holder`'s lease on `key`; another's is left alone.
+    pub fn release(&self, key: &TokenKey, holder: &str) {
+        let mut leases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if leases.get(key).is_some_and(|(h, _)| h == holder) {
+            leases.remove(key);
+        }
+    }
+}
 
 /// A put waiting for the group commit, where its answer goes, and the span of its call.
 pub type PendingPut = (
@@ -91,6 +133,10 @@ pub struct NodeContext {
     pub puts: mpsc::Sender<PendingPut>,
     /// Open `Watch` streams per caller address.
     pub watches: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// The fill leases, while this node leads.
+    pub fill_leases: FillLeases,
+    /// The snapshot directory (received snapshots are written there).
+    pub snapshots: Snapshots,
 }
 
 /// One open `Watch` stream, counted against its caller's address until dropped.
@@ -257,10 +303,14 @@ pub async fn group_commit(
                 None => return,
             },
         };
+        let mut bytes = put_bytes(&first.0);
         let mut batch = vec![first];
-        while batch.len() < MAX_PUT_BATCH {
+        while batch.len() < MAX_PUT_BATCH && bytes < MAX_PUT_BATCH_BYTES {
             match queue.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += put_bytes(&p.0);
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -296,6 +346,14 @@ pub async fn group_commit(
     }
 }
 
+/// About how many bytes a put adds to a log entry.
+fn put_bytes(command: &Command) -> usize {
+    match command {
+        Command::Put { entry, .. } => super::bounds::entry_bytes(entry) + 128,
+        _ => 128,
+    }
+}
+
 /// The Raft transport server.
 pub struct RaftService(pub Arc<NodeContext>);
 
@@ -325,16 +383,63 @@ impl tokengate_proto::raft::raft_transport_server::RaftTransport for RaftService
         encode(&self.0.raft.vote(rpc).await)
     }
 
+    /// Receives a snapshot into a temporary file, checks its length and SHA-256, and hands it to
+    /// Raft, which installs it (see the state machine). A stream that breaks, or bytes that do
+    /// not match, leave nothing behind: the temporary file is removed.
     async fn install_snapshot(
         &self,
-        req: Request<RaftMessage>,
+        req: Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let t: SnapshotTransfer = decode(req)?;
+        use sha2::{Digest, Sha256};
+        use tokio::io::AsyncWriteExt;
+        let mut chunks = req.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        let (vote, meta): super::network::SnapshotHeader =
+            serde_json::from_slice(&first.header_json)
+                .map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
+        let started = std::time::Instant::now();
+        let io = |e: std::io::Error| Status::internal(format!("cannot write the snapshot: {e}"));
+        let (file, path) = self.0.snapshots.temporary().map_err(io)?.into_parts();
+        let mut out = tokio::fs::File::from_std(file);
+        let (mut hash, mut received) = (Sha256::new(), 0u64);
+        let mut chunk = first;
+        loop {
+            received += chunk.data.len() as u64;
+            if received > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the snapshot exceeds {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            hash.update(&chunk.data);
+            out.write_all(&chunk.data).await.map_err(io)?;
+            if chunk.last {
+                if chunk.length != received || chunk.sha256 != hash.finalize().as_slice() {
+                    return Err(Status::data_loss(
+                        "the snapshot's length or SHA-256 does not match what arrived",
+                    ));
+                }
+                break;
+            }
+            chunk = chunks.message().await?.ok_or_else(|| {
+                Status::aborted("the snapshot stream ended before its last chunk")
+            })?;
+        }
+        out.flush().await.map_err(io)?;
+        let mut file = out.into_std().await;
+        std::io::Seek::rewind(&mut file).map_err(io)?;
         let snapshot = Snapshot {
-            meta: t.meta,
-            snapshot: Box::new(t.data),
+            meta,
+            snapshot: Box::new(SnapshotFile::pending(file, path).map_err(io)?),
         };
-        encode(&self.0.raft.install_full_snapshot(t.vote, snapshot).await)
+        tracing::info!(
+            bytes = received,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot received"
+        );
+        encode(&self.0.raft.install_full_snapshot(vote, snapshot).await)
     }
 }
 
@@ -356,12 +461,37 @@ impl pc::token_cache_server::TokenCache for CacheService {
         Ok(Response::new(pc::GetResponse { entry }))
     }
 
+    async fn lookup(
+        &self,
+        req: Request<pc::FillLeaseRequest>,
+    ) -> Result<Response<pc::LookupResponse>, Status> {
+        self.0.lead()?;
+        let req = req.into_inner();
+        super::bounds::lease(req.ttl_ms, &req.holder)?;
+        let key = key_from(&req.key)?;
+        let now = now_millis();
+        let entry = self
+            .0
+            .shared
+            .read(|a| a.cache.get(&key, now).map(sealed_to));
+        let held = entry.is_none()
+            && self
+                .0
+                .fill_leases
+                .try_take(key, &req.holder, Duration::from_millis(req.ttl_ms));
+        Ok(Response::new(pc::LookupResponse { entry, held }))
+    }
+
     async fn put(&self, req: Request<pc::PutRequest>) -> Result<Response<pc::PutResponse>, Status> {
         let req = req.into_inner();
         let entry = sealed_from(req.entry)?;
         super::bounds::entry(&entry, now_millis())?;
+        if let Some(holder) = &req.release_fill_lease {
+            super::bounds::lease(1, holder)?;
+        }
+        let key = key_from(&req.key)?;
         let command = Command::Put {
-            key: key_from(&req.key)?,
+            key,
             entry: Box::new(entry),
             fence: req.fence,
         };
@@ -374,6 +504,9 @@ impl pc::token_cache_server::TokenCache for CacheService {
         let (outcome, index) = answer
             .await
             .map_err(|_| Status::unavailable("the node is shutting down"))??;
+        if let Some(holder) = &req.release_fill_lease {
+            self.0.fill_leases.release(&key, holder);
+        }
         let outcome = match outcome {
             Outcome::Stored => pc::PutOutcome::Stored,
             Outcome::Stale => pc::PutOutcome::Stale,
@@ -415,9 +548,17 @@ impl pc::token_cache_server::TokenCache for CacheService {
         let limit = (req.limit as usize).clamp(1, MAX_LIST);
         let now = now_millis();
         let entries = self.0.shared.read(|a| a.cache.list(after, limit, now));
+        let mut bytes = 0;
         Ok(Response::new(pc::ListResponse {
             entries: entries
                 .iter()
+                // At least one entry per page, however large, so listing always progresses.
+                .take_while(|(_, e)| {
+                    let fits =
+                        bytes == 0 || bytes + super::bounds::entry_bytes(e) <= MAX_LIST_BYTES;
+                    bytes += super::bounds::entry_bytes(e);
+                    fits
+                })
                 .map(|(k, e)| pc::ListedEntry {
                     key: k.as_bytes().to_vec(),
                     entry: Some(sealed_to(e)),
@@ -506,31 +647,26 @@ impl pc::token_cache_server::TokenCache for CacheService {
         &self,
         req: Request<pc::FillLeaseRequest>,
     ) -> Result<Response<pc::FillLeaseResponse>, Status> {
+        self.0.lead()?;
         let req = req.into_inner();
         super::bounds::lease(req.ttl_ms, &req.holder)?;
-        let (outcome, _) = self
-            .0
-            .write(Command::TryFillLease {
-                key: key_from(&req.key)?,
-                holder: req.holder,
-                ttl_ms: req.ttl_ms,
-            })
-            .await?;
-        Ok(Response::new(pc::FillLeaseResponse {
-            held: outcome == Outcome::Flag(true),
-        }))
+        let held = self.0.fill_leases.try_take(
+            key_from(&req.key)?,
+            &req.holder,
+            Duration::from_millis(req.ttl_ms),
+        );
+        Ok(Response::new(pc::FillLeaseResponse { held }))
     }
 
     async fn release_fill_lease(
         &self,
         req: Request<pc::ReleaseFillLeaseRequest>,
     ) -> Result<Response<pc::Empty>, Status> {
+        self.0.lead()?;
         let req = req.into_inner();
-        let command = Command::ReleaseFillLease {
-            key: key_from(&req.key)?,
-            holder: req.holder,
-        };
-        self.0.write(command).await?;
+        self.0
+            .fill_leases
+            .release(&key_from(&req.key)?, &req.holder);
         Ok(Response::new(pc::Empty {}))
     }
 
@@ -574,6 +710,21 @@ impl pc::token_cache_server::TokenCache for CacheService {
         Ok(Response::new(pc::ClaimResponse {
             first: outcome == Outcome::Flag(true),
         }))
+    }
+
+    async fn postpone(
+        &self,
+        req: Request<pc::PostponeRequest>,
+    ) -> Result<Response<pc::Empty>, Status> {
+        let req = req.into_inner();
+        super::bounds::claim(req.until, now_millis())?;
+        let command = Command::Postpone {
+            key: key_from(&req.key)?,
+            until: req.until,
+            fence: req.fence,
+        };
+        self.0.write(command).await?;
+        Ok(Response::new(pc::Empty {}))
     }
 
     async fn refresh_lease(

@@ -1,7 +1,8 @@
 //! openraft's state machine over [`CacheState`]: applies committed entries, announces changes
 //! to watchers, and builds, stores and installs snapshots.
 //!
-//! The state lives in memory; the latest snapshot is kept in the node's redb file. After a
+//! The state lives in memory; the latest snapshot is a file in `<data-dir>/snapshots/` (see
+//! [`super::snapshot`]), and the node's redb file records which one and what it covers. After a
 //! restart the state is the snapshot, and openraft re-applies the committed log after it.
 
 use std::collections::VecDeque;
@@ -17,10 +18,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::TypeConfig;
+use super::snapshot::{SnapshotFile, Snapshots};
 use super::state::{CacheState, Change, Outcome};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-const CURRENT: &str = "current";
+/// The current snapshot: its metadata and file name ([`Current`], JSON).
+const CURRENT: &str = "current_file";
 /// Changes kept for watchers that reconnect and resume from an index.
 const RECENT_CHANGES: usize = 4096;
 /// Watchers further behind than this many changes are told to resync.
@@ -85,28 +88,44 @@ impl Shared {
     }
 }
 
-/// The persisted form of a snapshot.
+/// The current snapshot, as the database records it.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+struct Current {
     meta: SnapshotMeta<u64, BasicNode>,
-    data: Vec<u8>,
+    /// Its file in the snapshot directory.
+    file: String,
 }
 
 /// The state machine.
 pub struct StateMachine {
     shared: Arc<Shared>,
     db: Arc<Database>,
+    files: Snapshots,
     snapshots_built: u64,
 }
 
 impl StateMachine {
-    /// Opens the state machine, restoring the stored snapshot if there is one.
-    pub fn open(db: Arc<Database>) -> Result<(Self, Arc<Shared>), String> {
+    /// Opens the state machine, restoring the current snapshot if there is one (and removing
+    /// every other file from the snapshot directory).
+    pub fn open(db: Arc<Database>, files: Snapshots) -> Result<(Self, Arc<Shared>), String> {
         let tx = db.begin_write().map_err(|e| e.to_string())?;
         tx.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
-        let applied = match read_snapshot(&db).map_err(|e| e.to_string())? {
-            Some(s) => restore(&s).map_err(|e| format!("stored snapshot: {e}"))?,
+        let current = read_current(&db).map_err(|e| e.to_string())?;
+        files.remove_all_but(current.as_ref().map(|c| c.file.as_str()));
+        let applied = match current {
+            Some(c) => {
+                let file = files
+                    .open_file(&c.file)
+                    .map_err(|e| format!("snapshot file {}: {e}", c.file))?;
+                let cache = super::snapshot::read(&file.file)
+                    .map_err(|e| format!("snapshot file {}: {e}", c.file))?;
+                Applied {
+                    cache,
+                    last_applied: c.meta.last_log_id,
+                    membership: c.meta.last_membership,
+                }
+            }
             None => Applied::default(),
         };
         let shared = Arc::new(Shared {
@@ -118,6 +137,7 @@ impl StateMachine {
             Self {
                 shared: Arc::clone(&shared),
                 db,
+                files,
                 snapshots_built: 0,
             },
             shared,
@@ -132,7 +152,7 @@ impl StateMachine {
     }
 }
 
-fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, redb::Error> {
+fn read_current(db: &Database) -> Result<Option<Current>, redb::Error> {
     let tx = db.begin_read()?;
     let table = tx.open_table(SNAPSHOT)?;
     let Some(bytes) = table.get(CURRENT)? else {
@@ -140,41 +160,54 @@ fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, redb::Error> {
     };
     serde_json::from_slice(bytes.value())
         .map(Some)
-        .map_err(|e| redb::Error::Corrupted(format!("snapshot: {e}")))
+        .map_err(|e| redb::Error::Corrupted(format!("snapshot record: {e}")))
 }
 
-fn write_snapshot(db: &Database, s: &StoredSnapshot) -> Result<(), redb::Error> {
-    let bytes = serde_json::to_vec(s).expect("snapshots serialize");
+/// Makes `current` (its file already published in `files`) the current snapshot and removes
+/// the other files, unless the current one covers more of the log (a snapshot built from the
+/// state before an install finished later): then `current`'s file goes. Callers hold
+/// [`Snapshots::exclusive`].
+fn make_current(db: &Database, files: &Snapshots, current: &Current) -> Result<(), redb::Error> {
+    if read_current(db)?.is_some_and(|c| c.meta.last_log_id > current.meta.last_log_id) {
+        files.remove(&current.file);
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(current).expect("snapshot records serialize");
     let tx = db.begin_write()?;
     tx.open_table(SNAPSHOT)?.insert(CURRENT, bytes.as_slice())?;
     tx.commit()?;
+    files.remove_all_but(Some(&current.file));
     Ok(())
 }
 
-fn restore(s: &StoredSnapshot) -> Result<Applied, serde_json::Error> {
-    Ok(Applied {
-        cache: serde_json::from_slice(&s.data)?,
-        last_applied: s.meta.last_log_id,
-        membership: s.meta.last_membership.clone(),
-    })
+/// A file name for the snapshot `meta` describes (the node's own: the snapshot id comes from
+/// whichever leader built it and names no file).
+fn file_name(meta: &SnapshotMeta<u64, BasicNode>, n: u64) -> String {
+    let index = meta.last_log_id.map_or(0, |l| l.index);
+    format!(
+        "snapshot-{index:020}-{n}-{:08x}.snap",
+        rand::random::<u32>()
+    )
+}
+
+fn io_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 /// Builds snapshots from the shared state.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     db: Arc<Database>,
+    files: Snapshots,
     n: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
-        let (data, last_log_id, last_membership) = self.shared.read(|a| {
-            (
-                serde_json::to_vec(&a.cache).expect("the cache serializes"),
-                a.last_applied,
-                a.membership.clone(),
-            )
-        });
+        // A clone of the persistent maps, in O(1) under the lock; the encoding runs without it.
+        let (cache, last_log_id, last_membership) = self
+            .shared
+            .read(|a| (a.cache.clone(), a.last_applied, a.membership.clone()));
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.n),
             None => format!("empty-{}", self.n),
@@ -184,17 +217,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership,
             snapshot_id,
         };
-        let stored = StoredSnapshot { meta, data };
-        let db = Arc::clone(&self.db);
-        let stored =
-            tokio::task::spawn_blocking(move || write_snapshot(&db, &stored).map(|()| stored))
-                .await
-                .map_err(|e| StorageIOError::write_snapshot(None, &e))?
-                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        tracing::info!(snapshot = %stored.meta.snapshot_id, "snapshot built");
+        let current = Current {
+            file: file_name(&meta, self.n),
+            meta,
+        };
+        let (db, files) = (Arc::clone(&self.db), self.files.clone());
+        let started = std::time::Instant::now();
+        let (current, file) = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = files.exclusive();
+            let file = files.create(&current.file, &cache)?;
+            make_current(&db, &files, &current).map_err(io_error)?;
+            Ok::<_, std::io::Error>((current, file))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tracing::info!(
+            snapshot = %current.meta.snapshot_id,
+            bytes = file.len,
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(stored.data),
+            meta: current.meta,
+            snapshot: Box::new(file),
         })
     }
 }
@@ -260,30 +306,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             shared: Arc::clone(&self.shared),
             db: Arc::clone(&self.db),
+            files: self.files.clone(),
             n: self.snapshots_built,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Vec<u8>>> {
-        Ok(Box::default())
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<SnapshotFile>> {
+        // Snapshots arrive whole through `Raft::install_full_snapshot` (see the Raft transport
+        // service, which streams them to a temporary file); this is openraft's chunked path.
+        let tmp = self
+            .files
+            .temporary()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let (file, path) = tmp.into_parts();
+        SnapshotFile::pending(file, path)
+            .map(Box::new)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Vec<u8>>,
+        snapshot: Box<SnapshotFile>,
     ) -> StoreResult<()> {
-        let stored = StoredSnapshot {
+        let signature = meta.signature();
+        let current = Current {
+            file: file_name(meta, 0),
             meta: meta.clone(),
-            data: *snapshot,
         };
-        let restored = restore(&stored)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || write_snapshot(&db, &stored))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let (db, files) = (Arc::clone(&self.db), self.files.clone());
+        let mut snapshot = *snapshot;
+        // Read in full (and so checked) before it replaces anything; then made durable and
+        // current, and only then swapped in.
+        let cache = tokio::task::spawn_blocking(move || {
+            let cache = super::snapshot::read(&snapshot.file).map_err(io_error)?;
+            let _one_at_a_time = files.exclusive();
+            files.publish(&mut snapshot, &current.file)?;
+            make_current(&db, &files, &current).map_err(io_error)?;
+            Ok::<_, std::io::Error>(cache)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?
+        .map_err(|e| StorageIOError::write_snapshot(Some(signature.clone()), &e))?;
+        let restored = Applied {
+            cache,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
         let index = restored.last_applied.map_or(0, |l| l.index);
         *self.write() = restored;
         self.shared
@@ -297,14 +366,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        let db = Arc::clone(&self.db);
-        let stored = tokio::task::spawn_blocking(move || read_snapshot(&db))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(s.data),
+        let (db, files) = (Arc::clone(&self.db), self.files.clone());
+        let current = tokio::task::spawn_blocking(move || {
+            let Some(current) = read_current(&db).map_err(io_error)? else {
+                return Ok(None);
+            };
+            let file = files.open_file(&current.file)?;
+            Ok::<_, std::io::Error>(Some((current.meta, file)))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(file),
         }))
     }
 }

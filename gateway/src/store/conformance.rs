@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{NodeId, PutOutcome, StoreEvent, TokenStore};
+use super::{Lookup, NodeId, PutOutcome, StoreEvent, TokenStore};
 use crate::token::{EntryMeta, SealedEntry, TokenKey, now_millis};
 
 /// Runs every check against stores made by `make`.
@@ -27,6 +27,8 @@ pub async fn run_with_operator<S: TokenStore>(
     stale_fence_cannot_write(&make().await).await;
     refresh_lease_is_exclusive_and_fences_grow(&make().await).await;
     fill_lease_is_exclusive_per_key(&make().await).await;
+    a_lookup_finds_the_entry_or_takes_the_fill_lease(&make().await).await;
+    a_postponed_renewal_is_not_due_until_then(&make().await).await;
     versioned_evict_spares_replacements(&make().await).await;
     due_entries_are_the_used_ones_past_refresh_at(&make().await).await;
     changes_are_announced(&make().await).await;
@@ -144,6 +146,7 @@ pub fn entry(version: u64, refresh_in_ms: i64, expires_in_ms: i64) -> SealedEntr
         key_id: "00000000".into(),
         ciphertext: vec![version as u8; 40],
         marked_due: None,
+        retry_at: None,
     }
 }
 
@@ -293,6 +296,72 @@ async fn fill_lease_is_exclusive_per_key(s: &impl TokenStore) {
     .await;
 }
 
+async fn a_lookup_finds_the_entry_or_takes_the_fill_lease(s: &impl TokenStore) {
+    let (a, b) = (NodeId::random(), NodeId::random());
+    let ttl = Duration::from_secs(30);
+    assert_eq!(
+        s.lookup(&key(50), &a, ttl).await.unwrap(),
+        Lookup::Missing { lease: true }
+    );
+    assert_eq!(
+        s.lookup(&key(50), &b, ttl).await.unwrap(),
+        Lookup::Missing { lease: false },
+        "one holder per key"
+    );
+    let e = entry(1, 60_000, 120_000);
+    assert_eq!(
+        s.put_filled(&key(50), e.clone(), &b).await.unwrap(),
+        PutOutcome::Stored
+    );
+    assert!(
+        !s.try_fill_lease(&key(50), &b, ttl).await.unwrap(),
+        "a put by another holder leaves the lease alone"
+    );
+    assert_eq!(
+        s.put_filled(&key(50), entry(2, 60_000, 120_000), &a)
+            .await
+            .unwrap(),
+        PutOutcome::Stored
+    );
+    assert!(
+        s.try_fill_lease(&key(50), &b, ttl).await.unwrap(),
+        "the holder's put released its lease"
+    );
+    match s.lookup(&key(50), &a, ttl).await.unwrap() {
+        Lookup::Found(found) => assert_eq!(found.meta.version, 2),
+        other => panic!("expected the entry, got {other:?}"),
+    }
+}
+
+async fn a_postponed_renewal_is_not_due_until_then(s: &impl TokenStore) {
+    let now = now_millis();
+    let k = key(51);
+    s.put(&k, entry(1, -1_000, 120_000), None).await.unwrap();
+    let due = async || {
+        s.due_for_refresh(now_millis(), now - 60_000, 100)
+            .await
+            .unwrap()
+    };
+    assert!(due().await.contains(&k));
+    let (a, b) = (NodeId::random(), NodeId::random());
+    let ttl = Duration::from_secs(30);
+    let old = s.acquire_refresh_lease(&a, ttl).await.unwrap().unwrap();
+    s.release_refresh_lease(&a).await.unwrap();
+    let current = s.acquire_refresh_lease(&b, ttl).await.unwrap().unwrap();
+    s.postpone(&k, now + 60_000, Some(old)).await.unwrap();
+    assert!(
+        due().await.contains(&k),
+        "a fenced-off leader cannot postpone"
+    );
+    s.postpone(&k, now + 60_000, Some(current)).await.unwrap();
+    assert!(!due().await.contains(&k), "postponed");
+    let stored = s.get(&k).await.unwrap().unwrap();
+    assert_eq!(stored.retry_at, Some(now + 60_000));
+    assert_eq!(stored.refresh_at(), now + 60_000);
+    s.put(&k, entry(2, -1_000, 120_000), None).await.unwrap();
+    assert!(due().await.contains(&k), "a new version starts afresh");
+}
+
 async fn versioned_evict_spares_replacements(s: &impl TokenStore) {
     let k = key(7);
     s.put(&k, entry(2, 60_000, 120_000), None).await.unwrap();
@@ -343,7 +412,7 @@ async fn changes_are_announced(s: &impl TokenStore) {
     let next = async |rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>| loop {
         let event = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
         match event.expect("event within 5s").unwrap() {
-            StoreEvent::Resync => continue,
+            StoreEvent::Resync { .. } => continue,
             other => break other,
         }
     };

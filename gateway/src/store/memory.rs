@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use super::{FencingToken, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
+use super::{FencingToken, Lookup, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
 use crate::token::{SealedEntry, TokenKey, UnixMillis, now_millis};
 
 /// Events a slow subscriber may fall behind by before it must re-read.
@@ -110,6 +110,47 @@ impl TokenStore for MemoryStore {
         Ok(removed)
     }
 
+    async fn lookup(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<Lookup, StoreError> {
+        if let Some(e) = self.get(key).await? {
+            return Ok(Lookup::Found(Box::new(e)));
+        }
+        let lease = self.try_fill_lease(key, holder, ttl).await?;
+        Ok(Lookup::Missing { lease })
+    }
+
+    async fn put_filled(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        holder: &NodeId,
+    ) -> Result<PutOutcome, StoreError> {
+        let outcome = self.put(key, entry, None).await?;
+        self.release_fill_lease(key, holder).await?;
+        Ok(outcome)
+    }
+
+    async fn postpone(
+        &self,
+        key: &TokenKey,
+        until: UnixMillis,
+        fence: Option<FencingToken>,
+    ) -> Result<(), StoreError> {
+        let mut st = self.state();
+        if fence.is_some_and(|f| f.0 < st.fence) {
+            return Ok(());
+        }
+        if let Some(e) = st.entries.get_mut(key) {
+            e.retry_at = Some(until);
+            e.marked_due = None;
+        }
+        Ok(())
+    }
+
     async fn try_fill_lease(
         &self,
         key: &TokenKey,
@@ -121,6 +162,9 @@ impl TokenStore for MemoryStore {
         match st.fill_leases.get(key) {
             Some((h, until)) if *until > now && h != holder => Ok(false),
             _ => {
+                if st.fill_leases.len() >= 4096 {
+                    st.fill_leases.retain(|_, (_, until)| *until > now);
+                }
                 st.fill_leases.insert(*key, (holder.clone(), now + ttl));
                 Ok(true)
             }
@@ -228,6 +272,7 @@ impl TokenStore for MemoryStore {
         match st.entries.get_mut(key) {
             Some(e) if e.meta.expires_at > now && e.meta.refresh_at < e.meta.expires_at => {
                 e.marked_due = Some(now);
+                e.retry_at = None;
                 e.meta.last_used = e.meta.last_used.max(now);
                 Ok(true)
             }

@@ -104,7 +104,24 @@ pub enum StoreEvent {
     },
     /// Events may have been lost (the backend's event feed broke and came back): re-read what
     /// you cache.
-    Resync,
+    Resync {
+        /// The store itself lost data meanwhile (Redis came back empty): entries it no longer
+        /// holds were lost, not evicted, and nodes write back the ones they still serve. When
+        /// false, an entry the store no longer holds was evicted or expired and stays gone.
+        lost: bool,
+    },
+}
+
+/// What a [`TokenStore::lookup`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The entry (boxed: it dwarfs the other variant).
+    Found(Box<SealedEntry>),
+    /// No entry; whether the caller now holds the key's fill lease.
+    Missing {
+        /// The fill lease is the caller's.
+        lease: bool,
+    },
 }
 
 /// Why a store operation failed.
@@ -151,6 +168,34 @@ pub trait TokenStore: Send + Sync + 'static {
         key: &TokenKey,
         version: Option<u64>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The entry under `key` if present and not expired; otherwise takes the key's fill lease
+    /// if free (or already `holder`'s), in one round trip where the backend allows.
+    fn lookup(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
+
+    /// [`TokenStore::put`] without a fence, then releases `holder`'s fill lease on `key`, in one
+    /// round trip where the backend allows (the end of a fill).
+    fn put_filled(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        holder: &NodeId,
+    ) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
+
+    /// Puts off the next renewal of the entry under `key` until `until` (the refresh leader's
+    /// backoff after a failed renewal; `fence` is its lease's). The entry's own `refresh_at` is
+    /// left as sealed; [`TokenStore::due_for_refresh`] skips the entry until then.
+    fn postpone(
+        &self,
+        key: &TokenKey,
+        until: UnixMillis,
+        fence: Option<FencingToken>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Takes the per-key fill lease (fleet-wide single flight) if free or already ours.
     fn try_fill_lease(
@@ -279,6 +324,30 @@ impl TokenStore for Store {
     }
     async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
         dispatch!(self, s => s.evict(key, version).await)
+    }
+    async fn lookup(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<Lookup, StoreError> {
+        dispatch!(self, s => s.lookup(key, holder, ttl).await)
+    }
+    async fn put_filled(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        holder: &NodeId,
+    ) -> Result<PutOutcome, StoreError> {
+        dispatch!(self, s => s.put_filled(key, entry, holder).await)
+    }
+    async fn postpone(
+        &self,
+        key: &TokenKey,
+        until: UnixMillis,
+        fence: Option<FencingToken>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.postpone(key, until, fence).await)
     }
     async fn try_fill_lease(
         &self,

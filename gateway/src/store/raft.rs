@@ -25,7 +25,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
-use super::{FencingToken, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
+use super::{FencingToken, Lookup, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
 use crate::cachenode::convert::{key_from, sealed_from, sealed_to};
 use crate::cachenode::network::Dialer;
 use crate::cachenode::service::LEADER_METADATA;
@@ -37,6 +37,8 @@ use crate::token::{SealedEntry, TokenKey, UnixMillis};
 const EVENT_BUFFER: usize = 4096;
 /// Pause after asking every endpoint without finding a leader.
 const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
+/// Largest answer accepted from a cache node (a `List` page is at most 2 MiB of entries).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Pause before re-opening a broken watch stream.
 const REWATCH_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -89,7 +91,8 @@ impl Inner {
             return Ok(c.clone());
         }
         let channel = self.dialer.channel(addr).map_err(StoreError::unavailable)?;
-        let c = TokenCacheClient::with_interceptor(channel, self.metadata.clone());
+        let c = TokenCacheClient::with_interceptor(channel, self.metadata.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         clients.insert(addr.to_owned(), c.clone());
         Ok(c)
     }
@@ -298,7 +301,9 @@ async fn follow(
                     Some(Change::Evicted(e)) => {
                         key_from(&e.key).ok().map(|key| StoreEvent::Evicted { key })
                     }
-                    Some(Change::Resync(_)) => Some(StoreEvent::Resync),
+                    // The cluster replicates every acknowledged write: a resync means this
+                    // stream missed changes, never that the store lost entries.
+                    Some(Change::Resync(_)) => Some(StoreEvent::Resync { lost: false }),
                     None => None,
                 };
                 after_index = after_index.max(event.index);
@@ -318,6 +323,21 @@ async fn follow(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(REWATCH_BACKOFF) => {}
+        }
+    }
+}
+
+impl RaftStore {
+    async fn send_put(&self, req: pc::PutRequest) -> Result<PutOutcome, StoreError> {
+        let resp = self
+            .inner
+            .ask(req, |mut c, r| async move { c.put(r).await })
+            .await?;
+        match resp.outcome() {
+            pc::PutOutcome::Stored => Ok(PutOutcome::Stored),
+            pc::PutOutcome::Stale => Ok(PutOutcome::Stale),
+            pc::PutOutcome::Fenced => Ok(PutOutcome::Fenced),
+            pc::PutOutcome::Unspecified => Err(StoreError::Corrupt("put without outcome".into())),
         }
     }
 }
@@ -346,21 +366,68 @@ impl TokenStore for RaftStore {
         entry: SealedEntry,
         fence: Option<FencingToken>,
     ) -> Result<PutOutcome, StoreError> {
-        let req = pc::PutRequest {
+        self.send_put(pc::PutRequest {
             key: key.as_bytes().to_vec(),
             entry: Some(sealed_to(&entry)),
             fence: fence.map(|f| f.0),
+            release_fill_lease: None,
+        })
+        .await
+    }
+
+    async fn lookup(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<Lookup, StoreError> {
+        let req = pc::FillLeaseRequest {
+            key: key.as_bytes().to_vec(),
+            holder: holder.as_str().to_owned(),
+            ttl_ms: ttl.as_millis() as u64,
         };
         let resp = self
             .inner
-            .ask(req, |mut c, r| async move { c.put(r).await })
+            .ask(req, |mut c, r| async move { c.lookup(r).await })
             .await?;
-        match resp.outcome() {
-            pc::PutOutcome::Stored => Ok(PutOutcome::Stored),
-            pc::PutOutcome::Stale => Ok(PutOutcome::Stale),
-            pc::PutOutcome::Fenced => Ok(PutOutcome::Fenced),
-            pc::PutOutcome::Unspecified => Err(StoreError::Corrupt("put without outcome".into())),
+        match resp.entry {
+            Some(e) => sealed_from(Some(e))
+                .map(|e| Lookup::Found(Box::new(e)))
+                .map_err(|s| StoreError::Corrupt(s.message().to_owned())),
+            None => Ok(Lookup::Missing { lease: resp.held }),
         }
+    }
+
+    async fn put_filled(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        holder: &NodeId,
+    ) -> Result<PutOutcome, StoreError> {
+        self.send_put(pc::PutRequest {
+            key: key.as_bytes().to_vec(),
+            entry: Some(sealed_to(&entry)),
+            fence: None,
+            release_fill_lease: Some(holder.as_str().to_owned()),
+        })
+        .await
+    }
+
+    async fn postpone(
+        &self,
+        key: &TokenKey,
+        until: UnixMillis,
+        fence: Option<FencingToken>,
+    ) -> Result<(), StoreError> {
+        let req = pc::PostponeRequest {
+            key: key.as_bytes().to_vec(),
+            until,
+            fence: fence.map(|f| f.0),
+        };
+        self.inner
+            .ask(req, |mut c, r| async move { c.postpone(r).await })
+            .await
+            .map(|_| ())
     }
 
     async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {

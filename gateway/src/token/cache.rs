@@ -20,14 +20,26 @@ use super::entry::{
 use super::flight::SingleFlight;
 use super::idp::{IdpClient, IdpError};
 use super::key::{FleetKey, KeyRing, TokenKey};
-use super::seal::{seal, unseal};
-use crate::store::{FencingToken, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore};
+use super::seal::{SealedEntry, seal, unseal};
+use crate::store::{
+    FencingToken, Lookup, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore,
+};
 
 /// A fill lease outlives one IdP attempt with retries; if its holder dies, the others take over
 /// after this long.
 const FILL_LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often a node waiting on another node's fill re-reads the store (besides events).
 const FILL_POLL: Duration = Duration::from_millis(100);
+
+/// What a lookup in the store found.
+enum Found {
+    /// A servable entry.
+    Entry(Arc<TokenEntry>),
+    /// No servable entry; whether this node holds the fill lease.
+    Lease(bool),
+    /// The store failed.
+    StoreDown,
+}
 
 /// How waiting for another node's fill ended.
 enum OtherFill {
@@ -183,25 +195,26 @@ impl TokenCache {
         flight.instrument(span).await
     }
 
+    /// A miss: one store round trip finds the entry or takes the key's fill lease; the lease
+    /// holder asks the IdP and stores the token releasing the lease (a second round trip); the
+    /// other nodes wait for it to appear.
     async fn fill(&self, key: &TokenKey, spec: TokenRequest) -> Result<Arc<TokenEntry>, IdpError> {
         let metrics = crate::telemetry::metrics::metrics();
         let mut events = self.store.subscribe();
-        if let Some(e) = self.read_store(key).await {
-            metrics.store_hits.inc();
-            return Ok(e);
-        }
-        if let Some(e) = self.adopt_from_previous_keys(key, &spec).await {
-            return Ok(e);
-        }
-        let lease = match self
-            .store
-            .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
-            .instrument(self.store_span("store.fill_lease"))
-            .await
-        {
-            Ok(held) => self.store_ok(Some(held)),
-            Err(e) => self.store_failed(e, None),
+        let lease = match self.lookup(key).await {
+            Found::Entry(e) => {
+                metrics.store_hits.inc();
+                return Ok(e);
+            }
+            Found::Lease(held) => Some(held),
+            Found::StoreDown => None,
         };
+        if let Some(e) = self.adopt_from_previous_keys(key, &spec).await {
+            if lease == Some(true) {
+                self.release_fill_lease(key).await;
+            }
+            return Ok(e);
+        }
         let holds_lease = match lease {
             // Store down: per-node single flight is all we have; fetch ourselves.
             None => false,
@@ -215,21 +228,45 @@ impl TokenCache {
                 OtherFill::GaveUp => false,
             },
         };
-        // The previous holder may have stored the entry and released the lease between our
-        // first read and our taking the lease: look once more before asking the IdP.
-        if holds_lease && let Some(e) = self.read_store(key).await {
-            self.release_fill_lease(key).await;
-            metrics.store_hits.inc();
-            return Ok(e);
-        }
-        let result = self.fetch_and_store(key, spec, None, None).await;
+        let result = self
+            .fetch_and_store(key, spec, None, None, holds_lease)
+            .await;
         if result.is_ok() {
             metrics.idp_fetches.inc();
-        }
-        if holds_lease {
+        } else if holds_lease {
             self.release_fill_lease(key).await;
         }
         result
+    }
+
+    /// The store's entry for `key` if servable; else whether this node now holds its fill lease
+    /// (taken in the same round trip as the read, so no holder can store and release between).
+    async fn lookup(&self, key: &TokenKey) -> Found {
+        let looked = self
+            .store
+            .lookup(key, &self.node, FILL_LEASE_TTL)
+            .instrument(self.store_span("store.lookup"))
+            .await;
+        match looked {
+            Ok(Lookup::Found(sealed)) => {
+                self.store_ok(());
+                if let Some(e) = self.open_stored(key, &sealed) {
+                    return Found::Entry(e);
+                }
+                // Present but not servable (about to expire, or unreadable): a miss.
+                match self
+                    .store
+                    .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
+                    .instrument(self.store_span("store.fill_lease"))
+                    .await
+                {
+                    Ok(held) => Found::Lease(held),
+                    Err(e) => self.store_failed(e, Found::StoreDown),
+                }
+            }
+            Ok(Lookup::Missing { lease }) => self.store_ok(Found::Lease(lease)),
+            Err(e) => self.store_failed(e, Found::StoreDown),
+        }
     }
 
     /// Waits (bounded) for another node's fill of `key` to appear in the store.
@@ -248,25 +285,18 @@ impl TokenCache {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(StoreEvent::Stored { key: k, .. }) if k == *key => {}
-                    Ok(StoreEvent::Resync) | Err(RecvError::Lagged(_)) => {}
+                    Ok(StoreEvent::Resync { .. }) | Err(RecvError::Lagged(_)) => {}
                     Ok(_) => continue,
                     Err(RecvError::Closed) => { poll.tick().await; }
                 },
                 _ = poll.tick() => {}
             }
-            if let Some(e) = self.read_store(key).await {
-                return OtherFill::Delivered(e);
-            }
-            // The holder may have died: once its lease lapses, the fill is ours.
-            match self
-                .store
-                .try_fill_lease(key, &self.node, FILL_LEASE_TTL)
-                .instrument(self.store_span("store.fill_lease"))
-                .await
-            {
-                Ok(true) => return OtherFill::LeaseIsOurs,
-                Ok(false) => {}
-                Err(e) => return self.store_failed(e, OtherFill::GaveUp),
+            // The entry, or (once the holder's lease lapsed: it may have died) the lease.
+            match self.lookup(key).await {
+                Found::Entry(e) => return OtherFill::Delivered(e),
+                Found::Lease(true) => return OtherFill::LeaseIsOurs,
+                Found::Lease(false) => {}
+                Found::StoreDown => return OtherFill::GaveUp,
             }
         }
         tracing::debug!(key = %key, "fill lease holder did not deliver; fetching ourselves");
@@ -332,7 +362,12 @@ impl TokenCache {
             Ok(s) => self.store_ok(s)?,
             Err(e) => return self.store_failed(e, None),
         };
-        match unseal(&self.ring, key, &sealed) {
+        self.open_stored(key, &sealed)
+    }
+
+    /// Opens and installs an entry read from the store, if servable.
+    fn open_stored(&self, key: &TokenKey, sealed: &SealedEntry) -> Option<Arc<TokenEntry>> {
+        match unseal(&self.ring, key, sealed) {
             Ok(entry) if entry.meta.is_servable(now_millis()) => {
                 Some(self.install(key, Arc::new(entry)))
             }
@@ -345,13 +380,15 @@ impl TokenCache {
     }
 
     /// Asks the IdP for a token and stores it. `prev` is the entry being renewed, `fence` the
-    /// refresh leader's fence.
+    /// refresh leader's fence; with `release`, the store write also releases this node's fill
+    /// lease on the key.
     async fn fetch_and_store(
         &self,
         key: &TokenKey,
         spec: TokenRequest,
         prev: Option<&EntryMeta>,
         fence: Option<FencingToken>,
+        release: bool,
     ) -> Result<Arc<TokenEntry>, IdpError> {
         let issued = self.idp.fetch(&spec).await?;
         let claims = jwt_claims(issued.access_token.expose());
@@ -391,12 +428,17 @@ impl TokenCache {
         )
         .map_err(|_| IdpError::Protocol("access_token is not a valid header value".into()))?;
         let entry = Arc::new(entry);
-        match self
-            .store
-            .put(key, seal(self.ring.current(), key, &entry), fence)
-            .instrument(self.store_span("store.put"))
-            .await
-        {
+        let sealed = seal(self.ring.current(), key, &entry);
+        let span = self.store_span("store.put");
+        let stored = if release {
+            self.store
+                .put_filled(key, sealed, &self.node)
+                .instrument(span)
+                .await
+        } else {
+            self.store.put(key, sealed, fence).instrument(span).await
+        };
+        match stored {
             Ok(PutOutcome::Fenced) => {
                 // A newer leader exists: our token is valid but must not replace its write.
                 tracing::info!(key = %key, "refresh result discarded: lease fenced off");
@@ -484,7 +526,7 @@ impl TokenCache {
         let current = unseal(&self.ring, key, &sealed)
             .map_err(|e| IdpError::Protocol(format!("cannot open entry to refresh: {e}")))?;
         let spec = current.secrets.spec.clone();
-        self.fetch_and_store(key, spec, Some(&current.meta), Some(fence))
+        self.fetch_and_store(key, spec, Some(&current.meta), Some(fence), false)
             .await
             .map(|_| ())
     }

@@ -27,14 +27,21 @@ pub struct SealedEntry {
     /// of the entry clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marked_due: Option<UnixMillis>,
+    /// Not renewed before this time: a renewal failed and the refresh leader backs off (kept
+    /// beside the seal like `marked_due`; a new version of the entry, or an operator's
+    /// `cachectl refresh`, clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<UnixMillis>,
 }
 
 impl SealedEntry {
     /// When the refresh leader should renew it: its own `refresh_at`, or earlier if an
-    /// operator marked it due.
+    /// operator marked it due, or later while a failed renewal backs off.
     pub fn refresh_at(&self) -> UnixMillis {
-        self.marked_due
-            .map_or(self.meta.refresh_at, |m| m.min(self.meta.refresh_at))
+        let at = self
+            .marked_due
+            .map_or(self.meta.refresh_at, |m| m.min(self.meta.refresh_at));
+        self.retry_at.map_or(at, |r| r.max(at))
     }
 }
 
@@ -106,6 +113,7 @@ pub fn seal_payload(
     ciphertext.extend_from_slice(&ct);
     SealedEntry {
         marked_due: None,
+        retry_at: None,
         meta,
         key_id: fleet.id.clone(),
         ciphertext,

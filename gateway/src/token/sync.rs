@@ -69,17 +69,17 @@ impl TokenCache {
                     tracing::debug!(missed, "store events lagged; re-reading cached keys");
                     self.resync(false).await;
                 }
-                Ok(StoreEvent::Resync) => self.resync(true).await,
+                Ok(StoreEvent::Resync { lost }) => self.resync(lost).await,
                 Err(RecvError::Closed) => return,
             }
         }
     }
 
     /// Re-reads every L1 key after events may have been lost. A newer stored version replaces
-    /// ours. An entry the store no longer has is dropped (it was evicted) or, with `write_back`
-    /// (the store's event feed reconnected, so the store itself may have lost its data), written
-    /// back so that the fleet, and the refresher, have it again. A store that cannot be reached
-    /// changes nothing: the L1 keeps serving.
+    /// ours. An entry the store no longer has is dropped (it was evicted, and stays so) or, with
+    /// `write_back` (the store says it lost its data), written back so that the fleet, and the
+    /// refresher, have it again. A store that cannot be reached changes nothing: the L1 keeps
+    /// serving.
     async fn resync(&self, write_back: bool) {
         let keys: Vec<TokenKey> = self.l1.pin().keys().copied().collect();
         for key in keys {

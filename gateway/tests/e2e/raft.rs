@@ -772,3 +772,100 @@ async fn a_partitioned_leader_cannot_grant_the_refresh_lease() {
         "b still holds it, with the same fence"
     );
 }
+
+/// The largest `bytes` of the JSON log lines of `node` whose message is `message`.
+fn logged_bytes(node: &CacheNode, message: &str) -> Option<u64> {
+    node.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .filter_map(|v| v["bytes"].as_u64())
+        .max()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_20_mb_and_a_new_learner_catch_up_from_a_streamed_snapshot() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.node(follower).kill();
+    let store = Arc::new(cluster.store());
+    // 8,000 entries of 2.6 KB: a 21 MB state, past tonic's 4 MiB default message size five
+    // times over.
+    const ENTRIES: u64 = 8_000;
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for n in (w..ENTRIES).step_by(16) {
+                    let mut e = conformance::entry(1, 60_000, 600_000);
+                    e.ciphertext = vec![n as u8; 2_600];
+                    let outcome = store.put(&key(n), e, None).await.unwrap();
+                    assert_eq!(outcome, PutOutcome::Stored);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // More log entries than a leader keeps after a snapshot, so the follower's next entry is
+    // gone from every log and only a snapshot can bring it up to date.
+    for n in 0..1_300 {
+        store
+            .claim_once(&key(1_000_000 + n), gateway::token::now_millis() + 600_000)
+            .await
+            .unwrap();
+    }
+    let leader_status = |cluster: &Cluster| {
+        let addr = cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == leader)
+            .unwrap()
+            .addr
+            .clone();
+        async move { status(&addr, ADMIN_TOKEN).await.unwrap() }
+    };
+    eventually(
+        "the leader snapshots past the follower's log",
+        Duration::from_secs(30),
+        async || leader_status(&cluster).await.snapshot_index.unwrap_or(0) > 1_300,
+    )
+    .await;
+    let target = leader_status(&cluster).await;
+    assert!(target.entries >= ENTRIES, "{target:?}");
+
+    cluster.node(follower).start();
+    let members = cluster.endpoints().join(",");
+    let learner_addr = format!("127.0.0.1:{}", free_port());
+    cluster.nodes.push(CacheNode::spawn(
+        4,
+        learner_addr,
+        String::new(),
+        Some(members),
+        String::new(),
+    ));
+    eventually(
+        "the follower and the learner reach the leader's applied index and entry count",
+        Duration::from_secs(60),
+        async || {
+            let s = cluster.statuses().await;
+            [follower, 4].iter().all(|id| {
+                s.get(id).is_some_and(|s| {
+                    s.applied_index >= target.applied_index && s.entries == target.entries
+                })
+            })
+        },
+    )
+    .await;
+    let built = logged_bytes(cluster.node(leader), "snapshot built").unwrap();
+    assert!(built > 20_000_000, "snapshot of {built} bytes");
+    for id in [follower, 4] {
+        let received = logged_bytes(cluster.node(id), "snapshot received");
+        assert!(
+            received.is_some_and(|b| b > 20_000_000),
+            "node {id} installed a streamed snapshot: {received:?}"
+        );
+    }
+}

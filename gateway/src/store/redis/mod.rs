@@ -16,7 +16,7 @@ use deadpool_redis::redis::{self, FromRedisValue};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::{FencingToken, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
+use super::{FencingToken, Lookup, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
 use crate::config::RedisConfig;
 use crate::token::{SealedEntry, TokenKey, UnixMillis, now_millis};
 use pool::Pools;
@@ -56,6 +56,7 @@ impl RedisStore {
         tokio::spawn(pool::follow_events(
             pools.clone(),
             channel,
+            format!("{tag}:epoch"),
             events.clone(),
             stop.clone(),
             subscribed_tx,
@@ -93,6 +94,44 @@ impl RedisStore {
         format!("{}:{name}", self.tag)
     }
 
+    fn fill_key(&self, key: &TokenKey) -> String {
+        self.key(&format!("fill:{}", key.to_hex()))
+    }
+
+    async fn put_releasing(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        fence: Option<FencingToken>,
+        holder: Option<&NodeId>,
+    ) -> Result<PutOutcome, StoreError> {
+        let payload = serde_json::to_string(&entry).expect("sealed entries serialize");
+        let mut inv = scripts::PUT.prepare_invoke();
+        inv.key(self.entry_key(key))
+            .key(self.key("fence"))
+            .key(self.key("due"))
+            .key(self.key("index"))
+            .key(self.fill_key(key))
+            .arg(entry.meta.version)
+            .arg(payload)
+            .arg(entry.meta.expires_at)
+            .arg(fence.map(|f| f.0.to_string()).unwrap_or_default())
+            .arg(entry.meta.refresh_at)
+            .arg(key.to_hex())
+            .arg(self.key("events"))
+            .arg(entry.meta.last_used)
+            .arg(holder.map(NodeId::as_str).unwrap_or_default());
+        let outcome: String = self.invoke(inv).await?;
+        match outcome.as_str() {
+            "stored" => Ok(PutOutcome::Stored),
+            "stale" => Ok(PutOutcome::Stale),
+            "fenced" => Ok(PutOutcome::Fenced),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected put outcome {other:?}"
+            ))),
+        }
+    }
+
     /// Runs a script, bounded by the timeout.
     async fn invoke<T: FromRedisValue>(
         &self,
@@ -109,6 +148,23 @@ impl RedisStore {
             .await
             .map_err(|_| StoreError::unavailable(format!("no answer within {:?}", self.timeout)))?
     }
+}
+
+/// An entry as stored: its JSON, and the last use and refresh time kept beside it.
+fn stored_entry(
+    key: &TokenKey,
+    data: &str,
+    used: Option<u64>,
+    refresh: Option<u64>,
+) -> Result<SealedEntry, StoreError> {
+    let mut entry: SealedEntry =
+        serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("entry {key}: {e}")))?;
+    entry.meta.last_used = entry.meta.last_used.max(used.unwrap_or(0));
+    // `cachectl refresh` brings the refresh time forward, and a failed renewal's backoff puts
+    // it off, without rewriting the entry.
+    entry.marked_due = refresh.filter(|r| *r < entry.meta.refresh_at);
+    entry.retry_at = refresh.filter(|r| *r > entry.meta.refresh_at);
+    Ok(entry)
 }
 
 /// Parses an event message: `s <hex> <version>` or `e <hex>`.
@@ -136,13 +192,8 @@ impl TokenStore for RedisStore {
             .to_owned();
         let (data, used, refresh): (Option<String>, Option<u64>, Option<u64>) =
             self.query(&cmd).await?;
-        let Some(data) = data else { return Ok(None) };
-        let mut entry: SealedEntry = serde_json::from_str(&data)
-            .map_err(|e| StoreError::Corrupt(format!("entry {key}: {e}")))?;
-        entry.meta.last_used = entry.meta.last_used.max(used.unwrap_or(0));
-        // `cachectl refresh` brings the refresh time forward without rewriting the entry.
-        entry.marked_due = refresh.filter(|r| *r < entry.meta.refresh_at);
-        Ok(Some(entry))
+        data.map(|d| stored_entry(key, &d, used, refresh))
+            .transpose()
     }
 
     async fn put(
@@ -151,29 +202,54 @@ impl TokenStore for RedisStore {
         entry: SealedEntry,
         fence: Option<FencingToken>,
     ) -> Result<PutOutcome, StoreError> {
-        let payload = serde_json::to_string(&entry).expect("sealed entries serialize");
-        let mut inv = scripts::PUT.prepare_invoke();
+        self.put_releasing(key, entry, fence, None).await
+    }
+
+    async fn lookup(
+        &self,
+        key: &TokenKey,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<Lookup, StoreError> {
+        let mut inv = scripts::LOOKUP.prepare_invoke();
         inv.key(self.entry_key(key))
-            .key(self.key("fence"))
-            .key(self.key("due"))
-            .key(self.key("index"))
-            .arg(entry.meta.version)
-            .arg(payload)
-            .arg(entry.meta.expires_at)
-            .arg(fence.map(|f| f.0.to_string()).unwrap_or_default())
-            .arg(entry.meta.refresh_at)
-            .arg(key.to_hex())
-            .arg(self.key("events"))
-            .arg(entry.meta.last_used);
-        let outcome: String = self.invoke(inv).await?;
-        match outcome.as_str() {
-            "stored" => Ok(PutOutcome::Stored),
-            "stale" => Ok(PutOutcome::Stale),
-            "fenced" => Ok(PutOutcome::Fenced),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected put outcome {other:?}"
-            ))),
+            .key(self.fill_key(key))
+            .arg(holder.as_str())
+            .arg(ttl.as_millis() as u64);
+        let answer: Vec<String> = self.invoke(inv).await?;
+        match answer.as_slice() {
+            [kind, data, used, refresh] if kind == "e" => {
+                stored_entry(key, data, used.parse().ok(), refresh.parse().ok())
+                    .map(|e| Lookup::Found(Box::new(e)))
+            }
+            [kind, held] if kind == "l" => Ok(Lookup::Missing { lease: held == "1" }),
+            _ => Err(StoreError::Corrupt("unexpected lookup answer".into())),
         }
+    }
+
+    async fn put_filled(
+        &self,
+        key: &TokenKey,
+        entry: SealedEntry,
+        holder: &NodeId,
+    ) -> Result<PutOutcome, StoreError> {
+        self.put_releasing(key, entry, None, Some(holder)).await
+    }
+
+    async fn postpone(
+        &self,
+        key: &TokenKey,
+        until: UnixMillis,
+        fence: Option<FencingToken>,
+    ) -> Result<(), StoreError> {
+        let mut inv = scripts::POSTPONE.prepare_invoke();
+        inv.key(self.entry_key(key))
+            .key(self.key("due"))
+            .key(self.key("fence"))
+            .arg(until)
+            .arg(key.to_hex())
+            .arg(fence.map(|f| f.0.to_string()).unwrap_or_default());
+        self.invoke::<i64>(inv).await.map(|_| ())
     }
 
     async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
@@ -195,7 +271,7 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut inv = scripts::FILL_LEASE.prepare_invoke();
-        inv.key(self.key(&format!("fill:{}", key.to_hex())))
+        inv.key(self.fill_key(key))
             .arg(holder.as_str())
             .arg(ttl.as_millis() as u64);
         let held: i64 = self.invoke(inv).await?;
@@ -204,8 +280,7 @@ impl TokenStore for RedisStore {
 
     async fn release_fill_lease(&self, key: &TokenKey, holder: &NodeId) -> Result<(), StoreError> {
         let mut inv = scripts::RELEASE_FILL.prepare_invoke();
-        inv.key(self.key(&format!("fill:{}", key.to_hex())))
-            .arg(holder.as_str());
+        inv.key(self.fill_key(key)).arg(holder.as_str());
         self.invoke::<i64>(inv).await.map(|_| ())
     }
 

@@ -294,16 +294,19 @@ impl Pools {
 
 /// Follows the event channel until `stop`, re-subscribing whenever the subscription breaks.
 /// Each (re)subscription is announced as [`StoreEvent::Resync`]: events published while it was
-/// down are lost, so followers re-read what they cache.
+/// down are lost, so followers re-read what they cache. It says the store lost its data when the
+/// epoch under `epoch_key` is not the one seen before (Redis came back empty).
 pub(super) async fn follow_events(
     pools: Pools,
     channel: String,
+    epoch_key: String,
     events: broadcast::Sender<StoreEvent>,
     stop: CancellationToken,
     subscribed: watch::Sender<bool>,
     backoff: Duration,
 ) {
     let mut was_down = false;
+    let mut epoch: Option<String> = None;
     loop {
         let attempt = tokio::select! {
             () = stop.cancelled() => return,
@@ -314,8 +317,25 @@ pub(super) async fn follow_events(
                 if was_down {
                     tracing::info!("token store events followed again");
                 }
+                // An epoch that cannot be read is taken as unchanged: writing back entries that
+                // were evicted would be worse than fetching again the ones Redis lost.
+                let mut inv = super::scripts::EPOCH.prepare_invoke();
+                inv.key(&epoch_key)
+                    .arg(crate::store::NodeId::random().as_str());
+                let now =
+                    tokio::time::timeout(Duration::from_secs(5), pools.invoke::<String>(&inv))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                let lost = matches!((&epoch, &now), (Some(before), Some(now)) if before != now);
+                if lost {
+                    tracing::warn!("Redis lost its data; nodes write back the tokens they hold");
+                }
+                if now.is_some() {
+                    epoch = now;
+                }
                 // Resync first: whoever waits for `subscribed` must not see it afterwards.
-                let _ = events.send(StoreEvent::Resync);
+                let _ = events.send(StoreEvent::Resync { lost });
                 subscribed.send_replace(true);
                 let mut stream = pubsub.on_message();
                 loop {

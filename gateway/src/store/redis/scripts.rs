@@ -15,18 +15,22 @@
 //! - `{p}:fence`: the newest fencing token granted.
 //! - `{p}:lease`: `"<holder> <fence>"`, with the lease TTL.
 //! - `{p}:fill:<key hex>`: fill-lease holder, with a short TTL.
+//! - `{p}:epoch`: a random value set once: if it changes, Redis lost its data (it restarted
+//!   empty, or was flushed), and nodes write back the tokens they still hold.
 //! - channel `{p}:events`: `s <hex> <version>` on store, `e <hex>` on evict.
 
 use std::sync::LazyLock;
 
 use deadpool_redis::redis::Script;
 
-/// Fenced put-if-newer.
-/// KEYS: entry, fence, due, index. ARGV: version, payload, expires_at, fence or "", refresh_at,
-/// hex, channel, last_used. Returns `stored`, `stale` or `fenced`.
+/// Fenced put-if-newer, releasing the writer's fill lease when it names itself.
+/// KEYS: entry, fence, due, index, fill lease. ARGV: version, payload, expires_at, fence or "",
+/// refresh_at, hex, channel, last_used, fill-lease holder or "". Returns `stored`, `stale` or
+/// `fenced`.
 pub static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if ARGV[9] ~= '' and redis.call('GET', KEYS[5]) == ARGV[9] then redis.call('DEL', KEYS[5]) end
 if ARGV[4] ~= '' then
   local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
   if tonumber(ARGV[4]) < newest then return 'fenced' end
@@ -60,6 +64,52 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('PUBLISH', ARGV[3], 'e ' .. ARGV[2])
 return 1
+",
+    )
+});
+
+/// The entry if present, else the fill lease: one round trip for a miss.
+/// KEYS: entry, fill lease. ARGV: holder, ttl ms.
+/// Returns `{'e', payload, last use, refresh time}` or `{'l', '1' if held else '0'}`.
+pub static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local e = redis.call('HMGET', KEYS[1], 'd', 'u', 'r')
+if e[1] then return {'e', e[1], e[2] or '0', e[3] or ''} end
+local cur = redis.call('GET', KEYS[2])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {'l', '1'}
+end
+return {'l', '0'}
+",
+    )
+});
+
+/// Put off a renewal: the refresh time `r` moves to `until`, and with it the entry's place in
+/// the work list (if it is there; a later use puts it back at `r`).
+/// KEYS: entry, due, fence. ARGV: until, hex, fence or "". Returns 1 if postponed.
+pub static POSTPONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[3] ~= '' then
+  local newest = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tonumber(ARGV[3]) < newest then return 0 end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'r', ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[2])
+return 1
+",
+    )
+});
+
+/// The store's epoch, set to `ARGV[1]` if it has none. KEYS: epoch. Returns the epoch.
+pub static EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
 ",
     )
 });
@@ -171,7 +221,8 @@ return 1
 });
 
 /// Make a renewable entry due now (operators' `cachectl refresh`). Renewable entries are the
-/// ones in the due index; `r` overrides the entry's own refresh time when earlier.
+/// ones in the due index; `r` overrides the entry's own refresh time when earlier (an operator's
+/// mark) or later (a failed renewal's backoff, which the mark cancels).
 /// KEYS: entry, due. ARGV: now, hex. Returns 1 if marked.
 pub static MARK_DUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
