@@ -505,26 +505,54 @@ impl TokenCache {
         fallback
     }
 
-    /// Renews one entry as the refresh leader holding `fence`.
-    pub(super) async fn refresh(
+    /// The entry under `key` opened for renewal, if it is due: its refresh time, brought
+    /// forward by `lead` (but never before half its way from issue to refresh time, unless an
+    /// operator marked it due), has come at `now`. An entry that cannot be opened (sealed under
+    /// a key this node no longer has, or corrupt) can never be renewed: it is evicted.
+    pub(super) async fn due_entry(
         &self,
         key: &TokenKey,
-        fence: FencingToken,
-    ) -> Result<(), IdpError> {
+        now: UnixMillis,
+        lead: Duration,
+    ) -> Option<TokenEntry> {
         let read = self.store.get(key).instrument(self.store_span("store.get"));
         let sealed = match read.await {
             Ok(Some(s)) => s,
-            Ok(None) => return Ok(()),
-            Err(e) => return self.store_failed(e, Ok(())),
+            Ok(None) => return None,
+            Err(e) => return self.store_failed(e, None),
         };
-        if sealed.refresh_at() > now_millis() {
-            return Ok(()); // renewed meanwhile (by a previous leader)
+        let m = &sealed.meta;
+        if m.refresh_at >= m.expires_at {
+            return None; // not a renewable token (e.g. a cached introspection result)
         }
-        if sealed.meta.refresh_at >= sealed.meta.expires_at {
-            return Ok(()); // not a renewable token (e.g. a cached introspection result)
+        let halfway = m.issued_at + m.refresh_at.saturating_sub(m.issued_at) / 2;
+        let starts = match sealed.marked_due {
+            Some(_) => sealed.refresh_at(),
+            None => sealed
+                .refresh_at()
+                .saturating_sub(lead.as_millis() as u64)
+                .max(halfway),
+        };
+        if starts > now {
+            return None; // not yet, or renewed meanwhile (by a previous leader)
         }
-        let current = unseal(&self.ring, key, &sealed)
-            .map_err(|e| IdpError::Protocol(format!("cannot open entry to refresh: {e}")))?;
+        match unseal(&self.ring, key, &sealed) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "cannot open an entry to renew it; evicting it");
+                self.evict(key, Some(sealed.meta.version)).await;
+                None
+            }
+        }
+    }
+
+    /// Renews `current` (from [`TokenCache::due_entry`]) as the refresh leader holding `fence`.
+    pub(super) async fn renew(
+        &self,
+        key: &TokenKey,
+        current: &TokenEntry,
+        fence: FencingToken,
+    ) -> Result<(), IdpError> {
         let spec = current.secrets.spec.clone();
         self.fetch_and_store(key, spec, Some(&current.meta), Some(fence), false)
             .await

@@ -307,3 +307,82 @@ async fn upstream_401_to_a_fresh_token_is_passed_on_without_churning_the_idp() {
         "the token was neither evicted nor refetched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_failing_credentials_do_not_delay_a_healthy_renewal() {
+    use gateway::store::{MemoryStore, Store, TokenStore};
+    use gateway::token::{AuthMethod, FleetKey, TokenCache, TokenRequest};
+    let failing = FakeIdp::start().await;
+    let healthy = FakeIdp::start().await;
+    // The failing IdP's 300 credentials fall due a second before the healthy one: first in
+    // every listing of due entries.
+    failing.set_token_lifetime(Duration::from_secs(8));
+    healthy.set_token_lifetime(Duration::from_secs(10));
+    let spec = |idp: &FakeIdp, client: &str| {
+        idp.register(client, "s3cret");
+        TokenRequest {
+            token_url: idp.token_url().parse().unwrap(),
+            auth_method: AuthMethod::ClientSecretBasic,
+            client_id: client.to_owned(),
+            client_secret: gateway::config::Secret::new("s3cret"),
+            scopes: Vec::new(),
+            audience: None,
+            params: Vec::new(),
+            default_lifetime: Duration::from_secs(60),
+            timeout: Duration::from_secs(2),
+            retries: 1,
+        }
+    };
+    let fleet = FleetKey::random();
+    let cache = TokenCache::new(fleet.clone(), Store::Memory(MemoryStore::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    cache.spawn_background(
+        gateway::config::RefreshConfig {
+            interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(3600),
+            lease_ttl: Duration::from_secs(5),
+        },
+        stop.clone(),
+    );
+    let mut failing_keys = Vec::new();
+    for i in 0..300 {
+        let s = spec(&failing, &format!("revoked-{i}"));
+        let key = s.key(&fleet);
+        cache.get(&key, || s, Duration::from_secs(1)).await.unwrap();
+        failing_keys.push(key);
+    }
+    let s = spec(&healthy, "healthy");
+    let healthy_key = s.key(&fleet);
+    let first = cache
+        .get(&healthy_key, || s, Duration::from_secs(1))
+        .await
+        .unwrap();
+    // From now on the first IdP answers every token request 503, slowly.
+    failing.set_latency(Duration::from_millis(300));
+    failing.set_mode(IdpMode::ServerError);
+    // Meanwhile the failing entries are put off after their failed renewals, not retried in
+    // every round.
+    let mut postponed = false;
+    eventually(
+        "the healthy credential is renewed, and failed renewals postponed",
+        Duration::from_secs(20),
+        async || {
+            for k in &failing_keys {
+                postponed |= cache
+                    .store()
+                    .get(k)
+                    .await
+                    .unwrap()
+                    .is_some_and(|e| e.retry_at.is_some());
+            }
+            postponed && healthy.issued("healthy") >= 2
+        },
+    )
+    .await;
+    assert!(
+        first.meta.is_servable(gateway::token::now_millis()),
+        "renewed before the old token stopped being served"
+    );
+    stop.cancel();
+    cache.closed().await;
+}

@@ -402,6 +402,38 @@ async fn redis_restarting_under_load_fails_no_request_while_tokens_are_valid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_evicted_while_events_were_lost_stays_evicted_across_the_resync() {
+    let f = fleet(1, Duration::from_secs(60), "{ interval: 100ms }").await;
+    assert_eq!(f.call(0, 0).await.status(), 200);
+    assert_eq!(f.idp.total_issued(), 1);
+    // An operator's eviction whose event never reaches the node (deleted without the
+    // announcement, as if published while the node's subscription was down)...
+    let keys = f.redis.cli(&["--scan", "--pattern", "{tokengate}:e:*"]);
+    let entry = keys
+        .lines()
+        .next()
+        .expect("the entry is in Redis")
+        .to_owned();
+    f.redis.cli(&["DEL", &entry]);
+    assert_eq!(
+        f.call(0, 0).await.status(),
+        200,
+        "served from the L1 meanwhile"
+    );
+    assert_eq!(f.idp.total_issued(), 1);
+    // ...then the subscription breaks and comes back: the node re-reads what it caches. Redis
+    // kept its data (same epoch), so the missing entry was evicted: the node drops its copy
+    // and fetches a new token, instead of writing the evicted one back.
+    f.redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    eventually(
+        "the node drops the evicted token and fetches a new one",
+        Duration::from_secs(10),
+        async || f.call(0, 0).await.status() == 200 && f.idp.total_issued() == 2,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_holds_ciphertext_only() {
     let f = fleet(1, Duration::from_secs(300), "{ interval: 1s }").await;
     let resp = client()
