@@ -61,6 +61,8 @@ pub struct FleetSpec {
     pub gateway_bin: PathBuf,
     /// Where logs, data directories and the report go.
     pub dir: PathBuf,
+    /// Every process's log filter (`RUST_LOG` syntax): one log file per node in `dir`.
+    pub log_level: String,
 }
 
 /// A running fleet.
@@ -189,6 +191,7 @@ impl Fleet {
                         ("CHAOS_PEER".into(), PEER_TOKEN.into()),
                         ("TOKENGATE_GATEWAY_TOKEN".into(), "env:CHAOS_GATEWAY".into()),
                         ("CHAOS_GATEWAY".into(), GATEWAY_TOKEN.into()),
+                        ("RUST_LOG".into(), spec.log_level.clone()),
                     ];
                     let name = format!("cache-node-{}", i + 1);
                     cache_nodes.push(Mutex::new(Proc::start(
@@ -270,6 +273,7 @@ routes:
             let env = vec![
                 ("CHAOS_FLEET_KEY".into(), FLEET_KEY.into()),
                 ("CHAOS_GATEWAY_TOKEN".into(), GATEWAY_TOKEN.into()),
+                ("RUST_LOG".into(), spec.log_level.clone()),
             ];
             let name = format!("gateway-{}", i + 1);
             gateways.push(Mutex::new(Proc::start(

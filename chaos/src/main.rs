@@ -59,6 +59,11 @@ enum Command {
         /// ./chaos-runs).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Every node's log filter (`RUST_LOG` syntax); each node logs to its own file in the
+        /// run's directory. The default records the token lifecycle (fills, renewals, leases)
+        /// at debug level.
+        #[arg(long, default_value = "info,gateway::token=debug,gateway::store=debug")]
+        log_level: String,
     },
     /// Serve the fake IdP and echo upstreams until SIGINT or SIGTERM, as stand-ins for a real
     /// IdP and real APIs (the example configuration and docker-compose.yml use them).
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
             token_lifetime,
             gateway_bin,
             out,
+            log_level,
         } => {
             let Some(scenario) = scenario::find(&scenario) else {
                 eprintln!("error: no scenario {scenario:?}; `chaos list` shows them");
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
                 gateway_bin,
                 dir: dir.clone(),
                 lies: chaos::Lies::default(),
+                log_level,
             };
             runtime().block_on(run(spec, dir))
         }

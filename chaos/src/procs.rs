@@ -54,8 +54,8 @@ impl Proc {
             .open(&self.log)?;
         let child = Command::new(&self.program)
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

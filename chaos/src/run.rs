@@ -49,6 +49,8 @@ pub struct RunSpec {
     pub dir: PathBuf,
     /// Faults in the IdP's tokens (tests of the checks themselves; never from the CLI).
     pub lies: Lies,
+    /// Every process's log filter (`RUST_LOG` syntax).
+    pub log_level: String,
 }
 
 /// Live counters for a progress display.
@@ -152,6 +154,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
             lease_ttl,
             gateway_bin: spec.gateway_bin.clone(),
             dir: spec.dir.clone(),
+            log_level: spec.log_level.clone(),
         })
         .await?,
     );

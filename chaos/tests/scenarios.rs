@@ -43,6 +43,7 @@ fn short(name: &str, store: StoreKind, dir: &tempfile::TempDir) -> RunSpec {
         gateway_bin: gateway_bin(),
         dir: dir.path().join(format!("{name}-{store}")),
         lies: chaos::Lies::default(),
+        log_level: "info".into(),
     }
 }
 

@@ -71,7 +71,9 @@ pub async fn run(
         .collect();
     let fleet = KeyRing::new(current, previous);
     let store = match &config.store {
-        StoreConfig::Memory => Store::Memory(MemoryStore::new()),
+        StoreConfig::Memory => {
+            Store::Memory(MemoryStore::with_max_entries(config.refresh.max_entries))
+        }
         StoreConfig::Redis(redis) => Store::Redis(RedisStore::new(redis)?),
         StoreConfig::Raft(raft) => Store::Raft(RaftStore::new(raft)),
     };

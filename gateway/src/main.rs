@@ -104,6 +104,10 @@ enum Command {
         /// Log entries between snapshots.
         #[arg(long, default_value_t = gateway::cachenode::DEFAULT_SNAPSHOT_LOGS)]
         snapshot_logs: u64,
+        /// Entries the cache keeps at most; past it the leader has the least recently used
+        /// dropped (on every node alike). Give every node the same value.
+        #[arg(long, default_value_t = gateway::cachenode::DEFAULT_MAX_ENTRIES)]
+        max_entries: u64,
         /// `text` or `json`.
         #[arg(long, default_value = "text")]
         log_format: String,
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             operator_identity,
             insecure_no_auth,
             snapshot_logs,
+            max_entries,
             log_format,
             metrics_listen,
             tls_cert,
@@ -232,6 +237,7 @@ fn main() -> ExitCode {
                 credentials,
                 insecure_no_auth,
                 snapshot_logs,
+                max_entries,
                 metrics_listen,
                 tls,
             };

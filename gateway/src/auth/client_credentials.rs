@@ -142,10 +142,12 @@ impl ClientCredentials {
         key: TokenKey,
         entry: &TokenEntry,
     ) -> Result<Applied, AuthError> {
-        let username = self
-            .cfg
-            .policy
-            .enforce(headers, entry.claims.as_deref(), &self.realm)?;
+        let claims = if self.cfg.policy.reads_claims() {
+            entry.claims()
+        } else {
+            None
+        };
+        let username = self.cfg.policy.enforce(headers, claims, &self.realm)?;
         headers.insert(AUTHORIZATION, entry.bearer.clone());
         Ok(Applied {
             username,

@@ -346,6 +346,35 @@ pub async fn group_commit(
     }
 }
 
+/// While this node leads, has the least recently used entries dropped whenever the cache holds
+/// more than `max_entries` (checked every second), until `stop`. The drop is a replicated
+/// command, so every node drops the same entries.
+pub async fn bound_entries(ctx: Arc<NodeContext>, max_entries: u64, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let held = ctx.shared.read(|a| a.cache.len() as u64);
+        if held <= max_entries || ctx.lead().is_err() {
+            continue;
+        }
+        match ctx.write(Command::Trim { max_entries }).await {
+            Ok((Outcome::Count(n), _)) => {
+                tracing::info!(
+                    dropped = n,
+                    max_entries,
+                    "cache over its bound: least recently used entries dropped"
+                );
+            }
+            Ok(_) => {}
+            Err(status) => tracing::debug!(reason = %status.message(), "cannot trim the cache"),
+        }
+    }
+}
+
 /// About how many bytes a put adds to a log entry.
 fn put_bytes(command: &Command) -> usize {
     match command {

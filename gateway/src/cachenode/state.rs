@@ -83,6 +83,12 @@ pub enum Command {
         /// The refresh leader's fence.
         fence: Option<u64>,
     },
+    /// Drop the least recently used entries past `max_entries` (the leader proposes it when
+    /// the cache has grown over the node's bound).
+    Trim {
+        /// Entries kept at most.
+        max_entries: u64,
+    },
     /// Puts proposed together (group commit): applied in order, answered one by one. Only
     /// puts are batched: every command of a batch shares its log index, and a lease's fence
     /// must be unique to the command that granted it.
@@ -260,6 +266,21 @@ impl CacheState {
                 }
                 _ => Outcome::Flag(false),
             },
+            Command::Trim { max_entries } => {
+                let over = self
+                    .entries
+                    .len()
+                    .saturating_sub(usize::try_from(max_entries).unwrap_or(usize::MAX));
+                let lru = crate::token::least_recently_used(
+                    self.entries.iter().map(|(k, e)| (*k, e.meta.last_used)),
+                    over,
+                );
+                for k in &lru {
+                    self.entries.remove(k);
+                    changes.push(Change::Evicted(*k));
+                }
+                Outcome::Count(lru.len() as u64)
+            }
             Command::Postpone { key, until, fence } => {
                 if fence.is_some_and(|f| f < self.max_fence) {
                     return Outcome::Fenced;
@@ -557,5 +578,31 @@ mod tests {
         };
         assert_eq!(s.apply(2, put(expires - 1), &mut changes), Outcome::Stale);
         assert_eq!(s.apply(3, put(expires), &mut changes), Outcome::Stored);
+    }
+
+    #[test]
+    fn a_trim_drops_the_least_recently_used_entries_past_the_bound() {
+        let mut s = CacheState::default();
+        let mut changes = Vec::new();
+        let now = entry(1, 0, 0).meta.issued_at;
+        for (n, used) in [(1u8, 30u64), (2, 10), (3, 40), (4, 20)] {
+            let mut e = entry(1, 60_000, 120_000);
+            e.meta.last_used = now - 1_000 + used;
+            let put = Command::Put {
+                key: key(n),
+                entry: Box::new(e),
+                fence: None,
+            };
+            s.apply(u64::from(n), at(now, put), &mut changes);
+        }
+        changes.clear();
+        let trim = Command::Trim { max_entries: 2 };
+        assert_eq!(s.apply(5, at(now, trim), &mut changes), Outcome::Count(2));
+        assert_eq!(s.len(), 2);
+        assert!(s.get(&key(1), now).is_some() && s.get(&key(3), now).is_some());
+        changes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(changes, [Change::Evicted(key(2)), Change::Evicted(key(4))]);
+        let trim = Command::Trim { max_entries: 2 };
+        assert_eq!(s.apply(6, at(now, trim), &mut changes), Outcome::Count(0));
     }
 }

@@ -42,6 +42,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Entries nobody used for this long are left to expire instead of being refreshed forever.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Entries a node keeps in memory at most (its L1, and the memory store): a million tokens of
+/// 900 bytes is about 2 GiB.
+pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 /// Refresh-leader lease lifetime: a dead leader is replaced within this time.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// Lifetime assumed when the IdP states none (neither `expires_in` nor a JWT `exp`).
@@ -103,6 +106,9 @@ pub struct RefreshConfig {
     pub idle_timeout: Duration,
     /// Refresh-leader lease lifetime.
     pub lease_ttl: Duration,
+    /// Entries a node keeps in memory at most (L1, and the memory store); past it the least
+    /// recently used go first.
+    pub max_entries: usize,
 }
 
 /// Log output options.

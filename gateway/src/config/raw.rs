@@ -389,6 +389,9 @@ pub struct RawRefresh {
     /// Lifetime of the refresh-leader lease.
     #[serde(default, with = "humantime_serde")]
     pub lease_ttl: Option<Duration>,
+    /// Entries a node keeps in memory at most.
+    #[serde(default)]
+    pub max_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,9 +7,9 @@ use url::Url;
 
 use super::raw::{RawConfig, RawRoute, RawStore};
 use super::{
-    Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_REFRESH_INTERVAL,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, LogConfig, LogFormat, RefreshConfig,
-    RouteConfig, StoreConfig, secret,
+    Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_MAX_ENTRIES,
+    DEFAULT_REFRESH_INTERVAL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, LogConfig,
+    LogFormat, RefreshConfig, RouteConfig, StoreConfig, secret,
 };
 use crate::telemetry::TracingConfig;
 
@@ -141,7 +141,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         interval: raw.refresh.interval.unwrap_or(DEFAULT_REFRESH_INTERVAL),
         idle_timeout: raw.refresh.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
         lease_ttl: raw.refresh.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+        max_entries: raw.refresh.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
     };
+    if refresh.max_entries == 0 {
+        issues.push("refresh.maxEntries", "must be at least 1");
+    }
     if refresh.interval.is_zero() {
         issues.push("refresh.interval", "must be greater than zero");
     }

@@ -30,6 +30,7 @@ struct State {
 pub struct MemoryStore {
     state: Mutex<State>,
     events: broadcast::Sender<StoreEvent>,
+    max_entries: usize,
 }
 
 impl Default for MemoryStore {
@@ -41,9 +42,16 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
+        Self::with_max_entries(crate::config::DEFAULT_MAX_ENTRIES)
+    }
+
+    /// An empty store that keeps at most `max` entries: past it, each refresher round drops
+    /// the least recently used.
+    pub fn with_max_entries(max: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             events: broadcast::channel(EVENT_BUFFER).0,
+            max_entries: max,
         }
     }
 
@@ -224,6 +232,21 @@ impl TokenStore for MemoryStore {
         // The refresher calls this every interval: a good moment to drop expired entries, which
         // keeps a node-local store bounded by the set of live credentials.
         st.entries.retain(|_, e| e.meta.expires_at > now);
+        let over = st.entries.len().saturating_sub(self.max_entries);
+        if over > 0 {
+            let dropped = crate::token::least_recently_used(
+                st.entries.iter().map(|(k, e)| (*k, e.meta.last_used)),
+                over,
+            );
+            for k in &dropped {
+                st.entries.remove(k);
+            }
+            drop(st);
+            for key in dropped {
+                self.announce(StoreEvent::Evicted { key });
+            }
+            st = self.state();
+        }
         let mut due: Vec<(UnixMillis, TokenKey)> = st
             .entries
             .iter()

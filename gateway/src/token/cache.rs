@@ -553,7 +553,7 @@ impl TokenCache {
         current: &TokenEntry,
         fence: FencingToken,
     ) -> Result<(), IdpError> {
-        let spec = current.secrets.spec.clone();
+        let spec = current.spec.clone();
         self.fetch_and_store(key, spec, Some(&current.meta), Some(fence), false)
             .await
             .map(|_| ())

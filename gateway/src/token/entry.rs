@@ -1,7 +1,7 @@
 //! Cached tokens: the metadata every node and operator may see, and the decrypted entry an L1
 //! holds.
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -86,19 +86,31 @@ pub struct EntrySecrets {
     pub spec: TokenRequest,
 }
 
-/// A decrypted entry, as the L1 holds it. Everything a cache hit needs is precomputed.
+/// [`EntrySecrets`] borrowed from an entry, to seal it (the same serialized form).
+#[derive(Serialize)]
+pub(super) struct EntrySecretsRef<'a> {
+    pub access_token: &'a str,
+    pub spec: &'a TokenRequest,
+}
+
+/// A decrypted entry, as the L1 holds it. What a cache hit needs is precomputed; the token is
+/// kept once, inside `bearer`.
 pub struct TokenEntry {
     /// Public metadata.
     pub meta: EntryMeta,
-    /// Token and refresh spec.
-    pub secrets: EntrySecrets,
+    /// How to obtain the token again.
+    pub spec: TokenRequest,
     /// `Bearer <token>`, ready to put on the upstream request (marked sensitive so that
     /// `http`'s Debug output hides it).
     pub bearer: HeaderValue,
-    /// The JWT claims, when the token is a JWT.
-    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The JWT claims, read at the first use that needs them (only middlewares that forward or
+    /// check claims do): entries of others never pay for them.
+    claims: OnceLock<Option<serde_json::Map<String, serde_json::Value>>>,
     last_used: AtomicU64,
 }
+
+/// `Bearer `, before the token in [`TokenEntry::bearer`].
+const BEARER_PREFIX: &str = "Bearer ";
 
 impl TokenEntry {
     /// Builds an entry; fails only if the token contains characters no header may carry.
@@ -107,17 +119,29 @@ impl TokenEntry {
         secrets: EntrySecrets,
     ) -> Result<Self, http::header::InvalidHeaderValue> {
         let mut bearer =
-            HeaderValue::try_from(format!("Bearer {}", secrets.access_token.expose()))?;
+            HeaderValue::try_from(format!("{BEARER_PREFIX}{}", secrets.access_token.expose()))?;
         bearer.set_sensitive(true);
-        let claims = jwt_claims(secrets.access_token.expose()).map(Arc::new);
         let last_used = AtomicU64::new(meta.last_used);
         Ok(Self {
             meta,
-            secrets,
+            spec: secrets.spec,
             bearer,
-            claims,
+            claims: OnceLock::new(),
             last_used,
         })
+    }
+
+    /// The access token.
+    pub fn access_token(&self) -> &str {
+        // Built from a `&str` in `new`, so valid UTF-8 after the ASCII prefix.
+        std::str::from_utf8(&self.bearer.as_bytes()[BEARER_PREFIX.len()..]).unwrap_or_default()
+    }
+
+    /// The token's JWT claims (read unverified, see [`jwt_claims`]), when it is a JWT.
+    pub fn claims(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.claims
+            .get_or_init(|| jwt_claims(self.access_token()))
+            .as_ref()
     }
 
     /// Records a use; one relaxed store, cheap enough for every cache hit.

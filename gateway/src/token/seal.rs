@@ -9,7 +9,7 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use super::entry::{EntryMeta, EntrySecrets, TokenEntry, UnixMillis};
+use super::entry::{EntryMeta, EntrySecrets, EntrySecretsRef, TokenEntry, UnixMillis};
 use super::key::{FleetKey, KeyRing, TokenKey};
 
 /// An entry as a shared store holds it: clear metadata, sealed secrets.
@@ -85,7 +85,11 @@ fn aad(key: &TokenKey, meta: &EntryMeta) -> Vec<u8> {
 
 /// Seals an entry for storage under `key`.
 pub fn seal(fleet: &FleetKey, key: &TokenKey, entry: &TokenEntry) -> SealedEntry {
-    let plaintext = serde_json::to_vec(&entry.secrets).expect("secrets serialize");
+    let secrets = EntrySecretsRef {
+        access_token: entry.access_token(),
+        spec: &entry.spec,
+    };
+    let plaintext = serde_json::to_vec(&secrets).expect("secrets serialize");
     seal_payload(fleet, key, entry.meta.clone(), &plaintext)
 }
 
@@ -205,7 +209,7 @@ pub(crate) mod tests {
         let stored = serde_json::to_string(&sealed).unwrap();
         assert!(!stored.contains("the-access-token") && !stored.contains("the-client-secret"));
         let opened = unseal(&fleet.into(), &key, &sealed).unwrap();
-        assert_eq!(opened.secrets.access_token.expose(), "the-access-token");
+        assert_eq!(opened.access_token(), "the-access-token");
     }
 
     #[test]

@@ -32,8 +32,11 @@ impl TokenCache {
         ));
         self.tasks
             .spawn(Arc::clone(self).follow_store(shutdown.clone()));
-        self.tasks
-            .spawn(Arc::clone(self).report_usage(refresh.interval, shutdown));
+        self.tasks.spawn(Arc::clone(self).report_usage(
+            refresh.interval,
+            refresh.max_entries,
+            shutdown,
+        ));
     }
 
     /// Waits for every task this cache started (call after cancelling their shutdown token).
@@ -111,8 +114,14 @@ impl TokenCache {
     }
 
     /// Reports which entries this node used, so the refresh leader (maybe another node) keeps
-    /// them fresh; also sweeps expired L1 and negative entries.
-    async fn report_usage(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+    /// them fresh; also sweeps expired L1 and negative entries, and keeps the L1 within
+    /// `max_entries` (the least recently used go first: the store still has them).
+    async fn report_usage(
+        self: Arc<Self>,
+        every: Duration,
+        max_entries: usize,
+        shutdown: CancellationToken,
+    ) {
         let mut reported_until = 0;
         let mut tick = tokio::time::interval(every);
         loop {
@@ -124,6 +133,17 @@ impl TokenCache {
             let uses: Vec<(TokenKey, UnixMillis)> = {
                 let l1 = self.l1.pin();
                 l1.retain(|_, e| e.meta.expires_at > now);
+                let over = l1.len().saturating_sub(max_entries);
+                if over > 0 {
+                    let lru = super::least_recently_used(
+                        l1.iter().map(|(k, e)| (*k, e.last_used())),
+                        over,
+                    );
+                    for k in &lru {
+                        l1.remove(k);
+                    }
+                    tracing::debug!(dropped = lru.len(), max_entries, "L1 over its bound");
+                }
                 l1.iter()
                     .filter(|(_, e)| e.last_used() > reported_until)
                     .map(|(k, e)| (*k, e.last_used()))

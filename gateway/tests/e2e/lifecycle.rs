@@ -341,6 +341,7 @@ async fn three_hundred_failing_credentials_do_not_delay_a_healthy_renewal() {
             interval: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),
+            max_entries: 1_000_000,
         },
         stop.clone(),
     );

@@ -14,6 +14,12 @@ use super::{AuthError, headers};
 use crate::config::ClaimsPolicy;
 
 impl ClaimsPolicy {
+    /// Whether [`Self::enforce`] looks at the claims at all (a check, forwarded headers or a
+    /// username claim).
+    pub fn reads_claims(&self) -> bool {
+        self.claims.is_some() || !self.forward_headers.is_empty() || self.username_claim.is_some()
+    }
+
     /// Applies the policy to verified `claims`: the `claims` expression must hold (403
     /// otherwise), then the claim headers replace caller-sent ones. Returns the user named by
     /// `usernameClaim`. `None` claims (an opaque token) satisfy no expression.
