@@ -33,6 +33,8 @@ pub enum StoreKind {
     Redis,
     /// A three-node Raft cache service.
     Raft,
+    /// Each gateway its own node-local store (benchmarks: the baseline of the shared stores).
+    Memory,
 }
 
 impl std::fmt::Display for StoreKind {
@@ -40,6 +42,7 @@ impl std::fmt::Display for StoreKind {
         f.write_str(match self {
             Self::Redis => "redis",
             Self::Raft => "raft",
+            Self::Memory => "memory",
         })
     }
 }
@@ -63,6 +66,8 @@ pub struct FleetSpec {
     pub dir: PathBuf,
     /// Every process's log filter (`RUST_LOG` syntax): one log file per node in `dir`.
     pub log_level: String,
+    /// YAML appended to every gateway's configuration (top-level keys).
+    pub extra_config: String,
 }
 
 /// A running fleet.
@@ -109,6 +114,7 @@ impl Fleet {
         let mut redis_addr = None;
         let mut peer_links = BTreeMap::new();
         let probe = match spec.store {
+            StoreKind::Memory => Store::Memory(gateway::store::MemoryStore::new()),
             StoreKind::Redis => {
                 let port = free_port();
                 let data = spec.dir.join("redis");
@@ -184,15 +190,7 @@ impl Fleet {
                         "--log-format".into(),
                         "json".into(),
                     ];
-                    let env = vec![
-                        ("TOKENGATE_ADMIN_TOKEN".into(), "env:CHAOS_ADMIN".into()),
-                        ("CHAOS_ADMIN".into(), ADMIN_TOKEN.into()),
-                        ("TOKENGATE_PEER_TOKEN".into(), "env:CHAOS_PEER".into()),
-                        ("CHAOS_PEER".into(), PEER_TOKEN.into()),
-                        ("TOKENGATE_GATEWAY_TOKEN".into(), "env:CHAOS_GATEWAY".into()),
-                        ("CHAOS_GATEWAY".into(), GATEWAY_TOKEN.into()),
-                        ("RUST_LOG".into(), spec.log_level.clone()),
-                    ];
+                    let env = cache_node_env(&spec.log_level);
                     let name = format!("cache-node-{}", i + 1);
                     cache_nodes.push(Mutex::new(Proc::start(
                         &name,
@@ -227,12 +225,13 @@ impl Fleet {
         let (mut proxies, mut gateway_admin) = (Vec::new(), Vec::new());
         for i in 0..spec.gateways {
             let (proxy, admin) = (free_port(), free_port());
-            let store = match store_links.get(i) {
-                Some(link) => format!(
+            let store = match (spec.store, store_links.get(i)) {
+                (StoreKind::Memory, _) => "{ memory: {} }".to_owned(),
+                (_, Some(link)) => format!(
                     "{{ redis: {{ endpoints: [\"{}\"], timeout: 1s }} }}",
                     link.addr
                 ),
-                None => format!(
+                (_, None) => format!(
                     "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
                     cache_addrs
                         .iter()
@@ -258,7 +257,9 @@ middlewares:
       clientConfig: {{ timeout: 3s, retries: 2 }}
 routes:
   - {{ name: app, match: {{ pathPrefix: / }}, middlewares: [app], upstream: {{ urls: [{up}] }} }}
+{extra}
 "#,
+                extra = spec.extra_config,
                 lease = humantime::format_duration(spec.lease_ttl),
                 token_url = idp.token_url(),
                 up = upstream.url(),
@@ -395,6 +396,43 @@ routes:
         out
     }
 
+    /// The cache nodes' addresses (index 0 is node 1).
+    pub fn cache_addrs(&self) -> &[String] {
+        &self.cache_addrs
+    }
+
+    /// Starts a new cache node with `id` that joins the cluster as a learner; its process and
+    /// address.
+    pub async fn start_cache_learner(&self, id: u64) -> anyhow::Result<(Proc, String)> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data = self.spec.dir.join(format!("cache-node-{id}"));
+        let args = vec![
+            "cache-node".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            data.to_string_lossy().into_owned(),
+            "--join".into(),
+            self.cache_addrs.join(","),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        let p = Proc::start(
+            &format!("cache-node-{id}"),
+            &self.spec.gateway_bin,
+            args,
+            cache_node_env(&self.spec.log_level),
+            &self.spec.dir,
+        )?;
+        anyhow::ensure!(
+            wait_listening(&addr, START_WITHIN).await,
+            "cache-node-{id} did not start"
+        );
+        Ok((p, addr))
+    }
+
     /// The Raft leader's index, if the answering nodes agree on one.
     pub async fn raft_leader(&self) -> Option<usize> {
         let statuses = self.cache_statuses().await;
@@ -404,6 +442,19 @@ routes:
             .all(|(_, s)| s.leader == Some(leader))
             .then(|| leader as usize - 1)
     }
+}
+
+/// A cache node's environment: the fleet's credentials for every role, and the log filter.
+fn cache_node_env(log_level: &str) -> Vec<(String, String)> {
+    vec![
+        ("TOKENGATE_ADMIN_TOKEN".into(), "env:CHAOS_ADMIN".into()),
+        ("CHAOS_ADMIN".into(), ADMIN_TOKEN.into()),
+        ("TOKENGATE_PEER_TOKEN".into(), "env:CHAOS_PEER".into()),
+        ("CHAOS_PEER".into(), PEER_TOKEN.into()),
+        ("TOKENGATE_GATEWAY_TOKEN".into(), "env:CHAOS_GATEWAY".into()),
+        ("CHAOS_GATEWAY".into(), GATEWAY_TOKEN.into()),
+        ("RUST_LOG".into(), log_level.to_owned()),
+    ]
 }
 
 fn redis_config(addr: &str) -> RedisConfig {
@@ -421,7 +472,8 @@ fn redis_config(addr: &str) -> RedisConfig {
     }
 }
 
-async fn cache_status(addr: &str) -> Result<StatusResponse, tonic::Status> {
+/// The `Admin.Status` of the cache node at `addr` (operator credential of the fleet).
+pub async fn cache_status(addr: &str) -> Result<StatusResponse, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_millis(500))

@@ -68,6 +68,8 @@ struct State {
     mode: Mutex<IdpMode>,
     omit_expires_in: AtomicBool,
     opaque: AtomicBool,
+    /// Opaque tokens are padded to this many bytes.
+    opaque_len: std::sync::atomic::AtomicUsize,
     fail_next: AtomicU64,
     issued: Mutex<HashMap<String, u64>>,
     seen: Mutex<Vec<SeenRequest>>,
@@ -183,6 +185,7 @@ impl FakeIdp {
             mode: Mutex::new(IdpMode::Healthy),
             omit_expires_in: AtomicBool::new(false),
             opaque: AtomicBool::new(false),
+            opaque_len: std::sync::atomic::AtomicUsize::new(0),
             fail_next: AtomicU64::new(0),
             issued: Mutex::new(HashMap::new()),
             seen: Mutex::new(Vec::new()),
@@ -339,6 +342,11 @@ impl FakeIdp {
     /// Issues opaque random tokens instead of JWTs (no `exp` to read).
     pub fn opaque_tokens(&self, opaque: bool) {
         self.state.opaque.store(opaque, Ordering::Relaxed);
+    }
+
+    /// Pads opaque tokens to `len` bytes (benchmarks of what tokens of a realistic size cost).
+    pub fn pad_opaque_tokens(&self, len: usize) {
+        self.state.opaque_len.store(len, Ordering::Relaxed);
     }
 
     /// Answers the next `n` token requests with 503, then recovers.
@@ -674,11 +682,16 @@ fn token<'a>(
         let mut header = Header::new(alg);
         header.kid = Some(kid.into());
         let token = if state.opaque.load(Ordering::Relaxed) {
-            let token = format!(
+            let mut token = format!(
                 "opaque-{}-{}",
                 claims["jti"].as_str().unwrap_or_default(),
                 now.as_nanos()
             );
+            let len = state.opaque_len.load(Ordering::Relaxed);
+            if token.len() < len {
+                token.push('.');
+                token.extend(std::iter::repeat_n('x', len - token.len()));
+            }
             state
                 .opaque_claims
                 .lock()

@@ -15,6 +15,7 @@
 //!   from the built binaries ([`procs`]), behind a round-robin TCP [`balancer`], with a cuttable
 //!   [`relay`] on each gateway's link to Redis;
 //! - [`driver`]: open-loop load from many client identities, every outcome kept;
+//! - [`fill`]: the shared cache at production size (`chaos fill`);
 //! - [`scenario`]: the faults, [`run`]: one experiment and its invariants, [`report`]: the
 //!   terminal table, JSON and the SVG timeline.
 //!
@@ -25,6 +26,7 @@
 
 pub mod balancer;
 pub mod driver;
+pub mod fill;
 pub mod fleet;
 pub mod idp;
 pub mod otlp;

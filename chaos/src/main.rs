@@ -65,6 +65,32 @@ enum Command {
         #[arg(long, default_value = "info,gateway::token=debug,gateway::store=debug")]
         log_level: String,
     },
+    /// Fill the shared cache with many new credentials, store after store, and print what it
+    /// cost: rate, IdP requests, elections, memory, snapshot and catch-up (see the README's
+    /// Performance section).
+    Fill {
+        /// The stores, in order; rates are also given as ratios to the first.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StoreKind::Memory, StoreKind::Redis, StoreKind::Raft])]
+        stores: Vec<StoreKind>,
+        /// New credentials per store.
+        #[arg(long, default_value_t = 100_000)]
+        credentials: usize,
+        /// Gateway nodes behind the balancer.
+        #[arg(long, default_value_t = 3)]
+        gateways: usize,
+        /// Callers in the closed loop.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Size of each access token, bytes.
+        #[arg(long, default_value_t = 900)]
+        token_bytes: usize,
+        /// The `gateway` binary (default: next to this one).
+        #[arg(long)]
+        gateway_bin: Option<PathBuf>,
+        /// Where logs, data and fill.json go (default: a new directory under ./chaos-runs).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Serve the fake IdP and echo upstreams until SIGINT or SIGTERM, as stand-ins for a real
     /// IdP and real APIs (the example configuration and docker-compose.yml use them).
     Doubles {
@@ -134,19 +160,9 @@ fn main() -> ExitCode {
                 eprintln!("error: no scenario {scenario:?}; `chaos list` shows them");
                 return ExitCode::from(2);
             };
-            let gateway_bin = gateway_bin.unwrap_or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|p| Some(p.parent()?.join("gateway")))
-                    .unwrap_or_else(|| "gateway".into())
-            });
-            if !gateway_bin.exists() {
-                eprintln!(
-                    "error: no gateway binary at {}; build it (cargo build -p gateway) or pass --gateway-bin",
-                    gateway_bin.display()
-                );
+            let Some(gateway_bin) = gateway_binary(gateway_bin) else {
                 return ExitCode::from(2);
-            }
+            };
             let dir = out.unwrap_or_else(|| {
                 let stamp = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -168,6 +184,56 @@ fn main() -> ExitCode {
                 log_level,
             };
             runtime().block_on(run(spec, dir))
+        }
+        Command::Fill {
+            stores,
+            credentials,
+            gateways,
+            concurrency,
+            token_bytes,
+            gateway_bin,
+            out,
+        } => {
+            let Some(gateway_bin) = gateway_binary(gateway_bin) else {
+                return ExitCode::from(2);
+            };
+            let dir = out.unwrap_or_else(|| {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                PathBuf::from("chaos-runs").join(format!("fill-{stamp}"))
+            });
+            runtime().block_on(async {
+                let mut reports = Vec::new();
+                for store in stores {
+                    eprintln!("filling {credentials} credentials through {gateways} gateways on {store}...");
+                    let spec = chaos::fill::FillSpec {
+                        store,
+                        gateways,
+                        credentials,
+                        concurrency,
+                        token_bytes,
+                        gateway_bin: gateway_bin.clone(),
+                        dir: dir.join(store.to_string()),
+                    };
+                    match chaos::fill::fill(&spec).await {
+                        Ok(r) => reports.push(r),
+                        Err(e) => {
+                            eprintln!("error: the fill on {store} failed: {e:#}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                println!("{}", chaos::fill::table(&reports));
+                let json = serde_json::to_string_pretty(&reports).expect("reports serialize");
+                if let Err(e) = std::fs::write(dir.join("fill.json"), json) {
+                    eprintln!("error: cannot write {}: {e}", dir.join("fill.json").display());
+                }
+                let ok = reports
+                    .iter()
+                    .all(|r| r.failed == 0 && r.idp_requests_max <= 1);
+                if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            })
         }
         Command::Doubles {
             idp_listen,
@@ -191,6 +257,24 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The `gateway` binary to start: the one given, or the one next to this binary.
+fn gateway_binary(given: Option<PathBuf>) -> Option<PathBuf> {
+    let bin = given.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.join("gateway")))
+            .unwrap_or_else(|| "gateway".into())
+    });
+    if bin.exists() {
+        return Some(bin);
+    }
+    eprintln!(
+        "error: no gateway binary at {}; build it (cargo build -p gateway) or pass --gateway-bin",
+        bin.display()
+    );
+    None
 }
 
 fn runtime() -> tokio::runtime::Runtime {

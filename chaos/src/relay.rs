@@ -36,6 +36,10 @@ impl Relay {
                     let Ok(mut outbound) = TcpStream::connect(&to).await else {
                         return;
                     };
+                    // As the peers themselves do: a relay that waited for delayed ACKs would add
+                    // tens of milliseconds to every Raft round trip.
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut_rx.wait_for(|c| *c) => {}

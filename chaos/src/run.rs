@@ -155,6 +155,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
             gateway_bin: spec.gateway_bin.clone(),
             dir: spec.dir.clone(),
             log_level: spec.log_level.clone(),
+            extra_config: String::new(),
         })
         .await?,
     );

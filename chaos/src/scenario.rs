@@ -289,6 +289,7 @@ async fn kill_store_leader(c: &Ctx) -> anyhow::Result<()> {
             c.timeline
                 .record("heal", format!("cache-node-{} restarted", leader + 1));
         }
+        StoreKind::Memory => anyhow::bail!("the memory store has no store node to kill"),
         StoreKind::Redis => {
             let redis = c.fleet.redis.as_ref().expect("a Redis fleet has Redis");
             redis.lock().unwrap().kill();

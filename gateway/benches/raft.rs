@@ -4,7 +4,9 @@
 //!
 //! - `get`: latency percentiles of sequential reads of one entry (served by the leader);
 //! - `fenced put`: throughput of concurrent writes carrying the refresh lease's fence, each
-//!   committed by a majority and fsync'd on each node before it is acknowledged.
+//!   committed by a majority and fsync'd on each node before it is acknowledged;
+//! - `miss`: a gateway's store work for a new credential (a lookup that takes the fill lease,
+//!   then a put that releases it), with entries the size of a sealed 900-byte token.
 //!
 //! The cluster runs authenticated (peer, gateway and operator secrets, every call checked), as
 //! production does; `RAFT_BENCH_AUTH=off` runs it without credentials, to measure what
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use gateway::config::RaftStoreConfig;
 use gateway::store::conformance::entry;
-use gateway::store::{NodeId, PutOutcome, RaftStore, TokenStore};
+use gateway::store::{Lookup, NodeId, PutOutcome, RaftStore, TokenStore};
 use gateway::token::TokenKey;
 
 struct Nodes(Vec<Child>, Vec<tempfile::TempDir>);
@@ -168,6 +170,41 @@ fn main() {
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "fenced put: {:.0}/s with {concurrency} concurrent writers",
+                done.load(Ordering::Relaxed) as f64 / secs
+            );
+        }
+
+        for concurrency in [64u64, 256] {
+            let done = Arc::new(AtomicU64::new(0));
+            let run_for = Duration::from_secs(5);
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|t| {
+                    let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+                    tokio::spawn(async move {
+                        let holder = NodeId::random();
+                        let mut n = 0u64;
+                        while started.elapsed() < run_for {
+                            n += 1;
+                            let k = key(2_000_000_000 + 1_000_000 * (concurrency * 1000 + t) + n);
+                            let ttl = Duration::from_secs(10);
+                            let found = store.lookup(&k, &holder, ttl).await.unwrap();
+                            assert_eq!(found, Lookup::Missing { lease: true });
+                            let mut e = entry(1, 60_000, 600_000);
+                            e.ciphertext = vec![7; 1_300];
+                            let outcome = store.put_filled(&k, e, &holder).await;
+                            assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "miss (lookup + put, 1.3 KB entries): {:.0}/s with {concurrency} concurrent callers",
                 done.load(Ordering::Relaxed) as f64 / secs
             );
         }

@@ -196,6 +196,12 @@ impl Inner {
                 .and_then(|v| v.to_str().ok())
                 .filter(|l| *l != target && self.endpoints.iter().any(|e| e == l))
                 .map(str::to_owned);
+            tracing::debug!(
+                node = %target,
+                code = ?status.code(),
+                reason = status.message(),
+                "cache node call retried elsewhere"
+            );
             target = match hint {
                 Some(leader) => leader,
                 None => {

@@ -17,6 +17,9 @@ use super::key::TokenKey;
 use super::seal::{seal, unseal};
 use crate::store::{StoreEvent, TokenStore};
 
+/// Uses reported to the store per call at most.
+const TOUCH_BATCH: usize = 5_000;
+
 impl TokenCache {
     /// Starts the node's background work: the refresher, the L1 updater and the usage reporter.
     /// All of it ends when `shutdown` is cancelled; await [`TokenCache::closed`] after that.
@@ -153,9 +156,19 @@ impl TokenCache {
             if uses.is_empty() {
                 continue;
             }
-            match self.store.touch(&uses).await {
-                Ok(()) => reported_until = self.store_ok(now),
-                Err(e) => self.store_failed(e, ()),
+            // In bounded batches: a store refuses an unbounded one (the cache service takes
+            // 10,000 uses per call), and a node that served many credentials since its last
+            // report would otherwise never get one through.
+            let mut all_sent = true;
+            for batch in uses.chunks(TOUCH_BATCH) {
+                if let Err(e) = self.store.touch(batch).await {
+                    self.store_failed(e, ());
+                    all_sent = false;
+                    break;
+                }
+            }
+            if all_sent {
+                reported_until = self.store_ok(now);
             }
         }
     }
