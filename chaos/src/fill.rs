@@ -40,6 +40,8 @@ pub struct FillSpec {
     pub gateway_bin: PathBuf,
     /// Where logs and data go.
     pub dir: PathBuf,
+    /// Every process's log filter (`RUST_LOG` syntax).
+    pub log_level: String,
 }
 
 /// What a fill measured.
@@ -125,7 +127,7 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
         lease_ttl: Duration::from_secs(5),
         gateway_bin: spec.gateway_bin.clone(),
         dir: spec.dir.clone(),
-        log_level: std::env::var("FILL_LOG").unwrap_or_else(|_| "info".into()),
+        log_level: spec.log_level.clone(),
         // Every request is a new credential from one address: the miss budgets are for
         // callers, not for a benchmark.
         extra_config: "idpMissBudget: { perClientId: { average: 0 }, perAddress: { average: 0 } }"
@@ -144,9 +146,7 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
     };
     let term_before = max_term(&fleet).await;
     let stopped = leader.map(|l| (l + 1) % 3);
-    if let Some(f) = stopped
-        && std::env::var("FILL_KEEP").is_err()
-    {
+    if let Some(f) = stopped {
         fleet.cache_node(f).kill();
     }
     let gateway_rss_before: Vec<u64> = (0..spec.gateways).map(|i| rss(fleet.gateway(i).pid())).collect();

@@ -90,6 +90,9 @@ enum Command {
         /// Where logs, data and fill.json go (default: a new directory under ./chaos-runs).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Every node's log filter (`RUST_LOG` syntax).
+        #[arg(long, default_value = "info")]
+        log_level: String,
     },
     /// Serve the fake IdP and echo upstreams until SIGINT or SIGTERM, as stand-ins for a real
     /// IdP and real APIs (the example configuration and docker-compose.yml use them).
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
             token_bytes,
             gateway_bin,
             out,
+            log_level,
         } => {
             let Some(gateway_bin) = gateway_binary(gateway_bin) else {
                 return ExitCode::from(2);
@@ -215,6 +219,7 @@ fn main() -> ExitCode {
                         token_bytes,
                         gateway_bin: gateway_bin.clone(),
                         dir: dir.join(store.to_string()),
+                        log_level: log_level.clone(),
                     };
                     match chaos::fill::fill(&spec).await {
                         Ok(r) => reports.push(r),
