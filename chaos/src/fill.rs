@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::driver::identity;
-use crate::fleet::{Fleet, FleetSpec, StoreKind, cache_status};
+use crate::fleet::{Fleet, FleetSpec, StoreKind, cache_snapshot, cache_status};
 
 /// What to fill.
 #[derive(Debug, Clone)]
@@ -140,7 +140,12 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
 
     // Before: terms, memory; a follower stopped (it misses the whole fill).
     let leader = if raft {
-        Some(fleet.raft_leader().await.ok_or_else(|| anyhow::anyhow!("no Raft leader"))?)
+        Some(
+            fleet
+                .raft_leader()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("no Raft leader"))?,
+        )
     } else {
         None
     };
@@ -149,7 +154,9 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
     if let Some(f) = stopped {
         fleet.cache_node(f).kill();
     }
-    let gateway_rss_before: Vec<u64> = (0..spec.gateways).map(|i| rss(fleet.gateway(i).pid())).collect();
+    let gateway_rss_before: Vec<u64> = (0..spec.gateways)
+        .map(|i| rss(fleet.gateway(i).pid()))
+        .collect();
     let node_rss_before: Vec<u64> = (0..fleet.cache_nodes.len())
         .map(|i| rss(fleet.cache_node(i).pid()))
         .collect();
@@ -164,7 +171,9 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
         pids
     };
     let cpu = || {
-        let gateways: f64 = (0..spec.gateways).map(|i| cpu_seconds(fleet.gateway(i).pid())).sum();
+        let gateways: f64 = (0..spec.gateways)
+            .map(|i| cpu_seconds(fleet.gateway(i).pid()))
+            .sum();
         let store: f64 = store_pids().into_iter().map(cpu_seconds).sum();
         (gateways, store, cpu_seconds(Some(std::process::id())))
     };
@@ -180,8 +189,12 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
     let started = Instant::now();
     let callers: Vec<_> = (0..spec.concurrency)
         .map(|_| {
-            let (next, failed, http, url) =
-                (Arc::clone(&next), Arc::clone(&failed), http.clone(), url.clone());
+            let (next, failed, http, url) = (
+                Arc::clone(&next),
+                Arc::clone(&failed),
+                http.clone(),
+                url.clone(),
+            );
             let total = spec.credentials;
             tokio::spawn(async move {
                 loop {
@@ -283,15 +296,15 @@ async fn catch_up(
     report: &mut FillReport,
 ) -> anyhow::Result<()> {
     let leader_addr = fleet.cache_addrs()[leader].clone();
-    // A fill of many credentials writes more log entries than the leader keeps after a
-    // snapshot (one every 10,000): the follower's log ends before the fill, so a streamed
-    // snapshot brings it up to date (the report shows the transfer from its log).
+    // The leader snapshots and compacts its log (as its policy does every 10,000 entries): the
+    // follower's log ends before the fill, so only a streamed snapshot brings it up to date.
+    cache_snapshot(&leader_addr).await?;
     let target = cache_status(&leader_addr).await?;
     report.leader_entries = Some(target.entries);
     let reached = async |addr: &str| {
-        cache_status(addr).await.is_ok_and(|s| {
-            s.applied_index >= target.applied_index && s.entries >= target.entries
-        })
+        cache_status(addr)
+            .await
+            .is_ok_and(|s| s.applied_index >= target.applied_index && s.entries >= target.entries)
     };
     let started = Instant::now();
     fleet.cache_node(follower).restart()?;
@@ -322,9 +335,12 @@ async fn catch_up(
         .dir
         .join(format!("cache-node-{}", leader + 1))
         .join("snapshots");
-    report.snapshot_bytes = std::fs::read_dir(snapshots)
-        .ok()
-        .and_then(|d| d.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).max());
+    report.snapshot_bytes = std::fs::read_dir(snapshots).ok().and_then(|d| {
+        d.flatten()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .max()
+    });
     Ok(())
 }
 

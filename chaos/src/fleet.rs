@@ -472,6 +472,21 @@ fn redis_config(addr: &str) -> RedisConfig {
     }
 }
 
+/// Has the cache node at `addr` take a snapshot now (`Admin.Snapshot`, which also compacts its
+/// log); the index it covers.
+pub async fn cache_snapshot(addr: &str) -> Result<Option<u64>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_lazy();
+    let mut req = tonic::Request::new(tokengate_proto::admin::SnapshotRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
+    );
+    let resp = AdminClient::new(channel).snapshot(req).await?;
+    Ok(resp.into_inner().index)
+}
+
 /// The `Admin.Status` of the cache node at `addr` (operator credential of the fleet).
 pub async fn cache_status(addr: &str) -> Result<StatusResponse, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -171,7 +171,7 @@ pub fn read(input: impl Read) -> Result<CacheState, SnapshotError> {
             Item::Entry(e) => {
                 let key = key_from(&e.key).map_err(|s| malformed(s.message()))?;
                 let entry = sealed_from(e.entry).map_err(|s| malformed(s.message()))?;
-                state.entries.insert(key, entry);
+                state.entries.insert(key, std::sync::Arc::new(entry));
             }
             Item::Claim(c) => {
                 let key = key_from(&c.key).map_err(|s| malformed(s.message()))?;

@@ -15,6 +15,8 @@
 //! snapshot or a scan of the whole cache works on a clone taken in a moment under the lock,
 //! while the state machine goes on applying.
 
+use std::sync::Arc;
+
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +155,9 @@ pub struct RefreshLease {
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheState {
-    pub(super) entries: OrdMap<TokenKey, SealedEntry>,
+    /// Boxed behind an `Arc`: a tree node holds 40-byte slots rather than whole entries, so a
+    /// node copied on write (after a snapshot's clone) is small, and so is the tree's slack.
+    pub(super) entries: OrdMap<TokenKey, Arc<SealedEntry>>,
     pub(super) refresh_lease: Option<RefreshLease>,
     /// The newest fence granted; puts with an older one are refused.
     pub(super) max_fence: u64,
@@ -199,7 +203,7 @@ impl CacheState {
                 {
                     return Outcome::Stale;
                 }
-                self.entries.insert(key, *entry);
+                self.entries.insert(key, Arc::new(*entry));
                 changes.push(Change::Stored(key, version));
                 Outcome::Stored
             }
@@ -251,13 +255,15 @@ impl CacheState {
             }
             Command::Touch { uses } => {
                 for (key, at) in uses {
-                    if let Some(e) = self.entries.get_mut(&key) {
-                        e.meta.last_used = e.meta.last_used.max(at);
+                    if let Some(e) = self.entries.get_mut(&key)
+                        && e.meta.last_used < at
+                    {
+                        Arc::make_mut(e).meta.last_used = at;
                     }
                 }
                 Outcome::Done
             }
-            Command::MarkDue { key } => match self.entries.get_mut(&key) {
+            Command::MarkDue { key } => match self.entries.get_mut(&key).map(Arc::make_mut) {
                 Some(e) if e.meta.expires_at > now && e.meta.refresh_at < e.meta.expires_at => {
                     e.marked_due = Some(now);
                     e.retry_at = None;
@@ -285,7 +291,7 @@ impl CacheState {
                 if fence.is_some_and(|f| f < self.max_fence) {
                     return Outcome::Fenced;
                 }
-                match self.entries.get_mut(&key) {
+                match self.entries.get_mut(&key).map(Arc::make_mut) {
                     Some(e) => {
                         e.retry_at = Some(until);
                         e.marked_due = None;
@@ -329,7 +335,10 @@ impl CacheState {
 
     /// The entry under `key`, unless expired at `now`.
     pub fn get(&self, key: &TokenKey, now: UnixMillis) -> Option<&SealedEntry> {
-        self.entries.get(key).filter(|e| e.meta.expires_at > now)
+        self.entries
+            .get(key)
+            .map(|e| &**e)
+            .filter(|e| e.meta.expires_at > now)
     }
 
     /// Unexpired entries after `after` in key order, at most `limit`.
@@ -338,14 +347,14 @@ impl CacheState {
         after: Option<TokenKey>,
         limit: usize,
         now: UnixMillis,
-    ) -> Vec<(TokenKey, SealedEntry)> {
+    ) -> Vec<(TokenKey, Arc<SealedEntry>)> {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.entries
             .range::<_, TokenKey>((start, Bound::Unbounded))
             .filter(|(_, e)| e.meta.expires_at > now)
             .take(limit)
-            .map(|(k, e)| (*k, e.clone()))
+            .map(|(k, e)| (*k, Arc::clone(e)))
             .collect()
     }
 
