@@ -132,6 +132,9 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
         // callers, not for a benchmark.
         extra_config: "idpMissBudget: { perClientId: { average: 0 }, perAddress: { average: 0 } }"
             .into(),
+        // Gateways reach the store, and cache nodes each other, directly: the product, not
+        // the harness's relays, is measured.
+        relays: false,
     })
     .await?;
     fleet.idp.opaque_tokens(true);

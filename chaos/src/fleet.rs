@@ -68,6 +68,9 @@ pub struct FleetSpec {
     pub log_level: String,
     /// YAML appended to every gateway's configuration (top-level keys).
     pub extra_config: String,
+    /// Put a cuttable relay on each gateway's link to Redis and each link between cache nodes
+    /// (for partitions); without, the processes connect directly (benchmarks).
+    pub relays: bool,
 }
 
 /// A running fleet.
@@ -148,7 +151,9 @@ impl Fleet {
                     "redis did not start"
                 );
                 for _ in 0..spec.gateways {
-                    store_links.push(Relay::start(addr.clone()).await);
+                    if spec.relays {
+                        store_links.push(Relay::start(addr.clone()).await);
+                    }
                 }
                 Store::Redis(RedisStore::new(&redis_config(&addr))?)
             }
@@ -164,7 +169,7 @@ impl Fleet {
                 // Raft traffic from node i to node j goes through relay (i, j).
                 for i in 0..cache_addrs.len() {
                     for (j, to) in cache_addrs.iter().enumerate() {
-                        if i != j {
+                        if i != j && spec.relays {
                             peer_links.insert((i, j), Relay::start(to.clone()).await);
                         }
                     }
@@ -173,7 +178,7 @@ impl Fleet {
                     let data = spec.dir.join(format!("cache-node-{}", i + 1));
                     let peers: Vec<String> = (0..cache_addrs.len())
                         .filter(|j| *j != i)
-                        .map(|j| format!("{}={}", j + 1, peer_links[&(i, j)].addr))
+                        .filter_map(|j| Some(format!("{}={}", j + 1, peer_links.get(&(i, j))?.addr)))
                         .collect();
                     let args = vec![
                         "cache-node".into(),
@@ -185,11 +190,14 @@ impl Fleet {
                         data.to_string_lossy().into_owned(),
                         "--init".into(),
                         init.join(","),
-                        "--peer".into(),
-                        peers.join(","),
                         "--log-format".into(),
                         "json".into(),
                     ];
+                    let args = if peers.is_empty() {
+                        args
+                    } else {
+                        [args, vec!["--peer".into(), peers.join(",")]].concat()
+                    };
                     let env = cache_node_env(&spec.log_level);
                     let name = format!("cache-node-{}", i + 1);
                     cache_nodes.push(Mutex::new(Proc::start(
@@ -227,11 +235,11 @@ impl Fleet {
             let (proxy, admin) = (free_port(), free_port());
             let store = match (spec.store, store_links.get(i)) {
                 (StoreKind::Memory, _) => "{ memory: {} }".to_owned(),
-                (_, Some(link)) => format!(
+                (StoreKind::Redis, link) => format!(
                     "{{ redis: {{ endpoints: [\"{}\"], timeout: 1s }} }}",
-                    link.addr
+                    link.map_or_else(|| redis_addr.clone().unwrap_or_default(), |l| l.addr.clone())
                 ),
-                (_, None) => format!(
+                (StoreKind::Raft, _) => format!(
                     "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
                     cache_addrs
                         .iter()

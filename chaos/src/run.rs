@@ -156,6 +156,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
             dir: spec.dir.clone(),
             log_level: spec.log_level.clone(),
             extra_config: String::new(),
+            relays: true,
         })
         .await?,
     );
