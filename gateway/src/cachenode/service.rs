@@ -31,9 +31,10 @@ use crate::token::{TokenKey, now_millis};
 /// The metadata entry naming the leader's address on a redirect.
 pub const LEADER_METADATA: &str = "tokengate-leader";
 
-/// How long a leader goes on serving without a quorum's acknowledgement. The others elect a
-/// new leader 0.6–0.75 s after they stop hearing from it (see [`super::ELECTION_TIMEOUT_MAX`]);
-/// heartbeats every 50 ms keep a connected leader's silence far below this.
+/// How long a leader goes on serving without a quorum's acknowledgement: less than the 1.2 s
+/// after which the others may elect a new leader (see [`super::ELECTION_TIMEOUT_MAX`]), so an
+/// old leader has stopped serving before a new one can exist. Heartbeats every 100 ms keep a
+/// connected leader's silence far below this.
 pub const QUORUM_SILENCE: Duration = Duration::from_secs(1);
 /// Largest page `List` returns, in entries.
 const MAX_LIST: usize = 1000;
