@@ -178,7 +178,9 @@ impl Fleet {
                     let data = spec.dir.join(format!("cache-node-{}", i + 1));
                     let peers: Vec<String> = (0..cache_addrs.len())
                         .filter(|j| *j != i)
-                        .filter_map(|j| Some(format!("{}={}", j + 1, peer_links.get(&(i, j))?.addr)))
+                        .filter_map(|j| {
+                            Some(format!("{}={}", j + 1, peer_links.get(&(i, j))?.addr))
+                        })
                         .collect();
                     let args = vec![
                         "cache-node".into(),
@@ -237,7 +239,10 @@ impl Fleet {
                 (StoreKind::Memory, _) => "{ memory: {} }".to_owned(),
                 (StoreKind::Redis, link) => format!(
                     "{{ redis: {{ endpoints: [\"{}\"], timeout: 1s }} }}",
-                    link.map_or_else(|| redis_addr.clone().unwrap_or_default(), |l| l.addr.clone())
+                    link.map_or_else(
+                        || redis_addr.clone().unwrap_or_default(),
+                        |l| l.addr.clone()
+                    )
                 ),
                 (StoreKind::Raft, _) => format!(
                     "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
