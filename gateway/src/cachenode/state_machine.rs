@@ -368,6 +368,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
         let (db, files) = (Arc::clone(&self.db), self.files.clone());
         let current = tokio::task::spawn_blocking(move || {
+            // Under the publishing lock: the file read as current is not replaced (and removed)
+            // before it is open.
+            let _one_at_a_time = files.exclusive();
             let Some(current) = read_current(&db).map_err(io_error)? else {
                 return Ok(None);
             };

@@ -2,22 +2,114 @@
 //!
 //! Operations are short and never await, so a plain mutex is the simplest correct choice; the
 //! request path does not come here on a hit (the L1 in front serves it).
+//!
+//! The node's own token cache stores its entries open ([`MemoryStore::put_open`]): the store
+//! and the L1 share one copy of each, sealed only when read back, so a credential costs its
+//! memory once. Entries put sealed (through [`TokenStore::put`]) are kept as given.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
 use super::{FencingToken, Lookup, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
-use crate::token::{SealedEntry, TokenKey, UnixMillis, now_millis};
+use crate::token::seal::{effective_refresh_at, seal};
+use crate::token::{
+    EntryMeta, FleetKey, SealedEntry, TokenEntry, TokenKey, UnixMillis, now_millis,
+};
 
 /// Events a slow subscriber may fall behind by before it must re-read.
 const EVENT_BUFFER: usize = 1024;
 
+/// What the store holds under a key.
+enum Held {
+    /// A sealed entry, as every store holds them.
+    Sealed(SealedEntry),
+    /// This node's own entry, shared with its L1 and sealed only when read.
+    Open {
+        entry: Arc<TokenEntry>,
+        marked_due: Option<UnixMillis>,
+        retry_at: Option<UnixMillis>,
+        /// Uses reported by `touch` (the L1's own record of uses is read too).
+        used: UnixMillis,
+    },
+}
+
+impl Held {
+    fn meta(&self) -> &EntryMeta {
+        match self {
+            Self::Sealed(e) => &e.meta,
+            Self::Open { entry, .. } => &entry.meta,
+        }
+    }
+
+    fn last_used(&self) -> UnixMillis {
+        match self {
+            Self::Sealed(e) => e.meta.last_used,
+            Self::Open { entry, used, .. } => {
+                entry.meta.last_used.max(entry.last_used()).max(*used)
+            }
+        }
+    }
+
+    fn refresh_at(&self) -> UnixMillis {
+        match self {
+            Self::Sealed(e) => e.refresh_at(),
+            Self::Open {
+                entry,
+                marked_due,
+                retry_at,
+                ..
+            } => effective_refresh_at(entry.meta.refresh_at, *marked_due, *retry_at),
+        }
+    }
+
+    fn touch(&mut self, at: UnixMillis) {
+        match self {
+            Self::Sealed(e) => e.meta.last_used = e.meta.last_used.max(at),
+            Self::Open { used, .. } => *used = (*used).max(at),
+        }
+    }
+
+    /// Sets an operator's mark (clearing any backoff), or a backoff (clearing any mark).
+    fn mark(&mut self, due: Option<UnixMillis>, retry: Option<UnixMillis>) {
+        let (m, r) = match self {
+            Self::Sealed(e) => (&mut e.marked_due, &mut e.retry_at),
+            Self::Open {
+                marked_due,
+                retry_at,
+                ..
+            } => (marked_due, retry_at),
+        };
+        (*m, *r) = (due, retry);
+    }
+
+    /// The entry as stores hand it out: sealed (open entries under `sealer`, the key of the
+    /// node that put them).
+    fn sealed(&self, key: &TokenKey, sealer: Option<&FleetKey>) -> Option<SealedEntry> {
+        match self {
+            Self::Sealed(e) => Some(e.clone()),
+            Self::Open {
+                entry,
+                marked_due,
+                retry_at,
+                ..
+            } => {
+                let mut s = seal(sealer?, key, entry);
+                s.meta.last_used = self.last_used();
+                (s.marked_due, s.retry_at) = (*marked_due, *retry_at);
+                Some(s)
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    entries: HashMap<TokenKey, SealedEntry>,
+    entries: HashMap<TokenKey, Held>,
+    /// The fleet key open entries are sealed under when read.
+    sealer: Option<Box<FleetKey>>,
     fill_leases: HashMap<TokenKey, (NodeId, Instant)>,
     refresh_lease: Option<(NodeId, Instant, FencingToken)>,
     /// Last fence granted; fences only grow.
@@ -59,6 +151,56 @@ impl MemoryStore {
         self.state.lock().expect("memory store lock poisoned")
     }
 
+    /// Stores `held` under `key` unless fenced off or not newer (the contract's `put`).
+    fn store(&self, key: &TokenKey, held: Held, fence: Option<FencingToken>) -> PutOutcome {
+        let version = held.meta().version;
+        {
+            let mut st = self.state();
+            if fence.is_some_and(|f| f.0 < st.fence) {
+                return PutOutcome::Fenced;
+            }
+            if st.entries.get(key).is_some_and(|cur| {
+                cur.meta().version >= version && cur.meta().expires_at > now_millis()
+            }) {
+                return PutOutcome::Stale;
+            }
+            st.entries.insert(*key, held);
+        }
+        self.announce(StoreEvent::Stored { key: *key, version });
+        PutOutcome::Stored
+    }
+
+    /// [`TokenStore::put_filled`] (or, with `fence`, [`TokenStore::put`]) of this node's own
+    /// open `entry`, shared with its L1 rather than copied: it is sealed under `sealer` only when
+    /// read back. `release` is the fill-lease holder whose lease the put releases.
+    pub fn put_open(
+        &self,
+        key: &TokenKey,
+        entry: Arc<TokenEntry>,
+        sealer: &FleetKey,
+        fence: Option<FencingToken>,
+        release: Option<&NodeId>,
+    ) -> PutOutcome {
+        {
+            let mut st = self.state();
+            if st.sealer.as_ref().is_none_or(|s| s.id != sealer.id) {
+                st.sealer = Some(Box::new(sealer.clone()));
+            }
+            if let Some(holder) = release
+                && st.fill_leases.get(key).is_some_and(|(h, _)| h == holder)
+            {
+                st.fill_leases.remove(key);
+            }
+        }
+        let held = Held::Open {
+            entry,
+            marked_due: None,
+            retry_at: None,
+            used: 0,
+        };
+        self.store(key, held, fence)
+    }
+
     fn announce(&self, event: StoreEvent) {
         // No subscriber is fine: nobody needs telling.
         let _ = self.events.send(event);
@@ -70,7 +212,7 @@ impl TokenStore for MemoryStore {
         let mut st = self.state();
         let now = now_millis();
         match st.entries.get(key) {
-            Some(e) if e.meta.expires_at > now => Ok(Some(e.clone())),
+            Some(e) if e.meta().expires_at > now => Ok(e.sealed(key, st.sealer.as_deref())),
             Some(_) => {
                 st.entries.remove(key);
                 Ok(None)
@@ -85,28 +227,14 @@ impl TokenStore for MemoryStore {
         entry: SealedEntry,
         fence: Option<FencingToken>,
     ) -> Result<PutOutcome, StoreError> {
-        let version = entry.meta.version;
-        {
-            let mut st = self.state();
-            if fence.is_some_and(|f| f.0 < st.fence) {
-                return Ok(PutOutcome::Fenced);
-            }
-            if st.entries.get(key).is_some_and(|cur| {
-                cur.meta.version >= version && cur.meta.expires_at > now_millis()
-            }) {
-                return Ok(PutOutcome::Stale);
-            }
-            st.entries.insert(*key, entry);
-        }
-        self.announce(StoreEvent::Stored { key: *key, version });
-        Ok(PutOutcome::Stored)
+        Ok(self.store(key, Held::Sealed(entry), fence))
     }
 
     async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
         let removed = {
             let mut st = self.state();
             match st.entries.get(key) {
-                Some(cur) if version.is_none_or(|v| v == cur.meta.version) => {
+                Some(cur) if version.is_none_or(|v| v == cur.meta().version) => {
                     st.entries.remove(key).is_some()
                 }
                 _ => false,
@@ -153,8 +281,7 @@ impl TokenStore for MemoryStore {
             return Ok(());
         }
         if let Some(e) = st.entries.get_mut(key) {
-            e.retry_at = Some(until);
-            e.marked_due = None;
+            e.mark(None, Some(until));
         }
         Ok(())
     }
@@ -231,11 +358,11 @@ impl TokenStore for MemoryStore {
         let mut st = self.state();
         // The refresher calls this every interval: a good moment to drop expired entries, which
         // keeps a node-local store bounded by the set of live credentials.
-        st.entries.retain(|_, e| e.meta.expires_at > now);
+        st.entries.retain(|_, e| e.meta().expires_at > now);
         let over = st.entries.len().saturating_sub(self.max_entries);
         if over > 0 {
             let dropped = crate::token::least_recently_used(
-                st.entries.iter().map(|(k, e)| (*k, e.meta.last_used)),
+                st.entries.iter().map(|(k, e)| (*k, e.last_used())),
                 over,
             );
             for k in &dropped {
@@ -250,7 +377,7 @@ impl TokenStore for MemoryStore {
         let mut due: Vec<(UnixMillis, TokenKey)> = st
             .entries
             .iter()
-            .filter(|(_, e)| e.refresh_at() <= now && e.meta.last_used >= used_since)
+            .filter(|(_, e)| e.refresh_at() <= now && e.last_used() >= used_since)
             .map(|(k, e)| (e.refresh_at(), *k))
             .collect();
         due.sort();
@@ -261,7 +388,7 @@ impl TokenStore for MemoryStore {
         let mut st = self.state();
         for (key, at) in uses {
             if let Some(e) = st.entries.get_mut(key) {
-                e.meta.last_used = e.meta.last_used.max(*at);
+                e.touch(*at);
             }
         }
         Ok(())
@@ -278,25 +405,27 @@ impl TokenStore for MemoryStore {
     ) -> Result<Vec<(TokenKey, SealedEntry)>, StoreError> {
         let now = now_millis();
         let st = self.state();
-        let mut listed: Vec<(TokenKey, SealedEntry)> = st
+        let mut keys: Vec<TokenKey> = st
             .entries
             .iter()
-            .filter(|(k, e)| e.meta.expires_at > now && after.is_none_or(|a| **k > a))
-            .map(|(k, e)| (*k, e.clone()))
+            .filter(|(k, e)| e.meta().expires_at > now && after.is_none_or(|a| **k > a))
+            .map(|(k, _)| *k)
             .collect();
-        listed.sort_by_key(|(k, _)| *k);
-        listed.truncate(limit);
-        Ok(listed)
+        keys.sort();
+        keys.truncate(limit);
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| Some((k, st.entries.get(&k)?.sealed(&k, st.sealer.as_deref())?)))
+            .collect())
     }
 
     async fn mark_due(&self, key: &TokenKey) -> Result<bool, StoreError> {
         let now = now_millis();
         let mut st = self.state();
         match st.entries.get_mut(key) {
-            Some(e) if e.meta.expires_at > now && e.meta.refresh_at < e.meta.expires_at => {
-                e.marked_due = Some(now);
-                e.retry_at = None;
-                e.meta.last_used = e.meta.last_used.max(now);
+            Some(e) if e.meta().expires_at > now && e.meta().refresh_at < e.meta().expires_at => {
+                e.mark(Some(now), None);
+                e.touch(now);
                 Ok(true)
             }
             _ => Ok(false),
@@ -331,8 +460,60 @@ impl TokenStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::token::seal::{tests::sample_entry, unseal};
+
     #[tokio::test]
     async fn memory_store_meets_the_contract() {
         super::super::conformance::run(async || super::MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn an_open_entry_is_shared_and_sealed_only_when_read() {
+        let store = MemoryStore::new();
+        let fleet = FleetKey::random();
+        let key = TokenKey::from_bytes([9; 32]);
+        let entry = Arc::new(sample_entry(3));
+        let (a, b) = (NodeId::random(), NodeId::random());
+        let ttl = Duration::from_secs(30);
+        assert_eq!(
+            store.lookup(&key, &a, ttl).await.unwrap(),
+            Lookup::Missing { lease: true }
+        );
+        let outcome = store.put_open(&key, Arc::clone(&entry), &fleet, None, Some(&a));
+        assert_eq!(outcome, PutOutcome::Stored);
+        assert_eq!(Arc::strong_count(&entry), 2, "held, not copied");
+        assert!(
+            store.try_fill_lease(&key, &b, ttl).await.unwrap(),
+            "the put released the holder's fill lease"
+        );
+        // Read back sealed, under the key it was put with; opens to the same token.
+        let sealed = store.get(&key).await.unwrap().unwrap();
+        assert_eq!(sealed.key_id, fleet.id);
+        let opened = unseal(&fleet.clone().into(), &key, &sealed).unwrap();
+        assert_eq!(opened.access_token(), "the-access-token");
+        assert_eq!(opened.meta.version, 3);
+        // Newest wins against sealed puts too; uses the L1 records count as uses.
+        assert_eq!(
+            store.put(&key, sealed.clone(), None).await.unwrap(),
+            PutOutcome::Stale
+        );
+        entry.touch(1_000);
+        assert_eq!(
+            store.get(&key).await.unwrap().unwrap().meta.last_used,
+            1_000
+        );
+        // Marks and backoffs apply to it like to any entry.
+        store.postpone(&key, 42, None).await.unwrap();
+        assert_eq!(store.get(&key).await.unwrap().unwrap().retry_at, Some(42));
+        assert!(store.mark_due(&key).await.unwrap());
+        let marked = store.get(&key).await.unwrap().unwrap();
+        assert!(marked.marked_due.is_some() && marked.retry_at.is_none());
+        assert!(store.evict(&key, Some(3)).await.unwrap());
+        assert_eq!(
+            Arc::strong_count(&entry),
+            1,
+            "evicted: the store let go of it"
+        );
     }
 }

@@ -428,15 +428,21 @@ impl TokenCache {
         )
         .map_err(|_| IdpError::Protocol("access_token is not a valid header value".into()))?;
         let entry = Arc::new(entry);
-        let sealed = seal(self.ring.current(), key, &entry);
         let span = self.store_span("store.put");
-        let stored = if release {
-            self.store
-                .put_filled(key, sealed, &self.node)
-                .instrument(span)
-                .await
-        } else {
-            self.store.put(key, sealed, fence).instrument(span).await
+        let holder = release.then_some(&self.node);
+        let stored = match &self.store {
+            // Node-local: the store shares the L1's copy instead of holding a sealed one.
+            Store::Memory(m) => {
+                let _entered = span.enter();
+                Ok(m.put_open(key, Arc::clone(&entry), self.ring.current(), fence, holder))
+            }
+            _ => {
+                let sealed = seal(self.ring.current(), key, &entry);
+                match holder {
+                    Some(h) => self.store.put_filled(key, sealed, h).instrument(span).await,
+                    None => self.store.put(key, sealed, fence).instrument(span).await,
+                }
+            }
         };
         match stored {
             Ok(PutOutcome::Fenced) => {

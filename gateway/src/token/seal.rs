@@ -38,11 +38,19 @@ impl SealedEntry {
     /// When the refresh leader should renew it: its own `refresh_at`, or earlier if an
     /// operator marked it due, or later while a failed renewal backs off.
     pub fn refresh_at(&self) -> UnixMillis {
-        let at = self
-            .marked_due
-            .map_or(self.meta.refresh_at, |m| m.min(self.meta.refresh_at));
-        self.retry_at.map_or(at, |r| r.max(at))
+        effective_refresh_at(self.meta.refresh_at, self.marked_due, self.retry_at)
     }
+}
+
+/// An entry's refresh time given an operator's mark and a failed renewal's backoff: the mark
+/// brings it forward, the backoff puts it off.
+pub fn effective_refresh_at(
+    refresh_at: UnixMillis,
+    marked_due: Option<UnixMillis>,
+    retry_at: Option<UnixMillis>,
+) -> UnixMillis {
+    let at = marked_due.map_or(refresh_at, |m| m.min(refresh_at));
+    retry_at.map_or(at, |r| r.max(at))
 }
 
 /// Bytes as standard base64 text, a third larger rather than the four times of a JSON array.
