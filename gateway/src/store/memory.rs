@@ -24,8 +24,8 @@ const EVENT_BUFFER: usize = 1024;
 
 /// What the store holds under a key.
 enum Held {
-    /// A sealed entry, as every store holds them.
-    Sealed(SealedEntry),
+    /// A sealed entry, as every store holds them (boxed: the map's slots stay small).
+    Sealed(Box<SealedEntry>),
     /// This node's own entry, shared with its L1 and sealed only when read.
     Open {
         entry: Arc<TokenEntry>,
@@ -89,7 +89,7 @@ impl Held {
     /// node that put them).
     fn sealed(&self, key: &TokenKey, sealer: Option<&FleetKey>) -> Option<SealedEntry> {
         match self {
-            Self::Sealed(e) => Some(e.clone()),
+            Self::Sealed(e) => Some((**e).clone()),
             Self::Open {
                 entry,
                 marked_due,
@@ -227,7 +227,7 @@ impl TokenStore for MemoryStore {
         entry: SealedEntry,
         fence: Option<FencingToken>,
     ) -> Result<PutOutcome, StoreError> {
-        Ok(self.store(key, Held::Sealed(entry), fence))
+        Ok(self.store(key, Held::Sealed(Box::new(entry)), fence))
     }
 
     async fn evict(&self, key: &TokenKey, version: Option<u64>) -> Result<bool, StoreError> {
