@@ -42,6 +42,8 @@ pub struct FillSpec {
     pub dir: PathBuf,
     /// Every process's log filter (`RUST_LOG` syntax).
     pub log_level: String,
+    /// Redis' `appendfsync` (`always` or `everysec`).
+    pub redis_fsync: &'static str,
 }
 
 /// What a fill measured.
@@ -135,6 +137,7 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
         // Gateways reach the store, and cache nodes each other, directly: the product, not
         // the harness's relays, is measured.
         relays: false,
+        redis_fsync: spec.redis_fsync,
     })
     .await?;
     fleet.idp.opaque_tokens(true);
@@ -254,7 +257,10 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
         .max()
         .unwrap_or(0);
     let mut report = FillReport {
-        store: spec.store.to_string(),
+        store: match spec.store {
+            StoreKind::Redis => format!("redis (appendfsync {})", spec.redis_fsync),
+            other => other.to_string(),
+        },
         gateways: spec.gateways,
         credentials: spec.credentials,
         token_bytes: spec.token_bytes,

@@ -71,6 +71,10 @@ pub struct FleetSpec {
     /// Put a cuttable relay on each gateway's link to Redis and each link between cache nodes
     /// (for partitions); without, the processes connect directly (benchmarks).
     pub relays: bool,
+    /// Redis' `appendfsync`: `always` (every write durable before it is answered, as the Raft
+    /// log is) or `everysec` (Redis' recommended setting: up to a second of writes lost in a
+    /// crash).
+    pub redis_fsync: &'static str,
 }
 
 /// A running fleet.
@@ -132,7 +136,7 @@ impl Fleet {
                     "--appendonly",
                     "yes",
                     "--appendfsync",
-                    "always",
+                    spec.redis_fsync,
                     "--dir",
                     &data.to_string_lossy(),
                 ];

@@ -93,6 +93,10 @@ enum Command {
         /// Every node's log filter (`RUST_LOG` syntax).
         #[arg(long, default_value = "info")]
         log_level: String,
+        /// Redis' `appendfsync`: `always` (as durable as the Raft log) or `everysec` (Redis'
+        /// recommended setting).
+        #[arg(long, default_value = "always", value_parser = ["always", "everysec"])]
+        redis_fsync: String,
     },
     /// Serve the fake IdP and echo upstreams until SIGINT or SIGTERM, as stand-ins for a real
     /// IdP and real APIs (the example configuration and docker-compose.yml use them).
@@ -197,9 +201,15 @@ fn main() -> ExitCode {
             gateway_bin,
             out,
             log_level,
+            redis_fsync,
         } => {
             let Some(gateway_bin) = gateway_binary(gateway_bin) else {
                 return ExitCode::from(2);
+            };
+            let redis_fsync = if redis_fsync == "everysec" {
+                "everysec"
+            } else {
+                "always"
             };
             let dir = out.unwrap_or_else(|| {
                 let stamp = std::time::SystemTime::now()
@@ -220,6 +230,7 @@ fn main() -> ExitCode {
                         gateway_bin: gateway_bin.clone(),
                         dir: dir.join(store.to_string()),
                         log_level: log_level.clone(),
+                        redis_fsync,
                     };
                     match chaos::fill::fill(&spec).await {
                         Ok(r) => reports.push(r),

@@ -157,6 +157,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
             log_level: spec.log_level.clone(),
             extra_config: String::new(),
             relays: true,
+            redis_fsync: "always",
         })
         .await?,
     );
