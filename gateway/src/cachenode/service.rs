@@ -706,10 +706,13 @@ impl pc::token_cache_server::TokenCache for CacheService {
     ) -> Result<Response<pc::DueResponse>, Status> {
         self.0.lead()?;
         let req = req.into_inner();
-        let keys = self.0.shared.read(|a| {
-            a.cache
-                .due(req.now, req.used_since, (req.limit as usize).min(MAX_LIST))
-        });
+        // A scan of every entry: on an O(1) copy of the state, off the async workers, so that
+        // neither the state machine nor other calls wait for it.
+        let cache = self.0.shared.read(|a| a.cache.clone());
+        let limit = (req.limit as usize).min(MAX_LIST);
+        let keys = tokio::task::spawn_blocking(move || cache.due(req.now, req.used_since, limit))
+            .await
+            .map_err(|e| Status::internal(format!("due scan failed: {e}")))?;
         Ok(Response::new(pc::DueResponse {
             keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
         }))
