@@ -82,7 +82,7 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// A snapshot is taken after this many log entries, and the log before it purged.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
 /// Entries the cache keeps at most, by default: a million sealed tokens of 900 bytes take about
-/// 1.7 GiB on each node.
+/// 2 GiB on each node.
 pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 
 /// How a cache node runs.
@@ -232,6 +232,30 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         .tls
         .as_ref()
         .map_or_else(network::Dialer::default, NodeTls::dialer);
+    // Everything that can fail is set up before Raft starts: a port that is taken or a bad
+    // certificate stops the node before it has anything to shut down.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| CacheNodeError::Serve {
+            addr: cfg.listen,
+            message: e.to_string(),
+        })?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| CacheNodeError::Tls(e.to_string()))?;
+    }
+    let metrics_listener =
+        match cfg.metrics_listen {
+            None => None,
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                CacheNodeError::Serve {
+                    addr,
+                    message: e.to_string(),
+                }
+            })?),
+        };
     let raft_runtime = RaftRuntime::start().map_err(|e| CacheNodeError::Raft(e.to_string()))?;
     let network = network::Network {
         peer_overrides: cfg.peers.clone(),
@@ -250,12 +274,6 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         .map_err(|e| CacheNodeError::Raft(e.to_string()))?
         .map_err(|e| CacheNodeError::Raft(e.to_string()))?;
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| CacheNodeError::Serve {
-            addr: cfg.listen,
-            message: e.to_string(),
-        })?;
     let (puts, put_queue) = tokio::sync::mpsc::channel(4 * 512);
     let ctx = Arc::new(NodeContext {
         id: cfg.id,
@@ -278,12 +296,6 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         cfg.max_entries,
         shutdown.clone(),
     ));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &cfg.tls {
-        builder = builder
-            .tls_config(tls.server())
-            .map_err(|e| CacheNodeError::Tls(e.to_string()))?;
-    }
     let server = builder
         .trace_fn(grpc_span)
         .layer(auth::AuthLayer::new(cfg.credentials.clone()))
@@ -306,10 +318,8 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
-    let metrics_server = match cfg.metrics_listen {
-        None => None,
-        Some(addr) => Some(serve_metrics(addr, Arc::clone(&ctx), shutdown.clone()).await?),
-    };
+    let metrics_server = metrics_listener
+        .map(|listener| serve_metrics(listener, Arc::clone(&ctx), shutdown.clone()));
     tracing::info!(id = cfg.id, addr = %cfg.advertise, listen = %cfg.listen, "cache node listening");
 
     if !cfg.init.is_empty() {
@@ -365,7 +375,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
 }
 
 /// The runtime Raft's core runs on: one thread of its own (see the module documentation).
-struct RaftRuntime(tokio::runtime::Runtime);
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
 
 impl RaftRuntime {
     fn start() -> std::io::Result<Self> {
@@ -374,7 +384,7 @@ impl RaftRuntime {
             .thread_name("raft")
             .enable_all()
             .build()
-            .map(Self)
+            .map(|rt| Self(Some(rt)))
     }
 
     /// Runs `work` there (openraft spawns its tasks on the runtime it is created on).
@@ -383,15 +393,26 @@ impl RaftRuntime {
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.0.spawn(work)
+        self.0.as_ref().expect("running until stopped").spawn(work)
     }
 
-    /// Stops it (after `Raft::shutdown`), off the async threads: a runtime cannot be dropped
-    /// on one.
-    async fn stop(self) {
-        let rt = self.0;
-        let _ =
-            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5))).await;
+    /// Stops it (after `Raft::shutdown`), waiting a little for its tasks, off the async threads.
+    async fn stop(mut self) {
+        if let Some(rt) = self.0.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5)))
+                    .await;
+        }
+    }
+}
+
+impl Drop for RaftRuntime {
+    /// On an early return (a port that cannot be bound): a runtime cannot be dropped on an async
+    /// thread, so its tasks are left to end in the background.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -400,20 +421,13 @@ fn state_machine_files(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("snapshots")
 }
 
-/// Serves `GET /metrics` on `addr` until `stop`.
-async fn serve_metrics(
-    addr: SocketAddr,
+/// Serves `GET /metrics` on `listener` until `stop`.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
     ctx: Arc<NodeContext>,
     stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, CacheNodeError> {
+) -> tokio::task::JoinHandle<()> {
     use futures_util::FutureExt;
-    let listener =
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| CacheNodeError::Serve {
-                addr,
-                message: e.to_string(),
-            })?;
     let gauges = Arc::new(metrics::RaftMetrics::new());
     let handler: crate::proxy::serve::Handler = Arc::new(move |req, _| {
         let resp = if req.uri().path() == "/metrics" {
@@ -431,14 +445,15 @@ async fn serve_metrics(
         };
         async move { resp }.boxed()
     });
-    let bound = listener.local_addr().unwrap_or(addr);
-    tracing::info!(addr = %bound, "cache node metrics listening");
-    Ok(tokio::spawn(crate::proxy::serve(
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!(addr = %bound, "cache node metrics listening");
+    }
+    tokio::spawn(crate::proxy::serve(
         listener,
         handler,
         stop,
         Duration::from_secs(1),
-    )))
+    ))
 }
 
 /// Asks `members` (following redirects to the leader) to add this node as a learner, until it

@@ -869,3 +869,34 @@ async fn a_follower_that_missed_20_mb_and_a_new_learner_catch_up_from_a_streamed
         );
     }
 }
+
+#[test]
+fn a_node_whose_ports_are_taken_exits_with_an_error_not_a_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let free = format!("127.0.0.1:{}", free_port());
+    // The gRPC port taken; then the metrics port taken.
+    for (listen, metrics) in [(&taken, &free), (&free, &taken)] {
+        node_exits_with_an_error(listen, metrics);
+    }
+}
+
+fn node_exits_with_an_error(listen: &str, metrics: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["cache-node", "--id", "1", "--listen", listen])
+        .args(["--metrics-listen", metrics])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains("cannot serve on"), "{output}");
+    assert!(!output.contains("panicked"), "{output}");
+}
