@@ -97,7 +97,7 @@ pub struct Config {
     pub edge: EdgeConfig,
 }
 
-/// Refresher settings (DESIGN.md, token lifecycle step 5).
+/// Refresher settings (the README's *How a token is found*, step 4).
 #[derive(Debug, Clone)]
 pub struct RefreshConfig {
     /// How often due entries are looked for.

@@ -1,4 +1,5 @@
-//! The token lookup path: L1 → shared store → IdP (DESIGN.md, token lifecycle steps 3, 4, 6).
+//! The token lookup path: L1 → shared store → IdP (the README's *How a token is found*, steps
+//! 2, 3 and 5).
 //!
 //! A hit in the L1 (a lock-free map of decrypted entries) makes no network round trip and takes
 //! no lock. On a miss, one fill per key runs on this node (single flight: concurrent callers

@@ -1,5 +1,5 @@
 //! Tokens: key derivation, entries, sealing, the IdP client, the cache with its single flight,
-//! and the refresher. DESIGN.md's "token lifecycle" lives here.
+//! and the refresher: the token lifecycle (the README's *How a token is found*) lives here.
 
 pub mod cache;
 pub mod entry;

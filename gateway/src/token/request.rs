@@ -1,4 +1,4 @@
-//! What the gateway sends to a token endpoint: the *refresh spec* of DESIGN.md.
+//! What the gateway sends to a token endpoint, also kept as each entry's *refresh spec*.
 //!
 //! A [`TokenRequest`] holds everything needed to obtain a token again (endpoint, client
 //! authentication, scopes, audience, extra parameters). It is stored sealed beside each entry so
