@@ -13,6 +13,33 @@ use crate::raft::{ADMIN_TOKEN, CacheNode};
 use crate::support::free_port;
 
 /// The `cachectl` binary, built once per test run (it is another package of the workspace).
+/// Starts `cachectl` with `args` (a `watch`) and `env`, and returns once it says on stderr that
+/// its stream is open, so that a change made afterwards cannot be missed; joining gives its
+/// output once it exits.
+fn open_watcher(args: &[&str], env: &[(&str, &str)]) -> std::thread::JoinHandle<Output> {
+    let (open_tx, open_rx) = std::sync::mpsc::channel();
+    let mut child = Command::new(cachectl_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.starts_with("watching ") {
+                let _ = open_tx.send(());
+            }
+        }
+    });
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    open_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("cachectl watch opened its stream");
+    waiter
+}
+
 fn cachectl_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -212,43 +239,18 @@ async fn cachectl_inspects_and_steers_the_raft_cache() {
         "one token fleet-wide"
     );
     let old = before[0].clone();
-    // The watcher says on stderr when its stream is open; the eviction comes after that.
-    let (open_tx, open_rx) = std::sync::mpsc::channel();
-    let watcher = {
-        let bin = cachectl_bin();
-        let endpoints = endpoints.clone();
-        std::thread::spawn(move || {
-            let mut child = Command::new(bin)
-                .args([
-                    "watch",
-                    "--count",
-                    "1",
-                    "-o",
-                    "json",
-                    "--endpoints",
-                    &endpoints,
-                ])
-                .env("CACHECTL_TOKEN", ADMIN_TOKEN)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in
-                    std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok)
-                {
-                    if line.starts_with("watching ") {
-                        let _ = open_tx.send(());
-                    }
-                }
-            });
-            child.wait_with_output().unwrap()
-        })
-    };
-    open_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("cachectl watch opened its stream");
+    let watcher = open_watcher(
+        &[
+            "watch",
+            "--count",
+            "1",
+            "-o",
+            "json",
+            "--endpoints",
+            &endpoints,
+        ],
+        &[("CACHECTL_TOKEN", ADMIN_TOKEN)],
+    );
     let evicted = t.json(&["evict", "--client", "client-0"], &env);
     assert_eq!(evicted["evicted"], 1);
     let evicted_at = Instant::now();
@@ -367,16 +369,7 @@ async fn cachectl_inspects_and_steers_a_redis_cache() {
     )
     .await;
 
-    let watcher = {
-        let (bin, url) = (cachectl_bin(), url.clone());
-        std::thread::spawn(move || {
-            Command::new(bin)
-                .args(["watch", "--count", "1", "--redis", &url])
-                .output()
-                .unwrap()
-        })
-    };
-    std::thread::sleep(Duration::from_millis(500));
+    let watcher = open_watcher(&["watch", "--count", "1", "--redis", &url], &[]);
     assert_eq!(t.json(&["evict", &prefix], &env)["evicted"], 1);
     let watched = String::from_utf8(watcher.join().unwrap().stdout).unwrap();
     assert!(watched.starts_with("evicted"), "{watched}");
