@@ -492,36 +492,33 @@ fn redis_config(addr: &str) -> RedisConfig {
 /// Has the cache node at `addr` take a snapshot now (`Admin.Snapshot`, which also compacts its
 /// log); the index it covers.
 pub async fn cache_snapshot(addr: &str) -> Result<Option<u64>, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_lazy();
-    let mut req = tonic::Request::new(tokengate_proto::admin::SnapshotRequest {});
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
-    );
-    let resp = AdminClient::new(channel).snapshot(req).await?;
-    Ok(resp.into_inner().index)
+    let (mut client, req) = admin(addr, tokengate_proto::admin::SnapshotRequest {})?;
+    Ok(client.snapshot(req).await?.into_inner().index)
 }
 
 /// The `Admin.Status` of the cache node at `addr` (operator credential of the fleet).
 pub async fn cache_status(addr: &str) -> Result<StatusResponse, tonic::Status> {
+    let (mut client, req) = admin(addr, StatusRequest {})?;
+    match tokio::time::timeout(Duration::from_secs(1), client.status(req)).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("status")),
+    }
+}
+
+/// An `Admin` client for the cache node at `addr`, and `msg` as a request with the fleet's
+/// operator credential.
+fn admin<T>(
+    addr: &str,
+    msg: T,
+) -> Result<(AdminClient<tonic::transport::Channel>, tonic::Request<T>), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_millis(500))
         .connect_lazy();
-    let mut req = tonic::Request::new(StatusRequest {});
+    let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
         format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
     );
-    match tokio::time::timeout(
-        Duration::from_secs(1),
-        AdminClient::new(channel).status(req),
-    )
-    .await
-    {
-        Ok(r) => r.map(tonic::Response::into_inner),
-        Err(_) => Err(tonic::Status::deadline_exceeded("status")),
-    }
+    Ok((AdminClient::new(channel), req))
 }

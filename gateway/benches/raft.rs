@@ -145,68 +145,68 @@ fn main() {
             .unwrap()
             .expect("a free lease is granted");
         for concurrency in [16u64, 64, 256] {
-            let done = Arc::new(AtomicU64::new(0));
-            let run_for = Duration::from_secs(5);
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|t| {
-                    let (store, done) = (Arc::clone(&store), Arc::clone(&done));
-                    tokio::spawn(async move {
-                        let mut n = 0u64;
-                        while started.elapsed() < run_for {
-                            n += 1;
-                            let k = key(1_000_000 * (concurrency * 1000 + t + 1) + n);
-                            let outcome =
-                                store.put(&k, entry(n, 60_000, 600_000), Some(fence)).await;
-                            assert_eq!(outcome.unwrap(), PutOutcome::Stored);
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "fenced put: {:.0}/s with {concurrency} concurrent writers",
-                done.load(Ordering::Relaxed) as f64 / secs
-            );
+            let store = Arc::clone(&store);
+            let rate = throughput(concurrency, move |t, n| {
+                let store = Arc::clone(&store);
+                async move {
+                    let k = key(1_000_000 * (concurrency * 1000 + t + 1) + n);
+                    let outcome = store.put(&k, entry(n, 60_000, 600_000), Some(fence)).await;
+                    assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+                }
+            })
+            .await;
+            println!("fenced put: {rate:.0}/s with {concurrency} concurrent writers");
         }
 
         for concurrency in [64u64, 256] {
-            let done = Arc::new(AtomicU64::new(0));
-            let run_for = Duration::from_secs(5);
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|t| {
-                    let (store, done) = (Arc::clone(&store), Arc::clone(&done));
-                    tokio::spawn(async move {
-                        let holder = NodeId::random();
-                        let mut n = 0u64;
-                        while started.elapsed() < run_for {
-                            n += 1;
-                            let k = key(2_000_000_000 + 1_000_000 * (concurrency * 1000 + t) + n);
-                            let ttl = Duration::from_secs(10);
-                            let found = store.lookup(&k, &holder, ttl).await.unwrap();
-                            assert_eq!(found, Lookup::Missing { lease: true });
-                            let mut e = entry(1, 60_000, 600_000);
-                            e.ciphertext = vec![7; 1_300];
-                            let outcome = store.put_filled(&k, e, &holder).await;
-                            assert_eq!(outcome.unwrap(), PutOutcome::Stored);
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-            let secs = started.elapsed().as_secs_f64();
+            let store = Arc::clone(&store);
+            let rate = throughput(concurrency, move |t, n| {
+                let store = Arc::clone(&store);
+                async move {
+                    let holder = NodeId::random();
+                    let k = key(2_000_000_000 + 1_000_000 * (concurrency * 1000 + t) + n);
+                    let ttl = Duration::from_secs(10);
+                    let found = store.lookup(&k, &holder, ttl).await.unwrap();
+                    assert_eq!(found, Lookup::Missing { lease: true });
+                    let mut e = entry(1, 60_000, 600_000);
+                    e.ciphertext = vec![7; 1_300];
+                    let outcome = store.put_filled(&k, e, &holder).await;
+                    assert_eq!(outcome.unwrap(), PutOutcome::Stored);
+                }
+            })
+            .await;
             println!(
-                "miss (lookup + put, 1.3 KB entries): {:.0}/s with {concurrency} concurrent callers",
-                done.load(Ordering::Relaxed) as f64 / secs
+                "miss (lookup + put, 1.3 KB entries): {rate:.0}/s with {concurrency} concurrent callers"
             );
         }
     });
+}
+
+/// Runs `op(task, n)` in a loop on `concurrency` tasks for 5 s (`n` counts each task's calls from
+/// 1); the calls completed per second.
+async fn throughput<F, Fut>(concurrency: u64, op: F) -> f64
+where
+    F: Fn(u64, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let run_for = Duration::from_secs(5);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let (op, done) = (op.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < run_for {
+                    n += 1;
+                    op(t, n).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }

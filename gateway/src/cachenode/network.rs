@@ -130,6 +130,27 @@ enum CallError {
 }
 
 impl Peer {
+    /// A client for the peer and `body` as a request carrying the peer credential; the peer is
+    /// unreachable when its address could not be made into a channel.
+    fn request<T>(
+        &self,
+        body: T,
+    ) -> Result<(RaftTransportClient<Channel>, tonic::Request<T>), CallError> {
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                return Err(CallError::Unreachable(tonic::Status::unavailable(
+                    e.to_string(),
+                )));
+            }
+        };
+        let mut req = tonic::Request::new(body);
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok((client, req))
+    }
+
     async fn call<Req, Resp, Fut>(
         &mut self,
         req: &Req,
@@ -141,20 +162,9 @@ impl Peer {
         Resp: DeserializeOwned,
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
-        let client = match &self.client {
-            Ok(c) => c.clone(),
-            Err(e) => {
-                return Err(CallError::Unreachable(tonic::Status::unavailable(
-                    e.to_string(),
-                )));
-            }
-        };
-        let mut msg = tonic::Request::new(RaftMessage {
+        let (client, msg) = self.request(RaftMessage {
             json: serde_json::to_vec(req).expect("raft messages serialize"),
-        });
-        if let Some(b) = &self.bearer {
-            msg.metadata_mut().insert("authorization", b.clone());
-        }
+        })?;
         match tokio::time::timeout(ttl, send(client, msg)).await {
             Err(_) => Err(CallError::Timeout),
             Ok(Err(status)) => Err(CallError::Unreachable(status)),
@@ -225,18 +235,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         let header =
             serde_json::to_vec(&(vote, snapshot.meta)).expect("snapshot metadata serializes");
         let len = file.len;
-        let client = match &self.client {
-            Ok(c) => c.clone(),
-            Err(e) => {
-                return Err(StreamingError::Unreachable(Unreachable::new(
-                    &tonic::Status::unavailable(e.to_string()),
-                )));
-            }
-        };
-        let mut req = tonic::Request::new(snapshot_chunks(file, header));
-        if let Some(b) = &self.bearer {
-            req.metadata_mut().insert("authorization", b.clone());
-        }
+        let (client, req) = self
+            .request(snapshot_chunks(file, header))
+            .map_err(|e| self.streaming_error(e, ttl))?;
         let started = std::time::Instant::now();
         let sent = async move {
             let mut client = client;

@@ -298,6 +298,27 @@ impl Store {
             Self::Raft(_) => "raft",
         }
     }
+
+    /// Stores this node's own open `entry` under `key`: sealed under `sealer` and put (with
+    /// `fence`), or, when `holder` is given, put releasing its fill lease. The memory store,
+    /// being in this process, shares the entry with the L1 instead of holding a sealed copy.
+    pub async fn put_entry(
+        &self,
+        key: &TokenKey,
+        entry: &std::sync::Arc<crate::token::TokenEntry>,
+        sealer: &crate::token::FleetKey,
+        fence: Option<FencingToken>,
+        holder: Option<&NodeId>,
+    ) -> Result<PutOutcome, StoreError> {
+        if let Self::Memory(m) = self {
+            return Ok(m.put_open(key, std::sync::Arc::clone(entry), sealer, fence, holder));
+        }
+        let sealed = crate::token::seal::seal(sealer, key, entry);
+        match holder {
+            Some(h) => self.put_filled(key, sealed, h).await,
+            None => self.put(key, sealed, fence).await,
+        }
+    }
 }
 
 macro_rules! dispatch {

@@ -429,22 +429,17 @@ impl TokenCache {
         )
         .map_err(|_| IdpError::Protocol("access_token is not a valid header value".into()))?;
         let entry = Arc::new(entry);
-        let span = self.store_span("store.put");
-        let holder = release.then_some(&self.node);
-        let stored = match &self.store {
-            // Node-local: the store shares the L1's copy instead of holding a sealed one.
-            Store::Memory(m) => {
-                let _entered = span.enter();
-                Ok(m.put_open(key, Arc::clone(&entry), self.ring.current(), fence, holder))
-            }
-            _ => {
-                let sealed = seal(self.ring.current(), key, &entry);
-                match holder {
-                    Some(h) => self.store.put_filled(key, sealed, h).instrument(span).await,
-                    None => self.store.put(key, sealed, fence).instrument(span).await,
-                }
-            }
-        };
+        let stored = self
+            .store
+            .put_entry(
+                key,
+                &entry,
+                self.ring.current(),
+                fence,
+                release.then_some(&self.node),
+            )
+            .instrument(self.store_span("store.put"))
+            .await;
         match stored {
             Ok(PutOutcome::Fenced) => {
                 // A newer leader exists: our token is valid but must not replace its write.
