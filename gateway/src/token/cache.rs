@@ -561,3 +561,32 @@ impl TokenCache {
             .map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::token::seal::tests::sample_entry;
+
+    #[tokio::test]
+    async fn an_entry_no_key_of_the_ring_can_open_is_evicted_not_renewed() {
+        let cache = TokenCache::new(FleetKey::random(), Store::Memory(MemoryStore::new()));
+        let key = TokenKey::from_bytes([5; 32]);
+        // Sealed under a fleet key this node does not have, and due long ago.
+        let mut entry = sample_entry(1);
+        entry.meta.refresh_at = 10;
+        let foreign = seal(&FleetKey::random(), &key, &entry);
+        cache.store().put(&key, foreign, None).await.unwrap();
+        assert!(cache.store().get(&key).await.unwrap().is_some());
+        assert!(
+            cache
+                .due_entry(&key, now_millis(), Duration::ZERO)
+                .await
+                .is_none()
+        );
+        assert!(
+            cache.store().get(&key).await.unwrap().is_none(),
+            "evicted from the store"
+        );
+    }
+}
