@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gateway::cachenode::network::Dialer;
+use gateway::cacheclient::Dialer;
 use serde::Serialize;
 use tokengate_proto::admin as pa;
 use tokengate_proto::admin::admin_client::AdminClient;

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use gateway::cachenode::network::Dialer;
-use gateway::config::{RaftStoreConfig, RedisConfig, RedisTopology, Secret, StoreTls};
+use gateway::cacheclient::Dialer;
+use gateway::outbound::StoreTls;
+use gateway::secret::Secret;
 use gateway::store::{RaftStore, RedisStore, Store, StoreError, StoreEvent, TokenStore};
+use gateway::store::{RaftStoreConfig, RedisConfig, RedisTopology};
 use gateway::token::{SealedEntry, TokenKey, now_millis};
 use serde::Serialize;
 
@@ -385,7 +387,7 @@ fn redis_config(
 mod tests {
     #[test]
     fn redis_urls_become_configs_and_bad_ones_name_the_flag() {
-        use gateway::config::StoreTls;
+        use gateway::outbound::StoreTls;
         let second = super::Duration::from_secs(1);
         let cfg =
             super::redis_config("redis://:pw@10.0.0.5:6380/2", "fleet", second, None).unwrap();

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use gateway::config::{RaftStoreConfig, RedisConfig, RedisTopology};
 use gateway::store::{RaftStore, RedisStore, Store, TokenStore};
+use gateway::store::{RaftStoreConfig, RedisConfig, RedisTopology};
 use tokengate_proto::admin::admin_client::AdminClient;
 use tokengate_proto::admin::{StatusRequest, StatusResponse};
 
@@ -224,7 +224,7 @@ impl Fleet {
                     endpoints: cache_addrs.clone(),
                     timeout: Duration::from_secs(2),
                     tls: None,
-                    token: Some(gateway::config::Secret::new(GATEWAY_TOKEN)),
+                    token: Some(gateway::secret::Secret::new(GATEWAY_TOKEN)),
                 }))
             }
         };

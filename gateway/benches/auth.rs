@@ -13,11 +13,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
+use gateway::auth::MiddlewareConfig;
 use gateway::auth::claims::ClaimsExpr;
 use gateway::auth::{Introspection, Jwt};
-use gateway::config::{Config, MiddlewareConfig};
+use gateway::config::Config;
+use gateway::lifecycle::TokenCache;
 use gateway::store::{MemoryStore, Store};
-use gateway::token::{FleetKey, TokenCache};
+use gateway::token::FleetKey;
 use serde_json::json;
 
 /// Benchmarks call from one address; their middlewares have no miss budget.

@@ -16,9 +16,11 @@ use base64::Engine;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use gateway::auth::ClientCredentials;
-use gateway::config::{Config, MiddlewareConfig};
+use gateway::auth::MiddlewareConfig;
+use gateway::config::Config;
+use gateway::lifecycle::TokenCache;
 use gateway::store::{MemoryStore, Store};
-use gateway::token::{FleetKey, KeyDeriver, TokenCache};
+use gateway::token::{FleetKey, KeyDeriver};
 use http::{HeaderMap, HeaderValue};
 
 /// Benchmarks call from one address; their middlewares have no miss budget.
@@ -169,13 +171,13 @@ fn start_redis() -> Option<(RedisProcess, u16)> {
 }
 
 fn redis_store(port: u16) -> Store {
-    let cfg = gateway::config::RedisConfig {
+    let cfg = gateway::store::RedisConfig {
         endpoints: vec![("127.0.0.1".into(), port)],
         username: None,
         password: None,
         database: 0,
         key_prefix: "bench".into(),
-        topology: gateway::config::RedisTopology::Standalone,
+        topology: gateway::store::RedisTopology::Standalone,
         pool_size: 4,
         timeout: std::time::Duration::from_secs(1),
         tls: None,
@@ -197,7 +199,7 @@ fn redis(c: &mut Criterion) {
         idp.token_url()
     );
     let cfg = Config::from_yaml(&yaml).unwrap();
-    let fleet = FleetKey::from_secret(&gateway::config::Secret::new(
+    let fleet = FleetKey::from_secret(&gateway::secret::Secret::new(
         "bench-fleet-key-0123456789abcdef-xyz",
     ));
     // Two nodes of one fleet: `a` fetches, `b` finds what `a` stored.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gateway::config::RaftStoreConfig;
+use gateway::store::RaftStoreConfig;
 use gateway::store::conformance::entry;
 use gateway::store::{Lookup, NodeId, PutOutcome, RaftStore, TokenStore};
 use gateway::token::TokenKey;
@@ -109,7 +109,7 @@ fn main() {
             endpoints: addrs.clone(),
             timeout: Duration::from_secs(5),
             tls: None,
-            token: auth.then(|| gateway::config::Secret::new(GATEWAY_TOKEN)),
+            token: auth.then(|| gateway::secret::Secret::new(GATEWAY_TOKEN)),
         }));
         let deadline = Instant::now() + Duration::from_secs(30);
         while store

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gateway::config::Config;
-use gateway::proxy::Listeners;
+use gateway::http::Listeners;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -142,7 +142,7 @@ fn node_credentials(
     use gateway::cachenode::auth::{Credentials, IdentityPattern, RoleCredential};
     let mut out = Vec::new();
     for (flag, token, identities) in roles {
-        let secret = match token.as_deref().map(gateway::config::secret::resolve) {
+        let secret = match token.as_deref().map(gateway::secret::resolve) {
             None => None,
             Some(Ok(s)) => Some(s),
             Some(Err(e)) => return Err(format!("{flag} token: {e}")),
@@ -223,8 +223,8 @@ fn main() -> ExitCode {
                 }
             };
             let format = match log_format.as_str() {
-                "json" => gateway::config::LogFormat::Json,
-                _ => gateway::config::LogFormat::Text,
+                "json" => gateway::telemetry::LogFormat::Json,
+                _ => gateway::telemetry::LogFormat::Text,
             };
             let cfg = gateway::cachenode::CacheNodeConfig {
                 id,
@@ -275,7 +275,7 @@ fn node_tls(
     };
     Ok(Some(gateway::cachenode::NodeTls {
         cert,
-        key: gateway::config::Secret::new(String::from_utf8_lossy(&key).into_owned()),
+        key: gateway::secret::Secret::new(String::from_utf8_lossy(&key).into_owned()),
         ca: read("--tls-ca", ca)?,
         client_ca: read("--tls-client-ca", client_ca)?,
     }))
@@ -292,9 +292,9 @@ fn parse_member(s: &str) -> Result<(u64, String), String> {
 
 async fn cache_node(
     cfg: gateway::cachenode::CacheNodeConfig,
-    format: gateway::config::LogFormat,
+    format: gateway::telemetry::LogFormat,
 ) -> ExitCode {
-    let log = gateway::config::LogConfig {
+    let log = gateway::telemetry::LogConfig {
         format,
         level: "info,openraft=warn".into(),
     };
@@ -367,8 +367,8 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, print_config: bool) 
         print!("{}", demo.config_yaml);
         return ExitCode::SUCCESS;
     }
-    let log = gateway::config::LogConfig {
-        format: gateway::config::LogFormat::Text,
+    let log = gateway::telemetry::LogConfig {
+        format: gateway::telemetry::LogFormat::Text,
         level: "info".into(),
     };
     let telemetry = match gateway::telemetry::init(&log, None, "tokengate-demo", None) {

@@ -4,7 +4,7 @@
 
 use gateway::auth::bearer::{Found, find};
 use gateway::auth::limits::CallerLimits;
-use gateway::config::TokenSource;
+use gateway::auth::bearer::TokenSource;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

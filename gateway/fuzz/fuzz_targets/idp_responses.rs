@@ -2,7 +2,7 @@
 #![no_main]
 
 use gateway::auth::introspection::client::parse;
-use gateway::token::idp::parse_success;
+use gateway::token::grant::parse_success;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {

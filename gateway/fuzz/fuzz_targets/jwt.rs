@@ -9,9 +9,12 @@ use std::sync::{Arc, LazyLock};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use gateway::auth::Jwt;
-use gateway::config::{Config, JwksSource, MiddlewareConfig};
+use gateway::auth::MiddlewareConfig;
+use gateway::auth::jwt::JwksSource;
+use gateway::config::Config;
 use gateway::store::{MemoryStore, Store};
-use gateway::token::{FleetKey, TokenCache};
+use gateway::lifecycle::TokenCache;
+use gateway::token::FleetKey;
 use libfuzzer_sys::fuzz_target;
 
 struct Target {

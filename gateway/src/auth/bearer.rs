@@ -17,7 +17,30 @@ use http::{HeaderValue, Uri};
 
 use super::AuthError;
 use super::limits::CallerLimits;
-use crate::config::TokenSource;
+use http::HeaderName;
+
+/// Where a caller's bearer token is looked for, in this order: header, query, cookie.
+#[derive(Debug, Clone)]
+pub struct TokenSource {
+    /// Headers, tried in order, each with the scheme that must precede the token in it
+    /// (`None`: the whole value).
+    pub headers: Vec<(HeaderName, Option<String>)>,
+    /// A query parameter.
+    pub query: Option<String>,
+    /// A cookie.
+    pub cookie: Option<String>,
+}
+
+impl Default for TokenSource {
+    /// RFC 6750 §2.1: `Authorization: Bearer <token>`.
+    fn default() -> Self {
+        Self {
+            headers: vec![(http::header::AUTHORIZATION, Some("Bearer".into()))],
+            query: None,
+            cookie: None,
+        }
+    }
+}
 
 /// The token, or the refusal a bearer-token middleware answers without one: no token at all is
 /// a bare challenge, a malformed one is `invalid_token`, two are `invalid_request`.

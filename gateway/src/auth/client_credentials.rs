@@ -19,10 +19,54 @@ use http::header::AUTHORIZATION;
 
 use super::limits::{CallerLimits, Guards};
 use super::{Applied, AuthError, Caller, UsedToken};
-use crate::config::{ClientCredentialsConfig, Secret};
-use crate::token::{
-    IdpError, KeyDeriver, TokenCache, TokenEntry, TokenKey, TokenRequest, now_millis,
-};
+use crate::auth::claims::ClaimsPolicy;
+use crate::lifecycle::TokenCache;
+use crate::outbound::IdpError;
+use crate::secret::Secret;
+use crate::token::AuthMethod;
+use crate::token::{KeyDeriver, TokenEntry, TokenKey, TokenRequest, now_millis};
+use std::time::Duration;
+use url::Url;
+
+/// Lifetime assumed when the IdP states none (neither `expires_in` nor a JWT `exp`).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// How long an `invalid_client` answer is remembered, so a flood of bad secrets is not a flood
+/// at the IdP, while a fixed client registration is picked up quickly.
+pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
+/// An upstream 401 evicts a token only once it is this old: a token that was refused within
+/// seconds of being issued is refused for the upstream's own reasons, and fetching another
+/// would only turn anonymous traffic into IdP load (at most two fetches a minute per credential).
+pub const DEFAULT_REJECTED_TOKEN_MIN_AGE: Duration = Duration::from_secs(30);
+/// The `clientCredentials` middleware, validated.
+#[derive(Debug, Clone)]
+pub struct ClientCredentialsConfig {
+    /// The IdP token endpoint.
+    pub token_url: Url,
+    /// Gateway-level credentials; `None` = application level (the caller's Basic credentials).
+    pub credentials: Option<(String, Secret)>,
+    /// How the gateway authenticates at the token endpoint.
+    pub auth_method: AuthMethod,
+    /// Sent as `audience`.
+    pub audience: Option<String>,
+    /// Sent as `scope`, sorted and deduplicated.
+    pub scopes: Vec<String>,
+    /// Extra form parameters, sorted by name.
+    pub endpoint_params: Vec<(String, String)>,
+    /// Claims checks and forwarding, applied to the claims of the token obtained.
+    pub policy: ClaimsPolicy,
+    /// Lifetime assumed when the IdP states none.
+    pub default_token_lifetime: Duration,
+    /// Realm of the `Basic` challenge.
+    pub realm: String,
+    /// How long `invalid_client` is remembered.
+    pub negative_cache_ttl: Duration,
+    /// Tokens younger than this are not evicted when an upstream answers 401 to them.
+    pub rejected_token_min_age: Duration,
+    /// One IdP attempt's timeout.
+    pub idp_timeout: Duration,
+    /// IdP retries after the first attempt.
+    pub idp_retries: u32,
+}
 
 /// A configured `clientCredentials` middleware.
 pub struct ClientCredentials {

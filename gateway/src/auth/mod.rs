@@ -8,6 +8,7 @@
 pub mod bearer;
 pub mod claims;
 pub mod client_credentials;
+pub mod error;
 pub mod headers;
 pub mod introspection;
 pub mod jwt;
@@ -15,16 +16,30 @@ pub mod limits;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::request::Parts;
 
-pub use client_credentials::ClientCredentials;
-pub use introspection::Introspection;
-pub use jwt::Jwt;
+pub use client_credentials::{ClientCredentials, ClientCredentialsConfig};
+pub use error::AuthError;
+pub use introspection::{Introspection, IntrospectionConfig};
+pub use jwt::{Jwt, JwtConfig};
 
 use crate::token::TokenKey;
+
+/// Realm announced in challenges when none is configured.
+pub const DEFAULT_REALM: &str = "tokengate";
+
+/// A configured middleware.
+#[derive(Debug, Clone)]
+pub enum MiddlewareConfig {
+    /// OAuth2 client credentials (RFC 6749 §4.4).
+    ClientCredentials(ClientCredentialsConfig),
+    /// Token introspection (RFC 7662).
+    Introspection(IntrospectionConfig),
+    /// Local JWT validation.
+    Jwt(JwtConfig),
+}
 
 /// A configured middleware instance.
 pub enum Middleware {
@@ -121,78 +136,4 @@ pub struct UsedToken {
     pub version: u64,
     /// When the IdP issued it (ms since the epoch).
     pub issued_at: u64,
-}
-
-/// Why a request was refused. Each variant is one HTTP answer; internal detail stays in logs.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuthError {
-    /// No usable credentials on the request: 401 with a `Basic` challenge.
-    #[error("client credentials required")]
-    MissingCredentials {
-        /// The realm to announce.
-        realm: Arc<str>,
-    },
-    /// The IdP rejected the caller's credentials: 401 with a `Basic` challenge.
-    #[error("invalid client credentials")]
-    InvalidClient {
-        /// The realm to announce.
-        realm: Arc<str>,
-    },
-    /// No bearer token on the request: 401 with a bare `Bearer` challenge (RFC 6750 §3.1: a
-    /// request without authentication information gets no error code).
-    #[error("bearer token required")]
-    MissingToken {
-        /// The realm to announce.
-        realm: Arc<str>,
-    },
-    /// The bearer token is inactive, expired, malformed or not signed by a trusted key: 401
-    /// with `error="invalid_token"` (RFC 6750 §3.1).
-    #[error("invalid bearer token: {reason}")]
-    InvalidToken {
-        /// The realm to announce.
-        realm: Arc<str>,
-        /// A fixed, caller-safe description (never the token or a key).
-        reason: &'static str,
-    },
-    /// The request carries credentials in more than one place, or more than one of them:
-    /// 400 with `error="invalid_request"` (RFC 6750 §3.1, RFC 6749 §5.2).
-    #[error("invalid request: {reason}")]
-    InvalidRequest {
-        /// The realm to announce.
-        realm: Arc<str>,
-        /// Announce a `Basic` challenge (client credentials), else `Bearer`.
-        basic: bool,
-        /// A fixed, caller-safe description.
-        reason: &'static str,
-    },
-    /// Credentials the gateway has not seen cost IdP calls, and this caller (or client id) has
-    /// spent its budget of them: 429 with `Retry-After`.
-    #[error("too many unknown credentials")]
-    OverBudget {
-        /// When a miss will be allowed again.
-        retry_after: Duration,
-    },
-    /// The caller is authenticated but its claims do not satisfy the route's `claims`
-    /// expression: 403 with `error="insufficient_scope"` (RFC 6750 §3.1).
-    #[error("claims do not satisfy the policy")]
-    InsufficientScope {
-        /// The realm to announce.
-        realm: Arc<str>,
-    },
-    /// The IdP refused to issue a token for this caller (e.g. `invalid_scope`): 403.
-    #[error("the identity provider refused the token request")]
-    Refused {
-        /// The RFC 6749 error code.
-        error: String,
-    },
-    /// The gateway's own configuration is rejected by the IdP, or the IdP misbehaves: 502.
-    #[error("the gateway could not obtain a token")]
-    Upstream,
-    /// The IdP is unavailable and no valid answer is cached: 503 with `Retry-After`. Never a
-    /// silent allow.
-    #[error("the identity provider is unavailable")]
-    Unavailable {
-        /// Suggested wait.
-        retry_after: Duration,
-    },
 }

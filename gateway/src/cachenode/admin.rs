@@ -1,5 +1,5 @@
 //! The `Admin` gRPC service: cluster status and membership, snapshots, evictions. Every call
-//! passes the bearer-token interceptor ([`super::admin_auth`]) first.
+//! passes the bearer-token interceptor (`super::admin_auth`) first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,14 +9,14 @@ use openraft::{BasicNode, ServerState};
 use tokengate_proto::admin as pa;
 use tonic::{Request, Response, Status};
 
-use super::convert::key_from;
 use super::service::NodeContext;
 use super::state::{Command, Outcome};
+use crate::cacheclient::convert::key_from;
 
 /// Longest `Admin.Snapshot` waits for the snapshot it triggered.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The `Admin` server (behind the bearer-token interceptor, see [`super::admin_auth`]).
+/// The `Admin` server (behind the bearer-token interceptor, see `super::admin_auth`).
 pub struct AdminService(pub Arc<NodeContext>);
 
 fn membership_error(

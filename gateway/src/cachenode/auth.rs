@@ -29,7 +29,7 @@ use prometheus::IntCounterVec;
 use subtle::ConstantTimeEq;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,7 +11,7 @@
 //! - [`network`]: Raft RPCs to peers over gRPC.
 //! - [`service`]: the gRPC services for peers and gateways: Raft transport, `TokenCache`.
 //! - [`admin`]: the `Admin` service for operators.
-//! - [`convert`]: protobuf conversions.
+//! - protobuf conversions are [`crate::cacheclient::convert`]'s, shared with the clients.
 //! - [`metrics`]: Prometheus gauges of the node's Raft state (`--metrics-listen`).
 //!
 //! One redb file per node (`<data-dir>/raft.redb`) holds the log, the vote, the committed index
@@ -25,7 +25,6 @@
 pub mod admin;
 pub mod auth;
 pub mod bounds;
-pub mod convert;
 pub mod log_store;
 pub mod metrics;
 pub mod network;
@@ -46,7 +45,7 @@ use tokengate_proto::cache::token_cache_server::TokenCacheServer;
 use tokengate_proto::raft::raft_transport_server::RaftTransportServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use admin::AdminService;
 use service::{CacheService, NodeContext, RaftService};
 use state::{Outcome, Stamped};
@@ -81,9 +80,8 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 32;
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// A snapshot is taken after this many log entries, and the log before it purged.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
-/// Entries the cache keeps at most, by default: a million sealed tokens of 900 bytes take about
-/// 2 GiB on each node.
-pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+/// Entries the cache keeps at most, by default: the same bound as a gateway's L1.
+pub const DEFAULT_MAX_ENTRIES: u64 = crate::token::DEFAULT_MAX_ENTRIES as u64;
 
 /// How a cache node runs.
 #[derive(Debug, Clone)]
@@ -145,8 +143,8 @@ impl std::fmt::Debug for NodeTls {
 impl NodeTls {
     /// How the node dials its peers: verifying them against `ca`, presenting its own
     /// certificate.
-    fn dialer(&self) -> network::Dialer {
-        network::Dialer::new(Some(&crate::config::StoreTls {
+    fn dialer(&self) -> crate::cacheclient::Dialer {
+        crate::cacheclient::Dialer::new(Some(&crate::outbound::StoreTls {
             ca: self.ca.clone(),
             client: Some((self.cert.clone(), self.key.clone())),
             insecure_skip_verify: false,
@@ -231,7 +229,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     let dialer = cfg
         .tls
         .as_ref()
-        .map_or_else(network::Dialer::default, NodeTls::dialer);
+        .map_or_else(crate::cacheclient::Dialer::default, NodeTls::dialer);
     // Everything that can fail is set up before Raft starts: a port that is taken or a bad
     // certificate stops the node before it has anything to shut down.
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -260,7 +258,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     let network = network::Network {
         peer_overrides: cfg.peers.clone(),
         dialer: dialer.clone(),
-        bearer: network::bearer(cfg.credentials.peer.secret.as_ref()),
+        bearer: crate::cacheclient::bearer(cfg.credentials.peer.secret.as_ref()),
     };
     let raft = raft_runtime
         .spawn(Raft::new(
@@ -429,9 +427,9 @@ fn serve_metrics(
 ) -> tokio::task::JoinHandle<()> {
     use futures_util::FutureExt;
     let gauges = Arc::new(metrics::RaftMetrics::new());
-    let handler: crate::proxy::serve::Handler = Arc::new(move |req, _| {
+    let handler: crate::http::Handler = Arc::new(move |req, _| {
         let resp = if req.uri().path() == "/metrics" {
-            let mut r = crate::proxy::response::json(
+            let mut r = crate::http::response::json(
                 http::StatusCode::OK,
                 gauges.render(&ctx.raft, &ctx.shared),
             );
@@ -441,14 +439,14 @@ fn serve_metrics(
             );
             r
         } else {
-            crate::proxy::response::error(http::StatusCode::NOT_FOUND, "not_found", "try /metrics")
+            crate::http::response::error(http::StatusCode::NOT_FOUND, "not_found", "try /metrics")
         };
         async move { resp }.boxed()
     });
     if let Ok(bound) = listener.local_addr() {
         tracing::info!(addr = %bound, "cache node metrics listening");
     }
-    tokio::spawn(crate::proxy::serve(
+    tokio::spawn(crate::http::serve(
         listener,
         handler,
         stop,
@@ -466,12 +464,12 @@ async fn join(
     id: u64,
     addr: String,
     token: Option<Secret>,
-    dialer: network::Dialer,
+    dialer: crate::cacheclient::Dialer,
     stop: CancellationToken,
 ) {
     use tokengate_proto::admin::AddLearnerRequest;
     use tokengate_proto::admin::admin_client::AdminClient;
-    let bearer = network::bearer(token.as_ref());
+    let bearer = crate::cacheclient::bearer(token.as_ref());
     let mut next = 0;
     let mut target = members[0].clone();
     loop {
@@ -486,11 +484,7 @@ async fn join(
                 req.metadata_mut().insert("authorization", b.clone());
             }
             client.add_learner(req).await.map_err(|s| {
-                let leader = s
-                    .metadata()
-                    .get(service::LEADER_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                let leader = crate::cacheclient::leader_hint(&s).map(str::to_owned);
                 (s.message().to_owned(), leader)
             })
         };

@@ -22,14 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::TypeConfig;
-use super::convert::{key_from, sealed_from, sealed_to};
 use super::snapshot::{MAX_SNAPSHOT_BYTES, SnapshotFile, Snapshots};
 use super::state::{Change, Command, Outcome, Stamped};
 use super::state_machine::{Shared, WatchItem};
+use crate::cacheclient::convert::{key_from, sealed_from, sealed_to};
 use crate::token::{TokenKey, now_millis};
-
-/// The metadata entry naming the leader's address on a redirect.
-pub const LEADER_METADATA: &str = "tokengate-leader";
 
 /// How long a leader goes on serving without a quorum's acknowledgement: less than the 1.2 s
 /// after which the others may elect a new leader (see [`super::ELECTION_TIMEOUT_MAX`]), so an
@@ -193,7 +190,9 @@ impl NodeContext {
             None => "no leader is known; retry shortly".to_owned(),
         });
         if let Some(a) = addr.and_then(|a| a.parse().ok()) {
-            status.metadata_mut().insert(LEADER_METADATA, a);
+            status
+                .metadata_mut()
+                .insert(crate::cacheclient::LEADER_METADATA, a);
         }
         status
     }

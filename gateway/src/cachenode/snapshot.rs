@@ -19,8 +19,8 @@ use tokengate_proto::cache as pc;
 use tokengate_proto::snapshot as ps;
 use tokengate_proto::snapshot::record::Item;
 
-use super::convert::{key_from, sealed_from, sealed_to};
 use super::state::{CacheState, RefreshLease};
+use crate::cacheclient::convert::{key_from, sealed_from, sealed_to};
 
 /// The file format's version.
 pub const FORMAT: u32 = 1;
@@ -118,7 +118,7 @@ pub fn write(state: &CacheState, out: impl Write) -> io::Result<u64> {
     Ok(written)
 }
 
-/// Reads a state written by [`write`]. Every record is bounded and checked: the bytes may
+/// Reads a state written by [`write()`]. Every record is bounded and checked: the bytes may
 /// come from a peer.
 pub fn read(input: impl Read) -> Result<CacheState, SnapshotError> {
     let mut input = BufReader::with_capacity(256 * 1024, input);

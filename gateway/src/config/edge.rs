@@ -11,26 +11,10 @@ use super::raw::{
 };
 use super::validate::Issues;
 use crate::auth::limits::{BucketConfig, CallerLimits, MissBudgetConfig};
+use crate::http::TransportLimits;
+use crate::proxy::edge::EdgeConfig;
 use crate::proxy::forward::ForwardedHeaders;
 use crate::proxy::path::{EncodedCharacters, PathPolicy};
-use crate::proxy::serve::TransportLimits;
-
-/// Everything the edge applies before a middleware sees a request.
-#[derive(Debug, Clone, Default)]
-pub struct EdgeConfig {
-    /// `paths`.
-    pub paths: PathPolicy,
-    /// `encodedCharacters`: the default for routes that name none.
-    pub encoded_characters: EncodedCharacters,
-    /// `forwardedHeaders`.
-    pub forwarded: ForwardedHeaders,
-    /// `transport` and `http2`.
-    pub transport: TransportLimits,
-    /// `limits`.
-    pub caller_limits: CallerLimits,
-    /// `idpMissBudget`.
-    pub miss_budget: MissBudgetConfig,
-}
 
 /// Reads the edge settings of `raw`, leaving the rest alone.
 pub(super) fn edge(issues: &mut Issues, raw: &RawConfig) -> EdgeConfig {

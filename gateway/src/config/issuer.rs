@@ -5,29 +5,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
 
-use super::middleware::{
-    DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
-};
-use super::middleware::{DEFAULT_LEEWAY, DEFAULT_REALM, algorithms, key_client};
+use super::middleware::{algorithms, key_client};
 use super::raw::{RawIssuer, RawIssuerClient, RawTrustedIssuer, StringOrList};
 use super::validate::Issues;
-use super::{ClaimsPolicy, JwksSource, JwtConfig, TokenSource};
+use crate::auth::DEFAULT_REALM;
+use crate::auth::bearer::TokenSource;
+use crate::auth::claims::ClaimsPolicy;
+use crate::auth::jwt::{
+    DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
+    DEFAULT_LEEWAY, JwksSource, JwtConfig,
+};
 use crate::issuer::keys::SigningKey;
 use crate::issuer::secret::SecretHash;
-
-/// Lifetime of issued tokens when neither the client nor the issuer names one: short enough
-/// that a leaked token is soon worthless, long enough that clients are not busy renewing.
-pub const DEFAULT_ISSUED_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 60);
-/// Longest lifetime an issued token may be given.
-pub const MAX_ISSUED_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
-/// The token endpoint's path (Octelium's, and the common choice).
-pub const TOKEN_PATH: &str = "/oauth2/token";
-/// The JWKS path.
-pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-/// The RFC 8414 metadata path.
-pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+use crate::issuer::{
+    DEFAULT_ISSUED_TOKEN_LIFETIME, IssuerClient, IssuerConfig, MAX_ISSUED_TOKEN_LIFETIME,
+    TOKEN_PATH,
+};
 
 /// Claims the issuer sets itself; a client's extra `claims` cannot override them.
 const REGISTERED_CLAIMS: [&str; 10] = [
@@ -42,54 +36,6 @@ const REGISTERED_CLAIMS: [&str; 10] = [
     "scope",
     "auth_time",
 ];
-
-/// The issuer, validated.
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    /// The issuer identifier (`iss`), without a trailing slash.
-    pub issuer: String,
-    /// The key tokens are signed with.
-    pub signing_key: SigningKey,
-    /// Retired keys, still published so tokens they signed verify until they expire.
-    pub previous_keys: Vec<SigningKey>,
-    /// `aud` for clients that name none.
-    pub audience: String,
-    /// Lifetime for clients that name none.
-    pub token_lifetime: Duration,
-    /// Registered clients by id.
-    pub clients: BTreeMap<String, IssuerClient>,
-    /// Identity providers whose tokens are client assertions, as `jwt` validations.
-    pub trusted_issuers: Vec<JwtConfig>,
-}
-
-impl IssuerConfig {
-    /// The token endpoint URL.
-    pub fn token_endpoint(&self) -> String {
-        format!("{}{TOKEN_PATH}", self.issuer)
-    }
-
-    /// The JWKS URL.
-    pub fn jwks_uri(&self) -> String {
-        format!("{}{JWKS_PATH}", self.issuer)
-    }
-}
-
-/// One registered client.
-#[derive(Debug, Clone)]
-pub struct IssuerClient {
-    /// Its secret's hash; `None`: it authenticates only with federated identities.
-    pub secret: Option<SecretHash>,
-    /// Scopes it may be granted, sorted.
-    pub scopes: Vec<String>,
-    /// `aud` of its tokens.
-    pub audience: String,
-    /// Lifetime of its tokens.
-    pub token_lifetime: Duration,
-    /// Extra claims of its tokens.
-    pub claims: Map<String, Value>,
-    /// `(iss, sub)` pairs of workload tokens that act as this client.
-    pub federated: Vec<(String, String)>,
-}
 
 pub(super) fn issuer(
     issues: &mut Issues,
@@ -394,7 +340,9 @@ pub(super) fn bind_gateway_issuer(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError, JwksSource, MiddlewareConfig};
+    use crate::auth::MiddlewareConfig;
+    use crate::auth::jwt::JwksSource;
+    use crate::config::{Config, ConfigError};
 
     fn load(extra: &str, issuer: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(&format!(

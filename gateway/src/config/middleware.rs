@@ -7,256 +7,29 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
-use url::Url;
 
 use super::raw::{
     RawClientCredentials, RawEndpointAuth, RawHttpClient, RawIntrospection, RawJwt, RawMiddleware,
     RawTls, RawTokenSource, StringOrList,
 };
 use super::validate::Issues;
-use super::{
-    DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, DEFAULT_NEGATIVE_CACHE_TTL,
-    DEFAULT_REJECTED_TOKEN_MIN_AGE, DEFAULT_TOKEN_LIFETIME, Secret,
+use crate::auth::DEFAULT_REALM;
+use crate::auth::MiddlewareConfig;
+use crate::auth::bearer::TokenSource;
+use crate::auth::claims::{ClaimsExpr, ClaimsPolicy};
+use crate::auth::client_credentials::{
+    ClientCredentialsConfig, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REJECTED_TOKEN_MIN_AGE,
+    DEFAULT_TOKEN_LIFETIME,
 };
-use crate::auth::claims::ClaimsExpr;
+use crate::auth::introspection::{
+    DEFAULT_INACTIVE_CACHE_TTL, DEFAULT_MAX_CACHE_TTL, EndpointAuth, IntrospectionConfig,
+};
+use crate::auth::jwt::{
+    DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
+    DEFAULT_LEEWAY, GATEWAY_TOKEN_HEADER, JwksSource, JwtConfig,
+};
+use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, HttpClientConfig, HttpTls};
 use crate::token::AuthMethod;
-
-/// Upper bound on reusing an active introspection result: a token revoked at the IdP is still
-/// accepted for at most this long. Half a minute keeps the IdP off the hot path without making
-/// revocation meaningless.
-pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(30);
-/// How long an inactive (or unknown) token's result is remembered: long enough that a client
-/// retrying with a bad token is not a flood at the IdP, short enough not to matter otherwise.
-pub const DEFAULT_INACTIVE_CACHE_TTL: Duration = Duration::from_secs(5);
-/// Clock skew tolerated on `exp`/`nbf`/`iat`: NTP-synchronised hosts differ by far less.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
-/// A key set is fetched again after this long, so keys the IdP retires stop being accepted.
-pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
-/// A key set that could not be refreshed for this long stops verifying (503): keys the IdP
-/// retired (perhaps because they leaked) must not be trusted for ever while it is unreachable.
-/// Twelve refresh intervals: an IdP outage of most of an hour is ridden out.
-pub const DEFAULT_JWKS_MAX_STALENESS: Duration = Duration::from_secs(60 * 60);
-/// Least time between two key-set fetches caused by unknown `kid`s: a caller sending random
-/// `kid`s costs the IdP at most one request per this interval per node.
-pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
-/// The header that carries a token of the gateway's own issuer, besides `Authorization`.
-pub const GATEWAY_TOKEN_HEADER: &str = "x-tokengate-auth";
-/// Realm announced in challenges when none is configured.
-pub const DEFAULT_REALM: &str = "tokengate";
-
-/// A configured middleware.
-#[derive(Debug, Clone)]
-pub enum MiddlewareConfig {
-    /// OAuth2 client credentials (RFC 6749 §4.4).
-    ClientCredentials(ClientCredentialsConfig),
-    /// Token introspection (RFC 7662).
-    Introspection(IntrospectionConfig),
-    /// Local JWT validation.
-    Jwt(JwtConfig),
-}
-
-/// What a middleware does with verified claims; the same options on every middleware.
-#[derive(Debug, Clone, Default)]
-pub struct ClaimsPolicy {
-    /// Authorization expression; `None` allows every verified caller.
-    pub claims: Option<ClaimsExpr>,
-    /// Header -> claim, replacing caller-sent headers of the same name.
-    pub forward_headers: Vec<(HeaderName, String)>,
-    /// Claim naming the user in the access log.
-    pub username_claim: Option<String>,
-}
-
-/// The `clientCredentials` middleware, validated.
-#[derive(Debug, Clone)]
-pub struct ClientCredentialsConfig {
-    /// The IdP token endpoint.
-    pub token_url: Url,
-    /// Gateway-level credentials; `None` = application level (the caller's Basic credentials).
-    pub credentials: Option<(String, Secret)>,
-    /// How the gateway authenticates at the token endpoint.
-    pub auth_method: AuthMethod,
-    /// Sent as `audience`.
-    pub audience: Option<String>,
-    /// Sent as `scope`, sorted and deduplicated.
-    pub scopes: Vec<String>,
-    /// Extra form parameters, sorted by name.
-    pub endpoint_params: Vec<(String, String)>,
-    /// Claims checks and forwarding, applied to the claims of the token obtained.
-    pub policy: ClaimsPolicy,
-    /// Lifetime assumed when the IdP states none.
-    pub default_token_lifetime: Duration,
-    /// Realm of the `Basic` challenge.
-    pub realm: String,
-    /// How long `invalid_client` is remembered.
-    pub negative_cache_ttl: Duration,
-    /// Tokens younger than this are not evicted when an upstream answers 401 to them.
-    pub rejected_token_min_age: Duration,
-    /// One IdP attempt's timeout.
-    pub idp_timeout: Duration,
-    /// IdP retries after the first attempt.
-    pub idp_retries: u32,
-}
-
-/// Where a caller's bearer token is looked for, in this order: header, query, cookie.
-#[derive(Debug, Clone)]
-pub struct TokenSource {
-    /// Headers, tried in order, each with the scheme that must precede the token in it
-    /// (`None`: the whole value).
-    pub headers: Vec<(HeaderName, Option<String>)>,
-    /// A query parameter.
-    pub query: Option<String>,
-    /// A cookie.
-    pub cookie: Option<String>,
-}
-
-impl Default for TokenSource {
-    /// RFC 6750 §2.1: `Authorization: Bearer <token>`.
-    fn default() -> Self {
-        Self {
-            headers: vec![(http::header::AUTHORIZATION, Some("Bearer".into()))],
-            query: None,
-            cookie: None,
-        }
-    }
-}
-
-/// TLS options of an HTTP client, with the files already read and parsed.
-#[derive(Debug, Clone, Default)]
-pub struct HttpTls {
-    /// Extra trusted CA certificates (added to the system roots).
-    pub ca: Vec<reqwest::Certificate>,
-    /// Client certificate and key (mutual TLS).
-    pub identity: Option<reqwest::Identity>,
-    /// Skip server verification. For tests only.
-    pub insecure_skip_verify: bool,
-}
-
-/// An HTTP client towards an IdP endpoint.
-#[derive(Debug, Clone)]
-pub struct HttpClientConfig {
-    /// One attempt's timeout.
-    pub timeout: Duration,
-    /// Retries after the first attempt (transport errors, 5xx, 429).
-    pub retries: u32,
-    /// TLS options.
-    pub tls: HttpTls,
-}
-
-impl HttpClientConfig {
-    /// Builds the client. Fails only on TLS material the TLS library rejects at build time.
-    pub fn build(&self) -> reqwest::Result<reqwest::Client> {
-        let mut b = crate::token::idp::http_builder()
-            .danger_accept_invalid_certs(self.tls.insecure_skip_verify);
-        for ca in &self.tls.ca {
-            b = b.add_root_certificate(ca.clone());
-        }
-        if let Some(id) = &self.tls.identity {
-            b = b.identity(id.clone());
-        }
-        b.build()
-    }
-}
-
-/// How the gateway authenticates at an endpoint it calls.
-#[derive(Debug, Clone)]
-pub enum EndpointAuth {
-    /// No authentication.
-    None,
-    /// Client id and secret, by `client_secret_basic` or `client_secret_post`.
-    Client {
-        /// Basic or post.
-        method: AuthMethod,
-        /// The client id.
-        client_id: String,
-        /// The client secret.
-        secret: Secret,
-    },
-    /// `Authorization: Bearer <token>`.
-    Bearer(Secret),
-}
-
-impl EndpointAuth {
-    /// The client id, if any (not a secret): part of the introspection cache key.
-    pub fn client_id(&self) -> &str {
-        match self {
-            Self::Client { client_id, .. } => client_id,
-            Self::None | Self::Bearer(_) => "",
-        }
-    }
-}
-
-/// The `introspection` middleware, validated.
-#[derive(Debug, Clone)]
-pub struct IntrospectionConfig {
-    /// Where the caller's token is.
-    pub token_source: TokenSource,
-    /// The introspection endpoint.
-    pub url: Url,
-    /// How the gateway authenticates there.
-    pub auth: EndpointAuth,
-    /// Extra request headers.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// RFC 7662 `token_type_hint`.
-    pub token_type_hint: Option<String>,
-    /// HTTP client options.
-    pub http: HttpClientConfig,
-    /// Keep the caller's token on the upstream request.
-    pub forward_authorization: bool,
-    /// Claims checks and forwarding, applied to the introspection response.
-    pub policy: ClaimsPolicy,
-    /// Upper bound on reusing an active result (never past `exp`).
-    pub max_cache_ttl: Duration,
-    /// How long an inactive result is remembered.
-    pub inactive_cache_ttl: Duration,
-    /// `Bearer` realm.
-    pub realm: String,
-}
-
-/// Where a `jwt` middleware finds its keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    /// A JWKS document.
-    Url(Url),
-    /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` names the JWKS.
-    Discovery(Url),
-    /// A JWKS document given in full; never fetched.
-    Inline(std::sync::Arc<serde_json::Value>),
-    /// The gateway's own issuer (resolved to `Inline` when the node starts).
-    Gateway,
-}
-
-/// The `jwt` middleware, validated.
-#[derive(Debug, Clone)]
-pub struct JwtConfig {
-    /// Where the caller's token is.
-    pub token_source: TokenSource,
-    /// Where the keys are.
-    pub keys: JwksSource,
-    /// Required `iss`.
-    pub issuer: Option<String>,
-    /// Accepted audiences; empty: `aud` is not checked.
-    pub audience: Vec<String>,
-    /// Accepted algorithms (asymmetric only).
-    pub algorithms: Vec<Algorithm>,
-    /// Tolerated clock skew.
-    pub leeway: Duration,
-    /// Keep the caller's token on the upstream request.
-    pub forward_authorization: bool,
-    /// Claims checks and forwarding.
-    pub policy: ClaimsPolicy,
-    /// Maximum age of the cached key set.
-    pub jwks_refresh_interval: Duration,
-    /// Least time between fetches caused by unknown `kid`s.
-    pub jwks_min_refresh_interval: Duration,
-    /// A key set older than this (not refreshed) verifies nothing until it is fetched again.
-    pub jwks_max_staleness: Duration,
-    /// HTTP client for key fetches.
-    pub http: HttpClientConfig,
-    /// `Bearer` realm.
-    pub realm: String,
-    /// Require the RFC 9068 header `typ: at+jwt` (set for the gateway's own tokens).
-    pub access_token_type: bool,
-}
 
 /// Algorithms accepted when none are configured: every asymmetric one. Symmetric (HS*) ones
 /// are never accepted: a published key set holds public keys, and an HMAC "verified" with a
@@ -859,7 +632,9 @@ fn is_reserved_header(h: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError, JwksSource, MiddlewareConfig};
+    use crate::auth::MiddlewareConfig;
+    use crate::auth::jwt::JwksSource;
+    use crate::config::{Config, ConfigError};
 
     fn load(middleware: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(&format!(

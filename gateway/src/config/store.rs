@@ -1,40 +1,13 @@
 //! The `store` section: which backend shares tokens, and the Redis options, validated.
 
-use std::fmt;
-use std::time::Duration;
-
-use super::Secret;
 use super::raw::{RawRaftStore, RawRedisStore, RawTls};
 use super::validate::Issues;
-
-/// Which [`crate::store::TokenStore`] backend holds the fleet's tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// Node-local.
-    Memory,
-    /// Shared through Redis.
-    Redis(Box<RedisConfig>),
-    /// Shared through the Raft cache service.
-    Raft(RaftStoreConfig),
-}
-
-/// Long enough for an election (a dead leader is replaced in well under a second), short
-/// enough that a cluster without quorum soon degrades nodes to their L1 instead of making
-/// callers wait.
-pub const DEFAULT_RAFT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The Raft cache service as the store, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RaftStoreConfig {
-    /// `host:port` of cache nodes.
-    pub endpoints: Vec<String>,
-    /// Upper bound on one operation.
-    pub timeout: Duration,
-    /// TLS, when the cache nodes speak it (`None`: plain gRPC).
-    pub tls: Option<StoreTls>,
-    /// The gateway role's secret, sent with every call (`None`: nodes without credentials).
-    pub token: Option<super::Secret>,
-}
+use crate::outbound::StoreTls;
+use crate::secret::Secret;
+use crate::store::{
+    DEFAULT_RAFT_TIMEOUT, DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RaftStoreConfig,
+    RedisConfig, RedisTopology,
+};
 
 pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConfig> {
     if r.endpoints.is_empty() {
@@ -71,99 +44,6 @@ pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConf
         tls,
         token,
     })
-}
-
-/// A one-line description for logs (no secrets).
-impl fmt::Display for StoreConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Memory => f.write_str("memory"),
-            Self::Raft(r) => {
-                let tls = if r.tls.is_some() { " (tls)" } else { "" };
-                write!(f, "raft {}{tls}", r.endpoints.join(","))
-            }
-            Self::Redis(r) => {
-                let endpoints: Vec<String> = r
-                    .endpoints
-                    .iter()
-                    .map(|(h, p)| format!("{h}:{p}"))
-                    .collect();
-                let kind = match &r.topology {
-                    RedisTopology::Standalone => "redis".to_owned(),
-                    RedisTopology::Cluster => "redis cluster".to_owned(),
-                    RedisTopology::Sentinel { master_set } => {
-                        format!("redis sentinel {master_set}")
-                    }
-                };
-                let tls = if r.tls.is_some() { " (tls)" } else { "" };
-                write!(f, "{kind} {}{tls}", endpoints.join(","))
-            }
-        }
-    }
-}
-
-/// Connections per node to Redis: the request path only reaches Redis on L1 misses.
-pub const DEFAULT_REDIS_POOL_SIZE: usize = 16;
-/// A healthy Redis answers in well under a millisecond; a second means it is not healthy, and
-/// the node degrades to L1 rather than making callers wait.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The Redis store, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// `(host, port)` of each endpoint.
-    pub endpoints: Vec<(String, u16)>,
-    /// ACL user.
-    pub username: Option<String>,
-    /// Password (also used for the sentinels in Sentinel mode).
-    pub password: Option<Secret>,
-    /// Database number (standalone and Sentinel only).
-    pub database: i64,
-    /// Prefix of every key and channel.
-    pub key_prefix: String,
-    /// How the endpoints are to be used.
-    pub topology: RedisTopology,
-    /// Connections per node.
-    pub pool_size: usize,
-    /// Upper bound on one operation.
-    pub timeout: Duration,
-    /// TLS, when the servers speak it.
-    pub tls: Option<StoreTls>,
-}
-
-/// TLS towards the store (Redis, or the cache service's nodes), with the files already read.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreTls {
-    /// PEM CA bundle; `None` trusts the system roots.
-    pub ca: Option<Vec<u8>>,
-    /// PEM client certificate and key, for mutual TLS.
-    pub client: Option<(Vec<u8>, Secret)>,
-    /// Skip server certificate verification.
-    pub insecure_skip_verify: bool,
-}
-
-impl fmt::Debug for StoreTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreTls")
-            .field("custom_ca", &self.ca.is_some())
-            .field("client_certificate", &self.client.is_some())
-            .field("insecure_skip_verify", &self.insecure_skip_verify)
-            .finish()
-    }
-}
-
-/// Redis deployment shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTopology {
-    /// One server (or a proxy in front of several).
-    Standalone,
-    /// Redis Cluster; the endpoints are seed nodes.
-    Cluster,
-    /// Redis Sentinel; the endpoints are sentinels watching `master_set`.
-    Sentinel {
-        /// The monitored master's name.
-        master_set: String,
-    },
 }
 
 pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig> {
@@ -273,7 +153,8 @@ fn store_tls(issues: &mut Issues, section: &str, t: RawTls) -> StoreTls {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError, DEFAULT_RAFT_TIMEOUT, RaftStoreConfig, StoreConfig};
+    use crate::config::{Config, ConfigError};
+    use crate::store::{DEFAULT_RAFT_TIMEOUT, RaftStoreConfig, StoreConfig};
 
     fn load(store: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(&format!(

@@ -6,12 +6,16 @@ use std::net::SocketAddr;
 use url::Url;
 
 use super::raw::{RawConfig, RawRoute, RawStore};
-use super::{
-    Config, ConfigIssue, DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_MAX_ENTRIES,
-    DEFAULT_REFRESH_INTERVAL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, LogConfig,
-    LogFormat, RefreshConfig, RouteConfig, StoreConfig, secret,
+use super::{Config, ConfigIssue, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::lifecycle::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_REFRESH_INTERVAL, RefreshConfig,
 };
-use crate::telemetry::TracingConfig;
+use crate::outbound::BreakerConfig;
+use crate::proxy::{DEFAULT_REQUEST_TIMEOUT, RouteConfig};
+use crate::secret;
+use crate::store::StoreConfig;
+use crate::telemetry::{LogConfig, LogFormat, TracingConfig};
+use crate::token::DEFAULT_MAX_ENTRIES;
 
 /// Collects issues; each check records and carries on.
 #[derive(Default)]
@@ -167,8 +171,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     };
 
     let tracing = raw.telemetry.tracing.map(|t| tracing(&mut issues, t));
-    let defaults = crate::token::BreakerConfig::default();
-    let idp_breaker = crate::token::BreakerConfig {
+    let defaults = BreakerConfig::default();
+    let idp_breaker = BreakerConfig {
         failures: raw
             .idp_circuit_breaker
             .failures
@@ -449,7 +453,7 @@ routes:
     #[test]
     fn the_idp_circuit_breaker_is_configurable_and_checked() {
         let c = Config::from_yaml(GOOD).unwrap();
-        assert_eq!(c.idp_breaker, crate::token::BreakerConfig::default());
+        assert_eq!(c.idp_breaker, crate::outbound::BreakerConfig::default());
         let tuned = format!("{GOOD}idpCircuitBreaker: {{ failures: 5, cooldown: 500ms }}\n");
         let c = Config::from_yaml(&tuned).unwrap();
         assert_eq!(

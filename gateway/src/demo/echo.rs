@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::proxy::{ProxyBody, response};
+use crate::http::{BoxBody, response};
 
 /// The text description of `req`, headers in canonical capitalisation.
 pub fn describe(req: &Request<Incoming>, remote: SocketAddr) -> String {
@@ -33,7 +33,7 @@ pub fn describe(req: &Request<Incoming>, remote: SocketAddr) -> String {
 }
 
 /// Answers with [`describe`].
-pub fn handle(req: &Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+pub fn handle(req: &Request<Incoming>, remote: SocketAddr) -> Response<BoxBody> {
     let mut resp = response::json(StatusCode::OK, describe(req, remote));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::{Listeners, serve};
+use crate::http::{Listeners, serve};
 
 /// The demo's clients.
 const APP_CLIENT: &str = "demo-app";
@@ -166,7 +166,7 @@ impl Demo {
 
     /// Serves until `shutdown`, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DemoError> {
-        let handler: crate::proxy::serve::Handler = Arc::new(|req, remote| {
+        let handler: crate::http::Handler = Arc::new(|req, remote| {
             let resp = echo::handle(&req, remote);
             async move { resp }.boxed()
         });

@@ -1,9 +1,9 @@
 //! RFC 6749 §5.2 error responses of the token endpoint.
 
-use http::header::{ALLOW, PRAGMA, RETRY_AFTER};
+use http::header::{ALLOW, PRAGMA};
 use http::{HeaderValue, Method, Response, StatusCode};
 
-use crate::proxy::{ProxyBody, response};
+use crate::http::{BoxBody, IntoResponse, response};
 
 /// The realm of the token endpoint's `Basic` challenge.
 pub const REALM: &str = "tokengate-issuer";
@@ -80,15 +80,15 @@ impl OAuthError {
             "the token could not be issued",
         )
     }
+}
 
-    /// The response.
-    pub fn into_response(self) -> Response<ProxyBody> {
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response<BoxBody> {
         let mut resp = response::error(self.status, self.code, self.description);
         resp.headers_mut()
             .insert(PRAGMA, HeaderValue::from_static("no-cache"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            resp = response::with_retry_after(resp, 1);
         }
         if self.challenge {
             resp = response::challenge(resp, REALM);
@@ -98,7 +98,7 @@ impl OAuthError {
 }
 
 /// 405 with `Allow`, for a method the endpoint does not serve.
-pub fn method_not_allowed(allowed: &[Method]) -> Response<ProxyBody> {
+pub fn method_not_allowed(allowed: &[Method]) -> Response<BoxBody> {
     let mut resp = response::error(
         StatusCode::METHOD_NOT_ALLOWED,
         "invalid_request",

@@ -17,6 +17,7 @@ pub mod error;
 pub mod keys;
 pub mod request;
 pub mod secret;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,14 +31,17 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use crate::auth::{AuthError, Jwt};
-use crate::config::issuer::{JWKS_PATH, METADATA_PATH, TOKEN_PATH};
-use crate::config::{IssuerClient, IssuerConfig};
-use crate::proxy::{ProxyBody, response};
+use crate::http::{BoxBody, IntoResponse, response};
+use crate::lifecycle::TokenCache;
 use crate::store::TokenStore;
-use crate::token::{KeyDeriver, TokenCache, now_millis};
+use crate::token::{KeyDeriver, now_millis};
 use error::{OAuthError, method_not_allowed};
 use request::{ClientAuth, Form};
 use secret::Verifier;
+pub use settings::{
+    DEFAULT_ISSUED_TOKEN_LIFETIME, IssuerClient, IssuerConfig, JWKS_PATH,
+    MAX_ISSUED_TOKEN_LIFETIME, METADATA_PATH, TOKEN_PATH,
+};
 
 /// Largest token request body read (assertions are JWTs of a few kilobytes).
 const MAX_BODY: usize = 16 * 1024;
@@ -117,7 +121,7 @@ impl Issuer {
     }
 
     /// Answers a request for one of the issuer's endpoints.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
         match req.uri().path() {
             TOKEN_PATH if req.method() == Method::POST => match self.token(req).await {
                 Ok(resp) => resp,
@@ -142,7 +146,7 @@ impl Issuer {
     }
 
     /// `POST /oauth2/token`.
-    async fn token(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, OAuthError> {
+    async fn token(&self, req: Request<Incoming>) -> Result<Response<BoxBody>, OAuthError> {
         let (parts, body) = req.into_parts();
         let body = Limited::new(body, MAX_BODY)
             .collect()
@@ -275,7 +279,7 @@ impl Issuer {
     }
 
     /// Signs the access token and writes the RFC 6749 §5.1 response.
-    fn issue(&self, grant: &Grant<'_>) -> Result<Response<ProxyBody>, OAuthError> {
+    fn issue(&self, grant: &Grant<'_>) -> Result<Response<BoxBody>, OAuthError> {
         let now = now_millis() / 1000;
         let lifetime = grant.client.token_lifetime.as_secs();
         let mut jti = [0u8; 16];

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::ProxyBody;
-use super::response::json;
-use crate::token::TokenCache;
+use crate::http::BoxBody;
+use crate::http::response::json;
+use crate::lifecycle::TokenCache;
 
 /// Readiness state shared with the shutdown sequence.
 pub struct Admin {
@@ -36,7 +36,7 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub fn handle(&self, req: &Request<Incoming>) -> Response<BoxBody> {
         match (req.method(), req.uri().path()) {
             (&http::Method::GET | &http::Method::HEAD, "/healthz") => {
                 json(StatusCode::OK, r#"{"status":"ok"}"#.into())

@@ -9,9 +9,29 @@ use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 
-use super::ProxyBody;
+use super::forward::ForwardedHeaders;
 use super::path::{EncodedCharacters, PathError, PathPolicy, canonicalize};
-use super::response;
+use crate::auth::limits::{CallerLimits, MissBudgetConfig};
+use crate::http::TransportLimits;
+use crate::http::response;
+use crate::http::{BoxBody, IntoResponse};
+
+/// Everything the edge applies before a middleware sees a request.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeConfig {
+    /// `paths`.
+    pub paths: PathPolicy,
+    /// `encodedCharacters`: the default for routes that name none.
+    pub encoded_characters: EncodedCharacters,
+    /// `forwardedHeaders`.
+    pub forwarded: ForwardedHeaders,
+    /// `transport` and `http2`.
+    pub transport: TransportLimits,
+    /// `limits`.
+    pub caller_limits: CallerLimits,
+    /// `idpMissBudget`.
+    pub miss_budget: MissBudgetConfig,
+}
 
 /// Why a request was refused at the edge. Always 400: the request is malformed or ambiguous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +57,11 @@ impl Refusal {
             Self::EncodedCharacter(_) => "encoded_character",
         }
     }
+}
 
+impl IntoResponse for Refusal {
     /// The 400 answer, counted.
-    pub fn response(&self) -> Response<ProxyBody> {
+    fn into_response(self) -> Response<BoxBody> {
         crate::telemetry::metrics::metrics().edge_refused(self.reason());
         let description = match self {
             Self::SeveralHosts => "more than one Host header".to_owned(),

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use url::Url;
 
-use super::ProxyBody;
+use crate::http::BoxBody;
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,7 +31,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// The pooled keep-alive client towards upstreams.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+pub type UpstreamClient = Client<HttpConnector, BoxBody>;
 
 /// Builds the upstream client.
 pub fn client() -> UpstreamClient {

@@ -4,41 +4,52 @@ pub mod admin;
 pub mod edge;
 pub mod forward;
 pub mod path;
-pub mod response;
 pub mod router;
-pub mod serve;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use tracing::Instrument;
 
-pub use serve::{Listeners, serve};
-
+use crate::auth::MiddlewareConfig;
+use crate::auth::jwt::JwksSource;
 use crate::auth::limits::{Guards, MissBudget};
 use crate::auth::{Applied, Caller, ClientCredentials, Introspection, Jwt, Middleware, UsedToken};
-use crate::config::{Config, JwksSource, MiddlewareConfig};
+use crate::http::response::{self, IntoResponse};
+use crate::http::{BoxBody, BoxError, full};
 use crate::issuer::Issuer;
+use crate::lifecycle::TokenCache;
 use crate::telemetry::{AccessLog, otel};
-use crate::token::TokenCache;
+pub use router::RouteConfig;
 use router::{Route, Router};
 
-/// Boxed error for bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Body type of every request and response the proxy handles: streamed, never buffered whole.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-
+/// Default upper bound on one proxied request: long enough for slow APIs, short enough that a
+/// stuck upstream does not pin connections forever.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests with a body up to this size are kept in memory so that they can be replayed once
 /// after an upstream 401; larger ones are streamed and not replayed.
 const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// What the proxy is built from: borrowed from the node's validated configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxySettings<'a> {
+    /// Middlewares by name.
+    pub middlewares: &'a BTreeMap<String, MiddlewareConfig>,
+    /// Routes (their middleware names exist in `middlewares`).
+    pub routes: &'a [RouteConfig],
+    /// Upper bound on one proxied request.
+    pub request_timeout: Duration,
+    /// What the request edge enforces before any middleware runs.
+    pub edge: &'a edge::EdgeConfig,
+    /// Honour a caller's `traceparent` sampling flag even from peers not trusted.
+    pub trust_caller_sampling: bool,
+}
 
 /// The proxy: routes, the upstream client, the timeout, the edge's rules.
 pub struct Gateway {
@@ -57,7 +68,7 @@ impl Gateway {
     /// Fails only if the TLS library rejects a middleware's TLS material (the files were parsed
     /// at load).
     pub fn new(
-        config: &Config,
+        config: ProxySettings<'_>,
         cache: &Arc<TokenCache>,
         issuer: Option<Arc<Issuer>>,
     ) -> reqwest::Result<Self> {
@@ -114,10 +125,7 @@ impl Gateway {
             request_timeout: config.request_timeout,
             paths: config.edge.paths,
             forwarded: config.edge.forwarded.clone(),
-            trust_caller_sampling: config
-                .tracing
-                .as_ref()
-                .is_some_and(|t| t.trust_caller_sampling),
+            trust_caller_sampling: config.trust_caller_sampling,
         })
     }
 
@@ -126,7 +134,7 @@ impl Gateway {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         remote: SocketAddr,
-    ) -> Response<ProxyBody> {
+    ) -> Response<BoxBody> {
         let started = Instant::now();
         let peer = remote.ip();
         let trusted_peer = self.forwarded.trusts(peer);
@@ -192,10 +200,10 @@ impl Gateway {
         peer: IpAddr,
         caller: Caller,
         log: &mut AccessLog,
-    ) -> Response<ProxyBody> {
+    ) -> Response<BoxBody> {
         let encoded = match edge::check(&mut req, &self.paths) {
             Ok(encoded) => encoded,
-            Err(refusal) => return refusal.response(),
+            Err(refusal) => return refusal.into_response(),
         };
         if let Some(issuer) = &self.issuer
             && Issuer::serves(req.uri().path())
@@ -215,7 +223,7 @@ impl Gateway {
         log.route = Some(route.name.clone());
         name_request(&req, route.prefix());
         if let Some(refused) = encoded.first_refused(route.encoded_characters()) {
-            return edge::Refusal::EncodedCharacter(refused).response();
+            return edge::Refusal::EncodedCharacter(refused).into_response();
         }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -311,8 +319,8 @@ impl Gateway {
         &self,
         upstream: &url::Url,
         mut parts: http::request::Parts,
-        body: ProxyBody,
-    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+        body: BoxBody,
+    ) -> Result<Response<Incoming>, Response<BoxBody>> {
         parts.uri = forward::target(upstream, &parts.uri).map_err(|_| {
             response::error(
                 StatusCode::BAD_REQUEST,
@@ -353,7 +361,7 @@ async fn apply_chain<'r>(
     parts: &mut http::request::Parts,
     caller: &Caller,
     log: &mut AccessLog,
-) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<ProxyBody>> {
+) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<BoxBody>> {
     let mut used = Vec::new();
     for m in &route.middlewares {
         let span = otel::child_span!(
@@ -369,7 +377,7 @@ async fn apply_chain<'r>(
                 }
                 used.extend(token.map(|t| (m, t)));
             }
-            Err(e) => return Err(response::auth_error(&e)),
+            Err(e) => return Err(e.into_response()),
         }
     }
     Ok(used)
@@ -384,13 +392,7 @@ fn name_request<B>(req: &Request<B>, route: &str) {
     }
 }
 
-fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-fn into_proxy(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn into_proxy(resp: Response<Incoming>) -> Response<BoxBody> {
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())

@@ -12,6 +12,23 @@ use url::Url;
 use super::path::EncodedCharacters;
 use crate::auth::Middleware;
 
+/// A route, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Name used in logs.
+    pub name: String,
+    /// Lower-cased host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix; `/` when omitted.
+    pub path_prefix: String,
+    /// Middleware names, checked to exist.
+    pub middlewares: Vec<String>,
+    /// Upstream base URLs, round robin.
+    pub upstreams: Vec<Url>,
+    /// Ambiguous encoded characters allowed in this route's paths.
+    pub encoded_characters: EncodedCharacters,
+}
+
 /// A route ready to serve.
 pub struct Route {
     /// Name, for logs.

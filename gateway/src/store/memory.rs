@@ -134,7 +134,7 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self::with_max_entries(crate::config::DEFAULT_MAX_ENTRIES)
+        Self::with_max_entries(crate::token::DEFAULT_MAX_ENTRIES)
     }
 
     /// An empty store that keeps at most `max` entries: past it, each refresher round drops

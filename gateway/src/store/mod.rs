@@ -28,6 +28,7 @@ pub mod conformance;
 pub mod memory;
 pub mod raft;
 pub mod redis;
+mod settings;
 
 use std::fmt;
 use std::future::Future;
@@ -41,6 +42,10 @@ use crate::token::{SealedEntry, TokenKey, UnixMillis};
 pub use memory::MemoryStore;
 pub use raft::RaftStore;
 pub use redis::RedisStore;
+pub use settings::{
+    DEFAULT_RAFT_TIMEOUT, DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RaftStoreConfig,
+    RedisConfig, RedisTopology, StoreConfig,
+};
 
 /// Identifies a gateway node as a lease holder.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -25,11 +25,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
+use super::RaftStoreConfig;
 use super::{FencingToken, Lookup, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
-use crate::cachenode::convert::{key_from, sealed_from, sealed_to};
-use crate::cachenode::network::Dialer;
-use crate::cachenode::service::LEADER_METADATA;
-use crate::config::RaftStoreConfig;
+use crate::cacheclient::convert::{key_from, sealed_from, sealed_to};
+use crate::cacheclient::{Bearer, Dialer, leader_hint};
 use crate::telemetry::otel;
 use crate::token::{SealedEntry, TokenKey, UnixMillis};
 
@@ -48,7 +47,7 @@ type Client = TokenCacheClient<InterceptedService<Channel, CallMetadata>>;
 /// What every call carries: the trace context, and the role's bearer secret.
 #[derive(Clone)]
 struct CallMetadata {
-    bearer: Option<crate::cachenode::network::Bearer>,
+    bearer: Option<Bearer>,
 }
 
 impl tonic::service::Interceptor for CallMetadata {
@@ -190,10 +189,7 @@ impl Inner {
             }
             // A redirect is followed only to a configured endpoint: the credential goes where
             // the operator pointed it, never where a node says.
-            let hint = status
-                .metadata()
-                .get(LEADER_METADATA)
-                .and_then(|v| v.to_str().ok())
+            let hint = leader_hint(&status)
                 .filter(|l| *l != target && self.endpoints.iter().any(|e| e == l))
                 .map(str::to_owned);
             tracing::debug!(
@@ -232,7 +228,7 @@ impl RaftStore {
             timeout: cfg.timeout,
             dialer: Dialer::new(cfg.tls.as_ref()),
             metadata: CallMetadata {
-                bearer: crate::cachenode::network::bearer(cfg.token.as_ref()),
+                bearer: crate::cacheclient::bearer(cfg.token.as_ref()),
             },
         });
         let events = broadcast::channel(EVENT_BUFFER).0;

@@ -18,8 +18,25 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{LogConfig, LogFormat};
 pub use otel::{TracingConfig, TracingError};
+
+/// Log output options.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Text for people, JSON for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter directive.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// What [`init`] started; [`Telemetry::shutdown`] flushes the spans not yet exported.
 #[must_use = "call shutdown() before exiting so that buffered spans are exported"]

@@ -10,7 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::TokenRequest;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Milliseconds since the Unix epoch. Entries cross nodes, so times are wall-clock, not
 /// `Instant`s.

@@ -18,7 +18,7 @@ use rand::RngCore;
 use sha2::Sha256;
 
 use super::TokenRequest;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

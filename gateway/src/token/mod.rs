@@ -1,19 +1,19 @@
-//! Tokens: key derivation, entries, sealing, the IdP client, the cache with its single flight,
-//! and the refresher: the token lifecycle (the README's *How a token is found*) lives here.
+//! What a token is, before any cache: its key (derived under the fleet key), the entry and its
+//! metadata, sealing for the shared store, the refresh spec that says how to obtain it again,
+//! and the RFC 6749 grant that obtains it. The lifecycle built on these (the cache, single
+//! flight, the refresher) is [`crate::lifecycle`]'s.
 
-pub mod cache;
 pub mod entry;
-pub mod flight;
-pub mod idp;
+pub mod grant;
 pub mod key;
-pub mod refresher;
 pub mod request;
 pub mod seal;
-mod sync;
 
-pub use cache::TokenCache;
+/// Entries a process keeps in memory at most, by default: a gateway's L1 and memory store, and a
+/// cache node's state. A million tokens of 900 bytes is about 2 GiB.
+pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
+
 pub use entry::{EntryMeta, TokenEntry, UnixMillis, now_millis};
-pub use idp::{BreakerConfig, IdpClient, IdpError};
 pub use key::{FleetKey, KeyDeriver, KeyRing, TokenKey};
 pub use request::{AuthMethod, TokenRequest};
 pub use seal::SealedEntry;

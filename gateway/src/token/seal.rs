@@ -174,7 +174,7 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
     use crate::token::{AuthMethod, TokenRequest};
 
     pub(crate) fn sample_entry(version: u64) -> TokenEntry {

@@ -287,7 +287,7 @@ async fn credentials_never_follow_a_redirect_outside_the_configured_endpoints() 
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use gateway::config::RaftStoreConfig;
+    use gateway::store::RaftStoreConfig;
     use gateway::store::{RaftStore, TokenStore};
 
     // Where a lying node points: it counts every connection it is offered.
@@ -332,7 +332,7 @@ async fn credentials_never_follow_a_redirect_outside_the_configured_endpoints() 
         endpoints: vec![liar_addr],
         timeout: Duration::from_millis(800),
         tls: None,
-        token: Some(gateway::config::Secret::new(GATEWAY_TOKEN)),
+        token: Some(gateway::secret::Secret::new(GATEWAY_TOKEN)),
     });
     let key = gateway::token::TokenKey::from_bytes([5; 32]);
     assert!(store.get(&key).await.is_err());

@@ -401,7 +401,9 @@ async fn cachectl_inspects_and_steers_a_redis_cache() {
 /// are turned away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_service_over_mutual_tls() {
-    use gateway::config::{RaftStoreConfig, Secret, StoreTls};
+    use gateway::outbound::StoreTls;
+    use gateway::secret::Secret;
+    use gateway::store::RaftStoreConfig;
     use gateway::store::raft::RaftStore;
     use gateway::store::{PutOutcome, StoreError, TokenStore, conformance};
 

@@ -310,8 +310,9 @@ async fn upstream_401_to_a_fresh_token_is_passed_on_without_churning_the_idp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_failing_credentials_do_not_delay_a_healthy_renewal() {
+    use gateway::lifecycle::TokenCache;
     use gateway::store::{MemoryStore, Store, TokenStore};
-    use gateway::token::{AuthMethod, FleetKey, TokenCache, TokenRequest};
+    use gateway::token::{AuthMethod, FleetKey, TokenRequest};
     let failing = FakeIdp::start().await;
     let healthy = FakeIdp::start().await;
     // The failing IdP's 300 credentials fall due a second before the healthy one: first in
@@ -324,7 +325,7 @@ async fn three_hundred_failing_credentials_do_not_delay_a_healthy_renewal() {
             token_url: idp.token_url().parse().unwrap(),
             auth_method: AuthMethod::ClientSecretBasic,
             client_id: client.to_owned(),
-            client_secret: gateway::config::Secret::new("s3cret"),
+            client_secret: gateway::secret::Secret::new("s3cret"),
             scopes: Vec::new(),
             audience: None,
             params: Vec::new(),
@@ -337,7 +338,7 @@ async fn three_hundred_failing_credentials_do_not_delay_a_healthy_renewal() {
     let cache = TokenCache::new(fleet.clone(), Store::Memory(MemoryStore::new()));
     let stop = tokio_util::sync::CancellationToken::new();
     cache.spawn_background(
-        gateway::config::RefreshConfig {
+        gateway::lifecycle::RefreshConfig {
             interval: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::config::RaftStoreConfig;
+use gateway::store::RaftStoreConfig;
 use gateway::store::{PutOutcome, RaftStore, TokenStore, conformance};
 use gateway::token::TokenKey;
 use tokengate_proto::admin::admin_client::AdminClient;
@@ -25,8 +25,8 @@ pub(crate) const PEER_TOKEN: &str = "peer-token-for-tests";
 pub(crate) const GATEWAY_TOKEN: &str = "gateway-token-for-tests";
 
 /// The gateway credential, for stores the tests make themselves.
-pub(crate) fn gateway_token() -> Option<gateway::config::Secret> {
-    Some(gateway::config::Secret::new(GATEWAY_TOKEN))
+pub(crate) fn gateway_token() -> Option<gateway::secret::Secret> {
+    Some(gateway::secret::Secret::new(GATEWAY_TOKEN))
 }
 
 /// One `gateway cache-node` process; killed when dropped.
@@ -364,7 +364,7 @@ async fn raft_store_meets_the_contract() {
                 endpoints,
                 timeout: Duration::from_secs(5),
                 tls: None,
-                token: Some(gateway::config::Secret::new(ADMIN_TOKEN)),
+                token: Some(gateway::secret::Secret::new(ADMIN_TOKEN)),
             }))
         },
     )

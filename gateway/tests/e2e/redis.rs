@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chaos::{EchoUpstream, FakeIdp};
-use gateway::config::{RedisConfig, RedisTopology};
+use gateway::store::{RedisConfig, RedisTopology};
 use gateway::store::{RedisStore, conformance};
 
 use crate::support::{Node, RedisServer, basic, client, echo, eventually, header};

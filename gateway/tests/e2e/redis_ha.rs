@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chaos::{EchoUpstream, FakeIdp};
-use gateway::config::RedisTopology;
+use gateway::store::RedisTopology;
 use gateway::store::conformance;
 
 use crate::redis::{FLEET_KEY, connected, creds, node_config, store_config};
@@ -211,11 +211,11 @@ async fn redis_over_mutual_tls() {
                 n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ),
         );
-        cfg.tls = Some(gateway::config::StoreTls {
+        cfg.tls = Some(gateway::outbound::StoreTls {
             ca: Some(std::fs::read(tls.path("ca.crt")).unwrap()),
             client: Some((
                 std::fs::read(tls.path("client.crt")).unwrap(),
-                gateway::config::Secret::new(
+                gateway::secret::Secret::new(
                     std::fs::read_to_string(tls.path("client.key")).unwrap(),
                 ),
             )),

@@ -11,7 +11,18 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::{AuthError, headers};
-use crate::config::ClaimsPolicy;
+use http::HeaderName;
+
+/// What a middleware does with verified claims; the same options on every middleware.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimsPolicy {
+    /// Authorization expression; `None` allows every verified caller.
+    pub claims: Option<ClaimsExpr>,
+    /// Header -> claim, replacing caller-sent headers of the same name.
+    pub forward_headers: Vec<(HeaderName, String)>,
+    /// Claim naming the user in the access log.
+    pub username_claim: Option<String>,
+}
 
 impl ClaimsPolicy {
     /// Whether [`Self::enforce`] looks at the claims at all (a check, forwarded headers or a

@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::client::{Answer, IntrospectionClient};
+use crate::lifecycle::TokenCache;
+use crate::lifecycle::flight::SingleFlight;
+use crate::outbound::IdpError;
 use crate::store::TokenStore;
-use crate::token::flight::SingleFlight;
 use crate::token::seal::{seal_payload, unseal_payload};
-use crate::token::{EntryMeta, IdpError, TokenCache, TokenKey, UnixMillis, now_millis};
+use crate::token::{EntryMeta, TokenKey, UnixMillis, now_millis};
 
 /// Inserts between two sweeps of expired L1 results: the L1 stays bounded by the results of the
 /// last few seconds even under a flood of distinct tokens.

@@ -5,9 +5,11 @@ use std::time::Duration;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
-use crate::config::{EndpointAuth, IntrospectionConfig};
-use crate::token::idp::{basic_authorization, exchange};
-use crate::token::{AuthMethod, IdpClient, IdpError};
+use super::{EndpointAuth, IntrospectionConfig};
+use crate::outbound::exchange;
+use crate::outbound::{IdpClient, IdpError};
+use crate::token::AuthMethod;
+use crate::token::grant::basic_authorization;
 
 /// One configured introspection endpoint, with its own connection pool (its TLS options are
 /// its own).

@@ -19,8 +19,79 @@ pub use client::{Answer, IntrospectionClient};
 use super::bearer;
 use super::limits::Guards;
 use super::{Applied, AuthError, Caller};
-use crate::config::IntrospectionConfig;
-use crate::token::{IdpError, KeyDeriver, TokenCache};
+use crate::auth::bearer::TokenSource;
+use crate::auth::claims::ClaimsPolicy;
+use crate::lifecycle::TokenCache;
+use crate::outbound::HttpClientConfig;
+use crate::outbound::IdpError;
+use crate::secret::Secret;
+use crate::token::AuthMethod;
+use crate::token::KeyDeriver;
+use http::{HeaderName, HeaderValue};
+use std::time::Duration;
+use url::Url;
+
+/// Upper bound on reusing an active introspection result: a token revoked at the IdP is still
+/// accepted for at most this long. Half a minute keeps the IdP off the hot path without making
+/// revocation meaningless.
+pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long an inactive (or unknown) token's result is remembered: long enough that a client
+/// retrying with a bad token is not a flood at the IdP, short enough not to matter otherwise.
+pub const DEFAULT_INACTIVE_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How the gateway authenticates at an endpoint it calls.
+#[derive(Debug, Clone)]
+pub enum EndpointAuth {
+    /// No authentication.
+    None,
+    /// Client id and secret, by `client_secret_basic` or `client_secret_post`.
+    Client {
+        /// Basic or post.
+        method: AuthMethod,
+        /// The client id.
+        client_id: String,
+        /// The client secret.
+        secret: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+}
+
+impl EndpointAuth {
+    /// The client id, if any (not a secret): part of the introspection cache key.
+    pub fn client_id(&self) -> &str {
+        match self {
+            Self::Client { client_id, .. } => client_id,
+            Self::None | Self::Bearer(_) => "",
+        }
+    }
+}
+
+/// The `introspection` middleware, validated.
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    /// Where the caller's token is.
+    pub token_source: TokenSource,
+    /// The introspection endpoint.
+    pub url: Url,
+    /// How the gateway authenticates there.
+    pub auth: EndpointAuth,
+    /// Extra request headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// RFC 7662 `token_type_hint`.
+    pub token_type_hint: Option<String>,
+    /// HTTP client options.
+    pub http: HttpClientConfig,
+    /// Keep the caller's token on the upstream request.
+    pub forward_authorization: bool,
+    /// Claims checks and forwarding, applied to the introspection response.
+    pub policy: ClaimsPolicy,
+    /// Upper bound on reusing an active result (never past `exp`).
+    pub max_cache_ttl: Duration,
+    /// How long an inactive result is remembered.
+    pub inactive_cache_ttl: Duration,
+    /// `Bearer` realm.
+    pub realm: String,
+}
 
 /// A configured `introspection` middleware.
 pub struct Introspection {

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
-use crate::config::{JwksSource, JwtConfig};
-use crate::token::idp::exchange;
-use crate::token::{IdpClient, IdpError};
+use super::{JwksSource, JwtConfig};
+use crate::outbound::exchange;
+use crate::outbound::{IdpClient, IdpError};
 
 /// One usable key.
 pub struct VerifyingKey {

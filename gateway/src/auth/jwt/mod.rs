@@ -29,8 +29,72 @@ pub use verified::{Claims, Verified};
 use super::bearer;
 use super::limits::CallerLimits;
 use super::{Applied, AuthError};
-use crate::config::JwtConfig;
-use crate::token::{IdpError, TokenCache};
+use crate::auth::bearer::TokenSource;
+use crate::auth::claims::ClaimsPolicy;
+use crate::lifecycle::TokenCache;
+use crate::outbound::HttpClientConfig;
+use crate::outbound::IdpError;
+use std::time::Duration;
+use url::Url;
+
+/// Clock skew tolerated on `exp`/`nbf`/`iat`: NTP-synchronised hosts differ by far less.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+/// A key set is fetched again after this long, so keys the IdP retires stop being accepted.
+pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// A key set that could not be refreshed for this long stops verifying (503): keys the IdP
+/// retired (perhaps because they leaked) must not be trusted for ever while it is unreachable.
+/// Twelve refresh intervals: an IdP outage of most of an hour is ridden out.
+pub const DEFAULT_JWKS_MAX_STALENESS: Duration = Duration::from_secs(60 * 60);
+/// Least time between two key-set fetches caused by unknown `kid`s: a caller sending random
+/// `kid`s costs the IdP at most one request per this interval per node.
+pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// The header that carries a token of the gateway's own issuer, besides `Authorization`.
+pub const GATEWAY_TOKEN_HEADER: &str = "x-tokengate-auth";
+/// Where a `jwt` middleware finds its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS document.
+    Url(Url),
+    /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` names the JWKS.
+    Discovery(Url),
+    /// A JWKS document given in full; never fetched.
+    Inline(std::sync::Arc<serde_json::Value>),
+    /// The gateway's own issuer (resolved to `Inline` when the node starts).
+    Gateway,
+}
+
+/// The `jwt` middleware, validated.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Where the caller's token is.
+    pub token_source: TokenSource,
+    /// Where the keys are.
+    pub keys: JwksSource,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Accepted audiences; empty: `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Accepted algorithms (asymmetric only).
+    pub algorithms: Vec<Algorithm>,
+    /// Tolerated clock skew.
+    pub leeway: Duration,
+    /// Keep the caller's token on the upstream request.
+    pub forward_authorization: bool,
+    /// Claims checks and forwarding.
+    pub policy: ClaimsPolicy,
+    /// Maximum age of the cached key set.
+    pub jwks_refresh_interval: Duration,
+    /// Least time between fetches caused by unknown `kid`s.
+    pub jwks_min_refresh_interval: Duration,
+    /// A key set older than this (not refreshed) verifies nothing until it is fetched again.
+    pub jwks_max_staleness: Duration,
+    /// HTTP client for key fetches.
+    pub http: HttpClientConfig,
+    /// `Bearer` realm.
+    pub realm: String,
+    /// Require the RFC 9068 header `typ: at+jwt` (set for the gateway's own tokens).
+    pub access_token_type: bool,
+}
 
 /// A configured `jwt` middleware.
 pub struct Jwt {
@@ -299,20 +363,35 @@ mod tests {
         use proptest::prelude::*;
         use proptest::test_runner::TestRunner;
 
-        use crate::config::{Config, JwksSource, MiddlewareConfig};
+        use super::*;
+        use crate::auth::DEFAULT_REALM;
+        use crate::lifecycle::TokenCache;
         use crate::store::{MemoryStore, Store};
-        use crate::token::{FleetKey, TokenCache};
+        use crate::token::FleetKey;
 
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let cfg = Config::from_yaml(
-            "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nmiddlewares:\n  m:\n    jwt:\n      jwksUrl: http://127.0.0.1:1/jwks\n      issuer: https://idp.example\n      audience: orders\n",
-        )
-        .unwrap();
-        let MiddlewareConfig::Jwt(mut j) = cfg.middlewares["m"].clone() else {
-            unreachable!()
+        let mut j = JwtConfig {
+            token_source: TokenSource::default(),
+            keys: JwksSource::Gateway,
+            issuer: Some("https://idp.example".into()),
+            audience: vec!["orders".into()],
+            algorithms: vec![Algorithm::ES256],
+            leeway: DEFAULT_LEEWAY,
+            forward_authorization: false,
+            policy: ClaimsPolicy::default(),
+            jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+            jwks_min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+            jwks_max_staleness: DEFAULT_JWKS_MAX_STALENESS,
+            http: crate::outbound::HttpClientConfig {
+                timeout: crate::outbound::DEFAULT_IDP_TIMEOUT,
+                retries: 0,
+                tls: Default::default(),
+            },
+            realm: DEFAULT_REALM.into(),
+            access_token_type: false,
         };
         // RFC 7517 Appendix A.1's P-256 public key.
         j.keys = JwksSource::Inline(std::sync::Arc::new(serde_json::json!({"keys": [{

@@ -1,7 +1,7 @@
 //! The Redis store: the fleet shares sealed tokens, leases and change events through Redis
 //! (standalone, Sentinel or Cluster).
 //!
-//! Each operation is one Lua script ([`scripts`]), so it is atomic whatever the other nodes do.
+//! Each operation is one Lua script (`scripts`), so it is atomic whatever the other nodes do.
 //! Changes are announced on a pub/sub channel that a task of this store follows; when that
 //! subscription breaks and comes back, subscribers are told to re-read ([`StoreEvent::Resync`]),
 //! since messages sent meanwhile are lost. Every operation is bounded by the configured timeout
@@ -16,8 +16,8 @@ use deadpool_redis::redis::{self, FromRedisValue};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::RedisConfig;
 use super::{FencingToken, Lookup, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
-use crate::config::RedisConfig;
 use crate::token::{SealedEntry, TokenKey, UnixMillis, now_millis};
 use pool::Pools;
 

@@ -22,7 +22,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::parse_event;
-use crate::config::{RedisConfig, RedisTopology, StoreTls};
+use crate::outbound::StoreTls;
+use crate::store::{RedisConfig, RedisTopology};
 use crate::store::{StoreError, StoreEvent};
 
 /// Cluster connections from a certificate-aware cluster client.

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio_util::task::TaskTracker;
 
-use super::TokenKey;
+use crate::token::TokenKey;
 
 /// A shared handle on one running piece of work.
 pub type Flight<T> = Shared<BoxFuture<'static, T>>;

@@ -12,10 +12,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::TokenCache;
-use super::entry::{UnixMillis, now_millis};
-use super::key::TokenKey;
-use super::seal::{seal, unseal};
 use crate::store::{StoreEvent, TokenStore};
+use crate::token::entry::{UnixMillis, now_millis};
+use crate::token::key::TokenKey;
+use crate::token::seal::{seal, unseal};
 
 /// Uses reported to the store per call at most.
 const TOUCH_BATCH: usize = 5_000;
@@ -25,7 +25,7 @@ impl TokenCache {
     /// All of it ends when `shutdown` is cancelled; await [`TokenCache::closed`] after that.
     pub fn spawn_background(
         self: &Arc<Self>,
-        refresh: crate::config::RefreshConfig,
+        refresh: super::RefreshConfig,
         shutdown: CancellationToken,
     ) {
         self.tasks.spawn(super::refresher::run(
@@ -138,7 +138,7 @@ impl TokenCache {
                 l1.retain(|_, e| e.meta.expires_at > now);
                 let over = l1.len().saturating_sub(max_entries);
                 if over > 0 {
-                    let lru = super::least_recently_used(
+                    let lru = crate::token::least_recently_used(
                         l1.iter().map(|(k, e)| (*k, e.last_used())),
                         over,
                     );

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{BoxError, ProxyBody};
+use super::{BoxBody, BoxError};
 
 /// After `accept` fails (e.g. out of file descriptors), wait this long before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -81,7 +81,7 @@ impl Default for TransportLimits {
 
 /// Handles one request from a remote address.
 pub type Handler = Arc<
-    dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<'static, Response<ProxyBody>> + Send + Sync,
+    dyn Fn(Request<Incoming>, SocketAddr) -> BoxFuture<'static, Response<BoxBody>> + Send + Sync,
 >;
 
 /// The node's bound sockets. Binding happens before anything else starts, so a port conflict
@@ -478,7 +478,7 @@ pin_project_lite::pin_project! {
     /// A response body that keeps its request counted as in progress until it is dropped.
     struct Tracked {
         #[pin]
-        body: ProxyBody,
+        body: BoxBody,
         _guard: InFlight,
     }
 }

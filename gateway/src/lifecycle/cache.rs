@@ -14,17 +14,17 @@ use tracing::Instrument;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::task::TaskTracker;
 
-use super::TokenRequest;
-use super::entry::{
-    EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time,
-};
 use super::flight::SingleFlight;
-use super::idp::{IdpClient, IdpError};
-use super::key::{FleetKey, KeyRing, TokenKey};
-use super::seal::{SealedEntry, seal, unseal};
+use crate::outbound::{IdpClient, IdpError};
 use crate::store::{
     FencingToken, Lookup, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore,
 };
+use crate::token::TokenRequest;
+use crate::token::entry::{
+    EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time,
+};
+use crate::token::key::{FleetKey, KeyRing, TokenKey};
+use crate::token::seal::{SealedEntry, seal, unseal};
 
 /// A fill lease outlives one IdP attempt with retries; if its holder dies, the others take over
 /// after this long.
@@ -391,7 +391,7 @@ impl TokenCache {
         fence: Option<FencingToken>,
         release: bool,
     ) -> Result<Arc<TokenEntry>, IdpError> {
-        let issued = self.idp.fetch(&spec).await?;
+        let issued = crate::token::grant::fetch(&self.idp, &spec).await?;
         let claims = jwt_claims(issued.access_token.expose());
         let lifetime_ms = match (
             issued.expires_in,

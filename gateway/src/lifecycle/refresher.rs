@@ -21,7 +21,7 @@
 //! - **Backoff**: a renewal that fails puts the entry off in the store (`postpone`), for
 //!   [`FIRST_BACKOFF`] doubling per consecutive failure up to [`MAX_BACKOFF`]. A credential the
 //!   IdP refuses is tried again later, not in every round, and never holds the work list.
-//! - An entry that cannot be opened is evicted (see [`TokenCache::due_entry`]).
+//! - An entry that cannot be opened is evicted (see `TokenCache::due_entry`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,12 +34,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::RefreshConfig;
 use super::cache::TokenCache;
-use super::entry::now_millis;
-use super::idp::IdpError;
-use super::key::TokenKey;
-use crate::config::RefreshConfig;
+use crate::outbound::IdpError;
 use crate::store::{FencingToken, TokenStore};
+use crate::token::TokenKey;
+use crate::token::entry::now_millis;
 
 /// Entries looked at per tick at most; the rest are due again at the next tick.
 const BATCH: usize = 1024;

@@ -1,0 +1,61 @@
+//! Dialing cache nodes: plain gRPC or TLS, and the per-role bearer secret sent as metadata.
+
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::outbound::StoreTls;
+use crate::secret::Secret;
+
+/// `authorization: Bearer <secret>` as gRPC metadata.
+pub type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// The metadata value for `secret`; `None` without one (or one that cannot be a header).
+pub fn bearer(secret: Option<&Secret>) -> Option<Bearer> {
+    secret.and_then(|s| format!("Bearer {}", s.expose()).parse().ok())
+}
+
+/// How a process dials cache nodes: plain gRPC, or TLS (server verified against a CA bundle or
+/// the webpki roots, and a client certificate when the nodes require one). Gateways, cachectl
+/// and the nodes themselves (towards their peers) dial the same way.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Dialer {
+    /// Dials plain gRPC, or TLS as `tls` says.
+    pub fn new(tls: Option<&StoreTls>) -> Self {
+        let tls = tls.map(|t| {
+            let cfg = ClientTlsConfig::new();
+            let cfg = match &t.ca {
+                Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
+                None => cfg.with_webpki_roots(),
+            };
+            match &t.client {
+                Some((cert, key)) => cfg.identity(Identity::from_pem(cert, key.expose())),
+                None => cfg,
+            }
+        });
+        Self { tls }
+    }
+
+    /// Whether servers are verified by certificate (TLS): a server dialed by name proves it
+    /// holds that name.
+    pub fn verifies_servers(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A lazily connected gRPC channel to `addr` (`host:port`). The server's certificate must
+    /// name the host as given (a DNS name, or an IP address in its subjectAltName).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+}

@@ -1,0 +1,15 @@
+//! HTTP plumbing shared by every server in the binary (the proxy, the issuer, the demo's echo
+//! upstream, the admin listeners, the cache node's metrics): the boxed body type, the answers
+//! the gateway writes itself, and the accept loop with its connection bounds and graceful
+//! shutdown.
+//!
+//! This is a leaf: it knows nothing of routes, middlewares or tokens. Errors of the layers above
+//! become responses through [`IntoResponse`].
+
+pub mod body;
+pub mod response;
+pub mod serve;
+
+pub use body::{BoxBody, BoxError, full};
+pub use response::IntoResponse;
+pub use serve::{Handler, Listeners, TransportLimits, serve, serve_with};

@@ -1,0 +1,102 @@
+//! A gateway node (`gateway run`), assembled from a validated [`Config`]: the fleet key ring, the
+//! shared store, the token cache and its background tasks, the issuer, the proxy and the admin
+//! listener, and their shutdown in order.
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, Listeners};
+use crate::issuer;
+use crate::lifecycle::TokenCache;
+use crate::outbound::IdpClient;
+use crate::proxy::Gateway;
+use crate::proxy::admin::Admin;
+use crate::store::{MemoryStore, RaftStore, RedisStore, Store, StoreConfig, StoreError};
+use crate::token::{FleetKey, KeyRing};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The shared store's client could not be built.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A middleware's HTTP client could not be built from its TLS material.
+    #[error("cannot build an HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// Runs a gateway node on already-bound listeners until `shutdown` is cancelled, then drains
+/// in-flight requests (bounded by `shutdown_timeout`) and stops every background task.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let current = match &config.fleet_key {
+        Some(secret) => FleetKey::from_secret(secret),
+        None => FleetKey::random(),
+    };
+    let previous = config
+        .previous_fleet_keys
+        .iter()
+        .map(FleetKey::from_secret)
+        .collect();
+    let fleet = KeyRing::new(current, previous);
+    let store = match &config.store {
+        StoreConfig::Memory => {
+            Store::Memory(MemoryStore::with_max_entries(config.refresh.max_entries))
+        }
+        StoreConfig::Redis(redis) => Store::Redis(RedisStore::new(redis)?),
+        StoreConfig::Raft(raft) => Store::Raft(RaftStore::new(raft)),
+    };
+    let cache = TokenCache::with_idp(fleet, store, IdpClient::with_breaker(&config.idp_breaker));
+    let issuer = match &config.issuer {
+        Some(i) => Some(Arc::new(issuer::Issuer::new(i, &cache)?)),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway::new(config.proxy(), &cache, issuer)?);
+    let background = CancellationToken::new();
+    cache.spawn_background(config.refresh.clone(), background.clone());
+
+    let admin = Admin::new(Arc::clone(&cache));
+    let proxy_handler: http::Handler =
+        Arc::new(move |req, remote| Arc::clone(&gateway).handle(req, remote).boxed());
+    let admin_for_handler = Arc::clone(&admin);
+    let admin_handler: http::Handler = Arc::new(move |req, _| {
+        let resp = admin_for_handler.handle(&req);
+        async move { resp }.boxed()
+    });
+
+    // The admin listener outlives the proxy's drain so that probes see "draining", not a refusal.
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(http::serve(
+        listeners.admin,
+        admin_handler,
+        admin_stop.clone(),
+        config.shutdown_timeout,
+    ));
+    let proxy_stop = shutdown.clone();
+    let admin_for_drain = Arc::clone(&admin);
+    tokio::spawn(async move {
+        proxy_stop.cancelled().await;
+        admin_for_drain.set_draining();
+    });
+    http::serve_with(
+        listeners.proxy,
+        proxy_handler,
+        shutdown,
+        config.shutdown_timeout,
+        config.edge.transport,
+    )
+    .await;
+
+    background.cancel();
+    cache.closed().await;
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

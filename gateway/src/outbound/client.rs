@@ -1,0 +1,89 @@
+//! The node's client towards IdP endpoints: one pooled HTTP client, and every call run through
+//! its endpoint's circuit breaker with bounded, jittered retries.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::IdpError;
+use super::breaker::{BreakerConfig, Breakers};
+
+/// First retry delay; doubled per attempt, with full jitter.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// Longest single retry delay (also caps a server's `Retry-After`).
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// The node's client towards every configured IdP endpoint.
+pub struct IdpClient {
+    http: reqwest::Client,
+    breakers: Breakers,
+}
+
+impl Default for IdpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IdpClient {
+    /// A client with a shared connection pool and the default circuit breaker.
+    pub fn new() -> Self {
+        Self::with_breaker(&BreakerConfig::default())
+    }
+
+    /// A client whose per-endpoint circuit breaker opens after `cfg.failures` failed calls
+    /// in a row and lets one trial call through after `cfg.cooldown`.
+    pub fn with_breaker(cfg: &BreakerConfig) -> Self {
+        let http = super::client_builder()
+            .build()
+            .expect("reqwest client builds with static options");
+        Self {
+            http,
+            breakers: Breakers::new(*cfg),
+        }
+    }
+
+    /// The pooled HTTP client, for endpoints configured without TLS options of their own.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Whether `endpoint`'s circuit is open.
+    pub fn is_open(&self, endpoint: &str) -> bool {
+        self.breakers.is_open(endpoint)
+    }
+
+    /// Runs one call to an IdP endpoint (token, introspection, key set) through the endpoint's
+    /// circuit breaker, retrying `attempt` up to `retries` times with jittered backoff when it
+    /// fails retryably (it may return the server's `Retry-After`).
+    pub async fn call<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        retries: u32,
+        mut attempt: F,
+    ) -> Result<T, IdpError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, (IdpError, Option<Duration>)>>,
+    {
+        let admitted = self.breakers.admit(endpoint)?;
+        let mut tries = 0;
+        let started = tokio::time::Instant::now();
+        let result = loop {
+            match attempt().await {
+                Err((e, server_wait)) if e.is_retryable() && tries < retries => {
+                    let backoff = RETRY_BASE.saturating_mul(1 << tries.min(10)).min(RETRY_CAP);
+                    let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
+                    tokio::time::sleep(server_wait.map_or(jittered, |w| w.min(RETRY_CAP))).await;
+                    tries += 1;
+                }
+                other => break other.map_err(|(e, _)| e),
+            }
+        };
+        admitted.record(result.as_ref().err());
+        crate::telemetry::metrics::metrics()
+            .idp_call(result.is_ok(), started.elapsed().as_secs_f64());
+        result
+    }
+}
