@@ -24,7 +24,7 @@ use crate::lifecycle::TokenCache;
 use crate::outbound::IdpError;
 use crate::secret::Secret;
 use crate::token::AuthMethod;
-use crate::token::{KeyDeriver, TokenEntry, TokenKey, TokenRequest, now_millis};
+use crate::token::{KeyDeriver, TokenEntry, TokenKey, TokenRequest};
 use std::time::Duration;
 use url::Url;
 
@@ -143,7 +143,7 @@ impl ClientCredentials {
         headers: &mut HeaderMap,
         caller: &Caller,
     ) -> Result<Applied, AuthError> {
-        let now = now_millis();
+        let now = self.cache.clock().now();
         let (key, entry) = match (&self.gateway_key, &self.cfg.credentials) {
             (Some(key), Some((id, secret))) => match self.cache.cached(key, now) {
                 Some(e) => (*key, e),
@@ -208,7 +208,7 @@ impl ClientCredentials {
     /// churn tokens), and a new one would be refused too. An older one is evicted fleet-wide,
     /// once per version: concurrent 401s for the same version evict it once.
     pub async fn reject_token(&self, used: &UsedToken) -> bool {
-        let age = now_millis().saturating_sub(used.issued_at);
+        let age = self.cache.clock().now().saturating_sub(used.issued_at);
         if age < self.cfg.rejected_token_min_age.as_millis() as u64 {
             tracing::info!(middleware = %self.name, age_ms = age, "upstream refused a fresh token; kept");
             return false;

@@ -19,12 +19,12 @@ use crate::outbound::{IdpClient, IdpError};
 use crate::store::{
     FencingToken, Lookup, NodeId, PutOutcome, Store, StoreError, StoreEvent, TokenStore,
 };
-use crate::token::TokenRequest;
 use crate::token::entry::{
-    EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, now_millis, refresh_time,
+    EntryMeta, EntrySecrets, TokenEntry, UnixMillis, jwt_claims, refresh_time,
 };
 use crate::token::key::{FleetKey, KeyRing, TokenKey};
 use crate::token::seal::{SealedEntry, seal, unseal};
+use crate::token::{Clock, TokenRequest};
 
 /// A fill lease outlives one IdP attempt with retries; if its holder dies, the others take over
 /// after this long.
@@ -64,6 +64,18 @@ pub struct TokenCache {
     flights: Arc<SingleFlight<Result<Arc<TokenEntry>, IdpError>>>,
     store_degraded: AtomicBool,
     pub(super) tasks: TaskTracker,
+    clock: Clock,
+    grant: Grant,
+}
+
+/// Where the cache's tokens come from.
+enum Grant {
+    /// The token endpoint each request names (RFC 6749 §4.4).
+    Idp,
+    /// A script standing in for the IdP, in this crate's unit tests (which run on paused time
+    /// and so cannot wait on sockets).
+    #[cfg(test)]
+    Script(super::tests::Script),
 }
 
 impl TokenCache {
@@ -74,8 +86,35 @@ impl TokenCache {
 
     /// [`TokenCache::new`] with a configured IdP client.
     pub fn with_idp(ring: impl Into<KeyRing>, store: Store, idp: IdpClient) -> Arc<Self> {
+        Self::assemble(ring.into(), store, idp, Clock::system(), Grant::Idp)
+    }
+
+    /// A cache whose tokens come from `script` and whose time is `clock` (unit tests).
+    #[cfg(test)]
+    pub(crate) fn scripted(
+        ring: impl Into<KeyRing>,
+        store: Store,
+        clock: Clock,
+        script: super::tests::Script,
+    ) -> Arc<Self> {
+        Self::assemble(
+            ring.into(),
+            store,
+            IdpClient::new(),
+            clock,
+            Grant::Script(script),
+        )
+    }
+
+    fn assemble(
+        ring: KeyRing,
+        store: Store,
+        idp: IdpClient,
+        clock: Clock,
+        grant: Grant,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            ring: ring.into(),
+            ring,
             node: NodeId::random(),
             store,
             idp,
@@ -84,7 +123,14 @@ impl TokenCache {
             flights: SingleFlight::new(),
             store_degraded: AtomicBool::new(false),
             tasks: TaskTracker::new(),
+            clock,
+            grant,
         })
+    }
+
+    /// The wall clock entries are judged by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The current fleet key (for deriving [`TokenKey`]s).
@@ -155,7 +201,7 @@ impl TokenCache {
             tokengate.cache.layer = tracing::field::Empty
         );
         let layer = |name: &'static str| span.record("tokengate.cache.layer", name);
-        let now = now_millis();
+        let now = self.clock.now();
         if let Some(e) = self.cached(key, now) {
             layer("l1");
             return Ok(e);
@@ -185,7 +231,7 @@ impl TokenCache {
                     if matches!(result, Err(IdpError::InvalidClient)) {
                         this.negative
                             .pin()
-                            .insert(key, now_millis() + negative_ttl.as_millis() as u64);
+                            .insert(key, this.clock.now() + negative_ttl.as_millis() as u64);
                     }
                     result
                 }
@@ -324,7 +370,7 @@ impl TokenCache {
             let Ok(entry) = unseal(&self.ring, &old_key, &sealed) else {
                 continue;
             };
-            if !entry.meta.is_servable(now_millis()) {
+            if !entry.meta.is_servable(self.clock.now()) {
                 continue;
             }
             if let Err(e) = self
@@ -369,7 +415,7 @@ impl TokenCache {
     /// Opens and installs an entry read from the store, if servable.
     fn open_stored(&self, key: &TokenKey, sealed: &SealedEntry) -> Option<Arc<TokenEntry>> {
         match unseal(&self.ring, key, sealed) {
-            Ok(entry) if entry.meta.is_servable(now_millis()) => {
+            Ok(entry) if entry.meta.is_servable(self.clock.now()) => {
                 Some(self.install(key, Arc::new(entry)))
             }
             Ok(_) => None,
@@ -391,7 +437,11 @@ impl TokenCache {
         fence: Option<FencingToken>,
         release: bool,
     ) -> Result<Arc<TokenEntry>, IdpError> {
-        let issued = crate::token::grant::fetch(&self.idp, &spec).await?;
+        let issued = match &self.grant {
+            Grant::Idp => crate::token::grant::fetch(&self.idp, &spec, &self.clock).await?,
+            #[cfg(test)]
+            Grant::Script(script) => script(spec.clone(), self.clock.now()).await?,
+        };
         let claims = jwt_claims(issued.access_token.expose());
         let lifetime_ms = match (
             issued.expires_in,
@@ -402,7 +452,7 @@ impl TokenCache {
             (None, None) => spec.default_lifetime.as_millis() as u64,
         };
         let expires_at = issued.issued_at + lifetime_ms;
-        let now = now_millis();
+        let now = self.clock.now();
         let meta = EntryMeta {
             client_id: spec.client_id.clone(),
             token_url: spec.token_url.to_string(),
@@ -580,7 +630,7 @@ mod tests {
         assert!(cache.store().get(&key).await.unwrap().is_some());
         assert!(
             cache
-                .due_entry(&key, now_millis(), Duration::ZERO)
+                .due_entry(&key, cache.clock().now(), Duration::ZERO)
                 .await
                 .is_none()
         );

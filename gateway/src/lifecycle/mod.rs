@@ -14,6 +14,8 @@ pub mod cache;
 pub mod flight;
 pub mod refresher;
 mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

@@ -39,7 +39,6 @@ use super::cache::TokenCache;
 use crate::outbound::IdpError;
 use crate::store::{FencingToken, TokenStore};
 use crate::token::TokenKey;
-use crate::token::entry::now_millis;
 
 /// Entries looked at per tick at most; the rest are due again at the next tick.
 const BATCH: usize = 1024;
@@ -196,7 +195,7 @@ async fn start_due(
     renewals: &Arc<Renewals>,
     shutdown: &CancellationToken,
 ) {
-    let now = now_millis();
+    let now = cache.clock().now();
     let used_since = now.saturating_sub(cfg.idle_timeout.as_millis() as u64);
     let horizon = now + renewals.lead().as_millis() as u64;
     let due = match cache
@@ -246,7 +245,10 @@ async fn start_due(
 }
 
 async fn renew(cache: &TokenCache, renewals: &Renewals, key: &TokenKey, fence: FencingToken) {
-    let Some(current) = cache.due_entry(key, now_millis(), renewals.lead()).await else {
+    let Some(current) = cache
+        .due_entry(key, cache.clock().now(), renewals.lead())
+        .await
+    else {
         return;
     };
     let endpoint = renewals.endpoint(&current.meta.token_url);
@@ -277,7 +279,7 @@ async fn renew(cache: &TokenCache, renewals: &Renewals, key: &TokenKey, fence: F
         }
     }
     let wait = renewals.failed(key);
-    let until = now_millis() + wait.as_millis() as u64;
+    let until = cache.clock().now() + wait.as_millis() as u64;
     if let Err(error) = cache.store().postpone(key, until, Some(fence)).await {
         tracing::debug!(%error, "cannot record the renewal's backoff");
     }

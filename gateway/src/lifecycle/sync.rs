@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::TokenCache;
 use crate::store::{StoreEvent, TokenStore};
-use crate::token::entry::{UnixMillis, now_millis};
+use crate::token::entry::UnixMillis;
 use crate::token::key::TokenKey;
 use crate::token::seal::{seal, unseal};
 
@@ -99,7 +99,7 @@ impl TokenCache {
                     let Some(ours) = self.l1.pin().get(&key).cloned() else {
                         continue;
                     };
-                    if ours.meta.is_servable(now_millis())
+                    if ours.meta.is_servable(self.clock().now())
                         && let Err(e) = self
                             .store
                             .put(&key, seal(self.ring.current(), &key, &ours), None)
@@ -132,7 +132,7 @@ impl TokenCache {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = now_millis();
+            let now = self.clock().now();
             let uses: Vec<(TokenKey, UnixMillis)> = {
                 let l1 = self.l1.pin();
                 l1.retain(|_, e| e.meta.expires_at > now);

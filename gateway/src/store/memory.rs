@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::broadcast;
 
 use super::{FencingToken, Lookup, NodeId, PutOutcome, StoreError, StoreEvent, TokenStore};
 use crate::token::seal::{effective_refresh_at, seal};
-use crate::token::{
-    EntryMeta, FleetKey, SealedEntry, TokenEntry, TokenKey, UnixMillis, now_millis,
-};
+use crate::token::{Clock, EntryMeta, FleetKey, SealedEntry, TokenEntry, TokenKey, UnixMillis};
 
 /// Events a slow subscriber may fall behind by before it must re-read.
 const EVENT_BUFFER: usize = 1024;
@@ -118,11 +118,15 @@ struct State {
     claims: HashMap<TokenKey, UnixMillis>,
 }
 
-/// In-process [`TokenStore`].
+/// In-process [`TokenStore`]. A clone shares the same entries and leases (several nodes in one
+/// process, as tests run them).
+#[derive(Clone)]
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     events: broadcast::Sender<StoreEvent>,
     max_entries: usize,
+    /// Expiries are judged by this clock; leases by tokio's.
+    clock: Clock,
 }
 
 impl Default for MemoryStore {
@@ -140,10 +144,16 @@ impl MemoryStore {
     /// An empty store that keeps at most `max` entries: past it, each refresher round drops
     /// the least recently used.
     pub fn with_max_entries(max: usize) -> Self {
+        Self::with_clock(max, Clock::system())
+    }
+
+    /// [`MemoryStore::with_max_entries`], judging expiries by `clock` (tests that control time).
+    pub fn with_clock(max: usize, clock: Clock) -> Self {
         Self {
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             events: broadcast::channel(EVENT_BUFFER).0,
             max_entries: max,
+            clock,
         }
     }
 
@@ -160,7 +170,7 @@ impl MemoryStore {
                 return PutOutcome::Fenced;
             }
             if st.entries.get(key).is_some_and(|cur| {
-                cur.meta().version >= version && cur.meta().expires_at > now_millis()
+                cur.meta().version >= version && cur.meta().expires_at > self.clock.now()
             }) {
                 return PutOutcome::Stale;
             }
@@ -210,7 +220,7 @@ impl MemoryStore {
 impl TokenStore for MemoryStore {
     async fn get(&self, key: &TokenKey) -> Result<Option<SealedEntry>, StoreError> {
         let mut st = self.state();
-        let now = now_millis();
+        let now = self.clock.now();
         match st.entries.get(key) {
             Some(e) if e.meta().expires_at > now => Ok(e.sealed(key, st.sealer.as_deref())),
             Some(_) => {
@@ -403,7 +413,7 @@ impl TokenStore for MemoryStore {
         after: Option<TokenKey>,
         limit: usize,
     ) -> Result<Vec<(TokenKey, SealedEntry)>, StoreError> {
-        let now = now_millis();
+        let now = self.clock.now();
         let st = self.state();
         let mut keys: Vec<TokenKey> = st
             .entries
@@ -420,7 +430,7 @@ impl TokenStore for MemoryStore {
     }
 
     async fn mark_due(&self, key: &TokenKey) -> Result<bool, StoreError> {
-        let now = now_millis();
+        let now = self.clock.now();
         let mut st = self.state();
         match st.entries.get_mut(key) {
             Some(e) if e.meta().expires_at > now && e.meta().refresh_at < e.meta().expires_at => {
@@ -447,7 +457,7 @@ impl TokenStore for MemoryStore {
     }
 
     async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {
-        let now = now_millis();
+        let now = self.clock.now();
         let mut st = self.state();
         st.claims.retain(|_, lapses| *lapses > now);
         if st.claims.contains_key(key) {

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::HeaderValue;
 use rand::Rng;
@@ -16,11 +16,10 @@ use crate::secret::Secret;
 /// `Instant`s.
 pub type UnixMillis = u64;
 
-/// The current wall-clock time.
+/// The system's wall-clock time. The lifecycle reads its [`super::Clock`] instead, so that
+/// tests control its time.
 pub fn now_millis() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    super::clock::system_now()
 }
 
 /// Refresh happens between these fractions of a token's lifetime. The window leaves a quarter of

@@ -8,7 +8,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
-use super::entry::{UnixMillis, now_millis};
+use super::Clock;
+use super::entry::UnixMillis;
 use super::{AuthMethod, TokenRequest};
 use crate::outbound::{IdpClient, IdpError, exchange};
 use crate::secret::Secret;
@@ -49,16 +50,24 @@ struct ErrorBody {
     error: String,
 }
 
-/// Obtains a token for `req`, with the endpoint's retries and circuit breaker.
-pub async fn fetch(idp: &IdpClient, req: &TokenRequest) -> Result<IssuedToken, IdpError> {
-    idp.call(req.token_url.as_str(), req.retries, || attempt(idp, req))
-        .await
+/// Obtains a token for `req`, with the endpoint's retries and circuit breaker. `clock` dates
+/// the request (a token cannot be older than the request that obtained it).
+pub async fn fetch(
+    idp: &IdpClient,
+    req: &TokenRequest,
+    clock: &Clock,
+) -> Result<IssuedToken, IdpError> {
+    idp.call(req.token_url.as_str(), req.retries, || {
+        attempt(idp, req, clock)
+    })
+    .await
 }
 
 /// One HTTP exchange. On a retryable error, also returns the server's `Retry-After`.
 async fn attempt(
     idp: &IdpClient,
     req: &TokenRequest,
+    clock: &Clock,
 ) -> Result<IssuedToken, (IdpError, Option<Duration>)> {
     let mut builder = idp
         .http()
@@ -76,7 +85,7 @@ async fn attempt(
         );
     }
     let builder = builder.body(form_body(req));
-    let issued_at = now_millis();
+    let issued_at = clock.now();
     let (status, body) = exchange(builder).await?;
     if status.is_success() {
         return parse_success(&body, issued_at).map_err(|e| (e, None));
@@ -172,6 +181,10 @@ mod tests {
     use super::*;
     use crate::outbound::BreakerConfig;
 
+    async fn fetch_now(client: &IdpClient, req: &TokenRequest) -> Result<IssuedToken, IdpError> {
+        fetch(client, req, &Clock::system()).await
+    }
+
     fn request(url: &str, timeout: Duration) -> TokenRequest {
         TokenRequest {
             token_url: url.parse().unwrap(),
@@ -198,10 +211,10 @@ mod tests {
         });
         let slow = request(&url, Duration::from_millis(100));
         assert!(matches!(
-            fetch(&client, &slow).await,
+            fetch_now(&client, &slow).await,
             Err(IdpError::Unavailable { .. })
         ));
-        let open = fetch(&client, &slow).await;
+        let open = fetch_now(&client, &slow).await;
         assert!(
             matches!(open, Err(IdpError::Unavailable { ref reason, .. }) if reason == "circuit open")
         );
@@ -209,13 +222,13 @@ mod tests {
         let patient = request(&url, Duration::from_secs(30));
         // The half-open trial is admitted (it hangs), then its caller gives up.
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), fetch(&client, &patient))
+            tokio::time::timeout(Duration::from_millis(100), fetch_now(&client, &patient))
                 .await
                 .is_err()
         );
         // The next call is admitted as the new trial instead of failing fast forever.
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), fetch(&client, &patient))
+            tokio::time::timeout(Duration::from_millis(100), fetch_now(&client, &patient))
                 .await
                 .is_err()
         );
@@ -250,7 +263,7 @@ mod tests {
             ..BreakerConfig::default()
         });
         for _ in 0..4 {
-            let e = fetch(&client, &request(&url, Duration::from_secs(5)))
+            let e = fetch_now(&client, &request(&url, Duration::from_secs(5)))
                 .await
                 .unwrap_err();
             assert!(matches!(e, IdpError::Protocol(_)), "{e:?}");

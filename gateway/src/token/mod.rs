@@ -3,6 +3,7 @@
 //! and the RFC 6749 grant that obtains it. The lifecycle built on these (the cache, single
 //! flight, the refresher) is [`crate::lifecycle`]'s.
 
+pub mod clock;
 pub mod entry;
 pub mod grant;
 pub mod key;
@@ -13,6 +14,7 @@ pub mod seal;
 /// cache node's state. A million tokens of 900 bytes is about 2 GiB.
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
+pub use clock::Clock;
 pub use entry::{EntryMeta, TokenEntry, UnixMillis, now_millis};
 pub use key::{FleetKey, KeyDeriver, KeyRing, TokenKey};
 pub use request::{AuthMethod, TokenRequest};

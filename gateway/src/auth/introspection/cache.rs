@@ -24,7 +24,7 @@ use crate::lifecycle::flight::SingleFlight;
 use crate::outbound::IdpError;
 use crate::store::TokenStore;
 use crate::token::seal::{seal_payload, unseal_payload};
-use crate::token::{EntryMeta, TokenKey, UnixMillis, now_millis};
+use crate::token::{EntryMeta, TokenKey, UnixMillis};
 
 /// Inserts between two sweeps of expired L1 results: the L1 stays bounded by the results of the
 /// last few seconds even under a flood of distinct tokens.
@@ -112,7 +112,7 @@ impl ResultCache {
 
     /// The verdict on the token whose key is `key`, if this node holds a live one.
     pub fn cached(&self, key: &TokenKey) -> Option<Arc<Verdict>> {
-        let now = now_millis();
+        let now = self.tokens.clock().now();
         self.l1
             .pin()
             .get(key)
@@ -151,7 +151,7 @@ impl ResultCache {
             return Ok(self.install(key, v));
         }
         let answer = self.client.introspect(self.tokens.idp(), token).await?;
-        let now = now_millis();
+        let now = self.tokens.clock().now();
         let verdict = Arc::new(Verdict::decide(answer, now, self.policy));
         if verdict.until <= now {
             return Ok(verdict); // caching disabled for this kind of result
@@ -176,7 +176,7 @@ impl ResultCache {
         };
         let opened = unseal_payload(self.tokens.ring(), key, &sealed).ok()?;
         let verdict: Verdict = serde_json::from_slice(&opened).ok()?;
-        (verdict.until > now_millis() && verdict.until <= sealed.meta.expires_at)
+        (verdict.until > self.tokens.clock().now() && verdict.until <= sealed.meta.expires_at)
             .then(|| Arc::new(verdict))
     }
 
@@ -206,7 +206,7 @@ impl ResultCache {
     fn install(&self, key: TokenKey, v: Arc<Verdict>) -> Arc<Verdict> {
         let l1 = self.l1.pin();
         if self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            let now = now_millis();
+            let now = self.tokens.clock().now();
             l1.retain(|_, v| v.until > now);
         }
         l1.insert(key, Arc::clone(&v));
