@@ -213,14 +213,15 @@ async fn a_fill_whose_lease_holder_goes_silent_is_taken_over_when_the_lease_laps
         let a = Arc::clone(&a);
         async move { get(&a, &key).await }
     });
-    pass(Duration::from_millis(50)).await;
+    // B asks 5 s later. Its own patience would last 10 s; A's lease lapses 5 s into it.
+    pass(Duration::from_secs(5)).await;
     let started = tokio::time::Instant::now();
     assert_eq!(get(&b, &key).await.unwrap(), "token-1");
     let waited = started.elapsed();
     assert_eq!((stuck.calls(), idp.calls()), (1, 1));
-    // The lease lapses 10 s after A took it; B looks every 100 ms.
+    // B looks every 100 ms, and fetches as soon as the lease is its own.
     assert!(
-        waited >= Duration::from_millis(9_900) && waited <= Duration::from_millis(10_200),
+        waited >= Duration::from_millis(4_900) && waited <= Duration::from_millis(5_200),
         "B fetched after {waited:?}"
     );
     a_fill.abort();
