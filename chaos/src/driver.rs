@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::CALLER_HEADER;
+use testkit::upstream::CALLER_HEADER;
 
 /// Requests in flight at most; beyond, arrivals are counted as failed (the fleet is not keeping
 /// up, which is a failure too).

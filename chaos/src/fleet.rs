@@ -12,11 +12,11 @@ use gateway::store::{RaftStoreConfig, RedisConfig, RedisTopology};
 use tokengate_proto::admin::admin_client::AdminClient;
 use tokengate_proto::admin::{StatusRequest, StatusResponse};
 
-use crate::balancer::Balancer;
 use crate::driver::identity;
-use crate::procs::{Proc, free_port, wait_listening};
-use crate::relay::Relay;
-use crate::{EchoUpstream, FakeIdp};
+use testkit::balancer::Balancer;
+use testkit::procs::{Proc, free_port, wait_listening};
+use testkit::relay::Relay;
+use testkit::{EchoUpstream, FakeIdp};
 
 const FLEET_KEY: &str = "chaos-fleet-key-0123456789abcdef0123456789";
 const ADMIN_TOKEN: &str = "chaos-admin-token";

@@ -187,7 +187,7 @@ fn main() -> ExitCode {
                 token_lifetime,
                 gateway_bin,
                 dir: dir.clone(),
-                lies: chaos::Lies::default(),
+                lies: testkit::Lies::default(),
                 log_level,
             };
             runtime().block_on(run(spec, dir))
@@ -310,7 +310,7 @@ async fn doubles(
 ) -> std::io::Result<()> {
     let bind_error =
         |addr: SocketAddr| move |e: std::io::Error| std::io::Error::other(format!("{addr}: {e}"));
-    let idp = chaos::FakeIdp::start_on(idp_listen)
+    let idp = testkit::FakeIdp::start_on(idp_listen)
         .await
         .map_err(bind_error(idp_listen))?;
     if let Some(url) = &idp_url {
@@ -323,7 +323,7 @@ async fn doubles(
     let mut upstreams = Vec::new();
     for addr in upstream_listen {
         upstreams.push(
-            chaos::EchoUpstream::start_on(*addr)
+            testkit::EchoUpstream::start_on(*addr)
                 .await
                 .map_err(bind_error(*addr))?,
         );

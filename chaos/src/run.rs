@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::Lies;
 use crate::driver::{self, Outcome, identity};
 use crate::fleet::{Fleet, FleetSpec, StoreKind};
 use crate::scenario::{Ctx, Event, Scenario, Timeline};
-use crate::upstream::Verdicts;
+use testkit::Lies;
+use testkit::upstream::Verdicts;
 
 /// A token is renewed no earlier than this share of its servable lifetime (the gateway's
 /// refresh window starts at 75 %).

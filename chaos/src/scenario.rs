@@ -8,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::IdpMode;
 use crate::fleet::{Fleet, StoreKind};
+use testkit::IdpMode;
 
 /// Something that happened during a run, for the report and the chart.
 #[derive(Debug, Clone, Serialize)]

@@ -78,7 +78,7 @@ async fn doubles_serve_under_the_public_url_until_sigterm() {
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_issuer(&["http://idp.test:4444"]);
     validation.validate_aud = false;
-    jsonwebtoken::decode::<serde_json::Value>(jwt, &chaos::FakeIdp::decoding_key(), &validation)
+    jsonwebtoken::decode::<serde_json::Value>(jwt, &testkit::FakeIdp::decoding_key(), &validation)
         .expect("a token issued as the public URL");
 
     let echoed = get_json(format!("{upstream}/hello")).await;

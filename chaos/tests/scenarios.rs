@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chaos::fleet::StoreKind;
@@ -15,18 +15,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The `gateway` binary, built once.
 fn gateway_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "the gateway builds");
-            PathBuf::from(env!("CARGO_BIN_EXE_chaos")).with_file_name("gateway")
-        })
-        .clone()
+    testkit::procs::sibling_binary(
+        "gateway",
+        "gateway",
+        std::path::Path::new(env!("CARGO_BIN_EXE_chaos")),
+    )
 }
 
 /// The short form: 12 s of load on 3 gateways, tokens living 8 s (renewed from 5.25 s on).
@@ -42,7 +35,7 @@ fn short(name: &str, store: StoreKind, dir: &tempfile::TempDir) -> RunSpec {
         token_lifetime: Duration::from_secs(8),
         gateway_bin: gateway_bin(),
         dir: dir.path().join(format!("{name}-{store}")),
-        lies: chaos::Lies::default(),
+        lies: testkit::Lies::default(),
         log_level: "info".into(),
     }
 }
@@ -112,7 +105,7 @@ async fn the_checks_catch_expired_and_cross_client_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = short("baseline", StoreKind::Redis, &dir);
     spec.duration = Duration::from_secs(4);
-    spec.lies = chaos::Lies {
+    spec.lies = testkit::Lies {
         expired: true,
         other_client: true,
     };

@@ -41,7 +41,7 @@ fn request(token: &str) -> http::request::Parts {
 
 fn auth(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let idp = rt.block_on(chaos::FakeIdp::start());
+    let idp = rt.block_on(testkit::FakeIdp::start());
     idp.register("bench-gateway", "bench-secret");
     let yaml = format!(
         r#"

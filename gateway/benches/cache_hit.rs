@@ -54,7 +54,7 @@ fn request_headers(auth: Option<&str>) -> HeaderMap {
 
 fn cache_hit(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let idp = rt.block_on(chaos::FakeIdp::start());
+    let idp = rt.block_on(testkit::FakeIdp::start());
     idp.register("bench-client", "bench-secret");
     idp.set_token_lifetime(std::time::Duration::from_secs(3600));
     let yaml = format!(
@@ -130,46 +130,6 @@ middlewares:
     drop(idp);
 }
 
-/// A `redis-server` for the benchmark, killed on drop.
-struct RedisProcess(std::process::Child);
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Option<(RedisProcess, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let guard = RedisProcess(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((guard, port));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    None
-}
-
 fn redis_store(port: u16) -> Store {
     let cfg = gateway::store::RedisConfig {
         endpoints: vec![("127.0.0.1".into(), port)],
@@ -186,12 +146,14 @@ fn redis_store(port: u16) -> Store {
 }
 
 fn redis(c: &mut Criterion) {
-    let Some((_redis, port)) = start_redis() else {
+    if !testkit::redis::installed() {
         eprintln!("redis-server not installed: skipping the redis benchmarks");
         return;
-    };
+    }
+    let redis = testkit::redis::RedisServer::start();
+    let port = redis.port;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let idp = rt.block_on(chaos::FakeIdp::start());
+    let idp = rt.block_on(testkit::FakeIdp::start());
     idp.set_token_lifetime(std::time::Duration::from_secs(3600));
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nmiddlewares:\n  app:\n    clientCredentials:\n      \

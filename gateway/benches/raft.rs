@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use testkit::procs::free_port;
 
 use gateway::store::RaftStoreConfig;
 use gateway::store::conformance::entry;
@@ -33,14 +34,6 @@ impl Drop for Nodes {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn key(n: u64) -> TokenKey {

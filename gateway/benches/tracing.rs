@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chaos::otlp::Collector;
-use chaos::{EchoUpstream, FakeIdp};
+use testkit::otlp::Collector;
+use testkit::{EchoUpstream, FakeIdp};
 
 const CONCURRENCY: usize = 32;
 const WARMUP: Duration = Duration::from_secs(2);

@@ -4,13 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::raft::{ADMIN_TOKEN, CacheNode};
-use crate::support::free_port;
+use crate::support::{eventually, free_port};
 
 /// The `cachectl` binary, built once per test run (it is another package of the workspace).
 /// Starts `cachectl` with `args` (a `watch`) and `env`, and returns once it says on stderr that
@@ -41,18 +40,11 @@ fn open_watcher(args: &[&str], env: &[(&str, &str)]) -> std::thread::JoinHandle<
 }
 
 fn cachectl_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "cachectl", "--bin", "cachectl"])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "cachectl builds");
-            PathBuf::from(env!("CARGO_BIN_EXE_gateway")).with_file_name("cachectl")
-        })
-        .clone()
+    testkit::procs::sibling_binary(
+        "cachectl",
+        "cachectl",
+        std::path::Path::new(env!("CARGO_BIN_EXE_gateway")),
+    )
 }
 
 /// The outputs of every command run, checked for tokens at the end.
@@ -121,7 +113,7 @@ impl Transcript {
 }
 
 /// Tokens the upstream received, and the clients' secrets.
-fn secrets(upstream: &chaos::EchoUpstream) -> Vec<String> {
+fn secrets(upstream: &testkit::EchoUpstream) -> Vec<String> {
     let mut s: Vec<String> = upstream
         .seen()
         .iter()
@@ -158,17 +150,17 @@ async fn cachectl_inspects_and_steers_the_raft_cache() {
     let mut t = Transcript::default();
 
     // status: every node, one leader (asked again while an election under load settles).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = t.json(&["status"], &env);
-        let nodes = status.as_array().unwrap();
-        assert_eq!(nodes.len(), 3);
-        if nodes.iter().filter(|n| n["state"] == "leader").count() == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no single leader: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "one leader among the three nodes",
+        Duration::from_secs(10),
+        async || {
+            let status = t.json(&["status"], &env);
+            let nodes = status.as_array().unwrap();
+            assert_eq!(nodes.len(), 3);
+            nodes.iter().filter(|n| n["state"] == "leader").count() == 1
+        },
+    )
+    .await;
     let table = t.ok(&["status"], &env);
     assert!(
         table.contains("LEADER") && table.contains("leader"),
@@ -209,13 +201,13 @@ async fn cachectl_inspects_and_steers_the_raft_cache() {
     // refresh: the leader renews it at once.
     let issued = f.idp.issued("client-0");
     t.ok(&["refresh", prefix], &env);
-    crate::support::eventually("the entry is renewed", Duration::from_secs(5), async || {
+    eventually("the entry is renewed", Duration::from_secs(5), async || {
         f.idp.issued("client-0") > issued
     })
     .await;
     // The IdP counts the request before the leader has stored its answer.
     let before = e0["version"].as_u64().unwrap();
-    crate::support::eventually(
+    eventually(
         "the renewal is stored",
         Duration::from_secs(5),
         async || t.json(&["get", prefix], &env)["version"].as_u64().unwrap() > before,
@@ -357,12 +349,12 @@ async fn cachectl_inspects_and_steers_a_redis_cache() {
 
     let issued = f.idp.issued("client-1");
     t.ok(&["refresh", &prefix], &env);
-    crate::support::eventually("the entry is renewed", Duration::from_secs(5), async || {
+    eventually("the entry is renewed", Duration::from_secs(5), async || {
         f.idp.issued("client-1") > issued
     })
     .await;
     let before = e1["version"].as_u64().unwrap();
-    crate::support::eventually(
+    eventually(
         "the renewal is stored",
         Duration::from_secs(5),
         async || t.json(&["get", &prefix], &env)["version"].as_u64().unwrap() > before,
@@ -462,15 +454,18 @@ async fn the_cache_service_over_mutual_tls() {
     // A put is committed only once a majority has it: the nodes replicate over mutual TLS.
     let key = gateway::token::TokenKey::from_bytes([9; 32]);
     let entry = conformance::entry(1, 60_000, 120_000);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match with_cert.put(&key, entry.clone(), None).await {
+    eventually(
+        "a put commits over mutual TLS",
+        Duration::from_secs(30),
+        async || {
             // Stale: an earlier attempt committed without the client seeing the answer.
-            Ok(PutOutcome::Stored | PutOutcome::Stale) => break,
-            other => assert!(Instant::now() < deadline, "no commit over TLS: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            matches!(
+                with_cert.put(&key, entry.clone(), None).await,
+                Ok(PutOutcome::Stored | PutOutcome::Stale)
+            )
+        },
+    )
+    .await;
     assert_eq!(
         with_cert.get(&key).await.unwrap().map(|e| e.meta.version),
         Some(1)

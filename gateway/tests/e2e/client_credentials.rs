@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use chaos::{EchoUpstream, FakeIdp};
 use jsonwebtoken::{Algorithm, Validation};
+use testkit::{EchoUpstream, FakeIdp};
 
 use crate::support::{GW_SECRET, Node, basic, client, echo, get_as, header, two_modes_with};
 

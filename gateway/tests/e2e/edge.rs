@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chaos::{EchoUpstream, FakeIdp};
 use serde_json::json;
+use testkit::{EchoUpstream, FakeIdp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use chaos::{EchoUpstream, FakeIdp, IdpMode};
 use serde_json::json;
+use testkit::{EchoUpstream, FakeIdp, IdpMode};
 
 use crate::redis::FLEET_KEY;
 use crate::support::{

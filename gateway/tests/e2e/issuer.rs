@@ -5,7 +5,6 @@
 
 use std::process::Stdio;
 
-use chaos::{EchoUpstream, FakeIdp};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
@@ -14,6 +13,7 @@ use oauth2::{
     TokenUrl,
 };
 use serde_json::{Value, json};
+use testkit::{EchoUpstream, FakeIdp};
 
 use crate::support::{Node, RedisServer, basic, client, echo, get_json, header, now};
 
@@ -460,7 +460,7 @@ async fn workload_identity_federation_rfc_7523() {
             "signed by a key the issuer does not publish",
             idp.sign(
                 &Header {
-                    kid: Some(chaos::idp::EC_KID.into()),
+                    kid: Some(testkit::idp::EC_KID.into()),
                     ..Header::new(Algorithm::ES256)
                 },
                 &json!({

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use chaos::{EchoUpstream, FakeIdp, IdpMode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use testkit::{EchoUpstream, FakeIdp, IdpMode};
 
 use crate::support::{Node, client, echo, eventually, get_as, header, now};
 
@@ -186,7 +186,7 @@ async fn alg_none_and_hs256_key_confusion_are_rejected() {
     // RS256 allowed but not for an EC key: a token claiming RS256 under the EC kid fails.
     f.idp.rotate_key();
     let mut rs_under_ec = Header::new(Algorithm::RS256);
-    rs_under_ec.kid = Some(chaos::idp::EC_KID.into());
+    rs_under_ec.kid = Some(testkit::idp::EC_KID.into());
     let mismatched = f.idp.sign(&rs_under_ec, &claims(&f.idp));
     assert_invalid(&f, &mismatched, "RS256 under an EC key").await;
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chaos::{EchoUpstream, FakeIdp, IdpMode};
+use testkit::{EchoUpstream, FakeIdp, IdpMode};
 
 use crate::support::{GW_SECRET, Node, basic, client, echo, eventually, get_as, header, two_modes};
 

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use chaos::{EchoUpstream, FakeIdp};
+use testkit::{EchoUpstream, FakeIdp};
 
 use crate::raft::Cluster;
 use crate::support::{GW_SECRET, Node, client, get_as, two_modes};

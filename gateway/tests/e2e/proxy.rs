@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chaos::EchoUpstream;
+use testkit::EchoUpstream;
 
 use crate::support::{Node, client, echo, header};
 

@@ -14,7 +14,7 @@ use gateway::token::TokenKey;
 use tokengate_proto::admin::admin_client::AdminClient;
 use tokengate_proto::admin::{self as pa};
 
-use chaos::relay::Relay;
+use testkit::relay::Relay;
 
 use crate::support::{eventually, free_port};
 
@@ -573,15 +573,15 @@ async fn membership_grows_to_five_and_shrinks_back() {
 
 /// Three gateway nodes on a three-node cache cluster, with the fake IdP and an echo upstream.
 pub(crate) struct Fleet {
-    pub(crate) idp: chaos::FakeIdp,
-    pub(crate) upstream: chaos::EchoUpstream,
+    pub(crate) idp: testkit::FakeIdp,
+    pub(crate) upstream: testkit::EchoUpstream,
     pub(crate) cluster: Cluster,
     pub(crate) nodes: Vec<crate::support::Node>,
 }
 
 pub(crate) async fn fleet(lifetime: Duration, refresh: &str) -> Fleet {
-    let idp = chaos::FakeIdp::start().await;
-    let upstream = chaos::EchoUpstream::start().await;
+    let idp = testkit::FakeIdp::start().await;
+    let upstream = testkit::EchoUpstream::start().await;
     idp.set_token_lifetime(lifetime);
     for i in 0..20 {
         idp.register(&format!("client-{i}"), &format!("secret-{i}"));

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chaos::{EchoUpstream, FakeIdp};
 use gateway::store::{RedisConfig, RedisTopology};
 use gateway::store::{RedisStore, conformance};
+use testkit::{EchoUpstream, FakeIdp};
 
 use crate::support::{Node, RedisServer, basic, client, echo, eventually, header};
 

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use chaos::{EchoUpstream, FakeIdp};
 use gateway::store::RedisTopology;
 use gateway::store::conformance;
+use testkit::{EchoUpstream, FakeIdp};
 
 use crate::redis::{FLEET_KEY, connected, creds, node_config, store_config};
 use crate::support::{

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chaos::otlp::{CollectedSpan, Collector};
-use chaos::{EchoUpstream, FakeIdp};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use testkit::otlp::{CollectedSpan, Collector};
+use testkit::{EchoUpstream, FakeIdp};
 
 use crate::raft::Cluster;
 use crate::redis::{FLEET_KEY, creds};
@@ -146,34 +146,24 @@ async fn one_request_is_one_trace_across_gateway_cache_node_idp_and_upstream() {
         "fake-idp",
         "echo-upstream",
     ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let spans = loop {
-        flush(&[&idp_traces, &upstream_traces]).await;
-        let spans = trace(&collector.spans(), CALLER_TRACE);
+    let complete = |spans: &BTreeMap<String, CollectedSpan>| {
         let services: BTreeSet<&str> = spans.values().map(|s| s.service.as_str()).collect();
-        if wanted.iter().all(|w| services.contains(w))
+        wanted.iter().all(|w| services.contains(w))
             && spans.values().any(|s| s.name == "raft.apply")
             && spans
                 .values()
                 .any(|s| s.name == "GET /" && s.kind == SERVER)
-        {
-            break spans;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not every party exported its spans; the collector has:\n{:#?}\nlog:\n{}",
-            collector
-                .spans()
-                .iter()
-                .map(|s| format!(
-                    "{} {} {} <- {}",
-                    s.service, s.name, s.trace_id, s.parent_span_id
-                ))
-                .collect::<Vec<_>>(),
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    eventually(
+        "every party exported its spans",
+        Duration::from_secs(15),
+        async || {
+            flush(&[&idp_traces, &upstream_traces]).await;
+            complete(&trace(&collector.spans(), CALLER_TRACE))
+        },
+    )
+    .await;
+    let spans = trace(&collector.spans(), CALLER_TRACE);
 
     // The gateway's server span continues the caller's span.
     let request = one(&spans, "gateway server span", |s| {
@@ -316,8 +306,21 @@ async fn one_request_is_one_trace_across_gateway_cache_node_idp_and_upstream() {
     for status in futures_util::future::join_all(calls).await {
         assert_eq!(status, 200);
     }
-    flush(&[&idp_traces, &upstream_traces]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every request was recorded: wait until the gateway exported all 300 server spans.
+    eventually(
+        "the gateway exported the spans of every request",
+        Duration::from_secs(15),
+        async || {
+            flush(&[&idp_traces, &upstream_traces]).await;
+            let spans = collector.spans();
+            let served = spans
+                .iter()
+                .filter(|s| s.service == "edge-gateway" && s.kind == SERVER)
+                .count();
+            served >= 300
+        },
+    )
+    .await;
     let mut secrets: Vec<String> = upstream
         .seen()
         .iter()
@@ -457,7 +460,8 @@ async fn the_sampling_decision_is_the_callers_or_the_sample_rate_and_is_passed_o
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The unrecorded requests ended before the recorded one, and spans are exported in the
+    // order they end: had any of them been recorded, it would be here already.
     let traces: BTreeSet<String> = collector.spans().into_iter().map(|s| s.trace_id).collect();
     assert_eq!(
         traces,

@@ -163,3 +163,23 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// The path of the workspace binary `bin` of `package`, built once per test process (`cargo
+/// build` is quick when it is current). `beside` is a binary of the same build
+/// (`env!("CARGO_BIN_EXE_...")`), which says where the build puts binaries.
+pub fn sibling_binary(package: &str, bin: &str, beside: &Path) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = built.iter().find(|(b, _)| b == bin) {
+        return path.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "{bin} builds");
+    let path = beside.with_file_name(bin);
+    built.push((bin.to_owned(), path.clone()));
+    path
+}
