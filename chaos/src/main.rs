@@ -62,7 +62,10 @@ enum Command {
         /// Every node's log filter (`RUST_LOG` syntax); each node logs to its own file in the
         /// run's directory. The default records the token lifecycle (fills, renewals, leases)
         /// at debug level.
-        #[arg(long, default_value = "info,gateway::token=debug,gateway::store=debug")]
+        #[arg(
+            long,
+            default_value = "info,gateway::lifecycle=debug,gateway::store=debug"
+        )]
         log_level: String,
     },
     /// Fill the shared cache with many new credentials, store after store, and print what it

@@ -174,14 +174,14 @@ mod tests {
 
     #[test]
     fn pem_keys_pick_their_algorithm_and_refuse_misfits() {
-        let ec = include_bytes!("../../../chaos/kit/src/idp-test-key-ec.pem");
+        let ec = include_bytes!("../../../chaos/kit/src/idp/idp-test-key-ec.pem");
         let key = SigningKey::from_pem(ec, None).unwrap();
         assert_eq!(key.algorithm(), Algorithm::ES256);
         assert_eq!(
             SigningKey::from_pem(ec, Some(Algorithm::RS256)).unwrap_err(),
             "the key cannot sign RS256"
         );
-        let rsa = include_bytes!("../../../chaos/kit/src/idp-test-key.pem");
+        let rsa = include_bytes!("../../../chaos/kit/src/idp/idp-test-key.pem");
         assert_eq!(
             SigningKey::from_pem(rsa, Some(Algorithm::PS256))
                 .unwrap()

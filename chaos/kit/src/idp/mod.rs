@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -30,6 +30,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::serve;
+
+mod introspection;
+mod token;
+
+use introspection::introspect;
+use token::token;
 
 /// The test-only RSA key the fake IdP signs with. Never use it for anything else.
 const SIGNING_KEY_PEM: &str = include_str!("idp-test-key.pem");
@@ -489,108 +495,8 @@ async fn read_form(req: Request<Incoming>) -> Option<(Option<String>, Vec<(Strin
     Some((auth, form_urlencoded::parse(&body).into_owned().collect()))
 }
 
-/// RFC 7662 §2: the caller must authenticate; the answer is `{"active": false}` for anything
-/// this IdP did not issue, or that expired or was revoked.
-fn introspect(
-    state: &State,
-    auth: Option<&str>,
-    form: &[(String, String)],
-) -> Response<Full<Bytes>> {
-    state.introspections.fetch_add(1, Ordering::Relaxed);
-    let get = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let bearer = auth
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let (method, client) = match (basic_credentials(auth), get("client_id"), bearer) {
-        (Some(c), None, None) => ("basic", Some(c)),
-        (None, Some(id), None) => (
-            "post",
-            Some((
-                id.to_owned(),
-                get("client_secret").unwrap_or_default().to_owned(),
-            )),
-        ),
-        (None, None, Some(b)) => ("bearer", Some(("".to_owned(), b))),
-        _ => ("none", None),
-    };
-    state.introspection_seen.lock().unwrap().push(SeenRequest {
-        auth_method: method,
-        client_id: client.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
-        params: form
-            .iter()
-            .filter(|(k, _)| k != "client_secret" && k != "token")
-            .cloned()
-            .collect(),
-    });
-    let authenticated = match (method, &client) {
-        ("bearer", Some((_, b))) => {
-            state.introspection_bearer.lock().unwrap().as_deref() == Some(b)
-        }
-        ("basic" | "post", Some((id, secret))) => {
-            state.clients.lock().unwrap().get(id) == Some(secret)
-        }
-        _ => false,
-    };
-    if !authenticated {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            Some("Basic realm=\"fake-idp\""),
-        );
-    }
-    let Some(token) = get("token") else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", None);
-    };
-    let inactive = json_response(StatusCode::OK, &json!({ "active": false }));
-    if state.revoked.lock().unwrap().iter().any(|t| t == token) {
-        return inactive;
-    }
-    let claims = match state.opaque_claims.lock().unwrap().get(token) {
-        Some(c) => Some(c.clone()),
-        None => verify_own(state, token),
-    };
-    let Some(mut claims) = claims else {
-        return inactive;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    if claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .is_some_and(|exp| exp <= now)
-    {
-        return inactive;
-    }
-    claims["active"] = json!(true);
-    claims["token_type"] = json!("Bearer");
-    json_response(StatusCode::OK, &claims)
-}
-
-/// The claims of a JWT this IdP signed, with either of its keys (expiry checked by the caller).
-fn verify_own(state: &State, token: &str) -> Option<Value> {
-    let header = jsonwebtoken::decode_header(token).ok()?;
-    let key = match header.alg {
-        Algorithm::ES256 => &state.ec_key,
-        _ => &state.key,
-    };
-    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(key, header.alg).ok()?;
-    let mut v = jsonwebtoken::Validation::new(header.alg);
-    v.validate_exp = false;
-    v.validate_aud = false;
-    v.required_spec_claims.clear();
-    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(&jwk).ok()?, &v)
-        .ok()
-        .map(|d| d.claims)
-}
-
 /// `Authorization: Basic` credentials, form-decoded as RFC 6749 §2.3.1 says.
-fn basic_credentials(header: Option<&str>) -> Option<(String, String)> {
+pub(super) fn basic_credentials(header: Option<&str>) -> Option<(String, String)> {
     let (scheme, enc) = header?.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -605,112 +511,12 @@ fn basic_credentials(header: Option<&str>) -> Option<(String, String)> {
     Some((dec(id)?, dec(secret)?))
 }
 
-/// Records the request now; returns how to answer it if the IdP is healthy.
-fn token<'a>(
-    state: &'a State,
-    basic: Option<&str>,
-    form: &'a [(String, String)],
-) -> impl FnOnce() -> Response<Full<Bytes>> + 'a {
-    let get = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let from_basic = basic_credentials(basic);
-    let from_post = get("client_id").map(|id| {
-        (
-            id.to_owned(),
-            get("client_secret").unwrap_or_default().to_owned(),
-        )
-    });
-    let (auth_method, creds) = match (from_basic, from_post) {
-        (Some(c), None) => ("basic", Some(c)),
-        (None, Some(c)) => ("post", Some(c)),
-        (Some(c), Some(_)) => ("both", Some(c)),
-        (None, None) => ("none", None),
-    };
-    state.seen.lock().unwrap().push(SeenRequest {
-        auth_method,
-        client_id: creds.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
-        params: form
-            .iter()
-            .filter(|(k, _)| k != "client_secret")
-            .cloned()
-            .collect(),
-    });
-    move || {
-        if auth_method == "both" {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", None);
-        }
-        let challenge = (auth_method == "basic").then_some("Basic realm=\"fake-idp\"");
-        let Some((client_id, secret)) = creds else {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", challenge);
-        };
-        if state.clients.lock().unwrap().get(&client_id) != Some(&secret) {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", challenge);
-        }
-        if get("grant_type") != Some("client_credentials") {
-            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", None);
-        }
-        let lifetime = *state.lifetime.lock().unwrap();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let audience: Vec<&str> = form
-            .iter()
-            .filter(|(k, _)| k == "audience" || k == "resource")
-            .map(|(_, v)| v.as_str())
-            .collect();
-        let lies = *state.lies.lock().unwrap();
-        let named = match lies.other_client {
-            true => format!("not-{client_id}"),
-            false => client_id.clone(),
-        };
-        let exp = match lies.expired {
-            true => now.as_secs() - 1,
-            false => (now + lifetime).as_secs(),
-        };
-        let claims = json!({
-            "iss": *state.issuer.lock().unwrap(),
-            "sub": named,
-            "client_id": named,
-            "aud": audience,
-            "scope": get("scope").unwrap_or_default(),
-            "iat": now.as_secs(),
-            "exp": exp,
-            "jti": state.jti.fetch_add(1, Ordering::Relaxed).to_string(),
-        });
-        let (key, alg, kid) = state.signer();
-        let mut header = Header::new(alg);
-        header.kid = Some(kid.into());
-        let token = if state.opaque.load(Ordering::Relaxed) {
-            let mut token = format!(
-                "opaque-{}-{}",
-                claims["jti"].as_str().unwrap_or_default(),
-                now.as_nanos()
-            );
-            let len = state.opaque_len.load(Ordering::Relaxed);
-            if token.len() < len {
-                token.push('.');
-                token.extend(std::iter::repeat_n('x', len - token.len()));
-            }
-            state
-                .opaque_claims
-                .lock()
-                .unwrap()
-                .insert(token.clone(), claims.clone());
-            token
-        } else {
-            jsonwebtoken::encode(&header, &claims, key).expect("signing works")
-        };
-        *state.issued.lock().unwrap().entry(client_id).or_default() += 1;
-        let mut body = json!({ "access_token": token, "token_type": "Bearer", "scope": get("scope").unwrap_or_default() });
-        if !state.omit_expires_in.load(Ordering::Relaxed) {
-            body["expires_in"] = json!(lifetime.as_secs());
-        }
-        json_response(StatusCode::OK, &body)
-    }
-}
-
-fn oauth_error(status: StatusCode, code: &str, challenge: Option<&str>) -> Response<Full<Bytes>> {
+/// An RFC 6749 §5.2 error, with a challenge when the client failed `Basic` authentication.
+pub(super) fn oauth_error(
+    status: StatusCode,
+    code: &str,
+    challenge: Option<&str>,
+) -> Response<Full<Bytes>> {
     let mut resp = json_response(status, &json!({ "error": code }));
     if let Some(c) = challenge {
         resp.headers_mut().insert(
@@ -721,7 +527,8 @@ fn oauth_error(status: StatusCode, code: &str, challenge: Option<&str>) -> Respo
     resp
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+/// A JSON answer that no one may cache.
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
