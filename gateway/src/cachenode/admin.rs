@@ -9,7 +9,7 @@ use openraft::{BasicNode, ServerState};
 use tokengate_proto::admin as pa;
 use tonic::{Request, Response, Status};
 
-use super::service::NodeContext;
+use super::context::NodeContext;
 use super::state::{Command, Outcome};
 use crate::cacheclient::convert::key_from;
 

@@ -25,10 +25,12 @@
 pub mod admin;
 pub mod auth;
 pub mod bounds;
+pub mod cache_service;
+pub mod context;
 pub mod log_store;
 pub mod metrics;
 pub mod network;
-pub mod service;
+pub mod raft_service;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;
@@ -47,7 +49,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::secret::Secret;
 use admin::AdminService;
-use service::{CacheService, NodeContext, RaftService};
+use cache_service::CacheService;
+use context::NodeContext;
+use raft_service::RaftService;
 use state::{Outcome, Stamped};
 
 openraft::declare_raft_types!(
@@ -72,7 +76,7 @@ pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
 /// memory grow with the log rather than with the cache).
 pub const DB_CACHE_BYTES: usize = 16 << 20;
 /// Most log entries in one `AppendEntries`: with put batches of at most
-/// [`service::MAX_PUT_BATCH_BYTES`], one message stays well under
+/// [`context::MAX_PUT_BATCH_BYTES`], one message stays well under
 /// [`network::MAX_RAFT_MESSAGE_BYTES`].
 pub const MAX_PAYLOAD_ENTRIES: u64 = 32;
 /// Largest request a gateway or operator may send (a put carries one entry of at most
@@ -109,7 +113,7 @@ pub struct CacheNodeConfig {
     pub insecure_no_auth: bool,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
-    /// Entries kept at most (see [`service::bound_entries`]).
+    /// Entries kept at most (see [`context::bound_entries`]).
     pub max_entries: u64,
     /// Where to serve Prometheus `/metrics` over HTTP, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
@@ -281,15 +285,15 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         shutdown: shutdown.clone(),
         puts,
         watches: std::sync::Mutex::default(),
-        fill_leases: service::FillLeases::default(),
+        fill_leases: context::FillLeases::default(),
         snapshots,
     });
-    let committer = tokio::spawn(service::group_commit(
+    let committer = tokio::spawn(context::group_commit(
         Arc::clone(&ctx),
         put_queue,
         shutdown.clone(),
     ));
-    let bounder = tokio::spawn(service::bound_entries(
+    let bounder = tokio::spawn(context::bound_entries(
         Arc::clone(&ctx),
         cfg.max_entries,
         shutdown.clone(),

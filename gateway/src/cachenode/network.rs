@@ -31,7 +31,7 @@ use crate::cacheclient::{Bearer, Dialer};
 pub type SnapshotHeader = (Vote<u64>, openraft::SnapshotMeta<u64, BasicNode>);
 
 /// Largest message of the Raft transport, either way: an `AppendEntries` of
-/// [`super::MAX_PAYLOAD_ENTRIES`] log entries of at most [`super::service::MAX_PUT_BATCH_BYTES`]
+/// [`super::MAX_PAYLOAD_ENTRIES`] log entries of at most [`super::context::MAX_PUT_BATCH_BYTES`]
 /// each (JSON, with base64 ciphertexts), or one snapshot chunk.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 

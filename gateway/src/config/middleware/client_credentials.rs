@@ -1,0 +1,127 @@
+//! The `clientCredentials` middleware's options.
+
+use super::super::raw::{RawClientCredentials, StringOrList};
+use super::super::validate::Issues;
+use crate::auth::client_credentials::{
+    ClientCredentialsConfig, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REJECTED_TOKEN_MIN_AGE,
+    DEFAULT_TOKEN_LIFETIME,
+};
+use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT};
+use crate::token::AuthMethod;
+
+use super::{policy, realm};
+
+pub(super) fn client_credentials(
+    issues: &mut Issues,
+    path: &str,
+    cc: RawClientCredentials,
+) -> Option<ClientCredentialsConfig> {
+    let before = issues.0.len();
+    let token_url = issues.http_url(&format!("{path}.url"), &cc.url);
+    let credentials = match (cc.client_id, cc.client_secret) {
+        (None, None) => None,
+        (Some(id), Some(secret)) => {
+            if id.is_empty() {
+                issues.push(format!("{path}.clientId"), "is empty");
+            }
+            issues
+                .secret(&format!("{path}.clientSecret"), &secret)
+                .map(|s| (id, s))
+        }
+        (Some(_), None) => {
+            issues.push(
+                format!("{path}.clientSecret"),
+                "is required when clientId is set",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            issues.push(
+                format!("{path}.clientId"),
+                "is required when clientSecret is set",
+            );
+            None
+        }
+    };
+    let auth_method = match cc.auth_method.as_deref() {
+        None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
+        Some("client_secret_post") => AuthMethod::ClientSecretPost,
+        Some(other) => {
+            issues.push(
+                format!("{path}.authMethod"),
+                format!("must be client_secret_basic or client_secret_post, not {other:?}"),
+            );
+            AuthMethod::ClientSecretBasic
+        }
+    };
+    let mut scopes = cc.scopes;
+    for (i, s) in scopes.iter().enumerate() {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+        {
+            issues.push(
+                format!("{path}.scopes[{i}]"),
+                "not a valid scope token (RFC 6749 §3.3)",
+            );
+        }
+    }
+    scopes.sort();
+    scopes.dedup();
+    let mut endpoint_params = Vec::new();
+    for (k, v) in cc.endpoint_params {
+        if matches!(
+            k.as_str(),
+            "grant_type" | "client_id" | "client_secret" | "scope" | "audience"
+        ) {
+            issues.push(
+                format!("{path}.endpointParams.{k}"),
+                "is set by the middleware itself; use the dedicated option",
+            );
+        }
+        match v {
+            StringOrList::One(v) => endpoint_params.push((k, v)),
+            StringOrList::Many(vs) => {
+                endpoint_params.extend(vs.into_iter().map(|v| (k.clone(), v)))
+            }
+        }
+    }
+    endpoint_params.sort();
+    let policy = policy(
+        issues,
+        path,
+        cc.claims,
+        cc.forward_headers,
+        cc.username_claim,
+    );
+    let default_token_lifetime = cc.default_token_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    if default_token_lifetime.as_secs() < 1 {
+        issues.push(
+            format!("{path}.defaultTokenLifetime"),
+            "must be at least 1s",
+        );
+    }
+    let realm = realm(issues, path, cc.realm);
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(ClientCredentialsConfig {
+        token_url: token_url?,
+        credentials,
+        auth_method,
+        audience: cc.audience,
+        scopes,
+        endpoint_params,
+        policy,
+        default_token_lifetime,
+        realm,
+        negative_cache_ttl: cc.negative_cache_ttl.unwrap_or(DEFAULT_NEGATIVE_CACHE_TTL),
+        rejected_token_min_age: cc
+            .rejected_token_min_age
+            .unwrap_or(DEFAULT_REJECTED_TOKEN_MIN_AGE),
+        idp_timeout: cc.client_config.timeout.unwrap_or(DEFAULT_IDP_TIMEOUT),
+        idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
+    })
+}

@@ -1,0 +1,99 @@
+//! `clientConfig`: the HTTP client towards an IdP endpoint, and its TLS files.
+
+use std::time::Duration;
+
+use super::super::raw::{RawHttpClient, RawTls};
+use super::super::validate::Issues;
+use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, HttpClientConfig, HttpTls};
+
+/// The HTTP client that fetches keys (`clientConfig` under `path`).
+pub(in crate::config) fn key_client(
+    issues: &mut Issues,
+    path: &str,
+    raw: Option<RawHttpClient>,
+) -> HttpClientConfig {
+    match raw {
+        None => http_client(issues, path, None, None, None),
+        Some(RawHttpClient {
+            timeout,
+            retries,
+            tls,
+        }) => http_client(
+            issues,
+            &format!("{path}.clientConfig"),
+            timeout,
+            retries,
+            tls,
+        ),
+    }
+}
+
+pub(super) fn http_client(
+    issues: &mut Issues,
+    path: &str,
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+    tls: Option<RawTls>,
+) -> HttpClientConfig {
+    let timeout = timeout.unwrap_or(DEFAULT_IDP_TIMEOUT);
+    if timeout.is_zero() {
+        issues.push(format!("{path}.timeout"), "must be greater than zero");
+    }
+    HttpClientConfig {
+        timeout,
+        retries: retries.unwrap_or(DEFAULT_IDP_RETRIES),
+        tls: tls.map_or_else(HttpTls::default, |t| {
+            http_tls(issues, &format!("{path}.tls"), t)
+        }),
+    }
+}
+
+pub(super) fn http_tls(issues: &mut Issues, path: &str, t: RawTls) -> HttpTls {
+    let mut read = |key: &str, file: &Option<String>| {
+        file.as_ref().and_then(|f| {
+            std::fs::read(f)
+                .map_err(|e| issues.push(format!("{path}.{key}"), format!("cannot read {f}: {e}")))
+                .ok()
+        })
+    };
+    let ca = read("caFile", &t.ca_file);
+    let cert = read("certFile", &t.cert_file);
+    let key = read("keyFile", &t.key_file);
+    let ca = ca.map_or_else(
+        Vec::new,
+        |pem| match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => certs,
+            _ => {
+                issues.push(format!("{path}.caFile"), "holds no PEM certificate");
+                Vec::new()
+            }
+        },
+    );
+    let identity = match (t.cert_file.is_some(), t.key_file.is_some()) {
+        (false, false) => None,
+        (true, true) => {
+            let (Some(mut pem), Some(key)) = (cert, key) else {
+                return HttpTls::default();
+            };
+            pem.push(b'\n');
+            pem.extend_from_slice(&key);
+            reqwest::Identity::from_pem(&pem)
+                .map_err(|_| {
+                    issues.push(
+                        format!("{path}.certFile"),
+                        "certificate and key do not form a PEM identity",
+                    )
+                })
+                .ok()
+        }
+        _ => {
+            issues.push(path, "certFile and keyFile go together");
+            None
+        }
+    };
+    HttpTls {
+        ca,
+        identity,
+        insecure_skip_verify: t.insecure_skip_verify,
+    }
+}

@@ -1,0 +1,111 @@
+//! The `introspection` middleware's options (RFC 7662), and how the gateway authenticates at
+//! the endpoint.
+
+use http::{HeaderName, HeaderValue};
+
+use super::super::raw::{RawEndpointAuth, RawIntrospection};
+use super::super::validate::Issues;
+use crate::auth::introspection::{
+    DEFAULT_INACTIVE_CACHE_TTL, DEFAULT_MAX_CACHE_TTL, EndpointAuth, IntrospectionConfig,
+};
+use crate::token::AuthMethod;
+
+use super::http_client::http_client;
+use super::{is_reserved_header, policy, realm, token_source};
+
+pub(super) fn introspection(
+    issues: &mut Issues,
+    path: &str,
+    i: RawIntrospection,
+) -> Option<IntrospectionConfig> {
+    let before = issues.0.len();
+    let token_source = token_source(issues, path, i.token_source);
+    let cc = i.client_config;
+    let cpath = format!("{path}.clientConfig");
+    let url = issues.http_url(&format!("{cpath}.url"), &cc.url);
+    let auth = match cc.auth {
+        None => EndpointAuth::None,
+        Some(a) => endpoint_auth(issues, &format!("{cpath}.auth"), a),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in cc.headers {
+        let hpath = format!("{cpath}.headers.{name}");
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::try_from(value),
+        ) {
+            (Ok(n), Ok(v)) if !is_reserved_header(&n) && n != http::header::CONTENT_TYPE => {
+                headers.push((n, v));
+            }
+            (Ok(_), Ok(_)) => issues.push(hpath, "is managed by the gateway"),
+            (Err(_), _) => issues.push(hpath, "not a valid header name"),
+            (_, Err(_)) => issues.push(hpath, "not a valid header value"),
+        }
+    }
+    if let Some(hint) = &cc.token_type_hint
+        && (hint.is_empty() || hint.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        issues.push(
+            format!("{cpath}.tokenTypeHint"),
+            "must be a token type such as access_token",
+        );
+    }
+    let http = http_client(issues, &cpath, cc.timeout, cc.retries, cc.tls);
+    let policy = policy(issues, path, i.claims, i.forward_headers, i.username_claim);
+    let realm = realm(issues, path, i.realm);
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(IntrospectionConfig {
+        token_source,
+        url: url?,
+        auth,
+        headers,
+        token_type_hint: cc.token_type_hint,
+        http,
+        forward_authorization: i.forward_authorization,
+        policy,
+        max_cache_ttl: i.max_cache_ttl.unwrap_or(DEFAULT_MAX_CACHE_TTL),
+        inactive_cache_ttl: i.inactive_cache_ttl.unwrap_or(DEFAULT_INACTIVE_CACHE_TTL),
+        realm,
+    })
+}
+
+pub(super) fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> EndpointAuth {
+    let client = |issues: &mut Issues, method| match (a.client_id.clone(), &a.client_secret) {
+        (Some(id), Some(s)) if !id.is_empty() => issues
+            .secret(&format!("{path}.clientSecret"), s)
+            .map_or(EndpointAuth::None, |secret| EndpointAuth::Client {
+                method,
+                client_id: id,
+                secret,
+            }),
+        _ => {
+            issues.push(
+                path,
+                format!("kind {} needs clientId and clientSecret", a.kind),
+            );
+            EndpointAuth::None
+        }
+    };
+    match a.kind.as_str() {
+        "Basic" => client(issues, AuthMethod::ClientSecretBasic),
+        "Post" => client(issues, AuthMethod::ClientSecretPost),
+        "Bearer" => match &a.token {
+            Some(t) => issues
+                .secret(&format!("{path}.token"), t)
+                .map_or(EndpointAuth::None, EndpointAuth::Bearer),
+            None => {
+                issues.push(path, "kind Bearer needs token");
+                EndpointAuth::None
+            }
+        },
+        other => {
+            issues.push(
+                format!("{path}.kind"),
+                format!("must be Basic, Post or Bearer, not {other:?}"),
+            );
+            EndpointAuth::None
+        }
+    }
+}

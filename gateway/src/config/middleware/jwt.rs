@@ -1,0 +1,163 @@
+//! The `jwt` middleware's options, and the signature algorithms a key set may be used with.
+
+use http::HeaderName;
+use jsonwebtoken::Algorithm;
+
+use super::super::raw::{RawJwt, StringOrList};
+use super::super::validate::Issues;
+use crate::auth::jwt::{
+    DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
+    DEFAULT_LEEWAY, GATEWAY_TOKEN_HEADER, JwksSource, JwtConfig,
+};
+
+use super::http_client::key_client;
+use super::{policy, realm, token_source};
+
+/// Algorithms accepted when none are configured: every asymmetric one. Symmetric (HS*) ones
+/// are never accepted: a published key set holds public keys, and an HMAC "verified" with a
+/// public key proves nothing (the RS256/HS256 confusion attack).
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+pub(super) fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
+    let before = issues.0.len();
+    let mut token_source = token_source(issues, path, j.token_source);
+    if j.gateway_issuer {
+        // Octelium-style: the gateway's own tokens are also accepted in its own header.
+        let own = HeaderName::from_static(GATEWAY_TOKEN_HEADER);
+        if !token_source.headers.iter().any(|(h, _)| *h == own) {
+            token_source.headers.push((own, None));
+        }
+    }
+    let keys = match (&j.jwks_url, &j.issuer) {
+        _ if j.gateway_issuer => {
+            if j.jwks_url.is_some() || j.issuer.is_some() {
+                issues.push(
+                    format!("{path}.gatewayIssuer"),
+                    "takes its keys and issuer from the top-level issuer; drop jwksUrl and issuer",
+                );
+            }
+            Some(JwksSource::Gateway)
+        }
+        (Some(u), _) => issues
+            .http_url(&format!("{path}.jwksUrl"), u)
+            .map(JwksSource::Url),
+        (None, Some(iss)) => issues
+            .http_url(&format!("{path}.issuer"), iss)
+            .map(JwksSource::Discovery),
+        (None, None) => {
+            issues.push(
+                path,
+                "needs jwksUrl, or issuer (keys found by OpenID Connect discovery)",
+            );
+            None
+        }
+    };
+    let audience = match j.audience {
+        None => Vec::new(),
+        Some(StringOrList::One(a)) => vec![a],
+        Some(StringOrList::Many(a)) => a,
+    };
+    // A token of any issuer, or meant for any service, is a token of the wrong one: both are
+    // required unless the operator says, in so many words, that any will do.
+    if j.issuer.is_none() && !j.gateway_issuer && !j.allow_any_issuer {
+        issues.push(
+            format!("{path}.issuer"),
+            "is required (the expected iss); set allowAnyIssuer: true to accept any",
+        );
+    }
+    if audience.is_empty() && !j.allow_any_audience {
+        issues.push(
+            format!("{path}.audience"),
+            "is required (the aud values this route accepts); set allowAnyAudience: true to accept any",
+        );
+    }
+    let jwks_max_staleness = j.jwks_max_staleness.unwrap_or(DEFAULT_JWKS_MAX_STALENESS);
+    let algorithms = algorithms(issues, path, j.algorithms);
+    let http = key_client(issues, path, j.client_config);
+    let jwks_min_refresh_interval = j
+        .jwks_min_refresh_interval
+        .unwrap_or(DEFAULT_JWKS_MIN_REFRESH_INTERVAL);
+    let jwks_refresh_interval = j
+        .jwks_refresh_interval
+        .unwrap_or(DEFAULT_JWKS_REFRESH_INTERVAL);
+    if jwks_refresh_interval < jwks_min_refresh_interval {
+        issues.push(
+            format!("{path}.jwksRefreshInterval"),
+            "must be at least jwksMinRefreshInterval",
+        );
+    }
+    if jwks_max_staleness < jwks_refresh_interval {
+        issues.push(
+            format!("{path}.jwksMaxStaleness"),
+            "must be at least jwksRefreshInterval",
+        );
+    }
+    let policy = policy(issues, path, j.claims, j.forward_headers, j.username_claim);
+    let realm = realm(issues, path, j.realm);
+    if issues.0.len() != before {
+        return None;
+    }
+    Some(JwtConfig {
+        token_source,
+        keys: keys?,
+        issuer: j.issuer,
+        audience,
+        algorithms,
+        leeway: j.leeway.unwrap_or(DEFAULT_LEEWAY),
+        forward_authorization: j.forward_authorization,
+        policy,
+        jwks_refresh_interval,
+        jwks_min_refresh_interval,
+        jwks_max_staleness,
+        http,
+        realm,
+        access_token_type: j.gateway_issuer,
+    })
+}
+
+/// The accepted signature algorithms: every asymmetric one unless `names` narrows them.
+pub(in crate::config) fn algorithms(
+    issues: &mut Issues,
+    path: &str,
+    names: Option<Vec<String>>,
+) -> Vec<Algorithm> {
+    match names {
+        None => ASYMMETRIC.to_vec(),
+        Some(names) => {
+            if names.is_empty() {
+                issues.push(format!("{path}.algorithms"), "must name at least one");
+            }
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    let p = format!("{path}.algorithms[{i}]");
+                    match n.parse::<Algorithm>() {
+                        Ok(a) if ASYMMETRIC.contains(&a) => Some(a),
+                        Ok(_) => {
+                            issues.push(
+                                p,
+                                "symmetric (HS*) algorithms are not accepted: keys come from a public key set",
+                            );
+                            None
+                        }
+                        Err(_) => {
+                            issues.push(p, format!("unknown algorithm {n:?}"));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The `middlewares` section: each kind's options, validated into typed values (claims
+//! expressions compiled, secrets resolved, TLS files read) with every problem named by its key
+//! path.
+
+use std::collections::BTreeMap;
+
+use http::HeaderName;
+
+use super::raw::{RawMiddleware, RawTokenSource};
+use super::validate::Issues;
+use crate::auth::DEFAULT_REALM;
+use crate::auth::MiddlewareConfig;
+use crate::auth::bearer::TokenSource;
+use crate::auth::claims::{ClaimsExpr, ClaimsPolicy};
+
+mod client_credentials;
+mod http_client;
+mod introspection;
+mod jwt;
+
+use client_credentials::client_credentials;
+pub(super) use http_client::key_client;
+use introspection::introspection;
+pub(super) use jwt::algorithms;
+use jwt::jwt;
+
+/// Validates one named middleware.
+pub(super) fn middleware(
+    issues: &mut Issues,
+    name: &str,
+    m: RawMiddleware,
+) -> Option<MiddlewareConfig> {
+    let base = format!("middlewares.{name}");
+    match m {
+        RawMiddleware {
+            client_credentials: Some(cc),
+            introspection: None,
+            jwt: None,
+        } => client_credentials(issues, &format!("{base}.clientCredentials"), cc)
+            .map(MiddlewareConfig::ClientCredentials),
+        RawMiddleware {
+            client_credentials: None,
+            introspection: Some(i),
+            jwt: None,
+        } => introspection(issues, &format!("{base}.introspection"), i)
+            .map(MiddlewareConfig::Introspection),
+        RawMiddleware {
+            client_credentials: None,
+            introspection: None,
+            jwt: Some(j),
+        } => jwt(issues, &format!("{base}.jwt"), j).map(MiddlewareConfig::Jwt),
+        RawMiddleware {
+            client_credentials: None,
+            introspection: None,
+            jwt: None,
+        } => {
+            issues.push(
+                base,
+                "names no middleware kind (expected clientCredentials, introspection or jwt)",
+            );
+            None
+        }
+        _ => {
+            issues.push(
+                base,
+                "names more than one middleware kind; declare one per name",
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn policy(
+    issues: &mut Issues,
+    path: &str,
+    claims: Option<String>,
+    forward: BTreeMap<String, String>,
+    username_claim: Option<String>,
+) -> ClaimsPolicy {
+    let claims = claims.and_then(|text| {
+        ClaimsExpr::parse(&text)
+            .map_err(|e| issues.push(format!("{path}.claims"), e.to_string()))
+            .ok()
+    });
+    let mut forward_headers = Vec::new();
+    for (header, claim) in forward {
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) if !is_reserved_header(&h) => forward_headers.push((h, claim)),
+            Ok(_) => issues.push(
+                format!("{path}.forwardHeaders.{header}"),
+                "cannot be set from a claim (it is managed by the gateway)",
+            ),
+            Err(_) => issues.push(
+                format!("{path}.forwardHeaders.{header}"),
+                "not a valid header name",
+            ),
+        }
+    }
+    ClaimsPolicy {
+        claims,
+        forward_headers,
+        username_claim,
+    }
+}
+
+pub(super) fn token_source(
+    issues: &mut Issues,
+    path: &str,
+    raw: Option<RawTokenSource>,
+) -> TokenSource {
+    let Some(raw) = raw else {
+        return TokenSource::default();
+    };
+    let path = format!("{path}.tokenSource");
+    if raw.header.is_none() && raw.query.is_none() && raw.cookie.is_none() {
+        issues.push(&path, "names no source (expected header, query or cookie)");
+    }
+    if raw.header.is_none() && raw.header_auth_scheme.is_some() {
+        issues.push(format!("{path}.headerAuthScheme"), "needs header");
+    }
+    let header = raw.header.and_then(|h| {
+        HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| issues.push(format!("{path}.header"), "not a valid header name"))
+            .ok()
+    });
+    if let Some(scheme) = &raw.header_auth_scheme
+        && (scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~+/".contains(c)))
+    {
+        issues.push(
+            format!("{path}.headerAuthScheme"),
+            "must be an auth scheme such as Bearer",
+        );
+    }
+    for (name, value) in [("query", &raw.query), ("cookie", &raw.cookie)] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            issues.push(format!("{path}.{name}"), "is empty");
+        }
+    }
+    TokenSource {
+        headers: header
+            .map(|h| (h, raw.header_auth_scheme))
+            .into_iter()
+            .collect(),
+        query: raw.query,
+        cookie: raw.cookie,
+    }
+}
+
+pub(super) fn realm(issues: &mut Issues, path: &str, realm: Option<String>) -> String {
+    let realm = realm.unwrap_or_else(|| DEFAULT_REALM.into());
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        issues.push(
+            format!("{path}.realm"),
+            "must not contain quotes, backslashes or control characters",
+        );
+    }
+    realm
+}
+
+/// Headers that a claim must never set: the gateway owns them.
+pub(super) fn is_reserved_header(h: &HeaderName) -> bool {
+    use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+    [
+        AUTHORIZATION,
+        HOST,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+    ]
+    .contains(h)
+        || h.as_str().starts_with("x-forwarded-")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::auth::MiddlewareConfig;
+    use crate::auth::jwt::JwksSource;
+    use crate::config::{Config, ConfigError};
+
+    fn load(middleware: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(&format!(
+            r#"
+listen: 127.0.0.1:8080
+admin: {{ listen: 127.0.0.1:9090 }}
+middlewares:
+  m:
+{middleware}
+routes:
+  - name: r
+    match: {{ pathPrefix: / }}
+    middlewares: [m]
+    upstream: {{ urls: [http://127.0.0.1:8081] }}
+"#
+        ))
+    }
+
+    fn issues(middleware: &str) -> Vec<String> {
+        match load(middleware) {
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+            other => panic!("expected value errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claims_syntax_error_names_the_middleware_and_the_column() {
+        let got = issues(
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      issuer: http://idp\n      audience: api\n      claims: Equals(`grp`, `admin`) && Prefx(`iss`, `x`)",
+        );
+        assert_eq!(
+            got,
+            [
+                "middlewares.m.jwt.claims: column 27: unknown function `Prefx` (expected Equals, Prefix, Contains, SplitContains or OneOf)"
+            ]
+        );
+    }
+
+    #[test]
+    fn symmetric_and_unknown_algorithms_are_refused() {
+        let got = issues(
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      allowAnyIssuer: true\n      allowAnyAudience: true\n      algorithms: [RS256, HS256, none]",
+        );
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].starts_with("middlewares.m.jwt.algorithms[1]: symmetric"));
+        assert!(got[1].starts_with("middlewares.m.jwt.algorithms[2]: unknown algorithm"));
+    }
+
+    #[test]
+    fn jwt_keys_come_from_a_url_or_discovery() {
+        let by_issuer =
+            load("    jwt:\n      issuer: https://idp.example/realms/x\n      audience: api")
+                .unwrap();
+        let MiddlewareConfig::Jwt(j) = &by_issuer.middlewares["m"] else {
+            panic!()
+        };
+        assert_eq!(
+            j.keys,
+            JwksSource::Discovery("https://idp.example/realms/x".parse().unwrap())
+        );
+        assert!(
+            j.algorithms
+                .iter()
+                .all(|a| !format!("{a:?}").starts_with("HS"))
+        );
+        assert_eq!(
+            issues(
+                "    jwt:\n      leeway: 1s\n      allowAnyIssuer: true\n      allowAnyAudience: true"
+            ),
+            [
+                "middlewares.m.jwt: needs jwksUrl, or issuer (keys found by OpenID Connect discovery)"
+            ]
+        );
+    }
+
+    #[test]
+    fn jwt_needs_an_issuer_and_an_audience_unless_told_any_will_do() {
+        assert_eq!(
+            issues("    jwt:\n      jwksUrl: http://idp/jwks"),
+            [
+                "middlewares.m.jwt.issuer: is required (the expected iss); set allowAnyIssuer: true to accept any",
+                "middlewares.m.jwt.audience: is required (the aud values this route accepts); set allowAnyAudience: true to accept any",
+            ]
+        );
+        let open = load(
+            "    jwt:\n      jwksUrl: http://idp/jwks\n      allowAnyIssuer: true\n      allowAnyAudience: true",
+        )
+        .unwrap();
+        let MiddlewareConfig::Jwt(j) = &open.middlewares["m"] else {
+            panic!()
+        };
+        assert!(j.issuer.is_none() && j.audience.is_empty());
+        assert_eq!(
+            issues(
+                "    jwt:\n      issuer: http://idp\n      audience: a\n      jwksMaxStaleness: 1m"
+            ),
+            ["middlewares.m.jwt.jwksMaxStaleness: must be at least jwksRefreshInterval"]
+        );
+    }
+
+    #[test]
+    fn introspection_options_are_checked_together() {
+        let got = issues(
+            r#"    introspection:
+      tokenSource: { headerAuthScheme: Bearer }
+      clientConfig:
+        url: not-a-url
+        auth: { kind: Digest }
+        headers: { Authorization: x }
+        tls: { certFile: /nonexistent/cert.pem }
+      forwardHeaders: { Host: sub }"#,
+        );
+        assert_eq!(
+            got,
+            [
+                "middlewares.m.introspection.tokenSource: names no source (expected header, query or cookie)",
+                "middlewares.m.introspection.tokenSource.headerAuthScheme: needs header",
+                "middlewares.m.introspection.clientConfig.url: not an http(s) URL",
+                "middlewares.m.introspection.clientConfig.auth.kind: must be Basic, Post or Bearer, not \"Digest\"",
+                "middlewares.m.introspection.clientConfig.headers.Authorization: is managed by the gateway",
+                "middlewares.m.introspection.clientConfig.tls.certFile: cannot read /nonexistent/cert.pem: No such file or directory (os error 2)",
+                "middlewares.m.introspection.clientConfig.tls: certFile and keyFile go together",
+                "middlewares.m.introspection.forwardHeaders.Host: cannot be set from a claim (it is managed by the gateway)",
+            ]
+        );
+    }
+
+    #[test]
+    fn two_kinds_under_one_name_are_refused() {
+        let got = issues(
+            "    jwt: { jwksUrl: http://idp/jwks }\n    clientCredentials: { url: http://idp/token }",
+        );
+        assert_eq!(
+            got,
+            ["middlewares.m: names more than one middleware kind; declare one per name"]
+        );
+    }
+}
