@@ -92,17 +92,12 @@ async fn doubles_serve_under_the_public_url_until_sigterm() {
             .unwrap()
             .success()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    testkit::wait::wait_until("it exits after SIGTERM", Duration::from_secs(5), || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
     assert!(status.success(), "{status}");
 }
 

@@ -104,18 +104,17 @@ fn main() {
             tls: None,
             token: auth.then(|| gateway::secret::Secret::new(GATEWAY_TOKEN)),
         }));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while store
-            .put(&key(0), entry(1, 60_000, 600_000), None)
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not elect a leader"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        testkit::eventually(
+            "the cluster elects a leader",
+            Duration::from_secs(30),
+            async || {
+                store
+                    .put(&key(0), entry(1, 60_000, 600_000), None)
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
 
         let mut latencies = Vec::with_capacity(20_000);
         for _ in 0..20_000 {

@@ -135,6 +135,8 @@ impl Proc {
 
 /// Waits up to `within` until something listens on `addr`.
 pub async fn wait_listening(addr: &str, within: Duration) -> bool {
+    // A loop of its own rather than `wait::poll_until`: the harness needs this future `Send`,
+    // which an async closure's is not (yet).
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {

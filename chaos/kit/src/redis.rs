@@ -2,7 +2,7 @@
 //! when dropped.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::procs::free_port;
 use crate::tls::TlsFixture;
@@ -174,15 +174,11 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (.ci/run installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait::wait_until(
+            &format!("redis-server answers on port {}", self.port),
+            Duration::from_secs(10),
+            || self.cli(&["PING"]).trim() == "PONG",
+        );
     }
 
     /// Runs `redis-cli` against the server and returns its output.

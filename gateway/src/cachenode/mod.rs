@@ -1,5 +1,5 @@
 //! `gateway cache-node`: a member of the Raft-replicated cache service, for fleets that would
-//! rather not run Redis.
+//! rather not run Redis (`ARCHITECTURE.md`, *The cache service*).
 //!
 //! # Layout
 //!
@@ -9,7 +9,10 @@
 //! - [`state_machine`]: openraft's state machine over the cache: apply, watch, snapshots.
 //! - [`snapshot`]: the binary snapshot file, written, streamed and read a record at a time.
 //! - [`network`]: Raft RPCs to peers over gRPC.
-//! - [`service`]: the gRPC services for peers and gateways: Raft transport, `TokenCache`.
+//! - [`context`]: what the services share: the node's standing (leads, and heard by a quorum),
+//!   fill leases, watch slots, the group commit of puts, the entry bound.
+//! - [`raft_service`]: the Raft transport server, for peers.
+//! - [`cache_service`]: the `TokenCache` server, for gateways.
 //! - [`admin`]: the `Admin` service for operators.
 //! - protobuf conversions are [`crate::cacheclient::convert`]'s, shared with the clients.
 //! - [`metrics`]: Prometheus gauges of the node's Raft state (`--metrics-listen`).

@@ -9,7 +9,7 @@
 //! carrying a fence older than the newest granted one is refused, the refresh lease is exclusive
 //! and its fence is the log index of the command that granted it (so fences only grow), claims
 //! are granted once. (Fill leases are not here: the leader holds them in memory, see
-//! [`super::service`].)
+//! [`super::context::FillLeases`].)
 //!
 //! The maps are persistent (`imbl`): cloning the state is O(1) and shares its nodes, so a
 //! snapshot or a scan of the whole cache works on a clone taken in a moment under the lock,

@@ -1,5 +1,5 @@
-//! The token lookup path: L1 → shared store → IdP (the README's *How a token is found*, steps
-//! 2, 3 and 5).
+//! The token lookup path: L1 → shared store → IdP (`ARCHITECTURE.md`, *The token lifecycle*,
+//! steps 2, 3 and 6).
 //!
 //! A hit in the L1 (a lock-free map of decrypted entries) makes no network round trip and takes
 //! no lock. On a miss, one fill per key runs on this node (single flight: concurrent callers

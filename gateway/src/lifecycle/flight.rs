@@ -1,5 +1,5 @@
 //! Per-node single flight: one piece of work per key at a time, shared by every caller that
-//! asks for that key meanwhile (the README's *How a token is found*, step 3).
+//! asks for that key meanwhile (`ARCHITECTURE.md`, *The token lifecycle*, step 3).
 //!
 //! The work runs as its own task, so a caller that gives up (its request timed out, its client
 //! went away) does not cancel it for the callers still waiting. The key is released when the task

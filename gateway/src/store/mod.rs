@@ -1,9 +1,10 @@
-//! The fleet-wide token store: the seam between the token lifecycle and where tokens are shared.
+//! The fleet-wide token store: the seam between the token lifecycle and where tokens are shared
+//! (`ARCHITECTURE.md`, *The store contract*).
 //!
 //! # Contract
 //!
-//! Every backend (memory now; Redis and the Raft cache service later) guarantees, and proves by
-//! passing [`conformance::run`]:
+//! Every backend (`memory`, `redis`, `raft`) guarantees, and proves by passing
+//! [`conformance::run`]:
 //!
 //! 1. **Ciphertext only.** It stores [`SealedEntry`] values as given; it never sees a token or a
 //!    secret in clear.

@@ -362,11 +362,9 @@ impl TlsTerminator {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("socat is installed");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "socat did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        testkit::wait::wait_until("socat listens", Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         Self(child)
     }
 }

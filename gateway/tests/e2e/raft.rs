@@ -285,25 +285,22 @@ impl Cluster {
 
     /// The id of the leader the nodes `ids` agree on, waiting up to `within`.
     pub async fn leader_among(&self, ids: &[u64], within: Duration) -> u64 {
-        let deadline = Instant::now() + within;
-        loop {
+        let mut agreed = None;
+        eventually("the nodes agree on a leader", within, async || {
             let mut statuses = self.statuses().await;
             statuses.retain(|id, _| ids.contains(id));
             let leaders: Vec<Option<u64>> = statuses.values().map(|s| s.leader).collect();
-            let running = ids.len();
-            if leaders.len() == running
+            if leaders.len() == ids.len()
                 && let Some(Some(l)) = leaders.first()
                 && leaders.iter().all(|x| *x == Some(*l))
                 && statuses.get(l).is_some_and(|s| s.state == "leader")
             {
-                return *l;
+                agreed = Some(*l);
             }
-            assert!(
-                Instant::now() < deadline,
-                "no agreed leader within {within:?}: {statuses:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            agreed.is_some()
+        })
+        .await;
+        agreed.unwrap()
     }
 
     pub fn node(&mut self, id: u64) -> &mut CacheNode {
