@@ -15,11 +15,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The `gateway` binary, built once.
 fn gateway_bin() -> PathBuf {
-    testkit::procs::sibling_binary(
-        "gateway",
-        "gateway",
-        std::path::Path::new(env!("CARGO_BIN_EXE_chaos")),
-    )
+    testkit::procs::sibling_binary("gateway", std::path::Path::new(env!("CARGO_BIN_EXE_chaos")))
 }
 
 /// The short form: 12 s of load on 3 gateways, tokens living 8 s (renewed from 5.25 s on).

@@ -166,22 +166,26 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// The path of the workspace binary `bin` of `package`, built once per test process (`cargo
-/// build` is quick when it is current). `beside` is a binary of the same build
-/// (`env!("CARGO_BIN_EXE_...")`), which says where the build puts binaries.
-pub fn sibling_binary(package: &str, bin: &str, beside: &Path) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, path)) = built.iter().find(|(b, _)| b == bin) {
-        return path.clone();
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "{bin} builds");
+/// The path of the workspace binary `bin`, beside `beside` (a binary of the same build:
+/// `env!("CARGO_BIN_EXE_...")`).
+///
+/// Made sure of once per test process by running the workspace's own test build (`cargo test
+/// --workspace --no-run`): quick when `cargo test --workspace` just built everything, and it
+/// builds `bin` with the very features that build resolved. (`cargo build -p <package>`
+/// resolves features for that package alone, so it would rebuild tokio, serde and most of the
+/// tree a second time, for a minute or two, inside a test.)
+pub fn sibling_binary(bin: &str, beside: &Path) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["test", "--workspace", "--no-run", "--quiet"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "the workspace builds");
+    });
     let path = beside.with_file_name(bin);
-    built.push((bin.to_owned(), path.clone()));
+    assert!(path.exists(), "no {bin} beside {}", beside.display());
     path
 }

@@ -42,7 +42,6 @@ fn open_watcher(args: &[&str], env: &[(&str, &str)]) -> std::thread::JoinHandle<
 fn cachectl_bin() -> PathBuf {
     testkit::procs::sibling_binary(
         "cachectl",
-        "cachectl",
         std::path::Path::new(env!("CARGO_BIN_EXE_gateway")),
     )
 }
