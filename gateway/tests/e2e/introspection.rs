@@ -183,9 +183,18 @@ async fn an_active_result_is_cached_but_never_past_the_tokens_exp() {
         assert_eq!(get(f.node.url("/in"), &t).await.status(), 200);
     }
     assert_eq!(f.idp.introspections(), 1, "served from cache");
-    // The token's exp is whole seconds: wait past it, with margin for the rounding.
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(minted.elapsed())).await;
-    assert_eq!(get(f.node.url("/in"), &t).await.status(), 401);
+    // Once the token's exp passes the cached result lapses: the IdP is asked again, says
+    // inactive, and that is remembered.
+    eventually(
+        "the token is refused",
+        Duration::from_secs(10),
+        async || get(f.node.url("/in"), &t).await.status() == 401,
+    )
+    .await;
+    assert!(
+        minted.elapsed() >= Duration::from_secs(1),
+        "refused before its exp"
+    );
     assert_eq!(
         f.idp.introspections(),
         2,
@@ -200,9 +209,21 @@ async fn inactive_results_are_remembered_briefly() {
         assert_eq!(get(f.node.url("/in"), "junk").await.status(), 401);
     }
     assert_eq!(f.idp.introspections(), 1);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(get(f.node.url("/in"), "junk").await.status(), 401);
-    assert_eq!(f.idp.introspections(), 2);
+    let remembered = Instant::now();
+    eventually(
+        "the IdP is asked again",
+        Duration::from_secs(10),
+        async || {
+            assert_eq!(get(f.node.url("/in"), "junk").await.status(), 401);
+            f.idp.introspections() == 2
+        },
+    )
+    .await;
+    assert!(
+        remembered.elapsed() >= Duration::from_millis(900),
+        "remembered for the inactiveCacheTtl (1 s), not {:?}",
+        remembered.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
