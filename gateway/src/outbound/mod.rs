@@ -23,7 +23,8 @@ pub const DEFAULT_IDP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries after the first IdP attempt (transport errors, 5xx and 429 only).
 pub const DEFAULT_IDP_RETRIES: u32 = 2;
 
-/// Why no token was obtained. Each variant maps to one answer to the caller.
+/// Why a call to an IdP endpoint (token, introspection, key set) gave nothing usable. Each
+/// variant maps to one answer to the caller.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IdpError {
     /// RFC 6749 §5.2 `invalid_client`: the credentials are wrong. Not retried.
@@ -43,7 +44,7 @@ pub enum IdpError {
         /// Suggested wait.
         retry_after: Duration,
     },
-    /// The IdP answered something that is not an RFC 6749 response.
+    /// The IdP answered something the protocol does not allow (RFC 6749, 7662, 7517).
     #[error("the identity provider sent an invalid response ({0})")]
     Protocol(String),
 }

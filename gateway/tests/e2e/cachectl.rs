@@ -251,8 +251,10 @@ async fn cachectl_inspects_and_steers_the_raft_cache() {
             if last_bearer().unwrap() != old {
                 break;
             }
+            // Tokens live 300 s: without the eviction being pushed to every L1, they would be
+            // served for minutes. (A bound, not a speed: this machine may be loaded.)
             assert!(
-                evicted_at.elapsed() < Duration::from_secs(2),
+                evicted_at.elapsed() < Duration::from_secs(30),
                 "gateway {node} still serves the evicted token"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -856,14 +856,24 @@ async fn a_follower_that_missed_20_mb_and_a_new_learner_catch_up_from_a_streamed
         },
     )
     .await;
-    let built = logged_bytes(cluster.node(leader), "snapshot built").unwrap();
-    assert!(built > 20_000_000, "snapshot of {built} bytes");
+    // The log lines reach us through the nodes' output: poll for them.
+    eventually(
+        "the leader logs a snapshot of over 20 MB",
+        Duration::from_secs(10),
+        async || {
+            logged_bytes(cluster.node(leader), "snapshot built").is_some_and(|b| b > 20_000_000)
+        },
+    )
+    .await;
     for id in [follower, 4] {
-        let received = logged_bytes(cluster.node(id), "snapshot received");
-        assert!(
-            received.is_some_and(|b| b > 20_000_000),
-            "node {id} installed a streamed snapshot: {received:?}"
-        );
+        eventually(
+            &format!("node {id} logs that it installed a streamed snapshot of over 20 MB"),
+            Duration::from_secs(10),
+            async || {
+                logged_bytes(cluster.node(id), "snapshot received").is_some_and(|b| b > 20_000_000)
+            },
+        )
+        .await;
     }
 }
 

@@ -395,7 +395,10 @@ async fn redis_restarting_under_load_fails_no_request_while_tokens_are_valid() {
     )
     .await;
     let warnings = f.nodes[0]
-        .log()
+        .log_once("the outage is logged", |l| {
+            l.contains("serving from L1 and fetching per node")
+        })
+        .await
         .matches("serving from L1 and fetching per node")
         .count();
     assert_eq!(warnings, 1, "the outage is logged once");

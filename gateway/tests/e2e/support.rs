@@ -111,6 +111,28 @@ impl Node {
         self.log.lock().unwrap().clone()
     }
 
+    /// Everything the node logged, once it holds what `holds` looks for. A line is logged after
+    /// the answer it describes is sent (the access log), and reaches us through a pipe: a test
+    /// that read the log at once could miss it.
+    pub async fn log_once(&self, what: &str, holds: impl Fn(&str) -> bool) -> String {
+        eventually(what, Duration::from_secs(10), async || holds(&self.log())).await;
+        self.log()
+    }
+
+    /// The node's access log lines, once there are at least `n`.
+    pub async fn access_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        let access = |log: &str| -> Vec<serde_json::Value> {
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["target"] == "tokengate::access")
+                .collect()
+        };
+        let log = self
+            .log_once(&format!("{n} access log lines"), |l| access(l).len() >= n)
+            .await;
+        access(&log)
+    }
+
     /// Sends a signal (`TERM`, `INT`, ...) with `kill(1)`, keeping the tests free of unsafe code.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

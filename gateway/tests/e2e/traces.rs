@@ -252,13 +252,8 @@ async fn one_request_is_one_trace_across_gateway_cache_node_idp_and_upstream() {
     assert!(apply.attr("raft.log_index").is_some());
 
     // The access log names the trace.
-    let log = node.log();
-    let access = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["target"] == "tokengate::access")
-        .expect("an access log line");
-    assert_eq!(access["trace_id"], CALLER_TRACE);
+    let access = node.access_lines(1).await;
+    assert_eq!(access[0]["trace_id"], CALLER_TRACE);
 
     // The refresher renews the token in the background: its own trace, a root span, with the
     // IdP call under it.
@@ -371,13 +366,8 @@ async fn without_tracing_trace_headers_pass_through_and_are_logged() {
         upstream.seen().last().unwrap().header("traceparent"),
         Some(sent.as_str())
     );
-    let access = node
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["target"] == "tokengate::access")
-        .expect("an access log line");
-    assert_eq!(access["trace_id"], CALLER_TRACE);
+    let access = node.access_lines(1).await;
+    assert_eq!(access[0]["trace_id"], CALLER_TRACE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,10 +459,9 @@ async fn the_sampling_decision_is_the_callers_or_the_sample_rate_and_is_passed_o
         "only the caller-sampled request is recorded"
     );
     let logged: Vec<String> = node
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "tokengate::access")
+        .access_lines(3)
+        .await
+        .iter()
         .map(|v| v["trace_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(logged.len(), 3);
