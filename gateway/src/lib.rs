@@ -62,5 +62,3 @@ pub mod config;
 pub mod node;
 
 pub mod demo;
-
-pub use node::{StartError, run};

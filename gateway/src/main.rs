@@ -429,7 +429,7 @@ async fn run(cfg: Config) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
-    let code = match gateway::run(cfg, listeners, shutdown).await {
+    let code = match gateway::node::run(cfg, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "cannot start");

@@ -146,6 +146,11 @@ fn every_module_uses_only_the_layers_below_it() {
             "module `{m}` is in no layer: place it in LAYERS"
         );
     }
+    // A re-export at the crate root would let any module reach any other through `crate::x`.
+    assert!(
+        !lib.lines().any(|l| l.starts_with("pub use ")),
+        "lib.rs re-exports items: use them by their module's path"
+    );
     let mut violations = Vec::new();
     for module in &declared {
         let layer = LAYERS.iter().position(|l| l == module).unwrap();

@@ -49,7 +49,7 @@ pub enum DemoError {
     Config(#[from] ConfigError),
     /// The node could not start.
     #[error(transparent)]
-    Start(#[from] crate::StartError),
+    Start(#[from] crate::node::StartError),
 }
 
 /// One thing to try.
@@ -177,7 +177,7 @@ impl Demo {
             upstream_stop.clone(),
             Duration::from_secs(1),
         ));
-        let result = crate::run(self.config, self.listeners, shutdown).await;
+        let result = crate::node::run(self.config, self.listeners, shutdown).await;
         upstream_stop.cancel();
         let _ = upstream.await;
         Ok(result?)
