@@ -13,11 +13,10 @@ use std::sync::Arc;
 
 use http::header::COOKIE;
 use http::request::Parts;
-use http::{HeaderValue, Uri};
+use http::{HeaderName, HeaderValue, Uri};
 
 use super::AuthError;
 use super::limits::CallerLimits;
-use http::HeaderName;
 
 /// Where a caller's bearer token is looked for, in this order: header, query, cookie.
 #[derive(Debug, Clone)]

@@ -11,11 +11,13 @@
 //! credentials never travel further) and the configured claim headers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use url::Url;
 
 use super::limits::{CallerLimits, Guards};
 use super::{Applied, AuthError, Caller, UsedToken};
@@ -23,10 +25,7 @@ use crate::auth::claims::ClaimsPolicy;
 use crate::lifecycle::TokenCache;
 use crate::outbound::IdpError;
 use crate::secret::Secret;
-use crate::token::AuthMethod;
-use crate::token::{KeyDeriver, TokenEntry, TokenKey, TokenRequest};
-use std::time::Duration;
-use url::Url;
+use crate::token::{AuthMethod, KeyDeriver, TokenEntry, TokenKey, TokenRequest};
 
 /// Lifetime assumed when the IdP states none (neither `expires_in` nor a JWT `exp`).
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
@@ -37,6 +36,7 @@ pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
 /// seconds of being issued is refused for the upstream's own reasons, and fetching another
 /// would only turn anonymous traffic into IdP load (at most two fetches a minute per credential).
 pub const DEFAULT_REJECTED_TOKEN_MIN_AGE: Duration = Duration::from_secs(30);
+
 /// The `clientCredentials` middleware, validated.
 #[derive(Debug, Clone)]
 pub struct ClientCredentialsConfig {

@@ -12,9 +12,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use super::forward::ForwardedHeaders;
 use super::path::{EncodedCharacters, PathError, PathPolicy, canonicalize};
 use crate::auth::limits::{CallerLimits, MissBudgetConfig};
-use crate::http::TransportLimits;
-use crate::http::response;
-use crate::http::{BoxBody, IntoResponse};
+use crate::http::{BoxBody, IntoResponse, TransportLimits, response};
 
 /// Everything the edge applies before a middleware sees a request.
 #[derive(Debug, Clone, Default)]

@@ -7,11 +7,10 @@ pub use expr::{Check, ClaimsExpr, ExprError};
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
 use super::{AuthError, headers};
-use http::HeaderName;
 
 /// What a middleware does with verified claims; the same options on every middleware.
 #[derive(Debug, Clone, Default)]

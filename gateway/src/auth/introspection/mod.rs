@@ -10,8 +10,11 @@ mod cache;
 pub mod client;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+use url::Url;
 
 pub use cache::{CachePolicy, ResultCache, Verdict};
 pub use client::{Answer, IntrospectionClient};
@@ -22,14 +25,9 @@ use super::{Applied, AuthError, Caller};
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::ClaimsPolicy;
 use crate::lifecycle::TokenCache;
-use crate::outbound::HttpClientConfig;
-use crate::outbound::IdpError;
+use crate::outbound::{HttpClientConfig, IdpError};
 use crate::secret::Secret;
-use crate::token::AuthMethod;
-use crate::token::KeyDeriver;
-use http::{HeaderName, HeaderValue};
-use std::time::Duration;
-use url::Url;
+use crate::token::{AuthMethod, KeyDeriver};
 
 /// Upper bound on reusing an active introspection result: a token revoked at the IdP is still
 /// accepted for at most this long. Half a minute keeps the IdP off the hot path without making
@@ -38,6 +36,7 @@ pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(30);
 /// How long an inactive (or unknown) token's result is remembered: long enough that a client
 /// retrying with a bad token is not a flood at the IdP, short enough not to matter otherwise.
 pub const DEFAULT_INACTIVE_CACHE_TTL: Duration = Duration::from_secs(5);
+
 /// How the gateway authenticates at an endpoint it calls.
 #[derive(Debug, Clone)]
 pub enum EndpointAuth {

@@ -16,12 +16,13 @@ pub mod verified;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
+use url::Url;
 
 pub use keys::{KeySet, Keys, Reason, Refetch};
 pub use verified::{Claims, Verified};
@@ -32,10 +33,7 @@ use super::{Applied, AuthError};
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::ClaimsPolicy;
 use crate::lifecycle::TokenCache;
-use crate::outbound::HttpClientConfig;
-use crate::outbound::IdpError;
-use std::time::Duration;
-use url::Url;
+use crate::outbound::{HttpClientConfig, IdpError};
 
 /// Clock skew tolerated on `exp`/`nbf`/`iat`: NTP-synchronised hosts differ by far less.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
@@ -50,6 +48,7 @@ pub const DEFAULT_JWKS_MAX_STALENESS: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_JWKS_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// The header that carries a token of the gateway's own issuer, besides `Authorization`.
 pub const GATEWAY_TOKEN_HEADER: &str = "x-tokengate-auth";
+
 /// Where a `jwt` middleware finds its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
