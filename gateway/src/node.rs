@@ -8,6 +8,7 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::http::tls::ServerTls;
 use crate::http::{self, Listeners};
 use crate::issuer;
 use crate::lifecycle::TokenCache;
@@ -26,6 +27,12 @@ pub enum StartError {
     /// A middleware's HTTP client could not be built from its TLS material.
     #[error("cannot build an HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    /// The proxy could not be built from its TLS material.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::BuildError),
+    /// The listener's certificates could not be loaded.
+    #[error("TLS listener: {0}")]
+    ListenerTls(#[from] crate::http::tls::ServerTlsError),
 }
 
 /// Runs a gateway node on already-bound listeners until `shutdown` is cancelled, then drains
@@ -59,11 +66,22 @@ pub async fn run(
     };
     let gateway = Arc::new(Gateway::new(config.proxy(), &cache, issuer)?);
     let background = CancellationToken::new();
+    let listener_tls = match &config.tls {
+        Some(t) => {
+            let served = ServerTls::new(t)?;
+            tokio::spawn(
+                Arc::clone(&served.certificates).watch(t.watch_interval, background.clone()),
+            );
+            Some(served.config)
+        }
+        None => None,
+    };
     cache.spawn_background(config.refresh.clone(), background.clone());
 
     let admin = Admin::new(Arc::clone(&cache));
+    let for_handler = Arc::clone(&gateway);
     let proxy_handler: http::Handler =
-        Arc::new(move |req, remote| Arc::clone(&gateway).handle(req, remote).boxed());
+        Arc::new(move |req, remote| Arc::clone(&for_handler).handle(req, remote).boxed());
     let admin_for_handler = Arc::clone(&admin);
     let admin_handler: http::Handler = Arc::new(move |req, _| {
         let resp = admin_for_handler.handle(&req);
@@ -84,14 +102,24 @@ pub async fn run(
         proxy_stop.cancelled().await;
         admin_for_drain.set_draining();
     });
+    // Upgraded connections drain alongside the listener's requests, within the same time.
+    let upgrades = {
+        let (gateway, stop, drain) = (gateway, shutdown.clone(), config.shutdown_timeout);
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            gateway.drain_upgrades(drain).await;
+        })
+    };
     http::serve_with(
         listeners.proxy,
         proxy_handler,
         shutdown,
         config.shutdown_timeout,
         config.edge.transport,
+        listener_tls,
     )
     .await;
+    let _ = upgrades.await;
 
     background.cancel();
     cache.closed().await;

@@ -23,7 +23,7 @@ use super::limits::{CallerLimits, Guards};
 use super::{Applied, AuthError, Caller, UsedToken};
 use crate::auth::claims::ClaimsPolicy;
 use crate::lifecycle::TokenCache;
-use crate::outbound::IdpError;
+use crate::outbound::{HttpClientConfig, HttpTls, IdpError};
 use crate::secret::Secret;
 use crate::token::{AuthMethod, KeyDeriver, TokenEntry, TokenKey, TokenRequest};
 
@@ -66,6 +66,9 @@ pub struct ClientCredentialsConfig {
     pub idp_timeout: Duration,
     /// IdP retries after the first attempt.
     pub idp_retries: u32,
+    /// TLS towards the token endpoint (`clientConfig.tls`); its profile goes into each refresh
+    /// spec so that the refreshing node uses the same settings, from its own configuration.
+    pub tls: HttpTls,
 }
 
 /// A configured `clientCredentials` middleware.
@@ -103,20 +106,30 @@ impl ClientCredentials {
         cfg: ClientCredentialsConfig,
         cache: Arc<TokenCache>,
         guards: Guards,
-    ) -> Self {
+    ) -> reqwest::Result<Self> {
+        if let Some(profile) = &cfg.tls.profile {
+            let client = HttpClientConfig {
+                timeout: cfg.idp_timeout,
+                retries: cfg.idp_retries,
+                tls: cfg.tls.clone(),
+            }
+            .build()?;
+            cache.idp().register(profile, client);
+        }
         let deriver = KeyDeriver::new(
             cache.fleet(),
             &cfg.token_url,
             &cfg.scopes,
             cfg.audience.as_deref(),
             &cfg.endpoint_params,
-        );
+        )
+        .with_tls_profile(cfg.tls.profile.as_deref());
         let gateway_key = cfg
             .credentials
             .as_ref()
             .map(|(id, secret)| deriver.key(id, secret.expose()));
         let realm = Arc::from(cfg.realm.as_str());
-        Self {
+        Ok(Self {
             name: name.to_owned(),
             cfg,
             deriver,
@@ -125,7 +138,7 @@ impl ClientCredentials {
             cache,
             guards,
             evicted: papaya::HashMap::new(),
-        }
+        })
     }
 
     /// The token cache behind it.
@@ -244,6 +257,7 @@ impl ClientCredentials {
             default_lifetime: self.cfg.default_token_lifetime,
             timeout: self.cfg.idp_timeout,
             retries: self.cfg.idp_retries,
+            tls_profile: self.cfg.tls.profile.clone(),
         };
         let gateway_level = self.gateway_key.is_some();
         self.cache.get(key, spec, self.cfg.negative_cache_ttl).await.map_err(|e| {

@@ -10,21 +10,25 @@ pub mod issuer;
 mod middleware;
 mod raw;
 mod store;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use store::read_pem;
 
 use crate::auth::MiddlewareConfig;
+use crate::http::tls::ListenerTls;
 use crate::issuer::IssuerConfig;
 use crate::lifecycle::RefreshConfig;
 use crate::outbound::BreakerConfig;
 use crate::proxy::edge::EdgeConfig;
+use crate::proxy::transport::ServersTransport;
 use crate::proxy::{ProxySettings, RouteConfig};
 use crate::secret::Secret;
 use crate::store::StoreConfig;
@@ -66,6 +70,10 @@ pub struct Config {
     pub issuer: Option<IssuerConfig>,
     /// What the request edge enforces before any middleware runs.
     pub edge: EdgeConfig,
+    /// TLS on the proxy listener; `None`: plain HTTP.
+    pub tls: Option<ListenerTls>,
+    /// `serversTransports` by name.
+    pub servers_transports: BTreeMap<String, Arc<ServersTransport>>,
 }
 
 /// One problem with a configuration value.
@@ -119,6 +127,7 @@ impl Config {
                 .tracing
                 .as_ref()
                 .is_some_and(|t| t.trust_caller_sampling),
+            servers_transports: &self.servers_transports,
         }
     }
 

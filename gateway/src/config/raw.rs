@@ -76,6 +76,82 @@ pub struct RawConfig {
     /// Budgets of cache misses (IdP calls) per client id and per caller address.
     #[serde(default)]
     pub idp_miss_budget: RawMissBudget,
+    /// TLS on the proxy listener.
+    #[serde(default)]
+    pub tls: Option<RawListenerTls>,
+    /// How upstreams are reached (TLS, HTTP/2), by name.
+    #[serde(default)]
+    pub servers_transports: BTreeMap<String, RawServersTransport>,
+    /// Let `insecureSkipVerify` be set anywhere (tests only).
+    #[serde(default)]
+    pub allow_insecure_skip_verify: bool,
+}
+
+/// `tls`: the proxy listener speaks TLS (Traefik's `tls.certificates` and `tls.options`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawListenerTls {
+    /// Served certificates; the first is the default.
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub options: RawTlsOptions,
+    /// How often the files are looked at for changes.
+    #[serde(default, with = "humantime_serde")]
+    pub watch_interval: Option<Duration>,
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCertificate {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// `tls.options` (Traefik's TLS options).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTlsOptions {
+    /// `VersionTLS12` (default) or `VersionTLS13`.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// Refuse handshakes that name no served host.
+    #[serde(default)]
+    pub sni_strict: bool,
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+}
+
+/// `tls.options.clientAuth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientAuth {
+    /// PEM CA bundles client certificates must chain to.
+    #[serde(default)]
+    pub ca_files: Vec<String>,
+    /// `NoClientCert`, `VerifyClientCertIfGiven` or `RequireAndVerifyClientCert` (default when
+    /// `caFiles` is set).
+    #[serde(default)]
+    pub client_auth_type: Option<String>,
+}
+
+/// A `serversTransports` entry (Traefik's `ServersTransport`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawServersTransport {
+    /// SNI and verified name; default: the upstream URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM CA bundles trusted in addition to the system's roots.
+    #[serde(default, rename = "rootCAs")]
+    pub root_cas: Vec<String>,
+    /// The client certificate presented to upstreams (one).
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default, rename = "disableHTTP2")]
+    pub disable_http2: bool,
 }
 
 /// `paths`.
@@ -689,6 +765,9 @@ pub struct RawClientConfig {
     /// Retries after the first attempt, on transport errors, 5xx and 429 only.
     #[serde(default)]
     pub retries: Option<u32>,
+    /// TLS towards the token endpoint.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }
 
 /// `endpointParams` values may be a string or a list of strings.
@@ -726,4 +805,7 @@ pub struct RawMatch {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawUpstream {
     pub urls: Vec<String>,
+    /// The `serversTransports` entry to reach them through.
+    #[serde(default)]
+    pub servers_transport: Option<String>,
 }

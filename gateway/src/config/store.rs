@@ -103,7 +103,12 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
     if timeout.is_zero() {
         issues.push("store.redis.timeout", "must be greater than zero");
     }
-    let tls = r.tls.map(|t| store_tls(issues, "store.redis.tls", t));
+    let tls = r.tls.map(|t| {
+        if t.insecure_skip_verify {
+            issues.insecure("store.redis.tls.insecureSkipVerify".into());
+        }
+        store_tls(issues, "store.redis.tls", t)
+    });
     (issues.0.len() == before).then_some(RedisConfig {
         endpoints,
         username: r.username,

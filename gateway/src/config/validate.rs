@@ -17,11 +17,17 @@ use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, LogFormat, TracingConfig};
 use crate::token::DEFAULT_MAX_ENTRIES;
 
-/// Collects issues; each check records and carries on.
+/// Collects issues; each check records and carries on. The second list holds the key paths
+/// that set `insecureSkipVerify`, refused at the end unless `allowInsecureSkipVerify` is set.
 #[derive(Default)]
-pub(super) struct Issues(pub(super) Vec<ConfigIssue>);
+pub(super) struct Issues(pub(super) Vec<ConfigIssue>, Vec<String>);
 
 impl Issues {
+    /// Notes that `path` turns certificate verification off.
+    pub(super) fn insecure(&mut self, path: String) {
+        self.1.push(path);
+    }
+
     pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             path: path.into(),
@@ -76,6 +82,7 @@ pub(super) fn redacted(value: &str) -> String {
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     let mut issues = Issues::default();
+    let allow_insecure = raw.allow_insecure_skip_verify;
     let listen = issues.addr("listen", &raw.listen);
     let admin_listen = issues.addr("admin.listen", &raw.admin.listen);
     if listen.is_some() && listen == admin_listen && listen.is_some_and(|a| a.port() != 0) {
@@ -202,6 +209,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         .and_then(|i| super::issuer::issuer(&mut issues, i, store != StoreConfig::Memory));
     super::issuer::bind_gateway_issuer(&mut issues, issuer.as_ref(), &mut middlewares);
 
+    let tls = raw
+        .tls
+        .and_then(|t| super::tls::listener_tls(&mut issues, t));
+    let servers_transports = super::tls::servers_transports(&mut issues, raw.servers_transports);
+
     let mut routes = Vec::new();
     let mut seen_names = BTreeMap::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -212,15 +224,25 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
                 format!("{:?} is also routes[{prev}]", r.name),
             );
         }
-        if let Some(route) = route(&mut issues, &path, r, &declared, &edge) {
+        if let Some(route) = route(&mut issues, &path, r, &declared, &edge, &servers_transports) {
             routes.push(route);
         }
     }
 
+    if !allow_insecure {
+        for path in std::mem::take(&mut issues.1) {
+            issues.push(
+                path,
+                "turns certificate verification off, so tokens and secrets go to whoever answers; set allowInsecureSkipVerify: true at the top level to allow it (tests only)",
+            );
+        }
+    }
     if !issues.0.is_empty() {
         return Err(issues.0);
     }
     Ok(Config {
+        tls,
+        servers_transports,
         listen: listen.expect("checked above"),
         admin_listen: admin_listen.expect("checked above"),
         store,
@@ -286,6 +308,7 @@ fn route(
     r: RawRoute,
     declared: &[String],
     edge: &super::EdgeConfig,
+    transports: &BTreeMap<String, std::sync::Arc<crate::proxy::transport::ServersTransport>>,
 ) -> Option<RouteConfig> {
     let before = issues.0.len();
     let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".into());
@@ -327,19 +350,26 @@ fn route(
     for (i, u) in r.upstream.urls.iter().enumerate() {
         let p = format!("{path}.upstream.urls[{i}]");
         if let Some(url) = issues.http_url(&p, u) {
-            if url.scheme() != "http" {
-                issues.push(p, "only http:// upstreams are supported");
-            } else if url.query().is_some() || url.fragment().is_some() {
+            if url.query().is_some() || url.fragment().is_some() {
                 issues.push(p, "must not have a query or fragment");
             } else {
                 upstreams.push(url);
             }
         }
     }
+    if let Some(t) = &r.upstream.servers_transport
+        && !transports.contains_key(t)
+    {
+        issues.push(
+            format!("{path}.upstream.serversTransport"),
+            format!("no serversTransports entry named {t:?}"),
+        );
+    }
     if issues.0.len() != before {
         return None;
     }
     Some(RouteConfig {
+        servers_transport: r.upstream.servers_transport,
         name: r.name,
         host,
         path_prefix,

@@ -7,8 +7,10 @@
 //! become responses through [`IntoResponse`].
 
 pub mod body;
+mod peer;
 pub mod response;
 pub mod serve;
+pub mod tls;
 
 pub use body::{BoxBody, BoxError, full};
 pub use response::IntoResponse;

@@ -7,6 +7,14 @@
 //! connection with no request in progress for `idleTimeout` is closed, whatever trickle of bytes
 //! it sends (a slowloris client never completes a request, so it is idle); HTTP/2 connections
 //! carry at most `maxConcurrentStreams` streams and are pinged so dead peers are dropped.
+//!
+//! On a TLS listener the handshake runs inside the connection's task, bounded by
+//! `readHeaderTimeout` like a request head, so a caller that never finishes it holds one slot
+//! for that long and stalls no one else. Requests carried by a TLS connection find a
+//! [`TlsSession`](super::tls::TlsSession) in their extensions.
+//!
+//! Connections may be upgraded (`Connection: Upgrade`, e.g. WebSocket): once the handler has
+//! answered 101, the socket leaves this loop and belongs to whoever took the upgrade.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,12 +32,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::tls::{PeerCertificate, TlsSession};
 use super::{BoxBody, BoxError};
 
 /// After `accept` fails (e.g. out of file descriptors), wait this long before trying again.
@@ -117,21 +127,23 @@ pub async fn serve(
         shutdown,
         drain,
         TransportLimits::default(),
+        None,
         false,
     )
     .await;
 }
 
 /// Serves the proxy listener: connections within `limits` (and counted in the connection
-/// metrics) until `shutdown`, then drains for at most `drain`.
+/// metrics), over TLS when `tls` is given, until `shutdown`, then drains for at most `drain`.
 pub async fn serve_with(
     listener: TcpListener,
     handler: Handler,
     shutdown: CancellationToken,
     drain: Duration,
     limits: TransportLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    run(listener, handler, shutdown, drain, limits, true).await;
+    run(listener, handler, shutdown, drain, limits, tls, true).await;
 }
 
 async fn run(
@@ -140,8 +152,10 @@ async fn run(
     shutdown: CancellationToken,
     drain: Duration,
     limits: TransportLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     observed: bool,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -188,6 +202,7 @@ async fn run(
             builder: Arc::clone(&builder),
             idle_timeout: limits.idle_timeout,
             read_header_timeout: limits.read_header_timeout,
+            tls: tls.clone(),
             observed,
             closing: closing.clone(),
             abort: abort.clone(),
@@ -219,6 +234,8 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
     read_header_timeout: Duration,
+    /// Accepts the TLS handshake first, on a TLS listener.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Counted in the connection metrics (the proxy listener's connections are).
     observed: bool,
     closing: CancellationToken,
@@ -228,14 +245,60 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream, remote: SocketAddr) {
         let metrics = crate::telemetry::metrics::metrics();
-        if self.observed {
+        let observed = self.observed;
+        if observed {
             metrics.connections_open.inc();
         }
+        match self.tls.clone() {
+            None => self.serve_io(stream, remote, None).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(self.read_header_timeout, acceptor.accept(stream));
+                let done = tokio::select! {
+                    done = handshake => done,
+                    () = self.closing.cancelled() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+                };
+                match done {
+                    Ok(Ok(tls)) => {
+                        let session = TlsSession {
+                            client_certificate: tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|c| PeerCertificate::from_der(c)),
+                        };
+                        self.serve_io(tls, remote, Some(Arc::new(session))).await;
+                    }
+                    Ok(Err(error)) => {
+                        metrics.tls_handshake_failures.inc();
+                        tracing::debug!(%error, %remote, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_failures.inc();
+                        tracing::debug!(%remote, "TLS handshake not finished within readHeaderTimeout");
+                    }
+                }
+            }
+        }
+        if observed {
+            metrics.connections_open.dec();
+        }
+    }
+
+    async fn serve_io<I>(self, io: I, remote: SocketAddr, session: Option<Arc<TlsSession>>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let metrics = crate::telemetry::metrics::metrics();
         let activity = Arc::new(Activity::new());
         let handler = Arc::clone(&self.handler);
         let tracked = Arc::clone(&activity);
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
             let guard = InFlight::begin(&tracked);
+            if let Some(session) = &session {
+                req.extensions_mut().insert(Arc::clone(session));
+            }
             let fut = handler(req, remote);
             async move {
                 let resp = fut.await;
@@ -247,10 +310,12 @@ impl Connection {
             }
         });
         let io = Watched {
-            io: stream,
+            io,
             activity: Arc::clone(&activity),
         };
-        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut closing = false;
         let mut hard_stop: Option<Instant> = None;
@@ -299,9 +364,6 @@ impl Connection {
                     hard_stop = None;
                 }
             }
-        }
-        if self.observed {
-            metrics.connections_open.dec();
         }
     }
 }
@@ -421,14 +483,14 @@ impl Drop for InFlight {
 
 pin_project_lite::pin_project! {
     /// The connection's socket, telling its [`Activity`] when bytes arrive.
-    struct Watched {
+    struct Watched<I> {
         #[pin]
-        io: TcpStream,
+        io: I,
         activity: Arc<Activity>,
     }
 }
 
-impl tokio::io::AsyncRead for Watched {
+impl<I: AsyncRead> AsyncRead for Watched<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -444,7 +506,7 @@ impl tokio::io::AsyncRead for Watched {
     }
 }
 
-impl tokio::io::AsyncWrite for Watched {
+impl<I: AsyncWrite> AsyncWrite for Watched<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

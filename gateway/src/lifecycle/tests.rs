@@ -84,6 +84,7 @@ fn request() -> TokenRequest {
         default_lifetime: Duration::from_secs(60),
         timeout: Duration::from_secs(5),
         retries: 0,
+        tls_profile: None,
     }
 }
 

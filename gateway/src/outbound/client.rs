@@ -1,7 +1,9 @@
 //! The node's client towards IdP endpoints: one pooled HTTP client, and every call run through
 //! its endpoint's circuit breaker with bounded, jittered retries.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use rand::Rng;
@@ -17,6 +19,9 @@ const RETRY_CAP: Duration = Duration::from_secs(2);
 /// The node's client towards every configured IdP endpoint.
 pub struct IdpClient {
     http: reqwest::Client,
+    /// Clients of token endpoints with TLS settings of their own (`clientConfig.tls`), by the
+    /// profile a refresh spec names them with.
+    profiles: RwLock<HashMap<String, reqwest::Client>>,
     breakers: Breakers,
 }
 
@@ -40,6 +45,7 @@ impl IdpClient {
             .expect("reqwest client builds with static options");
         Self {
             http,
+            profiles: RwLock::new(HashMap::new()),
             breakers: Breakers::new(*cfg),
         }
     }
@@ -47,6 +53,28 @@ impl IdpClient {
     /// The pooled HTTP client, for endpoints configured without TLS options of their own.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Makes `client` the one for token requests that name TLS profile `profile`.
+    pub fn register(&self, profile: &str, client: reqwest::Client) {
+        self.profiles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(profile.to_owned(), client);
+    }
+
+    /// The client for requests naming `profile` (`None`: the shared one); `None` when this node
+    /// has no endpoint configured with that profile.
+    pub fn http_for(&self, profile: Option<&str>) -> Option<reqwest::Client> {
+        match profile {
+            None => Some(self.http.clone()),
+            Some(p) => self
+                .profiles
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(p)
+                .cloned(),
+        }
     }
 
     /// Whether `endpoint`'s circuit is open.

@@ -44,6 +44,8 @@ pub enum Refusal {
     Path(PathError),
     /// An ambiguous encoded character the route does not allow.
     EncodedCharacter(&'static str),
+    /// An upgrade the gateway does not relay: `h2c`, or one outside HTTP/1.1.
+    Upgrade,
 }
 
 impl Refusal {
@@ -53,6 +55,7 @@ impl Refusal {
             Self::SeveralHosts | Self::MissingHost | Self::HostMismatch => "host",
             Self::Path(_) => "path",
             Self::EncodedCharacter(_) => "encoded_character",
+            Self::Upgrade => "upgrade",
         }
     }
 }
@@ -67,6 +70,7 @@ impl IntoResponse for Refusal {
             Self::HostMismatch => "the request target and the Host header disagree".to_owned(),
             Self::Path(e) => e.to_string(),
             Self::EncodedCharacter(c) => format!("the request path contains {c}, not allowed here"),
+            Self::Upgrade => "this protocol upgrade is not supported".to_owned(),
         };
         response::error(StatusCode::BAD_REQUEST, "invalid_request", &description)
     }

@@ -1,22 +1,11 @@
-//! Forwarding a request to an upstream: header hygiene, the target URI, the pooled client.
+//! Forwarding a request to an upstream: header hygiene and the target URI.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderName};
 use http::{HeaderMap, HeaderValue, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use url::Url;
-
-use crate::http::BoxBody;
-
-/// Idle upstream connections are kept this long for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Connecting to an upstream on a healthy network takes milliseconds; fail fast otherwise.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -29,19 +18,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "upgrade",
 ];
-
-/// The pooled keep-alive client towards upstreams.
-pub type UpstreamClient = Client<HttpConnector, BoxBody>;
-
-/// Builds the upstream client.
-pub fn client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
-}
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 /// `Transfer-Encoding` is left to hyper, which re-frames bodies itself.
@@ -109,7 +85,8 @@ impl ForwardedHeaders {
         caller
     }
 
-    /// Writes the forwarding headers of a request from `peer`, on behalf of `caller`.
+    /// Writes the forwarding headers of a request from `peer`, on behalf of `caller`, received
+    /// over TLS if `secure`.
     ///
     /// From a trusted peer, `X-Forwarded-For` is appended to and the peer's `X-Forwarded-Proto`,
     /// `X-Forwarded-Host` and `Forwarded` are kept. From anyone else, every `X-Forwarded-*`,
@@ -121,6 +98,7 @@ impl ForwardedHeaders {
         peer: IpAddr,
         caller: IpAddr,
         host: Option<&HeaderValue>,
+        secure: bool,
     ) {
         let xff = HeaderName::from_static("x-forwarded-for");
         let proto = HeaderName::from_static("x-forwarded-proto");
@@ -162,7 +140,10 @@ impl ForwardedHeaders {
             headers.insert(fwd_host, h.clone());
         }
         if !headers.contains_key(&proto) {
-            headers.insert(proto, HeaderValue::from_static("http"));
+            headers.insert(
+                proto,
+                HeaderValue::from_static(if secure { "https" } else { "http" }),
+            );
         }
         headers.insert(
             HeaderName::from_static("x-real-ip"),
@@ -230,12 +211,18 @@ mod tests {
             peer,
             peer,
             Some(&HeaderValue::from_static("api.local")),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.local");
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert!(h.get("forwarded").is_none() && h.get("x-forwarded-prefix").is_none());
+        // Over TLS, the forged "https" is replaced by ours, which says the same truthfully.
+        let mut tls = caller_headers();
+        tls.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        fwd.apply(&mut tls, peer, peer, None, true);
+        assert_eq!(tls["x-forwarded-proto"], "https");
     }
 
     #[test]
@@ -257,6 +244,7 @@ mod tests {
             peer,
             caller,
             Some(&HeaderValue::from_static("api.local")),
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "10.9.9.9, 203.0.113.5, 198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -5,6 +5,8 @@ pub mod edge;
 pub mod forward;
 pub mod path;
 pub mod router;
+pub mod transport;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -49,13 +51,26 @@ pub struct ProxySettings<'a> {
     pub edge: &'a edge::EdgeConfig,
     /// Honour a caller's `traceparent` sampling flag even from peers not trusted.
     pub trust_caller_sampling: bool,
+    /// `serversTransports` by name.
+    pub servers_transports: &'a BTreeMap<String, Arc<transport::ServersTransport>>,
+}
+
+/// Why the proxy could not be built from a validated configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A middleware's HTTP client refused its TLS material.
+    #[error("cannot build an HTTP client towards an IdP: {0}")]
+    IdpClient(#[from] reqwest::Error),
+    /// A servers transport's TLS material was refused.
+    #[error("cannot build the TLS client towards upstreams: {0}")]
+    UpstreamTls(#[from] rustls::Error),
 }
 
 /// The proxy: routes, the upstream client, the timeout, the edge's rules.
 pub struct Gateway {
     router: Router,
     issuer: Option<Arc<Issuer>>,
-    client: forward::UpstreamClient,
+    tunnels: upgrade::Tunnels,
     request_timeout: Duration,
     paths: path::PathPolicy,
     forwarded: forward::ForwardedHeaders,
@@ -71,7 +86,7 @@ impl Gateway {
         config: ProxySettings<'_>,
         cache: &Arc<TokenCache>,
         issuer: Option<Arc<Issuer>>,
-    ) -> reqwest::Result<Self> {
+    ) -> Result<Self, BuildError> {
         let guards = Guards {
             limits: config.edge.caller_limits,
             budget: MissBudget::new(&config.edge.miss_budget),
@@ -81,9 +96,10 @@ impl Gateway {
             .iter()
             .map(|(name, m)| {
                 let built = match m {
-                    MiddlewareConfig::ClientCredentials(cc) => Ok(Middleware::ClientCredentials(
-                        ClientCredentials::new(name, cc.clone(), Arc::clone(cache), guards.clone()),
-                    )),
+                    MiddlewareConfig::ClientCredentials(cc) => {
+                        ClientCredentials::new(name, cc.clone(), Arc::clone(cache), guards.clone())
+                            .map(Middleware::ClientCredentials)
+                    }
                     MiddlewareConfig::Introspection(i) => {
                         Introspection::new(name, i.clone(), cache, guards.clone())
                             .map(Middleware::Introspection)
@@ -98,7 +114,22 @@ impl Gateway {
                 };
                 built.map(|b| (name.as_str(), Arc::new(b)))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, reqwest::Error>>()?;
+        let transports = transport::Transports::new(config.servers_transports)?;
+        for r in config.routes {
+            let clear = r.upstreams.iter().find(|u| {
+                u.scheme() == "http"
+                    && !matches!(u.host(), Some(url::Host::Domain("localhost")))
+                    && !matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                    && !matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+            });
+            if let Some(u) = clear
+                && !r.middlewares.is_empty()
+            {
+                // Not refused: a sidecar or a private network may be what the operator means.
+                tracing::warn!(route = %r.name, upstream = %u, "the route's middlewares send credentials to an http:// upstream in clear; prefer https://");
+            }
+        }
         let routes = config
             .routes
             .iter()
@@ -114,6 +145,7 @@ impl Gateway {
                     r.path_prefix.clone(),
                     chain,
                     r.upstreams.clone(),
+                    transports.get(r.servers_transport.as_deref()),
                 )
                 .allowing(r.encoded_characters)
             })
@@ -121,7 +153,7 @@ impl Gateway {
         Ok(Self {
             router: Router::new(routes),
             issuer,
-            client: forward::client(),
+            tunnels: upgrade::Tunnels::new(config.edge.transport.idle_timeout),
             request_timeout: config.request_timeout,
             paths: config.edge.paths,
             forwarded: config.edge.forwarded.clone(),
@@ -225,6 +257,17 @@ impl Gateway {
         if let Some(refused) = encoded.first_refused(route.encoded_characters()) {
             return edge::Refusal::EncodedCharacter(refused).into_response();
         }
+        let secure = req
+            .extensions()
+            .get::<Arc<crate::http::tls::TlsSession>>()
+            .is_some();
+        let upgrade = match upgrade::requested(req.headers(), req.version()) {
+            upgrade::Requested::None => None,
+            upgrade::Requested::To(protocols) => Some(protocols),
+            upgrade::Requested::Refused => {
+                return edge::Refusal::Upgrade.into_response();
+            }
+        };
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -238,6 +281,7 @@ impl Gateway {
             peer,
             caller.address,
             original_host.as_ref(),
+            secure,
         );
         if let Some(h) = &original_host {
             parts.headers.insert(HOST, h.clone());
@@ -259,6 +303,9 @@ impl Gateway {
             Ok(used) => used,
             Err(resp) => return resp,
         };
+        if let Some(protocols) = upgrade {
+            return self.upgrade(route, parts, body, protocols).await;
+        }
         let replayable = may_replay && !used.is_empty();
         let (body, replay) = if replayable {
             match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
@@ -279,7 +326,10 @@ impl Gateway {
         };
 
         let upstream = route.next_upstream();
-        let resp = match self.forward(upstream, parts.clone_for_retry(), body).await {
+        let resp = match self
+            .forward(&route.clients.pooled, upstream, parts.clone_for_retry(), body)
+            .await
+        {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
@@ -307,7 +357,12 @@ impl Gateway {
             return resp;
         }
         match self
-            .forward(route.next_upstream(), parts.clone_for_retry(), full(bytes))
+            .forward(
+                &route.clients.pooled,
+                route.next_upstream(),
+                parts.clone_for_retry(),
+                full(bytes),
+            )
             .await
         {
             Ok(resp) => into_proxy(resp),
@@ -315,8 +370,55 @@ impl Gateway {
         }
     }
 
+    /// Passes an accepted upgrade request on over HTTP/1.1; on the upstream's 101, joins the
+    /// two connections.
+    async fn upgrade(
+        &self,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        protocols: http::HeaderValue,
+    ) -> Response<BoxBody> {
+        let Some(caller_side) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return edge::Refusal::Upgrade.into_response();
+        };
+        upgrade::restore(&mut parts.headers, protocols);
+        let body = body.map_err(BoxError::from).boxed_unsync();
+        let mut resp = match self
+            .forward(&route.clients.http1, route.next_upstream(), parts, body)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(resp) => return resp,
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return into_proxy(resp);
+        }
+        let Some(agreed) = resp.headers().get(http::header::UPGRADE).cloned() else {
+            tracing::warn!(route = %route.name, "upstream switched protocols without naming one");
+            return response::error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the upstream service sent an invalid response",
+            );
+        };
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        self.tunnels
+            .join(caller_side, upstream_side, Arc::from(route.name.as_str()));
+        let mut resp = into_proxy(resp);
+        upgrade::restore(resp.headers_mut(), agreed);
+        resp
+    }
+
+    /// Lets upgraded connections run for at most `drain` after the listener stopped, then
+    /// closes them.
+    pub async fn drain_upgrades(&self, drain: Duration) {
+        self.tunnels.drain(drain).await;
+    }
+
     async fn forward(
         &self,
+        client: &transport::UpstreamClient,
         upstream: &url::Url,
         mut parts: http::request::Parts,
         body: BoxBody,
@@ -342,7 +444,7 @@ impl Gateway {
         );
         let sent = async {
             otel::inject(&mut parts.headers);
-            let resp = self.client.request(Request::from_parts(parts, body)).await;
+            let resp = client.request(Request::from_parts(parts, body)).await;
             if let Ok(r) = &resp {
                 tracing::Span::current().record("http.response.status_code", r.status().as_u16());
             }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use url::Url;
 
 use super::path::EncodedCharacters;
+use super::transport::UpstreamClients;
 use crate::auth::Middleware;
 
 /// A route, validated.
@@ -25,6 +26,9 @@ pub struct RouteConfig {
     pub middlewares: Vec<String>,
     /// Upstream base URLs, round robin.
     pub upstreams: Vec<Url>,
+    /// The `serversTransports` entry its upstreams are reached through (checked to exist);
+    /// `None`: the default transport.
+    pub servers_transport: Option<String>,
     /// Ambiguous encoded characters allowed in this route's paths.
     pub encoded_characters: EncodedCharacters,
 }
@@ -39,6 +43,8 @@ pub struct Route {
     pub middlewares: Vec<Arc<Middleware>>,
     upstreams: Vec<Url>,
     next: AtomicUsize,
+    /// The clients of the route's transport.
+    pub clients: UpstreamClients,
     encoded: EncodedCharacters,
 }
 
@@ -55,6 +61,7 @@ impl Route {
         prefix: String,
         middlewares: Vec<Arc<Middleware>>,
         upstreams: Vec<Url>,
+        clients: UpstreamClients,
     ) -> Self {
         assert!(!upstreams.is_empty(), "route {name} has no upstream");
         Self {
@@ -64,6 +71,7 @@ impl Route {
             middlewares,
             upstreams,
             next: AtomicUsize::new(0),
+            clients,
             encoded: EncodedCharacters::default(),
         }
     }
@@ -122,6 +130,11 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::transport::ServersTransport;
+
+    fn clients() -> UpstreamClients {
+        ServersTransport::default().clients().unwrap()
+    }
 
     fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
         Route::new(
@@ -130,6 +143,7 @@ mod tests {
             prefix.into(),
             vec![],
             vec!["http://u".parse().unwrap()],
+            clients(),
         )
     }
 
@@ -157,6 +171,7 @@ mod tests {
             "/".into(),
             vec![],
             vec!["http://a".parse().unwrap(), "http://b".parse().unwrap()],
+            clients(),
         );
         let picks: Vec<_> = (0..4)
             .map(|_| r.next_upstream().host_str().unwrap().to_owned())

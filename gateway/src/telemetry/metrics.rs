@@ -40,6 +40,16 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Proxy connections closed for being idle or too slow to send a request.
     pub connections_idle_closed: IntCounter,
+    /// TLS handshakes on the proxy listener that failed or did not finish in time.
+    pub tls_handshake_failures: IntCounter,
+    tls_reload_ok: IntCounter,
+    tls_reload_error: IntCounter,
+    /// When the first of the served certificates expires (seconds since the epoch).
+    pub tls_certificate_expiry: IntGauge,
+    /// Upgraded connections (WebSocket and others) being relayed.
+    pub upgrades_open: IntGauge,
+    /// Upgraded connections relayed, since start.
+    pub upgrades_total: IntCounter,
 }
 
 /// 0.5 ms to ~16 s.
@@ -151,7 +161,46 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(connections_idle_closed.clone()));
+        let tls_handshake_failures = IntCounter::new(
+            "tls_handshake_failures_total",
+            "TLS handshakes on the proxy listener that failed or did not finish within readHeaderTimeout",
+        )
+        .expect("valid metric");
+        reg(Box::new(tls_handshake_failures.clone()));
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "tls_certificate_reloads_total",
+                "Changed certificate files read again, by outcome (an error keeps the certificates in use)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        reg(Box::new(tls_reloads.clone()));
+        let tls_certificate_expiry = IntGauge::new(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the first of the proxy listener's certificates expires (Unix time)",
+        )
+        .expect("valid metric");
+        reg(Box::new(tls_certificate_expiry.clone()));
+        let upgrades_open = IntGauge::new(
+            "upgraded_connections_open",
+            "Upgraded connections (WebSocket and others) being relayed",
+        )
+        .expect("valid metric");
+        reg(Box::new(upgrades_open.clone()));
+        let upgrades_total = IntCounter::new(
+            "upgraded_connections_total",
+            "Upgraded connections relayed since start",
+        )
+        .expect("valid metric");
+        reg(Box::new(upgrades_total.clone()));
         Self {
+            tls_handshake_failures,
+            tls_reload_ok: tls_reloads.with_label_values(&["ok"]),
+            tls_reload_error: tls_reloads.with_label_values(&["error"]),
+            tls_certificate_expiry,
+            upgrades_open,
+            upgrades_total,
             idp_miss_refused,
             edge_refused,
             connections_open,
@@ -196,6 +245,16 @@ impl Metrics {
     /// Records a request refused at the edge for `reason` (a fixed word).
     pub fn edge_refused(&self, reason: &'static str) {
         self.edge_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Records a reload of changed certificate files.
+    pub fn tls_reload(&self, ok: bool) {
+        if ok {
+            &self.tls_reload_ok
+        } else {
+            &self.tls_reload_error
+        }
+        .inc();
     }
 
     /// Records one background renewal.

@@ -57,20 +57,26 @@ pub async fn fetch(
     req: &TokenRequest,
     clock: &Clock,
 ) -> Result<IssuedToken, IdpError> {
+    let Some(http) = idp.http_for(req.tls_profile.as_deref()) else {
+        // A spec written by a node whose `clientConfig.tls` this node does not have (a rolling
+        // change of certificates): the entry's own nodes fetch it again when it expires.
+        return Err(IdpError::unavailable(
+            "no clientConfig.tls on this node matches the token request's",
+        ));
+    };
     idp.call(req.token_url.as_str(), req.retries, || {
-        attempt(idp, req, clock)
+        attempt(&http, req, clock)
     })
     .await
 }
 
 /// One HTTP exchange. On a retryable error, also returns the server's `Retry-After`.
 async fn attempt(
-    idp: &IdpClient,
+    http: &reqwest::Client,
     req: &TokenRequest,
     clock: &Clock,
 ) -> Result<IssuedToken, (IdpError, Option<Duration>)> {
-    let mut builder = idp
-        .http()
+    let mut builder = http
         .post(req.token_url.clone())
         .timeout(req.timeout)
         .header(http::header::ACCEPT, "application/json")
@@ -197,6 +203,7 @@ mod tests {
             default_lifetime: Duration::from_secs(60),
             timeout,
             retries: 0,
+            tls_profile: None,
         }
     }
 

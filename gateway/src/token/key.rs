@@ -207,6 +207,17 @@ impl KeyDeriver {
         Self { prefix: mac }
     }
 
+    /// Makes the endpoint's TLS profile part of every key: a token obtained with one client
+    /// certificate is never served to a route that presents another (an IdP may bind tokens
+    /// to the certificate, RFC 8705). Without a profile, keys are as they always were.
+    pub fn with_tls_profile(mut self, profile: Option<&str>) -> Self {
+        if let Some(p) = profile {
+            field(&mut self.prefix, b"tls profile");
+            field(&mut self.prefix, p.as_bytes());
+        }
+        self
+    }
+
     /// Prepares a deriver for the results of one token introspection endpoint (RFC 7662), as
     /// seen by the client `client_id` (endpoints may answer differently per resource server).
     /// Its own label keeps these keys apart from every token key.

@@ -47,6 +47,11 @@ pub struct TokenRequest {
     pub timeout: Duration,
     /// Retries after the first attempt.
     pub retries: u32,
+    /// The TLS settings of the endpoint's client (`clientConfig.tls`), by profile name: the
+    /// refreshing node uses its own configuration's settings of that name, so no certificate
+    /// or key ever travels with the spec. `None`: the shared client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_profile: Option<String>,
 }
 
 impl Serialize for Secret {

@@ -201,6 +201,7 @@ pub(crate) mod tests {
             default_lifetime: Duration::from_secs(60),
             timeout: Duration::from_secs(1),
             retries: 0,
+            tls_profile: None,
         };
         let secrets = EntrySecrets {
             access_token: Secret::new("the-access-token"),

@@ -335,6 +335,7 @@ async fn three_hundred_failing_credentials_do_not_delay_a_healthy_renewal() {
             default_lifetime: Duration::from_secs(60),
             timeout: Duration::from_secs(2),
             retries: 1,
+            tls_profile: None,
         }
     };
     let fleet = FleetKey::random();

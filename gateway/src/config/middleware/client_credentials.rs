@@ -6,7 +6,7 @@ use crate::auth::client_credentials::{
     ClientCredentialsConfig, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REJECTED_TOKEN_MIN_AGE,
     DEFAULT_TOKEN_LIFETIME,
 };
-use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT};
+use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, HttpTls};
 use crate::token::AuthMethod;
 
 use super::{policy, realm};
@@ -104,6 +104,9 @@ pub(super) fn client_credentials(
         );
     }
     let realm = realm(issues, path, cc.realm);
+    let tls = cc.client_config.tls.map_or_else(HttpTls::default, |t| {
+        super::http_client::http_tls(issues, &format!("{path}.clientConfig.tls"), t)
+    });
     if issues.0.len() != before {
         return None;
     }
@@ -123,5 +126,6 @@ pub(super) fn client_credentials(
             .unwrap_or(DEFAULT_REJECTED_TOKEN_MIN_AGE),
         idp_timeout: cc.client_config.timeout.unwrap_or(DEFAULT_IDP_TIMEOUT),
         idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
+        tls,
     })
 }

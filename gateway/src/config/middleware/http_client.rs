@@ -59,6 +59,11 @@ pub(super) fn http_tls(issues: &mut Issues, path: &str, t: RawTls) -> HttpTls {
     let ca = read("caFile", &t.ca_file);
     let cert = read("certFile", &t.cert_file);
     let key = read("keyFile", &t.key_file);
+    let profile = Some(HttpTls::profile_of(
+        ca.as_deref(),
+        cert.as_deref(),
+        t.insecure_skip_verify,
+    ));
     let ca = ca.map_or_else(
         Vec::new,
         |pem| match reqwest::Certificate::from_pem_bundle(&pem) {
@@ -91,9 +96,13 @@ pub(super) fn http_tls(issues: &mut Issues, path: &str, t: RawTls) -> HttpTls {
             None
         }
     };
+    if t.insecure_skip_verify {
+        issues.insecure(format!("{path}.insecureSkipVerify"));
+    }
     HttpTls {
         ca,
         identity,
         insecure_skip_verify: t.insecure_skip_verify,
+        profile,
     }
 }

@@ -1,0 +1,120 @@
+//! `serversTransports`: how the gateway connects to upstreams (Traefik's `ServersTransport`).
+//!
+//! Every route's upstreams are reached through one transport: its own (`upstream.serversTransport`
+//! names it) or the default one. A transport is a pooled keep-alive client that speaks plain
+//! HTTP to `http://` upstreams and TLS to `https://` ones: verified against the system's roots
+//! plus `rootCAs`, with SNI and the verified name taken from the upstream URL's host unless
+//! `serverName` says otherwise, presenting a client certificate when one is configured (mutual
+//! TLS), and offering HTTP/2 by ALPN (used where the upstream accepts it, HTTP/1.1 otherwise)
+//! unless `disableHTTP2`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::http::BoxBody;
+use crate::outbound::tls::{ClientIdentity, rustls_client};
+
+/// Idle upstream connections are kept this long for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Connecting to an upstream on a healthy network takes milliseconds; fail fast otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One `serversTransports` entry, validated (files read and parsed at load).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServersTransport {
+    /// SNI and the name the upstream's certificate must carry; `None`: the upstream URL's host.
+    pub server_name: Option<ServerName<'static>>,
+    /// CA certificates trusted in addition to the system's.
+    pub root_cas: Vec<CertificateDer<'static>>,
+    /// Client certificate presented to upstreams that ask for one.
+    pub client_certificate: Option<ClientIdentity>,
+    /// Accept any upstream certificate. For tests only: refused unless
+    /// `allowInsecureSkipVerify` is set.
+    pub insecure_skip_verify: bool,
+    /// Speak HTTP/1.1 only, even to upstreams that offer HTTP/2.
+    pub disable_http2: bool,
+}
+
+/// The pooled client towards upstreams.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+
+/// A transport's clients: the pooled one for requests, and an HTTP/1.1-only one for upgrades
+/// (a `Connection: Upgrade` request exists only in HTTP/1.1).
+#[derive(Clone)]
+pub struct UpstreamClients {
+    /// Requests.
+    pub pooled: UpstreamClient,
+    /// Upgrade requests (WebSocket and others).
+    pub http1: UpstreamClient,
+}
+
+impl ServersTransport {
+    /// Builds the transport's clients. Fails only on material the TLS library refuses.
+    pub fn clients(&self) -> Result<UpstreamClients, rustls::Error> {
+        Ok(UpstreamClients {
+            pooled: self.client(!self.disable_http2)?,
+            http1: self.client(false)?,
+        })
+    }
+
+    fn client(&self, http2: bool) -> Result<UpstreamClient, rustls::Error> {
+        let tls = rustls_client(
+            &self.root_cas,
+            self.client_certificate.as_ref(),
+            self.insecure_skip_verify,
+        )?;
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        tcp.enforce_http(false);
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let builder = match &self.server_name {
+            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
+            None => builder,
+        };
+        let connector = if http2 {
+            builder.enable_all_versions().wrap_connector(tcp)
+        } else {
+            builder.enable_http1().wrap_connector(tcp)
+        };
+        Ok(Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector))
+    }
+}
+
+/// The transports by name, with the default one for routes that name none.
+pub struct Transports {
+    default: UpstreamClients,
+    named: std::collections::BTreeMap<String, UpstreamClients>,
+}
+
+impl Transports {
+    /// Builds every transport once; routes naming the same one share its pool.
+    pub fn new(
+        configured: &std::collections::BTreeMap<String, Arc<ServersTransport>>,
+    ) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            default: ServersTransport::default().clients()?,
+            named: configured
+                .iter()
+                .map(|(name, t)| Ok((name.clone(), t.clients()?)))
+                .collect::<Result<_, rustls::Error>>()?,
+        })
+    }
+
+    /// The clients of the transport named `name` (validated to exist), or the default's.
+    pub fn get(&self, name: Option<&str>) -> UpstreamClients {
+        name.and_then(|n| self.named.get(n))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
