@@ -64,6 +64,13 @@ pub enum AuthError {
         /// The realm to announce.
         realm: Arc<str>,
     },
+    /// The route needs a verified client certificate and the connection carries none: 403
+    /// (the credential belongs to the TLS handshake, which HTTP cannot challenge for).
+    #[error("a verified client certificate is required")]
+    CertificateRequired,
+    /// The caller's certificate does not satisfy the route's `claims` expression: 403.
+    #[error("the client certificate is not allowed")]
+    CertificateRefused,
     /// The IdP refused to issue a token for this caller (e.g. `invalid_scope`): 403.
     #[error("the identity provider refused the token request")]
     Refused {
@@ -152,6 +159,16 @@ impl IntoResponse for &AuthError {
                     "insufficient_scope",
                     "the token's claims do not allow this request",
                 )),
+            ),
+            AuthError::CertificateRequired => error(
+                StatusCode::FORBIDDEN,
+                "certificate_required",
+                "a verified client certificate is required",
+            ),
+            AuthError::CertificateRefused => error(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "the client certificate is not allowed on this route",
             ),
             AuthError::Refused { error: code } => error(
                 StatusCode::FORBIDDEN,

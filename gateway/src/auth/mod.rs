@@ -1,12 +1,14 @@
 //! Authentication middlewares. Each one turns a caller's request into an authorised upstream
 //! request (headers rewritten) or an RFC-shaped refusal.
 //!
-//! One module per middleware (`client_credentials`, `introspection`, `jwt`), plus `bearer`
+//! One module per middleware (`client_credentials`, `introspection`, `jwt`,
+//! `client_certificate`), plus `bearer`
 //! (finding the caller's token), `claims` (reading claims and the authorization expressions) and
 //! `headers` (writing claims onto the upstream request).
 
 pub mod bearer;
 pub mod claims;
+pub mod client_certificate;
 pub mod client_credentials;
 pub mod error;
 pub mod headers;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use http::header::AUTHORIZATION;
 use http::request::Parts;
 
+pub use client_certificate::{ClientCertificate, ClientCertificateConfig};
 pub use client_credentials::{ClientCredentials, ClientCredentialsConfig};
 pub use error::AuthError;
 pub use introspection::{Introspection, IntrospectionConfig};
@@ -39,6 +42,8 @@ pub enum MiddlewareConfig {
     Introspection(IntrospectionConfig),
     /// Local JWT validation.
     Jwt(JwtConfig),
+    /// The caller's verified TLS client certificate.
+    ClientCertificate(ClientCertificateConfig),
 }
 
 /// A configured middleware instance.
@@ -49,6 +54,8 @@ pub enum Middleware {
     Introspection(Introspection),
     /// Local JWT validation.
     Jwt(Jwt),
+    /// The caller's verified TLS client certificate.
+    ClientCertificate(ClientCertificate),
 }
 
 impl Middleware {
@@ -58,6 +65,7 @@ impl Middleware {
             Self::ClientCredentials(m) => m.name(),
             Self::Introspection(m) => m.name(),
             Self::Jwt(m) => m.name(),
+            Self::ClientCertificate(m) => m.name(),
         }
     }
 
@@ -67,6 +75,7 @@ impl Middleware {
             Self::ClientCredentials(_) => "clientCredentials",
             Self::Introspection(_) => "introspection",
             Self::Jwt(_) => "jwt",
+            Self::ClientCertificate(_) => "clientCertificate",
         }
     }
 
@@ -88,6 +97,7 @@ impl Middleware {
             Self::ClientCredentials(m) => m.apply(&mut parts.headers, caller).await,
             Self::Introspection(m) => m.apply(parts, caller).await,
             Self::Jwt(m) => m.apply(parts).await,
+            Self::ClientCertificate(m) => m.apply(parts),
         }
     }
 
@@ -96,6 +106,7 @@ impl Middleware {
             Self::ClientCredentials(m) => m.realm(),
             Self::Introspection(m) => m.realm(),
             Self::Jwt(m) => m.realm(),
+            Self::ClientCertificate(m) => m.realm(),
         }
     }
 
@@ -105,7 +116,7 @@ impl Middleware {
         match self {
             Self::ClientCredentials(m) => m.reject_token(used).await,
             // These pass the caller's own token on (or none): nothing of ours to drop.
-            Self::Introspection(_) | Self::Jwt(_) => false,
+            Self::Introspection(_) | Self::Jwt(_) | Self::ClientCertificate(_) => false,
         }
     }
 }

@@ -554,6 +554,23 @@ pub struct RawMiddleware {
     pub introspection: Option<RawIntrospection>,
     #[serde(default)]
     pub jwt: Option<RawJwt>,
+    #[serde(default)]
+    pub client_certificate: Option<RawClientCertificate>,
+}
+
+/// `clientCertificate`: authorisation by the caller's verified TLS client certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientCertificate {
+    /// Expression over the certificate's claims (`subject.commonName`, `sans.uri`, ...).
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// Header name -> certificate claim.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Claim naming the caller in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
 }
 
 /// Where the caller's token is looked for: header, then query, then cookie.

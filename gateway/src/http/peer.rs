@@ -8,7 +8,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 #[derive(Debug, Clone)]
 pub struct PeerCertificate {
     /// The subject's distinguished name (`CN=payments,O=Example`), for the access log.
-    pub subject: String,
+    pub subject: std::sync::Arc<str>,
     /// The claims document the `clientCertificate` middleware reads:
     ///
     /// ```json
@@ -48,7 +48,10 @@ impl PeerCertificate {
             "notBefore": cert.validity().not_before.timestamp(),
             "notAfter": cert.validity().not_after.timestamp(),
         });
-        Some(Self { subject, claims })
+        Some(Self {
+            subject: subject.into(),
+            claims,
+        })
     }
 }
 
@@ -119,7 +122,7 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let peer = PeerCertificate::from_der(cert.der()).unwrap();
-        assert_eq!(peer.subject, "CN=payments,O=Example");
+        assert_eq!(&*peer.subject, "CN=payments,O=Example");
         assert_eq!(peer.claims["subject"]["commonName"], "payments");
         assert_eq!(peer.claims["subject"]["organization"], json!(["Example"]));
         assert_eq!(peer.claims["sans"]["dns"], json!(["pay.internal"]));

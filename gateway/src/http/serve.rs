@@ -266,7 +266,8 @@ impl Connection {
                                 .1
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
-                                .and_then(|c| PeerCertificate::from_der(c)),
+                                .and_then(|c| PeerCertificate::from_der(c))
+                                .map(Arc::new),
                         };
                         self.serve_io(tls, remote, Some(Arc::new(session))).await;
                     }

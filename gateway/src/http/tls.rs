@@ -391,7 +391,7 @@ pub enum ServerTlsError {
 #[derive(Debug)]
 pub struct TlsSession {
     /// The caller's verified certificate, if it presented one.
-    pub client_certificate: Option<PeerCertificate>,
+    pub client_certificate: Option<Arc<PeerCertificate>>,
 }
 
 #[cfg(test)]

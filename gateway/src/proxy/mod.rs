@@ -22,7 +22,10 @@ use tracing::Instrument;
 use crate::auth::MiddlewareConfig;
 use crate::auth::jwt::JwksSource;
 use crate::auth::limits::{Guards, MissBudget};
-use crate::auth::{Applied, Caller, ClientCredentials, Introspection, Jwt, Middleware, UsedToken};
+use crate::auth::{
+    Applied, Caller, ClientCertificate, ClientCredentials, Introspection, Jwt, Middleware,
+    UsedToken,
+};
 use crate::http::response::{self, IntoResponse};
 use crate::http::{BoxBody, BoxError, full};
 use crate::issuer::Issuer;
@@ -111,6 +114,9 @@ impl Gateway {
                         }
                         Jwt::new(name, j, cache, guards.limits).map(Middleware::Jwt)
                     }
+                    MiddlewareConfig::ClientCertificate(c) => Ok(Middleware::ClientCertificate(
+                        ClientCertificate::new(name, c.clone()),
+                    )),
                 };
                 built.map(|b| (name.as_str(), Arc::new(b)))
             })
@@ -174,6 +180,12 @@ impl Gateway {
             address: self.forwarded.caller(req.headers(), peer),
         };
         let mut log = AccessLog::new(&req, SocketAddr::new(caller.address, remote.port()));
+        if let Some(session) = req.extensions().get::<Arc<crate::http::tls::TlsSession>>() {
+            log.tls_client = session
+                .client_certificate
+                .as_ref()
+                .map(|c| Arc::clone(&c.subject));
+        }
         // The log names the trace: the caller's when tracing is off; the span's when the
         // request is recorded (read at the end, once the span has its route in its name).
         let mut trace_id = None;

@@ -133,6 +133,8 @@ pub struct AccessLog {
     pub user: Option<String>,
     /// The request's trace id (see [`otel::span_trace_id`], [`otel::caller_trace_id`]).
     pub trace_id: Option<String>,
+    /// The subject of the caller's verified TLS client certificate (mutual TLS listeners).
+    pub tls_client: Option<std::sync::Arc<str>>,
 }
 
 impl AccessLog {
@@ -145,6 +147,7 @@ impl AccessLog {
             route: None,
             user: None,
             trace_id: None,
+            tls_client: None,
         }
     }
 
@@ -165,6 +168,7 @@ impl AccessLog {
             user = %bounded(self.user.as_deref().unwrap_or("-"), LOGGED_USER_MAX),
             client = %self.client.ip(),
             trace_id = self.trace_id.as_deref().unwrap_or("-"),
+            tls_client = %bounded(self.tls_client.as_deref().unwrap_or("-"), LOGGED_USER_MAX),
         );
     }
 }

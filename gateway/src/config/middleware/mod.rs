@@ -9,7 +9,7 @@ use http::HeaderName;
 use super::raw::{RawMiddleware, RawTokenSource};
 use super::validate::Issues;
 use crate::auth::DEFAULT_REALM;
-use crate::auth::MiddlewareConfig;
+use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::{ClaimsExpr, ClaimsPolicy};
 
@@ -31,43 +31,46 @@ pub(super) fn middleware(
     m: RawMiddleware,
 ) -> Option<MiddlewareConfig> {
     let base = format!("middlewares.{name}");
-    match m {
-        RawMiddleware {
-            client_credentials: Some(cc),
-            introspection: None,
-            jwt: None,
-        } => client_credentials(issues, &format!("{base}.clientCredentials"), cc)
-            .map(MiddlewareConfig::ClientCredentials),
-        RawMiddleware {
-            client_credentials: None,
-            introspection: Some(i),
-            jwt: None,
-        } => introspection(issues, &format!("{base}.introspection"), i)
-            .map(MiddlewareConfig::Introspection),
-        RawMiddleware {
-            client_credentials: None,
-            introspection: None,
-            jwt: Some(j),
-        } => jwt(issues, &format!("{base}.jwt"), j).map(MiddlewareConfig::Jwt),
-        RawMiddleware {
-            client_credentials: None,
-            introspection: None,
-            jwt: None,
-        } => {
-            issues.push(
-                base,
-                "names no middleware kind (expected clientCredentials, introspection or jwt)",
-            );
-            None
-        }
-        _ => {
-            issues.push(
-                base,
-                "names more than one middleware kind; declare one per name",
-            );
-            None
-        }
+    let RawMiddleware {
+        client_credentials: cc,
+        introspection: intro,
+        jwt: j,
+        client_certificate,
+    } = m;
+    let kinds = usize::from(cc.is_some())
+        + usize::from(intro.is_some())
+        + usize::from(j.is_some())
+        + usize::from(client_certificate.is_some());
+    if kinds > 1 {
+        issues.push(
+            base,
+            "names more than one middleware kind; declare one per name",
+        );
+        return None;
     }
+    if let Some(cc) = cc {
+        return client_credentials(issues, &format!("{base}.clientCredentials"), cc)
+            .map(MiddlewareConfig::ClientCredentials);
+    }
+    if let Some(i) = intro {
+        return introspection(issues, &format!("{base}.introspection"), i)
+            .map(MiddlewareConfig::Introspection);
+    }
+    if let Some(j) = j {
+        return jwt(issues, &format!("{base}.jwt"), j).map(MiddlewareConfig::Jwt);
+    }
+    if let Some(c) = client_certificate {
+        let path = format!("{base}.clientCertificate");
+        let before = issues.0.len();
+        let policy = policy(issues, &path, c.claims, c.forward_headers, c.username_claim);
+        return (issues.0.len() == before)
+            .then_some(MiddlewareConfig::ClientCertificate(ClientCertificateConfig { policy }));
+    }
+    issues.push(
+        base,
+        "names no middleware kind (expected clientCredentials, introspection, jwt or clientCertificate)",
+    );
+    None
 }
 
 pub(super) fn policy(
@@ -176,7 +179,7 @@ pub(super) fn is_reserved_header(h: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::auth::MiddlewareConfig;
+    use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
     use crate::auth::jwt::JwksSource;
     use crate::config::{Config, ConfigError};
 
