@@ -65,13 +65,24 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// Binds `addr` (port 0: any free port) and serves until `stop` is cancelled.
+/// What the connection a request came on told the double: its TLS client certificate, if it
+/// was a TLS connection and the caller presented one. In every request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The caller's certificate (DER), on TLS connections with client authentication.
+    pub certificate: Option<Vec<u8>>,
+}
+
+/// Binds `addr` (port 0: any free port) and serves until `stop` is cancelled, over TLS with
+/// `tls` when given.
 pub async fn start(
     addr: SocketAddr,
     handler: Handler,
     tracing: Tracing,
     stop: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<SocketAddr> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -81,9 +92,25 @@ pub async fn start(
                 r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
             };
             let handler = Arc::clone(&handler);
-            let (stop, tracing) = (stop.clone(), tracing.clone());
+            let (stop, tracing, tls) = (stop.clone(), tracing.clone(), tls.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
+                let (io, peer) = match tls {
+                    None => (Io::Plain(stream), Peer::default()),
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(s) => {
+                            let certificate = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.to_vec());
+                            (Io::Tls(Box::new(s)), Peer { certificate })
+                        }
+                        Err(_) => return,
+                    },
+                };
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
                     let span = tracing.start(&req);
                     let fut = handler(req, remote);
                     async move {
@@ -104,7 +131,7 @@ pub async fn start(
                     }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                 tokio::select! {
                     _ = conn => {}
                     () = stop.cancelled() => {}
@@ -113,4 +140,56 @@ pub async fn start(
         }
     });
     Ok(addr)
+}
+
+/// A plain or TLS server connection.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, data),
+            Io::Tls(s) => std::pin::Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

@@ -53,3 +53,78 @@ impl TlsFixture {
         self.dir.path().join(name).display().to_string()
     }
 }
+
+impl TlsFixture {
+    /// Issues another certificate from the fixture's CA: `name.crt` and `name.key` (P-256), with
+    /// the X.509 v3 extensions in `extensions` (`openssl x509 -extfile` syntax, e.g.
+    /// `subjectAltName=DNS:a.test`), and the subject `/CN=name` unless `subject` says otherwise.
+    /// Returns the certificate's and the key's paths.
+    pub fn issue(&self, name: &str, subject: Option<&str>, extensions: &str) -> (String, String) {
+        let script = format!(
+            "set -e
+printf '{extensions}\\n' > {name}.ext
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key -out {name}.csr -subj '{subject}'
+openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 1 -extfile {name}.ext",
+            subject = subject.map_or_else(|| format!("/CN={name}"), str::to_owned),
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("sh and openssl are installed");
+        assert!(
+            out.status.success(),
+            "issuing {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        )
+    }
+
+    /// A server configuration presenting `name`'s certificate, offering `alpn` (e.g. `h2`,
+    /// `http/1.1`), and asking for a client certificate from the fixture's CA when
+    /// `client_auth`.
+    pub fn server_config(
+        &self,
+        name: &str,
+        alpn: &[&str],
+        client_auth: bool,
+    ) -> std::sync::Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(self.path(&format!("{name}.crt")))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_file(self.path(&format!("{name}.key"))).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.der("ca.crt")).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        std::sync::Arc::new(config)
+    }
+
+    /// The first certificate of one of its PEM files, as DER.
+    pub fn der(&self, file: &str) -> rustls::pki_types::CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(self.path(file)).unwrap()
+    }
+}

@@ -5,6 +5,8 @@
 //! - Any request whose bearer token was passed to [`EchoUpstream::reject_token`] gets 401, as an
 //!   API does for a revoked token.
 //! - [`EchoUpstream::set_delay`] holds every answer, to keep requests in flight.
+//! - A WebSocket upgrade (`Upgrade: websocket`) is accepted, and every message is sent back.
+//! - [`EchoUpstream::start_tls`] serves HTTPS (ALPN as its configuration offers).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -31,6 +33,10 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// Body length, counted while streaming.
     pub body_len: u64,
+    /// The HTTP version it arrived in.
+    pub version: http::Version,
+    /// The caller's TLS client certificate (DER), when it presented one.
+    pub client_certificate: Option<Vec<u8>>,
 }
 
 impl Seen {
@@ -87,6 +93,7 @@ struct State {
 /// A running echo upstream. Stops when dropped.
 pub struct EchoUpstream {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
     stop: CancellationToken,
     tracing: serve::Tracing,
@@ -114,6 +121,20 @@ impl EchoUpstream {
 
     /// Starts an echo upstream on `addr`.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts an HTTPS echo upstream on a free loopback port.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(([127, 0, 0, 1], 0).into(), Some(tls))
+            .await
+            .expect("bind loopback")
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let state = Arc::new(State::default());
         let stop = CancellationToken::new();
         let s = Arc::clone(&state);
@@ -122,18 +143,25 @@ impl EchoUpstream {
             Box::pin(async move { Some(handle(&s, req, remote).await) })
         });
         let tracing = serve::Tracing::default();
-        let addr = serve::start(addr, handler, tracing.clone(), stop.clone()).await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = serve::start(addr, handler, tracing.clone(), stop.clone(), tls).await?;
         Ok(Self {
             addr,
+            scheme,
             state,
             stop,
             tracing,
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Every request received so far.
@@ -173,9 +201,14 @@ impl EchoUpstream {
 
 async fn handle(
     state: &State,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    let websocket = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, mut body) = req.into_parts();
     let mut body_len = 0u64;
     while let Some(frame) = body.frame().await {
@@ -192,6 +225,11 @@ async fn handle(
             .map_or("/".into(), |p| p.to_string()),
         headers: parts.headers.clone(),
         body_len,
+        version: parts.version,
+        client_certificate: parts
+            .extensions
+            .get::<serve::Peer>()
+            .and_then(|p| p.certificate.clone()),
     };
     let rejected = state.reject_all.load(std::sync::atomic::Ordering::Relaxed)
         || seen
@@ -222,6 +260,9 @@ async fn handle(
         );
         return resp;
     }
+    if let Some(upgrade) = upgrade {
+        return websocket_echo(&seen, upgrade);
+    }
     if let Some(n) = seen
         .path
         .strip_prefix("/bytes/")
@@ -248,6 +289,49 @@ async fn handle(
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Accepts a WebSocket handshake (RFC 6455 §4.2.2) and echoes every data message.
+fn websocket_echo(seen: &Seen, upgrade: hyper::upgrade::OnUpgrade) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    let Some(key) = seen.headers.get("sec-websocket-key") else {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return resp;
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        "sec-websocket-accept",
+        http::HeaderValue::from_str(&accept).expect("base64 is a valid value"),
     );
     resp
 }

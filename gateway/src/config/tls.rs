@@ -123,12 +123,7 @@ fn servers_transport(
     let before = issues.0.len();
     let server_name = t.server_name.and_then(|n| {
         ServerName::try_from(n)
-            .map_err(|_| {
-                issues.push(
-                    format!("{path}.serverName"),
-                    "not a DNS name or IP address",
-                )
-            })
+            .map_err(|_| issues.push(format!("{path}.serverName"), "not a DNS name or IP address"))
             .ok()
     });
     let root_cas = t

@@ -400,8 +400,8 @@ mod tests {
 
     fn served(names: &[&str]) -> Served {
         let cert = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()]).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes())
-            .unwrap();
+        let key =
+            PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes()).unwrap();
         let key = CertifiedKey::from_der(vec![cert.cert.der().clone()], key, &provider()).unwrap();
         Served {
             key: Arc::new(key),

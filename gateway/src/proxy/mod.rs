@@ -339,7 +339,12 @@ impl Gateway {
 
         let upstream = route.next_upstream();
         let resp = match self
-            .forward(&route.clients.pooled, upstream, parts.clone_for_retry(), body)
+            .forward(
+                &route.clients.pooled,
+                upstream,
+                parts.clone_for_retry(),
+                body,
+            )
             .await
         {
             Ok(resp) => resp,

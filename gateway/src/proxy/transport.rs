@@ -77,7 +77,9 @@ impl ServersTransport {
             .with_tls_config(tls)
             .https_or_http();
         let builder = match &self.server_name {
-            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
+            Some(name) => {
+                builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()))
+            }
             None => builder,
         };
         let connector = if http2 {

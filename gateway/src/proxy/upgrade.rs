@@ -113,7 +113,10 @@ impl Tunnels {
     /// them.
     pub async fn drain(&self, drain: Duration) {
         self.tasks.close();
-        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(drain, self.tasks.wait())
+            .await
+            .is_err()
+        {
             self.stop.cancel();
             self.tasks.wait().await;
         }
@@ -193,10 +196,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -218,7 +218,10 @@ mod tests {
 
     #[test]
     fn an_upgrade_needs_both_fields_on_http_1_1() {
-        let ws = headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert_eq!(
             requested(&ws, Version::HTTP_11),
             Requested::To(HeaderValue::from_static("websocket"))
@@ -233,8 +236,15 @@ mod tests {
     #[test]
     fn h2c_and_ambiguous_upgrades_are_refused() {
         for value in ["h2c", "H2C", "foo, h2c", "h2c/1"] {
-            let h = headers(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", value)]);
-            assert_eq!(requested(&h, Version::HTTP_11), Requested::Refused, "{value}");
+            let h = headers(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", value),
+            ]);
+            assert_eq!(
+                requested(&h, Version::HTTP_11),
+                Requested::Refused,
+                "{value}"
+            );
         }
         let two = headers(&[
             ("connection", "upgrade"),
@@ -262,7 +272,10 @@ mod tests {
             upstream_far.read_exact(&mut buf).await.unwrap();
             assert_eq!(&buf, b"hello");
         }
-        assert!(!relayed.is_finished(), "traffic every 8 s keeps a 10 s tunnel open");
+        assert!(
+            !relayed.is_finished(),
+            "traffic every 8 s keeps a 10 s tunnel open"
+        );
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert_eq!(relayed.await.unwrap(), "idle");
     }

@@ -18,4 +18,5 @@ mod raft;
 mod redis;
 mod redis_ha;
 mod support;
+mod tls;
 mod traces;

@@ -157,6 +157,7 @@ impl State {
 /// A running fake IdP on a loopback port. Stops when dropped.
 pub struct FakeIdp {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
     stop: CancellationToken,
     tracing: serve::Tracing,
@@ -184,6 +185,20 @@ impl FakeIdp {
 
     /// Starts an IdP on `addr`.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts an IdP serving HTTPS on a free loopback port.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(([127, 0, 0, 1], 0).into(), Some(tls))
+            .await
+            .expect("bind loopback")
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let state = Arc::new(State {
             clients: Mutex::new(HashMap::new()),
             lifetime: Mutex::new(Duration::from_secs(60)),
@@ -216,10 +231,12 @@ impl FakeIdp {
             Box::pin(async move { handle(&s, req).await })
         });
         let tracing = serve::Tracing::default();
-        let addr = serve::start(addr, handler, tracing.clone(), stop.clone()).await?;
-        *state.issuer.lock().unwrap() = format!("http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = serve::start(addr, handler, tracing.clone(), stop.clone(), tls).await?;
+        *state.issuer.lock().unwrap() = format!("{scheme}://{addr}");
         Ok(Self {
             addr,
+            scheme,
             state,
             stop,
             tracing,
@@ -233,17 +250,17 @@ impl FakeIdp {
 
     /// The token endpoint URL.
     pub fn token_url(&self) -> String {
-        format!("http://{}/token", self.addr)
+        format!("{}://{}/token", self.scheme, self.addr)
     }
 
     /// The JWKS URL.
     pub fn jwks_url(&self) -> String {
-        format!("http://{}/jwks", self.addr)
+        format!("{}://{}/jwks", self.scheme, self.addr)
     }
 
     /// The introspection endpoint URL.
     pub fn introspection_url(&self) -> String {
-        format!("http://{}/introspect", self.addr)
+        format!("{}://{}/introspect", self.scheme, self.addr)
     }
 
     /// The issuer identifier (`iss` of its tokens; the OIDC discovery base).

@@ -9,9 +9,9 @@ use http::HeaderName;
 use super::raw::{RawMiddleware, RawTokenSource};
 use super::validate::Issues;
 use crate::auth::DEFAULT_REALM;
-use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::{ClaimsExpr, ClaimsPolicy};
+use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
 
 mod client_credentials;
 mod http_client;
@@ -63,8 +63,9 @@ pub(super) fn middleware(
         let path = format!("{base}.clientCertificate");
         let before = issues.0.len();
         let policy = policy(issues, &path, c.claims, c.forward_headers, c.username_claim);
-        return (issues.0.len() == before)
-            .then_some(MiddlewareConfig::ClientCertificate(ClientCertificateConfig { policy }));
+        return (issues.0.len() == before).then_some(MiddlewareConfig::ClientCertificate(
+            ClientCertificateConfig { policy },
+        ));
     }
     issues.push(
         base,
@@ -179,8 +180,8 @@ pub(super) fn is_reserved_header(h: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
     use crate::auth::jwt::JwksSource;
+    use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
     use crate::config::{Config, ConfigError};
 
     fn load(middleware: &str) -> Result<Config, ConfigError> {
