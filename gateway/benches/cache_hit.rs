@@ -38,6 +38,7 @@ fn middleware(cfg: &Config, name: &str, cache: &Arc<TokenCache>) -> ClientCreden
         Arc::clone(cache),
         gateway::auth::limits::Guards::unlimited(),
     )
+    .expect("no TLS material to refuse")
 }
 
 fn request_headers(auth: Option<&str>) -> HeaderMap {

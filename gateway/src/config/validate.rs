@@ -409,6 +409,64 @@ routes:
         assert_eq!(cc.scopes, ["a", "b"]);
     }
 
+    fn issues_of(yaml: &str) -> Vec<String> {
+        match Config::from_yaml(yaml) {
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
+            other => panic!("expected value errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn skipping_certificate_verification_needs_an_explicit_allowance() {
+        let insecure = GOOD.replace(
+            "scopes: [b, a, a]",
+            "scopes: [b, a, a]\n      clientConfig: { tls: { insecureSkipVerify: true } }",
+        ) + "serversTransports:\n  lab: { insecureSkipVerify: true }\n";
+        assert_eq!(
+            issues_of(&insecure)
+                .iter()
+                .map(|i| i.split(':').next().unwrap())
+                .collect::<Vec<_>>(),
+            [
+                "middlewares.m.clientCredentials.clientConfig.tls.insecureSkipVerify",
+                "serversTransports.lab.insecureSkipVerify",
+            ]
+        );
+        let allowed = format!("allowInsecureSkipVerify: true\n{insecure}");
+        let c = Config::from_yaml(&allowed).unwrap();
+        assert!(c.servers_transports["lab"].insecure_skip_verify);
+    }
+
+    #[test]
+    fn transports_and_listener_tls_are_checked_with_their_paths() {
+        let bad = GOOD.replace(
+            "upstream: { urls: [http://127.0.0.1:8081] }",
+            "upstream: { urls: [https://127.0.0.1:8443], serversTransport: missing }",
+        ) + r#"
+serversTransports:
+  t: { serverName: "not a name", rootCAs: [/nonexistent/ca.pem], certificates: [{ certFile: /nonexistent/c.pem, keyFile: /nonexistent/k.pem }] }
+tls:
+  certificates: [{ certFile: /nonexistent/s.pem, keyFile: /nonexistent/s.key }]
+  options: { minVersion: VersionTLS10, clientAuth: { clientAuthType: RequireAnyClientCert } }
+"#;
+        let issues = issues_of(&bad);
+        let paths: Vec<&str> = issues.iter().map(|i| i.split(": ").next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "tls.certificates[0]",
+                "tls.options.minVersion",
+                "tls.options.clientAuth.caFiles",
+                "tls.options.clientAuth.clientAuthType",
+                "serversTransports.t.serverName",
+                "serversTransports.t.rootCAs[0]",
+                "serversTransports.t.certificates[0]",
+                "routes[0].upstream.serversTransport",
+            ],
+            "{issues:#?}"
+        );
+    }
+
     #[test]
     fn every_value_problem_is_reported_at_once() {
         let bad = GOOD

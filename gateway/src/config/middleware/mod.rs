@@ -181,7 +181,7 @@ pub(super) fn is_reserved_header(h: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::auth::jwt::JwksSource;
-    use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
+    use crate::auth::MiddlewareConfig;
     use crate::config::{Config, ConfigError};
 
     fn load(middleware: &str) -> Result<Config, ConfigError> {
