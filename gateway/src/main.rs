@@ -365,6 +365,11 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr, print_config: bool) 
     };
     if print_config {
         print!("{}", demo.config_yaml);
+        let kept = demo.keep_certificates();
+        eprintln!(
+            "note: the configuration trusts the demo's CA in {}; remove it when done",
+            kept.display()
+        );
         return ExitCode::SUCCESS;
     }
     let log = gateway::telemetry::LogConfig {

@@ -450,7 +450,10 @@ tls:
   options: { minVersion: VersionTLS10, clientAuth: { clientAuthType: RequireAnyClientCert } }
 "#;
         let issues = issues_of(&bad);
-        let paths: Vec<&str> = issues.iter().map(|i| i.split(": ").next().unwrap()).collect();
+        let paths: Vec<&str> = issues
+            .iter()
+            .map(|i| i.split(": ").next().unwrap())
+            .collect();
         assert_eq!(
             paths,
             [

@@ -14,6 +14,13 @@ use crate::http::{BoxBody, response};
 pub fn describe(req: &Request<Incoming>, remote: SocketAddr) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "RemoteAddr: {remote}");
+    if req
+        .extensions()
+        .get::<std::sync::Arc<crate::http::tls::TlsSession>>()
+        .is_some()
+    {
+        let _ = writeln!(out, "Received over: TLS");
+    }
     let _ = writeln!(
         out,
         "{} {} {:?}",

@@ -1,7 +1,8 @@
 //! `gateway demo`: the whole product in one process, with nothing else to install or run.
 //!
 //! It binds the gateway's listeners, starts an echo upstream (like traefik/whoami) on a free
-//! loopback port, registers two clients with fresh random secrets at the gateway's own issuer,
+//! loopback port, served over HTTPS with a certificate from a CA generated for the run (the
+//! gateway trusts that CA for this upstream only, through a `serversTransports` entry), registers two clients with fresh random secrets at the gateway's own issuer,
 //! and configures three routes, one per flow:
 //!
 //! - `/api`: tokens of the gateway's issuer, verified locally (`jwt` with `gatewayIssuer`);
@@ -14,6 +15,7 @@
 //! `--print-config`, so what the demo does can be reproduced with `gateway run`.
 
 pub mod echo;
+mod pki;
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::http::{Listeners, serve};
+use crate::http::{Listeners, serve_tls};
 
 /// The demo's clients.
 const APP_CLIENT: &str = "demo-app";
@@ -50,6 +52,9 @@ pub enum DemoError {
     /// The node could not start.
     #[error(transparent)]
     Start(#[from] crate::node::StartError),
+    /// The demo's CA could not be made.
+    #[error("cannot make the demo's certificates: {0}")]
+    Pki(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// One thing to try.
@@ -66,6 +71,7 @@ pub struct Step {
 pub struct Demo {
     listeners: Listeners,
     upstream: TcpListener,
+    pki: pki::DemoPki,
     /// The gateway configuration the demo runs.
     pub config_yaml: String,
     config: Config,
@@ -90,7 +96,8 @@ impl Demo {
         let addr = |l: &TcpListener| l.local_addr().expect("a bound socket has an address");
         let base = format!("http://{}", reachable(addr(&proxy)));
         let admin_url = format!("http://{}", reachable(addr(&admin)));
-        let upstream_url = format!("http://{}", addr(&upstream));
+        let upstream_url = format!("https://{}", addr(&upstream));
+        let pki = pki::DemoPki::generate().map_err(DemoError::Pki)?;
         let app_secret = random_secret();
         let gateway_secret = random_secret();
         let config_yaml = config_yaml(
@@ -98,6 +105,7 @@ impl Demo {
             addr(&admin),
             &base,
             &upstream_url,
+            &pki.ca_file(),
             &app_secret,
             &gateway_secret,
         );
@@ -106,6 +114,7 @@ impl Demo {
         Ok(Self {
             listeners: Listeners { proxy, admin },
             upstream,
+            pki,
             config_yaml,
             config,
             steps,
@@ -113,6 +122,12 @@ impl Demo {
             admin: admin_url,
             upstream_url,
         })
+    }
+
+    /// Keeps the run's CA certificate on disk after the demo ends, so that the printed
+    /// configuration stays valid; its directory.
+    pub fn keep_certificates(self) -> std::path::PathBuf {
+        self.pki.dir.keep()
     }
 
     /// The text printed when the demo starts.
@@ -134,7 +149,7 @@ impl Demo {
         );
         let _ = writeln!(
             out,
-            "  upstream  {}   (echoes what it receives)\n",
+            "  upstream  {}   (echoes what it receives; reached over TLS, trusting a CA made for this run)\n",
             self.upstream_url
         );
         let _ = writeln!(
@@ -171,15 +186,17 @@ impl Demo {
             async move { resp }.boxed()
         });
         let upstream_stop = CancellationToken::new();
-        let upstream = tokio::spawn(serve(
+        let upstream = tokio::spawn(serve_tls(
             self.upstream,
             handler,
             upstream_stop.clone(),
             Duration::from_secs(1),
+            Arc::clone(&self.pki.upstream),
         ));
         let result = crate::node::run(self.config, self.listeners, shutdown).await;
         upstream_stop.cancel();
         let _ = upstream.await;
+        drop(self.pki);
         Ok(result?)
     }
 }
@@ -208,6 +225,7 @@ fn config_yaml(
     admin: SocketAddr,
     base: &str,
     upstream: &str,
+    upstream_ca: &str,
     app_secret: &str,
     gateway_secret: &str,
 ) -> String {
@@ -256,19 +274,22 @@ middlewares:
       forwardHeaders:
         X-Client-Id: client_id
         X-Scope: scope
+serversTransports:
+  demo-upstream:
+    rootCAs: ["{upstream_ca}"]   # the CA made for this run; the system roots stay trusted too
 routes:
   - name: issuer-protected
     match: {{ pathPrefix: /api }}
     middlewares: [issuer-tokens]
-    upstream: {{ urls: ["{upstream}"] }}
+    upstream: {{ urls: ["{upstream}"], serversTransport: demo-upstream }}
   - name: app-level
     match: {{ pathPrefix: /app }}
     middlewares: [app-credentials]
-    upstream: {{ urls: ["{upstream}"] }}
+    upstream: {{ urls: ["{upstream}"], serversTransport: demo-upstream }}
   - name: gateway-level
     match: {{ pathPrefix: /gateway }}
     middlewares: [gateway-credentials]
-    upstream: {{ urls: ["{upstream}"] }}
+    upstream: {{ urls: ["{upstream}"], serversTransport: demo-upstream }}
 "#
     )
 }
@@ -333,6 +354,11 @@ fn steps(base: &str, app_secret: &str) -> Vec<Step> {
             "Gateway level: the gateway adds its own client's token:",
             format!("curl -s {base}/gateway/stock"),
             "X-Client-Id: demo-gateway",
+        ),
+        step(
+            "The token crossed TLS: the upstream was reached over HTTPS (HTTP/2 by ALPN):",
+            format!("curl -s {base}/gateway/stock"),
+            "Received over: TLS",
         ),
         step(
             "A wrong secret: 401 invalid_client with a Basic challenge:",

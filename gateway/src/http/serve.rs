@@ -133,6 +133,26 @@ pub async fn serve(
     .await;
 }
 
+/// [`serve`] over TLS with `tls` (the demo's HTTPS upstream).
+pub async fn serve_tls(
+    listener: TcpListener,
+    handler: Handler,
+    shutdown: CancellationToken,
+    drain: Duration,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    run(
+        listener,
+        handler,
+        shutdown,
+        drain,
+        TransportLimits::default(),
+        Some(tls),
+        false,
+    )
+    .await;
+}
+
 /// Serves the proxy listener: connections within `limits` (and counted in the connection
 /// metrics), over TLS when `tls` is given, until `shutdown`, then drains for at most `drain`.
 pub async fn serve_with(

@@ -135,4 +135,12 @@ fn print_config_is_a_valid_configuration() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // The CA kept for the printed configuration.
+    let note = String::from_utf8_lossy(&out.stderr);
+    let kept = note
+        .split(" in ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .expect("the note names the CA's directory");
+    std::fs::remove_dir_all(kept).unwrap();
 }

@@ -180,8 +180,8 @@ pub(super) fn is_reserved_header(h: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::auth::jwt::JwksSource;
     use crate::auth::MiddlewareConfig;
+    use crate::auth::jwt::JwksSource;
     use crate::config::{Config, ConfigError};
 
     fn load(middleware: &str) -> Result<Config, ConfigError> {
