@@ -95,6 +95,7 @@ pub async fn run(
         admin_handler,
         admin_stop.clone(),
         config.shutdown_timeout,
+        None,
     ));
     let proxy_stop = shutdown.clone();
     let admin_for_drain = Arc::clone(&admin);

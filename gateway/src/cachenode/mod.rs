@@ -458,6 +458,7 @@ fn serve_metrics(
         handler,
         stop,
         Duration::from_secs(1),
+        None,
     ))
 }
 

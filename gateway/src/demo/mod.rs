@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::http::{Listeners, serve_tls};
+use crate::http::{Listeners, serve};
 
 /// The demo's clients.
 const APP_CLIENT: &str = "demo-app";
@@ -186,12 +186,12 @@ impl Demo {
             async move { resp }.boxed()
         });
         let upstream_stop = CancellationToken::new();
-        let upstream = tokio::spawn(serve_tls(
+        let upstream = tokio::spawn(serve(
             self.upstream,
             handler,
             upstream_stop.clone(),
             Duration::from_secs(1),
-            Arc::clone(&self.pki.upstream),
+            Some(Arc::clone(&self.pki.upstream)),
         ));
         let result = crate::node::run(self.config, self.listeners, shutdown).await;
         upstream_stop.cancel();

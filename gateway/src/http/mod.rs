@@ -14,4 +14,4 @@ pub mod tls;
 
 pub use body::{BoxBody, BoxError, full};
 pub use response::IntoResponse;
-pub use serve::{Handler, Listeners, TransportLimits, serve, serve_tls, serve_with};
+pub use serve::{Handler, Listeners, TransportLimits, serve, serve_with};

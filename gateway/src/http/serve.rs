@@ -113,13 +113,14 @@ impl Listeners {
     }
 }
 
-/// Serves connections from `listener` with default limits until `shutdown`, then drains for at
-/// most `drain`.
+/// Serves connections from `listener` with default limits, over TLS when `tls` is given (the
+/// demo's HTTPS upstream), until `shutdown`, then drains for at most `drain`.
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
     shutdown: CancellationToken,
     drain: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     run(
         listener,
@@ -127,27 +128,7 @@ pub async fn serve(
         shutdown,
         drain,
         TransportLimits::default(),
-        None,
-        false,
-    )
-    .await;
-}
-
-/// [`serve`] over TLS with `tls` (the demo's HTTPS upstream).
-pub async fn serve_tls(
-    listener: TcpListener,
-    handler: Handler,
-    shutdown: CancellationToken,
-    drain: Duration,
-    tls: Arc<rustls::ServerConfig>,
-) {
-    run(
-        listener,
-        handler,
-        shutdown,
-        drain,
-        TransportLimits::default(),
-        Some(tls),
+        tls,
         false,
     )
     .await;
