@@ -454,3 +454,100 @@ async fn an_h2c_upgrade_is_refused_before_it_reaches_the_upstream() {
         "h2c smuggling never reaches an upstream"
     );
 }
+
+/// Reads until the server closes the connection or 10 s pass; whether it closed, and what it
+/// sent.
+async fn until_closed(s: &mut TcpStream) -> (bool, Vec<u8>) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (closed, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_stalled_handshakes_are_closed_and_counted_while_others_are_served() {
+    let tls = TlsFixture::new();
+    let (crt, key) = tls.issue("alpha", None, "subjectAltName=DNS:alpha.test");
+    let upstream = EchoUpstream::start().await;
+    let node = Node::start(
+        &config(&format!(
+            r#"
+transport: {{ respondingTimeouts: {{ readHeaderTimeout: 1s }} }}
+tls:
+  certificates: [{{ certFile: "{crt}", keyFile: "{key}" }}]
+  options: {{ minVersion: VersionTLS13, sniStrict: true }}
+routes:
+  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: ["{u}"] }} }}
+"#,
+            u = upstream.url(),
+        )),
+        &[],
+    );
+
+    // A request in clear, and bytes that are no TLS record at all.
+    for hostile in [
+        &b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n"[..],
+        &[0xff; 64][..],
+    ] {
+        let mut raw = TcpStream::connect(node.proxy).await.unwrap();
+        raw.write_all(hostile).await.unwrap();
+        let (closed, answer) = until_closed(&mut raw).await;
+        assert!(closed, "the connection is closed");
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+            "nothing is answered in clear"
+        );
+    }
+
+    // A handshake that stalls after a record header holds its connection until
+    // readHeaderTimeout, and no one else waits for it.
+    let mut stalled = TcpStream::connect(node.proxy).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let connector = tls_client(&tls, None);
+    let (_, mut conn) = connect(&node, &connector, "alpha.test").await;
+    assert_eq!(get(&mut conn, "alpha.test", "/served").await.0, 200);
+    let (closed, _) = until_closed(&mut stalled).await;
+    assert!(closed, "the stalled handshake is shed");
+
+    // sniStrict: an unknown name and no name at all (a client dialling an address sends no
+    // SNI) are refused; minVersion: a TLS 1.2 client is refused.
+    for name in ["other.test", "127.0.0.1"] {
+        let tcp = TcpStream::connect(node.proxy).await.unwrap();
+        let refused = connector
+            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+            .await;
+        assert!(refused.is_err(), "{name} is not served");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tls.der("ca.crt")).unwrap();
+    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(node.proxy).await.unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(tls12))
+        .connect(ServerName::try_from("alpha.test").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err(), "TLS 1.2 is below minVersion");
+
+    assert_eq!(
+        upstream.seen().len(),
+        1,
+        "only the served request got through"
+    );
+    // Two hostile, one stalled, two names, one version.
+    eventually(
+        "every failed handshake is counted",
+        Duration::from_secs(5),
+        async || {
+            let text = metrics_text(node.admin).await;
+            text.lines()
+                .any(|l| l == "tokengate_tls_handshake_failures_total 6")
+        },
+    )
+    .await;
+}

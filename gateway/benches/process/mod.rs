@@ -1,0 +1,190 @@
+//! Shared by the process-level benches (`tracing`, `tls`): a release-built `gateway run`
+//! process, a closed-loop driver that counts completed requests and the gateway's CPU time, and
+//! interleaved rounds reported as medians.
+//!
+//! Each mode gets its own gateway process. The modes take turns over several rounds, each round
+//! starting with another mode, and the median of each is reported, so drift on the machine hits
+//! them alike. The driver shares the cores with the gateway: the figures compare the modes, they
+//! are not the gateway's ceiling.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const CONCURRENCY: usize = 32;
+const WARMUP: Duration = Duration::from_secs(2);
+const ROUND: Duration = Duration::from_secs(8);
+pub const ROUNDS: usize = 5;
+/// Client identities the driver spreads its requests over (`client-N` / `secret-N`).
+pub const CLIENTS: usize = 8;
+
+pub struct Gateway {
+    child: Child,
+    proxy: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway on loopback whose configuration is `config` after the listeners and the
+    /// log settings, and waits until it listens; its output is drained and dropped.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json, level: info }}\n{config}"
+        );
+        std::fs::write(&path, yaml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "tokengate listening"
+                {
+                    let _ = tx.send(v["proxy"].as_str().unwrap().to_owned());
+                }
+            }
+        });
+        let proxy = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("gateway listens");
+        Self {
+            child,
+            proxy,
+            _dir: dir,
+        }
+    }
+}
+
+/// CPU time the process has used so far (user + system), from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel reports in USER_HZ, 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// One way of running the gateway: how to start it, and the client and URL that drive it.
+pub struct Mode {
+    pub name: String,
+    pub start: Box<dyn Fn() -> Gateway>,
+    pub client: reqwest::Client,
+    /// `http` or `https`: how the driver reaches the proxy listener.
+    pub scheme: &'static str,
+}
+
+/// Over `ROUND`, after `WARMUP`, with `CONCURRENCY` requests in flight: requests completed per
+/// second, and the gateway's CPU time per request.
+async fn throughput(gw: &Gateway, mode: &Mode) -> (f64, Duration) {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = format!("{}://{}/x", mode.scheme, gw.proxy);
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|w| {
+            let (http, done, stop) = (mode.client.clone(), Arc::clone(&done), Arc::clone(&stop));
+            let url = url.clone();
+            let c = w % CLIENTS;
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = http
+                        .get(&url)
+                        .basic_auth(format!("client-{c}"), Some(format!("secret-{c}")))
+                        .send()
+                        .await
+                        .expect("gateway answers");
+                    assert_eq!(resp.status(), 200);
+                    let _ = resp.bytes().await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARMUP).await;
+    let pid = gw.child.id();
+    let (start, before, cpu_before) = (Instant::now(), done.load(Ordering::Relaxed), cpu_time(pid));
+    tokio::time::sleep(ROUND).await;
+    let n = done.load(Ordering::Relaxed) - before;
+    let cpu = (cpu_time(pid) - cpu_before) / u32::try_from(n).unwrap();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    (rate, cpu)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs every mode once per round for `ROUNDS` rounds, waiting `settle` after each, and prints
+/// each round's figures and then the medians, relative to the first mode.
+pub async fn rounds(modes: &[Mode], settle: Duration) {
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let width = modes.iter().map(|m| m.name.len()).max().unwrap_or(0);
+    for round in 0..ROUNDS {
+        // Each round starts with another mode, so no mode always follows the busiest one.
+        for i in (0..modes.len()).map(|k| (k + round) % modes.len()) {
+            let mode = &modes[i];
+            let gw = (mode.start)();
+            let (rate, cpu) = throughput(&gw, mode).await;
+            drop(gw);
+            let cpu_us = cpu.as_secs_f64() * 1e6;
+            println!(
+                "round {}: {:<width$} {rate:>8.0} req/s  {cpu_us:>6.1} µs CPU/request",
+                round + 1,
+                mode.name,
+            );
+            rates[i].push(rate);
+            cpus[i].push(cpu_us);
+            tokio::time::sleep(settle).await;
+        }
+    }
+    let (base, base_cpu) = (median(rates[0].clone()), median(cpus[0].clone()));
+    println!("\nmedian of {ROUNDS} rounds, {CONCURRENCY} in flight:");
+    for ((mode, r), c) in modes.iter().zip(rates).zip(cpus) {
+        let (m, c) = (median(r), median(c));
+        println!(
+            "  {:<width$} {m:>8.0} req/s ({:+.1}%)  {c:>6.1} µs CPU/request ({:+.1}%)",
+            mode.name,
+            (m / base - 1.0) * 100.0,
+            (c / base_cpu - 1.0) * 100.0
+        );
+    }
+}
+
+/// A multi-threaded runtime with two workers, like the machine the figures are taken on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
