@@ -81,6 +81,7 @@ routes:
                 start: Box::new(move || Gateway::start(&config, &[])),
                 client: client.build().unwrap(),
                 scheme,
+                path: "/x",
             }
         };
         let ecdsa = Some((ecdsa_crt.as_str(), ecdsa_key.as_str()));

@@ -58,6 +58,7 @@ routes:
                     .build()
                     .unwrap(),
                 scheme: "http",
+                path: "/x",
             }
         };
         let modes = [

@@ -96,6 +96,8 @@ pub struct Mode {
     pub client: reqwest::Client,
     /// `http` or `https`: how the driver reaches the proxy listener.
     pub scheme: &'static str,
+    /// The path it requests.
+    pub path: &'static str,
 }
 
 /// Over `ROUND`, after `WARMUP`, with `CONCURRENCY` requests in flight: requests completed per
@@ -103,7 +105,7 @@ pub struct Mode {
 async fn throughput(gw: &Gateway, mode: &Mode) -> (f64, Duration) {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let url = format!("{}://{}/x", mode.scheme, gw.proxy);
+    let url = format!("{}://{}{}", mode.scheme, gw.proxy, mode.path);
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|w| {
             let (http, done, stop) = (mode.client.clone(), Arc::clone(&done), Arc::clone(&stop));

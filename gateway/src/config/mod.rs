@@ -28,6 +28,7 @@ use crate::issuer::IssuerConfig;
 use crate::lifecycle::RefreshConfig;
 use crate::outbound::BreakerConfig;
 use crate::proxy::edge::EdgeConfig;
+use crate::proxy::middleware::HttpMiddleware;
 use crate::proxy::transport::ServersTransport;
 use crate::proxy::{ProxySettings, RouteConfig};
 use crate::secret::Secret;
@@ -62,8 +63,10 @@ pub struct Config {
     pub idp_breaker: BreakerConfig,
     /// Span export (`telemetry.tracing`); `None` leaves it to the `OTEL_*` environment.
     pub tracing: Option<TracingConfig>,
-    /// Middlewares by name.
+    /// Authentication middlewares by name.
     pub middlewares: BTreeMap<String, MiddlewareConfig>,
+    /// Traffic middlewares by name (one namespace with the authentication ones).
+    pub http_middlewares: BTreeMap<String, HttpMiddleware>,
     /// Routes in file order (matching is by specificity, not order).
     pub routes: Vec<RouteConfig>,
     /// The built-in token issuer, if enabled.
@@ -120,6 +123,7 @@ impl Config {
     pub fn proxy(&self) -> ProxySettings<'_> {
         ProxySettings {
             middlewares: &self.middlewares,
+            http_middlewares: &self.http_middlewares,
             routes: &self.routes,
             request_timeout: self.request_timeout,
             edge: &self.edge,

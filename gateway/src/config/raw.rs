@@ -49,7 +49,7 @@ pub struct RawConfig {
     /// Named middlewares, referenced by routes.
     #[serde(default)]
     pub middlewares: BTreeMap<String, RawMiddleware>,
-    /// Routes, matched by host and longest path prefix.
+    /// Routes, tried by priority (see `proxy::rule`).
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     /// The gateway as an OAuth2 authorization server for workloads.
@@ -556,6 +556,85 @@ pub struct RawMiddleware {
     pub jwt: Option<RawJwt>,
     #[serde(default)]
     pub client_certificate: Option<RawClientCertificate>,
+    #[serde(default)]
+    pub strip_prefix: Option<RawStripPrefix>,
+    #[serde(default)]
+    pub add_prefix: Option<RawAddPrefix>,
+    #[serde(default)]
+    pub replace_path: Option<RawReplacePath>,
+    #[serde(default)]
+    pub replace_path_regex: Option<RawReplacePathRegex>,
+    #[serde(default)]
+    pub headers: Option<RawHeaders>,
+}
+
+/// `stripPrefix` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStripPrefix {
+    /// Prefixes, the first that matches is removed.
+    pub prefixes: Vec<String>,
+}
+
+/// `addPrefix` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAddPrefix {
+    /// Put in front of the path.
+    pub prefix: String,
+}
+
+/// `replacePath` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawReplacePath {
+    /// The new path.
+    pub path: String,
+}
+
+/// `replacePathRegex` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawReplacePathRegex {
+    /// Matched against the path.
+    pub regex: String,
+    /// What each match becomes (`$1`, `${name}`).
+    pub replacement: String,
+}
+
+/// `headers` (Traefik's custom headers and CORS options, plus `add*Headers`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHeaders {
+    /// Set on the request; an empty value removes the field.
+    #[serde(default)]
+    pub custom_request_headers: BTreeMap<String, String>,
+    /// Set on the answer; an empty value removes the field.
+    #[serde(default)]
+    pub custom_response_headers: BTreeMap<String, String>,
+    /// Added to the request, keeping fields of the same name.
+    #[serde(default)]
+    pub add_request_headers: BTreeMap<String, String>,
+    /// Added to the answer, keeping fields of the same name.
+    #[serde(default)]
+    pub add_response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub access_control_allow_origin_list: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_origin_list_regex: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_methods: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_headers: Vec<String>,
+    #[serde(default)]
+    pub access_control_expose_headers: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_credentials: bool,
+    /// Seconds.
+    #[serde(default)]
+    pub access_control_max_age: Option<u64>,
+    #[serde(default)]
+    pub add_vary_header: Option<bool>,
 }
 
 /// `clientCertificate`: authorisation by the caller's verified TLS client certificate.
@@ -801,6 +880,9 @@ pub struct RawRoute {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: RawMatch,
+    /// Higher first; default: the length of the rule's text.
+    #[serde(default)]
+    pub priority: Option<u64>,
     #[serde(default)]
     pub middlewares: Vec<String>,
     pub upstream: RawUpstream,
@@ -812,10 +894,19 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawMatch {
+    /// A Traefik rule; excludes the other fields.
+    #[serde(default)]
+    pub rule: Option<String>,
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
     pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -825,4 +916,7 @@ pub struct RawUpstream {
     /// The `serversTransports` entry to reach them through.
     #[serde(default)]
     pub servers_transport: Option<String>,
+    /// Send the caller's `Host` (default) or the upstream's.
+    #[serde(default)]
+    pub pass_host_header: Option<bool>,
 }

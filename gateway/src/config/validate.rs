@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 
 use url::Url;
 
-use super::raw::{RawConfig, RawRoute, RawStore};
+use super::middleware::Declared;
+use super::raw::{RawConfig, RawMatch, RawRoute, RawStore};
 use super::{Config, ConfigIssue, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::lifecycle::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_REFRESH_INTERVAL, RefreshConfig,
 };
 use crate::outbound::BreakerConfig;
+use crate::proxy::middleware::HttpMiddleware;
+use crate::proxy::rule::{self, NativeMatch, Rule};
 use crate::proxy::{DEFAULT_REQUEST_TIMEOUT, RouteConfig};
 use crate::secret;
 use crate::store::StoreConfig;
@@ -198,9 +201,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
 
     let declared: Vec<String> = raw.middlewares.keys().cloned().collect();
     let mut middlewares = BTreeMap::new();
+    let mut http_middlewares = BTreeMap::new();
     for (name, m) in raw.middlewares {
-        if let Some(cfg) = super::middleware::middleware(&mut issues, &name, m) {
-            middlewares.insert(name, cfg);
+        match super::middleware::middleware(&mut issues, &name, m) {
+            Some(Declared::Auth(cfg)) => {
+                middlewares.insert(name, *cfg);
+            }
+            Some(Declared::Http(m)) => {
+                http_middlewares.insert(name, m);
+            }
+            None => {}
         }
     }
 
@@ -224,7 +234,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
                 format!("{:?} is also routes[{prev}]", r.name),
             );
         }
-        if let Some(route) = route(&mut issues, &path, r, &declared, &edge, &servers_transports) {
+        let known = Known {
+            middlewares: &declared,
+            cors: &http_middlewares,
+            transports: &servers_transports,
+        };
+        if let Some(route) = route(&mut issues, &path, r, &known, &edge) {
             routes.push(route);
         }
     }
@@ -255,6 +270,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         idp_breaker,
         tracing,
         middlewares,
+        http_middlewares,
         routes,
         issuer,
         edge,
@@ -302,46 +318,45 @@ fn tracing(issues: &mut Issues, raw: super::raw::RawTracing) -> TracingConfig {
     }
 }
 
+/// What a route may refer to.
+struct Known<'a> {
+    /// Every middleware name declared (either kind).
+    middlewares: &'a [String],
+    /// The traffic middlewares, to find those with a CORS policy.
+    cors: &'a BTreeMap<String, HttpMiddleware>,
+    /// `serversTransports`.
+    transports: &'a BTreeMap<String, std::sync::Arc<crate::proxy::transport::ServersTransport>>,
+}
+
 fn route(
     issues: &mut Issues,
     path: &str,
     r: RawRoute,
-    declared: &[String],
+    known: &Known<'_>,
     edge: &super::EdgeConfig,
-    transports: &BTreeMap<String, std::sync::Arc<crate::proxy::transport::ServersTransport>>,
 ) -> Option<RouteConfig> {
     let before = issues.0.len();
-    let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".into());
-    if !path_prefix.starts_with('/') {
-        issues.push(format!("{path}.match.pathPrefix"), "must start with /");
-    } else {
-        // Requests are matched in canonical form: a prefix in any other form never matches.
-        match crate::proxy::path::canonicalize(&path_prefix, &edge.paths) {
-            Ok(c) if c.path == path_prefix => {}
-            Ok(c) => issues.push(
-                format!("{path}.match.pathPrefix"),
-                format!("is not in canonical form; write {:?}", c.path),
-            ),
-            Err(e) => issues.push(format!("{path}.match.pathPrefix"), e.to_string()),
-        }
-    }
-    let host = r.matcher.host.map(|h| h.to_ascii_lowercase());
-    if host
-        .as_deref()
-        .is_some_and(|h| h.is_empty() || h.contains(['/', ' ', ':']))
-    {
-        issues.push(
-            format!("{path}.match.host"),
-            "must be a bare host name (no scheme, port or path)",
-        );
-    }
+    let matched = route_rule(issues, path, r.matcher, edge, &r.name);
     for (i, m) in r.middlewares.iter().enumerate() {
-        if !declared.contains(m) {
+        if !known.middlewares.contains(m) {
             issues.push(
                 format!("{path}.middlewares[{i}]"),
                 format!("no middleware named {m:?}"),
             );
         }
+    }
+    let with_cors = r
+        .middlewares
+        .iter()
+        .filter(
+            |m| matches!(known.cors.get(*m), Some(HttpMiddleware::Headers(h)) if h.cors.is_some()),
+        )
+        .count();
+    if with_cors > 1 {
+        issues.push(
+            format!("{path}.middlewares"),
+            "names more than one headers middleware with a CORS policy; a route has one",
+        );
     }
     if r.upstream.urls.is_empty() {
         issues.push(format!("{path}.upstream.urls"), "needs at least one URL");
@@ -358,27 +373,137 @@ fn route(
         }
     }
     if let Some(t) = &r.upstream.servers_transport
-        && !transports.contains_key(t)
+        && !known.transports.contains_key(t)
     {
         issues.push(
             format!("{path}.upstream.serversTransport"),
             format!("no serversTransports entry named {t:?}"),
         );
     }
+    let (rule, text, template) = matched?;
     if issues.0.len() != before {
         return None;
     }
     Some(RouteConfig {
         servers_transport: r.upstream.servers_transport,
         name: r.name,
-        host,
-        path_prefix,
+        rule,
+        // Traefik ignores a priority of 0.
+        priority: r.priority.filter(|p| *p > 0).unwrap_or(text.len() as u64),
+        template,
         middlewares: r.middlewares,
         upstreams,
+        pass_host_header: r.upstream.pass_host_header.unwrap_or(true),
         encoded_characters: r.encoded_characters.map_or(edge.encoded_characters, |e| {
             super::edge::encoded_characters(&e, edge.encoded_characters)
         }),
     })
+}
+
+/// A route's rule, the text its default priority is measured on, and its span template.
+fn route_rule(
+    issues: &mut Issues,
+    path: &str,
+    m: RawMatch,
+    edge: &super::EdgeConfig,
+    name: &str,
+) -> Option<(Rule, String, String)> {
+    let before = issues.0.len();
+    // Requests are matched in canonical form: a path in any other form never matches.
+    let canonical = |issues: &mut Issues, key: String, p: &str| {
+        if !p.starts_with('/') {
+            issues.push(key, "must start with /");
+            return;
+        }
+        match crate::proxy::path::canonicalize(p, &edge.paths) {
+            Ok(c) if c.path == p => {}
+            Ok(c) => issues.push(key, format!("is not in canonical form; write {:?}", c.path)),
+            Err(e) => issues.push(key, e.to_string()),
+        }
+    };
+    if let Some(text) = m.rule {
+        let key = format!("{path}.match.rule");
+        if m.host.is_some()
+            || m.path.is_some()
+            || m.path_prefix.is_some()
+            || !m.methods.is_empty()
+            || !m.headers.is_empty()
+        {
+            issues.push(
+                &key,
+                "excludes host, path, pathPrefix, methods and headers: write them in the rule",
+            );
+        }
+        let rule = match rule::parse(&text) {
+            Ok(rule) => rule,
+            Err(e) => {
+                issues.push(key, e.to_string());
+                return None;
+            }
+        };
+        for p in rule.paths() {
+            canonical(issues, key.clone(), p);
+        }
+        return (issues.0.len() == before).then(|| (rule, text, name.to_owned()));
+    }
+    let key = |field: &str| format!("{path}.match.{field}");
+    if m.path.is_some() && m.path_prefix.is_some() {
+        issues.push(
+            key("path"),
+            "excludes pathPrefix: a route matches one or the other",
+        );
+    }
+    for (field, p) in [("path", &m.path), ("pathPrefix", &m.path_prefix)] {
+        if let Some(p) = p {
+            canonical(issues, key(field), p);
+        }
+    }
+    let host = m.host.map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &host {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        if bare.is_empty() || bare.contains(['/', ' ', ':', '*']) {
+            issues.push(
+                key("host"),
+                "must be a bare host name (no scheme, port or path), or *. and one (one label)",
+            );
+        }
+    }
+    let mut methods = Vec::new();
+    for (i, raw) in m.methods.iter().enumerate() {
+        match http::Method::from_bytes(raw.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => issues.push(format!("{path}.match.methods[{i}]"), "not a method"),
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in m.headers {
+        let k = format!("{path}.match.headers.{name}");
+        match (
+            http::HeaderName::try_from(name.as_str()),
+            http::HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => issues.push(k, "not a valid header name"),
+            (_, Err(_)) => issues.push(k, "not a valid header value"),
+        }
+    }
+    if issues.0.len() != before {
+        return None;
+    }
+    let template = m
+        .path
+        .clone()
+        .or_else(|| m.path_prefix.clone())
+        .unwrap_or_else(|| "/".into());
+    let (rule, text) = NativeMatch {
+        host,
+        path: m.path,
+        path_prefix: m.path_prefix,
+        methods,
+        headers,
+    }
+    .compile();
+    Some((rule, text, template))
 }
 
 #[cfg(test)]
@@ -486,6 +611,45 @@ tls:
                 "admin.listen: not a socket address (ip:port): \"nowhere\"",
                 "middlewares.m.clientCredentials.url: not an http(s) URL",
                 "routes[0].middlewares[1]: no middleware named \"nope\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn routing_and_shaping_problems_name_their_key_paths() {
+        let bad = GOOD.replace(
+            "routes:\n",
+            r#"  strip: { stripPrefix: { prefixes: [api] } }
+  regex: { replacePathRegex: { regex: "(", replacement: /x } }
+  shape:
+    headers:
+      customRequestHeaders: { Host: a.test, "bad name": x }
+      accessControlAllowOriginList: ["*", https://a.test/path]
+      accessControlAllowCredentials: true
+  cors2: { headers: { accessControlAllowOriginList: [https://b.test] } }
+routes:
+  - { name: a, match: { rule: "Host(`a`) && Path(`x`)" }, upstream: { urls: [http://u] } }
+  - { name: b, match: { rule: "Host(`a`)", pathPrefix: /b }, upstream: { urls: [http://u] } }
+  - { name: c, match: { path: /c, pathPrefix: /c, methods: [GET, "B@D"], host: "a.*.test" }, upstream: { urls: [http://u] } }
+  - { name: d, match: { path: /d/../e }, middlewares: [cors2, cors2], upstream: { urls: [http://u] } }
+"#,
+        );
+        assert_eq!(
+            issues_of(&bad),
+            [
+                "middlewares.regex.replacePathRegex.regex: not a valid regular expression: regex parse error:\n    (\n    ^\nerror: unclosed group",
+                "middlewares.shape.headers.customRequestHeaders.Host: is managed by the gateway (framing and Host; use upstream.passHostHeader for Host)",
+                "middlewares.shape.headers.customRequestHeaders.bad name: not a valid header name",
+                "middlewares.shape.headers.accessControlAllowOriginList[0]: \"*\" with accessControlAllowCredentials would let every site make credentialed requests; list the origins",
+                "middlewares.shape.headers.accessControlAllowOriginList[1]: not an origin (scheme://host[:port], no path) or *",
+                "middlewares.strip.stripPrefix.prefixes[0]: must start with /",
+                "routes[0].match.rule: Path: \"x\" must start with / (at column 14)",
+                "routes[1].match.rule: excludes host, path, pathPrefix, methods and headers: write them in the rule",
+                "routes[2].match.path: excludes pathPrefix: a route matches one or the other",
+                "routes[2].match.host: must be a bare host name (no scheme, port or path), or *. and one (one label)",
+                "routes[2].match.methods[1]: not a method",
+                "routes[3].match.path: is not in canonical form; write \"/e\"",
+                "routes[3].middlewares: names more than one headers middleware with a CORS policy; a route has one",
             ]
         );
     }

@@ -1,10 +1,14 @@
 //! The HTTP side: listeners, graceful shutdown, routing, middlewares, forwarding.
 
 pub mod admin;
+pub mod cors;
 pub mod edge;
 pub mod forward;
+pub mod middleware;
 pub mod path;
+pub mod rewrite;
 pub mod router;
+pub mod rule;
 pub mod transport;
 pub mod upgrade;
 
@@ -33,6 +37,7 @@ use crate::lifecycle::TokenCache;
 use crate::telemetry::{AccessLog, otel};
 pub use router::RouteConfig;
 use router::{Route, Router};
+use rule::RequestView;
 
 /// Default upper bound on one proxied request: long enough for slow APIs, short enough that a
 /// stuck upstream does not pin connections forever.
@@ -44,8 +49,10 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 /// What the proxy is built from: borrowed from the node's validated configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct ProxySettings<'a> {
-    /// Middlewares by name.
+    /// Authentication middlewares by name.
     pub middlewares: &'a BTreeMap<String, MiddlewareConfig>,
+    /// Traffic middlewares by name (one namespace with the authentication ones).
+    pub http_middlewares: &'a BTreeMap<String, middleware::HttpMiddleware>,
     /// Routes (their middleware names exist in `middlewares`).
     pub routes: &'a [RouteConfig],
     /// Upper bound on one proxied request.
@@ -136,24 +143,31 @@ impl Gateway {
                 tracing::warn!(route = %r.name, upstream = %u, "the route's middlewares send credentials to an http:// upstream in clear; prefer https://");
             }
         }
+        let shaping: BTreeMap<&str, Arc<middleware::HttpMiddleware>> = config
+            .http_middlewares
+            .iter()
+            .map(|(name, m)| (name.as_str(), Arc::new(m.clone())))
+            .collect();
         let routes = config
             .routes
             .iter()
             .map(|r| {
-                let chain = r
+                let auth = r
                     .middlewares
                     .iter()
-                    .map(|m| Arc::clone(&middlewares[m.as_str()]))
+                    .filter_map(|m| middlewares.get(m.as_str()).map(Arc::clone))
+                    .collect();
+                let http = r
+                    .middlewares
+                    .iter()
+                    .filter_map(|m| shaping.get(m.as_str()).map(Arc::clone))
                     .collect();
                 Route::new(
-                    r.name.clone(),
-                    r.host.clone(),
-                    r.path_prefix.clone(),
-                    chain,
-                    r.upstreams.clone(),
+                    r,
+                    auth,
+                    http,
                     transports.get(r.servers_transport.as_deref()),
                 )
-                .allowing(r.encoded_characters)
             })
             .collect();
         Ok(Self {
@@ -257,7 +271,15 @@ impl Gateway {
             return issuer.handle(req).await;
         }
         let host = request_host(&req);
-        let Some(route) = self.router.find(host.as_deref(), req.uri().path()) else {
+        let found = self.router.find(&RequestView {
+            method: req.method(),
+            host: host.as_deref(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            peer,
+        });
+        let Some(route) = found else {
             return response::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -265,10 +287,32 @@ impl Gateway {
             );
         };
         log.route = Some(route.name.clone());
-        name_request(&req, route.prefix());
+        name_request(&req, route.template());
         if let Some(refused) = encoded.first_refused(route.encoded_characters()) {
             return edge::Refusal::EncodedCharacter(refused).into_response();
         }
+        let Some(cors) = &route.cors else {
+            return self.proxy_to(route, req, peer, caller, log).await;
+        };
+        // Preflights come without credentials: answered here, before authentication.
+        if cors::Cors::is_preflight(req.method(), req.headers()) {
+            return cors.preflight(req.headers());
+        }
+        let origin = req.headers().get(http::header::ORIGIN).cloned();
+        let mut resp = self.proxy_to(route, req, peer, caller, log).await;
+        cors.decorate(origin.as_ref(), resp.headers_mut());
+        resp
+    }
+
+    /// Authenticates, shapes and forwards a request `route` took.
+    async fn proxy_to(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        caller: Caller,
+        log: &mut AccessLog,
+    ) -> Response<BoxBody> {
         let secure = req
             .extensions()
             .get::<Arc<crate::http::tls::TlsSession>>()
@@ -308,10 +352,10 @@ impl Gateway {
                     .get(CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                     .is_some_and(|n| n <= REPLAY_LIMIT));
-        // The caller's own headers, for the second run of the middlewares.
-        let original_headers = may_replay.then(|| parts.headers.clone());
+        // The caller's own headers and target, for the second run of the middlewares.
+        let original = may_replay.then(|| (parts.headers.clone(), parts.uri.clone()));
         // The middlewares first: nothing of the body is read for a caller they refuse.
-        let used = match apply_chain(route, &mut parts, &caller, log).await {
+        let used = match self.apply_chain(route, &mut parts, &caller, log).await {
             Ok(used) => used,
             Err(resp) => return resp,
         };
@@ -340,6 +384,7 @@ impl Gateway {
         let upstream = route.next_upstream();
         let resp = match self
             .forward(
+                route,
                 &route.clients.pooled,
                 upstream,
                 parts.clone_for_retry(),
@@ -350,12 +395,10 @@ impl Gateway {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        let (Some(bytes), Some(original_headers), true) = (
-            replay,
-            original_headers,
-            resp.status() == StatusCode::UNAUTHORIZED,
-        ) else {
-            return into_proxy(resp);
+        let (Some(bytes), Some((original_headers, original_uri)), true) =
+            (replay, original, resp.status() == StatusCode::UNAUTHORIZED)
+        else {
+            return answer(route, resp);
         };
 
         // The upstream rejected the token: evict exactly that token fleet-wide, get a fresh one
@@ -366,15 +409,17 @@ impl Gateway {
             evicted |= m.reject_token(token).await;
         }
         if !evicted {
-            return into_proxy(resp);
+            return answer(route, resp);
         }
         tracing::info!(route = %route.name, "upstream rejected the token; evicted and retrying once with a fresh one");
         parts.headers = original_headers;
-        if let Err(resp) = apply_chain(route, &mut parts, &caller, log).await {
+        parts.uri = original_uri;
+        if let Err(resp) = self.apply_chain(route, &mut parts, &caller, log).await {
             return resp;
         }
         match self
             .forward(
+                route,
                 &route.clients.pooled,
                 route.next_upstream(),
                 parts.clone_for_retry(),
@@ -382,7 +427,7 @@ impl Gateway {
             )
             .await
         {
-            Ok(resp) => into_proxy(resp),
+            Ok(resp) => answer(route, resp),
             Err(resp) => resp,
         }
     }
@@ -402,14 +447,20 @@ impl Gateway {
         upgrade::restore(&mut parts.headers, protocols);
         let body = body.map_err(BoxError::from).boxed_unsync();
         let mut resp = match self
-            .forward(&route.clients.http1, route.next_upstream(), parts, body)
+            .forward(
+                route,
+                &route.clients.http1,
+                route.next_upstream(),
+                parts,
+                body,
+            )
             .await
         {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return into_proxy(resp);
+            return answer(route, resp);
         }
         let Some(agreed) = resp.headers().get(http::header::UPGRADE).cloned() else {
             tracing::warn!(route = %route.name, "upstream switched protocols without naming one");
@@ -422,7 +473,7 @@ impl Gateway {
         let upstream_side = hyper::upgrade::on(&mut resp);
         self.tunnels
             .join(caller_side, upstream_side, Arc::from(route.name.as_str()));
-        let mut resp = into_proxy(resp);
+        let mut resp = answer(route, resp);
         upgrade::restore(resp.headers_mut(), agreed);
         resp
     }
@@ -435,6 +486,7 @@ impl Gateway {
 
     async fn forward(
         &self,
+        route: &Route,
         client: &transport::UpstreamClient,
         upstream: &url::Url,
         mut parts: http::request::Parts,
@@ -447,6 +499,12 @@ impl Gateway {
                 "request target is invalid",
             )
         })?;
+        if !route.pass_host_header
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = http::HeaderValue::try_from(authority.as_str())
+        {
+            parts.headers.insert(HOST, host);
+        }
         parts.version = http::Version::HTTP_11;
         let span = otel::child_span!(
             "upstream",
@@ -474,8 +532,34 @@ impl Gateway {
     }
 }
 
-/// Runs the route's middlewares in order; the tokens they attached, or the refusal.
-async fn apply_chain<'r>(
+impl Gateway {
+    /// Runs the route's authentication middlewares in order, then its traffic middlewares;
+    /// the tokens attached, or the refusal.
+    async fn apply_chain<'r>(
+        &self,
+        route: &'r Route,
+        parts: &mut http::request::Parts,
+        caller: &Caller,
+        log: &mut AccessLog,
+    ) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<BoxBody>> {
+        let used = authenticate(route, parts, caller, log).await?;
+        for m in &route.shaping {
+            match &**m {
+                middleware::HttpMiddleware::Path(rewrite) => {
+                    rewrite
+                        .apply(&mut parts.uri, &mut parts.headers, &self.paths)
+                        .map_err(|e| edge::Refusal::Path(e).into_response())?;
+                }
+                middleware::HttpMiddleware::Headers(h) => h.request.apply(&mut parts.headers),
+            }
+        }
+        Ok(used)
+    }
+}
+
+/// Runs the route's authentication middlewares in order; the tokens they attached, or the
+/// refusal.
+async fn authenticate<'r>(
     route: &'r Route,
     parts: &mut http::request::Parts,
     caller: &Caller,
@@ -511,9 +595,16 @@ fn name_request<B>(req: &Request<B>, route: &str) {
     }
 }
 
-fn into_proxy(resp: Response<Incoming>) -> Response<BoxBody> {
+/// The upstream's answer as the caller gets it: hop-by-hop fields removed, the route's
+/// response header rules applied.
+fn answer(route: &Route, resp: Response<Incoming>) -> Response<BoxBody> {
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
+    for m in &route.shaping {
+        if let middleware::HttpMiddleware::Headers(h) = &**m {
+            h.response.apply(&mut parts.headers);
+        }
+    }
     Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
 

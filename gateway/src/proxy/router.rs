@@ -1,15 +1,15 @@
-//! Route selection: by host (exact, case-insensitive) and path prefix.
-//!
-//! Precedence: a route naming the request's host beats any route without a host; among those,
-//! the longest path prefix wins. Prefixes match as plain string prefixes, as Traefik's
-//! `PathPrefix` does (`/app` matches `/app`, `/app/x` and `/apple`).
+//! Route selection: the first route, in priority order, whose rule the request satisfies (see
+//! [`super::rule`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use url::Url;
 
+use super::cors::Cors;
+use super::middleware::HttpMiddleware;
 use super::path::EncodedCharacters;
+use super::rule::{RequestView, Rule};
 use super::transport::UpstreamClients;
 use crate::auth::Middleware;
 
@@ -18,10 +18,13 @@ use crate::auth::Middleware;
 pub struct RouteConfig {
     /// Name used in logs.
     pub name: String,
-    /// Lower-cased host without port; `None` matches any host.
-    pub host: Option<String>,
-    /// Path prefix; `/` when omitted.
-    pub path_prefix: String,
+    /// Which requests it takes.
+    pub rule: Rule,
+    /// Higher first: `priority`, or the length of the rule's text.
+    pub priority: u64,
+    /// What spans call the route (`http.route`): its path or path prefix when it has one,
+    /// otherwise its name.
+    pub template: String,
     /// Middleware names, checked to exist.
     pub middlewares: Vec<String>,
     /// Upstream base URLs, round robin.
@@ -29,6 +32,8 @@ pub struct RouteConfig {
     /// The `serversTransports` entry its upstreams are reached through (checked to exist);
     /// `None`: the default transport.
     pub servers_transport: Option<String>,
+    /// Send the caller's `Host` to the upstream (`passHostHeader`); otherwise the upstream's.
+    pub pass_host_header: bool,
     /// Ambiguous encoded characters allowed in this route's paths.
     pub encoded_characters: EncodedCharacters,
 }
@@ -37,49 +42,60 @@ pub struct RouteConfig {
 pub struct Route {
     /// Name, for logs.
     pub name: String,
-    host: Option<String>,
-    prefix: String,
-    /// Middlewares in order.
+    rule: Rule,
+    priority: u64,
+    template: String,
+    /// Authentication middlewares in order.
     pub middlewares: Vec<Arc<Middleware>>,
+    /// Traffic middlewares in order, run after the authentication ones.
+    pub shaping: Vec<Arc<HttpMiddleware>>,
+    /// The CORS policy of its `headers` middleware, if any.
+    pub cors: Option<Cors>,
     upstreams: Vec<Url>,
     next: AtomicUsize,
     /// The clients of the route's transport.
     pub clients: UpstreamClients,
+    /// Send the caller's `Host` to the upstream.
+    pub pass_host_header: bool,
     encoded: EncodedCharacters,
 }
 
 impl Route {
-    /// The path prefix the route matches.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// A route; `upstreams` must not be empty (configuration validation guarantees it).
+    /// A route; `config.upstreams` must not be empty (configuration validation guarantees it).
     pub fn new(
-        name: String,
-        host: Option<String>,
-        prefix: String,
+        config: &RouteConfig,
         middlewares: Vec<Arc<Middleware>>,
-        upstreams: Vec<Url>,
+        shaping: Vec<Arc<HttpMiddleware>>,
         clients: UpstreamClients,
     ) -> Self {
-        assert!(!upstreams.is_empty(), "route {name} has no upstream");
+        assert!(
+            !config.upstreams.is_empty(),
+            "route {} has no upstream",
+            config.name
+        );
+        let cors = shaping.iter().find_map(|m| match &**m {
+            HttpMiddleware::Headers(h) => h.cors.clone(),
+            HttpMiddleware::Path(_) => None,
+        });
         Self {
-            name,
-            host,
-            prefix,
+            name: config.name.clone(),
+            rule: config.rule.clone(),
+            priority: config.priority,
+            template: config.template.clone(),
             middlewares,
-            upstreams,
+            shaping,
+            cors,
+            upstreams: config.upstreams.clone(),
             next: AtomicUsize::new(0),
             clients,
-            encoded: EncodedCharacters::default(),
+            pass_host_header: config.pass_host_header,
+            encoded: config.encoded_characters,
         }
     }
 
-    /// Allows the ambiguous encoded characters `encoded` in this route's paths.
-    pub fn allowing(mut self, encoded: EncodedCharacters) -> Self {
-        self.encoded = encoded;
-        self
+    /// What spans call the route.
+    pub fn template(&self) -> &str {
+        &self.template
     }
 
     /// The ambiguous encoded characters this route's paths may contain.
@@ -102,76 +118,117 @@ impl Route {
     }
 }
 
-/// All routes, in precedence order.
+/// All routes, in priority order.
 pub struct Router {
     routes: Vec<Route>,
 }
 
 impl Router {
-    /// Orders `routes` by precedence.
+    /// Orders `routes` by priority, highest first; equal priorities keep their order.
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| {
-            b.host
-                .is_some()
-                .cmp(&a.host.is_some())
-                .then(b.prefix.len().cmp(&a.prefix.len()))
-        });
+        routes.sort_by_key(|r| std::cmp::Reverse(r.priority));
         Self { routes }
     }
 
-    /// The route for a request; `host` is lower-case without port.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| {
-            r.host.as_deref().is_none_or(|h| Some(h) == host) && path.starts_with(&r.prefix)
-        })
+    /// The route for a request.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.rule.matches(req))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http::{HeaderMap, Method};
+
     use super::*;
+    use crate::proxy::rule::{NativeMatch, parse};
     use crate::proxy::transport::ServersTransport;
 
-    fn clients() -> UpstreamClients {
-        ServersTransport::default().clients().unwrap()
-    }
-
-    fn route(name: &str, host: Option<&str>, prefix: &str) -> Route {
+    fn route(name: &str, rule: Rule, text: &str, upstreams: &[&str]) -> Route {
+        let config = RouteConfig {
+            name: name.into(),
+            rule,
+            priority: text.len() as u64,
+            template: name.into(),
+            middlewares: vec![],
+            upstreams: upstreams.iter().map(|u| u.parse().unwrap()).collect(),
+            servers_transport: None,
+            pass_host_header: true,
+            encoded_characters: EncodedCharacters::default(),
+        };
         Route::new(
-            name.into(),
-            host.map(Into::into),
-            prefix.into(),
+            &config,
             vec![],
-            vec!["http://u".parse().unwrap()],
-            clients(),
+            vec![],
+            ServersTransport::default().clients().unwrap(),
         )
     }
 
+    fn native(name: &str, host: Option<&str>, prefix: &str) -> Route {
+        let (rule, text) = NativeMatch {
+            host: host.map(Into::into),
+            path_prefix: Some(prefix.into()),
+            ..NativeMatch::default()
+        }
+        .compile();
+        route(name, rule, &text, &["http://u"])
+    }
+
+    fn find<'r>(r: &'r Router, host: Option<&str>, method: &Method, path: &str) -> Option<&'r str> {
+        let headers = HeaderMap::new();
+        r.find(&RequestView {
+            method,
+            host,
+            path,
+            query: None,
+            headers: &headers,
+            peer: [127, 0, 0, 1].into(),
+        })
+        .map(|r| r.name.as_str())
+    }
+
     #[test]
-    fn host_routes_first_then_longest_prefix() {
+    fn the_longer_rule_wins() {
         let r = Router::new(vec![
-            route("root", None, "/"),
-            route("app", None, "/app"),
-            route("app-v2", None, "/app/v2"),
-            route("internal", Some("internal.localhost"), "/"),
+            native("root", None, "/"),
+            native("app", None, "/app"),
+            native("app-v2", None, "/app/v2"),
+            native("internal", Some("internal.localhost"), "/"),
         ]);
-        let name = |h, p| r.find(h, p).map(|r| r.name.as_str());
-        assert_eq!(name(None, "/app/v2/x"), Some("app-v2"));
-        assert_eq!(name(None, "/app/v1"), Some("app"));
-        assert_eq!(name(None, "/other"), Some("root"));
-        assert_eq!(name(Some("internal.localhost"), "/app"), Some("internal"));
-        assert_eq!(name(Some("else.localhost"), "/app"), Some("app"));
+        let get = Method::GET;
+        assert_eq!(find(&r, None, &get, "/app/v2/x"), Some("app-v2"));
+        assert_eq!(find(&r, None, &get, "/app/v1"), Some("app"));
+        assert_eq!(find(&r, None, &get, "/other"), Some("root"));
+        assert_eq!(
+            find(&r, Some("internal.localhost"), &get, "/app"),
+            Some("internal")
+        );
+        assert_eq!(find(&r, Some("else.localhost"), &get, "/app"), Some("app"));
+    }
+
+    #[test]
+    fn an_explicit_priority_beats_the_rule_length() {
+        let text = "HostRegexp(`[a-z]+\\.traefik\\.com`)";
+        let wide = route("wide", parse(text).unwrap(), text, &["http://u"]);
+        let exact = native("exact", Some("foobar.traefik.com"), "/");
+        let host = Some("foobar.traefik.com");
+        let get = Method::GET;
+        // `Host(`foobar.traefik.com`) && PathPrefix(`/`)` is the longer text.
+        let r = Router::new(vec![wide, exact]);
+        assert_eq!(find(&r, host, &get, "/"), Some("exact"));
+        let mut wide = route("wide", parse(text).unwrap(), text, &["http://u"]);
+        wide.priority = 1000;
+        let r = Router::new(vec![native("exact", Some("foobar.traefik.com"), "/"), wide]);
+        assert_eq!(find(&r, host, &get, "/"), Some("wide"));
     }
 
     #[test]
     fn upstreams_rotate() {
-        let r = Route::new(
-            "r".into(),
-            None,
-            "/".into(),
-            vec![],
-            vec!["http://a".parse().unwrap(), "http://b".parse().unwrap()],
-            clients(),
+        let r = route(
+            "r",
+            Rule::PathPrefix("/".into()),
+            "",
+            &["http://a", "http://b"],
         );
         let picks: Vec<_> = (0..4)
             .map(|_| r.next_upstream().host_str().unwrap().to_owned())

@@ -17,6 +17,7 @@ mod proxy;
 mod raft;
 mod redis;
 mod redis_ha;
+mod routing;
 mod support;
 mod tls;
 mod traces;

@@ -12,11 +12,13 @@ use crate::auth::DEFAULT_REALM;
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::{ClaimsExpr, ClaimsPolicy};
 use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
+use crate::proxy::middleware::HttpMiddleware;
 
 mod client_credentials;
 mod http_client;
 mod introspection;
 mod jwt;
+mod shaping;
 
 use client_credentials::client_credentials;
 pub(super) use http_client::key_client;
@@ -24,23 +26,42 @@ use introspection::introspection;
 pub(super) use jwt::algorithms;
 use jwt::jwt;
 
+/// A validated middleware: one that authenticates, or one that shapes traffic.
+pub(super) enum Declared {
+    /// `clientCredentials`, `introspection`, `jwt`, `clientCertificate`.
+    Auth(Box<MiddlewareConfig>),
+    /// `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex`, `headers`.
+    Http(HttpMiddleware),
+}
+
 /// Validates one named middleware.
-pub(super) fn middleware(
-    issues: &mut Issues,
-    name: &str,
-    m: RawMiddleware,
-) -> Option<MiddlewareConfig> {
+pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> Option<Declared> {
     let base = format!("middlewares.{name}");
     let RawMiddleware {
         client_credentials: cc,
         introspection: intro,
         jwt: j,
         client_certificate,
+        strip_prefix,
+        add_prefix,
+        replace_path,
+        replace_path_regex,
+        headers,
     } = m;
-    let kinds = usize::from(cc.is_some())
-        + usize::from(intro.is_some())
-        + usize::from(j.is_some())
-        + usize::from(client_certificate.is_some());
+    let kinds = [
+        cc.is_some(),
+        intro.is_some(),
+        j.is_some(),
+        client_certificate.is_some(),
+        strip_prefix.is_some(),
+        add_prefix.is_some(),
+        replace_path.is_some(),
+        replace_path_regex.is_some(),
+        headers.is_some(),
+    ]
+    .into_iter()
+    .filter(|k| *k)
+    .count();
     if kinds > 1 {
         issues.push(
             base,
@@ -48,6 +69,52 @@ pub(super) fn middleware(
         );
         return None;
     }
+    let before = issues.0.len();
+    let shaped = match (
+        strip_prefix,
+        add_prefix,
+        replace_path,
+        replace_path_regex,
+        headers,
+    ) {
+        (Some(raw), ..) => Some(shaping::strip_prefix(
+            issues,
+            &format!("{base}.stripPrefix"),
+            raw,
+        )),
+        (_, Some(raw), ..) => Some(shaping::add_prefix(
+            issues,
+            &format!("{base}.addPrefix"),
+            raw,
+        )),
+        (_, _, Some(raw), ..) => Some(shaping::replace_path(
+            issues,
+            &format!("{base}.replacePath"),
+            raw,
+        )),
+        (_, _, _, Some(raw), _) => {
+            shaping::replace_path_regex(issues, &format!("{base}.replacePathRegex"), raw)
+        }
+        (_, _, _, _, Some(raw)) => Some(shaping::headers(issues, &format!("{base}.headers"), raw)),
+        _ => {
+            return auth(issues, &base, cc, intro, j, client_certificate)
+                .map(|m| Declared::Auth(Box::new(m)));
+        }
+    };
+    shaped
+        .filter(|_| issues.0.len() == before)
+        .map(Declared::Http)
+}
+
+/// Validates an authentication middleware of one of the four kinds (at most one is given).
+fn auth(
+    issues: &mut Issues,
+    base: &str,
+    cc: Option<super::raw::RawClientCredentials>,
+    intro: Option<super::raw::RawIntrospection>,
+    j: Option<super::raw::RawJwt>,
+    client_certificate: Option<super::raw::RawClientCertificate>,
+) -> Option<MiddlewareConfig> {
     if let Some(cc) = cc {
         return client_credentials(issues, &format!("{base}.clientCredentials"), cc)
             .map(MiddlewareConfig::ClientCredentials);
@@ -69,7 +136,7 @@ pub(super) fn middleware(
     }
     issues.push(
         base,
-        "names no middleware kind (expected clientCredentials, introspection, jwt or clientCertificate)",
+        "names no middleware kind (expected clientCredentials, introspection, jwt, clientCertificate, stripPrefix, addPrefix, replacePath, replacePathRegex or headers)",
     );
     None
 }

@@ -1,0 +1,236 @@
+//! The traffic middlewares: `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex` and
+//! `headers` (custom headers and CORS), validated with their key paths.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::super::raw::{
+    RawAddPrefix, RawHeaders, RawReplacePath, RawReplacePathRegex, RawStripPrefix,
+};
+use super::super::validate::Issues;
+use crate::proxy::cors::Cors;
+use crate::proxy::middleware::{Headers, HttpMiddleware};
+use crate::proxy::rewrite::{HeaderRule, HeaderRules, PathRewrite, reserved};
+
+/// The path a rewrite option names must be one.
+fn absolute(issues: &mut Issues, path: String, value: &str) {
+    if !value.starts_with('/') {
+        issues.push(path, "must start with /");
+    }
+}
+
+pub(super) fn strip_prefix(issues: &mut Issues, path: &str, raw: RawStripPrefix) -> HttpMiddleware {
+    if raw.prefixes.is_empty() {
+        issues.push(format!("{path}.prefixes"), "needs at least one prefix");
+    }
+    for (i, p) in raw.prefixes.iter().enumerate() {
+        absolute(issues, format!("{path}.prefixes[{i}]"), p);
+    }
+    HttpMiddleware::Path(PathRewrite::StripPrefix(raw.prefixes))
+}
+
+pub(super) fn add_prefix(issues: &mut Issues, path: &str, raw: RawAddPrefix) -> HttpMiddleware {
+    absolute(issues, format!("{path}.prefix"), &raw.prefix);
+    let prefix = raw.prefix.trim_end_matches('/').to_owned();
+    if prefix.is_empty() && raw.prefix.starts_with('/') {
+        issues.push(format!("{path}.prefix"), "adds nothing");
+    }
+    HttpMiddleware::Path(PathRewrite::AddPrefix(prefix))
+}
+
+pub(super) fn replace_path(issues: &mut Issues, path: &str, raw: RawReplacePath) -> HttpMiddleware {
+    absolute(issues, format!("{path}.path"), &raw.path);
+    HttpMiddleware::Path(PathRewrite::ReplacePath(raw.path))
+}
+
+pub(super) fn replace_path_regex(
+    issues: &mut Issues,
+    path: &str,
+    raw: RawReplacePathRegex,
+) -> Option<HttpMiddleware> {
+    let regex = compile(issues, format!("{path}.regex"), &raw.regex)?;
+    Some(HttpMiddleware::Path(PathRewrite::ReplacePathRegex {
+        regex,
+        replacement: raw.replacement,
+    }))
+}
+
+fn compile(issues: &mut Issues, path: String, pattern: &str) -> Option<Regex> {
+    Regex::new(pattern)
+        .map_err(|e| issues.push(path, format!("not a valid regular expression: {e}")))
+        .ok()
+}
+
+pub(super) fn headers(issues: &mut Issues, path: &str, raw: RawHeaders) -> HttpMiddleware {
+    let request = rules(
+        issues,
+        path,
+        [
+            ("customRequestHeaders", raw.custom_request_headers, false),
+            ("addRequestHeaders", raw.add_request_headers, true),
+        ],
+    );
+    let response = rules(
+        issues,
+        path,
+        [
+            ("customResponseHeaders", raw.custom_response_headers, false),
+            ("addResponseHeaders", raw.add_response_headers, true),
+        ],
+    );
+    let cors = cors(
+        issues,
+        path,
+        raw.access_control_allow_origin_list,
+        raw.access_control_allow_origin_list_regex,
+        CorsRest {
+            methods: raw.access_control_allow_methods,
+            headers: raw.access_control_allow_headers,
+            expose: raw.access_control_expose_headers,
+            credentials: raw.access_control_allow_credentials,
+            max_age: raw.access_control_max_age,
+            vary: raw.add_vary_header,
+        },
+    );
+    HttpMiddleware::Headers(Box::new(Headers {
+        request,
+        response,
+        cors,
+    }))
+}
+
+/// Header rules from `(option, fields, add)`: `add` appends; otherwise an empty value removes.
+fn rules<const N: usize>(
+    issues: &mut Issues,
+    path: &str,
+    options: [(&str, BTreeMap<String, String>, bool); N],
+) -> HeaderRules {
+    let mut out = Vec::new();
+    for (option, fields, add) in options {
+        for (name, value) in fields {
+            let key = format!("{path}.{option}.{name}");
+            let Ok(header) = HeaderName::try_from(name.as_str()) else {
+                issues.push(key, "not a valid header name");
+                continue;
+            };
+            if reserved(&header) {
+                issues.push(
+                    key,
+                    "is managed by the gateway (framing and Host; use upstream.passHostHeader for Host)",
+                );
+                continue;
+            }
+            if value.is_empty() && !add {
+                out.push(HeaderRule::Remove(header));
+                continue;
+            }
+            match HeaderValue::try_from(value) {
+                Ok(v) if add => out.push(HeaderRule::Add(header, v)),
+                Ok(v) => out.push(HeaderRule::Set(header, v)),
+                Err(_) => issues.push(key, "not a valid header value"),
+            }
+        }
+    }
+    HeaderRules(out)
+}
+
+/// The CORS options besides the origins.
+struct CorsRest {
+    methods: Vec<String>,
+    headers: Vec<String>,
+    expose: Vec<String>,
+    credentials: bool,
+    max_age: Option<u64>,
+    vary: Option<bool>,
+}
+
+fn cors(
+    issues: &mut Issues,
+    path: &str,
+    origins: Vec<String>,
+    patterns: Vec<String>,
+    rest: CorsRest,
+) -> Option<Cors> {
+    if origins.is_empty() && patterns.is_empty() {
+        let set = !rest.methods.is_empty()
+            || !rest.headers.is_empty()
+            || !rest.expose.is_empty()
+            || rest.credentials
+            || rest.max_age.is_some();
+        if set {
+            issues.push(
+                format!("{path}.accessControlAllowOriginList"),
+                "is needed by the other accessControl options",
+            );
+        }
+        return None;
+    }
+    for (i, o) in origins.iter().enumerate() {
+        let p = format!("{path}.accessControlAllowOriginList[{i}]");
+        if o == "*" {
+            if rest.credentials {
+                issues.push(
+                    p,
+                    "\"*\" with accessControlAllowCredentials would let every site make credentialed requests; list the origins",
+                );
+            }
+            continue;
+        }
+        match url::Url::parse(o) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.origin().ascii_serialization() == *o => {}
+            _ => issues.push(p, "not an origin (scheme://host[:port], no path) or *"),
+        }
+    }
+    let origin_patterns = patterns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            compile(
+                issues,
+                format!("{path}.accessControlAllowOriginListRegex[{i}]"),
+                p,
+            )
+        })
+        .collect();
+    for (i, m) in rest.methods.iter().enumerate() {
+        if Method::from_bytes(m.as_bytes()).is_err() {
+            issues.push(
+                format!("{path}.accessControlAllowMethods[{i}]"),
+                "not a method",
+            );
+        }
+    }
+    let mut names = |option: &str, list: &[String]| {
+        for (i, h) in list.iter().enumerate() {
+            if HeaderName::try_from(h.as_str()).is_err() {
+                issues.push(format!("{path}.{option}[{i}]"), "not a valid header name");
+            }
+        }
+        joined(list)
+    };
+    let headers = names("accessControlAllowHeaders", &rest.headers);
+    let expose = names("accessControlExposeHeaders", &rest.expose);
+    Some(Cors {
+        origins,
+        origin_patterns,
+        methods: joined(&rest.methods),
+        headers,
+        expose,
+        credentials: rest.credentials,
+        max_age: rest.max_age.map(HeaderValue::from),
+        vary: rest.vary.unwrap_or(true),
+    })
+}
+
+/// A list as one field value (`a, b`); `None` when empty or not a valid value (reported by the
+/// item checks).
+fn joined(list: &[String]) -> Option<HeaderValue> {
+    if list.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(list.join(", ")).ok()
+}
