@@ -77,6 +77,7 @@ pub async fn run(
         None => None,
     };
     cache.spawn_background(config.refresh.clone(), background.clone());
+    let health_checks = gateway.spawn_health_checks(&background);
 
     let admin = Admin::new(Arc::clone(&cache));
     let for_handler = Arc::clone(&gateway);
@@ -123,6 +124,7 @@ pub async fn run(
     let _ = upgrades.await;
 
     background.cancel();
+    health_checks.join_all().await;
     cache.closed().await;
     admin_stop.cancel();
     let _ = admin_task.await;

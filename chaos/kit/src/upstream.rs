@@ -88,6 +88,7 @@ struct State {
     rejected: Mutex<HashSet<String>>,
     reject_all: std::sync::atomic::AtomicBool,
     delay: Mutex<Duration>,
+    fail_with: Mutex<Option<StatusCode>>,
 }
 
 /// A running echo upstream. Stops when dropped.
@@ -193,6 +194,12 @@ impl EchoUpstream {
         *self.state.verdicts.lock().unwrap()
     }
 
+    /// Answer every request with `status` (a 503 for a sick server), or normally again with
+    /// `None`.
+    pub fn fail_with(&self, status: Option<StatusCode>) {
+        *self.state.fail_with.lock().unwrap() = status;
+    }
+
     /// Hold every answer this long.
     pub fn set_delay(&self, d: Duration) {
         *self.state.delay.lock().unwrap() = d;
@@ -258,6 +265,11 @@ async fn handle(
             http::header::WWW_AUTHENTICATE,
             http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
         );
+        return resp;
+    }
+    if let Some(status) = *state.fail_with.lock().unwrap() {
+        let mut resp = Response::new(Full::new(Bytes::from_static(br#"{"error":"failing"}"#)));
+        *resp.status_mut() = status;
         return resp;
     }
     if let Some(upgrade) = upgrade {

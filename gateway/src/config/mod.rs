@@ -9,6 +9,7 @@ mod edge;
 pub mod issuer;
 mod middleware;
 mod raw;
+mod route;
 mod store;
 mod tls;
 mod validate;

@@ -152,6 +152,20 @@ pub struct RawServersTransport {
     pub insecure_skip_verify: bool,
     #[serde(default, rename = "disableHTTP2")]
     pub disable_http2: bool,
+    #[serde(default)]
+    pub forwarding_timeouts: Option<RawForwardingTimeouts>,
+}
+
+/// `forwardingTimeouts` (Traefik's), on a transport or a route's upstream.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawForwardingTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    pub dial_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub response_header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_conn_timeout: Option<Duration>,
 }
 
 /// `paths`.
@@ -566,6 +580,64 @@ pub struct RawMiddleware {
     pub replace_path_regex: Option<RawReplacePathRegex>,
     #[serde(default)]
     pub headers: Option<RawHeaders>,
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+}
+
+/// One weighted server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawServer {
+    pub url: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// `healthCheck` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHealthCheck {
+    pub path: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub unhealthy_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `passiveHealthCheck` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPassiveHealthCheck {
+    #[serde(default, with = "humantime_serde")]
+    pub failure_window: Option<Duration>,
+    #[serde(default)]
+    pub max_failed_attempts: Option<u32>,
+}
+
+/// `retry` (Traefik's, plus `budgetPercent`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRetry {
+    pub attempts: u32,
+    #[serde(default, with = "humantime_serde")]
+    pub initial_interval: Option<Duration>,
+    /// Statuses and ranges (`"503"`, `"500-599"`).
+    #[serde(default)]
+    pub status: Vec<String>,
+    #[serde(default)]
+    pub disable_retry_on_network_error: bool,
+    #[serde(default)]
+    pub budget_percent: Option<u32>,
 }
 
 /// `stripPrefix` (Traefik's).
@@ -912,7 +984,22 @@ pub struct RawMatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawUpstream {
+    /// Servers of weight 1; excludes `servers`.
+    #[serde(default)]
     pub urls: Vec<String>,
+    /// Servers with weights (Traefik's `servers`).
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+    /// `wrr` (default) or `p2c`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub passive_health_check: Option<RawPassiveHealthCheck>,
+    /// Overrides the transport's, field by field.
+    #[serde(default)]
+    pub forwarding_timeouts: Option<RawForwardingTimeouts>,
     /// The `serversTransports` entry to reach them through.
     #[serde(default)]
     pub servers_transport: Option<String>,

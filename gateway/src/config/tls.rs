@@ -150,12 +150,21 @@ fn servers_transport(
     if t.insecure_skip_verify {
         issues.insecure(format!("{path}.insecureSkipVerify"));
     }
+    let timeouts = t.forwarding_timeouts.map_or_else(Default::default, |raw| {
+        super::route::forwarding_timeouts(
+            issues,
+            &format!("{path}.forwardingTimeouts"),
+            raw,
+            Default::default(),
+        )
+    });
     (issues.0.len() == before).then_some(ServersTransport {
         server_name,
         root_cas,
         client_certificate,
         insecure_skip_verify: t.insecure_skip_verify,
         disable_http2: t.disable_http2,
+        timeouts,
     })
 }
 

@@ -6,15 +6,13 @@ use std::net::SocketAddr;
 use url::Url;
 
 use super::middleware::Declared;
-use super::raw::{RawConfig, RawMatch, RawRoute, RawStore};
+use super::raw::{RawConfig, RawStore};
 use super::{Config, ConfigIssue, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::lifecycle::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_REFRESH_INTERVAL, RefreshConfig,
 };
 use crate::outbound::BreakerConfig;
-use crate::proxy::middleware::HttpMiddleware;
-use crate::proxy::rule::{self, NativeMatch, Rule};
-use crate::proxy::{DEFAULT_REQUEST_TIMEOUT, RouteConfig};
+use crate::proxy::DEFAULT_REQUEST_TIMEOUT;
 use crate::secret;
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, LogFormat, TracingConfig};
@@ -234,12 +232,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
                 format!("{:?} is also routes[{prev}]", r.name),
             );
         }
-        let known = Known {
+        let known = super::route::Known {
             middlewares: &declared,
             cors: &http_middlewares,
             transports: &servers_transports,
         };
-        if let Some(route) = route(&mut issues, &path, r, &known, &edge) {
+        if let Some(route) = super::route::route(&mut issues, &path, r, &known, &edge) {
             routes.push(route);
         }
     }
@@ -316,194 +314,6 @@ fn tracing(issues: &mut Issues, raw: super::raw::RawTracing) -> TracingConfig {
         resource_attributes: raw.resource_attributes,
         trust_caller_sampling: raw.trust_caller_sampling,
     }
-}
-
-/// What a route may refer to.
-struct Known<'a> {
-    /// Every middleware name declared (either kind).
-    middlewares: &'a [String],
-    /// The traffic middlewares, to find those with a CORS policy.
-    cors: &'a BTreeMap<String, HttpMiddleware>,
-    /// `serversTransports`.
-    transports: &'a BTreeMap<String, std::sync::Arc<crate::proxy::transport::ServersTransport>>,
-}
-
-fn route(
-    issues: &mut Issues,
-    path: &str,
-    r: RawRoute,
-    known: &Known<'_>,
-    edge: &super::EdgeConfig,
-) -> Option<RouteConfig> {
-    let before = issues.0.len();
-    let matched = route_rule(issues, path, r.matcher, edge, &r.name);
-    for (i, m) in r.middlewares.iter().enumerate() {
-        if !known.middlewares.contains(m) {
-            issues.push(
-                format!("{path}.middlewares[{i}]"),
-                format!("no middleware named {m:?}"),
-            );
-        }
-    }
-    let with_cors = r
-        .middlewares
-        .iter()
-        .filter(
-            |m| matches!(known.cors.get(*m), Some(HttpMiddleware::Headers(h)) if h.cors.is_some()),
-        )
-        .count();
-    if with_cors > 1 {
-        issues.push(
-            format!("{path}.middlewares"),
-            "names more than one headers middleware with a CORS policy; a route has one",
-        );
-    }
-    if r.upstream.urls.is_empty() {
-        issues.push(format!("{path}.upstream.urls"), "needs at least one URL");
-    }
-    let mut upstreams = Vec::new();
-    for (i, u) in r.upstream.urls.iter().enumerate() {
-        let p = format!("{path}.upstream.urls[{i}]");
-        if let Some(url) = issues.http_url(&p, u) {
-            if url.query().is_some() || url.fragment().is_some() {
-                issues.push(p, "must not have a query or fragment");
-            } else {
-                upstreams.push(url);
-            }
-        }
-    }
-    if let Some(t) = &r.upstream.servers_transport
-        && !known.transports.contains_key(t)
-    {
-        issues.push(
-            format!("{path}.upstream.serversTransport"),
-            format!("no serversTransports entry named {t:?}"),
-        );
-    }
-    let (rule, text, template) = matched?;
-    if issues.0.len() != before {
-        return None;
-    }
-    Some(RouteConfig {
-        servers_transport: r.upstream.servers_transport,
-        name: r.name,
-        rule,
-        // Traefik ignores a priority of 0.
-        priority: r.priority.filter(|p| *p > 0).unwrap_or(text.len() as u64),
-        template,
-        middlewares: r.middlewares,
-        upstreams,
-        pass_host_header: r.upstream.pass_host_header.unwrap_or(true),
-        encoded_characters: r.encoded_characters.map_or(edge.encoded_characters, |e| {
-            super::edge::encoded_characters(&e, edge.encoded_characters)
-        }),
-    })
-}
-
-/// A route's rule, the text its default priority is measured on, and its span template.
-fn route_rule(
-    issues: &mut Issues,
-    path: &str,
-    m: RawMatch,
-    edge: &super::EdgeConfig,
-    name: &str,
-) -> Option<(Rule, String, String)> {
-    let before = issues.0.len();
-    // Requests are matched in canonical form: a path in any other form never matches.
-    let canonical = |issues: &mut Issues, key: String, p: &str| {
-        if !p.starts_with('/') {
-            issues.push(key, "must start with /");
-            return;
-        }
-        match crate::proxy::path::canonicalize(p, &edge.paths) {
-            Ok(c) if c.path == p => {}
-            Ok(c) => issues.push(key, format!("is not in canonical form; write {:?}", c.path)),
-            Err(e) => issues.push(key, e.to_string()),
-        }
-    };
-    if let Some(text) = m.rule {
-        let key = format!("{path}.match.rule");
-        if m.host.is_some()
-            || m.path.is_some()
-            || m.path_prefix.is_some()
-            || !m.methods.is_empty()
-            || !m.headers.is_empty()
-        {
-            issues.push(
-                &key,
-                "excludes host, path, pathPrefix, methods and headers: write them in the rule",
-            );
-        }
-        let rule = match rule::parse(&text) {
-            Ok(rule) => rule,
-            Err(e) => {
-                issues.push(key, e.to_string());
-                return None;
-            }
-        };
-        for p in rule.paths() {
-            canonical(issues, key.clone(), p);
-        }
-        return (issues.0.len() == before).then(|| (rule, text, name.to_owned()));
-    }
-    let key = |field: &str| format!("{path}.match.{field}");
-    if m.path.is_some() && m.path_prefix.is_some() {
-        issues.push(
-            key("path"),
-            "excludes pathPrefix: a route matches one or the other",
-        );
-    }
-    for (field, p) in [("path", &m.path), ("pathPrefix", &m.path_prefix)] {
-        if let Some(p) = p {
-            canonical(issues, key(field), p);
-        }
-    }
-    let host = m.host.map(|h| h.to_ascii_lowercase());
-    if let Some(h) = &host {
-        let bare = h.strip_prefix("*.").unwrap_or(h);
-        if bare.is_empty() || bare.contains(['/', ' ', ':', '*']) {
-            issues.push(
-                key("host"),
-                "must be a bare host name (no scheme, port or path), or *. and one (one label)",
-            );
-        }
-    }
-    let mut methods = Vec::new();
-    for (i, raw) in m.methods.iter().enumerate() {
-        match http::Method::from_bytes(raw.to_ascii_uppercase().as_bytes()) {
-            Ok(method) => methods.push(method),
-            Err(_) => issues.push(format!("{path}.match.methods[{i}]"), "not a method"),
-        }
-    }
-    let mut headers = Vec::new();
-    for (name, value) in m.headers {
-        let k = format!("{path}.match.headers.{name}");
-        match (
-            http::HeaderName::try_from(name.as_str()),
-            http::HeaderValue::try_from(value.as_str()),
-        ) {
-            (Ok(n), Ok(v)) => headers.push((n, v)),
-            (Err(_), _) => issues.push(k, "not a valid header name"),
-            (_, Err(_)) => issues.push(k, "not a valid header value"),
-        }
-    }
-    if issues.0.len() != before {
-        return None;
-    }
-    let template = m
-        .path
-        .clone()
-        .or_else(|| m.path_prefix.clone())
-        .unwrap_or_else(|| "/".into());
-    let (rule, text) = NativeMatch {
-        host,
-        path: m.path,
-        path_prefix: m.path_prefix,
-        methods,
-        headers,
-    }
-    .compile();
-    Some((rule, text, template))
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-//! The middlewares that shape traffic rather than authenticate it: path rewrites and the
-//! `headers` middleware (custom headers, CORS). A route runs its authentication middlewares
+//! The middlewares that shape traffic rather than authenticate it: path rewrites, the
+//! `headers` middleware (custom headers, CORS) and `retry`. A route runs its authentication middlewares
 //! first, in their order, then these, in theirs: nothing a rewrite or a header rule does can
 //! change what authentication saw or let a caller past it.
 
 use super::cors::Cors;
+use super::retry::RetryPolicy;
 use super::rewrite::{HeaderRules, PathRewrite};
 
 /// One traffic middleware, validated.
@@ -13,6 +14,8 @@ pub enum HttpMiddleware {
     Path(PathRewrite),
     /// `headers`.
     Headers(Box<Headers>),
+    /// `retry`: how the route sends a failed request again.
+    Retry(RetryPolicy),
 }
 
 /// The `headers` middleware.

@@ -6,6 +6,8 @@ pub mod edge;
 pub mod forward;
 pub mod middleware;
 pub mod path;
+pub mod pool;
+pub mod retry;
 pub mod rewrite;
 pub mod router;
 pub mod rule;
@@ -130,7 +132,7 @@ impl Gateway {
             .collect::<Result<_, reqwest::Error>>()?;
         let transports = transport::Transports::new(config.servers_transports)?;
         for r in config.routes {
-            let clear = r.upstreams.iter().find(|u| {
+            let clear = r.upstream.servers.iter().map(|(u, _)| u).find(|u| {
                 u.scheme() == "http"
                     && !matches!(u.host(), Some(url::Host::Domain("localhost")))
                     && !matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
@@ -162,14 +164,14 @@ impl Gateway {
                     .iter()
                     .filter_map(|m| shaping.get(m.as_str()).map(Arc::clone))
                     .collect();
-                Route::new(
+                Ok(Route::new(
                     r,
                     auth,
                     http,
-                    transports.get(r.servers_transport.as_deref()),
-                )
+                    transports.get(r.servers_transport.as_deref(), r.timeouts)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_, rustls::Error>>()?;
         Ok(Self {
             router: Router::new(routes),
             issuer,
@@ -343,15 +345,18 @@ impl Gateway {
             parts.headers.insert(HOST, h.clone());
         }
 
-        // A small body can be held, so that the request can be replayed once after an upstream
-        // 401 (a route whose middlewares attach no token of ours has nothing to replay for).
-        let may_replay = route.attaches_tokens()
-            && (body.is_end_stream()
-                || parts
-                    .headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                    .is_some_and(|n| n <= REPLAY_LIMIT));
+        // A small body can be held, so that the request can be sent again: once after an
+        // upstream 401 to a token of ours, or by the route's `retry` if it is idempotent. A
+        // larger body is streamed, and a streamed request is never sent twice.
+        let small_body = body.is_end_stream()
+            || parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n <= REPLAY_LIMIT);
+        let may_replay = route.attaches_tokens() && small_body;
+        let may_retry =
+            route.retry.is_some() && retry::RetryPolicy::idempotent(&parts.method) && small_body;
         // The caller's own headers and target, for the second run of the middlewares.
         let original = may_replay.then(|| (parts.headers.clone(), parts.uri.clone()));
         // The middlewares first: nothing of the body is read for a caller they refuse.
@@ -363,7 +368,7 @@ impl Gateway {
             return self.upgrade(route, parts, body, protocols).await;
         }
         let replayable = may_replay && !used.is_empty();
-        let (body, replay) = if replayable {
+        let (body, held) = if replayable || may_retry {
             match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
@@ -381,23 +386,15 @@ impl Gateway {
             (body.map_err(BoxError::from).boxed_unsync(), None)
         };
 
-        let upstream = route.next_upstream();
-        let resp = match self
-            .forward(
-                route,
-                &route.clients.pooled,
-                upstream,
-                parts.clone_for_retry(),
-                body,
-            )
-            .await
-        {
+        let resp = match self.send(route, &parts, body, held.as_ref()).await {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        let (Some(bytes), Some((original_headers, original_uri)), true) =
-            (replay, original, resp.status() == StatusCode::UNAUTHORIZED)
-        else {
+        let (Some(bytes), Some((original_headers, original_uri)), true) = (
+            held.filter(|_| replayable),
+            original,
+            resp.status() == StatusCode::UNAUTHORIZED,
+        ) else {
             return answer(route, resp);
         };
 
@@ -418,17 +415,84 @@ impl Gateway {
             return resp;
         }
         match self
-            .forward(
-                route,
-                &route.clients.pooled,
-                route.next_upstream(),
-                parts.clone_for_retry(),
-                full(bytes),
-            )
+            .send(route, &parts, full(bytes.clone()), Some(&bytes))
             .await
         {
             Ok(resp) => answer(route, resp),
             Err(resp) => resp,
+        }
+    }
+
+    /// Sends a request to the route's next fit server, and again to the next ones as its
+    /// `retry` allows (only with `held`, the whole body, and an idempotent method). Failures
+    /// are reported to the pool for passive health.
+    async fn send(
+        &self,
+        route: &Route,
+        parts: &http::request::Parts,
+        body: BoxBody,
+        held: Option<&bytes::Bytes>,
+    ) -> Result<Response<Incoming>, Response<BoxBody>> {
+        let retry = route
+            .retry
+            .as_ref()
+            .filter(|_| held.is_some() && retry::RetryPolicy::idempotent(&parts.method));
+        if let Some((_, budget, _)) = &route.retry {
+            budget.request();
+        }
+        let mut body = Some(body);
+        let mut next = route.pool.pick();
+        let mut attempt = 0;
+        loop {
+            let Some(picked) = next.take() else {
+                return Err(no_upstream());
+            };
+            let sent = match body.take() {
+                Some(first) => first,
+                None => full(held.cloned().unwrap_or_default()),
+            };
+            let outcome = self
+                .forward(
+                    route,
+                    &route.clients.pooled,
+                    picked.url(),
+                    parts.clone_for_retry(),
+                    sent,
+                )
+                .await;
+            let retryable = match &outcome {
+                Ok(resp) if resp.status().is_server_error() => {
+                    picked.failed();
+                    retry.is_some_and(|(p, _, _)| p.retries_status(resp.status()))
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    picked.failed();
+                    retry.is_some_and(|(p, _, _)| p.on_network_error && e.retryable())
+                }
+            };
+            drop(picked);
+            let outcome = outcome.map_err(ForwardError::into_response);
+            let Some((policy, budget, retries)) = retry else {
+                return outcome;
+            };
+            if !retryable || attempt >= policy.attempts {
+                return outcome;
+            }
+            // Only within the budget, and onto a fit server; otherwise this answer stands.
+            if !budget.take() {
+                return outcome;
+            }
+            next = route.pool.pick();
+            if next.is_none() {
+                return outcome;
+            }
+            attempt += 1;
+            retries.inc();
+            tracing::debug!(route = %route.name, attempt, "retrying on the next upstream server");
+            // The failed answer (and its connection) goes before the wait.
+            drop(outcome);
+            tokio::time::sleep(policy.backoff(attempt)).await;
         }
     }
 
@@ -446,19 +510,20 @@ impl Gateway {
         };
         upgrade::restore(&mut parts.headers, protocols);
         let body = body.map_err(BoxError::from).boxed_unsync();
+        let Some(picked) = route.pool.pick() else {
+            return no_upstream();
+        };
         let mut resp = match self
-            .forward(
-                route,
-                &route.clients.http1,
-                route.next_upstream(),
-                parts,
-                body,
-            )
+            .forward(route, &route.clients.http1, picked.url(), parts, body)
             .await
         {
             Ok(resp) => resp,
-            Err(resp) => return resp,
+            Err(e) => {
+                picked.failed();
+                return e.into_response();
+            }
         };
+        drop(picked);
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return answer(route, resp);
         }
@@ -478,6 +543,20 @@ impl Gateway {
         resp
     }
 
+    /// Starts the routes' active health checks (`healthCheck`), which run until `stop`.
+    pub fn spawn_health_checks(
+        &self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinSet<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for route in self.router.routes() {
+            route
+                .pool
+                .spawn_health_checks(route.clients.pooled.clone(), &mut tasks, stop.clone());
+        }
+        tasks
+    }
+
     /// Lets upgraded connections run for at most `drain` after the listener stopped, then
     /// closes them.
     pub async fn drain_upgrades(&self, drain: Duration) {
@@ -491,14 +570,8 @@ impl Gateway {
         upstream: &url::Url,
         mut parts: http::request::Parts,
         body: BoxBody,
-    ) -> Result<Response<Incoming>, Response<BoxBody>> {
-        parts.uri = forward::target(upstream, &parts.uri).map_err(|_| {
-            response::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "request target is invalid",
-            )
-        })?;
+    ) -> Result<Response<Incoming>, ForwardError> {
+        parts.uri = forward::target(upstream, &parts.uri).map_err(|_| ForwardError::Target)?;
         if !route.pass_host_header
             && let Some(authority) = parts.uri.authority()
             && let Ok(host) = http::HeaderValue::try_from(authority.as_str())
@@ -519,15 +592,27 @@ impl Gateway {
         );
         let sent = async {
             otel::inject(&mut parts.headers);
-            let resp = client.request(Request::from_parts(parts, body)).await;
+            let request = client.request(Request::from_parts(parts, body));
+            let resp = match route.response_header_timeout {
+                Some(limit) => match tokio::time::timeout(limit, request).await {
+                    Ok(resp) => resp.map_err(ForwardError::Transport),
+                    Err(_) => Err(ForwardError::Timeout),
+                },
+                None => request.await.map_err(ForwardError::Transport),
+            };
             if let Ok(r) = &resp {
                 tracing::Span::current().record("http.response.status_code", r.status().as_u16());
             }
             resp
         };
-        sent.instrument(span).await.map_err(|error| {
-            tracing::warn!(upstream = %upstream, error = %error_chain(&error), "upstream request failed");
-            response::error(StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream service is unreachable")
+        sent.instrument(span).await.inspect_err(|error| match error {
+            ForwardError::Transport(e) => {
+                tracing::warn!(route = %route.name, upstream = %upstream, error = %error_chain(e), "upstream request failed");
+            }
+            ForwardError::Timeout => {
+                tracing::warn!(route = %route.name, upstream = %upstream, "upstream sent no answer within responseHeaderTimeout");
+            }
+            ForwardError::Target => {}
         })
     }
 }
@@ -551,10 +636,58 @@ impl Gateway {
                         .map_err(|e| edge::Refusal::Path(e).into_response())?;
                 }
                 middleware::HttpMiddleware::Headers(h) => h.request.apply(&mut parts.headers),
+                middleware::HttpMiddleware::Retry(_) => {}
             }
         }
         Ok(used)
     }
+}
+
+/// Why a request did not get an answer from an upstream server.
+#[derive(Debug)]
+enum ForwardError {
+    /// The target could not be composed from the server's URL and the request's path.
+    Target,
+    /// No answer's head within `responseHeaderTimeout`.
+    Timeout,
+    /// Connecting, TLS, or the exchange failed before an answer.
+    Transport(hyper_util::client::legacy::Error),
+}
+
+impl ForwardError {
+    /// Whether sending the request again (to another server) may help.
+    fn retryable(&self) -> bool {
+        matches!(self, Self::Transport(_))
+    }
+
+    fn into_response(self) -> Response<BoxBody> {
+        match self {
+            Self::Target => response::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "request target is invalid",
+            ),
+            Self::Timeout => response::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the upstream did not answer in time",
+            ),
+            Self::Transport(_) => response::error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the upstream service is unreachable",
+            ),
+        }
+    }
+}
+
+/// 503: every server of the route is down or ejected.
+fn no_upstream() -> Response<BoxBody> {
+    response::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_upstream",
+        "no upstream server of this route is available",
+    )
 }
 
 /// Runs the route's authentication middlewares in order; the tokens they attached, or the

@@ -2,15 +2,17 @@
 //! [`super::rule`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use url::Url;
+use prometheus::IntCounter;
 
 use super::cors::Cors;
 use super::middleware::HttpMiddleware;
 use super::path::EncodedCharacters;
+use super::pool::{Pool, UpstreamConfig};
+use super::retry::{RetryBudget, RetryPolicy};
 use super::rule::{RequestView, Rule};
-use super::transport::UpstreamClients;
+use super::transport::{ForwardingTimeouts, UpstreamClients};
 use crate::auth::Middleware;
 
 /// A route, validated.
@@ -27,8 +29,10 @@ pub struct RouteConfig {
     pub template: String,
     /// Middleware names, checked to exist.
     pub middlewares: Vec<String>,
-    /// Upstream base URLs, round robin.
-    pub upstreams: Vec<Url>,
+    /// The upstream servers and how they are chosen.
+    pub upstream: UpstreamConfig,
+    /// `upstream.forwardingTimeouts` merged over the transport's; `None`: the transport's.
+    pub timeouts: Option<ForwardingTimeouts>,
     /// The `serversTransports` entry its upstreams are reached through (checked to exist);
     /// `None`: the default transport.
     pub servers_transport: Option<String>,
@@ -51,31 +55,38 @@ pub struct Route {
     pub shaping: Vec<Arc<HttpMiddleware>>,
     /// The CORS policy of its `headers` middleware, if any.
     pub cors: Option<Cors>,
-    upstreams: Vec<Url>,
-    next: AtomicUsize,
+    /// Its `retry` middleware's policy, budget and counter, if it has one.
+    pub retry: Option<(RetryPolicy, RetryBudget, IntCounter)>,
+    /// The upstream servers.
+    pub pool: Arc<Pool>,
     /// The clients of the route's transport.
     pub clients: UpstreamClients,
+    /// How long the upstream may take to send an answer's head.
+    pub response_header_timeout: Option<Duration>,
     /// Send the caller's `Host` to the upstream.
     pub pass_host_header: bool,
     encoded: EncodedCharacters,
 }
 
 impl Route {
-    /// A route; `config.upstreams` must not be empty (configuration validation guarantees it).
+    /// A route; `config.upstream` must have a server (configuration validation guarantees it).
     pub fn new(
         config: &RouteConfig,
         middlewares: Vec<Arc<Middleware>>,
         shaping: Vec<Arc<HttpMiddleware>>,
-        clients: UpstreamClients,
+        (clients, response_header_timeout): (UpstreamClients, Option<Duration>),
     ) -> Self {
-        assert!(
-            !config.upstreams.is_empty(),
-            "route {} has no upstream",
-            config.name
-        );
         let cors = shaping.iter().find_map(|m| match &**m {
             HttpMiddleware::Headers(h) => h.cors.clone(),
-            HttpMiddleware::Path(_) => None,
+            _ => None,
+        });
+        let retry = shaping.iter().find_map(|m| match &**m {
+            HttpMiddleware::Retry(policy) => Some((
+                policy.clone(),
+                RetryBudget::new(policy.budget_percent),
+                crate::telemetry::metrics::metrics().upstream_retries(&config.name),
+            )),
+            _ => None,
         });
         Self {
             name: config.name.clone(),
@@ -85,9 +96,10 @@ impl Route {
             middlewares,
             shaping,
             cors,
-            upstreams: config.upstreams.clone(),
-            next: AtomicUsize::new(0),
+            retry,
+            pool: Arc::new(Pool::new(&config.name, &config.upstream)),
             clients,
+            response_header_timeout,
             pass_host_header: config.pass_host_header,
             encoded: config.encoded_characters,
         }
@@ -110,12 +122,6 @@ impl Route {
             .iter()
             .any(|m| matches!(**m, Middleware::ClientCredentials(_)))
     }
-
-    /// The next upstream, round robin.
-    pub fn next_upstream(&self) -> &Url {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.upstreams[i % self.upstreams.len()]
-    }
 }
 
 /// All routes, in priority order.
@@ -128,6 +134,11 @@ impl Router {
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.priority));
         Self { routes }
+    }
+
+    /// Every route, in priority order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// The route for a request.
@@ -151,7 +162,13 @@ mod tests {
             priority: text.len() as u64,
             template: name.into(),
             middlewares: vec![],
-            upstreams: upstreams.iter().map(|u| u.parse().unwrap()).collect(),
+            upstream: UpstreamConfig {
+                servers: upstreams.iter().map(|u| (u.parse().unwrap(), 1)).collect(),
+                strategy: crate::proxy::pool::Strategy::Wrr,
+                health_check: None,
+                passive: None,
+            },
+            timeouts: None,
             servers_transport: None,
             pass_host_header: true,
             encoded_characters: EncodedCharacters::default(),
@@ -160,7 +177,7 @@ mod tests {
             &config,
             vec![],
             vec![],
-            ServersTransport::default().clients().unwrap(),
+            (ServersTransport::default().clients().unwrap(), None),
         )
     }
 
@@ -220,19 +237,5 @@ mod tests {
         wide.priority = 1000;
         let r = Router::new(vec![native("exact", Some("foobar.traefik.com"), "/"), wide]);
         assert_eq!(find(&r, host, &get, "/"), Some("wide"));
-    }
-
-    #[test]
-    fn upstreams_rotate() {
-        let r = route(
-            "r",
-            Rule::PathPrefix("/".into()),
-            "",
-            &["http://a", "http://b"],
-        );
-        let picks: Vec<_> = (0..4)
-            .map(|_| r.next_upstream().host_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(picks, ["a", "b", "a", "b"]);
     }
 }

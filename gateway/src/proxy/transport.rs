@@ -21,9 +21,30 @@ use crate::http::BoxBody;
 use crate::outbound::tls::{ClientIdentity, rustls_client};
 
 /// Idle upstream connections are kept this long for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const DEFAULT_IDLE_CONN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Connecting to an upstream on a healthy network takes milliseconds; fail fast otherwise.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `forwardingTimeouts` (Traefik's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardingTimeouts {
+    /// Connecting (TCP and TLS handshake).
+    pub dial: Duration,
+    /// From the request sent to the answer's head; `None`: only the route's request timeout.
+    pub response_header: Option<Duration>,
+    /// How long an idle pooled connection is kept.
+    pub idle_conn: Duration,
+}
+
+impl Default for ForwardingTimeouts {
+    fn default() -> Self {
+        Self {
+            dial: DEFAULT_DIAL_TIMEOUT,
+            response_header: None,
+            idle_conn: DEFAULT_IDLE_CONN_TIMEOUT,
+        }
+    }
+}
 
 /// One `serversTransports` entry, validated (files read and parsed at load).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,6 +60,8 @@ pub struct ServersTransport {
     pub insecure_skip_verify: bool,
     /// Speak HTTP/1.1 only, even to upstreams that offer HTTP/2.
     pub disable_http2: bool,
+    /// Timeouts of connections and requests.
+    pub timeouts: ForwardingTimeouts,
 }
 
 /// The pooled client towards upstreams.
@@ -71,7 +94,7 @@ impl ServersTransport {
         )?;
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        tcp.set_connect_timeout(Some(self.timeouts.dial));
         tcp.enforce_http(false);
         let builder = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -88,15 +111,15 @@ impl ServersTransport {
             builder.enable_http1().wrap_connector(tcp)
         };
         Ok(Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(self.timeouts.idle_conn)
             .build(connector))
     }
 }
 
 /// The transports by name, with the default one for routes that name none.
 pub struct Transports {
-    default: UpstreamClients,
-    named: std::collections::BTreeMap<String, UpstreamClients>,
+    default: (Arc<ServersTransport>, UpstreamClients),
+    named: std::collections::BTreeMap<String, (Arc<ServersTransport>, UpstreamClients)>,
 }
 
 impl Transports {
@@ -104,19 +127,36 @@ impl Transports {
     pub fn new(
         configured: &std::collections::BTreeMap<String, Arc<ServersTransport>>,
     ) -> Result<Self, rustls::Error> {
+        let default = Arc::new(ServersTransport::default());
         Ok(Self {
-            default: ServersTransport::default().clients()?,
+            default: (Arc::clone(&default), default.clients()?),
             named: configured
                 .iter()
-                .map(|(name, t)| Ok((name.clone(), t.clients()?)))
+                .map(|(name, t)| Ok((name.clone(), (Arc::clone(t), t.clients()?))))
                 .collect::<Result<_, rustls::Error>>()?,
         })
     }
 
-    /// The clients of the transport named `name` (validated to exist), or the default's.
-    pub fn get(&self, name: Option<&str>) -> UpstreamClients {
-        name.and_then(|n| self.named.get(n))
-            .unwrap_or(&self.default)
-            .clone()
+    /// The transport named `name` (validated to exist), or the default one, with `timeouts`
+    /// overriding its own when given: its clients (shared with every route that uses it as it
+    /// is) and the response-header timeout.
+    pub fn get(
+        &self,
+        name: Option<&str>,
+        timeouts: Option<ForwardingTimeouts>,
+    ) -> Result<(UpstreamClients, Option<Duration>), rustls::Error> {
+        let (transport, clients) = name
+            .and_then(|n| self.named.get(n))
+            .unwrap_or(&self.default);
+        match timeouts {
+            Some(t) if t != transport.timeouts => {
+                let own = ServersTransport {
+                    timeouts: t,
+                    ..(**transport).clone()
+                };
+                Ok((own.clients()?, t.response_header))
+            }
+            _ => Ok((clients.clone(), transport.timeouts.response_header)),
+        }
     }
 }

@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
 };
 
 /// Every metric of a gateway node.
@@ -50,6 +50,11 @@ pub struct Metrics {
     pub upgrades_open: IntGauge,
     /// Upgraded connections relayed, since start.
     pub upgrades_total: IntCounter,
+    upstream_requests: IntCounterVec,
+    upstream_failures: IntCounterVec,
+    upstream_ejections: IntCounterVec,
+    upstream_healthy: IntGaugeVec,
+    upstream_retries: IntCounterVec,
 }
 
 /// 0.5 ms to ~16 s.
@@ -194,7 +199,48 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(upgrades_total.clone()));
+        let per_upstream = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["route", "upstream"])
+                .expect("valid metric");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let upstream_requests = per_upstream(
+            "upstream_requests_total",
+            "Requests sent to each upstream server of a route, retries included",
+        );
+        let upstream_failures = per_upstream(
+            "upstream_failures_total",
+            "Requests to an upstream server that failed: connection failures, timeouts, 5xx answers",
+        );
+        let upstream_ejections = per_upstream(
+            "upstream_ejections_total",
+            "Times an upstream server was ejected by the passive health check",
+        );
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "upstream_healthy",
+                "1 while an upstream server passes its active health check (or has none)",
+            ),
+            &["route", "upstream"],
+        )
+        .expect("valid metric");
+        reg(Box::new(upstream_healthy.clone()));
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "upstream_retries_total",
+                "Requests sent again by a route's retry middleware",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        reg(Box::new(upstream_retries.clone()));
         Self {
+            upstream_requests,
+            upstream_failures,
+            upstream_ejections,
+            upstream_healthy,
+            upstream_retries,
             tls_handshake_failures,
             tls_reload_ok: tls_reloads.with_label_values(&["ok"]),
             tls_reload_error: tls_reloads.with_label_values(&["error"]),
@@ -220,6 +266,28 @@ impl Metrics {
             refresh_leader,
             refresh_fence,
         }
+    }
+
+    /// The counters of one upstream server of a route (requests, failures, ejections) and its
+    /// health gauge, resolved once. `upstream` is the server's origin (configuration, never a
+    /// secret: URLs with credentials are refused).
+    pub fn upstream(
+        &self,
+        route: &str,
+        upstream: &str,
+    ) -> (IntCounter, IntCounter, IntCounter, IntGauge) {
+        let labels = [route, upstream];
+        (
+            self.upstream_requests.with_label_values(&labels),
+            self.upstream_failures.with_label_values(&labels),
+            self.upstream_ejections.with_label_values(&labels),
+            self.upstream_healthy.with_label_values(&labels),
+        )
+    }
+
+    /// The retry counter of a route.
+    pub fn upstream_retries(&self, route: &str) -> IntCounter {
+        self.upstream_retries.with_label_values(&[route])
     }
 
     /// Records one answered request.

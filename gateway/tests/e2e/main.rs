@@ -21,3 +21,4 @@ mod routing;
 mod support;
 mod tls;
 mod traces;
+mod upstreams;

@@ -30,7 +30,7 @@ use jwt::jwt;
 pub(super) enum Declared {
     /// `clientCredentials`, `introspection`, `jwt`, `clientCertificate`.
     Auth(Box<MiddlewareConfig>),
-    /// `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex`, `headers`.
+    /// `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex`, `headers`, `retry`.
     Http(HttpMiddleware),
 }
 
@@ -47,6 +47,7 @@ pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> O
         replace_path,
         replace_path_regex,
         headers,
+        retry,
     } = m;
     let kinds = [
         cc.is_some(),
@@ -58,6 +59,7 @@ pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> O
         replace_path.is_some(),
         replace_path_regex.is_some(),
         headers.is_some(),
+        retry.is_some(),
     ]
     .into_iter()
     .filter(|k| *k)
@@ -70,6 +72,10 @@ pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> O
         return None;
     }
     let before = issues.0.len();
+    if let Some(raw) = retry {
+        let m = shaping::retry(issues, &format!("{base}.retry"), raw);
+        return (issues.0.len() == before).then_some(Declared::Http(m));
+    }
     let shaped = match (
         strip_prefix,
         add_prefix,
@@ -136,7 +142,7 @@ fn auth(
     }
     issues.push(
         base,
-        "names no middleware kind (expected clientCredentials, introspection, jwt, clientCertificate, stripPrefix, addPrefix, replacePath, replacePathRegex or headers)",
+        "names no middleware kind (expected clientCredentials, introspection, jwt, clientCertificate, stripPrefix, addPrefix, replacePath, replacePathRegex, headers or retry)",
     );
     None
 }

@@ -7,12 +7,51 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use super::super::raw::{
-    RawAddPrefix, RawHeaders, RawReplacePath, RawReplacePathRegex, RawStripPrefix,
+    RawAddPrefix, RawHeaders, RawReplacePath, RawReplacePathRegex, RawRetry, RawStripPrefix,
 };
 use super::super::validate::Issues;
 use crate::proxy::cors::Cors;
 use crate::proxy::middleware::{Headers, HttpMiddleware};
+use crate::proxy::retry::RetryPolicy;
 use crate::proxy::rewrite::{HeaderRule, HeaderRules, PathRewrite, reserved};
+
+/// Most retries a request may get.
+const MAX_ATTEMPTS: u32 = 10;
+/// Share of a route's requests that may be retried, by default.
+const DEFAULT_BUDGET_PERCENT: u32 = 20;
+
+pub(super) fn retry(issues: &mut Issues, path: &str, raw: RawRetry) -> HttpMiddleware {
+    if !(1..=MAX_ATTEMPTS).contains(&raw.attempts) {
+        issues.push(
+            format!("{path}.attempts"),
+            format!("must be between 1 and {MAX_ATTEMPTS}"),
+        );
+    }
+    let budget_percent = raw.budget_percent.unwrap_or(DEFAULT_BUDGET_PERCENT);
+    if !(1..=100).contains(&budget_percent) {
+        issues.push(format!("{path}.budgetPercent"), "must be between 1 and 100");
+    }
+    let mut status = Vec::new();
+    for (i, s) in raw.status.iter().enumerate() {
+        let range = s.split_once('-').unwrap_or((s, s));
+        match (range.0.trim().parse::<u16>(), range.1.trim().parse::<u16>()) {
+            (Ok(lo), Ok(hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => {
+                status.push((lo, hi));
+            }
+            _ => issues.push(
+                format!("{path}.status[{i}]"),
+                "not a status or range of statuses (\"503\", \"500-599\")",
+            ),
+        }
+    }
+    HttpMiddleware::Retry(RetryPolicy {
+        attempts: raw.attempts,
+        initial_interval: raw.initial_interval.unwrap_or_default(),
+        status,
+        on_network_error: !raw.disable_retry_on_network_error,
+        budget_percent,
+    })
+}
 
 /// The path a rewrite option names must be one.
 fn absolute(issues: &mut Issues, path: String, value: &str) {

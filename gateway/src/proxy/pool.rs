@@ -1,0 +1,463 @@
+//! A route's upstream servers: which one takes the next request, and which are fit to.
+//!
+//! - **Choice** (`strategy`, Traefik's names): `wrr`, weighted round robin over a smooth
+//!   schedule (weights 3 and 1 give `a a b a`, not `a a a b`), or `p2c`, the power of two random
+//!   choices: of two servers drawn at random, the one with fewer requests in flight per unit of
+//!   weight (least requests, as Envoy and Traefik do it).
+//! - **Active health** (`healthCheck`): each server's health endpoint is asked every `interval`
+//!   (`unhealthyInterval` while it is down) by a background task; a server that fails it takes
+//!   no requests until it passes again.
+//! - **Passive health** (`passiveHealthCheck`): a server that fails `maxFailedAttempts` requests
+//!   (connection failures, timeouts, 5xx answers) within `failureWindow` is ejected for
+//!   `failureWindow`, then tried again.
+//!
+//! A route none of whose servers is fit answers 503 at once rather than waiting on a dead one.
+//! Time is `tokio::time`'s, so tests move it by hand.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use prometheus::{IntCounter, IntGauge};
+use tokio::time::Instant;
+use url::Url;
+
+/// How the next server is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// Weighted round robin.
+    #[default]
+    Wrr,
+    /// Power of two choices by requests in flight.
+    P2c,
+}
+
+/// `healthCheck`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Path (and query) asked on each server.
+    pub path: String,
+    /// Method of the check.
+    pub method: Method,
+    /// The status that counts as healthy; `None`: any 2xx or 3xx.
+    pub status: Option<StatusCode>,
+    /// Between checks of a healthy server.
+    pub interval: Duration,
+    /// Between checks of an unhealthy server.
+    pub unhealthy_interval: Duration,
+    /// How long a check may take.
+    pub timeout: Duration,
+    /// `Host` of the check; `None`: the server's.
+    pub hostname: Option<HeaderValue>,
+    /// Extra header fields of the check.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `passiveHealthCheck`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealthCheck {
+    /// The window failures are counted in, and how long an ejection lasts.
+    pub failure_window: Duration,
+    /// Failures within the window that eject a server.
+    pub max_failed_attempts: u32,
+}
+
+/// A route's upstream, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Servers and their weights (at least one; weights at least 1).
+    pub servers: Vec<(Url, u32)>,
+    /// How the next server is chosen.
+    pub strategy: Strategy,
+    /// Active checks, if any.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection, if any.
+    pub passive: Option<PassiveHealthCheck>,
+}
+
+/// One server of a pool.
+struct Server {
+    url: Url,
+    weight: u32,
+    in_flight: AtomicUsize,
+    /// Failed its last active check.
+    down: AtomicBool,
+    /// Milliseconds after the pool's epoch until which it is ejected (0: never was).
+    ejected_until: AtomicU64,
+    /// Start of the current failure window, in milliseconds after the epoch.
+    window_start: AtomicU64,
+    window_failures: AtomicU32,
+    requests: IntCounter,
+    failures: IntCounter,
+    ejections: IntCounter,
+    healthy: IntGauge,
+}
+
+/// A route's servers and their state.
+pub struct Pool {
+    route: Arc<str>,
+    servers: Vec<Server>,
+    /// Server indices in weighted round-robin order.
+    schedule: Vec<usize>,
+    next: AtomicUsize,
+    strategy: Strategy,
+    passive: Option<PassiveHealthCheck>,
+    health_check: Option<HealthCheck>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("route", &self.route)
+            .field("servers", &self.servers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The smooth weighted round-robin order of servers with these weights (nginx's algorithm): each
+/// step every server gains its weight, the richest is chosen and pays the total.
+fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, w) in current.iter_mut().zip(weights) {
+                *c += i64::from(*w);
+            }
+            let (best, _) = current
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
+                .expect("at least one server");
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+impl Pool {
+    /// The pool of `route`'s servers, all fit.
+    pub fn new(route: &str, config: &UpstreamConfig) -> Self {
+        assert!(!config.servers.is_empty(), "route {route} has no upstream");
+        let metrics = crate::telemetry::metrics::metrics();
+        let servers = config
+            .servers
+            .iter()
+            .map(|(url, weight)| {
+                let label = url.origin().ascii_serialization();
+                let (requests, failures, ejections, healthy) = metrics.upstream(route, &label);
+                healthy.set(1);
+                Server {
+                    url: url.clone(),
+                    weight: (*weight).max(1),
+                    in_flight: AtomicUsize::new(0),
+                    down: AtomicBool::new(false),
+                    ejected_until: AtomicU64::new(0),
+                    window_start: AtomicU64::new(0),
+                    window_failures: AtomicU32::new(0),
+                    requests,
+                    failures,
+                    ejections,
+                    healthy,
+                }
+            })
+            .collect::<Vec<_>>();
+        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+        Self {
+            route: Arc::from(route),
+            schedule: smooth_schedule(&weights),
+            servers,
+            next: AtomicUsize::new(0),
+            strategy: config.strategy,
+            passive: config.passive,
+            health_check: config.health_check.clone(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn fit(&self, i: usize, now: u64) -> bool {
+        let s = &self.servers[i];
+        !s.down.load(Ordering::Relaxed) && s.ejected_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// The server for the next request, counted in flight until the pick is dropped; `None`
+    /// when no server is fit.
+    pub fn pick(&self) -> Option<Picked<'_>> {
+        let now = self.now_ms();
+        let index = match self.strategy {
+            Strategy::Wrr => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..self.schedule.len())
+                    .map(|k| self.schedule[(start + k) % self.schedule.len()])
+                    .find(|i| self.fit(*i, now))?
+            }
+            Strategy::P2c => {
+                let fit: Vec<usize> = (0..self.servers.len())
+                    .filter(|i| self.fit(*i, now))
+                    .collect();
+                match fit.len() {
+                    0 => return None,
+                    1 => fit[0],
+                    n => {
+                        let a = rand::random_range(0..n);
+                        let b = (a + 1 + rand::random_range(0..n - 1)) % n;
+                        let load = |i: usize| {
+                            let s = &self.servers[i];
+                            // Compared as in_flight / weight without dividing.
+                            (
+                                s.in_flight.load(Ordering::Relaxed) as u64,
+                                u64::from(s.weight),
+                            )
+                        };
+                        let ((la, wa), (lb, wb)) = (load(fit[a]), load(fit[b]));
+                        if la * wb <= lb * wa { fit[a] } else { fit[b] }
+                    }
+                }
+            }
+        };
+        let server = &self.servers[index];
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.requests.inc();
+        Some(Picked { pool: self, index })
+    }
+
+    /// Notes a failed request to server `index` (connection failure, timeout, 5xx).
+    fn failed(&self, index: usize) {
+        let s = &self.servers[index];
+        s.failures.inc();
+        let Some(passive) = self.passive else {
+            return;
+        };
+        let now = self.now_ms();
+        let window = u64::try_from(passive.failure_window.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(s.window_start.load(Ordering::Relaxed)) >= window {
+            s.window_start.store(now, Ordering::Relaxed);
+            s.window_failures.store(0, Ordering::Relaxed);
+        }
+        let failures = s.window_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= passive.max_failed_attempts {
+            s.window_failures.store(0, Ordering::Relaxed);
+            s.window_start.store(now, Ordering::Relaxed);
+            s.ejected_until.store(now + window, Ordering::Relaxed);
+            s.ejections.inc();
+            tracing::warn!(
+                route = %self.route,
+                upstream = %s.url,
+                failures,
+                ejected_for = ?passive.failure_window,
+                "upstream ejected"
+            );
+        }
+    }
+
+    /// Sets server `index`'s active health.
+    fn set_down(&self, index: usize, down: bool) {
+        let s = &self.servers[index];
+        if s.down.swap(down, Ordering::Relaxed) != down {
+            s.healthy.set(i64::from(!down));
+            if down {
+                tracing::warn!(route = %self.route, upstream = %s.url, "upstream failed its health check");
+            } else {
+                tracing::info!(route = %self.route, upstream = %s.url, "upstream passed its health check");
+            }
+        }
+    }
+
+    /// Every server's URL, in configuration order.
+    pub fn urls(&self) -> impl Iterator<Item = &Url> {
+        self.servers.iter().map(|s| &s.url)
+    }
+
+    /// Runs the active health checks until `stop`, one task per server, asking through `client`.
+    pub fn spawn_health_checks(
+        self: &Arc<Self>,
+        client: super::transport::UpstreamClient,
+        tasks: &mut tokio::task::JoinSet<()>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(check) = self.health_check.clone() else {
+            return;
+        };
+        for index in 0..self.servers.len() {
+            let (pool, client, check, stop) = (
+                Arc::clone(self),
+                client.clone(),
+                check.clone(),
+                stop.clone(),
+            );
+            tasks.spawn(async move {
+                loop {
+                    let healthy = probe(&client, &pool.servers[index].url, &check).await;
+                    pool.set_down(index, !healthy);
+                    let wait = if healthy {
+                        check.interval
+                    } else {
+                        check.unhealthy_interval
+                    };
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Asks `server`'s health endpoint once; whether it answered as healthy in time.
+async fn probe(
+    client: &super::transport::UpstreamClient,
+    server: &Url,
+    check: &HealthCheck,
+) -> bool {
+    let Ok(uri) = super::forward::target(server, &check.path.parse().unwrap_or_default()) else {
+        return false;
+    };
+    let mut req = http::Request::new(crate::http::full(bytes::Bytes::new()));
+    *req.method_mut() = check.method.clone();
+    *req.uri_mut() = uri;
+    for (name, value) in &check.headers {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
+    if let Some(host) = &check.hostname {
+        req.headers_mut().insert(http::header::HOST, host.clone());
+    }
+    match tokio::time::timeout(check.timeout, client.request(req)).await {
+        Ok(Ok(resp)) => match check.status {
+            Some(want) => resp.status() == want,
+            None => resp.status().is_success() || resp.status().is_redirection(),
+        },
+        _ => false,
+    }
+}
+
+/// A chosen server, counted in flight while held.
+pub struct Picked<'a> {
+    pool: &'a Pool,
+    index: usize,
+}
+
+impl Picked<'_> {
+    /// The server's URL.
+    pub fn url(&self) -> &Url {
+        &self.pool.servers[self.index].url
+    }
+
+    /// Notes that the request to it failed (connection failure, timeout, 5xx).
+    pub fn failed(&self) {
+        self.pool.failed(self.index);
+    }
+}
+
+impl Drop for Picked<'_> {
+    fn drop(&mut self) {
+        self.pool.servers[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(weights: &[u32], strategy: Strategy) -> UpstreamConfig {
+        UpstreamConfig {
+            servers: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (format!("http://s{i}").parse().unwrap(), *w))
+                .collect(),
+            strategy,
+            health_check: None,
+            passive: Some(PassiveHealthCheck {
+                failure_window: Duration::from_secs(10),
+                max_failed_attempts: 3,
+            }),
+        }
+    }
+
+    fn picks(pool: &Pool, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| pool.pick().unwrap().url().host_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn weighted_round_robin_interleaves_by_weight() {
+        assert_eq!(smooth_schedule(&[3, 1]), [0, 0, 1, 0]);
+        assert_eq!(smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        let pool = Pool::new("wrr", &config(&[2, 1], Strategy::Wrr));
+        assert_eq!(picks(&pool, 6), ["s0", "s1", "s0", "s0", "s1", "s0"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_within_the_window_eject_a_server_until_it_ends() {
+        let pool = Pool::new("passive", &config(&[1, 1], Strategy::Wrr));
+        for _ in 0..2 {
+            pool.pick().unwrap();
+            pool.failed(1);
+        }
+        assert_eq!(picks(&pool, 2), ["s0", "s1"], "two failures eject nobody");
+        pool.failed(1);
+        assert_eq!(picks(&pool, 4), ["s0", "s0", "s0", "s0"], "the third does");
+        pool.failed(0);
+        pool.failed(0);
+        pool.failed(0);
+        assert!(
+            pool.pick().is_none(),
+            "no server is fit: the route answers 503"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            picks(&pool, 2).len(),
+            2,
+            "both are tried again after the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_spread_over_longer_than_the_window_eject_nobody() {
+        let pool = Pool::new("spread", &config(&[1], Strategy::Wrr));
+        for _ in 0..6 {
+            pool.failed(0);
+            tokio::time::advance(Duration::from_secs(4)).await;
+            pool.failed(0);
+            tokio::time::advance(Duration::from_secs(7)).await;
+        }
+        assert!(pool.pick().is_some());
+    }
+
+    #[test]
+    fn p2c_prefers_the_server_with_fewer_requests_in_flight() {
+        let pool = Pool::new("p2c", &config(&[1, 1], Strategy::P2c));
+        let busy: Vec<_> = (0..5).map(|_| pool.pick().unwrap()).collect();
+        let loaded = busy
+            .iter()
+            .filter(|p| p.url().host_str() == Some("s0"))
+            .count();
+        // Each pick goes to the less loaded of the two: the loads never differ by more than 1.
+        assert!((2..=3).contains(&loaded), "{loaded}");
+        drop(busy);
+        let held = pool.pick().unwrap();
+        let other = pool.pick().unwrap();
+        assert_ne!(held.url(), other.url());
+    }
+
+    #[test]
+    fn actively_failed_servers_take_no_requests() {
+        let pool = Pool::new("active", &config(&[1, 1], Strategy::P2c));
+        pool.set_down(0, true);
+        assert!(picks(&pool, 10).iter().all(|h| h == "s1"));
+        pool.set_down(1, true);
+        assert!(pool.pick().is_none());
+        pool.set_down(0, false);
+        assert_eq!(picks(&pool, 1), ["s0"]);
+    }
+}
