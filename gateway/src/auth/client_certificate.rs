@@ -63,6 +63,7 @@ impl ClientCertificate {
         Ok(Applied {
             username,
             token: None,
+            client: Some(certificate.subject.to_string()),
         })
     }
 }

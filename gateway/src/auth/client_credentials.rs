@@ -177,15 +177,18 @@ impl ClientCredentials {
                     }
                 };
                 let key = self.deriver.key(&id, &secret);
-                match self.cache.cached(&key, now) {
-                    Some(e) => (key, e),
+                let entry = match self.cache.cached(&key, now) {
+                    Some(e) => e,
                     None => {
                         if !self.cache.miss_is_free(&key, now) {
                             self.guards.budget.spend(caller.address, Some(&id))?;
                         }
-                        (key, self.obtain(&key, &id, Secret::new(secret)).await?)
+                        self.obtain(&key, &id, Secret::new(secret)).await?
                     }
-                }
+                };
+                let mut applied = self.rewrite(headers, key, &entry)?;
+                applied.client = Some(id);
+                return Ok(applied);
             }
         };
         self.rewrite(headers, key, &entry)
@@ -213,6 +216,7 @@ impl ClientCredentials {
                 version: entry.meta.version,
                 issued_at: entry.meta.issued_at,
             }),
+            client: None,
         })
     }
 

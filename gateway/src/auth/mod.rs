@@ -136,6 +136,18 @@ pub struct Applied {
     pub username: Option<String>,
     /// The token attached, so that an upstream 401 can evict exactly it.
     pub token: Option<UsedToken>,
+    /// The caller's client identity, when the middleware established one (rate limits'
+    /// `clientId`): the client id it authenticated with, the token's `client_id` (RFC 7662
+    /// §2.2, RFC 9068 §2.2; else `azp`, else `sub`), or the certificate's subject.
+    pub client: Option<String>,
+}
+
+/// The client a token's claims name: `client_id`, else `azp`, else `sub`.
+pub fn client_of(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    ["client_id", "azp", "sub"]
+        .iter()
+        .find_map(|c| claims.get(*c)?.as_str())
+        .map(str::to_owned)
 }
 
 /// A token a middleware attached.

@@ -73,7 +73,8 @@ pub fn allowed(path: &str) -> Option<&'static [Role]> {
             // Read, evict, follow changes, see the refresh lease: both.
             "Get" | "Delete" | "Watch" | "RefreshLease" => GATEWAY_OR_OPERATOR,
             "Lookup" | "Put" | "AcquireLease" | "ReleaseLease" | "TryFillLease"
-            | "ReleaseFillLease" | "DueForRefresh" | "Touch" | "ClaimOnce" | "Postpone" => GATEWAY,
+            | "ReleaseFillLease" | "DueForRefresh" | "Touch" | "ClaimOnce" | "Postpone"
+            | "TakeRate" => GATEWAY,
             _ => return None,
         },
         _ => return None,

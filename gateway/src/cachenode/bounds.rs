@@ -84,6 +84,26 @@ pub fn claim(until: UnixMillis, now: UnixMillis) -> Result<(), Status> {
     Ok(())
 }
 
+/// Longest rate-limit interval accepted: a day.
+const MAX_RATE_INTERVAL_US: u64 = 86_400_000_000;
+/// Largest rate-limit burst accepted.
+const MAX_RATE_BURST: u32 = 1_000_000;
+
+/// A rate limit: an interval of a microsecond to a day, a burst of 1 to a million.
+pub fn rate(interval_us: u64, burst: u32) -> Result<(), Status> {
+    if interval_us == 0 || interval_us > MAX_RATE_INTERVAL_US {
+        return Err(Status::invalid_argument(format!(
+            "interval_us must be between 1 and {MAX_RATE_INTERVAL_US}"
+        )));
+    }
+    if burst == 0 || burst > MAX_RATE_BURST {
+        return Err(Status::invalid_argument(format!(
+            "burst must be between 1 and {MAX_RATE_BURST}"
+        )));
+    }
+    Ok(())
+}
+
 /// A batch of uses: bounded in number, none in the future.
 pub fn touches(count: usize, latest: Option<UnixMillis>, now: UnixMillis) -> Result<(), Status> {
     if count > MAX_TOUCHES {

@@ -346,6 +346,28 @@ impl pc::token_cache_server::TokenCache for CacheService {
             first: outcome == Outcome::Flag(true),
         }))
     }
+
+    async fn take_rate(
+        &self,
+        req: Request<pc::RateRequest>,
+    ) -> Result<Response<pc::RateResponse>, Status> {
+        self.0.lead()?;
+        let req = req.into_inner();
+        super::bounds::rate(req.interval_us, req.burst)?;
+        let key = key_from(&req.key)?;
+        let limit = crate::store::rate::RateLimit {
+            interval_us: req.interval_us,
+            burst: req.burst,
+        };
+        // A monotonic clock: rate state lives only in this process, so its epoch is enough.
+        static EPOCH: std::sync::LazyLock<std::time::Instant> =
+            std::sync::LazyLock::new(std::time::Instant::now);
+        let now_us = u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let wait = self.0.rates.take(&key, now_us, limit).err();
+        Ok(Response::new(pc::RateResponse {
+            wait_us: wait.map_or(0, |w| u64::try_from(w.as_micros()).unwrap_or(u64::MAX)),
+        }))
+    }
 }
 
 fn watch_event(item: WatchItem) -> pc::WatchEvent {

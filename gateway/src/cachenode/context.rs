@@ -119,6 +119,8 @@ pub struct NodeContext {
     pub watches: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// The fill leases, while this node leads.
     pub fill_leases: FillLeases,
+    /// Rate limits, while this node leads (like fill leases, a new leader starts without).
+    pub rates: crate::store::rate::RateTable,
     /// The snapshot directory (received snapshots are written there).
     pub snapshots: Snapshots,
 }

@@ -289,6 +289,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         puts,
         watches: std::sync::Mutex::default(),
         fill_leases: context::FillLeases::default(),
+        rates: crate::store::rate::RateTable::default(),
         snapshots,
     });
     let committer = tokio::spawn(context::group_commit(

@@ -582,7 +582,44 @@ pub struct RawMiddleware {
     pub headers: Option<RawHeaders>,
     #[serde(default)]
     pub retry: Option<RawRetry>,
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
 }
+
+/// `rateLimit` (Traefik's, plus `sourceCriterion.clientId` and `failureModeDeny`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRateLimit {
+    pub average: u32,
+    #[serde(default, with = "humantime_serde")]
+    pub period: Option<Duration>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub source_criterion: Option<RawSourceCriterion>,
+    #[serde(default)]
+    pub failure_mode_deny: bool,
+}
+
+/// `rateLimit.sourceCriterion`: one of these.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSourceCriterion {
+    /// The caller's address (no options: `forwardedHeaders` says whom to believe).
+    #[serde(default)]
+    pub ip_strategy: Option<RawIpStrategy>,
+    #[serde(default)]
+    pub request_header_name: Option<String>,
+    #[serde(default)]
+    pub request_host: bool,
+    #[serde(default)]
+    pub client_id: bool,
+}
+
+/// `ipStrategy`: the caller's address as `forwardedHeaders.trustedIPs` resolves it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpStrategy {}
 
 /// One weighted server.
 #[derive(Debug, Deserialize)]

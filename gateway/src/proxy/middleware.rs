@@ -1,9 +1,10 @@
 //! The middlewares that shape traffic rather than authenticate it: path rewrites, the
-//! `headers` middleware (custom headers, CORS) and `retry`. A route runs its authentication middlewares
+//! `headers` middleware (custom headers, CORS), `retry` and `rateLimit`. A route runs its authentication middlewares
 //! first, in their order, then these, in theirs: nothing a rewrite or a header rule does can
 //! change what authentication saw or let a caller past it.
 
 use super::cors::Cors;
+use super::ratelimit::RateLimitPolicy;
 use super::retry::RetryPolicy;
 use super::rewrite::{HeaderRules, PathRewrite};
 
@@ -16,6 +17,8 @@ pub enum HttpMiddleware {
     Headers(Box<Headers>),
     /// `retry`: how the route sends a failed request again.
     Retry(RetryPolicy),
+    /// `rateLimit`.
+    RateLimit(RateLimitPolicy),
 }
 
 /// The `headers` middleware.

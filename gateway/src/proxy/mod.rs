@@ -7,6 +7,7 @@ pub mod forward;
 pub mod middleware;
 pub mod path;
 pub mod pool;
+pub mod ratelimit;
 pub mod retry;
 pub mod rewrite;
 pub mod router;
@@ -164,12 +165,23 @@ impl Gateway {
                     .iter()
                     .filter_map(|m| shaping.get(m.as_str()).map(Arc::clone))
                     .collect();
-                Ok(Route::new(
+                let mut route = Route::new(
                     r,
                     auth,
                     http,
                     transports.get(r.servers_transport.as_deref(), r.timeouts)?,
-                ))
+                );
+                route.rate_limits = r
+                    .middlewares
+                    .iter()
+                    .filter_map(|m| match shaping.get(m.as_str()).map(|s| &**s) {
+                        Some(middleware::HttpMiddleware::RateLimit(policy)) => Some(
+                            ratelimit::RouteRateLimit::new(&r.name, m, policy.clone(), cache),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(route)
             })
             .collect::<Result<_, rustls::Error>>()?;
         Ok(Self {
@@ -627,7 +639,19 @@ impl Gateway {
         caller: &Caller,
         log: &mut AccessLog,
     ) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<BoxBody>> {
-        let used = authenticate(route, parts, caller, log).await?;
+        let (used, client) = authenticate(route, parts, caller, log).await?;
+        if !route.rate_limits.is_empty() {
+            let host = host_of(&parts.headers, &parts.uri);
+            let subject = ratelimit::Subject {
+                client: client.as_deref(),
+                address: caller.address,
+                headers: &parts.headers,
+                host: host.as_deref(),
+            };
+            for limit in &route.rate_limits {
+                limit.check(&subject).await?;
+            }
+        }
         for m in &route.shaping {
             match &**m {
                 middleware::HttpMiddleware::Path(rewrite) => {
@@ -636,7 +660,8 @@ impl Gateway {
                         .map_err(|e| edge::Refusal::Path(e).into_response())?;
                 }
                 middleware::HttpMiddleware::Headers(h) => h.request.apply(&mut parts.headers),
-                middleware::HttpMiddleware::Retry(_) => {}
+                middleware::HttpMiddleware::Retry(_) | middleware::HttpMiddleware::RateLimit(_) => {
+                }
             }
         }
         Ok(used)
@@ -690,15 +715,20 @@ fn no_upstream() -> Response<BoxBody> {
     )
 }
 
-/// Runs the route's authentication middlewares in order; the tokens they attached, or the
-/// refusal.
+/// The tokens the authentication middlewares attached, and the client identity they
+/// established.
+type Authenticated<'r> = (Vec<(&'r Arc<Middleware>, UsedToken)>, Option<String>);
+
+/// Runs the route's authentication middlewares in order; the tokens they attached and the
+/// client they established (the last that named one), or the refusal.
 async fn authenticate<'r>(
     route: &'r Route,
     parts: &mut http::request::Parts,
     caller: &Caller,
     log: &mut AccessLog,
-) -> Result<Vec<(&'r Arc<Middleware>, UsedToken)>, Response<BoxBody>> {
+) -> Result<Authenticated<'r>, Response<BoxBody>> {
     let mut used = Vec::new();
+    let mut client = None;
     for m in &route.middlewares {
         let span = otel::child_span!(
             "middleware",
@@ -707,16 +737,21 @@ async fn authenticate<'r>(
             tokengate.middleware.kind = m.kind(),
         );
         match m.apply(parts, caller).instrument(span).await {
-            Ok(Applied { username, token }) => {
+            Ok(Applied {
+                username,
+                token,
+                client: named,
+            }) => {
                 if username.is_some() {
                     log.user = username;
                 }
                 used.extend(token.map(|t| (m, t)));
+                client = named.or(client);
             }
             Err(e) => return Err(e.into_response()),
         }
     }
-    Ok(used)
+    Ok((used, client))
 }
 
 /// Names the request span `METHOD route` (OpenTelemetry's `{method} {http.route}`).
@@ -743,11 +778,15 @@ fn answer(route: &Route, resp: Response<Incoming>) -> Response<BoxBody> {
 
 /// The request's host, lower-case and without port.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req
-        .headers()
+    host_of(req.headers(), req.uri())
+}
+
+/// The host of a request with these headers and target, lower-case and without port.
+fn host_of(headers: &http::HeaderMap, uri: &http::Uri) -> Option<String> {
+    let raw = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())?;
+        .or_else(|| uri.host())?;
     // `[::1]:8080` keeps its brackets; `name:8080` loses the port.
     let host = match raw.find(']') {
         Some(end) => &raw[..=end],

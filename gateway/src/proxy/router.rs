@@ -59,6 +59,8 @@ pub struct Route {
     pub retry: Option<(RetryPolicy, RetryBudget, IntCounter)>,
     /// The upstream servers.
     pub pool: Arc<Pool>,
+    /// Its `rateLimit` middlewares, in order.
+    pub rate_limits: Vec<super::ratelimit::RouteRateLimit>,
     /// The clients of the route's transport.
     pub clients: UpstreamClients,
     /// How long the upstream may take to send an answer's head.
@@ -98,6 +100,7 @@ impl Route {
             cors,
             retry,
             pool: Arc::new(Pool::new(&config.name, &config.upstream)),
+            rate_limits: Vec::new(),
             clients,
             response_header_timeout,
             pass_host_header: config.pass_host_header,

@@ -33,6 +33,7 @@ pub async fn run_with_operator<S: TokenStore>(
     due_entries_are_the_used_ones_past_refresh_at(&make().await).await;
     changes_are_announced(&make().await).await;
     claims_are_granted_once_until_they_lapse(&make().await).await;
+    rates_pass_a_burst_then_one_per_interval(&make().await).await;
     let s = make().await;
     let op = operator(&s).await;
     listing_pages_through_live_entries_in_key_order(&s, op.as_ref().unwrap_or(&s)).await;
@@ -125,6 +126,40 @@ async fn claims_are_granted_once_until_they_lapse(s: &impl TokenStore) {
     })
     .await;
     assert!(!s.claim_once(&key(40), now_millis() + 60_000).await.unwrap());
+}
+
+async fn rates_pass_a_burst_then_one_per_interval(s: &impl TokenStore) {
+    let minute = super::rate::RateLimit {
+        interval_us: 60_000_000,
+        burst: 2,
+    };
+    assert_eq!(s.take_rate(&key(50), minute).await.unwrap(), None);
+    assert_eq!(s.take_rate(&key(50), minute).await.unwrap(), None);
+    let wait = s
+        .take_rate(&key(50), minute)
+        .await
+        .unwrap()
+        .expect("over the burst");
+    assert!(
+        wait > Duration::from_secs(50) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+    assert_eq!(
+        s.take_rate(&key(51), minute).await.unwrap(),
+        None,
+        "limits are per key"
+    );
+    // A short interval passes again once it has gone by.
+    let quick = super::rate::RateLimit {
+        interval_us: 100_000,
+        burst: 1,
+    };
+    assert_eq!(s.take_rate(&key(52), quick).await.unwrap(), None);
+    assert!(s.take_rate(&key(52), quick).await.unwrap().is_some());
+    eventually("the interval goes by", async || {
+        s.take_rate(&key(52), quick).await.unwrap().is_none()
+    })
+    .await;
 }
 
 /// A sealed entry with the given version and lifetime; content is opaque to stores.

@@ -127,6 +127,9 @@ pub struct MemoryStore {
     max_entries: usize,
     /// Expiries are judged by this clock; leases by tokio's.
     clock: Clock,
+    /// Rate limits, timed by tokio's clock from `epoch`.
+    rates: Arc<super::rate::RateTable>,
+    epoch: tokio::time::Instant,
 }
 
 impl Default for MemoryStore {
@@ -154,6 +157,8 @@ impl MemoryStore {
             events: broadcast::channel(EVENT_BUFFER).0,
             max_entries: max,
             clock,
+            rates: Arc::default(),
+            epoch: tokio::time::Instant::now(),
         }
     }
 
@@ -465,6 +470,15 @@ impl TokenStore for MemoryStore {
         }
         st.claims.insert(*key, until);
         Ok(true)
+    }
+
+    async fn take_rate(
+        &self,
+        key: &TokenKey,
+        limit: super::rate::RateLimit,
+    ) -> Result<Option<Duration>, StoreError> {
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Ok(self.rates.take(key, now, limit).err())
     }
 }
 

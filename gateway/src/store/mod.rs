@@ -22,12 +22,17 @@
 //!    polling.
 //! 7. **Once.** [`TokenStore::claim_once`] answers `true` to exactly one caller per key, fleet
 //!    wide, until the claim lapses (replay protection for client assertions' `jti`).
-//! 8. **Failure.** Operations fail with [`StoreError::Unavailable`] rather than hang past the
+//! 8. **Rates.** [`TokenStore::take_rate`] keeps one rate limit per key for the whole fleet
+//!    (node-local for the memory store): over any stretch of time, no more requests pass than
+//!    the burst plus one per interval, whichever node asks (see [`rate`]). The cache service
+//!    keeps them in its leader's memory, so a new leader starts with full buckets.
+//! 9. **Failure.** Operations fail with [`StoreError::Unavailable`] rather than hang past the
 //!    backend's configured timeout; callers degrade to node-local behaviour.
 
 pub mod conformance;
 pub mod memory;
 pub mod raft;
+pub mod rate;
 pub mod redis;
 mod settings;
 
@@ -271,6 +276,14 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Who holds the refresh lease, if anyone.
     fn refresh_lease(&self) -> impl Future<Output = Result<Option<LeaseInfo>, StoreError>> + Send;
+
+    /// Takes one request from the rate limit of `key` (a keyed hash of what is limited): `None`
+    /// if it passes, or how long until one would.
+    fn take_rate(
+        &self,
+        key: &TokenKey,
+        limit: rate::RateLimit,
+    ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send;
 }
 
 /// The refresh lease as an operator sees it.
@@ -413,6 +426,13 @@ impl TokenStore for Store {
     }
     async fn claim_once(&self, key: &TokenKey, until: UnixMillis) -> Result<bool, StoreError> {
         dispatch!(self, s => s.claim_once(key, until).await)
+    }
+    async fn take_rate(
+        &self,
+        key: &TokenKey,
+        limit: rate::RateLimit,
+    ) -> Result<Option<Duration>, StoreError> {
+        dispatch!(self, s => s.take_rate(key, limit).await)
     }
     async fn list(
         &self,

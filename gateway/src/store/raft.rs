@@ -604,4 +604,21 @@ impl TokenStore for RaftStore {
             .await?;
         Ok(resp.first)
     }
+
+    async fn take_rate(
+        &self,
+        key: &TokenKey,
+        limit: crate::store::rate::RateLimit,
+    ) -> Result<Option<Duration>, StoreError> {
+        let req = pc::RateRequest {
+            key: key.as_bytes().to_vec(),
+            interval_us: limit.interval_us,
+            burst: limit.burst,
+        };
+        let resp = self
+            .inner
+            .ask(req, |mut c, r| async move { c.take_rate(r).await })
+            .await?;
+        Ok((resp.wait_us > 0).then(|| Duration::from_micros(resp.wait_us)))
+    }
 }

@@ -55,6 +55,7 @@ pub struct Metrics {
     upstream_ejections: IntCounterVec,
     upstream_healthy: IntGaugeVec,
     upstream_retries: IntCounterVec,
+    rate_limit: IntCounterVec,
 }
 
 /// 0.5 ms to ~16 s.
@@ -235,7 +236,17 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(upstream_retries.clone()));
+        let rate_limit = IntCounterVec::new(
+            Opts::new(
+                "rate_limit_total",
+                "Requests a route's rate limit refused (outcome limited), or could not check because the store did not answer (outcome store_error)",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
+        reg(Box::new(rate_limit.clone()));
         Self {
+            rate_limit,
             upstream_requests,
             upstream_failures,
             upstream_ejections,
@@ -283,6 +294,11 @@ impl Metrics {
             self.upstream_ejections.with_label_values(&labels),
             self.upstream_healthy.with_label_values(&labels),
         )
+    }
+
+    /// A route's rate-limit counter for `outcome` (`limited`, `store_error`).
+    pub fn rate_limited(&self, route: &str, outcome: &str) -> IntCounter {
+        self.rate_limit.with_label_values(&[route, outcome])
     }
 
     /// The retry counter of a route.

@@ -15,6 +15,7 @@ mod lifecycle;
 mod metrics;
 mod proxy;
 mod raft;
+mod ratelimit;
 mod redis;
 mod redis_ha;
 mod routing;

@@ -179,6 +179,7 @@ impl Introspection {
         Ok(Applied {
             username,
             token: None,
+            client: super::client_of(claims),
         })
     }
 

@@ -162,6 +162,7 @@ impl Jwt {
         Ok(Applied {
             username,
             token: None,
+            client: super::client_of(&claims),
         })
     }
 

@@ -30,7 +30,8 @@ use jwt::jwt;
 pub(super) enum Declared {
     /// `clientCredentials`, `introspection`, `jwt`, `clientCertificate`.
     Auth(Box<MiddlewareConfig>),
-    /// `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex`, `headers`, `retry`.
+    /// `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex`, `headers`, `retry`,
+    /// `rateLimit`.
     Http(HttpMiddleware),
 }
 
@@ -48,6 +49,7 @@ pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> O
         replace_path_regex,
         headers,
         retry,
+        rate_limit,
     } = m;
     let kinds = [
         cc.is_some(),
@@ -60,6 +62,7 @@ pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> O
         replace_path_regex.is_some(),
         headers.is_some(),
         retry.is_some(),
+        rate_limit.is_some(),
     ]
     .into_iter()
     .filter(|k| *k)
@@ -74,6 +77,10 @@ pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> O
     let before = issues.0.len();
     if let Some(raw) = retry {
         let m = shaping::retry(issues, &format!("{base}.retry"), raw);
+        return (issues.0.len() == before).then_some(Declared::Http(m));
+    }
+    if let Some(raw) = rate_limit {
+        let m = shaping::rate_limit(issues, &format!("{base}.rateLimit"), raw);
         return (issues.0.len() == before).then_some(Declared::Http(m));
     }
     let shaped = match (
@@ -142,7 +149,7 @@ fn auth(
     }
     issues.push(
         base,
-        "names no middleware kind (expected clientCredentials, introspection, jwt, clientCertificate, stripPrefix, addPrefix, replacePath, replacePathRegex, headers or retry)",
+        "names no middleware kind (expected clientCredentials, introspection, jwt, clientCertificate, stripPrefix, addPrefix, replacePath, replacePathRegex, headers, retry or rateLimit)",
     );
     None
 }

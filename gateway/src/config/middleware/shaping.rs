@@ -7,8 +7,72 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use super::super::raw::{
-    RawAddPrefix, RawHeaders, RawReplacePath, RawReplacePathRegex, RawRetry, RawStripPrefix,
+    RawAddPrefix, RawHeaders, RawRateLimit, RawReplacePath, RawReplacePathRegex, RawRetry,
+    RawStripPrefix,
 };
+use crate::proxy::ratelimit::{RateLimitPolicy, Source};
+use crate::store::rate::RateLimit;
+
+/// Traefik's `rateLimit.period` default.
+const DEFAULT_RATE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(super) fn rate_limit(issues: &mut Issues, path: &str, raw: RawRateLimit) -> HttpMiddleware {
+    let period = raw.period.unwrap_or(DEFAULT_RATE_PERIOD);
+    if raw.average == 0 {
+        issues.push(format!("{path}.average"), "must be at least 1");
+    }
+    let interval_us =
+        u64::try_from(period.as_micros()).unwrap_or(u64::MAX) / u64::from(raw.average.max(1));
+    if interval_us == 0 || period > std::time::Duration::from_secs(86_400) {
+        issues.push(
+            format!("{path}.period"),
+            "with average, must allow between one request a day and a million a second",
+        );
+    }
+    // Traefik's default burst is 1; a burst below the average per period would refuse a
+    // client sending exactly its average in one go, so the default here is the average.
+    let burst = raw.burst.unwrap_or(raw.average);
+    if !(1..=1_000_000).contains(&burst) {
+        issues.push(format!("{path}.burst"), "must be between 1 and 1000000");
+    }
+    let criterion = raw.source_criterion.unwrap_or_default();
+    let chosen = usize::from(criterion.ip_strategy.is_some())
+        + usize::from(criterion.request_header_name.is_some())
+        + usize::from(criterion.request_host)
+        + usize::from(criterion.client_id);
+    if chosen > 1 {
+        issues.push(
+            format!("{path}.sourceCriterion"),
+            "names more than one source; choose one of ipStrategy, requestHeaderName, requestHost, clientId",
+        );
+    }
+    let source = if criterion.client_id {
+        Source::ClientId
+    } else if criterion.request_host {
+        Source::RequestHost
+    } else if let Some(name) = criterion.request_header_name {
+        HeaderName::try_from(name.as_str()).map_or_else(
+            |_| {
+                issues.push(
+                    format!("{path}.sourceCriterion.requestHeaderName"),
+                    "not a valid header name",
+                );
+                Source::ClientIp
+            },
+            Source::RequestHeader,
+        )
+    } else {
+        Source::ClientIp
+    };
+    HttpMiddleware::RateLimit(RateLimitPolicy {
+        limit: RateLimit {
+            interval_us: interval_us.max(1),
+            burst: burst.max(1),
+        },
+        source,
+        failure_mode_deny: raw.failure_mode_deny,
+    })
+}
 use super::super::validate::Issues;
 use crate::proxy::cors::Cors;
 use crate::proxy::middleware::{Headers, HttpMiddleware};

@@ -409,6 +409,19 @@ impl TokenStore for RedisStore {
         let set: Option<String> = self.query(&cmd).await?;
         Ok(set.is_some())
     }
+
+    async fn take_rate(
+        &self,
+        key: &TokenKey,
+        limit: crate::store::rate::RateLimit,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut inv = scripts::RATE.prepare_invoke();
+        inv.key(self.key(&format!("rate:{}", key.to_hex())))
+            .arg(limit.interval_us)
+            .arg(limit.tolerance_us());
+        let wait: u64 = self.invoke(inv).await?;
+        Ok((wait > 0).then(|| Duration::from_micros(wait)))
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@
 //! - `{p}:fill:<key hex>`: fill-lease holder, with a short TTL.
 //! - `{p}:epoch`: a random value set once: if it changes, Redis lost its data (it restarted
 //!   empty, or was flushed), and nodes write back the tokens they still hold.
+//! - `{p}:rate:<key hex>`: a rate limit's next arrival time in microseconds of Redis' clock
+//!   (`TIME`), expiring once it is in the past.
 //! - channel `{p}:events`: `s <hex> <version>` on store, `e <hex>` on evict.
 
 use std::sync::LazyLock;
@@ -47,6 +49,28 @@ local t = redis.call('TIME')
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('PUBLISH', ARGV[7], 's ' .. ARGV[6] .. ' ' .. ARGV[1])
 return 'stored'
+",
+    )
+});
+
+/// One step of a rate limit (GCRA, see `store::rate`), timed by Redis' clock so that every
+/// gateway shares one. KEYS: the rate key. ARGV: interval, tolerance (microseconds). Returns 0
+/// when the request passes, otherwise the microseconds to wait. Microsecond timestamps are
+/// below 2^53, exact in Lua's doubles.
+pub static RATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - now - tolerance
+if wait > 0 then return wait end
+local next = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil((next - now) / 1000) + 1)
+return 0
 ",
     )
 });
