@@ -35,6 +35,10 @@ enum Command {
     CheckConfig {
         /// The configuration file (YAML).
         file: PathBuf,
+        /// Check secret references without reading them (for pipelines that do not hold the
+        /// secrets).
+        #[arg(long)]
+        no_secrets: bool,
     },
     /// Run everything in one process: the gateway, its own OAuth2 issuer and an echo upstream,
     /// and print the commands to try every flow.
@@ -169,8 +173,15 @@ fn node_credentials(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
+        Command::CheckConfig { file, no_secrets } => match if no_secrets {
+            Config::check_without_secrets(&file)
+        } else {
+            Config::load(&file)
+        } {
+            Ok(cfg) => {
+                for warning in &cfg.warnings {
+                    println!("{}: warning: {warning}", file.display());
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -426,6 +437,9 @@ async fn run(cfg: Config) -> ExitCode {
     let (proxy, admin) = (listeners.proxy.local_addr(), listeners.admin.local_addr());
     if let (Ok(proxy), Ok(admin)) = (proxy, admin) {
         tracing::info!(%proxy, %admin, store = %cfg.store, "tokengate listening");
+    }
+    for warning in &cfg.warnings {
+        tracing::warn!(%warning, "configuration");
     }
     if cfg.fleet_key.is_none() {
         tracing::info!(

@@ -359,8 +359,9 @@ mod tests {
 
     #[test]
     fn every_issuer_problem_is_reported_with_its_key_path() {
+        let (_key, fleet_key) = crate::config::test_fleet_key();
         let got = issues(
-            "fleetKey: 0123456789abcdef0123456789abcdef\nstore: { redis: { endpoints: [127.0.0.1:6379] } }",
+            &format!("{fleet_key}\nstore: {{ redis: {{ endpoints: [127.0.0.1:6379] }} }}"),
             r#"
 issuer:
   url: https://gw.example.com/tenant

@@ -36,6 +36,16 @@ use crate::secret::Secret;
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, TracingConfig};
 
+/// A fleet key in a file, for tests of shared-store configurations: the file (kept while the
+/// test runs) and the `fleetKey:` line naming it.
+#[cfg(test)]
+pub(crate) fn test_fleet_key() -> (tempfile::NamedTempFile, String) {
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(file.path(), "0123456789abcdef0123456789abcdef").expect("written");
+    let line = format!("fleetKey: file:{}", file.path().display());
+    (file, line)
+}
+
 /// Default drain time on shutdown; matches Kubernetes' default termination grace period.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A validated gateway configuration.
@@ -78,6 +88,8 @@ pub struct Config {
     pub tls: Option<ListenerTls>,
     /// `serversTransports` by name.
     pub servers_transports: BTreeMap<String, Arc<ServersTransport>>,
+    /// What is allowed but discouraged (inline secrets), as `key.path: message`.
+    pub warnings: Vec<String>,
 }
 
 /// One problem with a configuration value.
@@ -145,8 +157,22 @@ impl Config {
         Self::from_yaml(&text)
     }
 
+    /// [`Config::load`] without reading any secret: references are checked, not resolved
+    /// (`check-config --no-secrets`, for pipelines that do not hold the secrets).
+    pub fn check_without_secrets(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, false)
+    }
+
     /// Parses and validates configuration text.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, true)
+    }
+
+    fn parse(text: &str, resolve: bool) -> Result<Self, ConfigError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -158,6 +184,6 @@ impl Config {
             };
             ConfigError::Shape { path, message }
         })?;
-        validate::validate(raw).map_err(ConfigError::Invalid)
+        validate::validate(raw, resolve).map_err(ConfigError::Invalid)
     }
 }

@@ -49,6 +49,9 @@ pub struct RawConfig {
     /// Named middlewares, referenced by routes.
     #[serde(default)]
     pub middlewares: BTreeMap<String, RawMiddleware>,
+    /// Where `urn:k8s:secret:NAME:KEY` references are read (`NAME/KEY` under it).
+    #[serde(default)]
+    pub secrets_dir: Option<String>,
     /// Routes, tried by priority (see `proxy::rule`).
     #[serde(default)]
     pub routes: Vec<RawRoute>,

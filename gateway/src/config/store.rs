@@ -162,8 +162,9 @@ mod tests {
     use crate::store::{DEFAULT_RAFT_TIMEOUT, RaftStoreConfig, StoreConfig};
 
     fn load(store: &str) -> Result<Config, ConfigError> {
+        let (_key, fleet_key) = crate::config::test_fleet_key();
         Config::from_yaml(&format!(
-            "listen: 127.0.0.1:8080\nadmin: {{ listen: 127.0.0.1:9090 }}\nfleetKey: 0123456789abcdef0123456789abcdef\nstore: {store}\n"
+            "listen: 127.0.0.1:8080\nadmin: {{ listen: 127.0.0.1:9090 }}\n{fleet_key}\nstore: {store}\n"
         ))
     }
 

@@ -18,15 +18,39 @@ use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, LogFormat, TracingConfig};
 use crate::token::DEFAULT_MAX_ENTRIES;
 
-/// Collects issues; each check records and carries on. The second list holds the key paths
-/// that set `insecureSkipVerify`, refused at the end unless `allowInsecureSkipVerify` is set.
+/// Collects issues; each check records and carries on. Beside them: how secrets are resolved,
+/// the warnings, and the key paths that set `insecureSkipVerify` (refused at the end unless
+/// `allowInsecureSkipVerify` is set).
 #[derive(Default)]
-pub(super) struct Issues(pub(super) Vec<ConfigIssue>, Vec<String>);
+pub(super) struct Issues(pub(super) Vec<ConfigIssue>, Context);
+
+#[derive(Default)]
+pub(super) struct Context {
+    insecure: Vec<String>,
+    secrets: secret::Secrets,
+    warnings: Vec<String>,
+}
 
 impl Issues {
+    /// Issues of a configuration whose secrets are resolved by `secrets`.
+    pub(super) fn with_secrets(secrets: secret::Secrets) -> Self {
+        Self(
+            Vec::new(),
+            Context {
+                secrets,
+                ..Context::default()
+            },
+        )
+    }
+
     /// Notes that `path` turns certificate verification off.
     pub(super) fn insecure(&mut self, path: String) {
-        self.1.push(path);
+        self.1.insecure.push(path);
+    }
+
+    /// A warning about `path`, reported with the configuration but not refusing it.
+    pub(super) fn warn(&mut self, path: &str, message: &str) {
+        self.1.warnings.push(format!("{path}: {message}"));
     }
 
     pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -64,10 +88,43 @@ impl Issues {
         }
     }
 
-    pub(super) fn secret(&mut self, path: &str, reference: &str) -> Option<super::Secret> {
-        secret::resolve(reference)
+    /// A secret: a reference, or an inline value (allowed here, with a warning).
+    pub(super) fn secret(&mut self, path: &str, value: &str) -> Option<super::Secret> {
+        let (secret, inline) = self
+            .1
+            .secrets
+            .resolve(value)
             .map_err(|m| self.push(path, m))
-            .ok()
+            .ok()?;
+        if inline {
+            self.warn(
+                path,
+                "an inline secret sits in the configuration file; prefer env:, file: or urn:k8s:secret:",
+            );
+        }
+        Some(secret)
+    }
+
+    /// A secret that must be a reference: an operator's own key or password never sits in the
+    /// file.
+    pub(super) fn secret_reference(&mut self, path: &str, value: &str) -> Option<super::Secret> {
+        if secret::parse(value).is_ok_and(|r| r == secret::Reference::Inline) {
+            self.push(
+                path,
+                "must be a reference (env:NAME, file:/path or urn:k8s:secret:NAME:KEY), not an inline value",
+            );
+            return None;
+        }
+        self.secret(path, value)
+    }
+
+    /// A value that may be written as a secret reference (a `clientId` from a Kubernetes
+    /// secret) or as itself.
+    pub(super) fn maybe_reference(&mut self, path: &str, value: &str) -> Option<String> {
+        match secret::parse(value) {
+            Ok(secret::Reference::Inline) => Some(value.to_owned()),
+            _ => self.secret(path, value).map(|s| s.expose().to_owned()),
+        }
     }
 }
 
@@ -81,8 +138,14 @@ pub(super) fn redacted(value: &str) -> String {
     }
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
-    let mut issues = Issues::default();
+pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<ConfigIssue>> {
+    let mut issues = Issues::with_secrets(secret::Secrets {
+        dir: raw
+            .secrets_dir
+            .clone()
+            .map_or_else(|| secret::DEFAULT_SECRETS_DIR.into(), Into::into),
+        resolve,
+    });
     let allow_insecure = raw.allow_insecure_skip_verify;
     let listen = issues.addr("listen", &raw.listen);
     let admin_listen = issues.addr("admin.listen", &raw.admin.listen);
@@ -119,7 +182,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     let fleet_key = raw
         .fleet_key
         .as_deref()
-        .and_then(|r| issues.secret("fleetKey", r));
+        .and_then(|r| issues.secret_reference("fleetKey", r));
     if raw.fleet_key.is_none() && store != StoreConfig::Memory {
         issues.push(
             "fleetKey",
@@ -132,7 +195,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         .enumerate()
         .filter_map(|(i, r)| {
             let path = format!("previousFleetKeys[{i}]");
-            let k = issues.secret(&path, r)?;
+            let k = issues.secret_reference(&path, r)?;
             if k.expose().len() < 32 {
                 issues.push(path, "must be at least 32 bytes of high-entropy material");
             }
@@ -243,7 +306,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     }
 
     if !allow_insecure {
-        for path in std::mem::take(&mut issues.1) {
+        for path in std::mem::take(&mut issues.1.insecure) {
             issues.push(
                 path,
                 "turns certificate verification off, so tokens and secrets go to whoever answers; set allowInsecureSkipVerify: true at the top level to allow it (tests only)",
@@ -254,6 +317,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         return Err(issues.0);
     }
     Ok(Config {
+        warnings: issues.1.warnings,
         tls,
         servers_transports,
         listen: listen.expect("checked above"),

@@ -479,7 +479,9 @@ impl Gateway {
                 }
                 Ok(_) => false,
                 Err(e) => {
-                    picked.failed();
+                    if e.counts_against_server() {
+                        picked.failed();
+                    }
                     retry.is_some_and(|(p, _, _)| p.on_network_error && e.retryable())
                 }
             };
@@ -531,7 +533,9 @@ impl Gateway {
         {
             Ok(resp) => resp,
             Err(e) => {
-                picked.failed();
+                if e.counts_against_server() {
+                    picked.failed();
+                }
                 return e.into_response();
             }
         };
@@ -683,6 +687,11 @@ impl ForwardError {
     /// Whether sending the request again (to another server) may help.
     fn retryable(&self) -> bool {
         matches!(self, Self::Transport(_))
+    }
+
+    /// Whether the server is to blame (passive health), rather than the request.
+    fn counts_against_server(&self) -> bool {
+        !matches!(self, Self::Target)
     }
 
     fn into_response(self) -> Response<BoxBody> {

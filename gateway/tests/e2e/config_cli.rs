@@ -38,8 +38,13 @@ routes:
 
 #[test]
 fn secrets_never_appear_in_config_errors() {
-    let yaml = "listen: 127.0.0.1:8080\nadmin: { listen: 127.0.0.1:9090 }\nfleetKey: too-short-inline-secret\n";
-    let (mut cmd, _dir) = gateway_command(&["check-config"], yaml, &[]);
+    let yaml =
+        "listen: 127.0.0.1:8080\nadmin: { listen: 127.0.0.1:9090 }\nfleetKey: env:SHORT_KEY\n";
+    let (mut cmd, _dir) = gateway_command(
+        &["check-config"],
+        yaml,
+        &[("SHORT_KEY", "too-short-inline-secret")],
+    );
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
@@ -111,4 +116,76 @@ fn run_with_a_bad_config_exits_before_binding_anything() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("requestTimeout:"), "{stderr}");
     assert!(!String::from_utf8(out.stdout).unwrap().contains("listening"));
+}
+
+#[test]
+fn no_secrets_checks_references_without_reading_them_and_typos_never_pass() {
+    let yaml = r#"
+listen: 127.0.0.1:8080
+admin: { listen: 127.0.0.1:9090 }
+fleetKey: env:TOKENGATE_TEST_UNSET_FLEET_KEY
+secretsDir: /nonexistent/secrets
+store: { redis: { endpoints: ["127.0.0.1:6379"] } }
+middlewares:
+  gw:
+    clientCredentials:
+      url: http://idp.test/token
+      clientId: "urn:k8s:secret:oauth-client-nologin:client_id"
+      clientSecret: "urn:k8s:secret:oauth-client-nologin:client_secret"
+  inline:
+    clientCredentials: { url: http://idp.test/token, clientId: app, clientSecret: inline-s3cret }
+routes:
+  - { name: r, match: { pathPrefix: / }, middlewares: [gw], upstream: { urls: [http://127.0.0.1:8081] } }
+"#;
+    let (mut cmd, _dir) = gateway_command(&["check-config", "--no-secrets"], yaml, &[]);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("middlewares.inline.clientCredentials.clientSecret: an inline secret sits in the configuration file"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("inline-s3cret"));
+
+    // Resolving, the same file names every secret it cannot read.
+    let (mut cmd, _dir) = gateway_command(&["check-config"], yaml, &[]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    for expected in [
+        "fleetKey: environment variable TOKENGATE_TEST_UNSET_FLEET_KEY is not set",
+        "middlewares.gw.clientCredentials.clientId: Kubernetes secret oauth-client-nologin, key client_id: cannot read file /nonexistent/secrets/oauth-client-nologin/client_id",
+        "middlewares.gw.clientCredentials.clientSecret: Kubernetes secret oauth-client-nologin, key client_secret",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+
+    // A mistyped scheme is an error even without reading secrets, and an inline fleet key is
+    // refused.
+    let typo = yaml
+        .replace(
+            "env:TOKENGATE_TEST_UNSET_FLEET_KEY",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .replace(
+            "urn:k8s:secret:oauth-client-nologin:client_secret",
+            "ENV:GW_SECRET",
+        );
+    let (mut cmd, _dir) = gateway_command(&["check-config", "--no-secrets"], &typo, &[]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(stderr.contains("fleetKey: must be a reference"), "{stderr}");
+    assert!(
+        stderr.contains("middlewares.gw.clientCredentials.clientSecret: looks like a secret reference: write the scheme in lower case"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("0123456789abcdef"));
 }

@@ -179,6 +179,7 @@ middlewares:
 routes:
   - {{ name: budget, match: {{ pathPrefix: /budget }}, middlewares: [retry], upstream: {{ urls: ["http://{gone}", "{l}"] }} }}
   - {{ name: sick, match: {{ pathPrefix: /sick }}, middlewares: [generous], upstream: {{ urls: ["{s}", "{l}"] }} }}
+  - {{ name: big, match: {{ pathPrefix: /big }}, middlewares: [generous], upstream: {{ urls: ["{s}", "{l}"] }} }}
 "#,
             l = live.url(),
             s = sick.url(),
@@ -209,6 +210,18 @@ routes:
     let got = statuses(&node, reqwest::Method::PUT, "/sick", 3).await;
     assert_eq!(got, [200; 3]);
     assert_eq!((served(&sick), served(&live)), (3, 2 + 11 + 3));
+
+    // A body too large to hold is streamed to the first server and never sent again.
+    let resp = client()
+        .put(node.url("/big"))
+        .body(vec![b'x'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!((served(&sick), served(&live)), (4, 16));
+    let seen = sick.seen();
+    assert_eq!(seen.last().unwrap().body_len, 100 * 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

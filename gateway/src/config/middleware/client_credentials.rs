@@ -24,9 +24,9 @@ pub(super) fn client_credentials(
             if id.is_empty() {
                 issues.push(format!("{path}.clientId"), "is empty");
             }
-            issues
-                .secret(&format!("{path}.clientSecret"), &secret)
-                .map(|s| (id, s))
+            let id = issues.maybe_reference(&format!("{path}.clientId"), &id);
+            let secret = issues.secret(&format!("{path}.clientSecret"), &secret);
+            id.zip(secret)
         }
         (Some(_), None) => {
             issues.push(

@@ -73,13 +73,18 @@ pub(super) fn introspection(
 
 pub(super) fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> EndpointAuth {
     let client = |issues: &mut Issues, method| match (a.client_id.clone(), &a.client_secret) {
-        (Some(id), Some(s)) if !id.is_empty() => issues
-            .secret(&format!("{path}.clientSecret"), s)
-            .map_or(EndpointAuth::None, |secret| EndpointAuth::Client {
-                method,
-                client_id: id,
-                secret,
-            }),
+        (Some(id), Some(s)) if !id.is_empty() => {
+            let id = issues.maybe_reference(&format!("{path}.clientId"), &id);
+            let secret = issues.secret(&format!("{path}.clientSecret"), s);
+            id.zip(secret)
+                .map_or(EndpointAuth::None, |(client_id, secret)| {
+                    EndpointAuth::Client {
+                        method,
+                        client_id,
+                        secret,
+                    }
+                })
+        }
         _ => {
             issues.push(
                 path,
