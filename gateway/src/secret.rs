@@ -239,7 +239,9 @@ mod tests {
                 .resolve(v)
                 .map(|(s, inline)| (s.expose().to_owned(), inline))
         };
-        let cases: &[(&str, Result<(&str, bool), &str>)] = &[
+        /// A value, and the secret and inline flag it resolves to, or the start of its error.
+        type Case<'a> = (&'a str, Result<(&'a str, bool), &'a str>);
+        let cases: &[Case<'_>] = &[
             (
                 "env:TOKENGATE_TEST_SURELY_UNSET",
                 Err("environment variable TOKENGATE_TEST_SURELY_UNSET is not set"),
