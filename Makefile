@@ -1,4 +1,5 @@
-# Recipes match .ci/run; `make ci` is what CI runs.
+# Recipes match scripts/test (what CI runs, after installing the tools); `make ci` is it
+# without the installation.
 .PHONY: ci fmt lint test bench demo doubles run-example
 
 ci: fmt lint test
