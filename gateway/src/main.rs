@@ -40,6 +40,12 @@ enum Command {
         #[arg(long)]
         no_secrets: bool,
     },
+    /// Print the native configuration a file amounts to, its `manifests` (Traefik `Middleware`
+    /// and `IngressRoute` documents) converted.
+    Convert {
+        /// The configuration file (YAML).
+        file: PathBuf,
+    },
     /// Run everything in one process: the gateway, its own OAuth2 issuer and an echo upstream,
     /// and print the commands to try every flow.
     Demo {
@@ -188,6 +194,13 @@ fn main() -> ExitCode {
             Err(e) => config_failed(&file, &e),
         },
         Command::HashSecret => hash_secret(),
+        Command::Convert { file } => match Config::convert(&file) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failed(&file, &e),
+        },
         Command::CacheNode {
             id,
             listen,

@@ -7,6 +7,7 @@
 
 mod edge;
 pub mod issuer;
+pub mod manifests;
 mod middleware;
 mod raw;
 mod route;
@@ -150,40 +151,115 @@ impl Config {
 
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_yaml(&text)
+        Self::parse(&read(path)?, true, Some(path))
     }
 
     /// [`Config::load`] without reading any secret: references are checked, not resolved
     /// (`check-config --no-secrets`, for pipelines that do not hold the secrets).
     pub fn check_without_secrets(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text, false)
+        Self::parse(&read(path)?, false, Some(path))
     }
 
     /// Parses and validates configuration text.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        Self::parse(text, true)
+        Self::parse(text, true, None)
     }
 
-    fn parse(text: &str, resolve: bool) -> Result<Self, ConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            // The YAML library prefixes its own (shorter) path; ours names the exact key.
-            let message = match message.split_once(": ") {
-                Some((own, rest)) if path.starts_with(own) => rest.to_owned(),
-                _ => message,
-            };
-            ConfigError::Shape { path, message }
-        })?;
+    /// The native configuration a file amounts to once its `manifests` are converted, as YAML
+    /// (`gateway convert`), with a comment listing the documents skipped.
+    pub fn convert(path: &Path) -> Result<String, ConfigError> {
+        let (root, skipped) = match with_manifests(&read(path)?, Some(path))? {
+            Some(converted) => converted,
+            None => (
+                serde_yaml_ng::from_str(&read(path)?).map_err(shape)?,
+                Vec::new(),
+            ),
+        };
+        let mut out = String::new();
+        for s in skipped {
+            out.push_str(&format!("# skipped (not a Traefik document): {s}\n"));
+        }
+        out.push_str(&serde_yaml_ng::to_string(&root).map_err(shape)?);
+        Ok(out)
+    }
+
+    fn parse(text: &str, resolve: bool, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let raw: raw::RawConfig = match with_manifests(text, file)? {
+            Some((root, _)) => {
+                serde_path_to_error::deserialize(serde_yaml_ng::Value::Mapping(root))
+                    .map_err(path_error)?
+            }
+            None => serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
+                .map_err(path_error)?,
+        };
         validate::validate(raw, resolve).map_err(ConfigError::Invalid)
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn shape(e: serde_yaml_ng::Error) -> ConfigError {
+    ConfigError::Shape {
+        path: ".".into(),
+        message: e.to_string(),
+    }
+}
+
+fn path_error(e: serde_path_to_error::Error<serde_yaml_ng::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let message = e.into_inner().to_string();
+    // The YAML library prefixes its own (shorter) path; ours names the exact key.
+    let message = match message.split_once(": ") {
+        Some((own, rest)) if path.starts_with(own) => rest.to_owned(),
+        _ => message,
+    };
+    ConfigError::Shape { path, message }
+}
+
+/// A configuration naming `manifests`: its root with the manifests converted and merged in (and
+/// the `manifests` key gone), and the documents skipped. `None` without `manifests`.
+fn with_manifests(
+    text: &str,
+    file: Option<&Path>,
+) -> Result<Option<(serde_yaml_ng::Mapping, Vec<String>)>, ConfigError> {
+    let root: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(shape)?;
+    let serde_yaml_ng::Value::Mapping(mut root) = root else {
+        return Ok(None);
+    };
+    let Some(section) = root.remove("manifests") else {
+        return Ok(None);
+    };
+    let raw: raw::RawManifests = serde_path_to_error::deserialize(section).map_err(|e| {
+        let ConfigError::Shape { path, message } = path_error(e) else {
+            unreachable!("path_error gives shapes")
+        };
+        ConfigError::Shape {
+            path: format!("manifests.{path}"),
+            message,
+        }
+    })?;
+    let source = manifests::ManifestSource {
+        directory: manifests::resolve_directory(file, &raw.directory),
+        services: raw.services,
+    };
+    let issues = |errors: Vec<String>| {
+        ConfigError::Invalid(
+            errors
+                .into_iter()
+                .map(|message| ConfigIssue {
+                    path: "manifests".into(),
+                    message,
+                })
+                .collect(),
+        )
+    };
+    let converted = manifests::convert(&source).map_err(issues)?;
+    let skipped = converted.skipped.clone();
+    manifests::merge(&mut root, converted).map_err(issues)?;
+    Ok(Some((root, skipped)))
 }

@@ -159,6 +159,17 @@ pub struct RawServersTransport {
     pub forwarding_timeouts: Option<RawForwardingTimeouts>,
 }
 
+/// `manifests`: a directory of Traefik `Middleware` and `IngressRoute` documents.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawManifests {
+    /// Relative to the configuration file's directory unless absolute.
+    pub directory: String,
+    /// `namespace/name:port` → URL, for services not reached at their cluster DNS name.
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+}
+
 /// `forwardingTimeouts` (Traefik's), on a transport or a route's upstream.
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -63,12 +63,18 @@ impl IdpError {
     }
 }
 
-/// How every client towards an IdP starts: our user agent, pooled connections, and redirects
-/// never followed (an IdP endpoint that redirects is misconfigured, and following would carry
-/// credentials elsewhere).
+/// How every client towards an IdP starts: our user agent, pooled connections, redirects never
+/// followed (an IdP endpoint that redirects is misconfigured, and following would carry
+/// credentials elsewhere), and the system's trusted roots beside the built-in ones, as
+/// upstreams are verified (an IdP behind a company CA installed in the system trust store, or
+/// named by `SSL_CERT_FILE`, needs no `caFile`).
 pub fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none());
+    tls::system_roots()
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .fold(builder, reqwest::ClientBuilder::add_root_certificate)
 }

@@ -117,13 +117,13 @@ impl PartialEq for ClientIdentity {
 }
 
 /// The system's trusted roots, read once (a few hundred files on a typical distribution).
-fn system_roots() -> &'static [CertificateDer<'static>] {
+pub fn system_roots() -> &'static [CertificateDer<'static>] {
     static ROOTS: LazyLock<Vec<CertificateDer<'static>>> = LazyLock::new(|| {
         let found = rustls_native_certs::load_native_certs();
         if found.certs.is_empty() {
             tracing::warn!(
                 errors = found.errors.len(),
-                "no system CA certificates found: HTTPS upstreams verify only against configured rootCAs"
+                "no system CA certificates found: HTTPS upstreams verify only against configured rootCAs, IdPs against caFile and the built-in roots"
             );
         }
         found.certs

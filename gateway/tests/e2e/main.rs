@@ -12,6 +12,7 @@ mod introspection;
 mod issuer;
 mod jwt;
 mod lifecycle;
+mod manifests;
 mod metrics;
 mod proxy;
 mod raft;

@@ -2,7 +2,7 @@
 //! dropped (even when the test fails), its log captured; and small HTTP and polling helpers.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,13 +49,46 @@ pub fn gateway_command(
     (cmd, dir)
 }
 
+/// Whether this process runs as root (tests that bind privileged ports or mount files).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 impl Node {
     /// Starts a node with `yaml` (listeners on port 0) and waits until it listens.
     pub fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_resolving(yaml, env, &[])
+    }
+
+    /// [`Node::start`], the node resolving each `(name, address)` of `hosts` to that address,
+    /// as a pod's `hostAliases` do: it runs in its own mount namespace, where `/etc/hosts` is a
+    /// file listing them (root only).
+    pub fn start_resolving(yaml: &str, env: &[(&str, &str)], hosts: &[(&str, IpAddr)]) -> Self {
         let yaml = format!(
             "log: {{ format: json, level: \"info,tokengate=debug,gateway=debug\" }}\n{yaml}"
         );
         let (mut cmd, dir) = gateway_command(&["run", "--config"], &yaml, env);
+        if !hosts.is_empty() {
+            let file = dir.path().join("hosts");
+            let lines: String = hosts
+                .iter()
+                .map(|(name, ip)| format!("{ip} {name}\n"))
+                .collect();
+            std::fs::write(&file, format!("127.0.0.1 localhost\n{lines}")).unwrap();
+            let mut wrapped = Command::new("unshare");
+            wrapped
+                .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+                .arg(&file)
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+                .env_remove("RUST_LOG");
+            cmd = wrapped;
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

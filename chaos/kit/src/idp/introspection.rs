@@ -55,6 +55,7 @@ pub(super) fn introspect(
         ("basic" | "post", Some((id, secret))) => {
             state.clients.lock().unwrap().get(id) == Some(secret)
         }
+        ("none", None) => state.anonymous_introspection.load(Ordering::Relaxed),
         _ => false,
     };
     if !authenticated {

@@ -89,6 +89,7 @@ struct State {
     revoked: Mutex<Vec<String>>,
     introspection_bearer: Mutex<Option<String>>,
     introspections: AtomicU64,
+    anonymous_introspection: AtomicBool,
     introspection_seen: Mutex<Vec<SeenRequest>>,
     jwks_fetches: AtomicU64,
     /// The next token answer is held: told it arrived, waits for the release.
@@ -190,9 +191,25 @@ impl FakeIdp {
 
     /// Starts an IdP serving HTTPS on a free loopback port.
     pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
-        Self::start_with(([127, 0, 0, 1], 0).into(), Some(tls))
+        Self::start_tls_on(([127, 0, 0, 1], 0).into(), tls)
             .await
             .expect("bind loopback")
+    }
+
+    /// Starts an IdP serving HTTPS on `addr`.
+    pub async fn start_tls_on(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        Self::start_with(addr, Some(tls)).await
+    }
+
+    /// Answers introspection requests that carry no client authentication too (an IdP that
+    /// trusts its network; RFC 7662 §2.1 lets it choose).
+    pub fn allow_anonymous_introspection(&self) {
+        self.state
+            .anonymous_introspection
+            .store(true, Ordering::Relaxed);
     }
 
     async fn start_with(
@@ -219,6 +236,7 @@ impl FakeIdp {
             revoked: Mutex::new(Vec::new()),
             introspection_bearer: Mutex::new(None),
             introspections: AtomicU64::new(0),
+            anonymous_introspection: AtomicBool::new(false),
             introspection_seen: Mutex::new(Vec::new()),
             jwks_fetches: AtomicU64::new(0),
             hold: Mutex::new(None),
@@ -423,8 +441,14 @@ impl FakeIdp {
 async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let latency = *state.latency.lock().unwrap();
     let mode = *state.mode.lock().unwrap();
+    // Endpoints answer at any path ending in their name, as real IdPs place them: Hydra's
+    // `/oauth2/token`, Keycloak's `/realms/R/protocol/openid-connect/token/introspect`.
     let path = req.uri().path().to_owned();
-    match (req.method().as_str(), path.as_str()) {
+    let endpoint = match path.rsplit('/').next() {
+        Some(last @ ("token" | "introspect" | "jwks")) => format!("/{last}"),
+        _ => path.clone(),
+    };
+    match (req.method().as_str(), endpoint.as_str()) {
         ("GET", "/jwks") => {
             state.jwks_fetches.fetch_add(1, Ordering::Relaxed);
             match mode {

@@ -1,0 +1,568 @@
+//! Traefik's Kubernetes manifests as a configuration source: a directory of `Middleware` and
+//! `IngressRoute` documents, read as they are and turned into native middlewares and routes.
+//!
+//! The conversion is from YAML values to YAML values: the result is merged into the native
+//! configuration before it is parsed, so everything a manifest says is checked by the same
+//! validation as native configuration, and `gateway convert` prints exactly what was loaded.
+//!
+//! - A `Middleware` named `NAME` in namespace `NS` becomes the native middleware `NS/NAME`.
+//!   Traefik Hub's `plugin.oAuthClientCredentials` and `plugin.oAuthIntrospection` become
+//!   `clientCredentials` and `introspection` (their options have the same names), `plugin.jwt`
+//!   becomes `jwt`; Traefik's `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex`,
+//!   `headers`, `retry` and `rateLimit` keep their names.
+//! - Each route of an `IngressRoute` `NS/NAME` becomes a native route `NS/NAME` (`NS/NAME#i`
+//!   when it has several) with its `match` as the rule, its `priority`, its middlewares
+//!   (`name`, in `namespace` or the route's own; `name@kubernetescrd` too) and its services as
+//!   weighted servers. A service `NAME:PORT` in `NS` is reached at the URL `manifests.services`
+//!   maps `NS/NAME:PORT` to, or else at `http://NAME.NS.svc:PORT` (`https://` for port 443),
+//!   which is the cluster's DNS name for it.
+//! - Documents of other API groups (a `Deployment`, a `Service` in the same file) are skipped and
+//!   listed; a Traefik document or field that has no equivalent is an error naming the file, the
+//!   document and the field, never dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::{Mapping, Value};
+
+/// `manifests`: where the documents are, and how their services are reached.
+#[derive(Debug, Default)]
+pub struct ManifestSource {
+    /// The directory of `*.yaml` / `*.yml` files (each may hold several documents).
+    pub directory: PathBuf,
+    /// `namespace/name:port` → upstream URL.
+    pub services: BTreeMap<String, String>,
+}
+
+/// What the documents amount to.
+#[derive(Debug, Default)]
+pub struct Converted {
+    /// Native middlewares by name.
+    pub middlewares: Mapping,
+    /// Native routes.
+    pub routes: Vec<Value>,
+    /// Documents skipped for not being Traefik's (`file#n kind namespace/name`).
+    pub skipped: Vec<String>,
+}
+
+const API_GROUPS: [&str; 2] = ["traefik.io/", "traefik.containo.us/"];
+
+/// Middleware kinds kept as they are.
+const SAME_NAME: [&str; 7] = [
+    "stripPrefix",
+    "addPrefix",
+    "replacePath",
+    "replacePathRegex",
+    "headers",
+    "retry",
+    "rateLimit",
+];
+
+/// Reads every document under the source's directory; the problems, each naming where.
+pub fn convert(source: &ManifestSource) -> Result<Converted, Vec<String>> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&source.directory) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect(),
+        Err(e) => {
+            return Err(vec![format!(
+                "cannot read directory {}: {}",
+                source.directory.display(),
+                e.kind()
+            )]);
+        }
+    };
+    files.sort();
+    let mut out = Converted::default();
+    let mut errors = Vec::new();
+    for file in &files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{}: cannot read: {}", file.display(), e.kind()));
+                continue;
+            }
+        };
+        let name = file.file_name().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let at = format!("{name}#{}", i + 1);
+            match serde::Deserialize::deserialize(doc) {
+                Ok(Value::Null) => {}
+                Ok(value) => {
+                    if let Err(e) = document(source, &at, &value, &mut out) {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(format!("{at}: not YAML: {e}")),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// One document: converted into `out`, skipped, or the error.
+fn document(
+    source: &ManifestSource,
+    at: &str,
+    doc: &Value,
+    out: &mut Converted,
+) -> Result<(), String> {
+    let api = str_at(doc, "apiVersion").unwrap_or_default();
+    let kind = str_at(doc, "kind").unwrap_or_default();
+    let meta = doc.get("metadata");
+    let name = meta.and_then(|m| str_at(m, "name")).unwrap_or_default();
+    let namespace = meta
+        .and_then(|m| str_at(m, "namespace"))
+        .unwrap_or("default");
+    if !API_GROUPS.iter().any(|g| api.starts_with(g)) {
+        out.skipped.push(format!("{at} {kind} {namespace}/{name}"));
+        return Ok(());
+    }
+    let here = format!("{at} ({kind} {namespace}/{name})");
+    if name.is_empty() {
+        return Err(format!("{here}: metadata.name is required"));
+    }
+    let spec = doc
+        .get("spec")
+        .and_then(Value::as_mapping)
+        .ok_or_else(|| format!("{here}: spec is required"))?;
+    match kind {
+        "Middleware" => {
+            let converted = middleware(spec).map_err(|e| format!("{here}: {e}"))?;
+            let key = Value::String(format!("{namespace}/{name}"));
+            if out.middlewares.insert(key, converted).is_some() {
+                return Err(format!("{here}: declared twice"));
+            }
+            Ok(())
+        }
+        "IngressRoute" => {
+            let routes =
+                ingress_route(source, namespace, name, spec).map_err(|e| format!("{here}: {e}"))?;
+            out.routes.extend(routes);
+            Ok(())
+        }
+        other => Err(format!(
+            "{here}: kind {other:?} is not supported (Middleware and IngressRoute are)"
+        )),
+    }
+}
+
+/// A `Middleware`'s spec as a native middleware; the error names the field.
+fn middleware(spec: &Mapping) -> Result<Value, String> {
+    let [(kind, options)] = one_entry(spec, "spec")?;
+    let kind = kind.as_str().unwrap_or_default();
+    let (native, options) = if kind == "plugin" {
+        let plugin = options
+            .as_mapping()
+            .ok_or("spec.plugin: expected a mapping")?;
+        let [(name, options)] = one_entry(plugin, "spec.plugin")?;
+        let native = match name.as_str().unwrap_or_default() {
+            "oAuthClientCredentials" => "clientCredentials",
+            "oAuthIntrospection" => "introspection",
+            "jwt" => "jwt",
+            other => {
+                return Err(format!(
+                    "spec.plugin.{other}: not supported (oAuthClientCredentials, oAuthIntrospection and jwt are)"
+                ));
+            }
+        };
+        (native, options)
+    } else if SAME_NAME.contains(&kind) {
+        (kind, options)
+    } else {
+        return Err(format!(
+            "spec.{kind}: middleware kind not supported (plugin.oAuthClientCredentials, plugin.oAuthIntrospection, plugin.jwt, {})",
+            SAME_NAME.join(", ")
+        ));
+    };
+    let mut m = Mapping::new();
+    m.insert(Value::String(native.to_owned()), options.clone());
+    Ok(Value::Mapping(m))
+}
+
+/// The single `key: value` of `map`, or an error naming `path`.
+fn one_entry<'a>(map: &'a Mapping, path: &str) -> Result<[(&'a Value, &'a Value); 1], String> {
+    let mut entries = map.iter();
+    match (entries.next(), entries.next()) {
+        (Some(one), None) => Ok([one]),
+        (None, _) => Err(format!("{path}: names no middleware")),
+        (Some(_), Some(_)) => Err(format!("{path}: names more than one middleware")),
+    }
+}
+
+/// The routes of an `IngressRoute`'s spec.
+fn ingress_route(
+    source: &ManifestSource,
+    namespace: &str,
+    name: &str,
+    spec: &Mapping,
+) -> Result<Vec<Value>, String> {
+    for (key, _) in spec {
+        match key.as_str().unwrap_or_default() {
+            // One listener serves every entry point.
+            "routes" | "entryPoints" => {}
+            "tls" => {
+                return Err(
+                    "spec.tls: TLS is the gateway listener's (the top-level tls section)".into(),
+                );
+            }
+            other => return Err(format!("spec.{other}: not supported")),
+        }
+    }
+    let routes = spec
+        .get("routes")
+        .and_then(Value::as_sequence)
+        .ok_or("spec.routes: expected a list of routes")?;
+    let many = routes.len() > 1;
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let route_name = if many {
+                format!("{namespace}/{name}#{i}")
+            } else {
+                format!("{namespace}/{name}")
+            };
+            route(source, namespace, route_name, r).map_err(|e| format!("spec.routes[{i}].{e}"))
+        })
+        .collect()
+}
+
+fn route(
+    source: &ManifestSource,
+    namespace: &str,
+    name: String,
+    r: &Value,
+) -> Result<Value, String> {
+    let r = r.as_mapping().ok_or("expected a mapping")?;
+    let mut middlewares = Vec::new();
+    let mut servers = Vec::new();
+    let mut pass_host_header = None;
+    let mut out = Mapping::new();
+    out.insert("name".into(), Value::String(name));
+    for (key, value) in r {
+        match key.as_str().unwrap_or_default() {
+            "match" => {
+                let rule = value.as_str().ok_or("match: expected a rule")?;
+                let mut m = Mapping::new();
+                m.insert("rule".into(), Value::String(rule.to_owned()));
+                out.insert("match".into(), Value::Mapping(m));
+            }
+            "kind" => {
+                if value.as_str() != Some("Rule") {
+                    return Err("kind: only Rule is supported".into());
+                }
+            }
+            "syntax" => {
+                if value.as_str() != Some("v3") {
+                    return Err("syntax: only the v3 rule syntax is supported".into());
+                }
+            }
+            "priority" => {
+                out.insert("priority".into(), value.clone());
+            }
+            "middlewares" => {
+                for (i, m) in value
+                    .as_sequence()
+                    .ok_or("middlewares: expected a list")?
+                    .iter()
+                    .enumerate()
+                {
+                    middlewares.push(Value::String(
+                        reference(namespace, m).map_err(|e| format!("middlewares[{i}].{e}"))?,
+                    ));
+                }
+            }
+            "services" => {
+                for (i, s) in value
+                    .as_sequence()
+                    .ok_or("services: expected a list")?
+                    .iter()
+                    .enumerate()
+                {
+                    let (server, pass) =
+                        service(source, namespace, s).map_err(|e| format!("services[{i}].{e}"))?;
+                    servers.push(server);
+                    if pass.is_some() {
+                        pass_host_header = pass;
+                    }
+                }
+            }
+            other => return Err(format!("{other}: not supported")),
+        }
+    }
+    if !out.contains_key("match") {
+        return Err("match: is required".into());
+    }
+    if servers.is_empty() {
+        return Err("services: needs at least one service".into());
+    }
+    out.insert("middlewares".into(), Value::Sequence(middlewares));
+    let mut upstream = Mapping::new();
+    upstream.insert("servers".into(), Value::Sequence(servers));
+    if let Some(pass) = pass_host_header {
+        upstream.insert("passHostHeader".into(), Value::Bool(pass));
+    }
+    out.insert("upstream".into(), Value::Mapping(upstream));
+    Ok(Value::Mapping(out))
+}
+
+/// A middleware reference (`name`, `namespace`) as a native middleware name.
+fn reference(namespace: &str, m: &Value) -> Result<String, String> {
+    let mut name = None;
+    let mut ns = namespace.to_owned();
+    for (key, value) in m.as_mapping().ok_or("expected a mapping")? {
+        match key.as_str().unwrap_or_default() {
+            "name" => name = value.as_str(),
+            "namespace" => ns = value.as_str().ok_or("namespace: expected text")?.to_owned(),
+            other => return Err(format!("{other}: not supported")),
+        }
+    }
+    let name = name.ok_or("name: is required")?;
+    let name = match name.split_once('@') {
+        None => name,
+        Some((n, "kubernetescrd")) => n,
+        Some((_, provider)) => {
+            return Err(format!(
+                "name: a middleware of provider {provider:?} cannot be referenced (only this directory's)"
+            ));
+        }
+    };
+    Ok(format!("{ns}/{name}"))
+}
+
+/// A service as a weighted server, and its `passHostHeader` if given.
+fn service(
+    source: &ManifestSource,
+    namespace: &str,
+    s: &Value,
+) -> Result<(Value, Option<bool>), String> {
+    let mut name = None;
+    let mut port = None;
+    let mut ns = namespace.to_owned();
+    let mut weight = None;
+    let mut scheme = None;
+    let mut pass = None;
+    for (key, value) in s.as_mapping().ok_or("expected a mapping")? {
+        match key.as_str().unwrap_or_default() {
+            "name" => name = value.as_str(),
+            "namespace" => ns = value.as_str().ok_or("namespace: expected text")?.to_owned(),
+            "port" => {
+                port = Some(match value {
+                    Value::Number(n) => n.to_string(),
+                    Value::String(s) => s.clone(),
+                    _ => return Err("port: expected a number or a port name".into()),
+                });
+            }
+            "weight" => weight = Some(value.clone()),
+            "scheme" => scheme = value.as_str(),
+            "passHostHeader" => {
+                pass = Some(
+                    value
+                        .as_bool()
+                        .ok_or("passHostHeader: expected true or false")?,
+                )
+            }
+            "kind" => {
+                if value.as_str() != Some("Service") {
+                    return Err("kind: only Service is supported".into());
+                }
+            }
+            other => return Err(format!("{other}: not supported")),
+        }
+    }
+    let name = name.ok_or("name: is required")?;
+    let port = port.ok_or("port: is required")?;
+    let key = format!("{ns}/{name}:{port}");
+    let url = match source.services.get(&key) {
+        Some(url) => url.clone(),
+        None => {
+            if port.parse::<u16>().is_err() {
+                return Err(format!(
+                    "port: the named port {port:?} has no number here; map {key} in manifests.services"
+                ));
+            }
+            let scheme = scheme.unwrap_or(if port == "443" { "https" } else { "http" });
+            format!("{scheme}://{name}.{ns}.svc:{port}")
+        }
+    };
+    let mut server = Mapping::new();
+    server.insert("url".into(), Value::String(url));
+    if let Some(w) = weight {
+        server.insert("weight".into(), w);
+    }
+    Ok((Value::Mapping(server), pass))
+}
+
+/// Merges converted documents into a native configuration's root: middlewares beside the
+/// native ones (a name declared twice is an error), routes after them.
+pub fn merge(root: &mut Mapping, converted: Converted) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    let middlewares = root
+        .entry("middlewares".into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if let Value::Mapping(m) = middlewares {
+        for (name, value) in converted.middlewares {
+            if m.contains_key(&name) {
+                errors.push(format!(
+                    "middleware {} is declared in the configuration and in the manifests",
+                    name.as_str().unwrap_or_default()
+                ));
+            } else {
+                m.insert(name, value);
+            }
+        }
+    }
+    let routes = root
+        .entry("routes".into())
+        .or_insert_with(|| Value::Sequence(Vec::new()));
+    if let Value::Sequence(r) = routes {
+        r.extend(converted.routes);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// The directory, relative to the configuration file's when it is not absolute.
+pub fn resolve_directory(config_file: Option<&Path>, directory: &str) -> PathBuf {
+    let dir = PathBuf::from(directory);
+    match config_file.and_then(Path::parent) {
+        Some(base) if dir.is_relative() => base.join(dir),
+        _ => dir,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn converted(docs: &str, services: &[(&str, &str)]) -> Result<Converted, Vec<String>> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("apps.yaml"), docs).unwrap();
+        convert(&ManifestSource {
+            directory: dir.path().to_owned(),
+            services: services
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn middlewares_and_routes_become_native_ones() {
+        let c = converted(
+            r#"
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: { name: creds, namespace: apps }
+spec:
+  plugin:
+    oAuthClientCredentials: { url: "http://idp/token", audience: https://api }
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: { name: strip, namespace: shared }
+spec: { stripPrefix: { prefixes: [/api] } }
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: { name: whoami, namespace: apps }
+spec:
+  entryPoints: [web]
+  routes:
+    - match: Host(`a.test`) && PathPrefix(`/api`)
+      kind: Rule
+      priority: 10
+      services: [{ name: whoami, port: 80, weight: 3 }, { name: other, namespace: more, port: 443 }]
+      middlewares: [{ name: creds }, { name: strip, namespace: shared }, { name: "creds@kubernetescrd" }]
+    - match: Path(`/x`)
+      services: [{ name: mapped, port: http }]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: whoami, namespace: apps }
+"#,
+            &[("apps/mapped:http", "http://10.0.0.9:8080")],
+        )
+        .unwrap();
+        let yaml = |v: &Value| serde_yaml_ng::to_string(v).unwrap();
+        assert_eq!(
+            yaml(&Value::Mapping(c.middlewares)),
+            "apps/creds:\n  clientCredentials:\n    url: http://idp/token\n    audience: https://api\nshared/strip:\n  stripPrefix:\n    prefixes:\n    - /api\n"
+        );
+        assert_eq!(
+            yaml(&c.routes[0]),
+            "name: apps/whoami#0\nmatch:\n  rule: Host(`a.test`) && PathPrefix(`/api`)\npriority: 10\nmiddlewares:\n- apps/creds\n- shared/strip\n- apps/creds\nupstream:\n  servers:\n  - url: http://whoami.apps.svc:80\n    weight: 3\n  - url: https://other.more.svc:443\n"
+        );
+        assert_eq!(
+            yaml(&c.routes[1]),
+            "name: apps/whoami#1\nmatch:\n  rule: Path(`/x`)\nmiddlewares: []\nupstream:\n  servers:\n  - url: http://10.0.0.9:8080\n"
+        );
+        assert_eq!(c.skipped, ["apps.yaml#4 Deployment apps/whoami"]);
+    }
+
+    #[test]
+    fn what_has_no_equivalent_is_an_error_naming_the_document_and_the_field() {
+        let errors = converted(
+            r#"
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: { name: basic, namespace: apps }
+spec: { basicAuth: { secret: users } }
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: { name: r, namespace: apps }
+spec:
+  tls: { secretName: cert }
+  routes: []
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: { name: s, namespace: apps }
+spec:
+  routes:
+    - match: Path(`/`)
+      services: [{ name: x, port: 80, sticky: { cookie: {} } }]
+---
+apiVersion: traefik.io/v1alpha1
+kind: TraefikService
+metadata: { name: t }
+spec: {}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: { name: fwd, namespace: apps }
+spec: { plugin: { someOtherPlugin: {} } }
+"#,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "apps.yaml#1 (Middleware apps/basic): spec.basicAuth: middleware kind not supported (plugin.oAuthClientCredentials, plugin.oAuthIntrospection, plugin.jwt, stripPrefix, addPrefix, replacePath, replacePathRegex, headers, retry, rateLimit)",
+                "apps.yaml#2 (IngressRoute apps/r): spec.tls: TLS is the gateway listener's (the top-level tls section)",
+                "apps.yaml#3 (IngressRoute apps/s): spec.routes[0].services[0].sticky: not supported",
+                "apps.yaml#4 (TraefikService default/t): kind \"TraefikService\" is not supported (Middleware and IngressRoute are)",
+                "apps.yaml#5 (Middleware apps/fwd): spec.plugin.someOtherPlugin: not supported (oAuthClientCredentials, oAuthIntrospection and jwt are)",
+            ]
+        );
+    }
+}
