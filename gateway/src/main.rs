@@ -30,6 +30,10 @@ enum Command {
         /// The configuration file (YAML).
         #[arg(long, short, env = "TOKENGATE_CONFIG")]
         config: PathBuf,
+        /// How often the configuration's files are looked at for changes (0s: never; SIGHUP
+        /// reloads either way).
+        #[arg(long, env = "TOKENGATE_WATCH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+        watch_interval: std::time::Duration,
     },
     /// Validate a configuration file and exit: 0 when valid, 1 with every problem listed.
     CheckConfig {
@@ -272,12 +276,24 @@ fn main() -> ExitCode {
             admin_listen,
             print_config,
         } => runtime().block_on(demo(listen, admin_listen, print_config)),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            watch_interval,
+        } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_failed(&config, &e),
             };
-            runtime().block_on(run(cfg))
+            let source = gateway::node::reload::ConfigSource {
+                path: config,
+                // Never looked at is the same as waiting forever; SIGHUP still reloads.
+                watch_interval: if watch_interval.is_zero() {
+                    std::time::Duration::from_secs(u64::from(u32::MAX))
+                } else {
+                    watch_interval
+                },
+            };
+            runtime().block_on(run(cfg, source))
         }
     }
 }
@@ -431,7 +447,7 @@ fn config_failed(file: &std::path::Path, e: &gateway::config::ConfigError) -> Ex
     ExitCode::FAILURE
 }
 
-async fn run(cfg: Config) -> ExitCode {
+async fn run(cfg: Config, source: gateway::node::reload::ConfigSource) -> ExitCode {
     let telemetry =
         match gateway::telemetry::init(&cfg.log, cfg.tracing.as_ref(), "tokengate-gateway", None) {
             Ok(t) => t,
@@ -461,7 +477,7 @@ async fn run(cfg: Config) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
-    let code = match gateway::node::run(cfg, listeners, shutdown).await {
+    let code = match gateway::node::run(cfg, listeners, shutdown, Some(source)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "cannot start");

@@ -19,7 +19,7 @@ use super::AuthError;
 use super::limits::CallerLimits;
 
 /// Where a caller's bearer token is looked for, in this order: header, query, cookie.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenSource {
     /// Headers, tried in order, each with the scheme that must precede the token in it
     /// (`None`: the whole value).

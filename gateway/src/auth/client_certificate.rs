@@ -14,7 +14,7 @@ use super::{Applied, AuthError};
 use crate::http::tls::TlsSession;
 
 /// The `clientCertificate` middleware, validated.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientCertificateConfig {
     /// The expression, forwarded headers and username claim, over the certificate's claims.
     pub policy: ClaimsPolicy,

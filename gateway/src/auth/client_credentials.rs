@@ -38,7 +38,7 @@ pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_REJECTED_TOKEN_MIN_AGE: Duration = Duration::from_secs(30);
 
 /// The `clientCredentials` middleware, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientCredentialsConfig {
     /// The IdP token endpoint.
     pub token_url: Url,

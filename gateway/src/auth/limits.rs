@@ -151,6 +151,7 @@ const SWEEP_ABOVE: usize = 10_000;
 
 /// The node's miss budget, shared by every middleware.
 pub struct MissBudget {
+    config: MissBudgetConfig,
     per_client_id: Option<Buckets>,
     per_address: Option<Buckets>,
     hasher: RandomState,
@@ -192,12 +193,18 @@ impl MissBudget {
                 .map(RateLimiter::keyed)
         };
         Arc::new(Self {
+            config: *cfg,
             per_client_id: build(&cfg.per_client_id),
             per_address: build(&cfg.per_address),
             hasher: RandomState::new(),
             started: std::time::Instant::now(),
             swept_at: AtomicU64::new(0),
         })
+    }
+
+    /// The buckets' configuration.
+    pub fn config(&self) -> &MissBudgetConfig {
+        &self.config
     }
 
     /// No budget at all (tests, benches).

@@ -34,7 +34,7 @@ use crate::token::TokenKey;
 pub const DEFAULT_REALM: &str = "tokengate";
 
 /// A configured middleware.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MiddlewareConfig {
     /// OAuth2 client credentials (RFC 6749 §4.4).
     ClientCredentials(ClientCredentialsConfig),

@@ -18,7 +18,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +91,9 @@ pub struct Config {
     pub servers_transports: BTreeMap<String, Arc<ServersTransport>>,
     /// What is allowed but discouraged (inline secrets), as `key.path: message`.
     pub warnings: Vec<String>,
+    /// The files and directories the configuration reads besides itself (secrets, manifests,
+    /// TLS material), for a reload to watch.
+    pub sources: Vec<PathBuf>,
 }
 
 /// One problem with a configuration value.
@@ -169,7 +172,7 @@ impl Config {
     /// (`gateway convert`), with a comment listing the documents skipped.
     pub fn convert(path: &Path) -> Result<String, ConfigError> {
         let (root, skipped) = match with_manifests(&read(path)?, Some(path))? {
-            Some(converted) => converted,
+            Some((root, _, skipped)) => (root, skipped),
             None => (
                 serde_yaml_ng::from_str(&read(path)?).map_err(shape)?,
                 Vec::new(),
@@ -184,15 +187,21 @@ impl Config {
     }
 
     fn parse(text: &str, resolve: bool, file: Option<&Path>) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig = match with_manifests(text, file)? {
-            Some((root, _)) => {
+        let (raw, manifests): (raw::RawConfig, _) = match with_manifests(text, file)? {
+            Some((root, directory, _)) => (
                 serde_path_to_error::deserialize(serde_yaml_ng::Value::Mapping(root))
-                    .map_err(path_error)?
-            }
-            None => serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
-                .map_err(path_error)?,
+                    .map_err(path_error)?,
+                Some(directory),
+            ),
+            None => (
+                serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
+                    .map_err(path_error)?,
+                None,
+            ),
         };
-        validate::validate(raw, resolve).map_err(ConfigError::Invalid)
+        let mut config = validate::validate(raw, resolve).map_err(ConfigError::Invalid)?;
+        config.sources.extend(manifests);
+        Ok(config)
     }
 }
 
@@ -221,12 +230,12 @@ fn path_error(e: serde_path_to_error::Error<serde_yaml_ng::Error>) -> ConfigErro
     ConfigError::Shape { path, message }
 }
 
-/// A configuration naming `manifests`: its root with the manifests converted and merged in (and
-/// the `manifests` key gone), and the documents skipped. `None` without `manifests`.
-fn with_manifests(
-    text: &str,
-    file: Option<&Path>,
-) -> Result<Option<(serde_yaml_ng::Mapping, Vec<String>)>, ConfigError> {
+/// What a configuration naming `manifests` amounts to: its root with the manifests converted
+/// and merged in (the `manifests` key gone), their directory, and the documents skipped.
+type WithManifests = (serde_yaml_ng::Mapping, PathBuf, Vec<String>);
+
+/// A configuration naming `manifests`, converted; `None` without `manifests`.
+fn with_manifests(text: &str, file: Option<&Path>) -> Result<Option<WithManifests>, ConfigError> {
     let root: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(shape)?;
     let serde_yaml_ng::Value::Mapping(mut root) = root else {
         return Ok(None);
@@ -261,5 +270,5 @@ fn with_manifests(
     let converted = manifests::convert(&source).map_err(issues)?;
     let skipped = converted.skipped.clone();
     manifests::merge(&mut root, converted).map_err(issues)?;
-    Ok(Some((root, skipped)))
+    Ok(Some((root, source.directory, skipped)))
 }

@@ -131,6 +131,7 @@ fn servers_transport(
         .iter()
         .enumerate()
         .flat_map(|(i, f)| {
+            issues.source(f);
             tls::read_chain(f.as_ref())
                 .map_err(|e| issues.push(format!("{path}.rootCAs[{i}]"), e.to_string()))
                 .unwrap_or_default()
@@ -178,6 +179,8 @@ pub(super) fn client_identity(
         cert_file: PathBuf::from(&c.cert_file),
         key_file: PathBuf::from(&c.key_file),
     };
+    issues.source(&files.cert_file);
+    issues.source(&files.key_file);
     let loaded = tls::check(&files).and_then(|()| {
         Ok(ClientIdentity {
             chain: tls::read_chain(&files.cert_file)?,

@@ -29,6 +29,7 @@ pub(super) struct Context {
     insecure: Vec<String>,
     secrets: secret::Secrets,
     warnings: Vec<String>,
+    sources: Vec<std::path::PathBuf>,
 }
 
 impl Issues {
@@ -46,6 +47,11 @@ impl Issues {
     /// Notes that `path` turns certificate verification off.
     pub(super) fn insecure(&mut self, path: String) {
         self.1.insecure.push(path);
+    }
+
+    /// Notes a file the configuration reads (a reload watches it).
+    pub(super) fn source(&mut self, file: impl Into<std::path::PathBuf>) {
+        self.1.sources.push(file.into());
     }
 
     /// A warning about `path`, reported with the configuration but not refusing it.
@@ -90,6 +96,14 @@ impl Issues {
 
     /// A secret: a reference, or an inline value (allowed here, with a warning).
     pub(super) fn secret(&mut self, path: &str, value: &str) -> Option<super::Secret> {
+        match secret::parse(value) {
+            Ok(secret::Reference::File(file)) => self.source(file),
+            Ok(secret::Reference::Kubernetes { name, key }) => {
+                let file = self.1.secrets.dir.join(name).join(key);
+                self.source(file);
+            }
+            _ => {}
+        }
         let (secret, inline) = self
             .1
             .secrets
@@ -318,6 +332,7 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
     }
     Ok(Config {
         warnings: issues.1.warnings,
+        sources: issues.1.sources,
         tls,
         servers_transports,
         listen: listen.expect("checked above"),

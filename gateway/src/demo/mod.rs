@@ -193,7 +193,7 @@ impl Demo {
             Duration::from_secs(1),
             Some(Arc::clone(&self.pki.upstream)),
         ));
-        let result = crate::node::run(self.config, self.listeners, shutdown).await;
+        let result = crate::node::run(self.config, self.listeners, shutdown, None).await;
         upstream_stop.cancel();
         let _ = upstream.await;
         drop(self.pki);

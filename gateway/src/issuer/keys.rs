@@ -32,6 +32,13 @@ pub struct SigningKey {
     jwk: Jwk,
 }
 
+/// Keys are the same when their public halves are (a private key has one public key).
+impl PartialEq for SigningKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.alg == other.alg && self.kid == other.kid && self.jwk == other.jwk
+    }
+}
+
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SigningKey({:?}, kid {})", self.alg, self.kid)

@@ -22,7 +22,7 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 /// The issuer, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerConfig {
     /// The issuer identifier (`iss`), without a trailing slash.
     pub issuer: String,
@@ -53,7 +53,7 @@ impl IssuerConfig {
 }
 
 /// One registered client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerClient {
     /// Its secret's hash; `None`: it authenticates only with federated identities.
     pub secret: Option<SecretHash>,

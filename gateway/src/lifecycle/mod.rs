@@ -29,7 +29,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// The `refresh` section: the refresher's and the L1's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RefreshConfig {
     /// How often due entries are looked for.
     pub interval: Duration,

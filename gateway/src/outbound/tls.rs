@@ -29,6 +29,14 @@ pub struct HttpTls {
     pub profile: Option<String>,
 }
 
+/// Settings are the same when their profiles are: the same CA and client certificates (a key
+/// belongs to its certificate) and the same verification.
+impl PartialEq for HttpTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.profile == other.profile && self.insecure_skip_verify == other.insecure_skip_verify
+    }
+}
+
 impl HttpTls {
     /// The profile name of settings made of these PEM files' bytes.
     pub fn profile_of(ca: Option<&[u8]>, cert: Option<&[u8]>, insecure: bool) -> String {
@@ -47,7 +55,7 @@ impl HttpTls {
 }
 
 /// An HTTP client towards an IdP endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpClientConfig {
     /// One attempt's timeout.
     pub timeout: Duration,

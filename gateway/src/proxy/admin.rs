@@ -3,10 +3,12 @@
 //! - `GET /healthz`: 200 while the process serves at all.
 //! - `GET /readyz`: 200 while the node should receive traffic; 503 once it is draining. The body
 //!   says whether the shared store is reachable (a degraded store still serves from L1, so it
-//!   does not make the node unready).
+//!   does not make the node unready) and whether the last configuration reload failed.
+//! - `GET /config`: the loaded configuration's fingerprint and load time, the last reload's
+//!   outcome and problems, and the changed settings that wait for a restart.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -14,18 +16,91 @@ use hyper::body::Incoming;
 use crate::http::BoxBody;
 use crate::http::response::json;
 use crate::lifecycle::TokenCache;
+use crate::token::{UnixMillis, now_millis};
+
+/// What the admin listener tells about the loaded configuration; the node updates it as it
+/// reloads.
+#[derive(Debug, Default)]
+pub struct ConfigStatus(Mutex<Status>);
+
+#[derive(Debug, Default)]
+struct Status {
+    /// Fingerprint of the configuration in use (its files' contents).
+    hash: String,
+    loaded_at: UnixMillis,
+    /// The last reload: when, and the problems that kept it from applying (none: it applied).
+    last_reload: Option<(UnixMillis, Vec<String>)>,
+    /// Settings changed on disk that only a restart applies.
+    restart_needed: Vec<&'static str>,
+}
+
+impl ConfigStatus {
+    /// The status of a configuration loaded at start with this fingerprint.
+    pub fn started(hash: String) -> Self {
+        Self(Mutex::new(Status {
+            hash,
+            loaded_at: now_millis(),
+            ..Status::default()
+        }))
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A configuration with fingerprint `hash` is in use now; `restart_needed` lists the
+    /// changed settings it could not apply.
+    pub fn reloaded(&self, hash: String, restart_needed: Vec<&'static str>) {
+        let mut s = self.status();
+        let now = now_millis();
+        s.hash = hash;
+        s.loaded_at = now;
+        s.last_reload = Some((now, Vec::new()));
+        s.restart_needed = restart_needed;
+    }
+
+    /// A reload failed for `problems`; the configuration in use stays.
+    pub fn reload_failed(&self, problems: Vec<String>) {
+        self.status().last_reload = Some((now_millis(), problems));
+    }
+
+    /// Whether the last reload failed.
+    pub fn last_reload_failed(&self) -> bool {
+        self.status()
+            .last_reload
+            .as_ref()
+            .is_some_and(|(_, problems)| !problems.is_empty())
+    }
+
+    /// The status as JSON (`/config`): fingerprint, load time, last reload, pending restart.
+    pub fn json(&self) -> serde_json::Value {
+        let s = self.status();
+        serde_json::json!({
+            "hash": s.hash,
+            "loadedAt": s.loaded_at,
+            "lastReload": s.last_reload.as_ref().map(|(at, problems)| serde_json::json!({
+                "at": at,
+                "outcome": if problems.is_empty() { "ok" } else { "failed" },
+                "problems": problems,
+            })),
+            "restartNeeded": s.restart_needed,
+        })
+    }
+}
 
 /// Readiness state shared with the shutdown sequence.
 pub struct Admin {
     cache: Arc<TokenCache>,
+    config: Arc<ConfigStatus>,
     draining: AtomicBool,
 }
 
 impl Admin {
-    /// Admin endpoints over the node's cache.
-    pub fn new(cache: Arc<TokenCache>) -> Arc<Self> {
+    /// Admin endpoints over the node's cache and its configuration's status.
+    pub fn new(cache: Arc<TokenCache>, config: Arc<ConfigStatus>) -> Arc<Self> {
         Arc::new(Self {
             cache,
+            config,
             draining: AtomicBool::new(false),
         })
     }
@@ -53,10 +128,18 @@ impl Admin {
                 } else {
                     (StatusCode::OK, "ready")
                 };
+                let config = if self.config.last_reload_failed() {
+                    "last reload failed"
+                } else {
+                    "ok"
+                };
                 json(
                     status,
-                    format!(r#"{{"status":"{state}","store":"{store}"}}"#),
+                    format!(r#"{{"status":"{state}","store":"{store}","config":"{config}"}}"#),
                 )
+            }
+            (&http::Method::GET | &http::Method::HEAD, "/config") => {
+                json(StatusCode::OK, self.config.json().to_string())
             }
             (&http::Method::GET | &http::Method::HEAD, "/metrics") => {
                 let mut resp = json(

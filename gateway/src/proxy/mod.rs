@@ -83,7 +83,11 @@ pub enum BuildError {
 pub struct Gateway {
     router: Router,
     issuer: Option<Arc<Issuer>>,
-    tunnels: upgrade::Tunnels,
+    /// The authentication middlewares by name, with the configuration each was built from (a
+    /// rebuild keeps those whose configuration did not change, and their state).
+    middlewares: BTreeMap<String, (MiddlewareConfig, Arc<Middleware>)>,
+    guards: Guards,
+    tunnels: Arc<upgrade::Tunnels>,
     request_timeout: Duration,
     paths: path::PathPolicy,
     forwarded: forward::ForwardedHeaders,
@@ -100,14 +104,61 @@ impl Gateway {
         cache: &Arc<TokenCache>,
         issuer: Option<Arc<Issuer>>,
     ) -> Result<Self, BuildError> {
+        Self::build(config, cache, issuer, None)
+    }
+
+    /// The proxy of a reloaded configuration. Authentication middlewares whose configuration
+    /// did not change are this one's, with their state (cached introspection answers, fetched
+    /// keys, budgets); upgraded connections stay tracked for the drain.
+    pub fn rebuild(
+        &self,
+        config: ProxySettings<'_>,
+        cache: &Arc<TokenCache>,
+        issuer: Option<Arc<Issuer>>,
+    ) -> Result<Self, BuildError> {
+        Self::build(config, cache, issuer, Some(self))
+    }
+
+    fn build(
+        config: ProxySettings<'_>,
+        cache: &Arc<TokenCache>,
+        issuer: Option<Arc<Issuer>>,
+        previous: Option<&Self>,
+    ) -> Result<Self, BuildError> {
+        let budget = match previous {
+            Some(p) if p.guards.budget.config() == &config.edge.miss_budget => {
+                Arc::clone(&p.guards.budget)
+            }
+            _ => MissBudget::new(&config.edge.miss_budget),
+        };
         let guards = Guards {
             limits: config.edge.caller_limits,
-            budget: MissBudget::new(&config.edge.miss_budget),
+            budget,
         };
-        let middlewares: BTreeMap<&str, Arc<Middleware>> = config
+        let same_issuer = match (previous.map(|p| &p.issuer), &issuer) {
+            (Some(Some(a)), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(None), None) => true,
+            _ => false,
+        };
+        let middlewares: BTreeMap<String, (MiddlewareConfig, Arc<Middleware>)> = config
             .middlewares
             .iter()
             .map(|(name, m)| {
+                // A middleware holds its guards and, for `jwks: gateway`, the issuer's keys.
+                let kept = previous
+                    .filter(|p| {
+                        p.guards.limits == guards.limits
+                            && Arc::ptr_eq(&p.guards.budget, &guards.budget)
+                    })
+                    .and_then(|p| p.middlewares.get(name))
+                    .filter(|(was, _)| {
+                        was == m
+                            && (same_issuer
+                                || !matches!(m, MiddlewareConfig::Jwt(j) if j.keys == JwksSource::Gateway))
+                    });
+                if let Some((was, built)) = kept {
+                    return Ok((name.clone(), (was.clone(), Arc::clone(built))));
+                }
                 let built = match m {
                     MiddlewareConfig::ClientCredentials(cc) => {
                         ClientCredentials::new(name, cc.clone(), Arc::clone(cache), guards.clone())
@@ -128,7 +179,7 @@ impl Gateway {
                         ClientCertificate::new(name, c.clone()),
                     )),
                 };
-                built.map(|b| (name.as_str(), Arc::new(b)))
+                built.map(|b| (name.clone(), (m.clone(), Arc::new(b))))
             })
             .collect::<Result<_, reqwest::Error>>()?;
         let transports = transport::Transports::new(config.servers_transports)?;
@@ -158,7 +209,7 @@ impl Gateway {
                 let auth = r
                     .middlewares
                     .iter()
-                    .filter_map(|m| middlewares.get(m.as_str()).map(Arc::clone))
+                    .filter_map(|m| middlewares.get(m.as_str()).map(|(_, b)| Arc::clone(b)))
                     .collect();
                 let http = r
                     .middlewares
@@ -187,7 +238,12 @@ impl Gateway {
         Ok(Self {
             router: Router::new(routes),
             issuer,
-            tunnels: upgrade::Tunnels::new(config.edge.transport.idle_timeout),
+            middlewares,
+            guards,
+            tunnels: previous.map_or_else(
+                || Arc::new(upgrade::Tunnels::new(config.edge.transport.idle_timeout)),
+                |p| Arc::clone(&p.tunnels),
+            ),
             request_timeout: config.request_timeout,
             paths: config.edge.paths,
             forwarded: config.edge.forwarded.clone(),

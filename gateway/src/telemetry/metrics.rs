@@ -56,6 +56,10 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     upstream_retries: IntCounterVec,
     rate_limit: IntCounterVec,
+    config_reload_ok: IntCounter,
+    config_reload_error: IntCounter,
+    /// 1 when the last configuration reload failed (the previous configuration is in use).
+    pub config_reload_failed: IntGauge,
 }
 
 /// 0.5 ms to ~16 s.
@@ -245,7 +249,25 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(rate_limit.clone()));
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Configuration reloads, by outcome (an error keeps the running configuration)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        reg(Box::new(config_reloads.clone()));
+        let config_reload_failed = IntGauge::new(
+            "config_last_reload_failed",
+            "1 when the last configuration reload failed and the previous configuration is in use",
+        )
+        .expect("valid metric");
+        reg(Box::new(config_reload_failed.clone()));
         Self {
+            config_reload_ok: config_reloads.with_label_values(&["ok"]),
+            config_reload_error: config_reloads.with_label_values(&["error"]),
+            config_reload_failed,
             rate_limit,
             upstream_requests,
             upstream_failures,
@@ -294,6 +316,17 @@ impl Metrics {
             self.upstream_ejections.with_label_values(&labels),
             self.upstream_healthy.with_label_values(&labels),
         )
+    }
+
+    /// Records a configuration reload.
+    pub fn config_reload(&self, ok: bool) {
+        if ok {
+            &self.config_reload_ok
+        } else {
+            &self.config_reload_error
+        }
+        .inc();
+        self.config_reload_failed.set(i64::from(!ok));
     }
 
     /// A route's rate-limit counter for `outcome` (`limited`, `store_error`).

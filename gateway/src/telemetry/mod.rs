@@ -21,7 +21,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub use otel::{TracingConfig, TracingError};
 
 /// Log output options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Text for people, JSON for log pipelines.
     pub format: LogFormat,

@@ -19,6 +19,7 @@ mod raft;
 mod ratelimit;
 mod redis;
 mod redis_ha;
+mod reload;
 mod routing;
 mod support;
 mod tls;

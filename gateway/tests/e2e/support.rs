@@ -49,6 +49,11 @@ pub fn gateway_command(
     (cmd, dir)
 }
 
+/// The test nodes' logging, in front of their configuration.
+fn with_log(yaml: &str) -> String {
+    format!("log: {{ format: json, level: \"info,tokengate=debug,gateway=debug\" }}\n{yaml}")
+}
+
 /// Whether this process runs as root (tests that bind privileged ports or mount files).
 pub fn is_root() -> bool {
     Command::new("id")
@@ -67,9 +72,7 @@ impl Node {
     /// as a pod's `hostAliases` do: it runs in its own mount namespace, where `/etc/hosts` is a
     /// file listing them (root only).
     pub fn start_resolving(yaml: &str, env: &[(&str, &str)], hosts: &[(&str, IpAddr)]) -> Self {
-        let yaml = format!(
-            "log: {{ format: json, level: \"info,tokengate=debug,gateway=debug\" }}\n{yaml}"
-        );
+        let yaml = with_log(yaml);
         let (mut cmd, dir) = gateway_command(&["run", "--config"], &yaml, env);
         if !hosts.is_empty() {
             let file = dir.path().join("hosts");
@@ -132,6 +135,16 @@ impl Node {
             admin,
             _dir: dir,
         }
+    }
+
+    /// Replaces the node's configuration file with `yaml` (a reload picks it up).
+    pub fn rewrite_config(&self, yaml: &str) {
+        let path = self._dir.path().join("gateway.yaml");
+        // Written whole and renamed over, as configuration management tools do: the node never
+        // reads half a file.
+        let staged = self._dir.path().join("gateway.yaml.new");
+        std::fs::write(&staged, with_log(yaml)).unwrap();
+        std::fs::rename(staged, path).unwrap();
     }
 
     /// `http://<proxy><path>`.

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::{AuthError, headers};
 
 /// What a middleware does with verified claims; the same options on every middleware.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClaimsPolicy {
     /// Authorization expression; `None` allows every verified caller.
     pub claims: Option<ClaimsExpr>,

@@ -38,7 +38,7 @@ pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_INACTIVE_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// How the gateway authenticates at an endpoint it calls.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EndpointAuth {
     /// No authentication.
     None,
@@ -66,7 +66,7 @@ impl EndpointAuth {
 }
 
 /// The `introspection` middleware, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IntrospectionConfig {
     /// Where the caller's token is.
     pub token_source: TokenSource,

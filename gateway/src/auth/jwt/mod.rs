@@ -63,7 +63,7 @@ pub enum JwksSource {
 }
 
 /// The `jwt` middleware, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     /// Where the caller's token is.
     pub token_source: TokenSource,

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
+pub mod reload;
+
 use crate::config::Config;
 use crate::http::tls::ServerTls;
 use crate::http::{self, Listeners};
@@ -36,11 +38,13 @@ pub enum StartError {
 }
 
 /// Runs a gateway node on already-bound listeners until `shutdown` is cancelled, then drains
-/// in-flight requests (bounded by `shutdown_timeout`) and stops every background task.
+/// in-flight requests (bounded by `shutdown_timeout`) and stops every background task. With a
+/// `source`, the configuration is reloaded when its files change or on SIGHUP.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
+    source: Option<reload::ConfigSource>,
 ) -> Result<(), StartError> {
     let current = match &config.fleet_key {
         Some(secret) => FleetKey::from_secret(secret),
@@ -64,7 +68,7 @@ pub async fn run(
         Some(i) => Some(Arc::new(issuer::Issuer::new(i, &cache)?)),
         None => None,
     };
-    let gateway = Arc::new(Gateway::new(config.proxy(), &cache, issuer)?);
+    let gateway = Gateway::new(config.proxy(), &cache, issuer.clone())?;
     let background = CancellationToken::new();
     let listener_tls = match &config.tls {
         Some(t) => {
@@ -77,12 +81,28 @@ pub async fn run(
         None => None,
     };
     cache.spawn_background(config.refresh.clone(), background.clone());
-    let health_checks = gateway.spawn_health_checks(&background);
+    let proxy = Arc::new(reload::LiveProxy::new(gateway, &background));
+    let status = Arc::new(crate::proxy::admin::ConfigStatus::started(match &source {
+        Some(s) => reload::fingerprint(&s.path, &config.sources),
+        None => String::new(),
+    }));
+    let reloader = source.map(|source| {
+        let reloader = reload::Reloader {
+            source,
+            config: config.clone(),
+            proxy: Arc::clone(&proxy),
+            cache: Arc::clone(&cache),
+            issuer,
+            status: Arc::clone(&status),
+        };
+        tokio::spawn(reloader.run(background.clone()))
+    });
 
-    let admin = Admin::new(Arc::clone(&cache));
-    let for_handler = Arc::clone(&gateway);
+    let admin = Admin::new(Arc::clone(&cache), Arc::clone(&status));
+    let current = Arc::clone(&proxy.current);
+    // Each request takes the proxy current when it arrives and keeps it to the end.
     let proxy_handler: http::Handler =
-        Arc::new(move |req, remote| Arc::clone(&for_handler).handle(req, remote).boxed());
+        Arc::new(move |req, remote| current.load_full().handle(req, remote).boxed());
     let admin_for_handler = Arc::clone(&admin);
     let admin_handler: http::Handler = Arc::new(move |req, _| {
         let resp = admin_for_handler.handle(&req);
@@ -106,10 +126,14 @@ pub async fn run(
     });
     // Upgraded connections drain alongside the listener's requests, within the same time.
     let upgrades = {
-        let (gateway, stop, drain) = (gateway, shutdown.clone(), config.shutdown_timeout);
+        let (current, stop, drain) = (
+            Arc::clone(&proxy.current),
+            shutdown.clone(),
+            config.shutdown_timeout,
+        );
         tokio::spawn(async move {
             stop.cancelled().await;
-            gateway.drain_upgrades(drain).await;
+            current.load_full().drain_upgrades(drain).await;
         })
     };
     http::serve_with(
@@ -124,7 +148,10 @@ pub async fn run(
     let _ = upgrades.await;
 
     background.cancel();
-    health_checks.join_all().await;
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
+    proxy.stop().await;
     cache.closed().await;
     admin_stop.cancel();
     let _ = admin_task.await;
