@@ -219,8 +219,6 @@ async fn the_introspection_example_serves_my_app_and_skips_the_deployment_and_se
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
-    let native = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(native.path(), &text).unwrap();
     let (mut cmd, _dir) = gateway_command(&["check-config"], &text, &[]);
     assert!(
         cmd.output().unwrap().status.success(),
