@@ -538,6 +538,7 @@ impl TokenCache {
 
     pub(crate) fn store_ok<T>(&self, value: T) -> T {
         if self.store_degraded.swap(false, Ordering::Relaxed) {
+            crate::telemetry::metrics::metrics().store_degraded.set(0);
             tracing::info!("token store reachable again");
         }
         value
@@ -552,6 +553,7 @@ impl TokenCache {
             return fallback;
         }
         if !self.store_degraded.swap(true, Ordering::Relaxed) {
+            crate::telemetry::metrics::metrics().store_degraded.set(1);
             tracing::warn!(%error, "token store unavailable; serving from L1 and fetching per node");
         }
         fallback

@@ -137,6 +137,7 @@ impl Breakers {
             c.consecutive_failures += 1;
             if c.consecutive_failures >= self.cfg.failures {
                 if c.open_until.is_none() {
+                    crate::telemetry::metrics::metrics().idp_circuits_open.inc();
                     tracing::warn!(
                         token_url = endpoint,
                         "identity provider failing; circuit opened"
@@ -146,6 +147,7 @@ impl Breakers {
             }
         } else {
             if c.open_until.is_some() {
+                crate::telemetry::metrics::metrics().idp_circuits_open.dec();
                 tracing::info!(
                     token_url = endpoint,
                     "identity provider answering again; circuit closed"

@@ -60,6 +60,10 @@ pub struct Metrics {
     config_reload_error: IntCounter,
     /// 1 when the last configuration reload failed (the previous configuration is in use).
     pub config_reload_failed: IntGauge,
+    /// IdP endpoints whose circuit is open (failing fast).
+    pub idp_circuits_open: IntGauge,
+    /// 1 while the shared store does not answer (the node serves from its L1).
+    pub store_degraded: IntGauge,
 }
 
 /// 0.5 ms to ~16 s.
@@ -264,7 +268,21 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(config_reload_failed.clone()));
+        let idp_circuits_open = IntGauge::new(
+            "idp_circuits_open",
+            "IdP endpoints this node stopped calling after consecutive failures (idpCircuitBreaker)",
+        )
+        .expect("valid metric");
+        reg(Box::new(idp_circuits_open.clone()));
+        let store_degraded = IntGauge::new(
+            "store_degraded",
+            "1 while the shared store does not answer and the node serves from its own cache",
+        )
+        .expect("valid metric");
+        reg(Box::new(store_degraded.clone()));
         Self {
+            idp_circuits_open,
+            store_degraded,
             config_reload_ok: config_reloads.with_label_values(&["ok"]),
             config_reload_error: config_reloads.with_label_values(&["error"]),
             config_reload_failed,

@@ -362,6 +362,16 @@ fn the_tools_that_read_the_deploy_files_accept_them() {
         &["check", "config", "deploy/compose/prometheus.yml"],
         &[],
     );
+    accepts(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/alerts.yaml"],
+        &[],
+    );
+    accepts(
+        "promtool",
+        &["test", "rules", "deploy/prometheus/alerts_test.yaml"],
+        &[],
+    );
     let manifests: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
         .unwrap()
         .map(|e| e.unwrap().path().display().to_string())

@@ -244,6 +244,13 @@ async fn a_failing_idp_is_not_hammered() {
         1,
         "the outage is logged once"
     );
+    let metrics = crate::support::metrics_text(node.admin).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tokengate_idp_circuits_open 1"),
+        "the alert's metric counts the open circuit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,37 @@ async fn metrics_count_requests_and_token_layers_and_pass_promtool() {
     }
 
     promtool(&text);
+    every_alerted_metric_is_exposed(&text, |m| !m.starts_with("tokengate_cache_"));
+}
+
+/// The metric names `deploy/prometheus/alerts.yaml` uses that `keep` selects.
+fn alerted_metrics(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/alerts.yaml"
+    ))
+    .unwrap();
+    let mut names: Vec<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("tokengate_") && keep(w))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every metric the alert rules use (of those `keep` selects) is in this exposition: an alert
+/// on a metric that does not exist never fires.
+fn every_alerted_metric_is_exposed(text: &str, keep: impl Fn(&str) -> bool) {
+    let names = alerted_metrics(keep);
+    assert!(!names.is_empty());
+    for name in names {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} is alerted on but not exposed"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +191,7 @@ async fn cache_nodes_expose_their_raft_state() {
         assert!(sample(&text, "tokengate_cache_raft_term") >= 1.0);
         assert!(sample(&text, "tokengate_cache_raft_last_log_index") >= 2.0);
         promtool(&text);
+        every_alerted_metric_is_exposed(&text, |m| m.starts_with("tokengate_cache_"));
     }
     assert_eq!(leaders, 1.0, "exactly one node reports itself leader");
 }

@@ -642,4 +642,9 @@ async fn the_fleet_works_under_the_documented_least_privilege_user_and_not_witho
         async || refused.store_state().await == "degraded",
     )
     .await;
+    let metrics = crate::support::metrics_text(refused.admin).await;
+    assert!(
+        metrics.lines().any(|l| l == "tokengate_store_degraded 1"),
+        "the alert's metric says so too"
+    );
 }
