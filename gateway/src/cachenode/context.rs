@@ -214,6 +214,20 @@ impl NodeContext {
     /// leader within about [`QUORUM_SILENCE`]: past that silence it refuses without naming a
     /// leader, so clients try the other nodes instead of waiting on writes it can never commit
     /// (and reading state that may be stale).
+    /// Whether the node can do its part in a cluster that commits: it leads with a quorum
+    /// behind it, or follows a known leader. `Ok` says which, `Err` why not (readiness).
+    pub(super) fn readiness(&self) -> Result<String, String> {
+        match self.standing(&self.raft.metrics().borrow()) {
+            Standing::Leads => Ok("leader".into()),
+            Standing::Follows(Some(leader)) => Ok(format!("follower of {leader}")),
+            Standing::Follows(None) => Err("no leader known".into()),
+            Standing::Unheard(silence) => Err(format!(
+                "leads without a quorum's acknowledgement for {}s",
+                silence.as_secs()
+            )),
+        }
+    }
+
     pub(super) fn lead(&self) -> Result<(), Status> {
         let standing = self.standing(&self.raft.metrics().borrow());
         self.refusal(standing).map_or(Ok(()), Err)

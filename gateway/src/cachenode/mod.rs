@@ -427,7 +427,9 @@ fn state_machine_files(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("snapshots")
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`.
+/// Serves `GET /metrics` and `GET /readyz` (200 while the node leads with a quorum or follows a
+/// known leader, 503 otherwise: the probe that keeps a node without quorum out of rotation) on
+/// `listener` until `stop`.
 fn serve_metrics(
     listener: tokio::net::TcpListener,
     ctx: Arc<NodeContext>,
@@ -436,18 +438,36 @@ fn serve_metrics(
     use futures_util::FutureExt;
     let gauges = Arc::new(metrics::RaftMetrics::new());
     let handler: crate::http::Handler = Arc::new(move |req, _| {
-        let resp = if req.uri().path() == "/metrics" {
-            let mut r = crate::http::response::json(
-                http::StatusCode::OK,
-                gauges.render(&ctx.raft, &ctx.shared),
-            );
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        } else {
-            crate::http::response::error(http::StatusCode::NOT_FOUND, "not_found", "try /metrics")
+        let resp = match req.uri().path() {
+            "/metrics" => {
+                let mut r = crate::http::response::json(
+                    http::StatusCode::OK,
+                    gauges.render(&ctx.raft, &ctx.shared),
+                );
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            "/readyz" => {
+                let (status, body) = match ctx.readiness() {
+                    Ok(role) => (
+                        http::StatusCode::OK,
+                        serde_json::json!({ "status": "ready", "role": role }),
+                    ),
+                    Err(reason) => (
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({ "status": "unready", "reason": reason }),
+                    ),
+                };
+                crate::http::response::json(status, body.to_string())
+            }
+            _ => crate::http::response::error(
+                http::StatusCode::NOT_FOUND,
+                "not_found",
+                "try /metrics or /readyz",
+            ),
         };
         async move { resp }.boxed()
     });

@@ -374,9 +374,80 @@ fn the_tools_that_read_the_deploy_files_accept_them() {
     );
     let manifests: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
         .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
+        .map(|e| e.unwrap().path())
+        // The kustomization is kustomize's, not a Kubernetes resource (checked below).
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .map(|p| p.display().to_string())
         .collect();
     let mut args = vec!["-m", "kubernetes_validate", "--strict", "--quiet"];
     args.extend(manifests.iter().map(String::as_str));
     accepts("python3", &args, &[]);
+}
+
+#[test]
+fn the_kustomization_names_the_image_once_and_the_services_keep_admin_apart() {
+    let kustomization = yaml(&read("deploy/kubernetes/kustomization.yaml"));
+    let listed = strings(&kustomization["resources"]);
+    let mut present: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "kustomization.yaml")
+        .collect();
+    present.sort();
+    assert_eq!(listed, present, "every manifest is in the kustomization");
+    let image = &kustomization["images"][0];
+    let tag = image["newTag"].as_str().unwrap();
+    assert!(
+        !tag.is_empty() && tag != "latest",
+        "a release, never latest"
+    );
+
+    let mut services = Vec::new();
+    for file in &listed {
+        for doc in documents(&format!("deploy/kubernetes/{file}")) {
+            for container in doc["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(
+                    container["image"].as_str(),
+                    image["name"].as_str(),
+                    "{file}: every container's image is the kustomization's to set"
+                );
+            }
+            if doc["kind"] == "Service" {
+                let ports: Vec<String> = doc["spec"]["ports"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["name"].as_str().unwrap().to_owned())
+                    .collect();
+                services.push((doc["metadata"]["name"].as_str().unwrap().to_owned(), ports));
+            }
+            if doc["kind"] == "StatefulSet" {
+                let probe = &doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+                assert_eq!(
+                    probe["httpGet"]["path"], "/readyz",
+                    "cache nodes are ready with a quorum"
+                );
+                let retention = &doc["spec"]["persistentVolumeClaimRetentionPolicy"];
+                assert_eq!(retention["whenScaled"], "Retain");
+                assert_eq!(retention["whenDeleted"], "Retain");
+            }
+        }
+    }
+    let ports = |name: &str| {
+        services
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        ports("tokengate"),
+        ["http"],
+        "the Service behind the ingress has no admin port"
+    );
+    assert_eq!(ports("tokengate-admin"), ["admin"]);
 }

@@ -194,4 +194,41 @@ async fn cache_nodes_expose_their_raft_state() {
         every_alerted_metric_is_exposed(&text, |m| m.starts_with("tokengate_cache_"));
     }
     assert_eq!(leaders, 1.0, "exactly one node reports itself leader");
+
+    // Readiness follows quorum: every node is ready while the cluster has a leader; a node
+    // left alone is not.
+    for n in &cluster.nodes {
+        let ready = client()
+            .get(format!("http://{}/readyz", n.metrics_addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    let mut cluster = cluster;
+    let alone = cluster.nodes.iter().position(|n| n.id != leader).unwrap();
+    for n in cluster.nodes.iter_mut().filter(|n| n.id == leader) {
+        n.kill();
+    }
+    let others: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|i| *i != alone && cluster.nodes[*i].id != leader)
+        .collect();
+    for i in others {
+        cluster.nodes[i].kill();
+    }
+    let addr = cluster.nodes[alone].metrics_addr();
+    crate::support::eventually(
+        "the node left alone is not ready",
+        std::time::Duration::from_secs(15),
+        async || {
+            let resp = client()
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .unwrap();
+            resp.status() == 503
+                && resp.json::<serde_json::Value>().await.unwrap()["status"] == "unready"
+        },
+    )
+    .await;
 }
