@@ -8,6 +8,7 @@ mod config_cli;
 mod demo;
 mod deploy;
 mod edge;
+mod idp_guide;
 mod introspection;
 mod issuer;
 mod jwt;
