@@ -69,8 +69,8 @@ enum Command {
         log_level: String,
     },
     /// Fill the shared cache with many new credentials, store after store, and print what it
-    /// cost: rate, IdP requests, elections, memory, snapshot and catch-up (see the README's
-    /// Performance section).
+    /// cost: rate, IdP requests, elections, memory, snapshot and catch-up (see the Performance
+    /// section of docs/development.md).
     Fill {
         /// The stores, in order; rates are also given as ratios to the first.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StoreKind::Memory, StoreKind::Redis, StoreKind::Raft])]

@@ -30,6 +30,9 @@ pub(super) fn listener_tls(issues: &mut Issues, raw: RawListenerTls) -> Option<L
                 cert_file: PathBuf::from(c.cert_file),
                 key_file: PathBuf::from(c.key_file),
             };
+            if !issues.reads_key_material() {
+                return Some(files);
+            }
             tls::check(&files)
                 .map_err(|e| issues.push(format!("tls.certificates[{i}]"), e.to_string()))
                 .ok()
@@ -56,6 +59,9 @@ pub(super) fn listener_tls(issues: &mut Issues, raw: RawListenerTls) -> Option<L
                 .iter()
                 .enumerate()
                 .flat_map(|(i, f)| {
+                    if !issues.reads_key_material() {
+                        return Vec::new();
+                    }
                     tls::read_chain(f.as_ref())
                         .map_err(|e| issues.push(format!("{PATH}.caFiles[{i}]"), e.to_string()))
                         .unwrap_or_default()
@@ -132,6 +138,9 @@ fn servers_transport(
         .enumerate()
         .flat_map(|(i, f)| {
             issues.source(f);
+            if !issues.reads_key_material() {
+                return Vec::new();
+            }
             tls::read_chain(f.as_ref())
                 .map_err(|e| issues.push(format!("{path}.rootCAs[{i}]"), e.to_string()))
                 .unwrap_or_default()
@@ -181,6 +190,9 @@ pub(super) fn client_identity(
     };
     issues.source(&files.cert_file);
     issues.source(&files.key_file);
+    if !issues.reads_key_material() {
+        return None;
+    }
     let loaded = tls::check(&files).and_then(|()| {
         Ok(ClientIdentity {
             chain: tls::read_chain(&files.cert_file)?,

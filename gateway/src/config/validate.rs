@@ -49,6 +49,13 @@ impl Issues {
         self.1.insecure.push(path);
     }
 
+    /// Whether files holding secrets or key material are read: not under
+    /// `check-config --no-secrets`, which checks the configuration without them (a pipeline
+    /// holds neither the secrets nor the certificates and keys).
+    pub(super) fn reads_key_material(&self) -> bool {
+        self.1.secrets.resolve
+    }
+
     /// Notes a file the configuration reads (a reload watches it).
     pub(super) fn source(&mut self, file: impl Into<std::path::PathBuf>) {
         self.1.sources.push(file.into());

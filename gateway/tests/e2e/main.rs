@@ -7,6 +7,7 @@ mod client_credentials;
 mod config_cli;
 mod demo;
 mod deploy;
+mod docs;
 mod edge;
 mod idp_guide;
 mod introspection;

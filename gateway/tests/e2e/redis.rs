@@ -534,14 +534,17 @@ async fn rotating_the_fleet_key_costs_no_idp_request() {
     assert_eq!(f.idp.total_issued(), 1, "the rotation made no IdP request");
 }
 
-/// The ACL line the README's "Securing the cache" section documents, with `password`.
+/// The ACL line the documentation's "Securing the cache" page gives, with `password`.
 fn documented_acl(password: &str) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/reference/securing-the-cache.md"
+    ))
+    .unwrap();
     let line = readme
         .lines()
         .find(|l| l.starts_with("ACL SETUSER tokengate "))
-        .expect("the README documents the ACL user");
+        .expect("the documentation gives the ACL user");
     line.split_whitespace()
         .map(|w| w.replace(">CHANGE-ME", &format!(">{password}")))
         .collect()

@@ -52,6 +52,9 @@ pub(super) fn http_tls(issues: &mut Issues, path: &str, t: RawTls) -> HttpTls {
     let mut read = |key: &str, file: &Option<String>| {
         file.as_ref().and_then(|f| {
             issues.source(f);
+            if !issues.reads_key_material() {
+                return None;
+            }
             std::fs::read(f)
                 .map_err(|e| issues.push(format!("{path}.{key}"), format!("cannot read {f}: {e}")))
                 .ok()
