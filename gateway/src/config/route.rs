@@ -26,8 +26,8 @@ const DEFAULT_MAX_FAILED_ATTEMPTS: u32 = 1;
 pub(super) struct Known<'a> {
     /// Every middleware name declared (either kind).
     pub(super) middlewares: &'a [String],
-    /// The traffic middlewares, to find those with a CORS policy.
-    pub(super) cors: &'a BTreeMap<String, HttpMiddleware>,
+    /// The traffic middlewares, to find those a route may name only once (CORS, retry).
+    pub(super) traffic: &'a BTreeMap<String, HttpMiddleware>,
     /// `serversTransports`.
     pub(super) transports: &'a BTreeMap<String, Arc<ServersTransport>>,
 }
@@ -53,13 +53,24 @@ pub(super) fn route(
         .middlewares
         .iter()
         .filter(
-            |m| matches!(known.cors.get(*m), Some(HttpMiddleware::Headers(h)) if h.cors.is_some()),
+            |m| matches!(known.traffic.get(*m), Some(HttpMiddleware::Headers(h)) if h.cors.is_some()),
         )
         .count();
     if with_cors > 1 {
         issues.push(
             format!("{path}.middlewares"),
             "names more than one headers middleware with a CORS policy; a route has one",
+        );
+    }
+    let retries = r
+        .middlewares
+        .iter()
+        .filter(|m| matches!(known.traffic.get(*m), Some(HttpMiddleware::Retry(_))))
+        .count();
+    if retries > 1 {
+        issues.push(
+            format!("{path}.middlewares"),
+            "names more than one retry middleware; a route retries one way",
         );
     }
     let transport = match &r.upstream.servers_transport {

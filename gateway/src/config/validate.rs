@@ -318,7 +318,7 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
         }
         let known = super::route::Known {
             middlewares: &declared,
-            cors: &http_middlewares,
+            traffic: &http_middlewares,
             transports: &servers_transports,
         };
         if let Some(route) = super::route::route(&mut issues, &path, r, &known, &edge) {
@@ -523,11 +523,14 @@ tls:
       accessControlAllowOriginList: ["*", https://a.test/path]
       accessControlAllowCredentials: true
   cors2: { headers: { accessControlAllowOriginList: [https://b.test] } }
+  r1: { retry: { attempts: 1 } }
+  r2: { retry: { attempts: 2 } }
 routes:
   - { name: a, match: { rule: "Host(`a`) && Path(`x`)" }, upstream: { urls: [http://u] } }
   - { name: b, match: { rule: "Host(`a`)", pathPrefix: /b }, upstream: { urls: [http://u] } }
   - { name: c, match: { path: /c, pathPrefix: /c, methods: [GET, "B@D"], host: "a.*.test" }, upstream: { urls: [http://u] } }
   - { name: d, match: { path: /d/../e }, middlewares: [cors2, cors2], upstream: { urls: [http://u] } }
+  - { name: e, match: { path: /e }, middlewares: [r1, r2], upstream: { urls: [http://u] } }
 "#,
         );
         assert_eq!(
@@ -546,6 +549,7 @@ routes:
                 "routes[2].match.methods[1]: not a method",
                 "routes[3].match.path: is not in canonical form; write \"/e\"",
                 "routes[3].middlewares: names more than one headers middleware with a CORS policy; a route has one",
+                "routes[4].middlewares: names more than one retry middleware; a route retries one way",
             ]
         );
     }

@@ -83,7 +83,7 @@ pub async fn run(
     cache.spawn_background(config.refresh.clone(), background.clone());
     let proxy = Arc::new(reload::LiveProxy::new(gateway, &background));
     let status = Arc::new(crate::proxy::admin::ConfigStatus::started(match &source {
-        Some(s) => reload::fingerprint(&s.path, &config.sources),
+        Some(s) => reload::config_hash(&s.path, &config.sources),
         None => String::new(),
     }));
     let reloader = source.map(|source| {

@@ -36,37 +36,57 @@ pub struct ConfigSource {
     pub watch_interval: Duration,
 }
 
-/// A fingerprint of the configuration file and the files it names: their paths and contents
-/// (a missing file counts as such, so that its appearance is a change).
-pub fn fingerprint(path: &Path, sources: &[PathBuf]) -> String {
+/// Adds `path` and its contents (or that it is missing, so that its appearance is a change).
+fn add_file(h: &mut Sha256, path: &Path) {
+    h.update(path.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(&bytes);
+        }
+        Err(_) => h.update(u64::MAX.to_be_bytes()),
+    }
+}
+
+/// The files of directory `dir`, sorted.
+fn files_of(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    entries
+}
+
+/// The hash `/config` shows: of the configuration file and its directories of manifests, never
+/// of the secret files it names (a hash of a weak secret could be tested against guesses). The
+/// same configuration gives the same hash on every node.
+pub fn config_hash(path: &Path, sources: &[PathBuf]) -> String {
     let mut h = Sha256::new();
-    let mut add = |p: &Path| {
-        h.update(p.as_os_str().as_encoded_bytes());
-        h.update([0]);
-        match std::fs::read(p) {
-            Ok(bytes) => {
-                h.update((bytes.len() as u64).to_be_bytes());
-                h.update(&bytes);
-            }
-            Err(_) => h.update(u64::MAX.to_be_bytes()),
-        }
-    };
-    add(path);
-    for source in sources {
-        if source.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(source)
-                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            entries.sort();
-            entries.iter().for_each(|e| add(e));
-        } else {
-            add(source);
-        }
+    add_file(&mut h, path);
+    for dir in sources.iter().filter(|s| s.is_dir()) {
+        files_of(dir).iter().for_each(|f| add_file(&mut h, f));
     }
     h.finalize()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// What changes when any file the configuration reads changes, secrets included; keyed by
+/// `salt` (random per process) and never shown.
+fn changes(salt: &[u8; 32], path: &Path, sources: &[PathBuf]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    add_file(&mut h, path);
+    for source in sources {
+        if source.is_dir() {
+            files_of(source).iter().for_each(|f| add_file(&mut h, f));
+        } else {
+            add_file(&mut h, source);
+        }
+    }
+    h.finalize().into()
 }
 
 /// The settings that differ between `old` and `new` and that only a restart applies.
@@ -172,7 +192,8 @@ impl Reloader {
                 None
             }
         };
-        let mut seen = fingerprint(&self.source.path, &self.config.sources);
+        let salt: [u8; 32] = rand::random();
+        let mut seen = changes(&salt, &self.source.path, &self.config.sources);
         loop {
             let signalled = async {
                 match &mut hangup {
@@ -184,15 +205,15 @@ impl Reloader {
                 () = stop.cancelled() => return,
                 _ = signalled => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    seen = fingerprint(&self.source.path, &self.config.sources);
-                    self.reload(seen.clone());
+                    seen = changes(&salt, &self.source.path, &self.config.sources);
+                    self.reload().await;
                 }
                 () = tokio::time::sleep(self.source.watch_interval) => {
-                    let now = fingerprint(&self.source.path, &self.config.sources);
+                    let now = changes(&salt, &self.source.path, &self.config.sources);
                     if now != seen {
                         tracing::info!("the configuration's files changed: reloading");
-                        seen = now.clone();
-                        self.reload(now);
+                        seen = now;
+                        self.reload().await;
                     }
                 }
             }
@@ -200,10 +221,16 @@ impl Reloader {
     }
 
     /// Loads, validates and, if valid, applies the configuration on disk.
-    fn reload(&mut self, hash: String) {
+    async fn reload(&mut self) {
         let metrics = crate::telemetry::metrics::metrics();
-        let loaded = Config::load(&self.source.path)
-            .map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>());
+        // Loading reads files and may hash secrets (argon2): off the request threads.
+        let path = self.source.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| vec![format!("loading stopped: {e}")])
+            .and_then(|r| {
+                r.map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())
+            });
         let config = match loaded {
             Ok(c) => c,
             Err(errors) => {
@@ -245,7 +272,10 @@ impl Reloader {
                 }
                 self.config = config;
                 metrics.config_reload(true);
-                self.status.reloaded(hash, restart);
+                self.status.reloaded(
+                    config_hash(&self.source.path, &self.config.sources),
+                    restart,
+                );
                 tracing::info!("configuration reloaded");
             }
             Err(error) => {
@@ -262,7 +292,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fingerprint_changes_with_any_named_file_and_a_directory_s_files() {
+    fn changes_follow_every_file_and_the_shown_hash_no_secret() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("gateway.yaml");
         let secret = dir.path().join("secret");
@@ -271,12 +301,26 @@ mod tests {
         std::fs::write(&config, "a").unwrap();
         std::fs::write(&secret, "s1").unwrap();
         let sources = [secret.clone(), manifests.clone()];
-        let first = fingerprint(&config, &sources);
-        assert_eq!(first, fingerprint(&config, &sources));
+        let salt = [7; 32];
+        let (first, shown) = (
+            changes(&salt, &config, &sources),
+            config_hash(&config, &sources),
+        );
+        assert_eq!(first, changes(&salt, &config, &sources));
         std::fs::write(&secret, "s2").unwrap();
-        let second = fingerprint(&config, &sources);
-        assert_ne!(first, second);
+        let second = changes(&salt, &config, &sources);
+        assert_ne!(first, second, "a secret's change is a change");
+        assert_eq!(
+            shown,
+            config_hash(&config, &sources),
+            "but never moves the shown hash"
+        );
         std::fs::write(manifests.join("a.yaml"), "kind: Middleware").unwrap();
-        assert_ne!(second, fingerprint(&config, &sources));
+        assert_ne!(second, changes(&salt, &config, &sources));
+        assert_ne!(
+            shown,
+            config_hash(&config, &sources),
+            "manifests are configuration"
+        );
     }
 }
