@@ -160,3 +160,58 @@ fn every_alert_names_a_runbook_that_exists() {
         );
     }
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .collect::<String>()
+        .replace(' ', "-")
+}
+
+#[test]
+fn every_link_between_the_pages_leads_somewhere() {
+    let mut pages = pages();
+    pages.push(root().join("ARCHITECTURE.md"));
+    let anchors = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                l.trim_start_matches('#')
+                    .strip_prefix(' ')
+                    .filter(|_| l.starts_with('#'))
+            })
+            .map(anchor)
+            .collect()
+    };
+    let mut links = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (at, _) in text.match_indices("](") {
+            let href: String = text[at + 2..].chars().take_while(|c| *c != ')').collect();
+            if href.starts_with("http") || href.contains(' ') {
+                continue;
+            }
+            links += 1;
+            let (file, fragment) = href.split_once('#').unwrap_or((&href, ""));
+            let target = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            assert!(target.exists(), "{}: {href} leads nowhere", page.display());
+            if !fragment.is_empty() && target.extension().is_some_and(|e| e == "md") {
+                assert!(
+                    anchors(&target).iter().any(|a| a == fragment),
+                    "{}: {href}: no such section",
+                    page.display()
+                );
+            }
+        }
+    }
+    assert!(links > 30, "only {links} links");
+}
