@@ -150,6 +150,17 @@ impl Default for Secrets {
     }
 }
 
+impl Secrets {
+    /// The file a reference reads, if it reads one.
+    pub fn file_of(&self, reference: Reference<'_>) -> Option<PathBuf> {
+        match reference {
+            Reference::File(path) => Some(PathBuf::from(path)),
+            Reference::Kubernetes { name, key } => Some(self.dir.join(name).join(key)),
+            Reference::Env(_) | Reference::Inline => None,
+        }
+    }
+}
+
 /// A placeholder for a secret that was not read (`--no-secrets`).
 const UNRESOLVED: &str = "<not resolved: check-config --no-secrets>";
 
@@ -171,9 +182,9 @@ impl Secrets {
                 },
                 false,
             ),
-            Reference::File(path) => (read(Path::new(path))?, false),
+            Reference::File(_) => (read(&self.file_of(reference).expect("a file"))?, false),
             Reference::Kubernetes { name, key } => (
-                read(&self.dir.join(name).join(key)).map_err(|e| {
+                read(&self.file_of(reference).expect("a file")).map_err(|e| {
                     format!(
                         "Kubernetes secret {name}, key {key}: {e} (mounted under {})",
                         self.dir.display()

@@ -171,12 +171,10 @@ impl Config {
     /// The native configuration a file amounts to once its `manifests` are converted, as YAML
     /// (`gateway convert`), with a comment listing the documents skipped.
     pub fn convert(path: &Path) -> Result<String, ConfigError> {
-        let (root, skipped) = match with_manifests(&read(path)?, Some(path))? {
+        let text = read(path)?;
+        let (root, skipped) = match with_manifests(&text, Some(path))? {
             Some((root, _, skipped)) => (root, skipped),
-            None => (
-                serde_yaml_ng::from_str(&read(path)?).map_err(shape)?,
-                Vec::new(),
-            ),
+            None => (serde_yaml_ng::from_str(&text).map_err(shape)?, Vec::new()),
         };
         let mut out = String::new();
         for s in skipped {

@@ -103,13 +103,11 @@ impl Issues {
 
     /// A secret: a reference, or an inline value (allowed here, with a warning).
     pub(super) fn secret(&mut self, path: &str, value: &str) -> Option<super::Secret> {
-        match secret::parse(value) {
-            Ok(secret::Reference::File(file)) => self.source(file),
-            Ok(secret::Reference::Kubernetes { name, key }) => {
-                let file = self.1.secrets.dir.join(name).join(key);
-                self.source(file);
-            }
-            _ => {}
+        if let Some(file) = secret::parse(value)
+            .ok()
+            .and_then(|r| self.1.secrets.file_of(r))
+        {
+            self.source(file);
         }
         let (secret, inline) = self
             .1
