@@ -124,7 +124,7 @@ mod tests {
     use crate::store::conformance;
 
     #[test]
-    fn entries_leases_and_claims_out_of_bounds_are_refused() {
+    fn entries_leases_claims_and_rates_out_of_bounds_are_refused() {
         let now = 1_000_000_000;
         let mut e = conformance::entry(1, 60_000, 120_000);
         e.meta.issued_at = now;
@@ -155,5 +155,10 @@ mod tests {
         assert!(touches(2, Some(now), now).is_ok());
         assert!(touches(MAX_TOUCHES + 1, None, now).is_err());
         assert!(touches(1, Some(u64::MAX), now).is_err());
+        assert!(rate(1_000, 10).is_ok());
+        assert!(rate(0, 10).is_err(), "no interval: no limit to keep");
+        assert!(rate(u64::MAX, 10).is_err(), "an interval longer than a day");
+        assert!(rate(1_000, 0).is_err());
+        assert!(rate(1_000, u32::MAX).is_err(), "a burst of billions");
     }
 }

@@ -55,7 +55,7 @@ pub struct RateTable(Mutex<Table>);
 struct Table {
     times: HashMap<TokenKey, u64>,
     /// Size at which the next sweep runs: twice what the last one left, so a sweep (which walks
-    /// every key) costs amortised constant time per new key.
+    /// every key) costs amortised constant time per new key; never past `MAX_KEYS`.
     sweep_at: usize,
 }
 
@@ -64,7 +64,8 @@ impl RateTable {
     pub fn take(&self, key: &TokenKey, now_us: u64, limit: RateLimit) -> Result<(), Duration> {
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let next = gcra(table.times.get(key).copied(), now_us, limit)?;
-        if table.times.len() >= table.sweep_at.max(SWEEP_AT) && !table.times.contains_key(key) {
+        let sweep_at = table.sweep_at.max(SWEEP_AT).min(MAX_KEYS);
+        if table.times.len() >= sweep_at && !table.times.contains_key(key) {
             // An arrival time in the past is the same as none.
             table.times.retain(|_, tat| *tat > now_us);
             if table.times.len() >= MAX_KEYS {
@@ -143,5 +144,21 @@ mod tests {
         // Every earlier key lapsed 1 ms after it was taken: the next new key sweeps them.
         table.take(&key(u32::MAX), 5_000, limit).unwrap();
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_distinct_live_keys_never_grows_the_table_past_its_bound() {
+        // Each key stays live for a day: sweeps find nothing to drop.
+        let limit = RateLimit {
+            interval_us: 86_400_000_000,
+            burst: 1,
+        };
+        let table = RateTable::default();
+        for i in 0..=MAX_KEYS as u32 {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            table.take(&TokenKey::from_bytes(b), 0, limit).unwrap();
+            assert!(table.len() <= MAX_KEYS, "{} keys after {i}", table.len());
+        }
     }
 }
