@@ -64,7 +64,7 @@ impl RateTable {
     pub fn take(&self, key: &TokenKey, now_us: u64, limit: RateLimit) -> Result<(), Duration> {
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let next = gcra(table.times.get(key).copied(), now_us, limit)?;
-        let sweep_at = table.sweep_at.max(SWEEP_AT).min(MAX_KEYS);
+        let sweep_at = table.sweep_at.clamp(SWEEP_AT, MAX_KEYS);
         if table.times.len() >= sweep_at && !table.times.contains_key(key) {
             // An arrival time in the past is the same as none.
             table.times.retain(|_, tat| *tat > now_us);
