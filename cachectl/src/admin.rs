@@ -1,6 +1,7 @@
-//! The Raft cache service's `Admin` calls: status of every node, and membership and snapshot
-//! changes sent to the leader.
+//! The Raft cache service's `Admin` calls: status of every node, and membership changes,
+//! backups and restores sent to the leader.
 
+use std::path::Path;
 use std::time::Duration;
 
 use gateway::cacheclient::Dialer;
@@ -10,6 +11,8 @@ use tokengate_proto::admin::admin_client::AdminClient;
 use tonic::transport::Channel;
 
 use crate::Failure;
+/// Bytes per restore chunk: within the node's request bound.
+const CHUNK_BYTES: usize = 512 * 1024;
 use crate::render::{self, Format};
 
 /// Admin calls over a set of endpoints.
@@ -83,6 +86,13 @@ impl Admin {
         {
             req.metadata_mut().insert("authorization", v);
         }
+        req
+    }
+
+    /// Like [`Self::request`], without a deadline: for streams whose length is the data's.
+    fn streaming<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = self.request(msg);
+        req.metadata_mut().remove("grpc-timeout");
         req
     }
 
@@ -260,6 +270,165 @@ impl Admin {
             .await
             .map(|r| r.into_inner().index)
             .map_err(|s| Failure::Server(Self::failure(&leader, &s)))
+    }
+
+    /// `members replace OLD NEW`: once learner `new` has caught up with what the leader had
+    /// applied when asked (waiting up to `wait`), the voters lose `old` and gain `new` in one
+    /// change.
+    pub async fn replace(&self, old: u64, new: u64, wait: Duration) -> Result<u64, Failure> {
+        let (_, status) = self.leader().await?;
+        let role = |s: &pa::StatusResponse, id: u64| {
+            s.members
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.role.clone())
+        };
+        if role(&status, old).as_deref() != Some("voter") {
+            return Err(Failure::Usage(format!("node {old} is not a voter")));
+        }
+        if role(&status, new).as_deref() != Some("learner") {
+            return Err(Failure::Usage(format!(
+                "node {new} is not a learner: start it with --join (or members add-learner) first"
+            )));
+        }
+        let target = status.applied_index.unwrap_or(0);
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let (_, now) = self.leader().await?;
+            let matched = now
+                .members
+                .iter()
+                .find(|m| m.id == new)
+                .and_then(|m| m.matched_index);
+            if matched.is_some_and(|m| m >= target) {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Failure::Server(format!(
+                    "node {new} has not caught up within {wait:?} (replicated to {}, the leader \
+                     had applied {target}); nothing changed",
+                    matched.map_or_else(|| "nothing".into(), |m| m.to_string())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.change_voters(|v| {
+            v.retain(|x| *x != old);
+            v.push(new);
+        })
+        .await
+    }
+
+    /// `cachectl snapshot --out FILE`: the leader's state, written to a temporary file next to
+    /// `file`, checked, then renamed over it.
+    pub async fn backup(&self, file: &Path, format: Format) -> Result<String, Failure> {
+        use std::io::Write;
+        let (leader, _) = self.leader().await?;
+        let mut c = self.client(&leader)?;
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let local = |e: std::io::Error| Failure::Usage(format!("{}: {e}", file.display()));
+        // NamedTempFile creates it with mode 0600: the file names clients and scopes.
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(local)?;
+        // No deadline on the stream: 100,000 entries are about 150 MB.
+        let mut chunks = c
+            .backup(self.streaming(pa::BackupRequest {}))
+            .await
+            .map_err(|s| Failure::Server(Self::failure(&leader, &s)))?
+            .into_inner();
+        let mut bytes = 0u64;
+        while let Some(chunk) = chunks
+            .message()
+            .await
+            .map_err(|s| Failure::Server(Self::failure(&leader, &s)))?
+        {
+            bytes += chunk.data.len() as u64;
+            tmp.write_all(&chunk.data).map_err(local)?;
+        }
+        tmp.as_file().sync_all().map_err(local)?;
+        let state =
+            gateway::cachenode::snapshot::read(tmp.reopen().map_err(local)?).map_err(|e| {
+                Failure::Server(format!(
+                    "{leader} sent a backup that does not read back: {e}"
+                ))
+            })?;
+        tmp.persist(file).map_err(|e| local(e.error))?;
+        #[derive(Serialize)]
+        struct Written {
+            file: String,
+            entries: usize,
+            claims: usize,
+            bytes: u64,
+        }
+        let written = Written {
+            file: file.display().to_string(),
+            entries: state.len(),
+            claims: state.claims(),
+            bytes,
+        };
+        Ok(render::rows(
+            &["FILE", "ENTRIES", "CLAIMS", "BYTES"],
+            vec![vec![
+                written.file.clone(),
+                written.entries.to_string(),
+                written.claims.to_string(),
+                written.bytes.to_string(),
+            ]],
+            &written,
+            format,
+        ))
+    }
+
+    /// `cachectl restore FILE`: the file, checked here first, streamed to the leader.
+    pub async fn restore(&self, file: &Path, format: Format) -> Result<String, Failure> {
+        use futures_util::StreamExt;
+        use std::io::Read;
+        let local = |e: std::io::Error| Failure::Usage(format!("{}: {e}", file.display()));
+        let mut f = std::fs::File::open(file).map_err(local)?;
+        gateway::cachenode::snapshot::read(&mut f)
+            .map_err(|e| Failure::Usage(format!("{} is not a backup: {e}", file.display())))?;
+        std::io::Seek::rewind(&mut f).map_err(local)?;
+        let (leader, _) = self.leader().await?;
+        let mut c = self.client(&leader)?;
+        let chunks = futures_util::stream::iter(std::iter::from_fn(move || {
+            let mut data = vec![0; CHUNK_BYTES];
+            match f.read(&mut data) {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    data.truncate(n);
+                    Some(pa::BackupChunk { data })
+                }
+            }
+        }))
+        .boxed();
+        let answer = c
+            .restore(self.streaming(chunks))
+            .await
+            .map_err(|s| Failure::Server(Self::failure(&leader, &s)))?
+            .into_inner();
+        #[derive(Serialize)]
+        struct Restored {
+            stored: u64,
+            skipped: u64,
+            claims: u64,
+        }
+        let restored = Restored {
+            stored: answer.stored,
+            skipped: answer.skipped,
+            claims: answer.claims,
+        };
+        Ok(render::rows(
+            &["STORED", "SKIPPED", "CLAIMS"],
+            vec![vec![
+                restored.stored.to_string(),
+                restored.skipped.to_string(),
+                restored.claims.to_string(),
+            ]],
+            &restored,
+            format,
+        ))
     }
 
     /// `cachectl snapshot`: on every node that answers.

@@ -128,8 +128,20 @@ enum Cmd {
         #[command(subcommand)]
         action: MembersCmd,
     },
-    /// Take a snapshot on every reachable cache node now.
-    Snapshot,
+    /// Take a snapshot on every reachable cache node now; with --out, write a backup of the
+    /// cache (entries sealed as stored, one-time claims) to a file instead.
+    Snapshot {
+        /// Write the leader's state to this file (created with mode 0600; replaced whole).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a backup's entries and claims to the cache through the leader. An entry older
+    /// than the cached one, or expired, is skipped; nothing is removed. The fleet that reads
+    /// the entries needs the fleet key they were sealed under.
+    Restore {
+        /// A file written by `snapshot --out`.
+        file: PathBuf,
+    },
     /// Print a shell completion script (`cachectl completions bash > /etc/bash_completion.d/cachectl`).
     Completions {
         /// The shell.
@@ -155,6 +167,17 @@ enum MembersCmd {
     Remove {
         /// Its id.
         id: u64,
+    },
+    /// Replace a voter by a learner once the learner has caught up with the leader (a node
+    /// that lost its disk, back under a new id).
+    Replace {
+        /// The voter to remove.
+        old: u64,
+        /// The learner to promote in its place.
+        new: u64,
+        /// How long to wait for the learner to catch up.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
 }
 
@@ -282,6 +305,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 MembersCmd::Remove { id } => {
                     admin.change_voters(|v| v.retain(|x| *x != id)).await?
                 }
+                MembersCmd::Replace { old, new, wait } => admin.replace(old, new, wait).await?,
             };
             Ok(render::count(
                 "membership changed at log index",
@@ -289,7 +313,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 format,
             ))
         }
-        Cmd::Snapshot => backend.admin()?.snapshot(format).await,
+        Cmd::Snapshot { out: None } => backend.admin()?.snapshot(format).await,
+        Cmd::Snapshot { out: Some(file) } => backend.admin()?.backup(&file, format).await,
+        Cmd::Restore { file } => backend.admin()?.restore(&file, format).await,
         Cmd::Completions { .. } => unreachable!("handled before the runtime starts"),
     }
 }

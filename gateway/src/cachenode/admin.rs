@@ -1,4 +1,4 @@
-//! The `Admin` gRPC service: cluster status and membership, snapshots, evictions. Every call
+//! The `Admin` gRPC service: cluster status and membership, snapshots, backups, evictions. Every call
 //! passes the bearer-token interceptor (`super::admin_auth`) first.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,8 +32,31 @@ fn membership_error(
     }
 }
 
+/// The chunks of a backup, as sent.
+type BackupChunks =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pa::BackupChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pa::admin_server::Admin for AdminService {
+    type BackupStream = BackupChunks;
+
+    async fn backup(
+        &self,
+        _: Request<pa::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let chunks = super::backup::backup(&self.0).await?;
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<tonic::Streaming<pa::BackupChunk>>,
+    ) -> Result<Response<pa::RestoreResponse>, Status> {
+        super::backup::restore(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn status(
         &self,
         _: Request<pa::StatusRequest>,

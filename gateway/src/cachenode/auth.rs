@@ -61,6 +61,11 @@ const GATEWAY: &[Role] = &[Role::Gateway];
 const OPERATOR: &[Role] = &[Role::Operator];
 const GATEWAY_OR_OPERATOR: &[Role] = &[Role::Gateway, Role::Operator];
 
+/// The one call anyone may make: the standard gRPC health check, which says `SERVING` or
+/// `NOT_SERVING` and nothing else, for probes that carry no credential (a kubelet's `grpc`
+/// probe). Its streaming sibling `Watch` is not offered: a stream held open costs the node.
+pub const PUBLIC: &str = "/grpc.health.v1.Health/Check";
+
 /// The roles that may make the call at `path` (`/<package>.<Service>/<Method>`); `None`: nobody.
 pub fn allowed(path: &str) -> Option<&'static [Role]> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -334,6 +339,9 @@ where
 
 /// The verdict on one call.
 fn check<B>(credentials: &Credentials, req: &http::Request<B>) -> Result<(), tonic::Status> {
+    if req.uri().path() == PUBLIC {
+        return Ok(());
+    }
     let Some(needed) = allowed(req.uri().path()) else {
         return Err(tonic::Status::permission_denied(
             "no role may make this call",

@@ -25,7 +25,7 @@ use crate::token::{TokenKey, now_millis};
 /// connected leader's silence far below this.
 pub const QUORUM_SILENCE: Duration = Duration::from_secs(1);
 /// Most puts proposed as one log entry.
-const MAX_PUT_BATCH: usize = 512;
+pub const MAX_PUT_BATCH: usize = 512;
 /// Most bytes of entries proposed as one log entry (see [`super::MAX_PAYLOAD_ENTRIES`]).
 pub const MAX_PUT_BATCH_BYTES: usize = 1 << 20;
 /// Fill leases the leader keeps before it drops the lapsed ones.
@@ -382,5 +382,42 @@ fn put_bytes(command: &Command) -> usize {
     match command {
         Command::Put { entry, .. } => super::bounds::entry_bytes(entry) + 128,
         _ => 128,
+    }
+}
+
+/// Keeps the standard gRPC health service's answer (for the whole server, `""`, and for
+/// `TokenCache`) equal to [`NodeContext::readiness`] until `stop`: checked on every Raft metrics
+/// change and twice a second (a leader's standing also lapses with time alone).
+pub async fn report_health(
+    ctx: Arc<NodeContext>,
+    reporter: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    use tokengate_proto::cache::token_cache_server::TokenCacheServer;
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    const CACHE: &str =
+        <TokenCacheServer<super::cache_service::CacheService> as NamedService>::NAME;
+    let mut metrics = ctx.raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        let status = if ctx.readiness().is_ok() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            for service in ["", CACHE] {
+                reporter.set_service_status(service, status).await;
+            }
+            last = Some(status);
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+            changed = metrics.changed() => if changed.is_err() { break },
+        }
     }
 }

@@ -9,11 +9,12 @@
 //! - [`state_machine`]: openraft's state machine over the cache: apply, watch, snapshots.
 //! - [`snapshot`]: the binary snapshot file, written, streamed and read a record at a time.
 //! - [`network`]: Raft RPCs to peers over gRPC.
+//! - [`identity`]: a node's id belongs to its disk.
 //! - [`context`]: what the services share: the node's standing (leads, and heard by a quorum),
 //!   fill leases, watch slots, the group commit of puts, the entry bound.
 //! - [`raft_service`]: the Raft transport server, for peers.
 //! - [`cache_service`]: the `TokenCache` server, for gateways.
-//! - [`admin`]: the `Admin` service for operators.
+//! - [`admin`]: the `Admin` service for operators; [`backup`]: its backup and restore.
 //! - protobuf conversions are [`crate::cacheclient::convert`]'s, shared with the clients.
 //! - [`metrics`]: Prometheus gauges of the node's Raft state (`--metrics-listen`).
 //!
@@ -27,9 +28,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod bounds;
 pub mod cache_service;
 pub mod context;
+pub mod identity;
 pub mod log_store;
 pub mod metrics;
 pub mod network;
@@ -210,9 +213,22 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         message,
     };
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| data(e.to_string()))?;
+    let database = cfg.data_dir.join("raft.redb");
+    let dialer = cfg
+        .tls
+        .as_ref()
+        .map_or_else(crate::cacheclient::Dialer::default, NodeTls::dialer);
+    if !database.exists() && !cfg.init.is_empty() {
+        let others = cfg.init.iter().filter(|(id, _)| **id != cfg.id);
+        let token = cfg.credentials.operator.secret.as_ref();
+        identity::check_not_forgotten(cfg.id, others.map(|(_, a)| a), token, &dialer)
+            .await
+            .map_err(data)?;
+    }
+    identity::claim(&cfg.data_dir, cfg.id).map_err(data)?;
     let db = redb::Builder::new()
         .set_cache_size(DB_CACHE_BYTES)
-        .create(cfg.data_dir.join("raft.redb"))
+        .create(&database)
         .map_err(|e| data(e.to_string()))?;
     let db = Arc::new(db);
     let log_store = log_store::LogStore::open(Arc::clone(&db)).map_err(|e| data(e.to_string()))?;
@@ -233,10 +249,6 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     }
     .validate()
     .map_err(|e| CacheNodeError::Raft(e.to_string()))?;
-    let dialer = cfg
-        .tls
-        .as_ref()
-        .map_or_else(crate::cacheclient::Dialer::default, NodeTls::dialer);
     // Everything that can fail is set up before Raft starts: a port that is taken or a bad
     // certificate stops the node before it has anything to shut down.
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -302,6 +314,12 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         cfg.max_entries,
         shutdown.clone(),
     ));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reporter = tokio::spawn(context::report_health(
+        Arc::clone(&ctx),
+        health,
+        shutdown.clone(),
+    ));
     let server = builder
         .trace_fn(grpc_span)
         .layer(auth::AuthLayer::new(cfg.credentials.clone()))
@@ -318,6 +336,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
             AdminServer::new(AdminService(Arc::clone(&ctx)))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
+        .add_service(health_service)
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY an answer written after an unacknowledged one waits for the
             // peer's delayed ACK: ~40 ms on a commit's every hop.
@@ -367,6 +386,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     }
     let _ = committer.await;
     let _ = bounder.await;
+    let _ = reporter.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }

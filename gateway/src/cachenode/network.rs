@@ -35,6 +35,12 @@ pub type SnapshotHeader = (Vote<u64>, openraft::SnapshotMeta<u64, BasicNode>);
 /// each (JSON, with base64 ciphertexts), or one snapshot chunk.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 
+/// The metadata naming the node a Raft message is for. An address outlives the node behind it
+/// (a StatefulSet pod keeps its name when its disk and id are replaced): without it, a leader
+/// would take the new node's answers for the old one's, count it in its quorum, and never
+/// learn that the old node is gone.
+pub const TARGET_HEADER: &str = "tokengate-raft-target";
+
 /// Makes clients for peers.
 pub struct Network {
     /// Addresses that replace a peer's membership address for Raft traffic.
@@ -95,6 +101,10 @@ impl Peer {
         if let Some(b) = &self.bearer {
             req.metadata_mut().insert("authorization", b.clone());
         }
+        req.metadata_mut().insert(
+            TARGET_HEADER,
+            self.target.to_string().parse().expect("digits"),
+        );
         Ok((client, req))
     }
 

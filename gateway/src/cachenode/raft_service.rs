@@ -28,17 +28,41 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Statu
     }))
 }
 
+impl RaftService {
+    /// Refuses a message meant for another node (or that does not say which).
+    fn addressed_to_me<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let target = req
+            .metadata()
+            .get(super::network::TARGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match target {
+            Some(t) if t == self.0.id => Ok(()),
+            Some(t) => Err(Status::failed_precondition(format!(
+                "this address serves node {}, not node {t}",
+                self.0.id
+            ))),
+            None => Err(Status::invalid_argument(format!(
+                "a raft message must name its target node ({})",
+                super::network::TARGET_HEADER
+            ))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl tokengate_proto::raft::raft_transport_server::RaftTransport for RaftService {
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.addressed_to_me(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
         encode(&self.0.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.addressed_to_me(&req)?;
         let rpc: VoteRequest<u64> = decode(req)?;
         encode(&self.0.raft.vote(rpc).await)
     }
@@ -52,6 +76,7 @@ impl tokengate_proto::raft::raft_transport_server::RaftTransport for RaftService
     ) -> Result<Response<RaftMessage>, Status> {
         use sha2::{Digest, Sha256};
         use tokio::io::AsyncWriteExt;
+        self.addressed_to_me(&req)?;
         let mut chunks = req.into_inner();
         let first = chunks
             .message()

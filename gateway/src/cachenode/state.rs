@@ -391,6 +391,11 @@ impl CacheState {
         self.entries.is_empty()
     }
 
+    /// How many one-time claims are held (lapsed ones included until swept).
+    pub fn claims(&self) -> usize {
+        self.claims.len()
+    }
+
     /// The refresh lease, if any.
     pub fn refresh_lease(&self) -> Option<&RefreshLease> {
         self.refresh_lease.as_ref()

@@ -133,15 +133,28 @@ async fn every_rpc_needs_its_role_and_nothing_else_will_do() {
             role.name()
         );
     }
-    // A path no service declares is refused by the door, not passed on.
-    let unknown = tokengate_proto::Rpc {
-        path: "/grpc.health.v1.Health/Check".into(),
+    // A path no role may call is refused by the door, not passed on: one no service declares,
+    // and the health service's stream.
+    for path in [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.health.v1.Health/Watch",
+    ] {
+        let unknown = tokengate_proto::Rpc {
+            path: path.into(),
+            server_streaming: true,
+        };
+        assert_eq!(
+            call(&addr, &unknown, Some(ADMIN_TOKEN)).await,
+            tonic::Code::PermissionDenied,
+            "{path}"
+        );
+    }
+    // The health check alone needs no credential.
+    let check = tokengate_proto::Rpc {
+        path: gateway::cachenode::auth::PUBLIC.into(),
         server_streaming: false,
     };
-    assert_eq!(
-        call(&addr, &unknown, Some(ADMIN_TOKEN)).await,
-        tonic::Code::PermissionDenied
-    );
+    assert_eq!(call(&addr, &check, None).await, tonic::Code::Ok);
     // The refusals are counted.
     let metrics =
         crate::support::metrics_text(cluster.nodes[leader as usize - 1].metrics_addr()).await;

@@ -39,7 +39,7 @@ fn open_watcher(args: &[&str], env: &[(&str, &str)]) -> std::thread::JoinHandle<
     waiter
 }
 
-fn cachectl_bin() -> PathBuf {
+pub(crate) fn cachectl_bin() -> PathBuf {
     testkit::procs::sibling_binary(
         "cachectl",
         std::path::Path::new(env!("CARGO_BIN_EXE_gateway")),
@@ -48,10 +48,10 @@ fn cachectl_bin() -> PathBuf {
 
 /// The outputs of every command run, checked for tokens at the end.
 #[derive(Default)]
-struct Transcript(Vec<String>);
+pub(crate) struct Transcript(Vec<String>);
 
 impl Transcript {
-    fn run(&mut self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) fn run(&mut self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(cachectl_bin());
         cmd.args(args)
             .env_remove("CACHECTL_TOKEN")
@@ -70,7 +70,7 @@ impl Transcript {
     }
 
     /// Runs and expects success; returns stdout.
-    fn ok(&mut self, args: &[&str], env: &[(&str, &str)]) -> String {
+    pub(crate) fn ok(&mut self, args: &[&str], env: &[(&str, &str)]) -> String {
         let out = self.run(args, env);
         assert!(
             out.status.success(),
@@ -81,14 +81,14 @@ impl Transcript {
     }
 
     /// Runs with `-o json` and parses stdout.
-    fn json(&mut self, args: &[&str], env: &[(&str, &str)]) -> Value {
+    pub(crate) fn json(&mut self, args: &[&str], env: &[(&str, &str)]) -> Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&all, env)).unwrap()
     }
 
     /// Runs and expects exit `code` with a one-line error containing `says`.
-    fn fails(&mut self, args: &[&str], env: &[(&str, &str)], code: i32, says: &str) {
+    pub(crate) fn fails(&mut self, args: &[&str], env: &[(&str, &str)], code: i32, says: &str) {
         let out = self.run(args, env);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "cachectl {args:?}: {err}");

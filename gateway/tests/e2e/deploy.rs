@@ -62,13 +62,20 @@ fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
     args.get(at + 1).map(String::as_str)
 }
 
-/// The gateway configuration inside the Kubernetes ConfigMap.
+/// The gateways' configuration, which the kustomization makes a ConfigMap.
 fn kubernetes_gateway_config() -> String {
-    documents("deploy/kubernetes/20-gateway.yaml")
-        .into_iter()
-        .find(|d| d["kind"] == "ConfigMap")
-        .and_then(|d| d["data"]["gateway.yaml"].as_str().map(str::to_owned))
-        .expect("a ConfigMap with gateway.yaml")
+    read("deploy/kubernetes/config/gateway.yaml")
+}
+
+/// The Kubernetes resource files (the kustomization itself aside).
+fn kubernetes_manifests() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    files.sort();
+    files
 }
 
 fn check_config(name: &str, config: &str) {
@@ -323,6 +330,23 @@ fn the_statefulset_gives_each_pod_its_id_and_role() {
     );
     assert!(flag(&args, "--init").is_none());
 
+    // A disk keeps the id it was created under; a new disk takes the id the replacement script
+    // recorded for its pod, and joins.
+    let data = tempfile::tempdir().unwrap();
+    let ids = tempfile::tempdir().unwrap();
+    let relocated = script
+        .replace("/var/lib/tokengate", data.path().to_str().unwrap())
+        .replace("/etc/tokengate/cache-ids", ids.path().to_str().unwrap());
+    std::fs::write(ids.path().join("tokengate-cache-1"), "1001\n").unwrap();
+    let args = statefulset_args(&relocated, 1);
+    assert_eq!(flag(&args, "--id"), Some("1001"));
+    assert!(flag(&args, "--init").is_none());
+    assert!(flag(&args, "--join").is_some());
+    std::fs::write(data.path().join("node-id"), "2\n").unwrap();
+    let args = statefulset_args(&relocated, 1);
+    assert_eq!(flag(&args, "--id"), Some("2"), "the disk's id wins");
+    assert!(flag(&args, "--init").is_some());
+
     // The gateways' ConfigMap names the same pods.
     let config = yaml(&kubernetes_gateway_config());
     let endpoints = strings(&config["store"]["raft"]["endpoints"]);
@@ -372,38 +396,63 @@ fn the_tools_that_read_the_deploy_files_accept_them() {
         &["test", "rules", "deploy/prometheus/alerts_test.yaml"],
         &[],
     );
-    let manifests: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        // The kustomization is kustomize's, not a Kubernetes resource (checked below).
-        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
-        .map(|p| p.display().to_string())
+    let manifests: Vec<String> = kubernetes_manifests()
+        .iter()
+        .map(|f| format!("deploy/kubernetes/{f}"))
         .collect();
     let mut args = vec!["-m", "kubernetes_validate", "--strict", "--quiet"];
     args.extend(manifests.iter().map(String::as_str));
     accepts("python3", &args, &[]);
 }
 
-#[test]
-fn the_kustomization_names_the_image_once_and_the_services_keep_admin_apart() {
-    let kustomization = yaml(&read("deploy/kubernetes/kustomization.yaml"));
-    let listed = strings(&kustomization["resources"]);
-    let mut present: Vec<String> = std::fs::read_dir(root().join("deploy/kubernetes"))
+/// `kubectl kustomize DIR`: the resources as `kubectl apply -k` would send them.
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl: {e} (.ci/run installs it)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n---\n").map(yaml).collect()
+}
+
+/// The name of the ConfigMap the gateways mount.
+fn mounted_config(resources: &[Value]) -> String {
+    let deployment = resources
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    deployment["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "kustomization.yaml")
-        .collect();
-    present.sort();
-    assert_eq!(listed, present, "every manifest is in the kustomization");
+        .iter()
+        .find(|v| v["name"] == "config")
+        .and_then(|v| v["configMap"]["name"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_kustomization_renders_one_image_a_rolling_config_and_admin_apart() {
+    let kustomization = yaml(&read("deploy/kubernetes/kustomization.yaml"));
+    assert_eq!(
+        strings(&kustomization["resources"]),
+        kubernetes_manifests(),
+        "every manifest is in the kustomization"
+    );
     let image = &kustomization["images"][0];
     let tag = image["newTag"].as_str().unwrap();
     assert!(
         !tag.is_empty() && tag != "latest",
         "a release, never latest"
     );
-
-    let mut services = Vec::new();
-    for file in &listed {
+    let release = format!("{}:{tag}", image["newName"].as_str().unwrap());
+    for file in kubernetes_manifests() {
         for doc in documents(&format!("deploy/kubernetes/{file}")) {
             for container in doc["spec"]["template"]["spec"]["containers"]
                 .as_sequence()
@@ -416,25 +465,41 @@ fn the_kustomization_names_the_image_once_and_the_services_keep_admin_apart() {
                     "{file}: every container's image is the kustomization's to set"
                 );
             }
-            if doc["kind"] == "Service" {
-                let ports: Vec<String> = doc["spec"]["ports"]
-                    .as_sequence()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p["name"].as_str().unwrap().to_owned())
-                    .collect();
-                services.push((doc["metadata"]["name"].as_str().unwrap().to_owned(), ports));
-            }
-            if doc["kind"] == "StatefulSet" {
-                let probe = &doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
-                assert_eq!(
-                    probe["httpGet"]["path"], "/readyz",
-                    "cache nodes are ready with a quorum"
-                );
-                let retention = &doc["spec"]["persistentVolumeClaimRetentionPolicy"];
-                assert_eq!(retention["whenScaled"], "Retain");
-                assert_eq!(retention["whenDeleted"], "Retain");
-            }
+        }
+    }
+
+    let rendered = kustomize(&root().join("deploy/kubernetes"));
+    let mut services = Vec::new();
+    for doc in &rendered {
+        for container in doc["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(container["image"].as_str(), Some(release.as_str()));
+        }
+        if doc["kind"] == "Service" {
+            let ports: Vec<String> = doc["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            services.push((doc["metadata"]["name"].as_str().unwrap().to_owned(), ports));
+        }
+        if doc["kind"] == "StatefulSet" {
+            let probe = &doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+            assert_eq!(
+                probe["httpGet"]["path"], "/readyz",
+                "cache nodes are ready with a quorum"
+            );
+            let retention = &doc["spec"]["persistentVolumeClaimRetentionPolicy"];
+            assert_eq!(retention["whenScaled"], "Retain");
+            assert_eq!(retention["whenDeleted"], "Retain");
+        }
+        if doc["kind"] == "Deployment" {
+            let probe = &doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+            assert_eq!(probe["httpGet"]["path"], "/readyz");
         }
     }
     let ports = |name: &str| {
@@ -450,4 +515,149 @@ fn the_kustomization_names_the_image_once_and_the_services_keep_admin_apart() {
         "the Service behind the ingress has no admin port"
     );
     assert_eq!(ports("tokengate-admin"), ["admin"]);
+
+    // The gateways mount the generated ConfigMap, which holds config/gateway.yaml as is...
+    let mounted = mounted_config(&rendered);
+    let config_map = rendered
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == mounted.as_str())
+        .expect("the mounted ConfigMap is rendered");
+    assert_eq!(
+        config_map["data"]["gateway.yaml"].as_str(),
+        Some(kubernetes_gateway_config().as_str())
+    );
+    // ... under a name that changes with its content: a change rolls the gateways.
+    let copy = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("deploy/kubernetes/."))
+        .arg(copy.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let changed = copy.path().join("config/gateway.yaml");
+    let text = std::fs::read_to_string(&changed).unwrap();
+    std::fs::write(&changed, text.replace("format: json", "format: text")).unwrap();
+    let rolled = mounted_config(&kustomize(copy.path()));
+    assert!(rolled.starts_with("tokengate-gateway-") && mounted.starts_with("tokengate-gateway-"));
+    assert_ne!(
+        rolled, mounted,
+        "a changed configuration is a new ConfigMap"
+    );
+
+    // What apply -k sends passes strict validation too.
+    let all = copy.path().join("rendered.yaml");
+    let docs: Vec<String> = rendered
+        .iter()
+        .map(|d| serde_yaml_ng::to_string(d).unwrap())
+        .collect();
+    std::fs::write(&all, docs.join("---\n")).unwrap();
+    accepts(
+        "python3",
+        &[
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            all.to_str().unwrap(),
+        ],
+        &[],
+    );
+}
+
+/// Runs `deploy/kubernetes/replace-cache-node.sh` with `args` and a `kubectl` on the PATH that
+/// records its arguments and answers from `answers` (`"<args prefix>" => stdout`); returns the
+/// exit status and the recorded calls.
+fn replace_script(args: &[&str], answers: &[(&str, &str)]) -> (bool, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let mut shim = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$*\" in\n",
+        calls.display()
+    );
+    for (prefix, out) in answers {
+        shim.push_str(&format!("  '{prefix}'*) printf '%s' '{out}' ;;\n"));
+    }
+    shim.push_str("esac\n");
+    let path = dir.path().join("kubectl");
+    std::fs::write(&path, shim).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let status = Command::new("/bin/sh")
+        .arg(root().join("deploy/kubernetes/replace-cache-node.sh"))
+        .args(args)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                dir.path().display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .env_remove("NAMESPACE")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let recorded = std::fs::read_to_string(&calls).unwrap_or_default();
+    (
+        status.success(),
+        recorded.lines().map(str::to_owned).collect(),
+    )
+}
+
+#[test]
+fn the_replacement_script_gives_the_pod_a_new_id_and_replaces_the_old_member() {
+    let status = r#"[{"endpoint":"a","id":1,"members":[{"id":1},{"id":2},{"id":3}]}]"#;
+    let (ok, calls) = replace_script(
+        &["1"],
+        &[(
+            "-n tokengate exec tokengate-cache-0 -c cache-node -- cachectl status",
+            status,
+        )],
+    );
+    assert!(ok, "{calls:#?}");
+    let expected = [
+        "-n tokengate get configmap tokengate-cache-ids -o go-template={{ index .data \"tokengate-cache-1\" }}",
+        "-n tokengate exec tokengate-cache-0 -c cache-node -- cachectl status -o json",
+        "-n tokengate get configmap tokengate-cache-ids",
+        "-n tokengate patch configmap tokengate-cache-ids --type merge -p {\"data\":{\"tokengate-cache-1\":\"1001\"}}",
+        "-n tokengate delete pvc data-tokengate-cache-1 --wait=false --ignore-not-found",
+        "-n tokengate delete pod tokengate-cache-1",
+        "-n tokengate get pod tokengate-cache-1",
+        "-n tokengate wait --for=condition=Ready pod/tokengate-cache-1 --timeout=10m",
+        "-n tokengate exec tokengate-cache-0 -c cache-node -- cachectl members replace 2 1001",
+        "-n tokengate exec tokengate-cache-0 -c cache-node -- cachectl status",
+    ];
+    assert_eq!(calls, expected);
+
+    // A pod replaced before runs under the recorded id; the next id is above every member's;
+    // cachectl runs in another pod than the one replaced.
+    let status = r#"[{"id":1001,"members":[{"id":1001},{"id":2},{"id":1004}]}]"#;
+    let (ok, calls) = replace_script(
+        &["0"],
+        &[
+            ("-n tokengate get configmap tokengate-cache-ids -o", "1001"),
+            (
+                "-n tokengate exec tokengate-cache-1 -c cache-node -- cachectl status",
+                status,
+            ),
+        ],
+    );
+    assert!(ok, "{calls:#?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.ends_with(r#"{"data":{"tokengate-cache-0":"1005"}}"#)),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.ends_with("cachectl members replace 1001 1005")),
+        "{calls:#?}"
+    );
+
+    let (ok, calls) = replace_script(&["one"], &[]);
+    assert!(!ok && calls.is_empty(), "a bad ordinal touches nothing");
 }

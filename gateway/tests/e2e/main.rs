@@ -23,6 +23,7 @@ mod redis;
 mod redis_ha;
 mod reload;
 mod routing;
+mod runbooks;
 mod support;
 mod tls;
 mod traces;

@@ -86,9 +86,8 @@ impl CacheNode {
         Self::spawn(id, addr, String::new(), None, String::new())
     }
 
-    /// Starts the process (again, on the same address and data directory) and waits until it
-    /// listens.
-    pub fn start(&mut self) {
+    /// Its command line and environment.
+    fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         cmd.args([
             "cache-node",
@@ -118,6 +117,49 @@ impl CacheNode {
         if !self.peers.is_empty() {
             cmd.args(["--peer", &self.peers]);
         }
+        cmd
+    }
+
+    /// Runs the process expecting it to exit by itself (a refused start) within 20 s; how it
+    /// exited and what it wrote.
+    pub fn run_to_exit(&self) -> (std::process::ExitStatus, String) {
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("cache node {} did not exit", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status, text)
+    }
+
+    /// Kills the process and gives it a new, empty data directory: a lost disk.
+    pub fn lose_disk(&mut self) {
+        self.kill();
+        self.dir = tempfile::tempdir().unwrap();
+    }
+
+    /// Makes it a new member under `id` that joins through `join` (after a lost disk).
+    pub fn rejoin_as(&mut self, id: u64, join: String) {
+        self.id = id;
+        self.init.clear();
+        self.join = Some(join);
+    }
+
+    /// Starts the process (again, on the same address and data directory) and waits until it
+    /// listens.
+    pub fn start(&mut self) {
+        let mut cmd = self.command();
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,6 +345,11 @@ impl Cluster {
         agreed.unwrap()
     }
 
+    /// The address of node `id`.
+    pub fn addr_of(&self, id: u64) -> String {
+        self.nodes.iter().find(|n| n.id == id).unwrap().addr.clone()
+    }
+
     pub fn node(&mut self, id: u64) -> &mut CacheNode {
         self.nodes.iter_mut().find(|n| n.id == id).unwrap()
     }
@@ -332,7 +379,7 @@ pub(crate) async fn status(addr: &str, token: &str) -> Result<pa::StatusResponse
     }
 }
 
-fn key(n: u64) -> TokenKey {
+pub(crate) fn key(n: u64) -> TokenKey {
     let mut b = [7u8; 32];
     b[..8].copy_from_slice(&n.to_be_bytes());
     TokenKey::from_bytes(b)
@@ -815,13 +862,7 @@ async fn a_follower_that_missed_20_mb_and_a_new_learner_catch_up_from_a_streamed
             .unwrap();
     }
     let leader_status = |cluster: &Cluster| {
-        let addr = cluster
-            .nodes
-            .iter()
-            .find(|n| n.id == leader)
-            .unwrap()
-            .addr
-            .clone();
+        let addr = cluster.addr_of(leader);
         async move { status(&addr, ADMIN_TOKEN).await.unwrap() }
     };
     eventually(
