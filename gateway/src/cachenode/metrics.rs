@@ -73,6 +73,25 @@ impl RaftMetrics {
         }
     }
 
+    /// Every metric's full name, including refusal counts not observed yet.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        let refusals = prometheus::core::Collector::desc(super::auth::refusals());
+        names.extend(
+            refusals
+                .iter()
+                .map(|d| format!("tokengate_cache_{}", d.fq_name)),
+        );
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The text exposition of the node's state now.
     pub fn render(&self, raft: &Raft<TypeConfig>, shared: &Arc<Shared>) -> String {
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

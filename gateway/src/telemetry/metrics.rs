@@ -15,6 +15,8 @@ use prometheus::{
 /// Every metric of a gateway node.
 pub struct Metrics {
     registry: Registry,
+    /// Every metric's full name, registered or not yet observed.
+    names: Vec<String>,
     requests: IntCounterVec,
     request_duration: HistogramVec,
     /// Tokens served from L1 (the hot path).
@@ -75,7 +77,13 @@ impl Metrics {
     fn new() -> Self {
         let registry =
             Registry::new_custom(Some("tokengate".into()), None).expect("a valid prefix");
+        let names = std::cell::RefCell::new(Vec::new());
         let reg = |c: Box<dyn prometheus::core::Collector>| {
+            let full = c
+                .desc()
+                .into_iter()
+                .map(|d| format!("tokengate_{}", d.fq_name));
+            names.borrow_mut().extend(full);
             registry.register(c).expect("metric names are unique");
         };
         let requests = IntCounterVec::new(
@@ -310,6 +318,7 @@ impl Metrics {
             refresh_ok: refreshes.with_label_values(&["ok"]),
             refresh_error: refreshes.with_label_values(&["error"]),
             registry,
+            names: names.into_inner(),
             requests,
             request_duration,
             idp_duration,
@@ -375,6 +384,12 @@ impl Metrics {
     /// Records a cache miss refused by the `bucket` miss budget.
     pub fn idp_miss_refused(&self, bucket: &'static str) {
         self.idp_miss_refused.with_label_values(&[bucket]).inc();
+    }
+
+    /// Every metric's full name (a histogram's base name), including those not observed yet,
+    /// which the exposition leaves out: what dashboards and alert rules may use.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Records a request refused at the edge for `reason` (a fixed word).

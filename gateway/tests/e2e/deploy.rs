@@ -661,3 +661,38 @@ fn the_replacement_script_gives_the_pod_a_new_id_and_replaces_the_old_member() {
     let (ok, calls) = replace_script(&["one"], &[]);
     assert!(!ok && calls.is_empty(), "a bad ordinal touches nothing");
 }
+
+#[test]
+fn the_dashboard_queries_parse_and_every_panel_reads_the_chosen_prometheus() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/tokengate.json")).unwrap();
+    assert_eq!(dashboard["templating"]["list"][0]["type"], "datasource");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for panel in panels {
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "ids are unique");
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{panel}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{panel}");
+        for (i, target) in targets.iter().enumerate() {
+            // Grafana's range variable, as Prometheus would see it.
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m");
+            rules.push_str(&format!(
+                "      - record: dashboard:panel{}:{i}\n        expr: {}\n",
+                panel["id"],
+                serde_json::to_string(&expr).unwrap()
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yaml");
+    std::fs::write(&file, rules).unwrap();
+    accepts("promtool", &["check", "rules", file.to_str().unwrap()], &[]);
+}

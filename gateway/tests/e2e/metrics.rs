@@ -135,12 +135,14 @@ async fn metrics_count_requests_and_token_layers_and_pass_promtool() {
 
 /// The metric names `deploy/prometheus/alerts.yaml` uses that `keep` selects.
 fn alerted_metrics(keep: impl Fn(&str) -> bool) -> Vec<String> {
-    let rules = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/prometheus/alerts.yaml"
-    ))
-    .unwrap();
-    let mut names: Vec<String> = rules
+    metric_names_in("deploy/prometheus/alerts.yaml", keep)
+}
+
+/// The metric names a file of `deploy/` uses that `keep` selects.
+fn metric_names_in(path: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut names: Vec<String> = text
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("tokengate_") && keep(w))
         .map(str::to_owned)
@@ -160,6 +162,30 @@ fn every_alerted_metric_is_exposed(text: &str, keep: impl Fn(&str) -> bool) {
             text.contains(&format!("# TYPE {name} ")),
             "{name} is alerted on but not exposed"
         );
+    }
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
+    let mut known: Vec<String> = gateway::telemetry::metrics::metrics().names().to_vec();
+    known.extend(gateway::cachenode::metrics::RaftMetrics::new().names());
+    assert!(known.len() > 30, "{known:?}");
+    for path in [
+        "deploy/grafana/tokengate.json",
+        "deploy/prometheus/alerts.yaml",
+    ] {
+        let used = metric_names_in(path, |_| true);
+        assert!(used.len() >= 8, "{path}: {used:?}");
+        for name in used {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| known.iter().any(|k| k == b));
+            assert!(
+                known.contains(&name) || base.is_some(),
+                "{path} uses {name}, which no gateway or cache node exposes"
+            );
+        }
     }
 }
 
