@@ -34,6 +34,11 @@ enum Command {
         /// reloads either way).
         #[arg(long, env = "TOKENGATE_WATCH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
         watch_interval: std::time::Duration,
+        /// Threads that serve the proxy listener, each with its own event loop and its own
+        /// accept on the listener; default: one per CPU. 0: serve it
+        /// on the threads shared with everything else.
+        #[arg(long, env = "TOKENGATE_WORKERS")]
+        workers: Option<usize>,
     },
     /// Validate a configuration file and exit: 0 when valid, 1 with every problem listed.
     CheckConfig {
@@ -279,6 +284,7 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             watch_interval,
+            workers,
         } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -293,7 +299,10 @@ fn main() -> ExitCode {
                     watch_interval
                 },
             };
-            runtime().block_on(run(cfg, source))
+            let workers = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            runtime().block_on(run(cfg, source, workers))
         }
     }
 }
@@ -447,7 +456,7 @@ fn config_failed(file: &std::path::Path, e: &gateway::config::ConfigError) -> Ex
     ExitCode::FAILURE
 }
 
-async fn run(cfg: Config, source: gateway::node::reload::ConfigSource) -> ExitCode {
+async fn run(cfg: Config, source: gateway::node::reload::ConfigSource, workers: usize) -> ExitCode {
     let telemetry =
         match gateway::telemetry::init(&cfg.log, cfg.tracing.as_ref(), "tokengate-gateway", None) {
             Ok(t) => t,
@@ -456,7 +465,7 @@ async fn run(cfg: Config, source: gateway::node::reload::ConfigSource) -> ExitCo
                 return ExitCode::FAILURE;
             }
         };
-    let listeners = match Listeners::bind(cfg.listen, cfg.admin_listen).await {
+    let listeners = match Listeners::bind_workers(cfg.listen, cfg.admin_listen, workers).await {
         Ok(l) => l,
         Err(error) => {
             tracing::error!(%error, listen = %cfg.listen, admin = %cfg.admin_listen, "cannot bind listeners");

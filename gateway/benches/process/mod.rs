@@ -1,14 +1,16 @@
-//! Shared by the process-level benches (`tracing`, `tls`): a release-built `gateway run`
-//! process, a closed-loop driver that counts completed requests and the gateway's CPU time, and
-//! interleaved rounds reported as medians.
+//! Shared by the process-level benches (`tracing`, `tls`, `routing`): a release-built `gateway
+//! run` process (`gateway.rs`, which `versus` uses too), a closed-loop driver that counts
+//! completed requests and the gateway's CPU time, and interleaved rounds reported as medians.
 //!
 //! Each mode gets its own gateway process. The modes take turns over several rounds, each round
 //! starting with another mode, and the median of each is reported, so drift on the machine hits
 //! them alike. The driver shares the cores with the gateway: the figures compare the modes, they
 //! are not the gateway's ceiling.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod gateway;
+
+pub use gateway::Gateway;
+use gateway::cpu_time;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,75 +21,6 @@ const ROUND: Duration = Duration::from_secs(8);
 pub const ROUNDS: usize = 5;
 /// Client identities the driver spreads its requests over (`client-N` / `secret-N`).
 pub const CLIENTS: usize = 8;
-
-pub struct Gateway {
-    child: Child,
-    proxy: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    /// Starts a gateway on loopback whose configuration is `config` after the listeners and the
-    /// log settings, and waits until it listens; its output is drained and dropped.
-    pub fn start(config: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.yaml");
-        let yaml = format!(
-            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json, level: info }}\n{config}"
-        );
-        std::fs::write(&path, yaml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "tokengate listening"
-                {
-                    let _ = tx.send(v["proxy"].as_str().unwrap().to_owned());
-                }
-            }
-        });
-        let proxy = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("gateway listens");
-        Self {
-            child,
-            proxy,
-            _dir: dir,
-        }
-    }
-}
-
-/// CPU time the process has used so far (user + system), from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // The kernel reports in USER_HZ, 100 on Linux.
-    Duration::from_millis(ticks * 10)
-}
 
 /// One way of running the gateway: how to start it, and the client and URL that drive it.
 pub struct Mode {
@@ -105,7 +38,7 @@ pub struct Mode {
 async fn throughput(gw: &Gateway, mode: &Mode) -> (f64, Duration) {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let url = format!("{}://{}{}", mode.scheme, gw.proxy, mode.path);
+    let url = format!("{}://{}{}", mode.scheme, gw.proxy(), mode.path);
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|w| {
             let (http, done, stop) = (mode.client.clone(), Arc::clone(&done), Arc::clone(&stop));
@@ -127,7 +60,7 @@ async fn throughput(gw: &Gateway, mode: &Mode) -> (f64, Duration) {
         })
         .collect();
     tokio::time::sleep(WARMUP).await;
-    let pid = gw.child.id();
+    let pid = gw.pid();
     let (start, before, cpu_before) = (Instant::now(), done.load(Ordering::Relaxed), cpu_time(pid));
     tokio::time::sleep(ROUND).await;
     let n = done.load(Ordering::Relaxed) - before;

@@ -160,7 +160,9 @@ impl ClientCredentials {
         let (key, entry) = match (&self.gateway_key, &self.cfg.credentials) {
             (Some(key), Some((id, secret))) => match self.cache.cached(key, now) {
                 Some(e) => (*key, e),
-                None => (*key, self.obtain(key, id, secret.clone()).await?),
+                // A miss is boxed: its future (store, IdP) is large, and the hit path should
+                // not carry room for it.
+                None => (*key, Box::pin(self.obtain(key, id, secret.clone())).await?),
             },
             _ => {
                 let (id, secret) = match caller_credentials(headers, &self.guards.limits) {
@@ -183,7 +185,7 @@ impl ClientCredentials {
                         if !self.cache.miss_is_free(&key, now) {
                             self.guards.budget.spend(caller.address, Some(&id))?;
                         }
-                        self.obtain(&key, &id, Secret::new(secret)).await?
+                        Box::pin(self.obtain(&key, &id, Secret::new(secret))).await?
                     }
                 };
                 let mut applied = self.rewrite(headers, key, &entry)?;

@@ -112,7 +112,12 @@ impl Demo {
         let config = Config::from_yaml(&config_yaml)?;
         let steps = steps(&base, &app_secret);
         Ok(Self {
-            listeners: Listeners { proxy, admin },
+            listeners: Listeners {
+                proxy,
+                admin,
+                workers: 0,
+                more_proxy: Vec::new(),
+            },
             upstream,
             pki,
             config_yaml,

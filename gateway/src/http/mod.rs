@@ -14,4 +14,6 @@ pub mod tls;
 
 pub use body::{BoxBody, BoxError, full};
 pub use response::IntoResponse;
-pub use serve::{Handler, Listeners, TransportLimits, serve, serve_with};
+pub use serve::{
+    Handler, Listeners, TransportLimits, serve, serve_on_workers, serve_with, worker, workers,
+};

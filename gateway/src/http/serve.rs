@@ -2,7 +2,8 @@
 //! requests finish (bounded), then return.
 //!
 //! Every connection is bounded (HAProxy's and nginx's habits): at most `maxConnections` are open
-//! (the next caller waits in the kernel's backlog); a request head must arrive within
+//! (past it, each listener holds one accepted connection unserved and the next callers wait in
+//! the kernel's backlog); a request head must arrive within
 //! `readHeaderTimeout` and fit in `maxHeaderBytes` and `maxHeaders` (else 408/431); a
 //! connection with no request in progress for `idleTimeout` is closed, whatever trickle of bytes
 //! it sends (a slowloris client never completes a request, so it is idle); HTTP/2 connections
@@ -12,6 +13,9 @@
 //! `readHeaderTimeout` like a request head, so a caller that never finishes it holds one slot
 //! for that long and stalls no one else. Requests carried by a TLS connection find a
 //! [`TlsSession`](super::tls::TlsSession) in their extensions.
+//!
+//! The proxy listener may be served by workers, threads with an event loop and a socket of
+//! their own ([`serve_on_workers`]).
 //!
 //! Connections may be upgraded (`Connection: Upgrade`, e.g. WebSocket): once the handler has
 //! answered 101, the socket leaves this loop and belongs to whoever took the upgrade.
@@ -101,16 +105,80 @@ pub struct Listeners {
     pub proxy: TcpListener,
     /// The admin listener.
     pub admin: TcpListener,
+    /// Proxy workers: threads of their own, each with its own event loop, all accepting on the
+    /// proxy listener (see [`Listeners::bind_workers`]). 0: the proxy is served on the runtime
+    /// that runs the node.
+    pub workers: usize,
+    /// The proxy listener again for workers 2 and up (`proxy` is the first's): duplicates of
+    /// the one socket, each watched by its worker's event loop.
+    pub more_proxy: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
-    /// Binds both listeners.
+    /// Binds both listeners; the proxy is served on the node's runtime.
     pub async fn bind(proxy: SocketAddr, admin: SocketAddr) -> std::io::Result<Self> {
         Ok(Self {
             proxy: TcpListener::bind(proxy).await?,
             admin: TcpListener::bind(admin).await?,
+            workers: 0,
+            more_proxy: Vec::new(),
         })
     }
+
+    /// Binds both listeners, the proxy's for `workers` workers. With `workers` 0 this is
+    /// [`Listeners::bind`].
+    ///
+    /// The workers accept on one socket (a new connection wakes the idle ones; one of them
+    /// takes it), not on a socket each with `SO_REUSEPORT`: that option would let any process
+    /// of the same user bind the same port and take a share of the callers, and two listeners
+    /// asking for port 0 could be given the same one.
+    pub async fn bind_workers(
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        workers: usize,
+    ) -> std::io::Result<Self> {
+        if workers == 0 {
+            return Self::bind(proxy, admin).await;
+        }
+        let first = TcpListener::bind(proxy).await?;
+        let more_proxy = (1..workers)
+            .map(|_| {
+                use std::os::fd::AsFd;
+                // A duplicate descriptor of the same socket (non-blocking, as tokio's is).
+                first
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map(std::net::TcpListener::from)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let admin = TcpListener::bind(admin).await?;
+        WORKERS.store(workers, Ordering::Relaxed);
+        Ok(Self {
+            proxy: first,
+            admin,
+            workers,
+            more_proxy,
+        })
+    }
+}
+
+/// Proxy workers this process runs (0: none), set when their sockets are bound.
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Which proxy worker this thread is, on a worker's thread.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The number of proxy workers this process runs (0: the proxy shares the node's runtime).
+pub fn workers() -> usize {
+    WORKERS.load(Ordering::Relaxed)
+}
+
+/// Which proxy worker the calling thread is, if it is one (resources a worker keeps to itself,
+/// such as its upstream connections, are picked by it).
+pub fn worker() -> Option<usize> {
+    WORKER.with(std::cell::Cell::get)
 }
 
 /// Serves connections from `listener` with default limits, over TLS when `tls` is given (the
@@ -122,14 +190,10 @@ pub async fn serve(
     drain: Duration,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let limits = TransportLimits::default();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     run(
-        listener,
-        handler,
-        shutdown,
-        drain,
-        TransportLimits::default(),
-        tls,
-        false,
+        listener, handler, shutdown, drain, limits, tls, false, slots, None,
     )
     .await;
 }
@@ -144,9 +208,155 @@ pub async fn serve_with(
     limits: TransportLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    run(listener, handler, shutdown, drain, limits, tls, true).await;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    run(
+        listener, handler, shutdown, drain, limits, tls, true, slots, None,
+    )
+    .await;
 }
 
+/// Serves the proxy listener's `sockets` (see [`Listeners::bind_workers`]) on a thread each,
+/// every thread an event loop of its own (a current-thread runtime): a connection, its
+/// requests, their upstream calls and the wake-ups between them stay on one thread, as in
+/// nginx's workers, instead of being handed between threads. `maxConnections` counts the
+/// connections of all of them together. Returns once every worker has drained (as
+/// [`serve_with`] does).
+pub async fn serve_on_workers(
+    sockets: Vec<std::net::TcpListener>,
+    handler: Handler,
+    shutdown: CancellationToken,
+    drain: Duration,
+    limits: TransportLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    // One count of open connections for all workers: the kernel does not spread connections
+    // evenly, and a worker's share must not refuse what the node has room for.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open: Arc<[AtomicUsize]> = (0..sockets.len()).map(|_| AtomicUsize::new(0)).collect();
+    let mut workers = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let (handler, stop, tls) = (Arc::clone(&handler), shutdown.clone(), tls.clone());
+        let slots = Arc::clone(&slots);
+        let share = Share {
+            open: Arc::clone(&open),
+            me: i,
+        };
+        let worker =
+            move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start a proxy worker; stopping");
+                        stop.cancel();
+                        return;
+                    }
+                };
+                WORKER.with(|w| w.set(Some(i)));
+                // This thread's log lines (a line per request) are written in batches.
+                crate::telemetry::output::gather_on_this_thread();
+                runtime.block_on(async move {
+                let flusher = tokio::spawn(async {
+                    let mut tick = tokio::time::interval(crate::telemetry::output::FLUSH_EVERY);
+                    loop {
+                        tick.tick().await;
+                        crate::telemetry::output::flush_thread();
+                    }
+                });
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => {
+                        run(listener, handler, stop, drain, limits, tls, true, slots, Some(share))
+                            .await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "a proxy worker cannot serve its socket; stopping");
+                        stop.cancel();
+                    }
+                }
+                flusher.abort();
+            });
+                // What requests left running (pooled upstream connections) ends with the runtime.
+                runtime.shutdown_timeout(WORKER_STOP);
+                crate::telemetry::output::flush_thread();
+                let _ = done.send(());
+            };
+        match std::thread::Builder::new()
+            .name(format!("proxy-{i}"))
+            .spawn(worker)
+        {
+            Ok(_) => workers.push(finished),
+            Err(error) => {
+                tracing::error!(%error, "cannot start a proxy worker; stopping");
+                shutdown.cancel();
+            }
+        }
+    }
+    for finished in workers {
+        // An error is a worker gone without saying so (a panic): it is not waited for.
+        let _ = finished.await;
+    }
+}
+
+/// A worker's part in spreading connections: all workers are woken by a new connection on the
+/// shared socket, and the first to call `accept` gets it, so one worker could end up with most
+/// of them while another idles. As nginx's workers do (`accept_disabled`), a worker holding
+/// more than its share lets the others accept first, for a moment.
+struct Share {
+    /// Open connections per worker.
+    open: Arc<[AtomicUsize]>,
+    me: usize,
+}
+
+impl Share {
+    /// Longest a worker over its share stands back (then it accepts anyway: the others may be
+    /// stuck).
+    const STAND_BACK: Duration = Duration::from_millis(20);
+
+    /// Returns when this worker should accept: at once unless it holds more than one
+    /// connection over an even share.
+    async fn turn(&self) {
+        let deadline = Instant::now() + Self::STAND_BACK;
+        while self.over_share() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn over_share(&self) -> bool {
+        let total: usize = self.open.iter().map(|o| o.load(Ordering::Relaxed)).sum();
+        let mine = self.open[self.me].load(Ordering::Relaxed);
+        mine * self.open.len() > total + self.open.len()
+    }
+
+    /// Counts a connection this worker accepted, until the guard is dropped.
+    fn opened(&self) -> Opened {
+        self.open[self.me].fetch_add(1, Ordering::Relaxed);
+        Opened {
+            open: Arc::clone(&self.open),
+            me: self.me,
+        }
+    }
+}
+
+/// One open connection of a worker, counted while it lives.
+struct Opened {
+    open: Arc<[AtomicUsize]>,
+    me: usize,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.open[self.me].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a stopping worker waits for the tasks its requests left running.
+const WORKER_STOP: Duration = Duration::from_secs(1);
+
+/// Serves `listener` until `shutdown`, one connection per permit of `slots`.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     listener: TcpListener,
     handler: Handler,
@@ -155,6 +365,8 @@ async fn run(
     limits: TransportLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
     observed: bool,
+    slots: Arc<Semaphore>,
+    share: Option<Share>,
 ) {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -176,16 +388,21 @@ async fn run(
         .keep_alive_interval(limits.keep_alive_interval)
         .keep_alive_timeout(limits.keep_alive_timeout);
     let builder = Arc::new(builder);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     // `closing`: finish in-flight requests and close; `abort`: drop what is left.
     let closing = CancellationToken::new();
     let abort = CancellationToken::new();
     loop {
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
+        if let Some(share) = &share {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = share.turn() => {}
+            }
+        }
+        // Accepted, then given a slot: a connection past `maxConnections` waits here, one per
+        // listener (the others wait in the kernel's backlog). Taking the slot first would have
+        // each worker's accept hold one while it waits, and leave slots unused that workers
+        // share.
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -196,6 +413,10 @@ async fn run(
                     continue;
                 }
             },
+        };
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let _ = stream.set_nodelay(true);
         let conn = Connection {
@@ -208,8 +429,10 @@ async fn run(
             closing: closing.clone(),
             abort: abort.clone(),
         };
+        let counted = share.as_ref().map(Share::opened);
         connections.spawn(async move {
             let _slot = slot;
+            let _counted = counted;
             conn.serve(stream, remote).await;
         });
     }

@@ -35,6 +35,9 @@ pub enum StartError {
     /// The listener's certificates could not be loaded.
     #[error("TLS listener: {0}")]
     ListenerTls(#[from] crate::http::tls::ServerTlsError),
+    /// The proxy listener could not be handed to its workers.
+    #[error("proxy listener: {0}")]
+    Listener(#[from] std::io::Error),
 }
 
 /// Runs a gateway node on already-bound listeners until `shutdown` is cancelled, then drains
@@ -46,6 +49,16 @@ pub async fn run(
     shutdown: CancellationToken,
     source: Option<reload::ConfigSource>,
 ) -> Result<(), StartError> {
+    // The proxy listener, for the runtime that runs the node or for worker threads of their
+    // own (the one step that can fail is taken before anything starts).
+    let proxy_listener = match listeners.workers {
+        0 => ProxyListener::Here(listeners.proxy),
+        _ => {
+            let mut sockets = vec![listeners.proxy.into_std()?];
+            sockets.extend(listeners.more_proxy);
+            ProxyListener::Workers(sockets)
+        }
+    };
     let current = match &config.fleet_key {
         Some(secret) => FleetKey::from_secret(secret),
         None => FleetKey::random(),
@@ -136,15 +149,30 @@ pub async fn run(
             current.load_full().drain_upgrades(drain).await;
         })
     };
-    http::serve_with(
-        listeners.proxy,
-        proxy_handler,
-        shutdown,
-        config.shutdown_timeout,
-        config.edge.transport,
-        listener_tls,
-    )
-    .await;
+    match proxy_listener {
+        ProxyListener::Here(listener) => {
+            http::serve_with(
+                listener,
+                proxy_handler,
+                shutdown,
+                config.shutdown_timeout,
+                config.edge.transport,
+                listener_tls,
+            )
+            .await;
+        }
+        ProxyListener::Workers(sockets) => {
+            http::serve_on_workers(
+                sockets,
+                proxy_handler,
+                shutdown,
+                config.shutdown_timeout,
+                config.edge.transport,
+                listener_tls,
+            )
+            .await;
+        }
+    }
     let _ = upgrades.await;
 
     background.cancel();
@@ -157,4 +185,12 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Where the proxy listener is served.
+enum ProxyListener {
+    /// On the runtime that runs the node.
+    Here(tokio::net::TcpListener),
+    /// On worker threads, one socket each.
+    Workers(Vec<std::net::TcpListener>),
 }

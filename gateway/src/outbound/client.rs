@@ -101,6 +101,7 @@ impl IdpClient {
         let result = loop {
             match attempt().await {
                 Err((e, server_wait)) if e.is_retryable() && tries < retries => {
+                    tracing::debug!(endpoint, error = %e, "IdP call failed; retrying");
                     let backoff = RETRY_BASE.saturating_mul(1 << tries.min(10)).min(RETRY_CAP);
                     let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
                     tokio::time::sleep(server_wait.map_or(jittered, |w| w.min(RETRY_CAP))).await;

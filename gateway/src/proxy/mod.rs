@@ -338,7 +338,9 @@ impl Gateway {
         {
             log.route = Some("issuer".into());
             name_request(&req, req.uri().path());
-            return issuer.handle(req).await;
+            // Boxed: the issuer's future is large, and a proxied request should not carry
+            // (and copy) room for it.
+            return Box::pin(issuer.handle(req)).await;
         }
         let host = request_host(&req);
         let found = self.router.find(&RequestView {
@@ -433,7 +435,7 @@ impl Gateway {
             Err(resp) => return resp,
         };
         if let Some(protocols) = upgrade {
-            return self.upgrade(route, parts, body, protocols).await;
+            return Box::pin(self.upgrade(route, parts, body, protocols)).await;
         }
         let replayable = may_replay && !used.is_empty();
         let (body, held) = if replayable || may_retry {
@@ -471,7 +473,8 @@ impl Gateway {
         // upstream refuses for its own reasons, and a new token would not help).
         let mut evicted = false;
         for (m, token) in &used {
-            evicted |= m.reject_token(token).await;
+            // Boxed: a store's round trip, on a path most requests never take.
+            evicted |= Box::pin(m.reject_token(token)).await;
         }
         if !evicted {
             return answer(route, resp);
@@ -522,7 +525,7 @@ impl Gateway {
             let outcome = self
                 .forward(
                     route,
-                    &route.clients.pooled,
+                    route.clients.pooled(),
                     picked.url(),
                     parts.clone_for_retry(),
                     sent,
@@ -622,9 +625,11 @@ impl Gateway {
     ) -> tokio::task::JoinSet<()> {
         let mut tasks = tokio::task::JoinSet::new();
         for route in self.router.routes() {
-            route
-                .pool
-                .spawn_health_checks(route.clients.pooled.clone(), &mut tasks, stop.clone());
+            route.pool.spawn_health_checks(
+                route.clients.pooled().clone(),
+                &mut tasks,
+                stop.clone(),
+            );
         }
         tasks
     }
@@ -709,7 +714,8 @@ impl Gateway {
                 host: host.as_deref(),
             };
             for limit in &route.rate_limits {
-                limit.check(&subject).await?;
+                // Boxed: a store's round trip is a large future, awaited only with a limit.
+                Box::pin(limit.check(&subject)).await?;
             }
         }
         for m in &route.shaping {

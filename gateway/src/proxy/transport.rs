@@ -67,21 +67,33 @@ pub struct ServersTransport {
 /// The pooled client towards upstreams.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
 
-/// A transport's clients: the pooled one for requests, and an HTTP/1.1-only one for upgrades
+/// A transport's clients: the pooled ones for requests, and an HTTP/1.1-only one for upgrades
 /// (a `Connection: Upgrade` request exists only in HTTP/1.1).
 #[derive(Clone)]
 pub struct UpstreamClients {
-    /// Requests.
-    pub pooled: UpstreamClient,
+    /// Requests: a pool per proxy worker (see [`crate::http::workers`]), so that a worker's
+    /// requests go out on connections its own event loop drives; one without workers.
+    pooled: Arc<[UpstreamClient]>,
     /// Upgrade requests (WebSocket and others).
     pub http1: UpstreamClient,
+}
+
+impl UpstreamClients {
+    /// The pool of the calling proxy worker (the first elsewhere: health checks).
+    pub fn pooled(&self) -> &UpstreamClient {
+        let i = crate::http::worker().unwrap_or(0);
+        &self.pooled[i % self.pooled.len()]
+    }
 }
 
 impl ServersTransport {
     /// Builds the transport's clients. Fails only on material the TLS library refuses.
     pub fn clients(&self) -> Result<UpstreamClients, rustls::Error> {
+        let pools = crate::http::workers().max(1);
         Ok(UpstreamClients {
-            pooled: self.client(!self.disable_http2)?,
+            pooled: (0..pools)
+                .map(|_| self.client(!self.disable_http2))
+                .collect::<Result<_, _>>()?,
             http1: self.client(false)?,
         })
     }

@@ -7,6 +7,7 @@
 
 pub mod metrics;
 pub mod otel;
+pub mod output;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,6 +67,7 @@ pub fn init(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(output::Stdout)
         .with_target(true)
         .with_ansi(ansi);
     let fmt = match cfg.format {

@@ -53,8 +53,8 @@ fn bearer(echo: &serde_json::Value) -> String {
         .to_owned()
 }
 
-fn assert_log_clean(node: &Node, secrets: &[&str]) {
-    let log = node.log();
+async fn assert_log_clean(node: &Node, secrets: &[&str]) {
+    let log = node.settled_log().await;
     for s in secrets {
         assert!(!log.contains(s), "the log contains a secret or token");
     }
@@ -91,7 +91,7 @@ async fn app_level_exchanges_the_callers_basic_credentials() {
     let e2 = echo(get_as(&http, f.node.url("/app/again"), "svc-a", "s3cret").await).await;
     assert_eq!(bearer(&e2), token);
     assert_eq!(f.idp.issued("svc-a"), 1);
-    assert_log_clean(&f.node, &["s3cret", &token, GW_SECRET]);
+    assert_log_clean(&f.node, &["s3cret", &token, GW_SECRET]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +111,7 @@ async fn gateway_level_uses_its_own_credentials_with_client_secret_post() {
             .params
             .contains(&("audience".into(), "https://api.example".into()))
     );
-    assert_log_clean(&f.node, &[GW_SECRET, &token]);
+    assert_log_clean(&f.node, &[GW_SECRET, &token]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +194,7 @@ async fn wrong_secret_never_gets_the_cached_token() {
         1,
         "the refused request never reached the upstream"
     );
-    assert_log_clean(&f.node, &["right", "wrong"]);
+    assert_log_clean(&f.node, &["right", "wrong"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

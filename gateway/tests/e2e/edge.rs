@@ -248,7 +248,7 @@ async fn oversized_credentials_cost_nothing_and_lock_nobody_out() {
     assert_eq!(statuses(&answer), [200], "{answer}");
     assert_eq!(e.idp.issued("svc-a"), 1);
     // The log never carries the oversized id.
-    assert!(!e.node.log().contains(&"x".repeat(1024)));
+    assert!(!e.node.settled_log().await.contains(&"x".repeat(1024)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

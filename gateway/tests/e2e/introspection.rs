@@ -144,7 +144,10 @@ async fn every_token_source_works_and_the_token_never_reaches_the_upstream() {
         s.params
             .contains(&("token_type_hint".into(), "access_token".into()))
     }));
-    assert!(!f.node.log().contains(&t), "the token reached a log line");
+    assert!(
+        !f.node.settled_log().await.contains(&t),
+        "the token reached a log line"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +296,7 @@ async fn rejected_gateway_credentials_are_502_and_logged() {
         async || node.log().contains("rejected the gateway's credentials"),
     )
     .await;
-    assert!(!node.log().contains(INTROSPECTOR.1));
+    assert!(!node.settled_log().await.contains(INTROSPECTOR.1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,7 +221,7 @@ async fn an_oauth2_library_gets_tokens_that_open_protected_routes() {
         }
         other => panic!("expected invalid_client, got {other:?}"),
     }
-    let log = node.log();
+    let log = node.settled_log().await;
     assert!(!log.contains(ORDERS_SECRET) && !log.contains(&access));
 }
 
@@ -396,7 +396,7 @@ async fn token_endpoint_errors_follow_rfc_6749() {
             "private_key_jwt"
         ])
     );
-    assert!(!node.log().contains(ORDERS_SECRET));
+    assert!(!node.settled_log().await.contains(ORDERS_SECRET));
 }
 
 /// An identity token of the workload, as its platform (CI, Kubernetes) would issue it.
@@ -499,7 +499,7 @@ async fn workload_identity_federation_rfc_7523() {
         (status, json["error"].as_str()),
         (401, Some("invalid_client"))
     );
-    assert!(!node.log().contains(&valid));
+    assert!(!node.settled_log().await.contains(&valid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,7 +101,7 @@ async fn a_valid_token_passes_with_its_claims_forwarded_and_itself_removed() {
     assert_eq!(header(&e, "x-sub"), ["svc-orders"]);
     assert_eq!(header(&e, "x-roles"), ["reader,writer"]);
     assert!(header(&e, "authorization").is_empty());
-    assert!(!f.node.log().contains(&token));
+    assert!(!f.node.settled_log().await.contains(&token));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +196,12 @@ async fn a_rotated_key_is_accepted_after_one_refetch() {
     let f = start("").await;
     assert_eq!(call(&f, &f.idp.mint(&claims(&f.idp))).await.status(), 200);
     let before = f.idp.jwks_fetches();
-    assert_eq!(before, 1, "one fetch serves every request");
+    assert_eq!(
+        before,
+        1,
+        "one fetch serves every request: {}",
+        f.node.settled_log().await
+    );
     f.idp.rotate_key();
     let rotated = f.idp.mint(&claims(&f.idp));
     assert_eq!(

@@ -284,7 +284,10 @@ async fn opaque_tokens_without_expires_in_get_the_configured_default_lifetime() 
     )
     .await;
     let token = first.strip_prefix("Bearer ").unwrap();
-    assert!(!node.log().contains(token), "tokens are never logged");
+    assert!(
+        !node.settled_log().await.contains(token),
+        "tokens are never logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,6 +165,22 @@ impl Node {
         self.log()
     }
 
+    /// Everything the node logged, once nothing new has come for a while: a proxy worker
+    /// writes its lines in batches at least every 100 ms (`telemetry::output`), so a log quiet
+    /// for five times that holds every line of the requests answered before the call. For
+    /// checks that a secret is absent, which a line still buffered would pass vacuously.
+    pub async fn settled_log(&self) -> String {
+        let mut last = self.log();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.log();
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// The node's access log lines, once there are at least `n`.
     pub async fn access_lines(&self, n: usize) -> Vec<serde_json::Value> {
         let access = |log: &str| -> Vec<serde_json::Value> {
