@@ -149,28 +149,22 @@ pub async fn run(
             current.load_full().drain_upgrades(drain).await;
         })
     };
+    let (drain, limits) = (config.shutdown_timeout, config.edge.transport);
     match proxy_listener {
         ProxyListener::Here(listener) => {
             http::serve_with(
                 listener,
                 proxy_handler,
                 shutdown,
-                config.shutdown_timeout,
-                config.edge.transport,
+                drain,
+                limits,
                 listener_tls,
             )
             .await;
         }
         ProxyListener::Workers(sockets) => {
-            http::serve_on_workers(
-                sockets,
-                proxy_handler,
-                shutdown,
-                config.shutdown_timeout,
-                config.edge.transport,
-                listener_tls,
-            )
-            .await;
+            let (handler, tls) = (proxy_handler, listener_tls);
+            http::serve_on_workers(sockets, handler, shutdown, drain, limits, tls).await;
         }
     }
     let _ = upgrades.await;
