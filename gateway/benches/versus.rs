@@ -134,9 +134,11 @@ fn available(tool: &str, package: &str) -> bool {
     found()
 }
 
-/// nginx in the foreground with `http` as its `http` block, `workers` worker processes.
-fn nginx(http: &str, workers: u32) -> Running {
+/// nginx in the foreground with `http` (given its directory) as its `http` block, `workers`
+/// worker processes.
+fn nginx(http: impl FnOnce(&std::path::Path) -> String, workers: u32) -> Running {
     let dir = tempfile::tempdir().unwrap();
+    let http = http(dir.path());
     let conf = format!(
         "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 8192; }}\nhttp {{\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n{http}\n}}\n",
         d = dir.path().display()
@@ -167,9 +169,11 @@ fn nginx(http: &str, workers: u32) -> Running {
 /// The upstream every contender forwards to: nginx answering `ok` on `port`.
 fn upstream(port: u16) -> Running {
     let mut up = nginx(
-        &format!(
-            "  access_log off;\n  keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}"
-        ),
+        |_| {
+            format!(
+                "  access_log off;\n  keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}"
+            )
+        },
         1,
     );
     up.addr = format!("127.0.0.1:{port}");
@@ -179,18 +183,17 @@ fn upstream(port: u16) -> Running {
 
 fn nginx_proxy(up: &str, bearer: &str) -> Running {
     let port = free_port();
-    let log = tempfile::tempdir().unwrap();
     let mut p = nginx(
-        &format!(
-            "  access_log {}/access.log combined buffer=64k;\n  upstream up {{ server {up}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Authorization \"Bearer {bearer}\";\n    }}\n  }}",
-            log.path().display()
-        ),
+        |dir| {
+            format!(
+                "  access_log {}/access.log combined buffer=64k;\n  upstream up {{ server {up}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Authorization \"Bearer {bearer}\";\n    }}\n  }}",
+                dir.display()
+            )
+        },
         2,
     );
     p.addr = format!("127.0.0.1:{port}");
     listening(&p.addr);
-    // The log directory lives as long as the process (its files are written by the workers).
-    std::mem::forget(log);
     p
 }
 
