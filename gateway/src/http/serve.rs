@@ -242,47 +242,35 @@ pub async fn serve_on_workers(
             open: Arc::clone(&open),
             me: i,
         };
-        let worker =
-            move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot start a proxy worker; stopping");
-                        stop.cancel();
-                        return;
-                    }
-                };
-                WORKER.with(|w| w.set(Some(i)));
-                // This thread's log lines (a line per request) are written in batches.
-                crate::telemetry::output::gather_on_this_thread();
-                runtime.block_on(async move {
-                let flusher = tokio::spawn(async {
-                    let mut tick = tokio::time::interval(crate::telemetry::output::FLUSH_EVERY);
-                    loop {
-                        tick.tick().await;
-                        crate::telemetry::output::flush_thread();
-                    }
-                });
-                match TcpListener::from_std(socket) {
-                    Ok(listener) => {
-                        run(listener, handler, stop, drain, limits, tls, true, slots, Some(share))
-                            .await;
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "a proxy worker cannot serve its socket; stopping");
-                        stop.cancel();
-                    }
+        let worker = move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a proxy worker; stopping");
+                    stop.cancel();
+                    return;
                 }
-                flusher.abort();
-            });
-                // What requests left running (pooled upstream connections) ends with the runtime.
-                runtime.shutdown_timeout(WORKER_STOP);
-                crate::telemetry::output::flush_thread();
-                let _ = done.send(());
             };
+            WORKER.with(|w| w.set(Some(i)));
+            // This thread's log lines (a line per request) are written in batches.
+            crate::telemetry::output::gather_on_this_thread();
+            let serving = ServeArgs {
+                handler,
+                stop,
+                drain,
+                limits,
+                tls,
+                slots,
+            };
+            runtime.block_on(serve_worker(socket, serving, share));
+            // What requests left running (pooled upstream connections) ends with the runtime.
+            runtime.shutdown_timeout(WORKER_STOP);
+            crate::telemetry::output::flush_thread();
+            let _ = done.send(());
+        };
         match std::thread::Builder::new()
             .name(format!("proxy-{i}"))
             .spawn(worker)
@@ -298,6 +286,57 @@ pub async fn serve_on_workers(
         // An error is a worker gone without saying so (a panic): it is not waited for.
         let _ = finished.await;
     }
+}
+
+/// What a worker serves with.
+struct ServeArgs {
+    handler: Handler,
+    stop: CancellationToken,
+    drain: Duration,
+    limits: TransportLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    slots: Arc<Semaphore>,
+}
+
+/// One worker's loop, on its own runtime: serves `socket` and writes the thread's gathered log
+/// lines every [`FLUSH_EVERY`](crate::telemetry::output::FLUSH_EVERY).
+async fn serve_worker(socket: std::net::TcpListener, with: ServeArgs, share: Share) {
+    let flusher = tokio::spawn(async {
+        let mut tick = tokio::time::interval(crate::telemetry::output::FLUSH_EVERY);
+        loop {
+            tick.tick().await;
+            crate::telemetry::output::flush_thread();
+        }
+    });
+    match TcpListener::from_std(socket) {
+        Ok(listener) => {
+            let ServeArgs {
+                handler,
+                stop,
+                drain,
+                limits,
+                tls,
+                slots,
+            } = with;
+            run(
+                listener,
+                handler,
+                stop,
+                drain,
+                limits,
+                tls,
+                true,
+                slots,
+                Some(share),
+            )
+            .await;
+        }
+        Err(error) => {
+            tracing::error!(%error, "a proxy worker cannot serve its socket; stopping");
+            with.stop.cancel();
+        }
+    }
+    flusher.abort();
 }
 
 /// A worker's part in spreading connections: all workers are woken by a new connection on the
