@@ -191,11 +191,8 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let limits = TransportLimits::default();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    run(
-        listener, handler, shutdown, drain, limits, tls, false, slots, None,
-    )
-    .await;
+    let with = ServeArgs::new(handler, shutdown, drain, limits, tls);
+    run(listener, with, false, None).await;
 }
 
 /// Serves the proxy listener: connections within `limits` (and counted in the connection
@@ -208,11 +205,8 @@ pub async fn serve_with(
     limits: TransportLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    run(
-        listener, handler, shutdown, drain, limits, tls, true, slots, None,
-    )
-    .await;
+    let with = ServeArgs::new(handler, shutdown, drain, limits, tls);
+    run(listener, with, true, None).await;
 }
 
 /// Serves the proxy listener's `sockets` (see [`Listeners::bind_workers`]) on a thread each,
@@ -231,13 +225,12 @@ pub async fn serve_on_workers(
 ) {
     // One count of open connections for all workers: the kernel does not spread connections
     // evenly, and a worker's share must not refuse what the node has room for.
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let with = ServeArgs::new(handler, shutdown, drain, limits, tls);
     let open: Arc<[AtomicUsize]> = (0..sockets.len()).map(|_| AtomicUsize::new(0)).collect();
     let mut workers = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        let (handler, stop, tls) = (Arc::clone(&handler), shutdown.clone(), tls.clone());
-        let slots = Arc::clone(&slots);
+        let serving = with.clone();
         let share = Share {
             open: Arc::clone(&open),
             me: i,
@@ -250,21 +243,13 @@ pub async fn serve_on_workers(
                 Ok(r) => r,
                 Err(error) => {
                     tracing::error!(%error, "cannot start a proxy worker; stopping");
-                    stop.cancel();
+                    serving.stop.cancel();
                     return;
                 }
             };
             WORKER.with(|w| w.set(Some(i)));
             // This thread's log lines (a line per request) are written in batches.
             crate::telemetry::output::gather_on_this_thread();
-            let serving = ServeArgs {
-                handler,
-                stop,
-                drain,
-                limits,
-                tls,
-                slots,
-            };
             runtime.block_on(serve_worker(socket, serving, share));
             // What requests left running (pooled upstream connections) ends with the runtime.
             runtime.shutdown_timeout(WORKER_STOP);
@@ -278,7 +263,7 @@ pub async fn serve_on_workers(
             Ok(_) => workers.push(finished),
             Err(error) => {
                 tracing::error!(%error, "cannot start a proxy worker; stopping");
-                shutdown.cancel();
+                with.stop.cancel();
             }
         }
     }
@@ -288,7 +273,9 @@ pub async fn serve_on_workers(
     }
 }
 
-/// What a worker serves with.
+/// What a listener is served with (the workers of the proxy listener share one count of
+/// connection slots).
+#[derive(Clone)]
 struct ServeArgs {
     handler: Handler,
     stop: CancellationToken,
@@ -296,6 +283,25 @@ struct ServeArgs {
     limits: TransportLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
     slots: Arc<Semaphore>,
+}
+
+impl ServeArgs {
+    fn new(
+        handler: Handler,
+        stop: CancellationToken,
+        drain: Duration,
+        limits: TransportLimits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            handler,
+            stop,
+            drain,
+            limits,
+            tls,
+        }
+    }
 }
 
 /// One worker's loop, on its own runtime: serves `socket` and writes the thread's gathered log
@@ -309,28 +315,7 @@ async fn serve_worker(socket: std::net::TcpListener, with: ServeArgs, share: Sha
         }
     });
     match TcpListener::from_std(socket) {
-        Ok(listener) => {
-            let ServeArgs {
-                handler,
-                stop,
-                drain,
-                limits,
-                tls,
-                slots,
-            } = with;
-            run(
-                listener,
-                handler,
-                stop,
-                drain,
-                limits,
-                tls,
-                true,
-                slots,
-                Some(share),
-            )
-            .await;
-        }
+        Ok(listener) => run(listener, with, true, Some(share)).await,
         Err(error) => {
             tracing::error!(%error, "a proxy worker cannot serve its socket; stopping");
             with.stop.cancel();
@@ -394,19 +379,17 @@ impl Drop for Opened {
 /// How long a stopping worker waits for the tasks its requests left running.
 const WORKER_STOP: Duration = Duration::from_secs(1);
 
-/// Serves `listener` until `shutdown`, one connection per permit of `slots`.
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    listener: TcpListener,
-    handler: Handler,
-    shutdown: CancellationToken,
-    drain: Duration,
-    limits: TransportLimits,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    observed: bool,
-    slots: Arc<Semaphore>,
-    share: Option<Share>,
-) {
+/// Serves `listener` until `with.stop`, one connection per permit of `with.slots`; its
+/// connections are counted in the metrics when `observed`.
+async fn run(listener: TcpListener, with: ServeArgs, observed: bool, share: Option<Share>) {
+    let ServeArgs {
+        handler,
+        stop: shutdown,
+        drain,
+        limits,
+        tls,
+        slots,
+    } = with;
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
