@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use gateway_process::{Gateway, cpu_time};
+use gateway_process::{Gateway, cpu_time, median};
 use testkit::FakeIdp;
 
 const ROUNDS: usize = 3;
@@ -300,11 +300,6 @@ fn measure(c: &Contender) -> Measured {
         p99_us,
         cpu_us: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// What the open-loop driver saw.

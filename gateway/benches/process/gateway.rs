@@ -1,5 +1,5 @@
-//! A release-built `gateway run` process for the process-level benches, and the CPU time a
-//! process has used.
+//! A release-built `gateway run` process for the process-level benches, the CPU time a process
+//! has used, and the median of a round's figures.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -82,4 +82,10 @@ pub fn cpu_time(pid: u32) -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // The kernel reports in USER_HZ, 100 on Linux.
     Duration::from_millis(ticks * 10)
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

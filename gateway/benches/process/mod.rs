@@ -10,7 +10,7 @@
 mod gateway;
 
 pub use gateway::Gateway;
-use gateway::cpu_time;
+use gateway::{cpu_time, median};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,11 +71,6 @@ async fn throughput(gw: &Gateway, mode: &Mode) -> (f64, Duration) {
         let _ = w.await;
     }
     (rate, cpu)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs every mode once per round for `ROUNDS` rounds, waiting `settle` after each, and prints

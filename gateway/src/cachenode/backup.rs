@@ -18,7 +18,7 @@ use tokengate_proto::admin as pa;
 use tonic::Status;
 
 use super::bounds;
-use super::context::{MAX_PUT_BATCH, MAX_PUT_BATCH_BYTES, NodeContext};
+use super::context::{MAX_PUT_BATCH, MAX_PUT_BATCH_BYTES, NodeContext, put_bytes};
 use super::snapshot::{self, CHUNK_BYTES, MAX_SNAPSHOT_BYTES};
 use super::state::{CacheState, Command, Outcome};
 use crate::token::now_millis;
@@ -78,12 +78,14 @@ pub async fn restore(
             answer.skipped += 1;
             continue;
         }
-        bytes += bounds::entry_bytes(entry);
-        batch.push(Command::Put {
+        let command = Command::Put {
             key: *key,
             entry: Box::new((**entry).clone()),
             fence: None,
-        });
+        };
+        // Batches are sized as the group commit sizes them.
+        bytes += put_bytes(&command);
+        batch.push(command);
         if batch.len() == MAX_PUT_BATCH || bytes >= MAX_PUT_BATCH_BYTES {
             put(ctx, std::mem::take(&mut batch), &mut answer).await?;
             bytes = 0;

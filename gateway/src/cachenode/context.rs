@@ -378,7 +378,7 @@ pub async fn bound_entries(ctx: Arc<NodeContext>, max_entries: u64, stop: Cancel
 }
 
 /// About how many bytes a put adds to a log entry.
-fn put_bytes(command: &Command) -> usize {
+pub(super) fn put_bytes(command: &Command) -> usize {
     match command {
         Command::Put { entry, .. } => super::bounds::entry_bytes(entry) + 128,
         _ => 128,
