@@ -21,6 +21,7 @@
 //! answered 101, the socket leaves this loop and belongs to whoever took the upgrade.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -566,10 +567,20 @@ impl Connection {
         tokio::pin!(conn);
         let mut closing = false;
         let mut hard_stop: Option<Instant> = None;
+        // One timer for every deadline of the connection (see `Alarm`): no timer is set or
+        // cleared per request.
+        let sleep = tokio::time::sleep_until(activity.idle_deadline(self.idle_timeout));
+        tokio::pin!(sleep);
         loop {
-            let idle_check = activity.idle_deadline(self.idle_timeout);
-            let head_check = activity.head_deadline(self.read_header_timeout);
+            let alarm = Alarm {
+                sleep: sleep.as_mut(),
+                activity: &activity,
+                idle_timeout: self.idle_timeout,
+                read_header_timeout: self.read_header_timeout,
+                hard_stop,
+            };
             tokio::select! {
+                biased;
                 result = conn.as_mut() => {
                     if let Err(error) = result {
                         tracing::debug!(%error, %remote, "connection ended with an error");
@@ -581,8 +592,25 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                 }
                 () = self.abort.cancelled() => break,
-                () = tokio::time::sleep_until(idle_check), if hard_stop.is_none() => {
-                    if activity.is_idle(self.idle_timeout) {
+                () = alarm => {
+                    let now = Instant::now();
+                    if let Some(at) = hard_stop
+                        && at <= now
+                    {
+                        if activity.active.load(Ordering::Acquire) == 0 {
+                            break;
+                        }
+                        hard_stop = None;
+                    }
+                    if activity.head_overdue(self.read_header_timeout) {
+                        // A head begun longer ago than readHeaderTimeout and still not
+                        // complete: a slow (or slowloris) client, closed at once.
+                        if self.observed {
+                            metrics.connections_idle_closed.inc();
+                        }
+                        break;
+                    }
+                    if hard_stop.is_none() && activity.is_idle(self.idle_timeout) {
                         if self.observed {
                             metrics.connections_idle_closed.inc();
                         }
@@ -590,35 +618,72 @@ impl Connection {
                             closing = true;
                             conn.as_mut().graceful_shutdown();
                         }
-                        hard_stop = Some(Instant::now() + IDLE_CLOSE_GRACE);
+                        hard_stop = Some(now + IDLE_CLOSE_GRACE);
                     }
-                }
-                () = activity.head_started.notified(), if head_check.is_none() => {}
-                () = sleep_until_some(head_check) => {
-                    // A head begun longer ago than readHeaderTimeout and still not complete:
-                    // a slow (or slowloris) client, closed at once.
-                    if activity.head_overdue(self.read_header_timeout) {
-                        if self.observed {
-                            metrics.connections_idle_closed.inc();
-                        }
-                        break;
-                    }
-                }
-                () = sleep_until_some(hard_stop) => {
-                    if activity.active.load(Ordering::Acquire) == 0 {
-                        break;
-                    }
-                    hard_stop = None;
+                    let next = [
+                        activity.head_deadline(self.read_header_timeout),
+                        hard_stop,
+                        hard_stop
+                            .is_none()
+                            .then(|| activity.idle_deadline(self.idle_timeout)),
+                        // While requests keep coming, never set further than a head's
+                        // deadline, so that a head beginning never moves the timer.
+                        activity
+                            .recently_busy(now, self.read_header_timeout)
+                            .then(|| now + self.read_header_timeout),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(now + self.idle_timeout);
+                    sleep.as_mut().reset(next.max(now + MIN_ALARM));
                 }
             }
         }
     }
 }
 
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// The soonest an alarm that found nothing due is set again (a deadline computed in the past
+/// must not spin the loop).
+const MIN_ALARM: Duration = Duration::from_millis(1);
+
+/// A connection's one timer, for its idle deadline, its request head deadline and the end of
+/// its grace after an idle close.
+///
+/// Requests come and go far more often than any deadline is reached, so the timer is not set
+/// per request. Each time the connection's task runs, the alarm looks whether a deadline came
+/// closer than the time it is set for (a head began: readHeaderTimeout counts from now) and
+/// only then moves it earlier. A deadline that moved later (a request ended, so idleness counts
+/// from then) is found when the alarm goes off, which looks again and sets it for the next one.
+struct Alarm<'a> {
+    sleep: Pin<&'a mut tokio::time::Sleep>,
+    activity: &'a Activity,
+    idle_timeout: Duration,
+    read_header_timeout: Duration,
+    hard_stop: Option<Instant>,
+}
+
+impl Future for Alarm<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let a = this.activity;
+        let sooner = [
+            a.head_deadline(this.read_header_timeout),
+            this.hard_stop,
+            (this.hard_stop.is_none() && a.active.load(Ordering::Acquire) == 0)
+                .then(|| a.idle_since() + this.idle_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(at) = sooner
+            && at < this.sleep.deadline()
+        {
+            this.sleep.as_mut().reset(at);
+        }
+        this.sleep.as_mut().poll(cx)
     }
 }
 
@@ -636,8 +701,6 @@ struct Activity {
     http2: std::sync::atomic::AtomicBool,
     /// Whether the first bytes were seen (to tell HTTP/2 by its preface).
     seen_first: std::sync::atomic::AtomicBool,
-    /// Wakes the connection's loop when a head starts, to arm the head timer.
-    head_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -649,7 +712,6 @@ impl Activity {
             head_since_ms: AtomicU64::new(0),
             http2: std::sync::atomic::AtomicBool::new(false),
             seen_first: std::sync::atomic::AtomicBool::new(false),
-            head_started: tokio::sync::Notify::new(),
         }
     }
 
@@ -670,7 +732,6 @@ impl Activity {
         {
             self.head_since_ms
                 .store(self.elapsed_ms().saturating_add(1), Ordering::Release);
-            self.head_started.notify_one();
         }
     }
 
@@ -700,6 +761,12 @@ impl Activity {
         } else {
             self.idle_since() + timeout
         }
+    }
+
+    /// An HTTP/1 connection with a request in progress, or that had one within `window`.
+    fn recently_busy(&self, now: Instant, window: Duration) -> bool {
+        !self.http2.load(Ordering::Acquire)
+            && (self.active.load(Ordering::Acquire) > 0 || self.idle_since() + window > now)
     }
 
     fn is_idle(&self, timeout: Duration) -> bool {

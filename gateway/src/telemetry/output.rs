@@ -48,6 +48,26 @@ fn write_out(buf: &mut Vec<u8>) {
     }
 }
 
+/// Writes one line that `fill` appends to the buffer it is given: this thread's gathered
+/// lines, or, on a thread that writes at once, a buffer of its own.
+pub fn write_line(fill: impl FnOnce(&mut Vec<u8>)) {
+    let fill = GATHERED.with(|g| match g.borrow_mut().as_mut() {
+        Some(buf) => {
+            fill(buf);
+            if buf.len() >= FLUSH_BYTES {
+                write_out(buf);
+            }
+            None
+        }
+        None => Some(fill),
+    });
+    if let Some(fill) = fill {
+        let mut line = Vec::with_capacity(512);
+        fill(&mut line);
+        write_out(&mut line);
+    }
+}
+
 /// The writer the log formatter is given for each line.
 pub struct Stdout;
 
@@ -64,19 +84,7 @@ pub struct Line;
 
 impl Write for Line {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let gathered = GATHERED.with(|g| match g.borrow_mut().as_mut() {
-            Some(buf) => {
-                buf.extend_from_slice(bytes);
-                if buf.len() >= FLUSH_BYTES {
-                    write_out(buf);
-                }
-                true
-            }
-            None => false,
-        });
-        if !gathered {
-            std::io::stdout().lock().write_all(bytes)?;
-        }
+        write_line(|buf| buf.extend_from_slice(bytes));
         Ok(bytes.len())
     }
 

@@ -405,7 +405,12 @@ async fn forwarding_headers_from_callers_are_replaced_not_appended() {
 /// Opens a connection that sends a request head one byte at a time, forever; returns how long
 /// until the gateway closed it.
 async fn slowloris(addr: SocketAddr) -> Duration {
-    let mut slow = TcpStream::connect(addr).await.unwrap();
+    trickle_head(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// Sends a request head on `slow` one byte at a time, forever; returns how long until the
+/// gateway closed the connection.
+async fn trickle_head(mut slow: TcpStream) -> Duration {
     slow.write_all(b"GET /public/a HTTP/1.1\r\nHost: gw.test\r\n")
         .await
         .unwrap();
@@ -461,6 +466,9 @@ async fn slow_clients_are_shed_by_the_header_timeout_while_others_are_served() {
         [200],
         "the idle keep-alive connection was closed"
     );
+    // And a connection that has served requests is held to the same rule for its next head.
+    let shed_after = trickle_head(kept).await;
+    assert!(shed_after < Duration::from_secs(10), "{shed_after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
