@@ -2,37 +2,41 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HeaderName};
+use http::header::{
+    CONNECTION, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue, Uri};
 use ipnet::IpNet;
 use url::Url;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 /// `Transfer-Encoding` is left to hyper, which re-frames bodies itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -49,6 +53,21 @@ pub struct ForwardedHeaders {
 /// Headers through which a proxy tells the next hop about the original request. From a peer
 /// that is not trusted, every one of them is a forgery and is dropped before ours are set.
 const FORWARDING: [&str; 3] = ["forwarded", "x-real-ip", "x-forwarded-for"];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Whether a caller's header named `name` claims to be a proxy's forwarding header.
+fn is_forwarding(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-forwarded-") || FORWARDING.contains(&name.as_str())
+}
+
+/// An address as a header value.
+fn address_value(address: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(address.to_string()).expect("an IP address is a valid value")
+}
 
 impl ForwardedHeaders {
     /// Whether `peer` may tell us about the original request.
@@ -100,71 +119,92 @@ impl ForwardedHeaders {
         host: Option<&HeaderValue>,
         secure: bool,
     ) {
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let proto = HeaderName::from_static("x-forwarded-proto");
-        let fwd_host = HeaderName::from_static("x-forwarded-host");
-        let peer_text = peer.to_string();
+        let peer_value = address_value(peer);
         if self.trusts(peer) {
             let chain: Vec<&str> = headers
-                .get_all(&xff)
+                .get_all(X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
             let value = if chain.is_empty() {
-                peer_text
+                Ok(peer_value.clone())
             } else {
-                format!("{}, {peer_text}", chain.join(", "))
+                HeaderValue::try_from(format!("{}, {peer}", chain.join(", ")))
             };
-            if let Ok(v) = HeaderValue::try_from(value) {
-                headers.insert(&xff, v);
+            if let Ok(v) = value {
+                headers.insert(X_FORWARDED_FOR, v);
             }
         } else {
-            let forged: Vec<HeaderName> = headers
-                .keys()
-                .filter(|k| {
-                    k.as_str().starts_with("x-forwarded-") || FORWARDING.contains(&k.as_str())
-                })
-                .cloned()
-                .collect();
-            for name in forged {
-                headers.remove(name);
+            if headers.keys().any(is_forwarding) {
+                let forged: Vec<HeaderName> = headers
+                    .keys()
+                    .filter(|k| is_forwarding(k))
+                    .cloned()
+                    .collect();
+                for name in forged {
+                    headers.remove(name);
+                }
             }
-            headers.insert(
-                &xff,
-                HeaderValue::from_str(&peer_text).expect("an IP address is a valid value"),
-            );
+            headers.insert(X_FORWARDED_FOR, peer_value.clone());
         }
-        if !headers.contains_key(&fwd_host)
+        if !headers.contains_key(X_FORWARDED_HOST)
             && let Some(h) = host
         {
-            headers.insert(fwd_host, h.clone());
+            headers.insert(X_FORWARDED_HOST, h.clone());
         }
-        if !headers.contains_key(&proto) {
+        if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(
-                proto,
+                X_FORWARDED_PROTO,
                 HeaderValue::from_static(if secure { "https" } else { "http" }),
             );
         }
-        headers.insert(
-            HeaderName::from_static("x-real-ip"),
-            HeaderValue::from_str(&caller.to_string()).expect("an IP address is a valid value"),
-        );
+        let caller_value = if caller == peer {
+            peer_value
+        } else {
+            address_value(caller)
+        };
+        headers.insert(X_REAL_IP, caller_value);
+    }
+}
+
+/// An upstream server's URL, split once into the parts every request's target is made of.
+#[derive(Debug, Clone)]
+pub struct Base {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// The URL's path without its trailing `/` (empty for the root).
+    path: String,
+}
+
+impl Base {
+    /// The parts of `url`; an error if they do not make an HTTP target.
+    pub fn of(url: &Url) -> Result<Self, http::Error> {
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        Ok(Self {
+            scheme: url.scheme().parse().map_err(http::Error::from)?,
+            authority: authority.parse().map_err(http::Error::from)?,
+            path: url.path().trim_end_matches('/').to_owned(),
+        })
     }
 }
 
 /// The upstream URI: the upstream's base URL with the request's path and query appended.
-pub fn target(base: &Url, uri: &Uri) -> Result<Uri, http::Error> {
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    let base_path = base.path().trim_end_matches('/');
-    let authority = match base.port() {
-        Some(p) => format!("{}:{p}", base.host_str().unwrap_or_default()),
-        None => base.host_str().unwrap_or_default().to_owned(),
+pub fn target(base: &Base, uri: &Uri) -> Result<Uri, http::Error> {
+    let path_and_query = match (base.path.is_empty(), uri.path_and_query()) {
+        (true, Some(p)) => p.clone(),
+        (true, None) => http::uri::PathAndQuery::from_static("/"),
+        (false, p) => format!("{}{}", base.path, p.map_or("/", |p| p.as_str()))
+            .parse()
+            .map_err(http::Error::from)?,
     };
-    Uri::builder()
-        .scheme(base.scheme())
-        .authority(authority)
-        .path_and_query(format!("{base_path}{path_and_query}"))
-        .build()
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(base.scheme.clone());
+    parts.authority = Some(base.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Ok(Uri::from_parts(parts)?)
 }
 
 #[cfg(test)]
@@ -265,8 +305,17 @@ mod tests {
 
     #[test]
     fn target_keeps_base_path_and_query() {
-        let base: Url = "http://10.0.0.5:8081/base/".parse().unwrap();
+        let base = Base::of(&"http://10.0.0.5:8081/base/".parse().unwrap()).unwrap();
         let t = target(&base, &"/app/x?y=1".parse().unwrap()).unwrap();
         assert_eq!(t.to_string(), "http://10.0.0.5:8081/base/app/x?y=1");
+        let root = Base::of(&"https://[2001:db8::5]".parse().unwrap()).unwrap();
+        let t = target(&root, &"/app/x?y=1".parse().unwrap()).unwrap();
+        assert_eq!(t.to_string(), "https://[2001:db8::5]/app/x?y=1");
+        let t = target(&root, &"*".parse().unwrap()).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "https://[2001:db8::5]/",
+            "a target without a path"
+        );
     }
 }

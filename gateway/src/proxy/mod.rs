@@ -1,6 +1,7 @@
 //! The HTTP side: listeners, graceful shutdown, routing, middlewares, forwarding.
 
 pub mod admin;
+pub mod connections;
 pub mod cors;
 pub mod edge;
 pub mod forward;
@@ -427,8 +428,8 @@ impl Gateway {
         let may_replay = route.attaches_tokens() && small_body;
         let may_retry =
             route.retry.is_some() && retry::RetryPolicy::idempotent(&parts.method) && small_body;
-        // The caller's own headers and target, for the second run of the middlewares.
-        let original = may_replay.then(|| (parts.headers.clone(), parts.uri.clone()));
+        // The caller's own request, for the second run of the middlewares.
+        let original = may_replay.then(|| parts.clone_for_retry());
         // The middlewares first: nothing of the body is read for a caller they refuse.
         let used = match self.apply_chain(route, &mut parts, &caller, log).await {
             Ok(used) => used,
@@ -456,11 +457,11 @@ impl Gateway {
             (body.map_err(BoxError::from).boxed_unsync(), None)
         };
 
-        let resp = match self.send(route, &parts, body, held.as_ref()).await {
+        let resp = match self.send(route, parts, body, held.as_ref()).await {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        let (Some(bytes), Some((original_headers, original_uri)), true) = (
+        let (Some(bytes), Some(mut parts), true) = (
             held.filter(|_| replayable),
             original,
             resp.status() == StatusCode::UNAUTHORIZED,
@@ -480,13 +481,11 @@ impl Gateway {
             return answer(route, resp);
         }
         tracing::info!(route = %route.name, "upstream rejected the token; evicted and retrying once with a fresh one");
-        parts.headers = original_headers;
-        parts.uri = original_uri;
         if let Err(resp) = self.apply_chain(route, &mut parts, &caller, log).await {
             return resp;
         }
         match self
-            .send(route, &parts, full(bytes.clone()), Some(&bytes))
+            .send(route, parts, full(bytes.clone()), Some(&bytes))
             .await
         {
             Ok(resp) => answer(route, resp),
@@ -500,10 +499,12 @@ impl Gateway {
     async fn send(
         &self,
         route: &Route,
-        parts: &http::request::Parts,
+        mut parts: http::request::Parts,
         body: BoxBody,
         held: Option<&bytes::Bytes>,
-    ) -> Result<Response<Incoming>, Response<BoxBody>> {
+    ) -> Result<Response<BoxBody>, Response<BoxBody>> {
+        // Nothing the caller's connection put in the request goes on to the upstream's.
+        parts.extensions.clear();
         let retry = route
             .retry
             .as_ref()
@@ -512,6 +513,8 @@ impl Gateway {
             budget.request();
         }
         let mut body = Some(body);
+        // Sent as it is when it cannot be sent again; copied per attempt when it can.
+        let mut parts = Some(parts);
         let mut next = route.pool.pick();
         let mut attempt = 0;
         loop {
@@ -526,8 +529,11 @@ impl Gateway {
                 .forward(
                     route,
                     route.clients.pooled(),
-                    picked.url(),
-                    parts.clone_for_retry(),
+                    &picked,
+                    match (&retry, &parts) {
+                        (Some(_), Some(p)) => p.clone_for_retry(),
+                        _ => parts.take().expect("sent once when it cannot be retried"),
+                    },
                     sent,
                 )
                 .await;
@@ -587,7 +593,7 @@ impl Gateway {
             return no_upstream();
         };
         let mut resp = match self
-            .forward(route, &route.clients.http1, picked.url(), parts, body)
+            .forward(route, &route.clients.http1, &picked, parts, body)
             .await
         {
             Ok(resp) => resp,
@@ -644,11 +650,15 @@ impl Gateway {
         &self,
         route: &Route,
         client: &transport::UpstreamClient,
-        upstream: &url::Url,
+        server: &pool::Picked<'_>,
         mut parts: http::request::Parts,
         body: BoxBody,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        parts.uri = forward::target(upstream, &parts.uri).map_err(|_| ForwardError::Target)?;
+    ) -> Result<Response<BoxBody>, ForwardError> {
+        let upstream = server.url();
+        parts.uri = server
+            .base()
+            .and_then(|base| forward::target(base, &parts.uri).ok())
+            .ok_or(ForwardError::Target)?;
         if !route.pass_host_header
             && let Some(authority) = parts.uri.authority()
             && let Ok(host) = http::HeaderValue::try_from(authority.as_str())
@@ -684,7 +694,7 @@ impl Gateway {
         };
         sent.instrument(span).await.inspect_err(|error| match error {
             ForwardError::Transport(e) => {
-                tracing::warn!(route = %route.name, upstream = %upstream, error = %error_chain(e), "upstream request failed");
+                tracing::warn!(route = %route.name, upstream = %upstream, error = %error_chain(e.as_ref()), "upstream request failed");
             }
             ForwardError::Timeout => {
                 tracing::warn!(route = %route.name, upstream = %upstream, "upstream sent no answer within responseHeaderTimeout");
@@ -742,7 +752,7 @@ enum ForwardError {
     /// No answer's head within `responseHeaderTimeout`.
     Timeout,
     /// Connecting, TLS, or the exchange failed before an answer.
-    Transport(hyper_util::client::legacy::Error),
+    Transport(BoxError),
 }
 
 impl ForwardError {
@@ -836,7 +846,7 @@ fn name_request<B>(req: &Request<B>, route: &str) {
 
 /// The upstream's answer as the caller gets it: hop-by-hop fields removed, the route's
 /// response header rules applied.
-fn answer(route: &Route, resp: Response<Incoming>) -> Response<BoxBody> {
+fn answer(route: &Route, resp: Response<BoxBody>) -> Response<BoxBody> {
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     for m in &route.shaping {
@@ -844,7 +854,7 @@ fn answer(route: &Route, resp: Response<Incoming>) -> Response<BoxBody> {
             h.response.apply(&mut parts.headers);
         }
     }
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+    Response::from_parts(parts, body)
 }
 
 /// The request's host, lower-case and without port.

@@ -79,6 +79,8 @@ pub struct UpstreamConfig {
 /// One server of a pool.
 struct Server {
     url: Url,
+    /// `url` split for request targets; `None` if it makes none.
+    base: Option<super::forward::Base>,
     weight: u32,
     in_flight: AtomicUsize,
     /// Failed its last active check.
@@ -151,6 +153,7 @@ impl Pool {
                 healthy.set(1);
                 Server {
                     url: url.clone(),
+                    base: super::forward::Base::of(url).ok(),
                     weight: (*weight).max(1),
                     in_flight: AtomicUsize::new(0),
                     down: AtomicBool::new(false),
@@ -316,7 +319,9 @@ async fn probe(
     server: &Url,
     check: &HealthCheck,
 ) -> bool {
-    let Ok(uri) = super::forward::target(server, &check.path.parse().unwrap_or_default()) else {
+    let Ok(uri) = super::forward::Base::of(server)
+        .and_then(|base| super::forward::target(&base, &check.path.parse().unwrap_or_default()))
+    else {
         return false;
     };
     let mut req = http::Request::new(crate::http::full(bytes::Bytes::new()));
@@ -347,6 +352,11 @@ impl Picked<'_> {
     /// The server's URL.
     pub fn url(&self) -> &Url {
         &self.pool.servers[self.index].url
+    }
+
+    /// The server's URL as request targets use it; `None` if it makes none.
+    pub fn base(&self) -> Option<&super::forward::Base> {
+        self.pool.servers[self.index].base.as_ref()
     }
 
     /// Notes that the request to it failed (connection failure, timeout, 5xx).

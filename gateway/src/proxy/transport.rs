@@ -6,7 +6,8 @@
 //! plus `rootCAs`, with SNI and the verified name taken from the upstream URL's host unless
 //! `serverName` says otherwise, presenting a client certificate when one is configured (mutual
 //! TLS), and offering HTTP/2 by ALPN (used where the upstream accepts it, HTTP/1.1 otherwise)
-//! unless `disableHTTP2`.
+//! unless `disableHTTP2`. A proxy worker reaches `http://` upstreams on connections of its
+//! own ([`super::connections`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::http::BoxBody;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+
+use super::connections::Http1Connections;
+use crate::http::{BoxBody, BoxError};
 use crate::outbound::tls::{ClientIdentity, rustls_client};
 
 /// Idle upstream connections are kept this long for reuse.
@@ -64,8 +69,30 @@ pub struct ServersTransport {
     pub timeouts: ForwardingTimeouts,
 }
 
-/// The pooled client towards upstreams.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+/// The general pooled client towards upstreams: TLS, HTTP/2 by ALPN, upgrades.
+pub type GeneralClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+
+/// A client towards upstreams: a proxy worker's reaches `http://` servers on connections of
+/// its own ([`Http1Connections`]); the rest goes through the general client.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    general: GeneralClient,
+    plain: Option<Arc<Http1Connections>>,
+}
+
+impl UpstreamClient {
+    /// Sends `req` (an absolute URI) and gives the answer's head.
+    pub async fn request(&self, req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
+        if let Some(plain) = &self.plain
+            && req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
+        {
+            return plain.send(req).await;
+        }
+        // Boxed: the general client's future is large, and most requests do not take it.
+        let resp = Box::pin(self.general.request(req)).await?;
+        Ok(resp.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+    }
+}
 
 /// A transport's clients: the pooled ones for requests, and an HTTP/1.1-only one for upgrades
 /// (a `Connection: Upgrade` request exists only in HTTP/1.1).
@@ -92,13 +119,25 @@ impl ServersTransport {
         let pools = crate::http::workers().max(1);
         Ok(UpstreamClients {
             pooled: (0..pools)
-                .map(|_| self.client(!self.disable_http2))
+                .map(|_| {
+                    Ok::<_, rustls::Error>(UpstreamClient {
+                        general: self.client(!self.disable_http2)?,
+                        plain: Some(Arc::new(Http1Connections::new(
+                            self.timeouts.dial,
+                            self.timeouts.idle_conn,
+                        ))),
+                    })
+                })
                 .collect::<Result<_, _>>()?,
-            http1: self.client(false)?,
+            // The general client alone carries upgrades: it hands the connection over on 101.
+            http1: UpstreamClient {
+                general: self.client(false)?,
+                plain: None,
+            },
         })
     }
 
-    fn client(&self, http2: bool) -> Result<UpstreamClient, rustls::Error> {
+    fn client(&self, http2: bool) -> Result<GeneralClient, rustls::Error> {
         let tls = rustls_client(
             &self.root_cas,
             self.client_certificate.as_ref(),

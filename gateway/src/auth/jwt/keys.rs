@@ -52,24 +52,25 @@ impl KeySet {
     }
 }
 
-/// Why a fetch is wanted. Each reason carries when the caller looked at the set: a set fetched
-/// after that (by a concurrent caller) satisfies it without another fetch.
+/// Why a fetch is wanted. Each reason names the set the caller looked at (by when it was
+/// fetched; `None`: no set yet): once another set is in place (a concurrent caller fetched
+/// it), the reason is met without another fetch.
 #[derive(Debug, Clone, Copy)]
 pub enum Reason {
     /// No set yet, or the set is old.
     Refresh {
-        /// When the caller looked.
-        seen: Instant,
+        /// The set looked at.
+        seen: Option<Instant>,
     },
     /// A token names a key the set does not have.
     UnknownKid {
-        /// When the caller looked.
-        seen: Instant,
+        /// The set looked at.
+        seen: Option<Instant>,
     },
     /// The set is older than `jwksMaxStaleness`: it verifies nothing until fetched again.
     Stale {
-        /// When the caller looked.
-        seen: Instant,
+        /// The set looked at.
+        seen: Option<Instant>,
     },
 }
 
@@ -147,7 +148,9 @@ impl Keys {
         let fetched_at = self.current().fetched_at;
         let (Reason::Refresh { seen } | Reason::UnknownKid { seen } | Reason::Stale { seen }) =
             reason;
-        if fetched_at.is_some_and(|t| t > seen) {
+        // Compared by identity, not by time: a set fetched while this caller was still
+        // deciding to ask is newer than the one it saw, whatever the clock said.
+        if fetched_at != seen {
             self.done(reason);
             return Ok(Refetch::Fetched);
         }
@@ -286,3 +289,38 @@ pub fn parse_set(doc: &Value, allowed: &[Algorithm]) -> KeySet {
 
 /// How long a caller is told to wait when keys cannot be fetched.
 pub const KEYS_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_caller_is_served_by_a_fetch_that_ended_after_it_looked() {
+        let idp = testkit::idp::FakeIdp::start().await;
+        let mut cfg = super::super::tests::config(JwksSource::Url(idp.jwks_url().parse().unwrap()));
+        cfg.jwks_min_refresh_interval = Duration::ZERO;
+        let keys = Keys::new(&cfg).unwrap();
+        let client = IdpClient::default();
+        // Callers look at the empty set; the first one's fetch ends before the others ask
+        // (they were deciding to): that fetch serves them all.
+        let seen = keys.current().fetched_at;
+        keys.fetch(&client, Reason::Refresh { seen }).await.unwrap();
+        assert_eq!(idp.jwks_fetches(), 1);
+        for reason in [
+            Reason::Refresh { seen },
+            Reason::UnknownKid { seen },
+            Reason::Stale { seen },
+        ] {
+            let done = keys.fetch(&client, reason).await.unwrap();
+            assert!(matches!(done, Refetch::Fetched), "{reason:?}");
+        }
+        assert_eq!(idp.jwks_fetches(), 1);
+        // A caller that saw the set in place fetches a new one.
+        let seen = keys.current().fetched_at;
+        keys.fetch(&client, Reason::UnknownKid { seen })
+            .await
+            .unwrap();
+        assert_eq!(idp.jwks_fetches(), 2);
+        assert_ne!(keys.current().fetched_at, seen);
+    }
+}

@@ -143,7 +143,7 @@ impl Jwt {
             tokens: Arc::clone(tokens),
             limits,
         };
-        jwt.refresh_in_background();
+        jwt.refresh_in_background(&jwt.keys.current());
         Ok(jwt)
     }
 
@@ -179,7 +179,7 @@ impl Jwt {
         if self.keys.is_stale(&set) {
             // Not refreshed for jwksMaxStaleness: one fetch (rate-limited across callers), and
             // 503 rather than old keys if it fails.
-            let seen = Instant::now();
+            let seen = set.fetched_at;
             match self
                 .keys
                 .fetch(self.tokens.idp(), Reason::Stale { seen })
@@ -201,7 +201,7 @@ impl Jwt {
         }
         if let Some(fetched_at) = set.fetched_at {
             if self.keys.claim_background_refresh(&set) {
-                self.refresh_in_background();
+                self.refresh_in_background(&set);
             }
             if let Some(claims) = self.verified.get(&digest, fetched_at) {
                 return Ok(claims);
@@ -236,7 +236,7 @@ impl Jwt {
         }
         let kid = header.kid.as_deref();
         if set.fetched_at.is_none() {
-            let seen = Instant::now();
+            let seen = set.fetched_at;
             self.keys
                 .fetch(self.tokens.idp(), Reason::Refresh { seen })
                 .await
@@ -244,7 +244,7 @@ impl Jwt {
             set = self.keys.current();
         }
         if set.candidates(kid, header.alg).next().is_none() {
-            let seen = Instant::now();
+            let seen = set.fetched_at;
             match self
                 .keys
                 .fetch(self.tokens.idp(), Reason::UnknownKid { seen })
@@ -270,13 +270,13 @@ impl Jwt {
         outcome
     }
 
-    fn refresh_in_background(&self) {
+    fn refresh_in_background(&self, set: &KeySet) {
         let keys = Arc::clone(&self.keys);
         let tokens = Arc::clone(&self.tokens);
         let name = self.name.clone();
-        // Looked at now, not when the task gets to run: a fetch a request makes meanwhile
-        // satisfies this one.
-        let seen = Instant::now();
+        // The set looked at now, not when the task gets to run: a fetch a request makes
+        // meanwhile satisfies this one.
+        let seen = set.fetched_at;
         self.tokens.tasks().spawn(async move {
             if let Err(error) = keys.fetch(tokens.idp(), Reason::Refresh { seen }).await {
                 tracing::warn!(middleware = %name, %error, "cannot fetch the JWKS; keeping the keys we have");
@@ -344,6 +344,33 @@ fn reason(kind: &ErrorKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::auth::DEFAULT_REALM;
+
+    /// A middleware's configuration with the defaults, taking its keys from `keys`.
+    pub(super) fn config(keys: JwksSource) -> JwtConfig {
+        JwtConfig {
+            token_source: TokenSource::default(),
+            keys,
+            issuer: Some("https://idp.example".into()),
+            audience: vec!["orders".into()],
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+            leeway: DEFAULT_LEEWAY,
+            forward_authorization: false,
+            policy: ClaimsPolicy::default(),
+            jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+            jwks_min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+            jwks_max_staleness: DEFAULT_JWKS_MAX_STALENESS,
+            http: crate::outbound::HttpClientConfig {
+                timeout: crate::outbound::DEFAULT_IDP_TIMEOUT,
+                retries: 0,
+                tls: Default::default(),
+            },
+            realm: DEFAULT_REALM.into(),
+            access_token_type: false,
+        }
+    }
+
     #[test]
     fn access_token_type_is_at_jwt_with_or_without_the_media_type_prefix() {
         for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
@@ -363,8 +390,6 @@ mod tests {
         use proptest::prelude::*;
         use proptest::test_runner::TestRunner;
 
-        use super::*;
-        use crate::auth::DEFAULT_REALM;
         use crate::lifecycle::TokenCache;
         use crate::store::{MemoryStore, Store};
         use crate::token::FleetKey;
@@ -373,26 +398,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let mut j = JwtConfig {
-            token_source: TokenSource::default(),
-            keys: JwksSource::Gateway,
-            issuer: Some("https://idp.example".into()),
-            audience: vec!["orders".into()],
-            algorithms: vec![Algorithm::ES256],
-            leeway: DEFAULT_LEEWAY,
-            forward_authorization: false,
-            policy: ClaimsPolicy::default(),
-            jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
-            jwks_min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
-            jwks_max_staleness: DEFAULT_JWKS_MAX_STALENESS,
-            http: crate::outbound::HttpClientConfig {
-                timeout: crate::outbound::DEFAULT_IDP_TIMEOUT,
-                retries: 0,
-                tls: Default::default(),
-            },
-            realm: DEFAULT_REALM.into(),
-            access_token_type: false,
-        };
+        let mut j = config(JwksSource::Gateway);
+        j.algorithms = vec![Algorithm::ES256];
         // RFC 7517 Appendix A.1's P-256 public key.
         j.keys = JwksSource::Inline(std::sync::Arc::new(serde_json::json!({"keys": [{
             "kty": "EC", "crv": "P-256", "use": "sig", "kid": "1",
