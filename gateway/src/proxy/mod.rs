@@ -303,10 +303,15 @@ impl Gateway {
                 span
             }
         };
-        let routed = self
-            .route(req, peer, caller, &mut log)
-            .instrument(span.clone());
-        let resp = match tokio::time::timeout(self.request_timeout, routed).await {
+        // Built in the call, not in a variable first: a variable would take the route
+        // future's room once more in this one.
+        let resp = match tokio::time::timeout(
+            self.request_timeout,
+            self.route(req, peer, caller, &mut log)
+                .instrument(span.clone()),
+        )
+        .await
+        {
             Ok(resp) => resp,
             Err(_) => response::error(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -364,16 +369,19 @@ impl Gateway {
         if let Some(refused) = encoded.first_refused(route.encoded_characters()) {
             return edge::Refusal::EncodedCharacter(refused).into_response();
         }
-        let Some(cors) = &route.cors else {
-            return self.proxy_to(route, req, peer, caller, log).await;
-        };
-        // Preflights come without credentials: answered here, before authentication.
-        if cors::Cors::is_preflight(req.method(), req.headers()) {
-            return cors.preflight(req.headers());
+        let mut origin = None;
+        if let Some(cors) = &route.cors {
+            // Preflights come without credentials: answered here, before authentication.
+            if cors::Cors::is_preflight(req.method(), req.headers()) {
+                return cors.preflight(req.headers());
+            }
+            origin = req.headers().get(http::header::ORIGIN).cloned();
         }
-        let origin = req.headers().get(http::header::ORIGIN).cloned();
+        // Awaited at one place only: each place would take room of its own in this future.
         let mut resp = self.proxy_to(route, req, peer, caller, log).await;
-        cors.decorate(origin.as_ref(), resp.headers_mut());
+        if let Some(cors) = &route.cors {
+            cors.decorate(origin.as_ref(), resp.headers_mut());
+        }
         resp
     }
 
@@ -481,16 +489,20 @@ impl Gateway {
             return answer(route, resp);
         }
         tracing::info!(route = %route.name, "upstream rejected the token; evicted and retrying once with a fresh one");
-        if let Err(resp) = self.apply_chain(route, &mut parts, &caller, log).await {
-            return resp;
-        }
-        match self
-            .send(route, parts, full(bytes.clone()), Some(&bytes))
-            .await
-        {
-            Ok(resp) => answer(route, resp),
-            Err(resp) => resp,
-        }
+        // Boxed: the second run is rare, and would otherwise take room in every request.
+        Box::pin(async move {
+            if let Err(resp) = self.apply_chain(route, &mut parts, &caller, log).await {
+                return resp;
+            }
+            match self
+                .send(route, parts, full(bytes.clone()), Some(&bytes))
+                .await
+            {
+                Ok(resp) => answer(route, resp),
+                Err(resp) => resp,
+            }
+        })
+        .await
     }
 
     /// Sends a request to the route's next fit server, and again to the next ones as its
