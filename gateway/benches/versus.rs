@@ -7,7 +7,8 @@
 //! Closed loop: `wrk` (2 threads, 32 connections, 8 s after a 2 s warm-up), every contender a
 //! fresh process per round, rounds interleaved (each starts with another contender), medians
 //! reported with each figure's ratio to nginx's. CPU per request is the proxy's own (every
-//! process of it) over the measured seconds. Then overload, open loop: twice the rate nginx
+//! process of it) over the measured seconds. Each round then measures the median request over a
+//! single connection (`wrk -t1 -c1`, 3 s): latency with nothing queued. Then overload, open loop: twice the rate nginx
 //! sustained, offered for 5 s to nginx and to tokengate (application level), with the latency
 //! of each request counted from when it was due, not when it was sent.
 //!
@@ -34,17 +35,21 @@ const ROUNDS: usize = 3;
 const WARMUP_SECS: u32 = 2;
 const MEASURE_SECS: u32 = 8;
 const CONNECTIONS: u32 = 32;
+/// Seconds of the single-connection run.
+const SINGLE_SECS: u32 = 3;
 const OVERLOAD: Duration = Duration::from_secs(5);
 /// Connections the open-loop driver sends over (requests in flight at most).
 const DRIVER_CONNECTIONS: usize = 256;
 
-/// What one `wrk` run measured.
+/// What one round measured of a contender: under load, then over a single connection.
 #[derive(Clone, Copy, Default)]
 struct Measured {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
     cpu_us: f64,
+    /// The median request over one connection, one request at a time.
+    single_p50_us: f64,
 }
 
 /// A running contender: its address and the processes whose CPU time it spends.
@@ -251,12 +256,13 @@ fn micros(text: &str) -> f64 {
     }
 }
 
-/// Runs `wrk` against `addr` for `secs`; requests per second, p50 and p99.
-fn wrk(addr: &str, header: Option<&str>, secs: u32) -> (f64, f64, f64, u64) {
+/// Runs `wrk` against `addr` for `secs` over `connections` (on as many threads, at most two);
+/// requests per second, p50, p99 and the number of requests.
+fn wrk(addr: &str, header: Option<&str>, connections: u32, secs: u32) -> (f64, f64, f64, u64) {
     let mut cmd = Command::new("wrk");
     cmd.args([
-        "-t2",
-        &format!("-c{CONNECTIONS}"),
+        &format!("-t{}", connections.min(2)),
+        &format!("-c{connections}"),
         &format!("-d{secs}s"),
         "--latency",
     ]);
@@ -290,15 +296,17 @@ fn wrk(addr: &str, header: Option<&str>, secs: u32) -> (f64, f64, f64, u64) {
 fn measure(c: &Contender) -> Measured {
     let running = (c.start)();
     let header = c.header.as_deref();
-    wrk(&running.addr, header, WARMUP_SECS);
+    wrk(&running.addr, header, CONNECTIONS, WARMUP_SECS);
     let before = running.cpu();
-    let (rps, p50_us, p99_us, requests) = wrk(&running.addr, header, MEASURE_SECS);
+    let (rps, p50_us, p99_us, requests) = wrk(&running.addr, header, CONNECTIONS, MEASURE_SECS);
     let cpu = running.cpu() - before;
+    let (_, single_p50_us, _, _) = wrk(&running.addr, header, 1, SINGLE_SECS);
     Measured {
         rps,
         p50_us,
         p99_us,
         cpu_us: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
+        single_p50_us,
     }
 }
 
@@ -495,13 +503,14 @@ fn main() {
                 let c = &contenders[i];
                 let m = tokio::task::block_in_place(|| measure(c));
                 println!(
-                    "round {}: {:<width$} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  {:>5.1} µs CPU/request",
+                    "round {}: {:<width$} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  {:>5.1} µs CPU/request  one connection: p50 {:>4.0} µs",
                     round + 1,
                     c.name,
                     m.rps,
                     m.p50_us,
                     m.p99_us,
-                    m.cpu_us
+                    m.cpu_us,
+                    m.single_p50_us
                 );
                 runs[i].push(m);
             }
@@ -513,17 +522,20 @@ fn main() {
                 p50_us: median(r.iter().map(|m| m.p50_us).collect()),
                 p99_us: median(r.iter().map(|m| m.p99_us).collect()),
                 cpu_us: median(r.iter().map(|m| m.cpu_us).collect()),
+                single_p50_us: median(r.iter().map(|m| m.single_p50_us).collect()),
             })
             .collect();
         let base = medians[0];
         println!(
             "\nmedians of {ROUNDS} rounds (wrk -t2 -c{CONNECTIONS} -d{MEASURE_SECS}s), ratios to nginx:\n"
         );
-        println!("| proxy | requests/s | p50 | p99 | CPU per request |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| proxy | requests/s | p50 | p99 | CPU per request | one connection: p50 |"
+        );
+        println!("|---|---|---|---|---|---|");
         for (c, m) in contenders.iter().zip(&medians) {
             println!(
-                "| {} | {:.0} ({:.2}×) | {:.0} µs ({:.2}×) | {:.0} µs ({:.2}×) | {:.1} µs ({:.2}×) |",
+                "| {} | {:.0} ({:.2}×) | {:.0} µs ({:.2}×) | {:.0} µs ({:.2}×) | {:.1} µs ({:.2}×) | {:.0} µs ({:.2}×) |",
                 c.name,
                 m.rps,
                 m.rps / base.rps,
@@ -532,7 +544,9 @@ fn main() {
                 m.p99_us,
                 m.p99_us / base.p99_us,
                 m.cpu_us,
-                m.cpu_us / base.cpu_us
+                m.cpu_us / base.cpu_us,
+                m.single_p50_us,
+                m.single_p50_us / base.single_p50_us
             );
         }
 
@@ -549,7 +563,9 @@ fn main() {
             let c = &contenders[i];
             let rate = 2.0 * medians[i].rps;
             let running = tokio::task::block_in_place(|| (c.start)());
-            tokio::task::block_in_place(|| wrk(&running.addr, c.header.as_deref(), WARMUP_SECS));
+            tokio::task::block_in_place(|| {
+                wrk(&running.addr, c.header.as_deref(), CONNECTIONS, WARMUP_SECS)
+            });
             let o = open_loop(&running.addr, c.header.as_deref(), rate).await;
             println!(
                 "| {} | {:.0} | {:.0} | {} of {:.0} | {:.1} ms | {:.1} ms |",
