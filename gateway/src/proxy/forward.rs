@@ -311,11 +311,7 @@ mod tests {
         let root = Base::of(&"https://[2001:db8::5]".parse().unwrap()).unwrap();
         let t = target(&root, &"/app/x?y=1".parse().unwrap()).unwrap();
         assert_eq!(t.to_string(), "https://[2001:db8::5]/app/x?y=1");
-        let t = target(&root, &"*".parse().unwrap()).unwrap();
-        assert_eq!(
-            t.to_string(),
-            "https://[2001:db8::5]/",
-            "a target without a path"
-        );
+        let t = target(&root, &"/".parse().unwrap()).unwrap();
+        assert_eq!(t.to_string(), "https://[2001:db8::5]/");
     }
 }

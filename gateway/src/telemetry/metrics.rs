@@ -5,12 +5,24 @@
 //! outcomes. No token, secret, client id or key ever becomes a label. Counters on the request
 //! path are resolved once, so a cache hit costs one atomic increment.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
 };
+
+/// A thread's handles on the request metrics, by route and status.
+type RequestHandles = HashMap<Box<str>, (Histogram, HashMap<u16, IntCounter>)>;
+
+thread_local! {
+    /// The request metrics' handles this thread found so far (of the one `Metrics` there is,
+    /// [`metrics`]): each answered request counts through them, without the shared label index
+    /// (its lock and hashing) that every proxy thread would otherwise go through.
+    static REQUEST_HANDLES: RefCell<RequestHandles> = RefCell::new(HashMap::new());
+}
 
 /// Every metric of a gateway node.
 pub struct Metrics {
@@ -368,11 +380,22 @@ impl Metrics {
 
     /// Records one answered request.
     pub fn request(&self, route: &str, status: u16, seconds: f64) {
-        let status = status.to_string();
-        self.requests.with_label_values(&[route, &status]).inc();
-        self.request_duration
-            .with_label_values(&[route])
-            .observe(seconds);
+        REQUEST_HANDLES.with(|handles| {
+            let mut handles = handles.borrow_mut();
+            if !handles.contains_key(route) {
+                let duration = self.request_duration.with_label_values(&[route]);
+                handles.insert(route.into(), (duration, HashMap::new()));
+            }
+            let (duration, by_status) = handles.get_mut(route).expect("inserted above");
+            duration.observe(seconds);
+            by_status
+                .entry(status)
+                .or_insert_with(|| {
+                    let status = itoa::Buffer::new().format(status).to_owned();
+                    self.requests.with_label_values(&[route, &status])
+                })
+                .inc();
+        });
     }
 
     /// Records one IdP call.

@@ -285,6 +285,9 @@ pub fn continue_from(span: &Span, headers: &HeaderMap) {
     }
 }
 
+/// The W3C trace context header.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Writes the current span's trace context into `headers`, replacing what the caller sent.
 /// Outside a recorded span (tracing off, or a request not sampled) `headers` stay as they
 /// are.
@@ -293,8 +296,8 @@ pub fn inject(headers: &mut HeaderMap) {
     if !enabled() || span.is_disabled() {
         return;
     }
-    headers.remove("traceparent");
-    headers.remove("tracestate");
+    headers.remove(TRACEPARENT);
+    headers.remove(http::HeaderName::from_static("tracestate"));
     propagator().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
@@ -311,7 +314,7 @@ pub fn current_traceparent() -> Option<String> {
     let mut headers = HeaderMap::new();
     propagator().inject_context(&cx, &mut HeaderInjector(&mut headers));
     headers
-        .get("traceparent")
+        .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
@@ -345,7 +348,7 @@ pub fn span_trace_id(span: &Span) -> Option<String> {
 /// The trace id in the caller's `traceparent`, if well-formed: what an access log names
 /// when tracing is off (the header itself goes on to the upstream as sent).
 pub fn caller_trace_id(headers: &HeaderMap) -> Option<String> {
-    let tp = headers.get("traceparent")?.to_str().ok()?;
+    let tp = headers.get(TRACEPARENT)?.to_str().ok()?;
     let mut parts = tp.split('-');
     let (_version, id) = (parts.next()?, parts.next()?);
     let well_formed = id.len() == 32
