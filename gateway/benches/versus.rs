@@ -64,6 +64,15 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         for c in &mut self._children {
+            // Asked to stop (SIGTERM), nginx's master stops its workers before it exits;
+            // killed, it would leave them running.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
