@@ -14,8 +14,8 @@
 //! for that long and stalls no one else. Requests carried by a TLS connection find a
 //! [`TlsSession`](super::tls::TlsSession) in their extensions.
 //!
-//! The proxy listener may be served by workers, threads with an event loop and a socket of
-//! their own ([`serve_on_workers`]).
+//! The proxy listener may be served by workers, threads with an event loop of their own, each
+//! accepting on a duplicate descriptor of the one listening socket ([`serve_on_workers`]).
 //!
 //! Connections may be upgraded (`Connection: Upgrade`, e.g. WebSocket): once the handler has
 //! answered 101, the socket leaves this loop and belongs to whoever took the upgrade.

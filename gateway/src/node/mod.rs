@@ -185,6 +185,6 @@ pub async fn run(
 enum ProxyListener {
     /// On the runtime that runs the node.
     Here(tokio::net::TcpListener),
-    /// On worker threads, one socket each.
+    /// On worker threads, each watching its own descriptor of the one listening socket.
     Workers(Vec<std::net::TcpListener>),
 }
