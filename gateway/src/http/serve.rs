@@ -49,6 +49,8 @@ use super::{BoxBody, BoxError};
 
 /// After `accept` fails (e.g. out of file descriptors), wait this long before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How many header fields hyper's HTTP/1 parser takes when not told (more is 431).
+const HYPER_MAX_HEADERS: usize = 100;
 /// A connection asked to close for idleness that has not closed after this long is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -84,7 +86,7 @@ impl Default for TransportLimits {
         Self {
             max_connections: 10_000,
             max_header_bytes: 32 * 1024,
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             read_header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(180),
             max_concurrent_streams: 250,
@@ -401,8 +403,12 @@ async fn run(listener: TcpListener, with: ServeArgs, observed: bool, share: Opti
         // idleTimeout (and race a load balancer reusing them). The head timer here starts at
         // the first byte of a head instead (see `Activity`).
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
+        .max_buf_size(limits.max_header_bytes);
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        // Told a number, hyper fills a list of that many entries for every head it parses;
+        // at its own default it parses into room it leaves uninitialised.
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

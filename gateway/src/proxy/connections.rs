@@ -17,7 +17,7 @@
 //! Connecting (name resolution, RFC 6555 fallback between addresses, `dialTimeout`, no Nagle
 //! delay) is `hyper-util`'s connector; the exchange is `hyper`'s HTTP/1.1 client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -46,7 +46,7 @@ struct Kept {
 pub struct Http1Connections {
     connector: HttpConnector,
     idle_timeout: Duration,
-    kept: Mutex<HashMap<Authority, VecDeque<Kept>>>,
+    kept: Mutex<foldhash::HashMap<Authority, VecDeque<Kept>>>,
 }
 
 impl std::fmt::Debug for Http1Connections {
@@ -66,7 +66,7 @@ impl Http1Connections {
         Self {
             connector,
             idle_timeout,
-            kept: Mutex::new(HashMap::new()),
+            kept: Mutex::new(foldhash::HashMap::default()),
         }
     }
 

@@ -23,20 +23,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 /// `Transfer-Encoding` is left to hyper, which re-frames bodies itself.
+///
+/// Runs twice per request (on the request and on the answer), so it looks before it removes:
+/// most messages carry none of these fields, or a `Connection: keep-alive` alone.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
     }
-    for name in &HOP_BY_HOP {
+    // Named by `Connection`, other than the fields removed below anyway.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(t))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    while let Some(name) = headers.keys().find(|k| HOP_BY_HOP.contains(k)).cloned() {
         headers.remove(name);
     }
 }
@@ -224,6 +235,25 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        // Named in any case, in several values; every value of a hop-by-hop field goes.
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("Close"));
+        h.append(CONNECTION, HeaderValue::from_static(" X-Other ,TE"));
+        h.append(TE, HeaderValue::from_static("trailers"));
+        h.append(UPGRADE, HeaderValue::from_static("a"));
+        h.append(UPGRADE, HeaderValue::from_static("b"));
+        h.insert("close", HeaderValue::from_static("named too"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        // Nothing to remove: left as it was.
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(http::header::HOST, HeaderValue::from_static("a"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     fn caller_headers() -> HeaderMap {

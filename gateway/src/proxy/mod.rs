@@ -303,21 +303,18 @@ impl Gateway {
                 span
             }
         };
-        // Built in the call, not in a variable first: a variable would take the route
-        // future's room once more in this one.
-        let resp = match tokio::time::timeout(
-            self.request_timeout,
-            self.route(req, peer, caller, &mut log)
-                .instrument(span.clone()),
-        )
-        .await
-        {
-            Ok(resp) => resp,
-            Err(_) => response::error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
-                "the upstream did not answer in time",
-            ),
+        let resp = {
+            // Pinned where it is built: the timeout and the span wrap a pointer to it, so the
+            // route's future (most of this one) is not copied into each wrapper in turn.
+            let route = std::pin::pin!(self.route(req, peer, caller, &mut log));
+            match tokio::time::timeout(self.request_timeout, route.instrument(span.clone())).await {
+                Ok(resp) => resp,
+                Err(_) => response::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    "the upstream did not answer in time",
+                ),
+            }
         };
         span.record("http.response.status_code", resp.status().as_u16());
         if resp.status().is_server_error() {
@@ -364,7 +361,7 @@ impl Gateway {
                 "no route matches this request",
             );
         };
-        log.route = Some(route.name.clone());
+        log.route = Some(Arc::clone(&route.name));
         name_request(&req, route.template());
         if let Some(refused) = encoded.first_refused(route.encoded_characters()) {
             return edge::Refusal::EncodedCharacter(refused).into_response();
@@ -630,7 +627,7 @@ impl Gateway {
         };
         let upstream_side = hyper::upgrade::on(&mut resp);
         self.tunnels
-            .join(caller_side, upstream_side, Arc::from(route.name.as_str()));
+            .join(caller_side, upstream_side, Arc::clone(&route.name));
         let mut resp = answer(route, resp);
         upgrade::restore(resp.headers_mut(), agreed);
         resp
@@ -689,22 +686,26 @@ impl Gateway {
             url.path = parts.uri.path(),
             http.response.status_code = tracing::field::Empty,
         );
-        let sent = async {
+        // No future here is kept in a variable before it is awaited: a variable keeps its room
+        // in this future after it is moved, and each room is copied when this future moves.
+        async {
             otel::inject(&mut parts.headers);
-            let request = client.request(Request::from_parts(parts, body));
+            let request = Request::from_parts(parts, body);
             let resp = match route.response_header_timeout {
-                Some(limit) => match tokio::time::timeout(limit, request).await {
+                Some(limit) => match tokio::time::timeout(limit, client.request(request)).await {
                     Ok(resp) => resp.map_err(ForwardError::Transport),
                     Err(_) => Err(ForwardError::Timeout),
                 },
-                None => request.await.map_err(ForwardError::Transport),
+                None => client.request(request).await.map_err(ForwardError::Transport),
             };
             if let Ok(r) = &resp {
                 tracing::Span::current().record("http.response.status_code", r.status().as_u16());
             }
             resp
-        };
-        sent.instrument(span).await.inspect_err(|error| match error {
+        }
+        .instrument(span)
+        .await
+        .inspect_err(|error| match error {
             ForwardError::Transport(e) => {
                 tracing::warn!(route = %route.name, upstream = %upstream, error = %error_chain(e.as_ref()), "upstream request failed");
             }
@@ -914,5 +915,24 @@ impl CloneForRetry for http::request::Parts {
             *h = self.headers.clone();
         }
         b.body(()).expect("parts of a valid request").into_parts().0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every request's future is allocated, and copied as it is built up, at its whole size:
+    /// a rare path awaited inline (a store's round trip, a key fetch, the general client) would
+    /// add its room to every request. Those are boxed; this keeps it so.
+    #[test]
+    fn a_requests_future_stays_small() {
+        fn size_of_future<F: Future>(
+            _: fn(Arc<Gateway>, Request<Incoming>, SocketAddr) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = size_of_future(Gateway::handle);
+        assert!(size <= 7 * 1024, "a request's future takes {size} bytes");
     }
 }

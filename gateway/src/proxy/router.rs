@@ -44,8 +44,8 @@ pub struct RouteConfig {
 
 /// A route ready to serve.
 pub struct Route {
-    /// Name, for logs.
-    pub name: String,
+    /// Name, for logs (shared with each request's access-log record).
+    pub name: Arc<str>,
     rule: Rule,
     priority: u64,
     template: String,
@@ -91,7 +91,7 @@ impl Route {
             _ => None,
         });
         Self {
-            name: config.name.clone(),
+            name: config.name.as_str().into(),
             rule: config.rule.clone(),
             priority: config.priority,
             template: config.template.clone(),
@@ -204,7 +204,7 @@ mod tests {
             headers: &headers,
             peer: [127, 0, 0, 1].into(),
         })
-        .map(|r| r.name.as_str())
+        .map(|r| &*r.name)
     }
 
     #[test]

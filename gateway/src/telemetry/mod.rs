@@ -133,10 +133,12 @@ pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// The access-log record of one request, filled in as the request progresses.
 pub struct AccessLog {
     method: http::Method,
-    path: String,
+    /// The request's target as it came (cut to its path when written): a clone shares the
+    /// bytes the request head was read into.
+    target: http::Uri,
     client: SocketAddr,
     /// The matched route.
-    pub route: Option<String>,
+    pub route: Option<std::sync::Arc<str>>,
     /// The user named by a middleware's `usernameClaim`.
     pub user: Option<String>,
     /// The request's trace id (see [`otel::span_trace_id`], [`otel::caller_trace_id`]).
@@ -150,7 +152,7 @@ impl AccessLog {
     pub fn new<B>(req: &Request<B>, client: SocketAddr) -> Self {
         Self {
             method: req.method().clone(),
-            path: bounded(req.uri().path(), LOGGED_PATH_MAX).into_owned(),
+            target: req.uri().clone(),
             client,
             route: None,
             user: None,
@@ -185,7 +187,7 @@ impl AccessLog {
         tracing::info!(
             target: "tokengate::access",
             method = %bounded(self.method.as_str(), LOGGED_METHOD_MAX),
-            path = %self.path,
+            path = %bounded(self.target.path(), LOGGED_PATH_MAX),
             status = status.as_u16(),
             latency_ms = latency.as_secs_f64() * 1000.0,
             route = self.route.as_deref().unwrap_or("-"),
@@ -209,17 +211,15 @@ impl AccessLog {
             // Writing a string into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *line, value);
         }
-        let _ = write!(
-            line,
-            "{{\"timestamp\":\"{}\",\"level\":\"INFO\"",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now())
-        );
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        rfc3339_micros(std::time::SystemTime::now(), line);
+        line.extend_from_slice(b"\",\"level\":\"INFO\"");
         text(
             line,
             "method",
             &bounded(self.method.as_str(), LOGGED_METHOD_MAX),
         );
-        text(line, "path", &self.path);
+        text(line, "path", &bounded(self.target.path(), LOGGED_PATH_MAX));
         line.extend_from_slice(b",\"status\":");
         line.extend_from_slice(itoa::Buffer::new().format(status.as_u16()).as_bytes());
         line.extend_from_slice(b",\"latency_ms\":");
@@ -239,6 +239,50 @@ impl AccessLog {
         );
         line.extend_from_slice(b",\"target\":\"tokengate::access\"}\n");
     }
+}
+
+/// Writes `at` as RFC 3339 in UTC with microseconds (`2026-11-30T15:02:03.123456Z`), as
+/// `humantime` does. The calendar part is worked out once per second per thread.
+fn rfc3339_micros(at: std::time::SystemTime, line: &mut Vec<u8>) {
+    use std::time::UNIX_EPOCH;
+    thread_local! {
+        /// The second last written, and its text up to the fraction (`…:03.`).
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((0, [0; 20])) };
+    }
+    let second = |secs: u64| {
+        let (cached, prefix) = SECOND.get();
+        if cached == secs && prefix[0] != 0 {
+            return Some(prefix);
+        }
+        // `2026-11-30T15:02:03Z`: all but the `Z`, then the fraction's dot. Another length
+        // (a year past 9999) is not cached.
+        let whole =
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+        let mut prefix = [b'.'; 20];
+        prefix[..19].copy_from_slice(whole.as_bytes().get(..19).filter(|_| whole.len() == 20)?);
+        SECOND.set((secs, prefix));
+        Some(prefix)
+    };
+    // Before 1970 this machine's clock is wrong; it is written as humantime writes it.
+    let Some((prefix, mut micros)) = at
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|since| Some((second(since.as_secs())?, since.subsec_micros())))
+    else {
+        let _ = std::io::Write::write_fmt(
+            line,
+            format_args!("{}", humantime::format_rfc3339_micros(at)),
+        );
+        return;
+    };
+    line.extend_from_slice(&prefix);
+    let mut digits = [b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + u8::try_from(micros % 10).unwrap_or(0);
+        micros /= 10;
+    }
+    line.extend_from_slice(&digits);
+    line.push(b'Z');
 }
 
 /// Whether the installed log format is JSON (access-log lines are then written by
@@ -273,6 +317,36 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_are_humantimes_across_seconds() {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let base = UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        // Within one second, across seconds (the cached part must change), back again, the
+        // first and last microsecond, and a day boundary.
+        let offsets_us: [u64; 8] = [
+            0,
+            999_999,
+            1_000_000,
+            1_000_001,
+            7,
+            86_400_000_000,
+            5,
+            61_000_123,
+        ];
+        for us in offsets_us {
+            let at = base + Duration::from_micros(us);
+            let mut ours = Vec::new();
+            rfc3339_micros(at, &mut ours);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                humantime::format_rfc3339_micros(at).to_string()
+            );
+        }
+        let mut now = Vec::new();
+        rfc3339_micros(SystemTime::now(), &mut now);
+        assert!(humantime::parse_rfc3339(std::str::from_utf8(&now).unwrap()).is_ok());
+    }
+
+    #[test]
     fn the_json_access_line_is_the_json_formatters_line() {
         let captured = Captured::default();
         let writer = captured.clone();
@@ -288,9 +362,10 @@ mod tests {
             &Request::get("/a/%C3%A9?token=secret").body(()).unwrap(),
             "[2001:db8::1]:443".parse().unwrap(),
         );
-        assert_eq!(record.path, "/a/%C3%A9", "no query string");
-        // What the edge lets through is tamer; the line must be right whatever it holds.
-        record.path = "/a\"b\\c/é\u{7f}".into();
+        assert_eq!(record.target.path(), "/a/%C3%A9", "no query string");
+        // A path longer than the log keeps (the caller's text is cut in both lines alike);
+        // the fields below carry the characters that need escaping.
+        record.target = http::Uri::try_from(format!("/a'b(c)*/{}", "x".repeat(600))).unwrap();
         record.method = http::Method::from_bytes(b"PROPFIND").unwrap();
         record.route = Some("orders \"v1\"".into());
         record.user = Some("zoë\n\t\u{1}".into());
@@ -303,7 +378,12 @@ mod tests {
         let theirs = captured.0.lock().unwrap().clone();
         assert_eq!(untimed(&ours), untimed(&theirs));
         let parsed: serde_json::Value = serde_json::from_slice(&ours).unwrap();
-        assert_eq!(parsed["path"], "/a\"b\\c/é\u{7f}");
+        let path = parsed["path"].as_str().unwrap();
+        assert!(
+            path.starts_with("/a'b(c)*/xxx") && path.ends_with('…'),
+            "{path}"
+        );
+        assert_eq!(path.len(), LOGGED_PATH_MAX + '…'.len_utf8());
         let stamp = parsed["timestamp"].as_str().unwrap();
         assert!(humantime::parse_rfc3339(stamp).is_ok(), "{stamp}");
     }

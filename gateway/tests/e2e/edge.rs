@@ -358,6 +358,22 @@ async fn oversized_and_numerous_headers_are_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_max_headers_is_the_limit() {
+    let e = start_with("{ maxHeaders: 12 }", "").await;
+    let fields = |n: usize| -> Vec<String> { (0..n).map(|i| format!("X-H{i}: v")).collect() };
+    // `get` adds `Host` and `Connection`: 10 more make 12, one more is over.
+    let fit = fields(10);
+    let fit: Vec<&str> = fit.iter().map(String::as_str).collect();
+    let answer = exchange(e.node.proxy, &get("/public/fit", &fit)).await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let over = fields(11);
+    let over: Vec<&str> = over.iter().map(String::as_str).collect();
+    let answer = exchange(e.node.proxy, &get("/public/over", &over)).await;
+    assert_eq!(statuses(&answer), [431], "{answer}");
+    assert_eq!(e.upstream.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_from_callers_are_replaced_not_appended() {
     let e = start("").await;
     let answer = exchange(

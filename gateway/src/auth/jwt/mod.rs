@@ -180,11 +180,8 @@ impl Jwt {
             // Not refreshed for jwksMaxStaleness: one fetch (rate-limited across callers), and
             // 503 rather than old keys if it fails.
             let seen = set.fetched_at;
-            match self
-                .keys
-                .fetch(self.tokens.idp(), Reason::Stale { seen })
-                .await
-            {
+            // Boxed, as in `verify_signature`: a round trip few requests make.
+            match Box::pin(self.keys.fetch(self.tokens.idp(), Reason::Stale { seen })).await {
                 Ok(Refetch::Fetched) => set = self.keys.current(),
                 Ok(Refetch::RateLimited) => {
                     return Err(AuthError::Unavailable {
@@ -235,20 +232,22 @@ impl Jwt {
             return Err(self.invalid("not an access token (typ must be at+jwt)"));
         }
         let kid = header.kid.as_deref();
+        // The fetches are boxed: a round trip to the IdP that few requests make would
+        // otherwise take its room in every request's future (and be copied with it).
         if set.fetched_at.is_none() {
             let seen = set.fetched_at;
-            self.keys
-                .fetch(self.tokens.idp(), Reason::Refresh { seen })
+            Box::pin(self.keys.fetch(self.tokens.idp(), Reason::Refresh { seen }))
                 .await
                 .map_err(|e| self.unavailable(&e))?;
             set = self.keys.current();
         }
         if set.candidates(kid, header.alg).next().is_none() {
             let seen = set.fetched_at;
-            match self
-                .keys
-                .fetch(self.tokens.idp(), Reason::UnknownKid { seen })
-                .await
+            match Box::pin(
+                self.keys
+                    .fetch(self.tokens.idp(), Reason::UnknownKid { seen }),
+            )
+            .await
             {
                 Ok(Refetch::Fetched) => set = self.keys.current(),
                 Ok(Refetch::RateLimited) => {}
