@@ -512,8 +512,10 @@ impl Gateway {
         body: BoxBody,
         held: Option<&bytes::Bytes>,
     ) -> Result<Response<BoxBody>, Response<BoxBody>> {
-        // Nothing the caller's connection put in the request goes on to the upstream's.
-        parts.extensions.clear();
+        // Nothing the caller's connection put in the request goes on to the upstream's. Emptied
+        // by replacing, not clearing: an empty map left allocated is hashed into by every
+        // lookup the client makes.
+        parts.extensions = http::Extensions::new();
         let retry = route
             .retry
             .as_ref()
