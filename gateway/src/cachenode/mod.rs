@@ -565,7 +565,11 @@ async fn join(
 /// cachectl) record nothing, so background chatter does not flood the trace store.
 fn grpc_span(req: &http::Request<()>) -> tracing::Span {
     let path = req.uri().path();
-    if !crate::telemetry::otel::enabled() || !req.headers().contains_key("traceparent") {
+    if !crate::telemetry::otel::enabled()
+        || !req
+            .headers()
+            .contains_key(crate::telemetry::otel::TRACEPARENT)
+    {
         return tracing::Span::none();
     }
     let (service, method) = path

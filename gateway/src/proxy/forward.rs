@@ -94,7 +94,7 @@ impl ForwardedHeaders {
             return peer;
         }
         let entries: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))

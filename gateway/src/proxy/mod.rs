@@ -285,7 +285,7 @@ impl Gateway {
                 traceparent,
             } => {
                 trace_id = Some(id.to_string());
-                req.headers_mut().insert("traceparent", traceparent);
+                req.headers_mut().insert(otel::TRACEPARENT, traceparent);
                 tracing::Span::none()
             }
             recorded => {

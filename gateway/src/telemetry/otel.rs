@@ -285,8 +285,9 @@ pub fn continue_from(span: &Span, headers: &HeaderMap) {
     }
 }
 
-/// The W3C trace context header.
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// The W3C trace context headers.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// Writes the current span's trace context into `headers`, replacing what the caller sent.
 /// Outside a recorded span (tracing off, or a request not sampled) `headers` stay as they
@@ -297,7 +298,7 @@ pub fn inject(headers: &mut HeaderMap) {
         return;
     }
     headers.remove(TRACEPARENT);
-    headers.remove(http::HeaderName::from_static("tracestate"));
+    headers.remove(TRACESTATE);
     propagator().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
@@ -323,7 +324,7 @@ pub fn current_traceparent() -> Option<String> {
 pub fn continue_from_traceparent(span: &Span, traceparent: &str) {
     let mut headers = HeaderMap::new();
     if let Ok(v) = http::HeaderValue::from_str(traceparent) {
-        headers.insert("traceparent", v);
+        headers.insert(TRACEPARENT, v);
         continue_from(span, &headers);
     }
 }
