@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod docker;
 pub mod driver;
 pub mod fill;
 pub mod fleet;

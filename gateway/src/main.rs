@@ -150,6 +150,21 @@ enum Command {
     /// Hash a client secret for `issuer.clients.<id>.secretHash` (argon2id). Reads the secret
     /// from the first line of standard input.
     HashSecret,
+    /// Ask a node's readiness endpoint and exit 0 when it answers 2xx, 1 otherwise: the
+    /// image's health check, so that the image needs no HTTP client of its own.
+    Health {
+        /// The endpoint: a gateway's `/readyz` on its admin listener, or a cache node's on its
+        /// metrics listener (`http://127.0.0.1:9100/readyz`).
+        #[arg(
+            long,
+            env = "TOKENGATE_HEALTH_URL",
+            default_value = "http://127.0.0.1:9090/readyz"
+        )]
+        url: reqwest::Url,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Each role's secret (resolved) and identity patterns, as the flags give them; identities need
@@ -203,6 +218,7 @@ fn main() -> ExitCode {
             Err(e) => config_failed(&file, &e),
         },
         Command::HashSecret => hash_secret(),
+        Command::Health { url, timeout } => current_thread().block_on(health(url, timeout)),
         Command::Convert { file } => match Config::convert(&file) {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -378,6 +394,37 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// `gateway health`: one GET, 2xx or not.
+async fn health(url: reqwest::Url, timeout: std::time::Duration) -> ExitCode {
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(url.clone()).send().await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            eprintln!("{url}: {status} {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn hash_secret() -> ExitCode {

@@ -473,6 +473,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
                 }),
             ))
         }
+        // The double's own count, for tests that run it in a container (`chaos doubles`): tokens
+        // issued per client id. No real IdP has it; nothing secret is in it.
+        ("GET", "/_issued") => {
+            let issued = state.issued.lock().unwrap().clone();
+            Some(json_response(StatusCode::OK, &json!(issued)))
+        }
         ("POST", "/introspect") => {
             let (auth, form) = read_form(req).await?;
             if !latency.is_zero() {

@@ -1,0 +1,254 @@
+//! The Docker CLI, for fleets of containers: one call per command, its output or an error that
+//! carries what Docker said; a Compose project that is taken down when dropped; the faults a
+//! loopback cannot express (a container's network cut by packet filters inside its own network
+//! namespace, a network disconnected, a container paused).
+//!
+//! Everything goes through the `docker` and Compose command-line tools, as an operator's would:
+//! the fleet under test is started and broken the way it is in production.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `program args` and returns its standard output, trimmed; an error names the command
+/// and carries its standard error.
+fn run(program: &str, args: &[&str], env: &[(String, String)]) -> anyhow::Result<String> {
+    let out = output(program, args, env)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {}: {}: {}",
+        args.first().copied().unwrap_or_default(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn output(program: &str, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Output> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))
+}
+
+/// `docker ARGS`: its standard output.
+pub fn docker(args: &[&str]) -> anyhow::Result<String> {
+    run("docker", args, &[])
+}
+
+/// `docker ARGS`, whatever its exit status: its whole output.
+pub fn docker_output(args: &[&str]) -> anyhow::Result<Output> {
+    output("docker", args, &[])
+}
+
+/// Whether the images this fleet needs exist; the missing ones otherwise.
+pub fn missing_images(images: &[&str]) -> Vec<String> {
+    images
+        .iter()
+        .filter(|i| docker(&["image", "inspect", "--format", "{{.Id}}", i]).is_err())
+        .map(|i| (*i).to_owned())
+        .collect()
+}
+
+/// A container's state as `docker inspect` reports it: `healthy`, `unhealthy`, `starting`, or
+/// the plain state (`running`, `exited`, ...) when it has no health check.
+pub fn health(container: &str) -> String {
+    docker(&[
+        "inspect",
+        "--format",
+        "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+        container,
+    ])
+    .unwrap_or_else(|_| "gone".into())
+}
+
+/// The process id of a container's first process on the host (0 when it is not running): its
+/// network namespace is `/proc/PID/ns/net`.
+pub fn pid(container: &str) -> anyhow::Result<u32> {
+    Ok(docker(&["inspect", "--format", "{{.State.Pid}}", container])?.parse()?)
+}
+
+/// A container's address on `network`.
+pub fn address(container: &str, network: &str) -> anyhow::Result<String> {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    let ip = docker(&["inspect", "--format", &format, container])?;
+    anyhow::ensure!(!ip.is_empty(), "{container} has no address on {network}");
+    Ok(ip)
+}
+
+/// Packet filters inside a container's network namespace, entered from the host (`nsenter`),
+/// so that the image needs neither the tools nor the capability.
+pub fn iptables(container: &str, rule: &[&str]) -> anyhow::Result<()> {
+    let pid = pid(container)?;
+    anyhow::ensure!(pid != 0, "{container} is not running");
+    let target = pid.to_string();
+    let mut args = vec!["-t", &target, "-n", "iptables", "-w"];
+    args.extend_from_slice(rule);
+    run("nsenter", &args, &[]).map(drop)
+}
+
+/// Drops every packet between a container and `peer` (both directions), or lets them through
+/// again (`cut` false). Established connections stall, as on a real partition.
+pub fn cut(container: &str, peer: &str, cut: bool) -> anyhow::Result<()> {
+    let op = if cut { "-I" } else { "-D" };
+    iptables(container, &[op, "INPUT", "-s", peer, "-j", "DROP"])?;
+    iptables(container, &[op, "OUTPUT", "-d", peer, "-j", "DROP"])
+}
+
+/// Drops the container's packets to one `address:port` (TCP), or lets them through again.
+pub fn cut_port(container: &str, address: &str, port: u16, cut: bool) -> anyhow::Result<()> {
+    let op = if cut { "-I" } else { "-D" };
+    let port = port.to_string();
+    iptables(
+        container,
+        &[
+            op, "OUTPUT", "-p", "tcp", "-d", address, "--dport", &port, "-j", "DROP",
+        ],
+    )
+}
+
+/// A Compose project: the repository's `docker-compose.yml` under a project name of its own,
+/// with the environment it interpolates. Dropping it takes everything down (containers,
+/// networks, volumes).
+pub struct Compose {
+    project: String,
+    file: PathBuf,
+    env: Vec<(String, String)>,
+    tool: (&'static str, Vec<&'static str>),
+}
+
+impl Compose {
+    /// The project `project` of the Compose file `file`, interpolated with `env`.
+    pub fn new(project: &str, file: &Path, env: Vec<(String, String)>) -> Self {
+        // The Compose plugin where there is one, else the stand-alone tool.
+        let plugin = Command::new("docker")
+            .args(["compose", "version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let tool = if plugin {
+            ("docker", vec!["compose"])
+        } else {
+            ("docker-compose", Vec::new())
+        };
+        Self {
+            project: project.to_owned(),
+            file: file.to_owned(),
+            env,
+            tool,
+        }
+    }
+
+    /// The project's name.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = self.tool.1.clone();
+        all.extend([
+            "--ansi",
+            "never",
+            "-p",
+            &self.project,
+            "-f",
+            self.file.to_str().unwrap_or_default(),
+        ]);
+        all.extend_from_slice(args);
+        all
+    }
+
+    /// `compose ARGS`: its standard output.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(self.tool.0, &self.args(args), &self.env)
+    }
+
+    /// `compose ARGS`, whatever its exit status.
+    pub fn output(&self, args: &[&str]) -> anyhow::Result<Output> {
+        output(self.tool.0, &self.args(args), &self.env)
+    }
+
+    /// The project's containers: (service, container id), by service name.
+    pub fn containers(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &label,
+            "--format",
+            "{{.Label \"com.docker.compose.service\"}} {{.ID}}",
+        ])?;
+        let mut all: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(s, id)| (s.to_owned(), id.to_owned()))
+            .collect();
+        all.sort();
+        Ok(all)
+    }
+
+    /// Polls until every container of the project is healthy (or running, where it has no
+    /// health check) and at least `expected` exist; how long that took. An error lists the
+    /// containers that were not.
+    pub async fn wait_healthy(
+        &self,
+        expected: usize,
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let containers = self.containers()?;
+            let states: Vec<(String, String)> = containers
+                .iter()
+                .map(|(service, id)| (service.clone(), health(id)))
+                .collect();
+            let ready = states.len() >= expected
+                && states.iter().all(|(_, s)| s == "healthy" || s == "running");
+            if ready {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                anyhow::bail!("not healthy within {within:?}: {states:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The host address a service's `port` is published on.
+    pub fn port(&self, service: &str, port: u16) -> anyhow::Result<String> {
+        let p = port.to_string();
+        let out = self.run(&["port", service, &p])?;
+        anyhow::ensure!(!out.is_empty(), "{service}:{port} is not published");
+        Ok(out)
+    }
+
+    /// Every container's log, as `compose logs` prints it.
+    pub fn logs(&self) -> anyhow::Result<String> {
+        let out = self.output(&["logs", "--no-color"])?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    /// `compose down` with the project's volumes.
+    pub fn down(&self) -> anyhow::Result<()> {
+        self.run(&["down", "--volumes", "--remove-orphans", "--timeout", "45"])
+            .map(drop)
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        // Whatever a test left: never a container, network or volume behind.
+        if self.containers().is_ok_and(|c| !c.is_empty()) {
+            let _ = self.down();
+        }
+    }
+}
