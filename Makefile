@@ -1,8 +1,8 @@
 # Recipes match scripts/test (what CI runs, after installing the tools); `make ci` is it
 # without the installation.
-.PHONY: ci fmt lint test bench demo doubles run-example
+.PHONY: ci fmt lint test images containers bench demo doubles run-example
 
-ci: fmt lint test
+ci: fmt lint test images containers
 
 fmt:
 	cargo fmt --all -- --check
@@ -12,6 +12,14 @@ lint:
 
 test:
 	cargo test --workspace
+
+# The images, built without a registry (debootstrap for the base image, binaries from the host).
+images:
+	scripts/images
+
+# docker-compose.yml's fleet and the chaos scenarios on containers (needs `make images`).
+containers:
+	cargo test -p chaos --test compose --test scenarios -- --ignored --test-threads 1
 
 demo:
 	cargo run -p gateway -- demo

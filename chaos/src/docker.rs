@@ -110,6 +110,47 @@ pub fn cut_port(container: &str, address: &str, port: u16, cut: bool) -> anyhow:
     )
 }
 
+/// Makes a container's link lossy (`loss`: the share of arriving packets dropped, by a packet
+/// filter) and slow (a token bucket of `kbit` a second on its interface, queueing up to
+/// `latency`), or heals it. The kernel here has no `netem`, so a fixed delay cannot be added.
+pub fn degrade(
+    container: &str,
+    loss: f64,
+    kbit: u32,
+    latency: Duration,
+    on: bool,
+) -> anyhow::Result<()> {
+    let probability = format!("{loss:.4}");
+    let op = if on { "-I" } else { "-D" };
+    iptables(
+        container,
+        &[
+            op,
+            "INPUT",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
+            "-j",
+            "DROP",
+        ],
+    )?;
+    let pid = pid(container)?.to_string();
+    let mut tc = vec!["-t", &pid, "-n", "tc", "qdisc"];
+    let (rate, queue) = (format!("{kbit}kbit"), format!("{}ms", latency.as_millis()));
+    if on {
+        tc.extend([
+            "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "32kbit", "latency",
+            &queue,
+        ]);
+    } else {
+        tc.extend(["del", "dev", "eth0", "root"]);
+    }
+    run("nsenter", &tc, &[]).map(drop)
+}
+
 /// A Compose project: the repository's `docker-compose.yml` under a project name of its own,
 /// with the environment it interpolates. Dropping it takes everything down (containers,
 /// networks, volumes).
@@ -250,5 +291,190 @@ impl Drop for Compose {
         if self.containers().is_ok_and(|c| !c.is_empty()) {
             let _ = self.down();
         }
+    }
+}
+
+/// A user-defined bridge network of its own for one fleet: containers get fixed addresses in
+/// it (so a restarted container keeps its address), and the host reaches it at its gateway
+/// address. Removed when dropped.
+pub struct Network {
+    /// Its name.
+    pub name: String,
+    base: std::net::Ipv4Addr,
+    /// The host's address on it: what the containers reach the host at.
+    pub gateway: std::net::Ipv4Addr,
+}
+
+impl Network {
+    /// Creates the network `name` on a free subnet. Fixed addresses need a subnet given at
+    /// creation: Docker picks a free one for a first network, which is then made anew with that
+    /// subnet named.
+    pub fn create(name: &str) -> anyhow::Result<Self> {
+        let _ = docker(&["network", "rm", name]);
+        docker(&["network", "create", name])?;
+        let ipam = |name: &str| {
+            docker(&[
+                "network",
+                "inspect",
+                "--format",
+                "{{(index .IPAM.Config 0).Subnet}} {{(index .IPAM.Config 0).Gateway}}",
+                name,
+            ])
+        };
+        let picked = ipam(name);
+        docker(&["network", "rm", name])?;
+        let picked = picked?;
+        let (subnet, gateway) = picked
+            .split_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("network {name}: no subnet in {picked:?}"))?;
+        docker(&[
+            "network",
+            "create",
+            "--subnet",
+            subnet,
+            "--gateway",
+            gateway,
+            "--label",
+            "tokengate-chaos=1",
+            name,
+        ])?;
+        let base = subnet.split_once('/').map_or(subnet, |(b, _)| b).parse()?;
+        Ok(Self {
+            name: name.to_owned(),
+            base,
+            gateway: gateway.parse()?,
+        })
+    }
+
+    /// The address `host` (a small number, 2..=250) in the network's subnet.
+    pub fn address(&self, host: u8) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::from(self.base) + u32::from(host))
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+/// How to run one container: its options for `docker run` (network, address, mounts, ports),
+/// its environment (passed by name, so no value shows in a process listing), image and command.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// `docker run` options.
+    pub options: Vec<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// The image.
+    pub image: String,
+    /// The command (after the image's entrypoint).
+    pub command: Vec<String>,
+}
+
+/// A container the harness owns: started with `docker run`, killed, paused, stopped, started
+/// again and replaced on command; when dropped, its log is saved to `<log_dir>/<name>.log` and
+/// it is removed with its anonymous volumes.
+pub struct Container {
+    /// Its name (unique on the machine).
+    pub name: String,
+    spec: RunSpec,
+    log: PathBuf,
+}
+
+impl Container {
+    /// Runs `spec` as the container `name` (removing a stale one of that name first).
+    pub fn run(name: &str, spec: RunSpec, log_dir: &Path) -> anyhow::Result<Self> {
+        let c = Self {
+            name: name.to_owned(),
+            spec,
+            log: log_dir.join(format!("{name}.log")),
+        };
+        c.create()?;
+        Ok(c)
+    }
+
+    fn create(&self) -> anyhow::Result<()> {
+        let _ = docker(&["rm", "-f", "-v", &self.name]);
+        let mut args: Vec<&str> = vec!["run", "-d", "--name", &self.name];
+        args.extend(self.spec.options.iter().map(String::as_str));
+        for (k, _) in &self.spec.env {
+            args.extend(["-e", k.as_str()]);
+        }
+        args.push(&self.spec.image);
+        args.extend(self.spec.command.iter().map(String::as_str));
+        run("docker", &args, &self.spec.env).map(drop)
+    }
+
+    /// SIGKILL (`docker kill`): the container stops, its disk stays.
+    pub fn kill(&self) {
+        let _ = docker(&["unpause", &self.name]);
+        let _ = docker(&["kill", &self.name]);
+    }
+
+    /// Starts it again after a kill or a stop (killing it first if it runs).
+    pub fn restart(&self) -> anyhow::Result<()> {
+        if health(&self.name) != "exited" {
+            self.kill();
+        }
+        docker(&["start", &self.name]).map(drop)
+    }
+
+    /// SIGTERM (`docker stop`), SIGKILL after `grace`.
+    pub fn stop(&self, grace: Duration) {
+        let secs = grace.as_secs().max(1).to_string();
+        let _ = docker(&["stop", "-t", &secs, &self.name]);
+    }
+
+    /// Freezes every process in it (the cgroup freezer: as SIGSTOP, but for the container).
+    pub fn pause(&self) {
+        let _ = docker(&["pause", &self.name]);
+    }
+
+    /// Thaws it.
+    pub fn unpause(&self) {
+        let _ = docker(&["unpause", &self.name]);
+    }
+
+    /// Replaces it with a container of the same name, address and options from `image`, as a
+    /// rolling upgrade does. Its anonymous volumes go with it: a replaced cache node starts on
+    /// an empty disk.
+    pub fn replace(&mut self, image: &str) -> anyhow::Result<()> {
+        self.save_log();
+        docker(&["rm", "-f", "-v", &self.name])?;
+        self.spec.image = image.to_owned();
+        self.create()
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        docker_output(&["logs", &self.name])
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    fn save_log(&self) {
+        use std::io::Write;
+        let log = self.log();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+        {
+            let _ = f.write_all(log.as_bytes());
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.save_log();
+        let _ = docker(&["rm", "-f", "-v", &self.name]);
     }
 }

@@ -122,6 +122,7 @@ fn rss(pid: Option<u32>) -> u64 {
 /// Runs one fill.
 pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
     let fleet = Fleet::start(FleetSpec {
+        hosting: crate::fleet::Hosting::Processes,
         store: spec.store,
         gateways: spec.gateways,
         clients: spec.credentials,
@@ -191,7 +192,7 @@ pub async fn fill(spec: &FillSpec) -> anyhow::Result<FillReport> {
         .pool_max_idle_per_host(spec.concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let url = fleet.balancer.url() + "/";
+    let url = fleet.url() + "/";
     let started = Instant::now();
     let callers: Vec<_> = (0..spec.concurrency)
         .map(|_| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chaos::fleet::StoreKind;
+use chaos::fleet::{Hosting, StoreKind};
 use chaos::run::{Live, RunSpec};
 use chaos::scenario::{self, SCENARIOS};
 use clap::{Parser, Subcommand};
@@ -34,6 +34,10 @@ enum Command {
         /// The shared store.
         #[arg(long, value_enum, default_value_t = StoreKind::Raft)]
         store: StoreKind,
+        /// Where the nodes run: processes on loopback, or containers from the images
+        /// `scripts/images` builds, each a host on a network of its own.
+        #[arg(long, value_enum, default_value_t = Hosting::Processes)]
+        hosting: Hosting,
         /// Gateway nodes behind the balancer.
         #[arg(long, default_value_t = 3)]
         gateways: usize,
@@ -149,13 +153,21 @@ fn main() -> ExitCode {
         Command::List => {
             for s in SCENARIOS {
                 let stores: Vec<String> = s.stores.iter().map(ToString::to_string).collect();
-                println!("{:<28} [{}]\n    {}\n", s.name, stores.join(", "), s.about);
+                let hostings: Vec<String> = s.hostings.iter().map(ToString::to_string).collect();
+                println!(
+                    "{:<28} [{}] [{}]\n    {}\n",
+                    s.name,
+                    stores.join(", "),
+                    hostings.join(", "),
+                    s.about
+                );
             }
             ExitCode::SUCCESS
         }
         Command::Run {
             scenario,
             store,
+            hosting,
             gateways,
             duration,
             rps,
@@ -170,18 +182,25 @@ fn main() -> ExitCode {
                 eprintln!("error: no scenario {scenario:?}; `chaos list` shows them");
                 return ExitCode::from(2);
             };
-            let Some(gateway_bin) = gateway_binary(gateway_bin) else {
-                return ExitCode::from(2);
+            // Containers run the images' binaries.
+            let gateway_bin = match hosting {
+                Hosting::Containers => PathBuf::new(),
+                Hosting::Processes => match gateway_binary(gateway_bin) {
+                    Some(bin) => bin,
+                    None => return ExitCode::from(2),
+                },
             };
             let dir = out.unwrap_or_else(|| {
                 let stamp = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                PathBuf::from("chaos-runs").join(format!("{}-{store}-{stamp}", scenario.name))
+                PathBuf::from("chaos-runs")
+                    .join(format!("{}-{store}-{hosting}-{stamp}", scenario.name))
             });
             let spec = RunSpec {
                 scenario,
                 store,
+                hosting,
                 gateways,
                 duration,
                 rps,

@@ -17,8 +17,8 @@ pub fn table(r: &Report) -> String {
         (
             "fleet",
             format!(
-                "{} gateways, tokens living {} ms, seed {}",
-                r.gateways, r.token_lifetime_ms, r.seed
+                "{} gateways as {}, tokens living {} ms, seed {}",
+                r.gateways, r.hosting, r.token_lifetime_ms, r.seed
             ),
         ),
         (

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{self, Outcome, identity};
-use crate::fleet::{Fleet, FleetSpec, StoreKind};
+use crate::fleet::{Fleet, FleetSpec, Hosting, StoreKind};
 use crate::scenario::{Ctx, Event, Scenario, Timeline};
 use testkit::Lies;
 use testkit::upstream::Verdicts;
@@ -31,6 +31,8 @@ pub struct RunSpec {
     pub scenario: &'static Scenario,
     /// The store.
     pub store: StoreKind,
+    /// Where the nodes run.
+    pub hosting: Hosting,
     /// Gateway nodes.
     pub gateways: usize,
     /// Load duration (faults happen inside it).
@@ -91,6 +93,8 @@ pub struct Report {
     pub scenario: &'static str,
     /// Store.
     pub store: StoreKind,
+    /// Where the nodes ran.
+    pub hosting: Hosting,
     /// Gateways.
     pub gateways: usize,
     /// Load duration, ms.
@@ -144,10 +148,17 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
         spec.scenario.name,
         spec.store
     );
+    anyhow::ensure!(
+        spec.scenario.hostings.contains(&spec.hosting),
+        "scenario {} needs a fleet of {}",
+        spec.scenario.name,
+        spec.scenario.hostings[0]
+    );
     let lease_ttl = Duration::from_secs(2);
     let fleet = Arc::new(
         Fleet::start(FleetSpec {
             store: spec.store,
+            hosting: spec.hosting,
             gateways: spec.gateways,
             clients: spec.clients,
             token_lifetime: spec.token_lifetime,
@@ -176,7 +187,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
         })
     };
     let load = tokio::spawn(driver::drive(
-        fleet.balancer.url() + "/chaos",
+        fleet.url() + "/chaos",
         spec.clients,
         spec.rps,
         stop.clone(),
@@ -208,6 +219,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
     let mut report = Report {
         scenario: spec.scenario.name,
         store: spec.store,
+        hosting: spec.hosting,
         gateways: spec.gateways,
         duration_ms: spec.duration.as_millis() as u64,
         rps: spec.rps,
@@ -233,6 +245,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
         leases,
     };
     report.invariants = check(&report, spec, &fleet, raft_leaders).await;
+    report.invariants.extend(ctx.checks());
     Ok(report)
 }
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chaos::fleet::StoreKind;
+use chaos::fleet::{Hosting, StoreKind};
 use chaos::run::{Live, Report, RunSpec, run};
 use chaos::scenario::{self, SCENARIOS};
 
@@ -20,9 +20,15 @@ fn gateway_bin() -> PathBuf {
 
 /// The short form: 12 s of load on 3 gateways, tokens living 8 s (renewed from 5.25 s on).
 fn short(name: &str, store: StoreKind, dir: &tempfile::TempDir) -> RunSpec {
+    on(name, store, Hosting::Processes, dir)
+}
+
+/// The short form on `hosting`.
+fn on(name: &str, store: StoreKind, hosting: Hosting, dir: &tempfile::TempDir) -> RunSpec {
     RunSpec {
         scenario: scenario::find(name).expect("a scenario"),
         store,
+        hosting,
         gateways: 3,
         duration: Duration::from_secs(12),
         rps: 80,
@@ -37,11 +43,18 @@ fn short(name: &str, store: StoreKind, dir: &tempfile::TempDir) -> RunSpec {
 }
 
 async fn every_scenario_passes(store: StoreKind) {
+    every_scenario_passes_on(store, Hosting::Processes).await;
+}
+
+async fn every_scenario_passes_on(store: StoreKind, hosting: Hosting) {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut failed = Vec::new();
-    for s in SCENARIOS.iter().filter(|s| s.stores.contains(&store)) {
-        let spec = short(s.name, store, &dir);
+    for s in SCENARIOS
+        .iter()
+        .filter(|s| s.stores.contains(&store) && s.hostings.contains(&hosting))
+    {
+        let spec = on(s.name, store, hosting, &dir);
         let report = run(&spec, Arc::new(Live::default()))
             .await
             .unwrap_or_else(|e| panic!("{} on {store} could not run: {e:#}", s.name));
@@ -93,6 +106,22 @@ async fn every_scenario_keeps_every_invariant_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_keeps_every_invariant_on_raft() {
     every_scenario_passes(StoreKind::Raft).await;
+}
+
+// Containers: every scenario again on a fleet of containers from the images, each a host on a
+// network of its own, behind HAProxy, and the faults that only a network has. They need Docker
+// and `scripts/images`; `scripts/test` runs them in a step of its own with `--ignored`.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the images: scripts/images, then --ignored (scripts/test does)"]
+async fn every_scenario_keeps_every_invariant_on_containers_with_redis() {
+    every_scenario_passes_on(StoreKind::Redis, Hosting::Containers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the images: scripts/images, then --ignored (scripts/test does)"]
+async fn every_scenario_keeps_every_invariant_on_containers_with_raft() {
+    every_scenario_passes_on(StoreKind::Raft, Hosting::Containers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

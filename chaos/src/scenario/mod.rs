@@ -8,7 +8,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::fleet::{Fleet, StoreKind};
+use crate::fleet::{Fleet, Hosting, StoreKind};
+use crate::run::Invariant;
+
+mod network;
 use testkit::IdpMode;
 
 /// Something that happened during a run, for the report and the chart.
@@ -55,6 +58,11 @@ impl Timeline {
         e
     }
 
+    /// How long the run has been going.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Sleeps until `at` after the start.
     pub async fn until(&self, at: Duration) {
         tokio::time::sleep_until((self.started + at).into()).await;
@@ -71,6 +79,8 @@ pub struct Ctx {
     pub duration: Duration,
     /// Choices (victims, orders) drawn from the run's seed.
     pub rng: Mutex<StdRng>,
+    /// What the scenario itself checked, beside the run's invariants.
+    checks: Mutex<Vec<Invariant>>,
 }
 
 impl Ctx {
@@ -81,7 +91,21 @@ impl Ctx {
             timeline,
             duration,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            checks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What the scenario checked.
+    pub fn checks(&self) -> Vec<Invariant> {
+        self.checks.lock().unwrap().clone()
+    }
+
+    /// Records a check of the scenario's own.
+    fn check(&self, name: &'static str, held: bool, detail: String) {
+        self.checks
+            .lock()
+            .unwrap()
+            .push(Invariant { name, held, detail });
     }
 
     fn at(&self, fraction: f64) -> Duration {
@@ -120,6 +144,27 @@ impl Ctx {
         }
     }
 
+    /// Polls the cache nodes other than `old` until they agree on a leader that is not `old`:
+    /// that leader and how long it took, or `None` after `within`.
+    async fn new_raft_leader(&self, old: usize, within: Duration) -> Option<(usize, Duration)> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            let others: Vec<Option<u64>> = (self.fleet.cache_statuses().await.into_iter())
+                .filter(|(i, _)| *i != old)
+                .map(|(_, s)| s.leader)
+                .collect();
+            if let [Some(a), rest @ ..] = others.as_slice()
+                && others.len() + 1 >= self.fleet.cache_nodes.len()
+                && *a as usize != old + 1
+                && rest.iter().all(|l| *l == Some(*a))
+            {
+                return Some((*a as usize - 1, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// The refresh leader, waiting up to 5 s for the fleet to agree on one.
     async fn refresh_leader(&self) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -148,11 +193,16 @@ pub struct Scenario {
     pub about: &'static str,
     /// The stores it applies to.
     pub stores: &'static [StoreKind],
+    /// Where its fleet may run: some faults exist only between hosts of a network.
+    pub hostings: &'static [Hosting],
     /// The faults.
     pub script: Script,
 }
 
 const BOTH: &[StoreKind] = &[StoreKind::Redis, StoreKind::Raft];
+const RAFT: &[StoreKind] = &[StoreKind::Raft];
+const ANYWHERE: &[Hosting] = &[Hosting::Processes, Hosting::Containers];
+const CONTAINERS: &[Hosting] = &[Hosting::Containers];
 
 /// Every scenario.
 pub const SCENARIOS: &[Scenario] = &[
@@ -160,12 +210,14 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "baseline",
         about: "No faults: the invariants hold on a quiet fleet.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |_| Box::pin(async { Ok(()) }),
     },
     Scenario {
         name: "kill-gateway",
         about: "SIGKILL a gateway that is not the refresh leader, restart it two seconds later.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |c| Box::pin(kill_gateway(c)),
     },
     Scenario {
@@ -174,6 +226,7 @@ pub const SCENARIOS: &[Scenario] = &[
                 while it waits, then let the answer go to nobody. Another node takes the lease \
                 and renews the token before it expires.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |c| Box::pin(kill_leader_during_refresh(c)),
     },
     Scenario {
@@ -181,6 +234,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "SIGSTOP the refresh leader past its lease, SIGCONT it: another node has taken \
                 over, and the woken one's writes are fenced off.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |c| Box::pin(pause_leader(c)),
     },
     Scenario {
@@ -189,6 +243,7 @@ pub const SCENARIOS: &[Scenario] = &[
                 Redis: SIGKILL the server, restart it (append-only file) two seconds later. \
                 Gateways serve from their L1 meanwhile.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |c| Box::pin(kill_store_leader(c)),
     },
     Scenario {
@@ -198,26 +253,73 @@ pub const SCENARIOS: &[Scenario] = &[
                 cache service's leader off from its peers for 3 s: the majority elects another \
                 leader, gateways follow it, the old leader cannot commit (or grant a lease).",
         stores: BOTH,
-        script: |c| Box::pin(partition_leader(c)),
+        hostings: ANYWHERE,
+        script: |c| Box::pin(network::partition_leader(c)),
     },
     Scenario {
         name: "idp-outage",
         about: "The IdP stops answering for a while shorter than a token's refresh margin: \
                 renewals fail and are retried, no request notices.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |c| Box::pin(idp_fault(c, IdpMode::Unreachable, Duration::ZERO)),
     },
     Scenario {
         name: "idp-slow",
         about: "The IdP takes a second per token request for a third of the run.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |c| Box::pin(idp_fault(c, IdpMode::Healthy, Duration::from_secs(1))),
+    },
+    Scenario {
+        name: "kill-store-leader-repeatedly",
+        about: "Raft: SIGKILL the cache service's leader, wait for the others to elect one, \
+                restart the killed node, and again, until the run ends (a hundred kills take \
+                about five minutes). Reports the failover times.",
+        stores: RAFT,
+        hostings: ANYWHERE,
+        script: |c| Box::pin(kill_store_leader_repeatedly(c)),
+    },
+    Scenario {
+        name: "cut-gateway-from-store",
+        about: "Cut a gateway that does not lead refreshes off from the store for longer than \
+                a lease: it serves from its L1, a credential new to the fleet still gets its \
+                own token, and healed it finds the store again.",
+        stores: BOTH,
+        hostings: CONTAINERS,
+        script: |c| Box::pin(network::cut_gateway_from_store(c)),
+    },
+    Scenario {
+        name: "cut-idp-from-leader",
+        about: "The refresh leader alone cannot reach the IdP while renewals fall due, for less \
+                than the refresh margin: its renewals fail and are retried, no request notices.",
+        stores: BOTH,
+        hostings: CONTAINERS,
+        script: |c| Box::pin(network::cut_idp_from_leader(c)),
+    },
+    Scenario {
+        name: "lossy-link",
+        about: "One gateway's link loses 5 % of its packets and carries 2 Mbit/s for a third \
+                of the run.",
+        stores: BOTH,
+        hostings: CONTAINERS,
+        script: |c| Box::pin(network::lossy_link(c)),
+    },
+    Scenario {
+        name: "isolate-leader-mid-refresh",
+        about: "Hold the IdP's answer to the refresh leader's next renewal, cut the leader off \
+                from the store, let the answer go: another gateway takes the lease and renews, \
+                the old leader's late write is fenced off.",
+        stores: BOTH,
+        hostings: CONTAINERS,
+        script: |c| Box::pin(network::isolate_leader_mid_refresh(c)),
     },
     Scenario {
         name: "rolling-restart",
         about: "Restart every gateway in turn (SIGTERM: drain, then exit), each one ready \
                 before the next goes.",
         stores: BOTH,
+        hostings: ANYWHERE,
         script: |c| Box::pin(rolling_restart(c)),
     },
 ];
@@ -303,41 +405,65 @@ async fn kill_store_leader(c: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn partition_leader(c: &Ctx) -> anyhow::Result<()> {
-    c.timeline.until(c.at(0.3)).await;
-    if c.fleet.spec.store == StoreKind::Raft {
+async fn kill_store_leader_repeatedly(c: &Ctx) -> anyhow::Result<()> {
+    c.timeline.until(c.at(0.15)).await;
+    let end = c.at(0.9);
+    let mut failovers = Vec::new();
+    while c.timeline.elapsed() < end {
         let leader = c.raft_leader().await?;
-        let cut = |on: bool| {
-            for ((i, j), link) in &c.fleet.peer_links {
-                if *i == leader || *j == leader {
-                    link.set_cut(on);
-                }
-            }
-        };
-        cut(true);
+        c.fleet.cache_node(leader).kill();
         c.timeline.record(
             "fault",
-            format!(
-                "cache-node-{} (Raft leader) cut off from its peers",
-                leader + 1
-            ),
+            format!("SIGKILL cache-node-{} (Raft leader)", leader + 1),
         );
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        cut(false);
-        c.timeline
-            .record("heal", format!("cache-node-{} reconnected", leader + 1));
-        return Ok(());
+        let elected = c.new_raft_leader(leader, Duration::from_secs(10)).await;
+        c.fleet.cache_node(leader).restart()?;
+        c.fleet.wait_cache_node(leader).await?;
+        match elected {
+            Some((l, after)) => {
+                c.timeline.record(
+                    "raft",
+                    format!("cache-node-{} elected {after:?} after the kill", l + 1),
+                );
+                failovers.push(after);
+            }
+            None => {
+                c.check(
+                    "a new Raft leader after every kill",
+                    false,
+                    format!("none within 10 s of kill {}", failovers.len() + 1),
+                );
+                return Ok(());
+            }
+        }
+        // The restarted node is back in the cluster before the next kill, so that a majority
+        // always remains.
+        let back = Instant::now();
+        while c.fleet.cache_statuses().await.len() < c.fleet.cache_nodes.len()
+            || c.fleet.raft_leader().await.is_none()
+        {
+            anyhow::ensure!(
+                back.elapsed() < Duration::from_secs(10),
+                "cache-node-{} did not rejoin",
+                leader + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    let leader = c.refresh_leader().await?;
-    c.fleet.store_links[leader].set_cut(true);
-    c.timeline.record(
-        "fault",
-        format!("gateway-{} cut off from Redis", leader + 1),
+    failovers.sort();
+    let median = failovers
+        .get(failovers.len() / 2)
+        .copied()
+        .unwrap_or_default();
+    let max = failovers.last().copied().unwrap_or_default();
+    c.check(
+        "a new Raft leader after every kill",
+        !failovers.is_empty(),
+        format!(
+            "{} kills; failover median {median:?}, max {max:?}",
+            failovers.len()
+        ),
     );
-    tokio::time::sleep(c.fleet.spec.lease_ttl + Duration::from_secs(1)).await;
-    c.fleet.store_links[leader].set_cut(false);
-    c.timeline
-        .record("heal", format!("gateway-{} reconnected", leader + 1));
     Ok(())
 }
 

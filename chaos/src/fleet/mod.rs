@@ -1,0 +1,571 @@
+//! A fleet for one experiment: N gateway nodes behind a balancer, a shared store (a Redis server
+//! or three cache nodes), the fake IdP and the verifying echo upstream. The nodes are processes
+//! on loopback ([`processes`]: partitions through cuttable relays) or containers, each a host
+//! with its own address on a network of its own ([`containers`]: partitions, lost packets and
+//! slow links by packet filters inside a container's network namespace). Every node is killed
+//! when the fleet is dropped.
+
+mod containers;
+mod node;
+mod processes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gateway::store::{RedisConfig, RedisTopology};
+use gateway::store::{Store, TokenStore};
+
+use crate::driver::identity;
+use tokengate_proto::admin::admin_client::AdminClient;
+use tokengate_proto::admin::{StatusRequest, StatusResponse};
+
+pub use containers::IMAGE_TAG;
+pub use node::Node;
+use testkit::balancer::Balancer;
+use testkit::procs::wait_listening;
+use testkit::relay::Relay;
+use testkit::{EchoUpstream, FakeIdp};
+
+const FLEET_KEY: &str = "chaos-fleet-key-0123456789abcdef0123456789";
+const ADMIN_TOKEN: &str = "chaos-admin-token";
+/// The cache nodes' peer and gateway secrets: the fleet runs authenticated, as production does.
+const PEER_TOKEN: &str = "chaos-peer-token";
+const GATEWAY_TOKEN: &str = "chaos-gateway-token";
+/// How long a node may take to come up.
+const START_WITHIN: Duration = Duration::from_secs(30);
+
+/// Which shared store the gateways use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+pub enum StoreKind {
+    /// One Redis server.
+    Redis,
+    /// A three-node Raft cache service.
+    Raft,
+    /// Each gateway its own node-local store (benchmarks: the baseline of the shared stores).
+    Memory,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Redis => "redis",
+            Self::Raft => "raft",
+            Self::Memory => "memory",
+        })
+    }
+}
+
+/// Where the fleet's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+pub enum Hosting {
+    /// Processes on loopback, from the built binaries; partitions through relays.
+    Processes,
+    /// Containers from the images `scripts/images` builds, each a host on a network of its own,
+    /// behind the HAProxy image; partitions and lossy links by packet filters.
+    Containers,
+}
+
+impl std::fmt::Display for Hosting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Processes => "processes",
+            Self::Containers => "containers",
+        })
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// The store.
+    pub store: StoreKind,
+    /// Where the nodes run.
+    pub hosting: Hosting,
+    /// Gateway nodes.
+    pub gateways: usize,
+    /// Client identities registered at the IdP.
+    pub clients: usize,
+    /// Lifetime of the IdP's tokens.
+    pub token_lifetime: Duration,
+    /// Refresh-leader lease.
+    pub lease_ttl: Duration,
+    /// The `gateway` binary (processes).
+    pub gateway_bin: PathBuf,
+    /// Where logs, data directories and the report go.
+    pub dir: PathBuf,
+    /// Every process's log filter (`RUST_LOG` syntax): one log file per node in `dir`.
+    pub log_level: String,
+    /// YAML appended to every gateway's configuration (top-level keys).
+    pub extra_config: String,
+    /// Processes: put a cuttable relay on each gateway's link to Redis and each link between
+    /// cache nodes (for partitions); without, the processes connect directly (benchmarks).
+    pub relays: bool,
+    /// Redis' `appendfsync`: `always` (every write durable before it is answered, as the Raft
+    /// log is) or `everysec` (Redis' recommended setting: up to a second of writes lost in a
+    /// crash).
+    pub redis_fsync: &'static str,
+}
+
+/// How the fleet's links are cut.
+enum Links {
+    /// Processes: relays on the links that scenarios cut.
+    Relays {
+        /// Per gateway, the relay its Redis traffic goes through.
+        store: Vec<Relay>,
+        /// Raft traffic from cache node i to node j (indexes from 0) goes through relay (i, j).
+        peers: BTreeMap<(usize, usize), Relay>,
+    },
+    /// Containers: packet filters on the fleet's network.
+    Network(containers::Net),
+}
+
+/// What stands in front of the gateways.
+enum Front {
+    /// The harness's own round-robin balancer (processes).
+    Balancer(Balancer),
+    /// The HAProxy container, published on loopback.
+    Container {
+        url: String,
+        /// HAProxy's statistics as CSV.
+        stats: String,
+        _lb: crate::docker::Container,
+    },
+}
+
+/// A running fleet.
+pub struct Fleet {
+    /// What was started.
+    pub spec: FleetSpec,
+    /// The identity provider.
+    pub idp: FakeIdp,
+    /// The upstream, verifying every token it receives.
+    pub upstream: EchoUpstream,
+    front: Front,
+    /// Gateway nodes, in order.
+    pub gateways: Vec<Mutex<Node>>,
+    gateway_proxy: Vec<String>,
+    gateway_admin: Vec<String>,
+    /// Cache nodes (Raft store), ids 1..=3.
+    pub cache_nodes: Vec<Mutex<Node>>,
+    cache_addrs: Vec<String>,
+    /// The Redis server (Redis store).
+    pub redis: Option<Mutex<Node>>,
+    redis_addr: Option<String>,
+    probe: Store,
+    // Last: containers go before their network.
+    links: Links,
+}
+
+impl Fleet {
+    /// Starts everything and waits until every gateway is ready.
+    pub async fn start(spec: FleetSpec) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let fleet = match spec.hosting {
+            Hosting::Processes => processes::start(spec).await?,
+            Hosting::Containers => containers::start(spec).await?,
+        };
+        for i in 0..fleet.gateways.len() {
+            fleet.wait_ready(i).await?;
+        }
+        if let Front::Container { .. } = &fleet.front {
+            containers::wait_balanced(&fleet).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// The URL the load goes to: the balancer in front of the gateways.
+    pub fn url(&self) -> String {
+        match &self.front {
+            Front::Balancer(b) => b.url(),
+            Front::Container { url, .. } => url.clone(),
+        }
+    }
+
+    /// Cuts cache node `i` off from the other cache nodes, both ways (gateways still reach it),
+    /// or heals it.
+    pub fn cut_cache_peers(&self, i: usize, cut: bool) -> anyhow::Result<()> {
+        match &self.links {
+            Links::Relays { peers, .. } => {
+                for ((a, b), link) in peers {
+                    if *a == i || *b == i {
+                        link.set_cut(cut);
+                    }
+                }
+                Ok(())
+            }
+            Links::Network(net) => {
+                let others: Vec<_> = (net.cache_nodes.iter().enumerate())
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (_, ip))| *ip)
+                    .collect();
+                containers::cut(&net.cache_nodes[i].0, &others, cut)
+            }
+        }
+    }
+
+    /// Cuts gateway `i` off from the shared store (every cache node, or Redis), or heals it.
+    pub fn cut_store(&self, i: usize, cut: bool) -> anyhow::Result<()> {
+        match &self.links {
+            Links::Relays { store, .. } => {
+                let link = store.get(i).ok_or_else(|| {
+                    anyhow::anyhow!("a fleet of processes has relays on its Redis links only")
+                })?;
+                link.set_cut(cut);
+                Ok(())
+            }
+            Links::Network(net) => {
+                let store: Vec<_> = (net.cache_nodes.iter().map(|(_, ip)| *ip))
+                    .chain(net.redis)
+                    .collect();
+                containers::cut(&net.gateways[i].0, &store, cut)
+            }
+        }
+    }
+
+    /// Cuts gateway `i` off from the IdP, or heals it (a fleet of containers: the IdP is one
+    /// for all processes on loopback).
+    pub fn cut_idp(&self, i: usize, cut: bool) -> anyhow::Result<()> {
+        let Links::Network(net) = &self.links else {
+            anyhow::bail!("only a fleet of containers can cut one gateway off from the IdP");
+        };
+        crate::docker::cut_port(
+            &net.gateways[i].0,
+            &net.host().to_string(),
+            net.idp_port,
+            cut,
+        )
+    }
+
+    /// Makes gateway `i`'s network link lossy (`loss`: the share of arriving packets dropped)
+    /// and slow (`kbit` a second, with up to `latency` of queueing), or heals it (a fleet of
+    /// containers).
+    pub fn degrade_link(
+        &self,
+        i: usize,
+        loss: f64,
+        kbit: u32,
+        latency: Duration,
+        on: bool,
+    ) -> anyhow::Result<()> {
+        let Links::Network(net) = &self.links else {
+            anyhow::bail!("only a fleet of containers has links to degrade");
+        };
+        crate::docker::degrade(&net.gateways[i].0, loss, kbit, latency, on)
+    }
+
+    /// Gateway `i`'s own proxy listener, bypassing the balancer.
+    pub fn gateway_url(&self, i: usize) -> String {
+        format!("http://{}", self.gateway_proxy[i])
+    }
+
+    /// Gateway `i`'s `/readyz` answer: status and body (`None`: no answer).
+    pub async fn readyz(&self, i: usize) -> Option<(u16, String)> {
+        let url = format!("http://{}/readyz", self.gateway_admin[i]);
+        let r = tokio::time::timeout(Duration::from_secs(1), reqwest::get(url))
+            .await
+            .ok()?
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.unwrap_or_default()))
+    }
+
+    /// Gateway `i`.
+    pub fn gateway(&self, i: usize) -> std::sync::MutexGuard<'_, Node> {
+        self.gateways[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cache node `i` (index 0 is node 1).
+    pub fn cache_node(&self, i: usize) -> std::sync::MutexGuard<'_, Node> {
+        self.cache_nodes[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until cache node `i` listens again.
+    pub async fn wait_cache_node(&self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            wait_listening(&self.cache_addrs[i], START_WITHIN).await,
+            "cache-node-{} did not come back",
+            i + 1
+        );
+        Ok(())
+    }
+
+    /// Waits until the Redis server listens again.
+    pub async fn wait_redis(&self) -> anyhow::Result<()> {
+        if let Some(a) = &self.redis_addr {
+            anyhow::ensure!(
+                wait_listening(a, START_WITHIN).await,
+                "redis did not come back"
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until gateway `i` answers `/readyz` with 200.
+    pub async fn wait_ready(&self, i: usize) -> anyhow::Result<()> {
+        let url = format!("http://{}/readyz", self.gateway_admin[i]);
+        let deadline = Instant::now() + START_WITHIN;
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "gateway-{} is not ready", i + 1);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The gateway that says it holds the refresh lease, if exactly one does.
+    pub async fn refresh_leader(&self) -> Option<usize> {
+        let mut leaders = Vec::new();
+        for (i, admin) in self.gateway_admin.iter().enumerate() {
+            let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                reqwest::get(format!("http://{admin}/metrics")),
+            )
+            .await
+            else {
+                continue;
+            };
+            let text = r.text().await.unwrap_or_default();
+            if text.lines().any(|l| l == "tokengate_refresh_leader 1") {
+                leaders.push(i);
+            }
+        }
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// The store's view of the refresh lease: holder and fence.
+    pub async fn lease(&self) -> Option<(String, u64)> {
+        match self.probe.refresh_lease().await {
+            Ok(Some(l)) => Some((l.holder, l.fence)),
+            _ => None,
+        }
+    }
+
+    /// The status of each cache node that answers, by index.
+    pub async fn cache_statuses(&self) -> Vec<(usize, StatusResponse)> {
+        // All at once: a node that is gone costs one timeout, not one per node after it.
+        let asked = self.cache_addrs.iter().map(|addr| cache_status(addr));
+        futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.ok()?)))
+            .collect()
+    }
+
+    /// Writes probe entry `n` through the gateways' own store client (a long-lived entry no
+    /// gateway renews); whether the store acknowledged it.
+    pub async fn write_probe(&self, n: u32) -> bool {
+        let entry = gateway::store::conformance::entry(1, 600_000, 1_200_000);
+        matches!(
+            self.probe.put(&probe_key(n), entry, None).await,
+            Ok(gateway::store::PutOutcome::Stored)
+        )
+    }
+
+    /// Whether probe entry `n` is in the store (`None`: the store did not answer).
+    pub async fn read_probe(&self, n: u32) -> Option<bool> {
+        self.probe
+            .get(&probe_key(n))
+            .await
+            .ok()
+            .map(|e| e.is_some())
+    }
+
+    /// The cache nodes' addresses (index 0 is node 1).
+    pub fn cache_addrs(&self) -> &[String] {
+        &self.cache_addrs
+    }
+
+    /// Starts a new cache node process with `id` that joins the cluster as a learner; its
+    /// process and address (a fleet of processes).
+    pub async fn start_cache_learner(
+        &self,
+        id: u64,
+    ) -> anyhow::Result<(testkit::procs::Proc, String)> {
+        processes::start_cache_learner(self, id).await
+    }
+
+    /// The Raft leader's index, if the answering nodes agree on one.
+    pub async fn raft_leader(&self) -> Option<usize> {
+        let statuses = self.cache_statuses().await;
+        let leader = statuses.first()?.1.leader?;
+        statuses
+            .iter()
+            .all(|(_, s)| s.leader == Some(leader))
+            .then(|| leader as usize - 1)
+    }
+}
+
+/// Probe entry `n`'s key: outside the keys gateways derive (an HMAC), by construction of its
+/// fixed first bytes.
+fn probe_key(n: u32) -> gateway::token::TokenKey {
+    let mut bytes = [0xC4; 32];
+    bytes[28..].copy_from_slice(&n.to_be_bytes());
+    gateway::token::TokenKey::from_bytes(bytes)
+}
+
+/// A cache node's environment: the fleet's credentials for every role, and the log filter.
+fn cache_node_env(log_level: &str) -> Vec<(String, String)> {
+    vec![
+        ("TOKENGATE_ADMIN_TOKEN".into(), "env:CHAOS_ADMIN".into()),
+        ("CHAOS_ADMIN".into(), ADMIN_TOKEN.into()),
+        ("TOKENGATE_PEER_TOKEN".into(), "env:CHAOS_PEER".into()),
+        ("CHAOS_PEER".into(), PEER_TOKEN.into()),
+        ("TOKENGATE_GATEWAY_TOKEN".into(), "env:CHAOS_GATEWAY".into()),
+        ("CHAOS_GATEWAY".into(), GATEWAY_TOKEN.into()),
+        ("RUST_LOG".into(), log_level.to_owned()),
+    ]
+}
+
+/// A gateway's environment: the fleet key, the cache nodes' gateway secret, the log filter.
+fn gateway_env(log_level: &str) -> Vec<(String, String)> {
+    vec![
+        ("CHAOS_FLEET_KEY".into(), FLEET_KEY.into()),
+        ("CHAOS_GATEWAY_TOKEN".into(), GATEWAY_TOKEN.into()),
+        ("RUST_LOG".into(), log_level.to_owned()),
+    ]
+}
+
+/// A cache node's arguments: member `id` of the cluster `init` (`1=addr,2=addr,...`).
+fn cache_node_args(
+    id: usize,
+    listen: &str,
+    advertise: &str,
+    data: &std::path::Path,
+    init: &str,
+) -> Vec<String> {
+    [
+        "cache-node",
+        "--id",
+        &id.to_string(),
+        "--listen",
+        listen,
+        "--advertise",
+        advertise,
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--init",
+        init,
+        "--log-format",
+        "json",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The IdP and the upstream, on `bind`'s address: the IdP knows every client identity and
+/// issues tokens of the run's lifetime; the upstream verifies every token it gets.
+async fn doubles(
+    spec: &FleetSpec,
+    bind: std::net::SocketAddr,
+) -> anyhow::Result<(FakeIdp, EchoUpstream)> {
+    let idp = FakeIdp::start_on(bind).await?;
+    idp.set_token_lifetime(spec.token_lifetime);
+    for i in 0..spec.clients {
+        let (id, secret) = identity(i);
+        idp.register(&id, &secret);
+    }
+    let upstream = EchoUpstream::start_on(bind).await?;
+    upstream.verify_tokens(FakeIdp::decoding_key(), false);
+    Ok((idp, upstream))
+}
+
+/// A gateway's configuration: one route for every path, application-level client credentials
+/// at `token_url`, forwarded to `upstream`; `store` is the YAML of its `store` key.
+fn gateway_yaml(
+    spec: &FleetSpec,
+    listen: &str,
+    admin: &str,
+    store: &str,
+    token_url: &str,
+    upstream: &str,
+) -> String {
+    format!(
+        r#"listen: {listen}
+admin: {{ listen: {admin} }}
+log: {{ format: json, level: info }}
+fleetKey: env:CHAOS_FLEET_KEY
+store: {store}
+refresh: {{ interval: 200ms, leaseTtl: {lease} }}
+# Scaled down with the short token lifetimes of a chaos run.
+idpCircuitBreaker: {{ failures: 3, cooldown: 500ms }}
+middlewares:
+  app:
+    clientCredentials:
+      url: {token_url}
+      scopes: [read]
+      clientConfig: {{ timeout: 3s, retries: 2 }}
+routes:
+  - {{ name: app, match: {{ pathPrefix: / }}, middlewares: [app], upstream: {{ urls: [{upstream}] }} }}
+{extra}
+"#,
+        extra = spec.extra_config,
+        lease = humantime::format_duration(spec.lease_ttl),
+    )
+}
+
+/// Waits until the store answers (Raft: a leader is elected), before gateways start.
+async fn wait_for_store(probe: &Store) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_WITHIN;
+    while probe.refresh_lease().await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the store does not answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn redis_config(addr: &str, password: Option<&str>) -> RedisConfig {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    RedisConfig {
+        endpoints: vec![(host.into(), port.parse().expect("a port"))],
+        username: None,
+        password: password.map(gateway::secret::Secret::new),
+        database: 0,
+        key_prefix: "tokengate".into(),
+        topology: RedisTopology::Standalone,
+        pool_size: 2,
+        timeout: Duration::from_secs(1),
+        tls: None,
+    }
+}
+
+/// Has the cache node at `addr` take a snapshot now (`Admin.Snapshot`, which also compacts its
+/// log); the index it covers.
+pub async fn cache_snapshot(addr: &str) -> Result<Option<u64>, tonic::Status> {
+    let (mut client, req) = admin(addr, tokengate_proto::admin::SnapshotRequest {})?;
+    Ok(client.snapshot(req).await?.into_inner().index)
+}
+
+/// The `Admin.Status` of the cache node at `addr` (operator credential of the fleet).
+pub async fn cache_status(addr: &str) -> Result<StatusResponse, tonic::Status> {
+    let (mut client, req) = admin(addr, StatusRequest {})?;
+    match tokio::time::timeout(Duration::from_millis(500), client.status(req)).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("status")),
+    }
+}
+
+/// An `Admin` client for the cache node at `addr`, and `msg` as a request with the fleet's
+/// operator credential.
+fn admin<T>(
+    addr: &str,
+    msg: T,
+) -> Result<(AdminClient<tonic::transport::Channel>, tonic::Request<T>), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_millis(300))
+        .connect_lazy();
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
+    );
+    Ok((AdminClient::new(channel), req))
+}
