@@ -39,6 +39,12 @@ pub fn docker(args: &[&str]) -> anyhow::Result<String> {
     run("docker", args, &[])
 }
 
+/// `docker ARGS` with `env` in its environment (what `-e NAME` passes on, so that no value
+/// shows in a process listing): its standard output.
+pub fn docker_with_env(args: &[&str], env: &[(String, String)]) -> anyhow::Result<String> {
+    run("docker", args, env)
+}
+
 /// `docker ARGS`, whatever its exit status: its whole output.
 pub fn docker_output(args: &[&str]) -> anyhow::Result<Output> {
     output("docker", args, &[])
@@ -443,6 +449,15 @@ impl Container {
         self.save_log();
         docker(&["rm", "-f", "-v", &self.name])?;
         self.spec.image = image.to_owned();
+        self.create()
+    }
+
+    /// Replaces it with a container of the same name, address, options and image running
+    /// `command`, on an empty disk.
+    pub fn replace_with(&mut self, command: Vec<String>) -> anyhow::Result<()> {
+        self.save_log();
+        docker(&["rm", "-f", "-v", &self.name])?;
+        self.spec.command = command;
         self.create()
     }
 

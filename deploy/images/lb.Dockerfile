@@ -3,6 +3,7 @@
 # /usr/local/etc/haproxy/haproxy.cfg, where the official haproxy image reads it too.
 ARG DEBIAN=bookworm
 FROM debian:${DEBIAN}-slim
+LABEL org.opencontainers.image.title=tokengate
 RUN apt-get update \
  && apt-get install -y --no-install-recommends haproxy \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log

@@ -4,6 +4,7 @@
 # (arguments are visible to every process listing on the host).
 ARG DEBIAN=bookworm
 FROM debian:${DEBIAN}-slim
+LABEL org.opencontainers.image.title=tokengate
 RUN apt-get update \
  && apt-get install -y --no-install-recommends redis-server \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \

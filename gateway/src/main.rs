@@ -146,6 +146,15 @@ enum Command {
         /// this PEM CA bundle (mutual TLS).
         #[arg(long, env = "TOKENGATE_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
+        /// How often the Raft leader sends heartbeats [default: 50ms]. Give every node the
+        /// same timers.
+        #[arg(long, env = "TOKENGATE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+        heartbeat_interval: Option<std::time::Duration>,
+        /// The Raft election timeout's lower bound; the upper bound is twice this [default:
+        /// 150ms]. A dead leader is replaced after three to four times this; at least three
+        /// heartbeats.
+        #[arg(long, env = "TOKENGATE_ELECTION_TIMEOUT", value_parser = humantime::parse_duration)]
+        election_timeout: Option<std::time::Duration>,
     },
     /// Hash a client secret for `issuer.clients.<id>.secretHash` (argon2id). Reads the secret
     /// from the first line of standard input.
@@ -249,7 +258,18 @@ fn main() -> ExitCode {
             tls_key,
             tls_ca,
             tls_client_ca,
+            heartbeat_interval,
+            election_timeout,
         } => {
+            let defaults = gateway::cachenode::RaftTiming::default();
+            let raft_timing = gateway::cachenode::RaftTiming {
+                heartbeat: heartbeat_interval.unwrap_or(defaults.heartbeat),
+                election_timeout: election_timeout.unwrap_or(defaults.election_timeout),
+            };
+            if let Err(e) = raft_timing.validate() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             let tls = match node_tls(tls_cert, tls_key, tls_ca, tls_client_ca) {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -289,6 +309,7 @@ fn main() -> ExitCode {
                 max_entries,
                 metrics_listen,
                 tls,
+                raft_timing,
             };
             runtime().block_on(cache_node(cfg, format))
         }

@@ -13,12 +13,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gateway::store::{RaftStore, RaftStoreConfig, RedisStore, Store};
+use gateway::store::{RedisStore, Store};
 use testkit::procs::{free_port, wait_listening};
 
 use super::{
-    Fleet, FleetSpec, Front, GATEWAY_TOKEN, Links, Node, START_WITHIN, StoreKind, cache_node_args,
-    cache_node_env, doubles, gateway_env, gateway_yaml, redis_config, wait_for_store,
+    Fleet, FleetSpec, Front, Links, Node, START_WITHIN, StoreKind, cache_node_args, cache_node_env,
+    doubles, gateway_env, gateway_yaml, raft_probe, raft_store_yaml, redis_config, wait_for_store,
 };
 use crate::docker::{self, Container, Network, RunSpec};
 
@@ -168,18 +168,7 @@ pub(super) async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
                 cache_net.push((name, ip));
                 cache_addrs.push(format!("{ip}:{CACHE_PORT}"));
             }
-            for a in &cache_addrs {
-                anyhow::ensure!(
-                    wait_listening(a, START_WITHIN).await,
-                    "cache node {a} did not start"
-                );
-            }
-            Store::Raft(RaftStore::new(&RaftStoreConfig {
-                endpoints: cache_addrs.clone(),
-                timeout: Duration::from_secs(2),
-                tls: None,
-                token: Some(gateway::secret::Secret::new(GATEWAY_TOKEN)),
-            }))
+            raft_probe(&cache_addrs).await?
         }
     };
     wait_for_store(&probe).await?;
@@ -189,12 +178,10 @@ pub(super) async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
         StoreKind::Redis => format!(
             "{{ redis: {{ endpoints: [\"redis:{REDIS_PORT}\"], password: env:CHAOS_REDIS_PASSWORD, timeout: 1s }} }}"
         ),
-        StoreKind::Raft => format!(
-            "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
-            (1..=3)
-                .map(|n| format!("\"cache-{n}:{CACHE_PORT}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
+        StoreKind::Raft => raft_store_yaml(
+            &(1..=3)
+                .map(|n| format!("cache-{n}:{CACHE_PORT}"))
+                .collect::<Vec<_>>(),
         ),
     };
     let yaml = gateway_yaml(
@@ -371,4 +358,55 @@ pub(super) fn cut(name: &str, peers: &[Ipv4Addr], cut: bool) -> anyhow::Result<(
         docker::cut(name, &p.to_string(), cut)?;
     }
     Ok(())
+}
+
+/// Tags the gateways' image anew, as a release would (`tokengate:chaos-next`): a rolling
+/// upgrade replaces each gateway's container with one from that tag. The binaries are the same
+/// build; what is proven is the drain and the replacement under load, not compatibility
+/// between two releases.
+pub(super) fn next_image() -> anyhow::Result<String> {
+    let next = "tokengate:chaos-next";
+    docker::docker(&["tag", &format!("tokengate:{IMAGE_TAG}"), next])?;
+    Ok(next.to_owned())
+}
+
+/// Replaces cache node container `c` (index `i`) by one with `new_id` on an empty disk at the
+/// same address, joining the others as a learner.
+pub(super) fn replace_cache_node(c: &mut Container, i: usize, new_id: u64) -> anyhow::Result<()> {
+    let n = i + 1;
+    let others: Vec<String> = (1..=3)
+        .filter(|m| *m != n)
+        .map(|m| format!("cache-{m}:{CACHE_PORT}"))
+        .collect();
+    let mut command = cache_node_args(
+        new_id as usize,
+        &format!("0.0.0.0:{CACHE_PORT}"),
+        &format!("cache-{n}:{CACHE_PORT}"),
+        std::path::Path::new("/var/lib/tokengate/data"),
+        &others.join(","),
+    );
+    command.extend(["--metrics-listen".into(), "0.0.0.0:9100".into()]);
+    c.replace_with(command)
+}
+
+/// `cachectl ARGS` inside a cache node's container, with the operator token of the fleet.
+pub(super) fn cachectl(c: &Container, args: &[&str]) -> anyhow::Result<String> {
+    let endpoints = (1..=3)
+        .map(|m| format!("cache-{m}:{CACHE_PORT}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut all = vec![
+        "exec",
+        "-e",
+        "CACHECTL_TOKEN",
+        &c.name,
+        "cachectl",
+        "--endpoints",
+    ];
+    all.push(&endpoints);
+    all.extend_from_slice(args);
+    docker::docker_with_env(
+        &all,
+        &[("CACHECTL_TOKEN".into(), super::ADMIN_TOKEN.into())],
+    )
 }

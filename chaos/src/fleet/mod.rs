@@ -396,10 +396,46 @@ impl Fleet {
     pub async fn raft_leader(&self) -> Option<usize> {
         let statuses = self.cache_statuses().await;
         let leader = statuses.first()?.1.leader?;
+        if !statuses.iter().all(|(_, s)| s.leader == Some(leader)) {
+            return None;
+        }
+        // Node ids follow the indexes until a node is replaced under a new id.
         statuses
             .iter()
-            .all(|(_, s)| s.leader == Some(leader))
-            .then(|| leader as usize - 1)
+            .find(|(_, s)| s.id == leader)
+            .map(|(i, _)| *i)
+    }
+
+    /// Waits until the balancer in front has every gateway in its rotation (a fleet of
+    /// containers; the harness's own balancer has no rotation).
+    pub async fn wait_balanced(&self) -> anyhow::Result<()> {
+        containers::wait_balanced(self).await
+    }
+
+    /// A new tag for the gateways' image, as a release would bring (a fleet of containers).
+    pub fn next_image(&self) -> anyhow::Result<String> {
+        containers::next_image()
+    }
+
+    /// Replaces cache node `i` by a node with `new_id` on an empty disk at the same address,
+    /// joining the cluster as a learner (a fleet of containers), as the runbook for a lost disk
+    /// says; `cachectl members replace` then promotes it in the old id's place.
+    pub fn replace_cache_node(&self, i: usize, new_id: u64) -> anyhow::Result<()> {
+        let mut node = self.cache_node(i);
+        let c = node
+            .container()
+            .ok_or_else(|| anyhow::anyhow!("only a fleet of containers replaces cache nodes"))?;
+        containers::replace_cache_node(c, i, new_id)
+    }
+
+    /// Runs `cachectl ARGS` with the operator token inside cache node `i`'s container; its
+    /// output.
+    pub fn cachectl(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
+        let mut node = self.cache_node(i);
+        let c = node
+            .container()
+            .ok_or_else(|| anyhow::anyhow!("only a fleet of containers runs cachectl inside"))?;
+        containers::cachectl(c, args)
     }
 }
 
@@ -413,7 +449,7 @@ fn probe_key(n: u32) -> gateway::token::TokenKey {
 
 /// A cache node's environment: the fleet's credentials for every role, and the log filter.
 fn cache_node_env(log_level: &str) -> Vec<(String, String)> {
-    vec![
+    [
         ("TOKENGATE_ADMIN_TOKEN".into(), "env:CHAOS_ADMIN".into()),
         ("CHAOS_ADMIN".into(), ADMIN_TOKEN.into()),
         ("TOKENGATE_PEER_TOKEN".into(), "env:CHAOS_PEER".into()),
@@ -422,6 +458,14 @@ fn cache_node_env(log_level: &str) -> Vec<(String, String)> {
         ("CHAOS_GATEWAY".into(), GATEWAY_TOKEN.into()),
         ("RUST_LOG".into(), log_level.to_owned()),
     ]
+    .into_iter()
+    // The Raft timers, when the harness is given some (to measure failover against them).
+    .chain(
+        ["TOKENGATE_HEARTBEAT_INTERVAL", "TOKENGATE_ELECTION_TIMEOUT"]
+            .iter()
+            .filter_map(|name| Some(((*name).to_owned(), std::env::var(name).ok()?))),
+    )
+    .collect()
 }
 
 /// A gateway's environment: the fleet key, the cache nodes' gateway secret, the log filter.
@@ -433,7 +477,8 @@ fn gateway_env(log_level: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// A cache node's arguments: member `id` of the cluster `init` (`1=addr,2=addr,...`).
+/// A cache node's arguments: member `id` of the cluster `init` (`1=addr,2=addr,...`), or a
+/// learner joining it through `init` (`addr,addr,...`).
 fn cache_node_args(
     id: usize,
     listen: &str,
@@ -451,7 +496,11 @@ fn cache_node_args(
         advertise,
         "--data-dir",
         &data.to_string_lossy(),
-        "--init",
+        if init.contains('=') {
+            "--init"
+        } else {
+            "--join"
+        },
         init,
         "--log-format",
         "json",
@@ -508,6 +557,34 @@ routes:
 "#,
         extra = spec.extra_config,
         lease = humantime::format_duration(spec.lease_ttl),
+    )
+}
+
+/// Waits until every cache node at `addrs` listens; the store client the harness probes the
+/// cache service with, as a gateway would.
+async fn raft_probe(addrs: &[String]) -> anyhow::Result<Store> {
+    for a in addrs {
+        anyhow::ensure!(
+            wait_listening(a, START_WITHIN).await,
+            "cache node {a} did not start"
+        );
+    }
+    Ok(Store::Raft(gateway::store::RaftStore::new(
+        &gateway::store::RaftStoreConfig {
+            endpoints: addrs.to_vec(),
+            timeout: Duration::from_secs(2),
+            tls: None,
+            token: Some(gateway::secret::Secret::new(GATEWAY_TOKEN)),
+        },
+    )))
+}
+
+/// A gateway's `store` key for the cache nodes at `endpoints`.
+fn raft_store_yaml(endpoints: &[String]) -> String {
+    let quoted: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
+        quoted.join(", ")
     )
 }
 

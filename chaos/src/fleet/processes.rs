@@ -5,16 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use gateway::store::{RaftStore, RaftStoreConfig, RedisStore, Store};
+use gateway::store::{RedisStore, Store};
 use testkit::balancer::Balancer;
 use testkit::procs::{Proc, free_port, wait_listening};
 use testkit::relay::Relay;
 
 use super::{
-    Fleet, FleetSpec, Front, GATEWAY_TOKEN, Links, Node, START_WITHIN, StoreKind, cache_node_args,
-    cache_node_env, doubles, gateway_env, gateway_yaml, redis_config, wait_for_store,
+    Fleet, FleetSpec, Front, Links, Node, START_WITHIN, StoreKind, cache_node_args, cache_node_env,
+    doubles, gateway_env, gateway_yaml, raft_probe, raft_store_yaml, redis_config, wait_for_store,
 };
 
 /// Starts the fleet's processes (the gateways are not yet ready when it returns).
@@ -102,18 +101,7 @@ pub(super) async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
                     &spec.dir,
                 )?)));
             }
-            for a in &cache_addrs {
-                anyhow::ensure!(
-                    wait_listening(a, START_WITHIN).await,
-                    "cache node {a} did not start"
-                );
-            }
-            Store::Raft(RaftStore::new(&RaftStoreConfig {
-                endpoints: cache_addrs.clone(),
-                timeout: Duration::from_secs(2),
-                tls: None,
-                token: Some(gateway::secret::Secret::new(GATEWAY_TOKEN)),
-            }))
+            raft_probe(&cache_addrs).await?
         }
     };
     wait_for_store(&probe).await?;
@@ -131,14 +119,7 @@ pub(super) async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
                     |l| l.addr.clone()
                 )
             ),
-            (StoreKind::Raft, _) => format!(
-                "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
-                cache_addrs
-                    .iter()
-                    .map(|a| format!("\"{a}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            (StoreKind::Raft, _) => raft_store_yaml(&cache_addrs),
         };
         let yaml = gateway_yaml(
             &spec,

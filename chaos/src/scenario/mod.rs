@@ -12,6 +12,7 @@ use crate::fleet::{Fleet, Hosting, StoreKind};
 use crate::run::Invariant;
 
 mod network;
+mod upgrade;
 use testkit::IdpMode;
 
 /// Something that happened during a run, for the report and the chart.
@@ -81,6 +82,8 @@ pub struct Ctx {
     pub rng: Mutex<StdRng>,
     /// What the scenario itself checked, beside the run's invariants.
     checks: Mutex<Vec<Invariant>>,
+    /// How long each gateway cut off from the store stayed cut off.
+    store_cuts: Mutex<Vec<Duration>>,
 }
 
 impl Ctx {
@@ -92,7 +95,20 @@ impl Ctx {
             duration,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             checks: Mutex::new(Vec::new()),
+            store_cuts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// How long each gateway the scenario cut off from the store stayed cut off: such a
+    /// gateway renews what it serves on its own meanwhile (the store outage's promise), which
+    /// the IdP sees as extra requests.
+    pub fn store_cuts(&self) -> Vec<Duration> {
+        self.store_cuts.lock().unwrap().clone()
+    }
+
+    /// Records that a gateway stayed cut off from the store for `d`.
+    fn record_store_cut(&self, d: Duration) {
+        self.store_cuts.lock().unwrap().push(d);
     }
 
     /// What the scenario checked.
@@ -149,20 +165,40 @@ impl Ctx {
     async fn new_raft_leader(&self, old: usize, within: Duration) -> Option<(usize, Duration)> {
         let started = Instant::now();
         while started.elapsed() < within {
-            let others: Vec<Option<u64>> = (self.fleet.cache_statuses().await.into_iter())
+            // The others only: a dead node would hold every poll for a connect timeout.
+            let asked = (self.fleet.cache_addrs().iter().enumerate())
                 .filter(|(i, _)| *i != old)
-                .map(|(_, s)| s.leader)
-                .collect();
-            if let [Some(a), rest @ ..] = others.as_slice()
+                .map(|(i, addr)| async move { (i, crate::fleet::cache_status(addr).await) });
+            let others: Vec<(usize, u64, Option<u64>)> =
+                (futures_util::future::join_all(asked).await.into_iter())
+                    .filter_map(|(i, s)| s.ok().map(|s| (i, s.id, s.leader)))
+                    .collect();
+            if let [(_, _, Some(leader)), ..] = others.as_slice()
                 && others.len() + 1 >= self.fleet.cache_nodes.len()
-                && *a as usize != old + 1
-                && rest.iter().all(|l| *l == Some(*a))
+                && others.iter().all(|(_, _, l)| *l == Some(*leader))
+                && let Some((i, _, _)) = others.iter().find(|(_, id, _)| id == leader)
             {
-                return Some((*a as usize - 1, started.elapsed()));
+                return Some((*i, started.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// From a fifth of the run on (every token cached by then, so the next token request is a
+    /// renewal), has the IdP hold its answer to the next token request, and waits for it.
+    async fn hold_a_renewal(&self) -> anyhow::Result<testkit::idp::Hold> {
+        self.timeline.until(self.at(0.2)).await;
+        let mut hold = self.fleet.idp.hold_next_token();
+        let window = self.duration.mul_f64(0.5);
+        anyhow::ensure!(
+            hold.arrived(window).await,
+            "no renewal reached the IdP within {window:?}: the run is shorter than a refresh \
+             period"
+        );
+        self.timeline
+            .record("fault", "IdP holds its answer to a renewal");
+        Ok(hold)
     }
 
     /// The refresh leader, waiting up to 5 s for the fleet to agree on one.
@@ -315,6 +351,16 @@ pub const SCENARIOS: &[Scenario] = &[
         script: |c| Box::pin(network::isolate_leader_mid_refresh(c)),
     },
     Scenario {
+        name: "rolling-upgrade",
+        about: "Drain each gateway in turn and replace it by a container of a new image tag, \
+                back in the balancer's rotation before the next goes; on Raft, then replace a \
+                follower on an empty disk under a new id (cachectl members replace): nothing \
+                written before is lost.",
+        stores: BOTH,
+        hostings: CONTAINERS,
+        script: |c| Box::pin(upgrade::rolling_upgrade(c)),
+    },
+    Scenario {
         name: "rolling-restart",
         about: "Restart every gateway in turn (SIGTERM: drain, then exit), each one ready \
                 before the next goes.",
@@ -344,15 +390,7 @@ async fn kill_gateway(c: &Ctx) -> anyhow::Result<()> {
 
 async fn kill_leader_during_refresh(c: &Ctx) -> anyhow::Result<()> {
     // After the warm-up every token is cached: the next token request is a renewal.
-    c.timeline.until(c.at(0.2)).await;
-    let mut hold = c.fleet.idp.hold_next_token();
-    let window = c.duration.mul_f64(0.5);
-    anyhow::ensure!(
-        hold.arrived(window).await,
-        "no renewal reached the IdP within {window:?}: the run is shorter than a refresh period"
-    );
-    c.timeline
-        .record("fault", "IdP holds its answer to a renewal");
+    let hold = c.hold_a_renewal().await?;
     let leader = c.refresh_leader().await?;
     c.kill_gateway(leader, " (refresh leader, awaiting the IdP)");
     hold.release();

@@ -25,8 +25,10 @@ pub(super) async fn partition_leader(c: &Ctx) -> anyhow::Result<()> {
             "fault",
             format!("gateway-{} cut off from Redis", leader + 1),
         );
-        tokio::time::sleep(c.fleet.spec.lease_ttl + Duration::from_secs(1)).await;
+        let cut_for = c.fleet.spec.lease_ttl + Duration::from_secs(1);
+        tokio::time::sleep(cut_for).await;
         c.fleet.cut_store(leader, false)?;
+        c.record_store_cut(cut_for);
         c.timeline
             .record("heal", format!("gateway-{} reconnected", leader + 1));
         return Ok(());
@@ -173,6 +175,7 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
     );
     tokio::time::sleep_until((cut_at + cut_for).into()).await;
     c.fleet.cut_store(victim, false)?;
+    c.record_store_cut(cut_for);
     c.timeline
         .record("heal", format!("gateway-{} reconnected", victim + 1));
     let healed = Instant::now();
@@ -254,15 +257,7 @@ pub(super) async fn lossy_link(c: &Ctx) -> anyhow::Result<()> {
 /// renews; healed, the old leader's late write is fenced off (the fence never goes back, no
 /// expired token reaches the upstream).
 pub(super) async fn isolate_leader_mid_refresh(c: &Ctx) -> anyhow::Result<()> {
-    c.timeline.until(c.at(0.2)).await;
-    let mut hold = c.fleet.idp.hold_next_token();
-    let window = c.duration.mul_f64(0.5);
-    anyhow::ensure!(
-        hold.arrived(window).await,
-        "no renewal reached the IdP within {window:?}: the run is shorter than a refresh period"
-    );
-    c.timeline
-        .record("fault", "IdP holds its answer to a renewal");
+    let hold = c.hold_a_renewal().await?;
     let leader = c.refresh_leader().await?;
     c.fleet.cut_store(leader, true)?;
     c.timeline.record(
@@ -295,6 +290,7 @@ pub(super) async fn isolate_leader_mid_refresh(c: &Ctx) -> anyhow::Result<()> {
     );
     tokio::time::sleep_until((cut_at + cut_for).into()).await;
     c.fleet.cut_store(leader, false)?;
+    c.record_store_cut(cut_for);
     c.timeline
         .record("heal", format!("gateway-{} reconnected", leader + 1));
     Ok(())

@@ -19,11 +19,6 @@ use super::state::{Command, Outcome, Stamped};
 use super::state_machine::Shared;
 use crate::token::{TokenKey, now_millis};
 
-/// How long a leader goes on serving without a quorum's acknowledgement: less than the 1.2 s
-/// after which the others may elect a new leader (see [`super::ELECTION_TIMEOUT_MAX`]), so an
-/// old leader has stopped serving before a new one can exist. Heartbeats every 100 ms keep a
-/// connected leader's silence far below this.
-pub const QUORUM_SILENCE: Duration = Duration::from_secs(1);
 /// Most puts proposed as one log entry.
 pub const MAX_PUT_BATCH: usize = 512;
 /// Most bytes of entries proposed as one log entry (see [`super::MAX_PAYLOAD_ENTRIES`]).
@@ -123,6 +118,11 @@ pub struct NodeContext {
     pub rates: crate::store::rate::RateTable,
     /// The snapshot directory (received snapshots are written there).
     pub snapshots: Snapshots,
+    /// How long this node goes on serving as leader without a quorum's acknowledgement
+    /// ([`super::RaftTiming::quorum_silence`]).
+    pub quorum_silence: Duration,
+    /// When this node last accepted its leader's `AppendEntries` (the failover watchdog).
+    pub leader_heard: super::failover::LeaderHeard,
 }
 
 /// One open `Watch` stream, counted against its caller's address until dropped.
@@ -191,7 +191,7 @@ impl NodeContext {
             return Standing::Follows(m.current_leader);
         }
         match m.millis_since_quorum_ack.map(Duration::from_millis) {
-            Some(silence) if silence > QUORUM_SILENCE => Standing::Unheard(silence),
+            Some(silence) if silence > self.quorum_silence => Standing::Unheard(silence),
             _ => Standing::Leads,
         }
     }
@@ -211,7 +211,7 @@ impl NodeContext {
     /// another leads.
     ///
     /// A leader cut off from its peers still believes it leads, while the others elect a new
-    /// leader within about [`QUORUM_SILENCE`]: past that silence it refuses without naming a
+    /// leader within about the quorum silence: past that silence it refuses without naming a
     /// leader, so clients try the other nodes instead of waiting on writes it can never commit
     /// (and reading state that may be stale).
     /// Whether the node can do its part in a cluster that commits: it leads with a quorum
@@ -274,7 +274,7 @@ impl NodeContext {
             result
         };
         // A write waiting for a commit that a cut-off leader can never make is given up once no
-        // quorum has answered for [`QUORUM_SILENCE`], so the caller tries the other nodes.
+        // quorum has answered for the quorum silence, so the caller tries the other nodes.
         let result = tokio::select! {
             r = proposed.instrument(span) => r,
             refusal = self.lost_lead() => return Err(refusal),

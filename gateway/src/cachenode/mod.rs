@@ -32,6 +32,7 @@ pub mod backup;
 pub mod bounds;
 pub mod cache_service;
 pub mod context;
+pub mod failover;
 pub mod identity;
 pub mod log_store;
 pub mod metrics;
@@ -69,15 +70,63 @@ openraft::declare_raft_types!(
 );
 
 /// Leader heartbeat (openraft ticks every 1.5 heartbeats).
-pub const HEARTBEAT: Duration = Duration::from_millis(100);
-/// Lower bound of the randomised election timeout.
-pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(400);
-/// Upper bound of the randomised election timeout. openraft lets a follower stand for election
-/// only after the leader's lease (this bound) plus its own timeout have passed without a
-/// heartbeat: 1.2–1.6 s (a dozen heartbeats) after a leader dies, plus one tick and a vote round
-/// trip. Shorter bounds failed over faster on an idle machine and elected new leaders over and
-/// over on a saturated one.
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
+/// Lower bound of the randomised election timeout (the upper bound is twice this): with the
+/// failover watchdog, a dead leader is replaced 450–600 ms after its last heartbeat, plus a
+/// vote round trip.
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
+
+/// A cache node's Raft timers, from `--heartbeat-interval` and `--election-timeout`.
+///
+/// A follower stands for election once the leader's lease (the upper bound of the election
+/// timeout) plus its own timeout (fixed at start, between the bounds) have passed without a
+/// heartbeat (openraft's timer, and the [`failover`] watchdog, which spares the penalty openraft
+/// adds after a lost vote). So a leader's death is noticed after 3 to 4 times the lower bound
+/// and followed by a vote round trip. Shorter timers fail over sooner and elect spuriously when
+/// a saturated machine delays heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// How often the leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// The election timeout's lower bound; its upper bound is twice this.
+    pub election_timeout: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat: HEARTBEAT,
+            election_timeout: ELECTION_TIMEOUT_MIN,
+        }
+    }
+}
+
+impl RaftTiming {
+    /// The election timeout's upper bound, which is also the leader lease followers honour.
+    pub fn election_timeout_max(&self) -> Duration {
+        self.election_timeout * 2
+    }
+
+    /// How long a leader goes on serving without a quorum's acknowledgement: two heartbeats
+    /// less than the earliest a new leader can be elected (the lease plus the lower bound), so
+    /// an old leader has stopped serving before a new one can exist.
+    pub fn quorum_silence(&self) -> Duration {
+        (self.election_timeout_max() + self.election_timeout).saturating_sub(self.heartbeat * 2)
+    }
+
+    /// Refuses timers whose safety margins do not hold: heartbeats must fit several times into
+    /// the lower bound.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat.is_zero() || self.election_timeout < self.heartbeat * 3 {
+            return Err(format!(
+                "--election-timeout ({:?}) must be at least three --heartbeat-interval ({:?})",
+                self.election_timeout, self.heartbeat
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Memory redb may use to cache the log's pages (its default, 1 GiB, made a cache node's resident
 /// memory grow with the log rather than with the cache).
 pub const DB_CACHE_BYTES: usize = 16 << 20;
@@ -125,6 +174,8 @@ pub struct CacheNodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on the gRPC port and towards peers; `None`: plain gRPC.
     pub tls: Option<NodeTls>,
+    /// The Raft timers.
+    pub raft_timing: RaftTiming,
 }
 
 /// TLS for a cache node, with the files already read.
@@ -239,9 +290,9 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
 
     let raft_config = openraft::Config {
         cluster_name: "tokengate-cache".into(),
-        heartbeat_interval: HEARTBEAT.as_millis() as u64,
-        election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
-        election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        heartbeat_interval: cfg.raft_timing.heartbeat.as_millis() as u64,
+        election_timeout_min: cfg.raft_timing.election_timeout.as_millis() as u64,
+        election_timeout_max: cfg.raft_timing.election_timeout_max().as_millis() as u64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: 1000,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
@@ -303,7 +354,14 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         fill_leases: context::FillLeases::default(),
         rates: crate::store::rate::RateTable::default(),
         snapshots,
+        quorum_silence: cfg.raft_timing.quorum_silence(),
+        leader_heard: failover::LeaderHeard::default(),
     });
+    let watchdog = tokio::spawn(failover::watch(
+        Arc::clone(&ctx),
+        cfg.raft_timing,
+        shutdown.clone(),
+    ));
     let committer = tokio::spawn(context::group_commit(
         Arc::clone(&ctx),
         put_queue,
@@ -387,6 +445,7 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
     let _ = committer.await;
     let _ = bounder.await;
     let _ = reporter.await;
+    let _ = watchdog.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }

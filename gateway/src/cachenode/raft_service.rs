@@ -58,7 +58,15 @@ impl tokengate_proto::raft::raft_transport_server::RaftTransport for RaftService
     ) -> Result<Response<RaftMessage>, Status> {
         self.addressed_to_me(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        encode(&self.0.raft.append_entries(rpc).await)
+        let answer = self.0.raft.append_entries(rpc).await;
+        // Accepted from the leader this node follows (a higher vote would be refused).
+        if answer
+            .as_ref()
+            .is_ok_and(|r| !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.0.leader_heard.now();
+        }
+        encode(&answer)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
