@@ -378,6 +378,45 @@ impl Fleet {
             .map(|e| e.is_some())
     }
 
+    /// Evicts the stored entry of `client_id` fleet-wide, as `cachectl evict` does; its key and
+    /// version.
+    pub async fn evict_client(
+        &self,
+        client_id: &str,
+    ) -> anyhow::Result<(gateway::token::TokenKey, u64)> {
+        // Listing is the operator's (as `cachectl ls` is); so is this eviction.
+        let operator = match self.spec.store {
+            StoreKind::Raft => Some(Store::Raft(gateway::store::RaftStore::new(
+                &gateway::store::RaftStoreConfig {
+                    endpoints: self.cache_addrs.clone(),
+                    timeout: Duration::from_secs(2),
+                    tls: None,
+                    token: Some(gateway::secret::Secret::new(ADMIN_TOKEN)),
+                },
+            ))),
+            StoreKind::Redis | StoreKind::Memory => None,
+        };
+        let store = operator.as_ref().unwrap_or(&self.probe);
+        let mut after = None;
+        loop {
+            let page = store.list(after, 500).await?;
+            let Some((last, _)) = page.last() else {
+                anyhow::bail!("no entry of {client_id} in the store");
+            };
+            after = Some(*last);
+            if let Some((key, entry)) = page.iter().find(|(_, e)| e.meta.client_id == client_id) {
+                store.evict(key, Some(entry.meta.version)).await?;
+                return Ok((*key, entry.meta.version));
+            }
+        }
+    }
+
+    /// The version of the entry under `key` (`None` inside: no entry; outside: no answer).
+    pub async fn entry_version(&self, key: &gateway::token::TokenKey) -> Option<Option<u64>> {
+        let entry = self.probe.get(key).await.ok()?;
+        Some(entry.map(|e| e.meta.version))
+    }
+
     /// The cache nodes' addresses (index 0 is node 1).
     pub fn cache_addrs(&self) -> &[String] {
         &self.cache_addrs

@@ -145,6 +145,16 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
     );
     let cut_for = c.fleet.spec.lease_ttl + Duration::from_secs(2);
     let cut_at = Instant::now();
+    // An entry every gateway holds in its L1 is evicted fleet-wide while this one cannot hear
+    // of it: healed, it must not bring the evicted token back into the store.
+    let (evicted_key, evicted_version) = c.fleet.evict_client(&identity(0).0).await?;
+    c.timeline.record(
+        "fault",
+        format!(
+            "client-0's entry evicted fleet-wide while gateway-{} is cut off",
+            victim + 1
+        ),
+    );
     // A credential new to the whole fleet, asked of the cut-off gateway alone.
     let (id, secret) = identity(10_000 + victim);
     c.fleet.idp.register(&id, &secret);
@@ -195,6 +205,24 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
         format!(
             "/readyz says the store is ok {:?} after healing",
             healed.elapsed()
+        ),
+    );
+    let mut resurrected = false;
+    while healed.elapsed() < Duration::from_secs(5) {
+        resurrected |= c.fleet.entry_version(&evicted_key).await == Some(Some(evicted_version));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.check(
+        "an entry evicted during the cut is not brought back",
+        !resurrected,
+        format!(
+            "client-0's evicted version {} {} in the store within 5 s of healing",
+            evicted_version,
+            if resurrected {
+                "reappeared"
+            } else {
+                "never reappeared"
+            }
         ),
     );
     Ok(())

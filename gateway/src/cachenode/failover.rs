@@ -8,9 +8,10 @@
 //! leader (1.6 s for the first kill, before any node carried it). The watchdog measures the
 //! leader's silence itself, from the `AppendEntries` it accepts, and asks openraft to stand when
 //! that silence passes the leader lease plus this node's own timeout (drawn once, like
-//! openraft's, between the bounds). Votes are still granted by openraft's rules: a peer that
-//! heard the leader within its lease refuses, and a peer with a longer log refuses a candidate
-//! with a shorter one, whose own timer then lets the longer log stand.
+//! openraft's, between the bounds), once per silent leader it had committed to. Votes are still
+//! granted by openraft's rules: a peer that heard the leader within its lease refuses, and a
+//! peer with a longer log refuses a candidate with a shorter one; that candidate is then left
+//! to openraft's timer, penalty included, while the longer log's own watchdog stands.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,33 +68,46 @@ pub fn should_stand(timing: &RaftTiming, own: Duration, silence: Duration) -> bo
 }
 
 /// Watches the leader's silence every heartbeat until `shutdown`, and has Raft stand for
-/// election when [`should_stand`] says so (a voter that follows only).
+/// election when [`should_stand`] says so. Only a voter that follows a leader it committed to
+/// stands this way, once per silent leader: a node that is itself a candidate, or has granted a
+/// vote not yet followed by the new leader's first message, is left to openraft's own timer
+/// (with its penalty), so that a node with a short log cannot keep deposing the leader that a
+/// longer log won. Any change of vote restarts the silence.
 pub async fn watch(ctx: Arc<NodeContext>, timing: RaftTiming, shutdown: CancellationToken) {
     let own = own_timeout(&timing);
     let mut tick = tokio::time::interval(timing.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_vote = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let voter_following = {
+        let (following, vote) = {
             let m = ctx.raft.metrics();
             let m = m.borrow();
-            m.state == ServerState::Follower
-                && m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == ctx.id)
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == ctx.id);
+            (
+                voter && m.state == ServerState::Follower && m.vote.is_committed(),
+                m.vote,
+            )
         };
-        if !voter_following || !should_stand(&timing, own, ctx.leader_heard.silence()) {
+        if last_vote != Some(vote) {
+            last_vote = Some(vote);
+            ctx.leader_heard.now();
+            continue;
+        }
+        if !following || !should_stand(&timing, own, ctx.leader_heard.silence()) {
             continue;
         }
         tracing::info!(
             silence_ms = ctx.leader_heard.silence().as_millis() as u64,
             "the leader is silent: standing for election"
         );
-        // Counted as heard, so that the next attempt waits a whole timeout again.
         ctx.leader_heard.now();
         if ctx.raft.trigger().elect().await.is_err() {
             return;
