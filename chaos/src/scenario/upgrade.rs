@@ -65,6 +65,23 @@ pub(super) async fn rolling_upgrade(c: &Ctx) -> anyhow::Result<()> {
         ),
     );
     c.fleet.wait_cache_node(victim).await?;
+    // The new node asks to be added as a learner when it starts; the replacement needs it to
+    // be one.
+    let joining = Instant::now();
+    loop {
+        let statuses = c.fleet.cache_statuses().await;
+        if statuses
+            .iter()
+            .any(|(_, s)| s.members.iter().any(|m| m.id == new_id))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            joining.elapsed() < Duration::from_secs(30),
+            "node {new_id} did not join as a learner"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (old, new) = (old_id.to_string(), new_id.to_string());
     tokio::task::block_in_place(|| {
         c.fleet
