@@ -146,15 +146,15 @@ enum Command {
         /// this PEM CA bundle (mutual TLS).
         #[arg(long, env = "TOKENGATE_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
-        /// How often the Raft leader sends heartbeats [default: 50ms]. Give every node the
-        /// same timers.
-        #[arg(long, env = "TOKENGATE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
-        heartbeat_interval: Option<std::time::Duration>,
-        /// The Raft election timeout's lower bound; the upper bound is twice this [default:
-        /// 150ms]. A dead leader is replaced after three to four times this; at least three
-        /// heartbeats.
-        #[arg(long, env = "TOKENGATE_ELECTION_TIMEOUT", value_parser = humantime::parse_duration)]
-        election_timeout: Option<std::time::Duration>,
+        /// How often the Raft leader sends heartbeats. Give every node the same timers.
+        #[arg(long, env = "TOKENGATE_HEARTBEAT_INTERVAL",
+              default_value_t = gateway::cachenode::HEARTBEAT.into())]
+        heartbeat_interval: humantime::Duration,
+        /// The Raft election timeout's lower bound; the upper bound is twice this. A dead
+        /// leader is replaced after three to four times this; at least three heartbeats.
+        #[arg(long, env = "TOKENGATE_ELECTION_TIMEOUT",
+              default_value_t = gateway::cachenode::ELECTION_TIMEOUT_MIN.into())]
+        election_timeout: humantime::Duration,
     },
     /// Hash a client secret for `issuer.clients.<id>.secretHash` (argon2id). Reads the secret
     /// from the first line of standard input.
@@ -261,10 +261,9 @@ fn main() -> ExitCode {
             heartbeat_interval,
             election_timeout,
         } => {
-            let defaults = gateway::cachenode::RaftTiming::default();
             let raft_timing = gateway::cachenode::RaftTiming {
-                heartbeat: heartbeat_interval.unwrap_or(defaults.heartbeat),
-                election_timeout: election_timeout.unwrap_or(defaults.election_timeout),
+                heartbeat: heartbeat_interval.into(),
+                election_timeout: election_timeout.into(),
             };
             if let Err(e) = raft_timing.validate() {
                 eprintln!("error: {e}");

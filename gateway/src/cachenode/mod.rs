@@ -92,15 +92,6 @@ pub struct RaftTiming {
     pub election_timeout: Duration,
 }
 
-impl Default for RaftTiming {
-    fn default() -> Self {
-        Self {
-            heartbeat: HEARTBEAT,
-            election_timeout: ELECTION_TIMEOUT_MIN,
-        }
-    }
-}
-
 impl RaftTiming {
     /// The election timeout's upper bound, which is also the leader lease followers honour.
     pub fn election_timeout_max(&self) -> Duration {

@@ -24,6 +24,7 @@ const SECRETS: &[(&str, &str)] = &[
     ("CACHE_ADMIN_TOKEN", "admin-token"),
     ("CACHE_PEER_TOKEN", "peer-token"),
     ("CACHE_GATEWAY_TOKEN", "gateway-token"),
+    ("REDIS_PASSWORD", "redis-password"),
 ];
 
 fn root() -> PathBuf {
