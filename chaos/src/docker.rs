@@ -1,7 +1,8 @@
 //! The Docker CLI, for fleets of containers: one call per command, its output or an error that
-//! carries what Docker said; a Compose project that is taken down when dropped; the faults a
-//! loopback cannot express (a container's network cut by packet filters inside its own network
-//! namespace, a network disconnected, a container paused).
+//! carries what Docker said; a Compose project that is taken down when dropped; a network of a
+//! fleet's own and the containers on it; the faults a loopback cannot express (a container's
+//! links cut, made lossy or slow by packet filters and a token bucket inside its own network
+//! namespace, a container killed without a reset to its peers, or frozen).
 //!
 //! Everything goes through the `docker` and Compose command-line tools, as an operator's would:
 //! the fleet under test is started and broken the way it is in production.
@@ -50,7 +51,7 @@ pub fn docker_output(args: &[&str]) -> anyhow::Result<Output> {
     output("docker", args, &[])
 }
 
-/// Whether the images this fleet needs exist; the missing ones otherwise.
+/// Those of `images` that this machine does not have.
 pub fn missing_images(images: &[&str]) -> Vec<String> {
     images
         .iter()

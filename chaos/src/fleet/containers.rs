@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use gateway::store::{RedisStore, Store};
 use testkit::procs::{free_port, wait_listening};
 
-use super::{
-    Fleet, FleetSpec, Front, Links, Node, START_WITHIN, StoreKind, cache_node_args, cache_node_env,
-    doubles, gateway_env, gateway_yaml, raft_probe, raft_store_yaml, redis_config, wait_for_store,
+use super::setup::{
+    cache_node_args, cache_node_env, doubles, gateway_env, gateway_yaml, raft_probe,
+    raft_store_yaml, redis_config, wait_for_store,
 };
+use super::{Fleet, FleetSpec, Front, Links, Node, START_WITHIN, StoreKind};
 use crate::docker::{self, Container, Network, RunSpec};
 
 /// The tag of the images a container fleet runs (`scripts/images` builds `dev`).

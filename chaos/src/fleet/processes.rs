@@ -11,10 +11,11 @@ use testkit::balancer::Balancer;
 use testkit::procs::{Proc, free_port, wait_listening};
 use testkit::relay::Relay;
 
-use super::{
-    Fleet, FleetSpec, Front, Links, Node, START_WITHIN, StoreKind, cache_node_args, cache_node_env,
-    doubles, gateway_env, gateway_yaml, raft_probe, raft_store_yaml, redis_config, wait_for_store,
+use super::setup::{
+    cache_node_args, cache_node_env, doubles, gateway_env, gateway_yaml, raft_probe,
+    raft_store_yaml, redis_config, wait_for_store,
 };
+use super::{Fleet, FleetSpec, Front, Links, Node, START_WITHIN, StoreKind};
 
 /// Starts the fleet's processes (the gateways are not yet ready when it returns).
 pub(super) async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
