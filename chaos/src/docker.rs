@@ -421,9 +421,7 @@ impl Container {
 
     /// Starts it again after a kill or a stop (killing it first if it runs).
     pub fn restart(&self) -> anyhow::Result<()> {
-        if health(&self.name) != "exited" {
-            self.kill();
-        }
+        self.kill();
         docker(&["start", &self.name]).map(drop)
     }
 
@@ -447,18 +445,28 @@ impl Container {
     /// rolling upgrade does. Its anonymous volumes go with it: a replaced cache node starts on
     /// an empty disk.
     pub fn replace(&mut self, image: &str) -> anyhow::Result<()> {
-        self.save_log();
-        docker(&["rm", "-f", "-v", &self.name])?;
-        self.spec.image = image.to_owned();
-        self.create()
+        let spec = RunSpec {
+            image: image.to_owned(),
+            ..self.spec.clone()
+        };
+        self.recreate(spec)
     }
 
     /// Replaces it with a container of the same name, address, options and image running
     /// `command`, on an empty disk.
     pub fn replace_with(&mut self, command: Vec<String>) -> anyhow::Result<()> {
+        let spec = RunSpec {
+            command,
+            ..self.spec.clone()
+        };
+        self.recreate(spec)
+    }
+
+    /// Saves its log, removes it with its volumes and runs `spec` under its name.
+    fn recreate(&mut self, spec: RunSpec) -> anyhow::Result<()> {
         self.save_log();
         docker(&["rm", "-f", "-v", &self.name])?;
-        self.spec.command = command;
+        self.spec = spec;
         self.create()
     }
 

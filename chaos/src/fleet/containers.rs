@@ -142,14 +142,7 @@ pub(super) async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
                 let (name, ip) = (format!("{prefix}-cache-{n}"), network.address(10 + n));
                 let mut options = hardened(&network, ip, &format!("cache-{n}"));
                 options.extend(["-v", "/var/lib/tokengate"].map(str::to_owned));
-                let mut command = cache_node_args(
-                    usize::from(n),
-                    &format!("0.0.0.0:{CACHE_PORT}"),
-                    &format!("cache-{n}:{CACHE_PORT}"),
-                    std::path::Path::new("/var/lib/tokengate/data"),
-                    &init.join(","),
-                );
-                command.extend(["--metrics-listen".into(), "0.0.0.0:9100".into()]);
+                let command = cache_node_command(u64::from(n), usize::from(n), &init.join(","));
                 let mut env = cache_node_env(&spec.log_level);
                 env.push((
                     "TOKENGATE_HEALTH_URL".into(),
@@ -352,6 +345,20 @@ pub(super) async fn wait_balanced(fleet: &Fleet) -> anyhow::Result<()> {
     }
 }
 
+/// The command of node `id` in the container of cache node `n` (its address `cache-n`), a
+/// member of the cluster `init` (`1=addr,...`) or a learner joining it (`addr,...`).
+fn cache_node_command(id: u64, n: usize, init: &str) -> Vec<String> {
+    let mut command = cache_node_args(
+        id as usize,
+        &format!("0.0.0.0:{CACHE_PORT}"),
+        &format!("cache-{n}:{CACHE_PORT}"),
+        std::path::Path::new("/var/lib/tokengate/data"),
+        init,
+    );
+    command.extend(["--metrics-listen".into(), "0.0.0.0:9100".into()]);
+    command
+}
+
 /// Drops (`cut`) or lets through again every packet between container `name` and each of
 /// `peers`.
 pub(super) fn cut(name: &str, peers: &[Ipv4Addr], cut: bool) -> anyhow::Result<()> {
@@ -379,15 +386,7 @@ pub(super) fn replace_cache_node(c: &mut Container, i: usize, new_id: u64) -> an
         .filter(|m| *m != n)
         .map(|m| format!("cache-{m}:{CACHE_PORT}"))
         .collect();
-    let mut command = cache_node_args(
-        new_id as usize,
-        &format!("0.0.0.0:{CACHE_PORT}"),
-        &format!("cache-{n}:{CACHE_PORT}"),
-        std::path::Path::new("/var/lib/tokengate/data"),
-        &others.join(","),
-    );
-    command.extend(["--metrics-listen".into(), "0.0.0.0:9100".into()]);
-    c.replace_with(command)
+    c.replace_with(cache_node_command(new_id, n, &others.join(",")))
 }
 
 /// `cachectl ARGS` inside a cache node's container, with the operator token of the fleet.

@@ -348,12 +348,18 @@ impl Fleet {
 
     /// The status of each cache node that answers, by index.
     pub async fn cache_statuses(&self) -> Vec<(usize, StatusResponse)> {
-        // All at once: a node that is gone costs one timeout, not one per node after it.
-        let asked = self.cache_addrs.iter().map(|addr| cache_status(addr));
+        self.cache_statuses_except(None).await
+    }
+
+    /// The status of each cache node but `skip` that answers, by index. All are asked at once:
+    /// a node that is gone costs one timeout, not one per node after it.
+    pub async fn cache_statuses_except(&self, skip: Option<usize>) -> Vec<(usize, StatusResponse)> {
+        let asked = (self.cache_addrs.iter().enumerate())
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(i, addr)| async move { (i, cache_status(addr).await) });
         futures_util::future::join_all(asked)
             .await
             .into_iter()
-            .enumerate()
             .filter_map(|(i, s)| Some((i, s.ok()?)))
             .collect()
     }
@@ -385,14 +391,7 @@ impl Fleet {
     ) -> anyhow::Result<(gateway::token::TokenKey, u64)> {
         // Listing is the operator's (as `cachectl ls` is); so is this eviction.
         let operator = match self.spec.store {
-            StoreKind::Raft => Some(Store::Raft(gateway::store::RaftStore::new(
-                &gateway::store::RaftStoreConfig {
-                    endpoints: self.cache_addrs.clone(),
-                    timeout: Duration::from_secs(2),
-                    tls: None,
-                    token: Some(gateway::secret::Secret::new(ADMIN_TOKEN)),
-                },
-            ))),
+            StoreKind::Raft => Some(setup::raft_client(&self.cache_addrs, ADMIN_TOKEN)),
             StoreKind::Redis | StoreKind::Memory => None,
         };
         let store = operator.as_ref().unwrap_or(&self.probe);

@@ -132,14 +132,19 @@ pub(super) async fn raft_probe(addrs: &[String]) -> anyhow::Result<Store> {
             "cache node {a} did not start"
         );
     }
-    Ok(Store::Raft(gateway::store::RaftStore::new(
+    Ok(raft_client(addrs, GATEWAY_TOKEN))
+}
+
+/// A store client of the cache nodes at `addrs` holding the role whose secret is `token`.
+pub(super) fn raft_client(addrs: &[String], token: &str) -> Store {
+    Store::Raft(gateway::store::RaftStore::new(
         &gateway::store::RaftStoreConfig {
             endpoints: addrs.to_vec(),
             timeout: Duration::from_secs(2),
             tls: None,
-            token: Some(gateway::secret::Secret::new(GATEWAY_TOKEN)),
+            token: Some(gateway::secret::Secret::new(token)),
         },
-    )))
+    ))
 }
 
 /// A gateway's `store` key for the cache nodes at `endpoints`.

@@ -166,13 +166,13 @@ impl Ctx {
         let started = Instant::now();
         while started.elapsed() < within {
             // The others only: a dead node would hold every poll for a connect timeout.
-            let asked = (self.fleet.cache_addrs().iter().enumerate())
-                .filter(|(i, _)| *i != old)
-                .map(|(i, addr)| async move { (i, crate::fleet::cache_status(addr).await) });
-            let others: Vec<(usize, u64, Option<u64>)> =
-                (futures_util::future::join_all(asked).await.into_iter())
-                    .filter_map(|(i, s)| s.ok().map(|s| (i, s.id, s.leader)))
-                    .collect();
+            let others: Vec<(usize, u64, Option<u64>)> = (self
+                .fleet
+                .cache_statuses_except(Some(old))
+                .await
+                .into_iter())
+            .map(|(i, s)| (i, s.id, s.leader))
+            .collect();
             if let [(_, _, Some(leader)), ..] = others.as_slice()
                 && others.len() + 1 >= self.fleet.cache_nodes.len()
                 && others.iter().all(|(_, _, l)| *l == Some(*leader))
@@ -199,6 +199,19 @@ impl Ctx {
         self.timeline
             .record("fault", "IdP holds its answer to a renewal");
         Ok(hold)
+    }
+
+    /// When the warm-up's tokens fall due (from 75 % of their servable lifetime on) and a
+    /// fault that meets those renewals may last: 10 % of that lifetime, less than the margin
+    /// left. An error when the run ends before the window does.
+    fn renewal_window(&self) -> anyhow::Result<(Duration, Duration)> {
+        let servable = (self.fleet.spec.token_lifetime).saturating_sub(Duration::from_secs(1));
+        let (start, length) = (servable.mul_f64(0.75), servable.mul_f64(0.1));
+        anyhow::ensure!(
+            start + length < self.duration,
+            "the run is too short to reach the renewals"
+        );
+        Ok((start, length))
     }
 
     /// The refresh leader, waiting up to 5 s for the fleet to agree on one.
@@ -512,15 +525,8 @@ async fn kill_store_leader_repeatedly(c: &Ctx) -> anyhow::Result<()> {
 }
 
 async fn idp_fault(c: &Ctx, mode: IdpMode, latency: Duration) -> anyhow::Result<()> {
-    // The warm-up's tokens fall due from 75 % of their servable lifetime on: an outage then
-    // meets the renewals. It lasts 10 % of that lifetime, less than the margin left.
-    let servable = c
-        .fleet
-        .spec
-        .token_lifetime
-        .saturating_sub(Duration::from_secs(1));
     let (start, length) = match mode {
-        IdpMode::Unreachable => (servable.mul_f64(0.75), servable.mul_f64(0.1)),
+        IdpMode::Unreachable => c.renewal_window()?,
         _ => (c.at(0.3), c.duration.mul_f64(0.33)),
     };
     anyhow::ensure!(

@@ -231,16 +231,7 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
 /// The refresh leader alone loses the IdP while renewals fall due, for less than a token's
 /// refresh margin: its renewals fail and are retried, every request is served.
 pub(super) async fn cut_idp_from_leader(c: &Ctx) -> anyhow::Result<()> {
-    let servable = c
-        .fleet
-        .spec
-        .token_lifetime
-        .saturating_sub(Duration::from_secs(1));
-    let (start, length) = (servable.mul_f64(0.75), servable.mul_f64(0.1));
-    anyhow::ensure!(
-        start + length < c.duration,
-        "the run is too short to reach the renewals"
-    );
+    let (start, length) = c.renewal_window()?;
     c.timeline.until(start).await;
     let leader = c.refresh_leader().await?;
     c.fleet.cut_idp(leader, true)?;

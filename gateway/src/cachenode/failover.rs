@@ -135,6 +135,28 @@ mod tests {
     }
 
     #[test]
+    fn timers_keep_their_safety_margins() {
+        // An old leader stops serving two heartbeats before a new one can be elected.
+        assert_eq!(timing().quorum_silence(), Duration::from_millis(350));
+        assert!(timing().validate().is_ok());
+        let tight = RaftTiming {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(250),
+        };
+        assert!(
+            tight
+                .validate()
+                .unwrap_err()
+                .contains("three --heartbeat-interval")
+        );
+        let none = RaftTiming {
+            heartbeat: Duration::ZERO,
+            election_timeout: Duration::from_millis(150),
+        };
+        assert!(none.validate().is_err());
+    }
+
+    #[test]
     fn the_own_timeout_lies_between_the_bounds() {
         for _ in 0..1_000 {
             let own = own_timeout(&timing());
