@@ -62,6 +62,9 @@ pub struct ClientCredentialsConfig {
     pub negative_cache_ttl: Duration,
     /// Tokens younger than this are not evicted when an upstream answers 401 to them.
     pub rejected_token_min_age: Duration,
+    /// Whether a request whose method is not idempotent (RFC 9110 §9.2.2) is sent again after
+    /// an upstream 401; off, only the 401 is passed on (the token is still evicted).
+    pub replay_non_idempotent: bool,
     /// One IdP attempt's timeout.
     pub idp_timeout: Duration,
     /// IdP retries after the first attempt.
@@ -220,6 +223,12 @@ impl ClientCredentials {
             }),
             client: None,
         })
+    }
+
+    /// Whether a request with `method` may be sent again after an upstream 401 to its token:
+    /// an idempotent one always, another only if the operator said so.
+    pub fn replays(&self, method: &http::Method) -> bool {
+        self.cfg.replay_non_idempotent || crate::http::idempotent(method)
     }
 
     /// The upstream answered 401 to `used`. A token younger than `rejectedTokenMinAge` is kept:

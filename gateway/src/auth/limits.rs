@@ -6,8 +6,11 @@
 //!
 //! - [`CallerLimits`]: the length and character set of client ids, secrets and bearer tokens,
 //!   checked before anything else looks at them (no IdP call, no store write, no log line).
-//! - [`MissBudget`]: token buckets of cache misses per client id and per caller address. A miss
-//!   over budget is answered 429 with `Retry-After`; hits never spend anything.
+//! - [`MissBudget`]: token buckets of cache misses per caller address and per client id asked
+//!   for by that address. A miss over budget is answered 429 with `Retry-After`; hits never
+//!   spend anything. A client id's budget is kept per caller, so that a caller guessing secrets
+//!   for someone else's id spends its own budget, never the owner's. IPv6 callers are counted
+//!   by prefix (`/64` by default), since one host holds a whole prefix.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -93,13 +96,35 @@ impl BucketConfig {
     }
 }
 
+/// IPv6 callers are counted by this prefix length by default: a /64 is what one host or one
+/// customer is given, and it holds more addresses than any budget could count one by one.
+pub const DEFAULT_IPV6_SUBNET: u8 = 64;
+
 /// `idpMissBudget`: the buckets; `None` turns one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MissBudgetConfig {
-    /// Per client id (application-level client credentials).
+    /// Per client id and caller (application-level client credentials).
     pub per_client_id: Option<BucketConfig>,
     /// Per caller address (after `forwardedHeaders.trustedIPs`).
     pub per_address: Option<BucketConfig>,
+    /// IPv6 callers share a bucket per prefix of this length (`ipv6Subnet`).
+    pub ipv6_subnet: u8,
+}
+
+/// The caller `address` stands for in the buckets: an IPv4 address as it is (an IPv4-mapped
+/// IPv6 one as its IPv4 address), an IPv6 one as its first `ipv6_subnet` bits.
+pub fn caller_prefix(address: IpAddr, ipv6_subnet: u8) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u32::from(ipv6_subnet.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+    }
 }
 
 impl Default for MissBudgetConfig {
@@ -119,6 +144,7 @@ impl Default for MissBudgetConfig {
                 period: Duration::from_secs(1),
                 burst: 100,
             }),
+            ipv6_subnet: DEFAULT_IPV6_SUBNET,
         }
     }
 }
@@ -212,17 +238,21 @@ impl MissBudget {
         Self::new(&MissBudgetConfig {
             per_client_id: None,
             per_address: None,
+            ipv6_subnet: DEFAULT_IPV6_SUBNET,
         })
     }
 
-    /// Spends one miss for `address` and, when known, `client_id`. The address is charged
-    /// first, so a caller cycling through client ids cannot spend other callers' id budgets.
+    /// Spends one miss for `address` and, when known, `client_id` asked for by that address.
+    /// The address is charged first, so a caller cycling through client ids is held by its own
+    /// address budget; the id's bucket is this caller's own, so guessing another's secret never
+    /// spends the owner's budget.
     pub fn spend(&self, address: IpAddr, client_id: Option<&str>) -> Result<(), OverBudget> {
+        let caller = caller_prefix(address, self.config.ipv6_subnet);
         if let Some(b) = &self.per_address {
-            self.take(b, self.hasher.hash_one(address), "address")?;
+            self.take(b, self.hasher.hash_one(caller), "address")?;
         }
         if let (Some(b), Some(id)) = (&self.per_client_id, client_id) {
-            self.take(b, self.hasher.hash_one(id), "client_id")?;
+            self.take(b, self.hasher.hash_one((id, caller)), "client_id")?;
         }
         Ok(())
     }
@@ -272,37 +302,69 @@ mod tests {
         assert!(!l.token_ok(""));
     }
 
+    fn budget(per_client_id: u32, per_address: u32) -> Arc<MissBudget> {
+        let bucket = |burst| {
+            Some(BucketConfig {
+                average: 1,
+                period: Duration::from_secs(3600),
+                burst,
+            })
+        };
+        MissBudget::new(&MissBudgetConfig {
+            per_client_id: bucket(per_client_id),
+            per_address: bucket(per_address),
+            ipv6_subnet: DEFAULT_IPV6_SUBNET,
+        })
+    }
+
     #[test]
-    fn misses_over_budget_are_refused_per_address_and_per_client_id() {
-        let budget = MissBudget::new(&MissBudgetConfig {
-            per_client_id: Some(BucketConfig {
-                average: 1,
-                period: Duration::from_secs(3600),
-                burst: 2,
-            }),
-            per_address: Some(BucketConfig {
-                average: 1,
-                period: Duration::from_secs(3600),
-                burst: 3,
-            }),
-        });
+    fn misses_over_budget_are_refused_per_address_and_per_client_id_of_that_address() {
+        let budget = budget(2, 3);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         assert!(budget.spend(a, Some("victim")).is_ok());
         assert!(budget.spend(a, Some("victim")).is_ok());
-        let refused = budget.spend(b, Some("victim")).unwrap_err();
+        let refused = budget.spend(a, Some("victim")).unwrap_err();
         assert_eq!(refused.bucket, "client_id");
         assert!(refused.retry_after > Duration::from_secs(3000));
+        assert!(
+            budget.spend(b, Some("victim")).is_ok(),
+            "another caller asking for the same id has its own budget"
+        );
         assert!(
             budget.spend(b, Some("other")).is_ok(),
             "other ids unaffected"
         );
-        // Address a has spent 2 of 3; its third miss passes, its fourth does not.
-        assert!(budget.spend(a, Some("third")).is_ok());
+        // Address a has spent 3 of 3 (the refused miss was charged to it too).
         assert_eq!(
             budget.spend(a, Some("fourth")).unwrap_err().bucket,
             "address"
         );
         assert!(MissBudget::unlimited().spend(a, Some("victim")).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_one_caller_and_a_mapped_ipv4_address_is_its_ipv4_one() {
+        let budget = budget(100, 2);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let next_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(budget.spend(one, None).is_ok());
+        assert!(budget.spend(same_64, None).is_ok());
+        assert_eq!(budget.spend(one, None).unwrap_err().bucket, "address");
+        assert!(budget.spend(next_64, None).is_ok(), "another /64");
+
+        let v4: IpAddr = "192.0.2.9".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        assert_eq!(caller_prefix(mapped, 64), v4);
+        assert!(budget.spend(v4, None).is_ok());
+        assert!(budget.spend(mapped, None).is_ok());
+        assert!(budget.spend(v4, None).is_err(), "the same IPv4 caller");
+        assert_eq!(caller_prefix(one, 128), one);
+        assert_eq!(caller_prefix(one, 0), IpAddr::from([0u16; 8]));
+        assert_eq!(
+            caller_prefix(one, 48),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
     }
 }

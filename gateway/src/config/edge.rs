@@ -193,6 +193,14 @@ fn miss_budget(issues: &mut Issues, raw: &RawMissBudget) -> MissBudgetConfig {
             raw.per_address.as_ref(),
             d.per_address,
         ),
+        ipv6_subnet: match raw.ipv6_subnet {
+            None => d.ipv6_subnet,
+            Some(bits @ 1..=128) => bits,
+            Some(_) => {
+                issues.push("idpMissBudget.ipv6Subnet", "must be between 1 and 128");
+                d.ipv6_subnet
+            }
+        },
     }
 }
 
@@ -214,7 +222,7 @@ mod tests {
     #[test]
     fn edge_settings_are_read_and_checked_with_their_paths() {
         let good = format!(
-            "{BASE}forwardedHeaders: {{ trustedIPs: [10.0.0.0/8, 192.0.2.7] }}\nencodedCharacters: {{ allowEncodedSlash: true }}\ntransport: {{ maxConnections: 50, respondingTimeouts: {{ idleTimeout: 5s }} }}\nhttp2: {{ maxConcurrentStreams: 10 }}\nlimits: {{ tokenMaxLength: 4096 }}\nidpMissBudget: {{ perClientId: {{ average: 0 }}, perAddress: {{ average: 5, period: 1m, burst: 7 }} }}\n"
+            "{BASE}forwardedHeaders: {{ trustedIPs: [10.0.0.0/8, 192.0.2.7] }}\nencodedCharacters: {{ allowEncodedSlash: true }}\ntransport: {{ maxConnections: 50, respondingTimeouts: {{ idleTimeout: 5s }} }}\nhttp2: {{ maxConcurrentStreams: 10 }}\nlimits: {{ tokenMaxLength: 4096 }}\nidpMissBudget: {{ perClientId: {{ average: 0 }}, perAddress: {{ average: 5, period: 1m, burst: 7 }}, ipv6Subnet: 56 }}\n"
         );
         let c = Config::from_yaml(&good).unwrap();
         assert_eq!(c.edge.forwarded.trusted.len(), 2);
@@ -226,12 +234,14 @@ mod tests {
         assert!(c.edge.miss_budget.per_client_id.is_none());
         let a = c.edge.miss_budget.per_address.unwrap();
         assert_eq!((a.average, a.period.as_secs(), a.burst), (5, 60, 7));
+        assert_eq!(c.edge.miss_budget.ipv6_subnet, 56);
 
         let bad = good
             .replace("192.0.2.7", "not-an-ip")
             .replace("maxConnections: 50", "maxConnections: 0")
             .replace("tokenMaxLength: 4096", "tokenMaxLength: 0")
-            .replace("period: 1m", "period: 0s");
+            .replace("period: 1m", "period: 0s")
+            .replace("ipv6Subnet: 56", "ipv6Subnet: 129");
         let Err(ConfigError::Invalid(issues)) = Config::from_yaml(&bad) else {
             panic!()
         };
@@ -243,6 +253,7 @@ mod tests {
                 "transport.maxConnections: must be at least 1",
                 "limits.tokenMaxLength: must be between 1 and 65536",
                 "idpMissBudget.perAddress.period: must be greater than zero",
+                "idpMissBudget.ipv6Subnet: must be between 1 and 128",
             ]
         );
     }

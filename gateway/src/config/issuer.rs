@@ -53,6 +53,7 @@ pub(super) fn issuer(
         );
     }
     let issuer = raw.url.trim_end_matches('/').to_owned();
+    let key_generated = raw.signing_key.as_ref().is_none_or(|k| k.file.is_none());
     let signing_key = signing_key(issues, &raw, shared_store);
     let previous_keys = raw
         .previous_signing_keys
@@ -119,6 +120,7 @@ pub(super) fn issuer(
     Some(IssuerConfig {
         issuer,
         signing_key: signing_key?,
+        key_generated,
         previous_keys,
         audience,
         token_lifetime,
@@ -202,7 +204,7 @@ fn client(
             .ok(),
         (None, Some(reference)) => issues
             .secret(&format!("{path}.secret"), reference)
-            .map(|s| SecretHash::hash(s.expose())),
+            .map(|s| SecretHash::of_reference(s.expose())),
         (None, None) => {
             if c.federated_identities.is_empty() {
                 issues.push(
@@ -403,6 +405,32 @@ issuer:
                 "issuer.clients.nothing: needs secretHash, secret or federatedIdentities to authenticate",
             ]
         );
+    }
+
+    #[test]
+    fn a_reloaded_issuer_compares_equal_when_its_referenced_secret_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("app-secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        let issuer = format!(
+            "issuer:\n  url: https://gw.example.com\n  clients:\n    app: {{ secret: \"file:{}\" }}",
+            secret.display()
+        );
+        let loaded = || load("", &issuer).unwrap().issuer.unwrap();
+        let running = loaded();
+        let mut again = loaded();
+        assert!(running.key_generated && again.key_generated);
+        assert_ne!(
+            running.signing_key, again.signing_key,
+            "each load generates a key"
+        );
+        again.keep_generated_key(&running);
+        assert_eq!(again, running, "the same file, the same issuer");
+        std::fs::write(&secret, "rotated").unwrap();
+        let mut rotated = loaded();
+        rotated.keep_generated_key(&running);
+        assert_ne!(rotated, running, "a changed secret is a change");
+        assert_eq!(rotated.signing_key, running.signing_key);
     }
 
     #[test]

@@ -280,6 +280,9 @@ pub struct RawMissBudget {
     pub per_client_id: Option<RawBucket>,
     #[serde(default)]
     pub per_address: Option<RawBucket>,
+    /// IPv6 callers share buckets per prefix of this many bits (Traefik's `ipv6Subnet`).
+    #[serde(default)]
+    pub ipv6_subnet: Option<u8>,
 }
 
 /// A token bucket (Traefik `rateLimit` names); `average: 0` turns it off.
@@ -970,6 +973,9 @@ pub struct RawClientCredentials {
     /// Tokens younger than this are kept when an upstream answers 401 to them.
     #[serde(default, with = "humantime_serde")]
     pub rejected_token_min_age: Option<Duration>,
+    /// Whether a request with a non-idempotent method is sent again after an upstream 401.
+    #[serde(default)]
+    pub replay_non_idempotent: bool,
     #[serde(default)]
     pub client_config: RawClientConfig,
 }

@@ -17,3 +17,13 @@ pub use response::IntoResponse;
 pub use serve::{
     Handler, Listeners, TransportLimits, serve, serve_on_workers, serve_with, worker, workers,
 };
+
+/// Whether a request with this method may be sent again without changing what it does (RFC 9110
+/// §9.2.2).
+pub fn idempotent(method: &::http::Method) -> bool {
+    use ::http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}

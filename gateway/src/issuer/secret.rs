@@ -28,8 +28,43 @@ pub const VERIFIED_TTL: Duration = Duration::from_secs(300);
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An argon2 hash in PHC string form. `Debug` does not print it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretHash(String);
+///
+/// A hash the gateway made of a secret the configuration references is salted afresh at each
+/// load, so two loads of the same secret give different strings: such hashes carry a digest of
+/// the secret keyed by this process's own random key, and compare by it. A reload that leaves
+/// the secret alone then leaves the issuer alone (and its remembered verifications).
+#[derive(Clone)]
+pub struct SecretHash {
+    phc: String,
+    digest: Option<[u8; 32]>,
+}
+
+impl PartialEq for SecretHash {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.digest, &other.digest) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.phc == other.phc,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SecretHash {}
+
+/// The key of [`SecretHash`]'s digests: random, for this process only, so a digest is of no use
+/// anywhere else.
+fn digest_of(secret: &str) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut k);
+        k
+    });
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key size");
+    mac.update(secret.as_bytes());
+    mac.finalize().into_bytes().into()
+}
 
 impl fmt::Debug for SecretHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -48,7 +83,10 @@ impl SecretHash {
                 parsed.algorithm.as_str()
             ));
         }
-        Ok(Self(phc.to_owned()))
+        Ok(Self {
+            phc: phc.to_owned(),
+            digest: None,
+        })
     }
 
     /// Hashes `secret` with argon2id and OWASP's parameters (19 MiB, 2 passes) and a random salt.
@@ -58,17 +96,26 @@ impl SecretHash {
             .hash_password(secret.as_bytes(), &salt)
             .expect("argon2 with default parameters hashes any input")
             .to_string();
-        Self(phc)
+        Self { phc, digest: None }
+    }
+
+    /// [`Self::hash`] of a secret the configuration references, equal to every other hash of
+    /// the same secret made by this process.
+    pub fn of_reference(secret: &str) -> Self {
+        Self {
+            digest: Some(digest_of(secret)),
+            ..Self::hash(secret)
+        }
     }
 
     /// The PHC string (not secret, but not for logs either).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.phc
     }
 
     /// Whether `secret` matches. Slow: call off the async threads.
     pub fn verify(&self, secret: &str) -> bool {
-        PasswordHash::new(&self.0).is_ok_and(|h| {
+        PasswordHash::new(&self.phc).is_ok_and(|h| {
             Argon2::default()
                 .verify_password(secret.as_bytes(), &h)
                 .is_ok()
@@ -180,5 +227,20 @@ mod tests {
         assert_eq!(v.check("app", Some(&h), "wrong").await, Ok(false));
         assert_eq!(v.check("other", None, "s3cret").await, Ok(false));
         assert_eq!(v.verified.len(), 1);
+    }
+
+    #[test]
+    fn a_referenced_secret_hashed_twice_compares_equal_and_another_does_not() {
+        let (a, b) = (
+            SecretHash::of_reference("s3cret"),
+            SecretHash::of_reference("s3cret"),
+        );
+        assert_ne!(a.as_str(), b.as_str(), "salted afresh");
+        assert_eq!(a, b);
+        assert!(b.verify("s3cret"));
+        assert_ne!(a, SecretHash::of_reference("s3cret2"));
+        let given = SecretHash::parse(a.as_str()).unwrap();
+        assert_ne!(a, given, "a given hash is not a referenced secret");
+        assert_eq!(given, SecretHash::parse(a.as_str()).unwrap());
     }
 }

@@ -28,6 +28,8 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// The key tokens are signed with.
     pub signing_key: SigningKey,
+    /// Whether the key was generated at load (no `signingKey.file`; one node, memory store).
+    pub key_generated: bool,
     /// Retired keys, still published so tokens they signed verify until they expire.
     pub previous_keys: Vec<SigningKey>,
     /// `aud` for clients that name none.
@@ -49,6 +51,17 @@ impl IssuerConfig {
     /// The JWKS URL.
     pub fn jwks_uri(&self) -> String {
         format!("{}{JWKS_PATH}", self.issuer)
+    }
+
+    /// Keeps `running`'s generated key when this configuration, loaded to replace it, generated
+    /// one of the same algorithm too: tokens signed before a reload go on verifying.
+    pub fn keep_generated_key(&mut self, running: &Self) {
+        if self.key_generated
+            && running.key_generated
+            && self.signing_key.algorithm() == running.signing_key.algorithm()
+        {
+            self.signing_key = running.signing_key.clone();
+        }
     }
 }
 

@@ -231,7 +231,7 @@ impl Reloader {
             .and_then(|r| {
                 r.map_err(|e| e.to_string().lines().map(str::to_owned).collect::<Vec<_>>())
             });
-        let config = match loaded {
+        let mut config = match loaded {
             Ok(c) => c,
             Err(errors) => {
                 tracing::error!(problems = %errors.join("; "), "the new configuration is invalid; the running one stays");
@@ -244,7 +244,10 @@ impl Reloader {
         if !restart.is_empty() {
             tracing::warn!(settings = %restart.join(", "), "changed settings apply only after a restart; the others are applied now");
         }
-        // The issuer is rebuilt only when its settings change.
+        // The issuer is rebuilt only when its settings change, and keeps a key it generated.
+        if let (Some(new), Some(running)) = (config.issuer.as_mut(), self.config.issuer.as_ref()) {
+            new.keep_generated_key(running);
+        }
         let issuer = if config.issuer == self.config.issuer {
             Ok(self.issuer.clone())
         } else {

@@ -422,15 +422,16 @@ impl Gateway {
         }
 
         // A small body can be held, so that the request can be sent again: once after an
-        // upstream 401 to a token of ours, or by the route's `retry` if it is idempotent. A
-        // larger body is streamed, and a streamed request is never sent twice.
+        // upstream 401 to a token of ours (an idempotent request, or any if the middleware says
+        // so), or by the route's `retry` if it is idempotent. A larger body is streamed, and a
+        // streamed request is never sent twice.
         let small_body = body.is_end_stream()
             || parts
                 .headers
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|n| n <= REPLAY_LIMIT);
-        let may_replay = route.attaches_tokens() && small_body;
+        let may_replay = route.replays_after_401(&parts.method) && small_body;
         let may_retry =
             route.retry.is_some() && retry::RetryPolicy::idempotent(&parts.method) && small_body;
         // The caller's own request, for the second run of the middlewares.
@@ -466,25 +467,22 @@ impl Gateway {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        let (Some(bytes), Some(mut parts), true) = (
-            held.filter(|_| replayable),
-            original,
-            resp.status() == StatusCode::UNAUTHORIZED,
-        ) else {
+        if resp.status() != StatusCode::UNAUTHORIZED || used.is_empty() {
             return answer(route, resp);
-        };
-
-        // The upstream rejected the token: evict exactly that token fleet-wide, get a fresh one
-        // and try once more, unless every token used is too young to be the culprit (then the
-        // upstream refuses for its own reasons, and a new token would not help).
+        }
+        // The upstream rejected the token: evict exactly that token fleet-wide, unless every
+        // token used is too young to be the culprit (then the upstream refuses for its own
+        // reasons, and a new token would not help). A request that may be sent again is, once,
+        // with a fresh one; another gets the 401, and its caller's next request the new token.
         let mut evicted = false;
         for (m, token) in &used {
             // Boxed: a store's round trip, on a path most requests never take.
             evicted |= Box::pin(m.reject_token(token)).await;
         }
-        if !evicted {
+        let (Some(bytes), Some(mut parts), true) = (held.filter(|_| replayable), original, evicted)
+        else {
             return answer(route, resp);
-        }
+        };
         tracing::info!(route = %route.name, "upstream rejected the token; evicted and retrying once with a fresh one");
         // Boxed: the second run is rare, and would otherwise take room in every request.
         Box::pin(async move {

@@ -39,15 +39,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Whether a request with this method may be sent again.
     pub fn idempotent(method: &Method) -> bool {
-        matches!(
-            *method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        )
+        crate::http::idempotent(method)
     }
 
     /// Whether an answer with this status is retried.

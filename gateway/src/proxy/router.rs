@@ -118,12 +118,16 @@ impl Route {
         &self.encoded
     }
 
-    /// Whether a middleware of this route attaches a token of the gateway's, so that an
-    /// upstream 401 may be retried with a fresh one.
-    pub fn attaches_tokens(&self) -> bool {
-        self.middlewares
-            .iter()
-            .any(|m| matches!(**m, Middleware::ClientCredentials(_)))
+    /// Whether a request with `method` may be sent again with a fresh token after an upstream
+    /// 401: a middleware of this route attaches a token of the gateway's, and every such
+    /// middleware allows a replay of this method.
+    pub fn replays_after_401(&self, method: &http::Method) -> bool {
+        let mut attaching = self.middlewares.iter().filter_map(|m| match &**m {
+            Middleware::ClientCredentials(cc) => Some(cc),
+            _ => None,
+        });
+        let first = attaching.next();
+        first.is_some_and(|cc| cc.replays(method)) && attaching.all(|cc| cc.replays(method))
     }
 }
 

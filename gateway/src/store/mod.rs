@@ -9,7 +9,10 @@
 //! 1. **Ciphertext only.** It stores [`SealedEntry`] values as given; it never sees a token or a
 //!    secret in clear.
 //! 2. **Newest wins.** `put` stores an entry only if no entry with an equal or higher `version`
-//!    is present; otherwise it answers [`PutOutcome::Stale`].
+//!    is present; otherwise it answers [`PutOutcome::Stale`]. A put that the backend retries
+//!    after losing an answer (the cache service across a leader change) can find its own first
+//!    attempt and answer `Stale`: callers take `Stale` as "an entry at least this new is
+//!    there", never as "mine was lost".
 //! 3. **Fencing.** A `put` or lease carrying a [`FencingToken`] older than the newest fence the
 //!    store has granted is refused ([`PutOutcome::Fenced`]): an ex-leader that was paused or
 //!    partitioned cannot overwrite what the new leader wrote.

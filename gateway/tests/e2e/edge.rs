@@ -86,7 +86,16 @@ async fn start_with(transport: &str, extra: &str) -> Edge {
 
 /// Writes `request` and reads until the server closes (or 10 s pass): the raw answer.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    exchange_from([127, 0, 0, 1], addr, request).await
+}
+
+/// [`exchange`] from source address `from` (every 127.0.0.0/8 address is this host's).
+async fn exchange_from(from: [u8; 4], addr: SocketAddr, request: &[u8]) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind((std::net::Ipv4Addr::from(from), 0).into())
+        .unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
@@ -276,6 +285,38 @@ async fn a_flood_of_unknown_credentials_is_bounded_by_the_miss_budget() {
         metrics.contains("tokengate_idp_miss_budget_exceeded_total{bucket=\"address\"} 3"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_another_clients_secret_never_spends_the_owners_budget() {
+    let e = start("idpMissBudget: { perClientId: { average: 1, period: 1h, burst: 2 } }").await;
+    // The attacker, at 127.0.0.2, guesses svc-a's secret until its budget for svc-a is spent.
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let guess = format!("Authorization: {}", basic("svc-a", &format!("guess-{i}")));
+        let answer = exchange_from([127, 0, 0, 2], e.node.proxy, &get("/app/x", &[&guess])).await;
+        codes.extend(statuses(&answer));
+    }
+    assert_eq!(codes, [401, 401, 429, 429, 429]);
+    // The owner, at 127.0.0.3, presents the right secret for the first time: served.
+    let right = format!("Authorization: {}", basic("svc-a", "s3cret"));
+    let answer = exchange_from([127, 0, 0, 3], e.node.proxy, &get("/app/x", &[&right])).await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    // The attacker's budget for svc-a stays spent, even with the right secret uncached for it
+    // (a different secret is a different credential).
+    let answer = exchange_from(
+        [127, 0, 0, 2],
+        e.node.proxy,
+        &get(
+            "/app/x",
+            &[&format!("Authorization: {}", basic("svc-a", "guess-9"))],
+        ),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [429], "{answer}");
+    assert_eq!(e.idp.seen().len(), 3, "two guesses and the owner's request");
+    let seen = e.upstream.seen();
+    assert_eq!(seen.len(), 1, "only the owner's request went upstream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! signing key and the assertion replay records.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
@@ -15,7 +16,7 @@ use oauth2::{
 use serde_json::{Value, json};
 use testkit::{EchoUpstream, FakeIdp};
 
-use crate::support::{Node, RedisServer, basic, client, echo, get_json, header, now};
+use crate::support::{Node, RedisServer, basic, client, echo, eventually, get_json, header, now};
 
 const ISSUER: &str = "https://issuer.test";
 const TOKEN_ENDPOINT: &str = "https://issuer.test/oauth2/token";
@@ -223,6 +224,59 @@ async fn an_oauth2_library_gets_tokens_that_open_protected_routes() {
     }
     let log = node.settled_log().await;
     assert!(!log.contains(ORDERS_SECRET) && !log.contains(&access));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_issued_before_a_reload_keep_verifying_with_the_generated_key() {
+    let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
+    let yaml = config(&upstream, &idp.issuer(), LOCAL);
+    let node = Node::start(
+        &yaml,
+        &[
+            ("ORDERS_SECRET", ORDERS_SECRET),
+            ("TOKENGATE_WATCH_INTERVAL", "100ms"),
+        ],
+    );
+    let before = client_credentials(&node, "orders", ORDERS_SECRET, AuthType::BasicAuth, None)
+        .await
+        .expect("a token before the reload");
+    let before = before.access_token().secret().clone();
+    let kid = jsonwebtoken::decode_header(&before).unwrap().kid.unwrap();
+
+    // The issuer changes (a new client), so it is rebuilt; its key was generated at start.
+    let added = yaml.replace(
+        "  clients:\n",
+        "  clients:\n    billing:\n      secret: env:ORDERS_SECRET\n",
+    );
+    assert_ne!(added, yaml);
+    node.rewrite_config(&added);
+    eventually(
+        "the new client is served",
+        Duration::from_secs(10),
+        async || {
+            client_credentials(&node, "billing", ORDERS_SECRET, AuthType::BasicAuth, None)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let resp = client()
+        .get(node.url("/api/orders"))
+        .bearer_auth(&before)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "a token from before the reload opens the route"
+    );
+    let after = client_credentials(&node, "orders", ORDERS_SECRET, AuthType::BasicAuth, None)
+        .await
+        .unwrap();
+    let after = jsonwebtoken::decode_header(after.access_token().secret()).unwrap();
+    assert_eq!(after.kid.unwrap(), kid, "the same key signs on");
+    verified_claims(&node, &before, "orders-api").await;
 }
 
 /// Posts a raw form to the token endpoint.

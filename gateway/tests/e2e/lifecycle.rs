@@ -164,15 +164,64 @@ async fn idp_outage_serves_valid_tokens_then_answers_503_with_retry_after() {
     .await;
 }
 
+/// `method /app/orders` with a 5-byte body, with the token of a `GET /app` just before refused by
+/// the upstream (old enough to be evicted): that token and the answer's status. A 200 must
+/// come from a replay with a fresh token and the same body.
+async fn refused_then(
+    idp: &FakeIdp,
+    upstream: &EchoUpstream,
+    node: &Node,
+    method: reqwest::Method,
+) -> (String, u16) {
+    let http = client();
+    let auth = basic("svc-a", "s3cret");
+    let revoked = token_of_first_call(&http, node, &auth).await;
+    upstream.reject_token(&revoked);
+    let issued = idp.issued("svc-a");
+    let resp = http
+        .request(method.clone(), node.url("/app/orders"))
+        .header("authorization", &auth)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let seen = upstream.seen();
+    let last = seen.last().unwrap();
+    if resp.status() != 200 {
+        assert_eq!(last.bearer(), Some(revoked.as_str()));
+    } else {
+        assert_eq!(seen[seen.len() - 2].bearer(), Some(revoked.as_str()));
+        assert_ne!(last.bearer(), Some(revoked.as_str()));
+        assert_eq!(
+            (last.method.as_str(), last.body_len),
+            (method.as_str(), 5),
+            "the body is replayed"
+        );
+        assert_eq!(idp.issued("svc-a"), issued + 1);
+    }
+    (revoked, resp.status().as_u16())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_401_evicts_the_token_and_retries_once_with_a_fresh_one() {
     let (idp, upstream, node) =
         start_with(Duration::from_secs(300), "rejectedTokenMinAge: 0s").await;
     let http = client();
     let auth = basic("svc-a", "s3cret");
-    let revoked = token_of_first_call(&http, &node, &auth).await;
-    upstream.reject_token(&revoked);
+    let (_, status) = refused_then(&idp, &upstream, &node, reqwest::Method::PUT).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        upstream.seen().len(),
+        3,
+        "first call, rejected attempt, retry"
+    );
 
+    // A POST is not idempotent (RFC 9110 §9.2.2): the upstream may have acted on it before it
+    // answered 401, so it is not sent twice. Its token is evicted all the same, and the next
+    // request carries a fresh one without a 401 first.
+    let (second, status) = refused_then(&idp, &upstream, &node, reqwest::Method::POST).await;
+    assert_eq!(status, 401, "the upstream's 401 is passed on");
+    assert_eq!(upstream.seen().len(), 5, "the POST was sent once");
     let resp = http
         .post(node.url("/app/orders"))
         .header("authorization", &auth)
@@ -182,15 +231,9 @@ async fn upstream_401_evicts_the_token_and_retries_once_with_a_fresh_one() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = upstream.seen();
-    assert_eq!(seen.len(), 3, "first call, rejected attempt, retry");
-    assert_eq!(seen[1].bearer(), Some(revoked.as_str()));
-    assert_ne!(seen[2].bearer(), Some(revoked.as_str()));
-    assert_eq!(
-        (seen[2].method.as_str(), seen[2].body_len),
-        ("POST", 5),
-        "the body is replayed"
-    );
-    assert_eq!(idp.issued("svc-a"), 2);
+    assert_eq!(seen.len(), 6, "the next POST goes once, with a fresh token");
+    assert_ne!(seen[5].bearer(), Some(second.as_str()));
+    assert_eq!(idp.issued("svc-a"), 3);
 
     // An upstream that rejects every token gets exactly one retry per request, not a loop.
     upstream.reject_all(true);
@@ -208,6 +251,22 @@ async fn upstream_401_evicts_the_token_and_retries_once_with_a_fresh_one() {
     );
     assert_eq!(upstream.seen().len(), seen_before + 2);
     assert_eq!(idp.issued("svc-a"), issued_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_opts_in_replays_a_post_after_an_upstream_401() {
+    let (idp, upstream, node) = start_with(
+        Duration::from_secs(300),
+        "rejectedTokenMinAge: 0s\n      replayNonIdempotent: true",
+    )
+    .await;
+    let (_, status) = refused_then(&idp, &upstream, &node, reqwest::Method::POST).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        upstream.seen().len(),
+        3,
+        "first call, rejected POST, replayed POST"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

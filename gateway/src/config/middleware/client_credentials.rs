@@ -124,6 +124,7 @@ pub(super) fn client_credentials(
         rejected_token_min_age: cc
             .rejected_token_min_age
             .unwrap_or(DEFAULT_REJECTED_TOKEN_MIN_AGE),
+        replay_non_idempotent: cc.replay_non_idempotent,
         idp_timeout: cc.client_config.timeout.unwrap_or(DEFAULT_IDP_TIMEOUT),
         idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
         tls,
