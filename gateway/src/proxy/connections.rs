@@ -7,8 +7,10 @@
 //! keeps, per server, the connections whose last exchange ended, newest first, and a request
 //! takes the newest one that is ready:
 //!
-//! - A connection returns to its server's list when its answer's body has been read to the end;
-//!   an answer dropped before its end (the caller went away) takes its connection with it.
+//! - A connection returns to its server's list when its answer's body has been read to the end
+//!   and its request's body sent to the end; an answer dropped before its end (the caller went
+//!   away), or one that ended while the caller was still sending (a server answering early),
+//!   takes its connection with it: the next request must not wait on a slow caller's upload.
 //! - A connection idle for longer than `idleConnTimeout` is closed when next looked at (a
 //!   request for its server, or another connection returning), as the general client does.
 //! - A request that a kept connection could not take (the server closed it just before) goes
@@ -34,6 +36,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tower::Service;
 
+use super::caller_body::Sent;
 use crate::http::{BoxBody, BoxError};
 
 /// One kept connection.
@@ -75,6 +78,7 @@ impl Http1Connections {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<BoxBody>,
+        sent: Option<&Arc<Sent>>,
     ) -> Result<Response<BoxBody>, BoxError> {
         let uri = req.uri().clone();
         let authority = uri
@@ -109,6 +113,7 @@ impl Http1Connections {
                         sender,
                         connections: Arc::clone(self),
                         authority,
+                        sent: sent.cloned(),
                     };
                     return Ok(resp.map(|body| Returning::new(body, back).boxed_unsync()));
                 }
@@ -199,6 +204,8 @@ struct Back {
     sender: SendRequest<BoxBody>,
     connections: Arc<Http1Connections>,
     authority: Authority,
+    /// A streamed request body's progress; `None`: the body was whole from the start.
+    sent: Option<Arc<Sent>>,
 }
 
 pin_project_lite::pin_project! {
@@ -226,7 +233,9 @@ impl Returning {
 }
 
 fn give_back(back: &mut Option<Back>) {
-    if let Some(b) = back.take() {
+    if let Some(b) = back.take()
+        && b.sent.as_ref().is_none_or(|s| s.is_done())
+    {
         b.connections.put(b.authority, b.sender);
     }
 }
@@ -333,7 +342,7 @@ mod tests {
         let (addr, accepted) = server(OK, usize::MAX).await;
         let c = connections(60);
         for _ in 0..5 {
-            let resp = c.send(get(addr)).await.unwrap();
+            let resp = c.send(get(addr), None).await.unwrap();
             assert_eq!(read(resp).await, "ok");
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -341,7 +350,7 @@ mod tests {
 
         // Read as hyper's server reads it: up to the frame after which the body says it has
         // ended, never asking for the end itself.
-        let mut body = c.send(get(addr)).await.unwrap().into_body();
+        let mut body = c.send(get(addr), None).await.unwrap().into_body();
         assert_eq!(c.kept(), 0, "in use");
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "ok");
@@ -351,12 +360,51 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 
         // An answer dropped unread takes its connection with it.
-        let unread = c.send(get(addr)).await.unwrap();
+        let unread = c.send(get(addr), None).await.unwrap();
         assert_eq!(c.kept(), 0);
         drop(unread);
         assert_eq!(c.kept(), 0);
-        assert_eq!(read(c.send(get(addr)).await.unwrap()).await, "ok");
+        assert_eq!(read(c.send(get(addr), None).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_callers_body_is_not_kept() {
+        use crate::proxy::caller_body::CallerBody;
+        // The server answers as soon as it has the head, before the body (as one refusing
+        // early does); the caller has sent one chunk of its body and stalls.
+        let (addr, accepted) = server(OK, usize::MAX).await;
+        let c = connections(60);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+            .await
+            .unwrap();
+        let sent = Arc::new(Sent::default());
+        let body = CallerBody::new(
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Some(Arc::clone(&sent)),
+        );
+        let req = Request::post(format!("http://{addr}/upload"))
+            .header(http::header::TRANSFER_ENCODING, "chunked")
+            .body(body.boxed_unsync())
+            .unwrap();
+        let resp = c.send(req, Some(&sent)).await.unwrap();
+        assert_eq!(read(resp).await, "ok");
+        assert!(!sent.is_done());
+        assert_eq!(
+            c.kept(),
+            0,
+            "the stalled upload's connection is not offered to others"
+        );
+        // The next request is not held behind the stalled upload: it gets a connection of its
+        // own at once.
+        let next = tokio::time::timeout(Duration::from_secs(5), c.send(get(addr), None))
+            .await
+            .expect("not held behind the stalled upload")
+            .unwrap();
+        assert_eq!(read(next).await, "ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        drop(tx);
     }
 
     #[tokio::test]
@@ -365,7 +413,7 @@ mod tests {
         let c = connections(60);
         for _ in 0..3 {
             // hyper's server never reads a body that says it has ended; nor does this test.
-            let resp = c.send(get(addr)).await.unwrap();
+            let resp = c.send(get(addr), None).await.unwrap();
             assert_eq!(resp.status(), 204);
             assert_eq!(c.kept(), 1);
         }
@@ -378,7 +426,7 @@ mod tests {
         let (addr, accepted) = server(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 1).await;
         let c = connections(60);
         for i in 1..=3 {
-            assert_eq!(read(c.send(get(addr)).await.unwrap()).await, "ok");
+            assert_eq!(read(c.send(get(addr), None).await.unwrap()).await, "ok");
             // Once the close is seen, the kept connection is dropped rather than used.
             for _ in 0..500 {
                 let closed = c
@@ -401,12 +449,12 @@ mod tests {
     async fn an_expired_connection_is_not_used() {
         let (addr, accepted) = server(OK, usize::MAX).await;
         let c = connections(90);
-        assert_eq!(read(c.send(get(addr)).await.unwrap()).await, "ok");
+        assert_eq!(read(c.send(get(addr), None).await.unwrap()).await, "ok");
         tokio::time::advance(Duration::from_secs(89)).await;
-        assert_eq!(read(c.send(get(addr)).await.unwrap()).await, "ok");
+        assert_eq!(read(c.send(get(addr), None).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(91)).await;
-        assert_eq!(read(c.send(get(addr)).await.unwrap()).await, "ok");
+        assert_eq!(read(c.send(get(addr), None).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(c.kept(), 1, "the expired one is gone");
     }
@@ -429,7 +477,7 @@ mod tests {
             String::from_utf8(seen).unwrap()
         });
         let c = connections(60);
-        c.send(get(addr)).await.unwrap();
+        c.send(get(addr), None).await.unwrap();
         let head = head.await.unwrap();
         assert!(head.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{head}");
         assert!(

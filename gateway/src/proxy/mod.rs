@@ -1,6 +1,7 @@
 //! The HTTP side: listeners, graceful shutdown, routing, middlewares, forwarding.
 
 pub mod admin;
+pub mod caller_body;
 pub mod connections;
 pub mod cors;
 pub mod edge;
@@ -445,6 +446,7 @@ impl Gateway {
             return Box::pin(self.upgrade(route, parts, body, protocols)).await;
         }
         let replayable = may_replay && !used.is_empty();
+        let mut sent = None;
         let (body, held) = if replayable || may_retry {
             match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
                 Ok(collected) => {
@@ -460,10 +462,19 @@ impl Gateway {
                 }
             }
         } else {
-            (body.map_err(BoxError::from).boxed_unsync(), None)
+            // Streamed: the response header timeout waits until the caller has sent it all, and
+            // the upstream connection is kept only once it has.
+            sent = (!body.is_end_stream()).then(|| Arc::new(caller_body::Sent::default()));
+            (
+                caller_body::CallerBody::new(body, sent.clone()).boxed_unsync(),
+                None,
+            )
         };
 
-        let resp = match self.send(route, parts, body, held.as_ref()).await {
+        let resp = match self
+            .send(route, parts, body, held.as_ref(), sent.as_ref())
+            .await
+        {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
@@ -490,7 +501,7 @@ impl Gateway {
                 return resp;
             }
             match self
-                .send(route, parts, full(bytes.clone()), Some(&bytes))
+                .send(route, parts, full(bytes.clone()), Some(&bytes), None)
                 .await
             {
                 Ok(resp) => answer(route, resp),
@@ -502,13 +513,15 @@ impl Gateway {
 
     /// Sends a request to the route's next fit server, and again to the next ones as its
     /// `retry` allows (only with `held`, the whole body, and an idempotent method). Failures
-    /// are reported to the pool for passive health.
+    /// are reported to the pool for passive health. A streamed body reports to `sent` when it
+    /// has been sent in full.
     async fn send(
         &self,
         route: &Route,
         mut parts: http::request::Parts,
         body: BoxBody,
         held: Option<&bytes::Bytes>,
+        sent: Option<&Arc<caller_body::Sent>>,
     ) -> Result<Response<BoxBody>, Response<BoxBody>> {
         // Nothing the caller's connection put in the request goes on to the upstream's. Emptied
         // by replacing, not clearing: an empty map left allocated is hashed into by every
@@ -530,7 +543,7 @@ impl Gateway {
             let Some(picked) = next.take() else {
                 return Err(no_upstream());
             };
-            let sent = match body.take() {
+            let this_body = match body.take() {
                 Some(first) => first,
                 None => full(held.cloned().unwrap_or_default()),
             };
@@ -543,6 +556,7 @@ impl Gateway {
                         (Some(_), Some(p)) => p.clone_for_retry(),
                         _ => parts.take().expect("sent once when it cannot be retried"),
                     },
+                    this_body,
                     sent,
                 )
                 .await;
@@ -602,7 +616,7 @@ impl Gateway {
             return no_upstream();
         };
         let mut resp = match self
-            .forward(route, &route.clients.http1, &picked, parts, body)
+            .forward(route, &route.clients.http1, &picked, parts, body, None)
             .await
         {
             Ok(resp) => resp,
@@ -662,6 +676,7 @@ impl Gateway {
         server: &pool::Picked<'_>,
         mut parts: http::request::Parts,
         body: BoxBody,
+        sent: Option<&Arc<caller_body::Sent>>,
     ) -> Result<Response<BoxBody>, ForwardError> {
         let upstream = server.url();
         parts.uri = server
@@ -691,12 +706,21 @@ impl Gateway {
         async {
             otel::inject(&mut parts.headers);
             let request = Request::from_parts(parts, body);
+            // The response header timeout runs from when the request has been sent in full.
             let resp = match route.response_header_timeout {
-                Some(limit) => match tokio::time::timeout(limit, client.request(request)).await {
-                    Ok(resp) => resp.map_err(ForwardError::Transport),
-                    Err(_) => Err(ForwardError::Timeout),
+                Some(limit) => tokio::select! {
+                    resp = client.request(request, sent) => resp.map_err(ForwardError::from_transport),
+                    () = async {
+                        if let Some(s) = sent {
+                            s.wait().await;
+                        }
+                        tokio::time::sleep(limit).await;
+                    } => Err(ForwardError::Timeout),
                 },
-                None => client.request(request).await.map_err(ForwardError::Transport),
+                None => client
+                    .request(request, sent)
+                    .await
+                    .map_err(ForwardError::from_transport),
             };
             if let Ok(r) = &resp {
                 tracing::Span::current().record("http.response.status_code", r.status().as_u16());
@@ -711,6 +735,9 @@ impl Gateway {
             }
             ForwardError::Timeout => {
                 tracing::warn!(route = %route.name, upstream = %upstream, "upstream sent no answer within responseHeaderTimeout");
+            }
+            ForwardError::Caller(e) => {
+                tracing::info!(route = %route.name, upstream = %upstream, error = %error_chain(e.as_ref()), "the caller's request body failed");
             }
             ForwardError::Target => {}
         })
@@ -766,9 +793,19 @@ enum ForwardError {
     Timeout,
     /// Connecting, TLS, or the exchange failed before an answer.
     Transport(BoxError),
+    /// The caller's body failed (slow, aborted, gone): not the server's doing.
+    Caller(BoxError),
 }
 
 impl ForwardError {
+    fn from_transport(e: BoxError) -> Self {
+        if caller_body::CallerBodyFailed::caused(e.as_ref()) {
+            Self::Caller(e)
+        } else {
+            Self::Transport(e)
+        }
+    }
+
     /// Whether sending the request again (to another server) may help.
     fn retryable(&self) -> bool {
         matches!(self, Self::Transport(_))
@@ -776,7 +813,7 @@ impl ForwardError {
 
     /// Whether the server is to blame (passive health), rather than the request.
     fn counts_against_server(&self) -> bool {
-        !matches!(self, Self::Target)
+        matches!(self, Self::Timeout | Self::Transport(_))
     }
 
     fn into_response(self) -> Response<BoxBody> {
@@ -795,6 +832,11 @@ impl ForwardError {
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
                 "the upstream service is unreachable",
+            ),
+            Self::Caller(_) => response::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "request body could not be read",
             ),
         }
     }

@@ -9,9 +9,14 @@
 //!   no requests until it passes again.
 //! - **Passive health** (`passiveHealthCheck`): a server that fails `maxFailedAttempts` requests
 //!   (connection failures, timeouts, 5xx answers) within `failureWindow` is ejected for
-//!   `failureWindow`, then tried again.
+//!   `failureWindow`, then tried again. Only failures of the server count: a caller's slow or
+//!   aborted body, or its going away, never does (so no caller can eject servers). The last
+//!   fit server is never ejected, and when every server that passes its health check is
+//!   ejected all of them take requests again (Envoy's panic mode): passive health alone never
+//!   leaves a route without servers.
 //!
-//! A route none of whose servers is fit answers 503 at once rather than waiting on a dead one.
+//! A route none of whose servers passes its health check answers 503 at once rather than
+//! waiting on a dead one.
 //! Time is `tokio::time`'s, so tests move it by hand.
 
 use std::sync::Arc;
@@ -189,21 +194,31 @@ impl Pool {
         !s.down.load(Ordering::Relaxed) && s.ejected_until.load(Ordering::Relaxed) <= now
     }
 
-    /// The server for the next request, counted in flight until the pick is dropped; `None`
-    /// when no server is fit.
+    /// The server for the next request, counted in flight until the pick is dropped: among
+    /// the fit servers, or, when all that pass their health check are ejected, among those
+    /// (panic mode); `None` when none passes its health check.
     pub fn pick(&self) -> Option<Picked<'_>> {
         let now = self.now_ms();
+        let index = self
+            .choose(|i| self.fit(i, now))
+            .or_else(|| self.choose(|i| !self.servers[i].down.load(Ordering::Relaxed)))?;
+        let server = &self.servers[index];
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.requests.inc();
+        Some(Picked { pool: self, index })
+    }
+
+    /// The next server among those `ok` admits, by the strategy.
+    fn choose(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
         let index = match self.strategy {
             Strategy::Wrr => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..self.schedule.len())
                     .map(|k| self.schedule[(start + k) % self.schedule.len()])
-                    .find(|i| self.fit(*i, now))?
+                    .find(|i| ok(*i))?
             }
             Strategy::P2c => {
-                let fit: Vec<usize> = (0..self.servers.len())
-                    .filter(|i| self.fit(*i, now))
-                    .collect();
+                let fit: Vec<usize> = (0..self.servers.len()).filter(|i| ok(*i)).collect();
                 match fit.len() {
                     0 => return None,
                     1 => fit[0],
@@ -224,10 +239,7 @@ impl Pool {
                 }
             }
         };
-        let server = &self.servers[index];
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
-        server.requests.inc();
-        Some(Picked { pool: self, index })
+        Some(index)
     }
 
     /// Notes a failed request to server `index` (connection failure, timeout, 5xx).
@@ -244,7 +256,10 @@ impl Pool {
             s.window_failures.store(0, Ordering::Relaxed);
         }
         let failures = s.window_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= passive.max_failed_attempts {
+        let others_fit = (0..self.servers.len()).any(|j| j != index && self.fit(j, now));
+        if failures >= passive.max_failed_attempts && !others_fit {
+            tracing::debug!(route = %self.route, upstream = %s.url, "the last fit server is not ejected");
+        } else if failures >= passive.max_failed_attempts {
             s.window_failures.store(0, Ordering::Relaxed);
             s.window_start.store(now, Ordering::Relaxed);
             s.ejected_until.store(now + window, Ordering::Relaxed);
@@ -333,7 +348,7 @@ async fn probe(
     if let Some(host) = &check.hostname {
         req.headers_mut().insert(http::header::HOST, host.clone());
     }
-    match tokio::time::timeout(check.timeout, client.request(req)).await {
+    match tokio::time::timeout(check.timeout, client.request(req, None)).await {
         Ok(Ok(resp)) => match check.status {
             Some(want) => resp.status() == want,
             None => resp.status().is_success() || resp.status().is_redirection(),
@@ -417,12 +432,13 @@ mod tests {
         assert_eq!(picks(&pool, 2), ["s0", "s1"], "two failures eject nobody");
         pool.failed(1);
         assert_eq!(picks(&pool, 4), ["s0", "s0", "s0", "s0"], "the third does");
-        pool.failed(0);
-        pool.failed(0);
-        pool.failed(0);
-        assert!(
-            pool.pick().is_none(),
-            "no server is fit: the route answers 503"
+        for _ in 0..6 {
+            pool.failed(0);
+        }
+        assert_eq!(
+            picks(&pool, 2),
+            ["s0", "s0"],
+            "the last fit server is never ejected"
         );
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(
@@ -458,6 +474,32 @@ mod tests {
         let held = pool.pick().unwrap();
         let other = pool.pick().unwrap();
         assert_ne!(held.url(), other.url());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_healthy_server_ejected_all_of_them_take_requests() {
+        let pool = Pool::new("panic", &config(&[1, 1, 1], Strategy::Wrr));
+        for _ in 0..3 {
+            pool.failed(0);
+        }
+        pool.set_down(2, true);
+        assert_eq!(picks(&pool, 2), ["s1", "s1"]);
+        // s1 is the last fit server: kept. Then s2 passes its check again and s1 is ejected;
+        // then s2 fails its check, and the two ejected servers take requests again.
+        for _ in 0..3 {
+            pool.failed(1);
+        }
+        assert_eq!(picks(&pool, 1), ["s1"]);
+        pool.set_down(2, false);
+        for _ in 0..3 {
+            pool.failed(1);
+        }
+        assert_eq!(picks(&pool, 2), ["s2", "s2"]);
+        pool.set_down(2, true);
+        let mut both = picks(&pool, 6);
+        both.sort();
+        both.dedup();
+        assert_eq!(both, ["s0", "s1"], "panic mode: all ejected serve");
     }
 
     #[test]

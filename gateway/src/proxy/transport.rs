@@ -81,12 +81,17 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Sends `req` (an absolute URI) and gives the answer's head.
-    pub async fn request(&self, req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
+    /// Sends `req` (an absolute URI) and gives the answer's head. `sent` follows a streamed
+    /// body (hyper's own pool keeps a connection only once it is ready for another request).
+    pub async fn request(
+        &self,
+        req: Request<BoxBody>,
+        sent: Option<&Arc<super::caller_body::Sent>>,
+    ) -> Result<Response<BoxBody>, BoxError> {
         if let Some(plain) = &self.plain
             && req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
         {
-            return plain.send(req).await;
+            return plain.send(req, sent).await;
         }
         // Boxed: the general client's future is large, and most requests do not take it.
         let resp = Box::pin(self.general.request(req)).await?;

@@ -18,13 +18,17 @@ fn dead() -> SocketAddr {
     ([127, 0, 0, 1], free_port()).into()
 }
 
-/// The value of the metric line `series` (name and labels, as exposed).
+/// The value of the metric line `series` (name and labels, as exposed); 0 when absent.
 async fn metric(node: &Node, series: &str) -> f64 {
+    exposed(node, series).await.unwrap_or(0.0)
+}
+
+/// The value of the metric line `series`, if the node exposes it.
+async fn exposed(node: &Node, series: &str) -> Option<f64> {
     metrics_text(node.admin)
         .await
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Sends `n` GETs to `path`; the statuses.
@@ -149,7 +153,31 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_whose_servers_are_all_down_answers_503_at_once() {
+async fn a_route_whose_servers_all_fail_their_health_check_answers_503_at_once() {
+    let gone = dead();
+    let node = Node::start(
+        &config(&format!(
+            "routes:\n  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: [\"http://{gone}\"], healthCheck: {{ path: /health, interval: 100ms, timeout: 1s }} }} }}\n"
+        )),
+        &[],
+    );
+    let health = format!("tokengate_upstream_healthy{{route=\"r\",upstream=\"http://{gone}\"}}");
+    eventually(
+        "the server fails its health check",
+        Duration::from_secs(10),
+        async || exposed(&node, &health).await == Some(0.0),
+    )
+    .await;
+    let resp = client().get(node.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "no_upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_health_never_ejects_the_last_fit_server() {
+    // One failure ejects a server, yet a route's only server keeps taking requests: ejecting
+    // it would turn its failures (or failures a caller provokes) into a route that is down.
     let gone = dead();
     let node = Node::start(
         &config(&format!(
@@ -157,11 +185,14 @@ async fn a_route_whose_servers_are_all_down_answers_503_at_once() {
         )),
         &[],
     );
-    assert_eq!(statuses(&node, reqwest::Method::GET, "/x", 1).await, [502]);
-    let resp = client().get(node.url("/x")).send().await.unwrap();
-    assert_eq!(resp.status(), 503);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["error"], "no_upstream");
+    assert_eq!(
+        statuses(&node, reqwest::Method::GET, "/x", 3).await,
+        [502, 502, 502],
+        "tried each time"
+    );
+    let ejections =
+        format!("tokengate_upstream_ejections_total{{route=\"r\",upstream=\"http://{gone}\"}}");
+    assert_eq!(exposed(&node, &ejections).await, Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,5 +277,84 @@ routes:
     assert_eq!(
         statuses(&node, reqwest::Method::GET, "/patient", 1).await,
         [200]
+    );
+}
+
+/// Opens a raw connection and sends a POST head announcing a 100-byte body, then `part` of it.
+async fn start_upload(node: &Node, part: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(node.proxy).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(part).await.unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_eject_servers_and_the_header_timeout_starts_once_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = (EchoUpstream::start().await, EchoUpstream::start().await);
+    let node = Node::start(
+        &config(&format!(
+            r#"
+routes:
+  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: ["{a}", "{b}"], forwardingTimeouts: {{ responseHeaderTimeout: 300ms }}, passiveHealthCheck: {{ maxFailedAttempts: 1, failureWindow: 1m }} }} }}
+"#,
+            a = a.url(),
+            b = b.url(),
+        )),
+        &[],
+    );
+    // Callers that stall mid-body for longer than the header timeout, then go away, and callers
+    // that abort their body at once: four of each, more than enough to eject both servers if
+    // their failures counted. The stall is the attack, so its length (past the timeout) is the
+    // point of the wait.
+    for _ in 0..4 {
+        let stalled = start_upload(&node, b"0123456789").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(stalled);
+        let mut aborted = start_upload(&node, b"01234").await;
+        aborted.shutdown().await.unwrap();
+        drop(aborted);
+    }
+    // A slow but complete upload: the server's 300 ms start once the body is all there.
+    let mut slow = start_upload(&node, &[b'x'; 50]).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    slow.write_all(&[b'x'; 50]).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = slow.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    for up in [&a, &b] {
+        let series = |name: &str| {
+            format!(
+                "tokengate_upstream_{name}_total{{route=\"r\",upstream=\"{}\"}}",
+                up.url()
+            )
+        };
+        assert_eq!(exposed(&node, &series("ejections")).await, Some(0.0));
+        assert_eq!(exposed(&node, &series("failures")).await, Some(0.0));
+    }
+    let before = (served(&a), served(&b));
+    assert_eq!(
+        statuses(&node, reqwest::Method::GET, "/x", 4).await,
+        [200, 200, 200, 200]
+    );
+    assert_eq!(
+        (served(&a) - before.0, served(&b) - before.1),
+        (2, 2),
+        "both servers still take their share"
     );
 }
