@@ -53,6 +53,9 @@ impl Backend {
             )),
             (endpoints, None) => {
                 let tls = tls_files(cli)?;
+                if cli.token.is_some() && tls.is_none() {
+                    in_clear(cli, "--token", endpoints.iter().map(String::as_str))?;
+                }
                 let store = RaftStore::new(&RaftStoreConfig {
                     endpoints: endpoints.to_vec(),
                     timeout: cli.timeout,
@@ -74,6 +77,14 @@ impl Backend {
             }
             ([], Some(url)) => {
                 let cfg = redis_config(url, &cli.key_prefix, cli.timeout, tls_files(cli)?)?;
+                if cfg.password.is_some() && cfg.tls.is_none() {
+                    let hosts: Vec<String> = cfg
+                        .endpoints
+                        .iter()
+                        .map(|(h, p)| format!("{h}:{p}"))
+                        .collect();
+                    in_clear(cli, "the password", hosts.iter().map(String::as_str))?;
+                }
                 let target = cfg
                     .endpoints
                     .iter()
@@ -316,6 +327,20 @@ fn view(key: &TokenKey, e: &SealedEntry) -> EntryView {
         renewable: m.refresh_at < m.expires_at,
         fleet_key_id: e.key_id.clone(),
         sealed_bytes: e.ciphertext.len(),
+    }
+}
+
+/// Refuses to send `what` in clear to a cache not on this host, unless `--allow-plaintext`.
+fn in_clear<'a>(
+    cli: &Cli,
+    what: &str,
+    endpoints: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Failure> {
+    match gateway::outbound::first_off_host(endpoints) {
+        Some(away) if !cli.allow_plaintext => Err(Failure::Usage(format!(
+            "{what} would cross the network to {away} in clear: use TLS (--cacert, or rediss://), or pass --allow-plaintext on a network you trust"
+        ))),
+        _ => Ok(()),
     }
 }
 

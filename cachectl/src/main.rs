@@ -61,6 +61,10 @@ struct Cli {
         requires = "cert"
     )]
     cert_key: Option<PathBuf>,
+    /// Send the token (or the Redis password) without TLS to a cache that is not on this host:
+    /// anyone on the path can read it. For a private network you trust.
+    #[arg(long, global = true, env = "CACHECTL_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
     /// The fleet's `store.redis.keyPrefix`.
     #[arg(long, global = true, default_value = "tokengate")]
     key_prefix: String,

@@ -120,6 +120,10 @@ enum Command {
         /// port may read, evict and rewrite the cache. For isolated test networks only.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Send and take the role tokens without TLS on a non-loopback address (anyone on the
+        /// path can read them). For a private network you trust; give --tls-cert instead.
+        #[arg(long, env = "TOKENGATE_ALLOW_PLAINTEXT")]
+        allow_plaintext: bool,
         /// Log entries between snapshots.
         #[arg(long, default_value_t = gateway::cachenode::DEFAULT_SNAPSHOT_LOGS)]
         snapshot_logs: u64,
@@ -250,6 +254,7 @@ fn main() -> ExitCode {
             gateway_identity,
             operator_identity,
             insecure_no_auth,
+            allow_plaintext,
             snapshot_logs,
             max_entries,
             log_format,
@@ -304,6 +309,7 @@ fn main() -> ExitCode {
                 peers: peer.into_iter().collect(),
                 credentials,
                 insecure_no_auth,
+                allow_plaintext,
                 snapshot_logs,
                 max_entries,
                 metrics_listen,

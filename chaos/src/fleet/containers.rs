@@ -170,7 +170,7 @@ pub(super) async fn start(spec: FleetSpec) -> anyhow::Result<Fleet> {
     let store = match spec.store {
         StoreKind::Memory => "{ memory: {} }".to_owned(),
         StoreKind::Redis => format!(
-            "{{ redis: {{ endpoints: [\"redis:{REDIS_PORT}\"], password: env:CHAOS_REDIS_PASSWORD, timeout: 1s }} }}"
+            "{{ redis: {{ endpoints: [\"redis:{REDIS_PORT}\"], password: env:CHAOS_REDIS_PASSWORD, timeout: 1s, allowPlaintext: true }} }}"
         ),
         StoreKind::Raft => raft_store_yaml(
             &(1..=3)
@@ -401,6 +401,8 @@ pub(super) fn cachectl(c: &Container, args: &[&str]) -> anyhow::Result<String> {
         "CACHECTL_TOKEN",
         &c.name,
         "cachectl",
+        // The harness's network carries the token without TLS, said out loud.
+        "--allow-plaintext",
         "--endpoints",
     ];
     all.push(&endpoints);

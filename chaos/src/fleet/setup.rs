@@ -20,6 +20,8 @@ pub(super) fn cache_node_env(log_level: &str) -> Vec<(String, String)> {
         ("TOKENGATE_GATEWAY_TOKEN".into(), "env:CHAOS_GATEWAY".into()),
         ("CHAOS_GATEWAY".into(), GATEWAY_TOKEN.into()),
         ("RUST_LOG".into(), log_level.to_owned()),
+        // Containers reach each other over the harness's own network, without TLS.
+        ("TOKENGATE_ALLOW_PLAINTEXT".into(), "true".into()),
     ]
     .into_iter()
     // The Raft timers, when the harness is given some (to measure failover against them).
@@ -151,7 +153,7 @@ pub(super) fn raft_client(addrs: &[String], token: &str) -> Store {
 pub(super) fn raft_store_yaml(endpoints: &[String]) -> String {
     let quoted: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN }} }}",
+        "{{ raft: {{ endpoints: [{}], timeout: 2s, token: env:CHAOS_GATEWAY_TOKEN, allowPlaintext: true }} }}",
         quoted.join(", ")
     )
 }

@@ -169,6 +169,12 @@ impl Credentials {
         }
     }
 
+    /// Whether any role is proven by a bearer token (which then crosses the network with every
+    /// call).
+    pub fn has_tokens(&self) -> bool {
+        Role::ALL.iter().any(|r| self.of(*r).secret.is_some())
+    }
+
     /// Whether any role has a credential (authentication is on).
     pub fn enabled(&self) -> bool {
         Role::ALL.iter().any(|r| self.of(*r).is_set())

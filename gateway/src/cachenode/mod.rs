@@ -157,6 +157,8 @@ pub struct CacheNodeConfig {
     pub credentials: auth::Credentials,
     /// Serve without credentials on a non-loopback address.
     pub insecure_no_auth: bool,
+    /// Send and take bearer tokens without TLS beyond this host.
+    pub allow_plaintext: bool,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
     /// Entries kept at most (see [`context::bound_entries`]).
@@ -234,6 +236,11 @@ pub enum CacheNodeError {
     /// The credentials are incomplete, or missing where they must not be.
     #[error("authentication: {0}")]
     Credentials(#[from] auth::CredentialsError),
+    /// Bearer tokens would cross a network in clear.
+    #[error(
+        "role tokens would cross the network in clear ({0} is not on this host): give --tls-cert and --tls-key, or pass --allow-plaintext on a network you trust"
+    )]
+    Plaintext(String),
     /// The listener could not be bound or served.
     #[error("cannot serve on {addr}: {message}")]
     Serve {
@@ -244,11 +251,33 @@ pub enum CacheNodeError {
     },
 }
 
+/// Where bearer tokens would cross a network in clear: with tokens and without TLS, the first
+/// address of this node (listening) or of another (peers, members, join targets) that is not
+/// on this host.
+fn tokens_in_clear(cfg: &CacheNodeConfig) -> Option<String> {
+    if cfg.tls.is_some() || !cfg.credentials.has_tokens() {
+        return None;
+    }
+    if !cfg.listen.ip().is_loopback() {
+        return Some(cfg.listen.to_string());
+    }
+    let others = (cfg.peers.values().chain(cfg.init.values()))
+        .chain(&cfg.join)
+        .map(String::as_str);
+    crate::outbound::first_off_host(others).map(str::to_owned)
+}
+
 /// Runs a cache node until `shutdown` is cancelled.
 pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<(), CacheNodeError> {
     cfg.credentials.check(cfg.listen, cfg.insecure_no_auth)?;
     if !cfg.credentials.enabled() && !cfg.listen.ip().is_loopback() {
         tracing::warn!(listen = %cfg.listen, "--insecure-no-auth: anyone who can reach this port may read, evict and rewrite the cache");
+    }
+    if let Some(away) = tokens_in_clear(&cfg) {
+        if !cfg.allow_plaintext {
+            return Err(CacheNodeError::Plaintext(away));
+        }
+        tracing::warn!(%away, "--allow-plaintext: role tokens cross the network in clear; anyone on the path can read them");
     }
     let data = |message: String| CacheNodeError::Data {
         dir: cfg.data_dir.display().to_string(),

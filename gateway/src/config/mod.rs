@@ -54,8 +54,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Config {
     /// The proxy listener.
     pub listen: SocketAddr,
-    /// The admin listener (`/healthz`, `/readyz`).
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`).
     pub admin_listen: SocketAddr,
+    /// The bearer token `/metrics` and `/config` need (`admin.token`); the probes need none.
+    pub admin_token: Option<Secret>,
     /// The shared token store.
     pub store: StoreConfig,
     /// The fleet key; `None` means a random per-process key (memory store only: shared stores

@@ -391,6 +391,12 @@ pub struct RawTrustedIssuer {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAdmin {
     pub listen: String,
+    /// Secret reference to the bearer token `/metrics` and `/config` need.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Serve `/metrics` and `/config` without a token beyond loopback (Traefik's `api.insecure`).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// Exactly one backend must be given.
@@ -422,6 +428,9 @@ pub struct RawRaftStore {
     /// Secret reference to the gateway role's token (the nodes' `--gateway-token`).
     #[serde(default)]
     pub token: Option<String>,
+    /// Send the token without TLS to nodes that are not on this host.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +463,9 @@ pub struct RawRedisStore {
     /// TLS towards Redis (and, with Sentinel, towards the servers it names).
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// Send the password without TLS to servers that are not on this host.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

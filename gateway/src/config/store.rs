@@ -38,6 +38,14 @@ pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConf
         .token
         .as_deref()
         .and_then(|t| issues.secret("store.raft.token", t));
+    in_clear(
+        issues,
+        "store.raft",
+        "the gateway token",
+        r.token.is_some() && tls.is_none(),
+        r.endpoints.iter().map(String::as_str),
+        r.allow_plaintext,
+    );
     Some(RaftStoreConfig {
         endpoints: r.endpoints,
         timeout,
@@ -109,6 +117,14 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
         }
         store_tls(issues, "store.redis.tls", t)
     });
+    in_clear(
+        issues,
+        "store.redis",
+        "the password",
+        r.password.is_some() && tls.is_none(),
+        r.endpoints.iter().map(String::as_str),
+        r.allow_plaintext,
+    );
     (issues.0.len() == before).then_some(RedisConfig {
         endpoints,
         username: r.username,
@@ -120,6 +136,39 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
         timeout,
         tls,
     })
+}
+
+/// A secret (`what`) sent without TLS (`clear`) to one of `endpoints` off this host is refused
+/// unless the operator set `<section>.allowPlaintext` (then it is a warning): no secret crosses
+/// a network in clear by default.
+fn in_clear<'a>(
+    issues: &mut Issues,
+    section: &str,
+    what: &str,
+    clear: bool,
+    endpoints: impl IntoIterator<Item = &'a str>,
+    allowed: bool,
+) {
+    let Some(away) = clear
+        .then(|| crate::outbound::first_off_host(endpoints))
+        .flatten()
+    else {
+        return;
+    };
+    let path = format!("{section}.tls");
+    if allowed {
+        issues.warn(
+            &path,
+            &format!("not set: {what} crosses the network to {away} in clear (allowPlaintext)"),
+        );
+    } else {
+        issues.push(
+            path,
+            format!(
+                "is required to send {what} to {away}, which is not on this host; set {section}.allowPlaintext: true to send it in clear on a network you trust"
+            ),
+        );
+    }
 }
 
 /// Reads a PEM file (certificates or a key); the error names the file, never its content.
@@ -169,6 +218,55 @@ mod tests {
         Config::from_yaml(&format!(
             "listen: 127.0.0.1:8080\nadmin: {{ listen: 127.0.0.1:9090 }}\n{fleet_key}\nstore: {store}\n"
         ))
+    }
+
+    #[test]
+    fn a_secret_for_a_store_off_this_host_needs_tls_or_an_explicit_opt_in() {
+        let issues = |store: &str| match load(store) {
+            Err(ConfigError::Invalid(i)) => i.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            other => panic!("expected value errors, got {other:?}"),
+        };
+        assert_eq!(
+            issues("{ raft: { endpoints: [\"127.0.0.1:7000\", \"cache-2:7000\"], token: t0ken } }"),
+            [
+                "store.raft.tls: is required to send the gateway token to cache-2:7000, which is not on this host; set store.raft.allowPlaintext: true to send it in clear on a network you trust"
+            ]
+        );
+        assert_eq!(
+            issues("{ redis: { endpoints: [\"10.0.0.5:6379\"], password: pa55 } }"),
+            [
+                "store.redis.tls: is required to send the password to 10.0.0.5:6379, which is not on this host; set store.redis.allowPlaintext: true to send it in clear on a network you trust"
+            ]
+        );
+        // On this host, without a secret, or with TLS: nothing to say.
+        for fine in [
+            "{ raft: { endpoints: [\"127.0.0.1:7000\", \"localhost:7001\", \"[::1]:7002\"], token: t0ken } }",
+            "{ raft: { endpoints: [\"cache-2:7000\"] } }",
+            "{ redis: { endpoints: [\"10.0.0.5:6379\"] } }",
+        ] {
+            let cfg = load(fine).unwrap();
+            assert!(
+                !cfg.warnings.iter().any(|w| w.contains("in clear")),
+                "{fine}: {:?}",
+                cfg.warnings
+            );
+        }
+        // Told, it loads and warns.
+        let told =
+            load("{ raft: { endpoints: [\"cache-2:7000\"], token: t0ken, allowPlaintext: true } }")
+                .unwrap();
+        let plaintext: Vec<&String> = told
+            .warnings
+            .iter()
+            .filter(|w| w.starts_with("store.raft.tls"))
+            .collect();
+        assert_eq!(
+            plaintext,
+            [
+                "store.raft.tls: not set: the gateway token crosses the network to cache-2:7000 in clear (allowPlaintext)"
+            ]
+        );
+        assert!(!told.warnings.iter().any(|w| w.contains("t0ken")));
     }
 
     #[test]

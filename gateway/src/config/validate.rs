@@ -171,6 +171,28 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
     if listen.is_some() && listen == admin_listen && listen.is_some_and(|a| a.port() != 0) {
         issues.push("admin.listen", "must differ from listen");
     }
+    let admin_token = raw
+        .admin
+        .token
+        .as_deref()
+        .and_then(|t| issues.secret("admin.token", t));
+    if let Some(a) = admin_listen
+        && !a.ip().is_loopback()
+        && raw.admin.token.is_none()
+    {
+        if raw.admin.insecure {
+            issues.warn(
+                "admin.insecure",
+                "/metrics and /config are served to anyone who can reach admin.listen",
+            );
+        } else {
+            issues.push(
+                "admin.token",
+                "is required when admin.listen is not a loopback address (/metrics and /config \
+                 tell a lot about the fleet); or set admin.insecure: true",
+            );
+        }
+    }
     let edge = super::edge::edge(&mut issues, &raw);
     let store = match raw.store {
         None => StoreConfig::Memory,
@@ -342,6 +364,7 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
         servers_transports,
         listen: listen.expect("checked above"),
         admin_listen: admin_listen.expect("checked above"),
+        admin_token,
         store,
         fleet_key,
         previous_fleet_keys,

@@ -72,6 +72,16 @@ impl OAuthError {
         )
     }
 
+    /// 429 `temporarily_unavailable`, with `Retry-After`: this caller asks faster than its
+    /// requests can be checked.
+    pub fn too_many_requests(description: &'static str) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            description,
+        )
+    }
+
     /// 500 `server_error`.
     pub fn server_error() -> Self {
         Self::new(
@@ -87,7 +97,10 @@ impl IntoResponse for OAuthError {
         let mut resp = response::error(self.status, self.code, self.description);
         resp.headers_mut()
             .insert(PRAGMA, HeaderValue::from_static("no-cache"));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             resp = response::with_retry_after(resp, 1);
         }
         if self.challenge {

@@ -20,6 +20,7 @@ pub mod secret;
 mod settings;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -120,10 +121,11 @@ impl Issuer {
         matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
     }
 
-    /// Answers a request for one of the issuer's endpoints.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+    /// Answers a request for one of the issuer's endpoints from `caller` (its address after
+    /// `forwardedHeaders.trustedIPs`).
+    pub async fn handle(&self, req: Request<Incoming>, caller: IpAddr) -> Response<BoxBody> {
         match req.uri().path() {
-            TOKEN_PATH if req.method() == Method::POST => match self.token(req).await {
+            TOKEN_PATH if req.method() == Method::POST => match self.token(req, caller).await {
                 Ok(resp) => resp,
                 Err(e) => e.into_response(),
             },
@@ -146,7 +148,11 @@ impl Issuer {
     }
 
     /// `POST /oauth2/token`.
-    async fn token(&self, req: Request<Incoming>) -> Result<Response<BoxBody>, OAuthError> {
+    async fn token(
+        &self,
+        req: Request<Incoming>,
+        caller: IpAddr,
+    ) -> Result<Response<BoxBody>, OAuthError> {
         let (parts, body) = req.into_parts();
         let body = Limited::new(body, MAX_BODY)
             .collect()
@@ -166,7 +172,7 @@ impl Issuer {
                 secret,
                 basic,
             } => {
-                self.check_secret(client_id, secret, *basic).await?;
+                self.check_secret(client_id, secret, *basic, caller).await?;
                 (client_id.clone(), false)
             }
             ClientAuth::Assertion { jwt, client_id } => {
@@ -193,13 +199,14 @@ impl Issuer {
         client_id: &str,
         secret: &str,
         basic: bool,
+        caller: IpAddr,
     ) -> Result<(), OAuthError> {
         let hash = self
             .cfg
             .clients
             .get(client_id)
             .and_then(|c| c.secret.as_ref());
-        match self.secrets.check(client_id, hash, secret).await {
+        match self.secrets.check(client_id, hash, secret, caller).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 tracing::info!(client_id = %printable(client_id), "issuer: client authentication failed");
@@ -208,6 +215,9 @@ impl Issuer {
                     "client authentication failed",
                 ))
             }
+            Err(secret::Busy::Caller) => Err(OAuthError::too_many_requests(
+                "too many token requests from this address are being checked; retry later",
+            )),
             Err(secret::Busy::Saturated) => {
                 tracing::warn!("issuer: every secret verification slot is busy; refusing");
                 Err(OAuthError::unavailable(

@@ -111,7 +111,11 @@ pub async fn run(
         tokio::spawn(reloader.run(background.clone()))
     });
 
-    let admin = Admin::new(Arc::clone(&cache), Arc::clone(&status));
+    let admin = Admin::new(
+        Arc::clone(&cache),
+        Arc::clone(&status),
+        config.admin_token.clone(),
+    );
     let current = Arc::clone(&proxy.current);
     // Each request takes the proxy current when it arrives and keeps it to the end.
     let proxy_handler: http::Handler =

@@ -94,6 +94,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("listen", old.listen != new.listen),
         ("admin.listen", old.admin_listen != new.admin_listen),
+        (
+            "admin.token",
+            old.admin_token.as_ref().map(crate::secret::Secret::expose)
+                != new.admin_token.as_ref().map(crate::secret::Secret::expose),
+        ),
         ("store", old.store != new.store),
         ("fleetKey", old.fleet_key != new.fleet_key),
         (

@@ -78,3 +78,52 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         .filter_map(|der| reqwest::Certificate::from_der(der).ok())
         .fold(builder, reqwest::ClientBuilder::add_root_certificate)
 }
+
+/// Whether `endpoint` (`host:port`) is this host: a loopback address or `localhost`. A secret
+/// sent there in clear never crosses a network.
+pub fn on_this_host(endpoint: &str) -> bool {
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The first of `endpoints` that is not on this host: where a secret sent without TLS would
+/// cross a network in clear.
+pub fn first_off_host<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    endpoints.into_iter().find(|e| !on_this_host(e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_and_localhost_are_this_host() {
+        for here in [
+            "127.0.0.1:7000",
+            "127.9.9.9:1",
+            "[::1]:7000",
+            "localhost:6379",
+            "LOCALHOST:1",
+        ] {
+            assert!(super::on_this_host(here), "{here}");
+        }
+        for away in [
+            "10.0.0.5:7000",
+            "cache-1:7000",
+            "[2001:db8::1]:7000",
+            "0.0.0.0:7000",
+            "localhost.evil.com:1",
+        ] {
+            assert!(!super::on_this_host(away), "{away}");
+        }
+        assert_eq!(
+            super::first_off_host(["127.0.0.1:1", "cache-2:7000", "cache-3:7000"]),
+            Some("cache-2:7000")
+        );
+    }
+}

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use crate::http::BoxBody;
 use crate::http::response::json;
 use crate::lifecycle::TokenCache;
+use crate::secret::Secret;
 use crate::token::{UnixMillis, now_millis};
 
 /// What the admin listener tells about the loaded configuration; the node updates it as it
@@ -93,16 +94,40 @@ pub struct Admin {
     cache: Arc<TokenCache>,
     config: Arc<ConfigStatus>,
     draining: AtomicBool,
+    token: Option<Secret>,
 }
 
 impl Admin {
-    /// Admin endpoints over the node's cache and its configuration's status.
-    pub fn new(cache: Arc<TokenCache>, config: Arc<ConfigStatus>) -> Arc<Self> {
+    /// Admin endpoints over the node's cache and its configuration's status; `/metrics` and
+    /// `/config` need `token` as a bearer token when one is given.
+    pub fn new(
+        cache: Arc<TokenCache>,
+        config: Arc<ConfigStatus>,
+        token: Option<Secret>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             cache,
             config,
             draining: AtomicBool::new(false),
+            token,
         })
+    }
+
+    /// Whether `req` may read `/metrics` and `/config`: no token is configured, or it bears it
+    /// (compared in constant time).
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.token else {
+            return true;
+        };
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())))
     }
 
     /// Marks the node as draining: `/readyz` answers 503 from now on.
@@ -137,6 +162,21 @@ impl Admin {
                     status,
                     format!(r#"{{"status":"{state}","store":"{store}","config":"{config}"}}"#),
                 )
+            }
+            (&http::Method::GET | &http::Method::HEAD, "/config" | "/metrics")
+                if !self.authorised(req) =>
+            {
+                // RFC 6750 §3: the scheme and realm, no error code for a request without one.
+                let mut resp = json(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"invalid_token","error_description":"this endpoint needs the admin token"}"#
+                        .into(),
+                );
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"tokengate-admin\""),
+                );
+                resp
             }
             (&http::Method::GET | &http::Method::HEAD, "/config") => {
                 json(StatusCode::OK, self.config.json().to_string())

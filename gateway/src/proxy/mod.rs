@@ -344,7 +344,7 @@ impl Gateway {
             name_request(&req, req.uri().path());
             // Boxed: the issuer's future is large, and a proxied request should not carry
             // (and copy) room for it.
-            return Box::pin(issuer.handle(req)).await;
+            return Box::pin(issuer.handle(req, caller.address)).await;
         }
         let host = request_host(&req);
         let found = self.router.find(&RequestView {

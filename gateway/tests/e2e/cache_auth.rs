@@ -217,6 +217,58 @@ fn a_node_refuses_to_serve_others_without_credentials() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(warned, "the insecure mode is logged as a warning");
+
+    // Tokens for every role but no TLS on a non-loopback address: the tokens would cross the
+    // network in clear, so the node refuses to start unless told, naming neither token.
+    let tokens = [
+        ("TOKENGATE_ADMIN_TOKEN", "env:T_ADMIN"),
+        ("T_ADMIN", "admin-secret-value"),
+        ("TOKENGATE_PEER_TOKEN", "env:T_PEER"),
+        ("T_PEER", "peer-secret-value"),
+        ("TOKENGATE_GATEWAY_TOKEN", "env:T_GATEWAY"),
+        ("T_GATEWAY", "gateway-secret-value"),
+    ];
+    let out = start(&[], &tokens).output().unwrap();
+    assert!(!out.status.success());
+    let err = said(&out);
+    assert!(
+        err.contains("role tokens would cross the network in clear (0.0.0.0:0"),
+        "{err}"
+    );
+    assert!(!err.contains("secret-value"), "{err}");
+    // On loopback, but naming a peer elsewhere: the peer token would travel in clear too.
+    let loopback: Vec<String> = ["cache-node", "--id", "1", "--listen", "127.0.0.1:0"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(["--data-dir".to_owned(), dir.path().display().to_string()])
+        .chain([
+            "--init".to_owned(),
+            "1=127.0.0.1:7000,2=10.0.0.12:7000".to_owned(),
+        ])
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(&loopback)
+        .env_remove("RUST_LOG")
+        .envs(tokens.iter().copied())
+        .output()
+        .unwrap();
+    let err = said(&out);
+    assert!(
+        !out.status.success() && err.contains("(10.0.0.12:7000 is not on this host)"),
+        "{err}"
+    );
+    // Told explicitly, it serves, and warns.
+    let mut child = start(&["--allow-plaintext", "--log-format", "json"], &tokens)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let warned = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .take(20)
+        .any(|l| l.contains("--allow-plaintext: role tokens cross the network in clear"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "plaintext is logged as a warning");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -386,6 +386,19 @@ async fn cachectl_inspects_and_steers_a_redis_cache() {
         "needs the Raft cache service",
     );
     t.fails(&["--redis", "http://x", "ls"], &[], 2, "--redis");
+    // A secret never leaves for another host in clear unless told: refused before any call.
+    t.fails(
+        &["--endpoints", "10.0.0.5:7000", "ls"],
+        &[("CACHECTL_TOKEN", "operator-token-value")],
+        2,
+        "--token would cross the network to 10.0.0.5:7000 in clear",
+    );
+    t.fails(
+        &["--redis", "redis://:pa55word@10.0.0.5:6379", "ls"],
+        &[],
+        2,
+        "the password would cross the network to 10.0.0.5:6379 in clear",
+    );
     let nobody = format!("redis://127.0.0.1:{}", free_port());
     t.fails(
         &["--redis", &nobody, "--timeout", "1s", "ls"],

@@ -25,6 +25,7 @@ const SECRETS: &[(&str, &str)] = &[
     ("CACHE_PEER_TOKEN", "peer-token"),
     ("CACHE_GATEWAY_TOKEN", "gateway-token"),
     ("REDIS_PASSWORD", "redis-password"),
+    ("ADMIN_TOKEN", "gateway-admin-token"),
 ];
 
 fn root() -> PathBuf {
@@ -98,7 +99,31 @@ fn every_gateway_configuration_in_deploy_is_valid() {
     ] {
         check_config(path, &read(path));
     }
-    check_config("the Kubernetes ConfigMap", &kubernetes_gateway_config());
+    // The ConfigMap verifies the cache nodes against the CA mounted from their Secret: a
+    // throw-away CA stands in for it here.
+    let ca = testkit::tls::TlsFixture::new();
+    let k8s = kubernetes_gateway_config();
+    let mounted_ca = "/etc/tokengate-cache/ca.crt";
+    assert!(
+        k8s.contains(mounted_ca),
+        "the gateways reach the cache over TLS"
+    );
+    check_config(
+        "the Kubernetes ConfigMap",
+        &k8s.replace(mounted_ca, &ca.path("ca.crt")),
+    );
+    // Without TLS the same configuration is refused: the token would cross the network.
+    let (mut cmd, _dir) = gateway_command(
+        &["check-config"],
+        &k8s.replace("    tls: { caFile: /etc/tokengate-cache/ca.crt }", ""),
+        SECRETS,
+    );
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("store.raft.tls: is required"),
+        "{stderr}"
+    );
 }
 
 /// The host of `host:port` or of a URL.
@@ -347,6 +372,22 @@ fn the_statefulset_gives_each_pod_its_id_and_role() {
     let args = statefulset_args(&relocated, 1);
     assert_eq!(flag(&args, "--id"), Some("2"), "the disk's id wins");
     assert!(flag(&args, "--init").is_some());
+
+    // Every node serves TLS with the mounted certificate, and verifies its peers.
+    let flags: BTreeSet<String> = set["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(str::to_owned))
+        .collect();
+    for env in [
+        "TOKENGATE_TLS_CERT",
+        "TOKENGATE_TLS_KEY",
+        "TOKENGATE_TLS_CA",
+        "CACHECTL_CACERT",
+    ] {
+        assert!(flags.contains(env), "the cache node lacks {env}");
+    }
 
     // The gateways' ConfigMap names the same pods.
     let config = yaml(&kubernetes_gateway_config());

@@ -279,6 +279,119 @@ async fn tokens_issued_before_a_reload_keep_verifying_with_the_generated_key() {
     verified_claims(&node, &before, "orders-api").await;
 }
 
+/// A token request with `client_secret_post` from `http`; the status.
+async fn token_status(http: &reqwest::Client, node: &Node, id: &str, secret: &str) -> u16 {
+    let form = format!("grant_type=client_credentials&client_id={id}&client_secret={secret}");
+    match http
+        .post(node.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+    {
+        Ok(resp) => resp.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_secrets_from_other_addresses_does_not_starve_a_client() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const CLIENTS: usize = 20;
+    const FLOODERS: usize = 64;
+    let upstream = EchoUpstream::start().await;
+    let hash = hash_secret("legit-secret");
+    let mut clients = String::new();
+    for i in 0..CLIENTS {
+        clients.push_str(&format!("    svc-{i}: {{ secretHash: \"{hash}\" }}\n"));
+    }
+    let node = Arc::new(Node::start(
+        &format!(
+            "{LOCAL}\nissuer:\n  url: {ISSUER}\n  clients:\n{clients}routes:\n  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: [{}] }} }}\n",
+            upstream.url()
+        ),
+        &[],
+    ));
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    // 64 callers on eight addresses (127.0.0.2-9), each sending random secrets for the
+    // registered ids (every one a real hash unless refused first) and unknown ids, as fast as
+    // they are answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flood_sent, flood_busy) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let flood: Vec<_> = (0..FLOODERS)
+        .map(|t| {
+            let (node, stop) = (Arc::clone(&node), Arc::clone(&stop));
+            let (sent, busy) = (Arc::clone(&flood_sent), Arc::clone(&flood_busy));
+            let http = from(2 + (t % 8) as u8);
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    // Three in four for registered ids: each a real hash unless refused first.
+                    let id = match n % 4 {
+                        0 => format!("nobody-{t}-{n}"),
+                        _ => format!("svc-{}", n as usize % CLIENTS),
+                    };
+                    let status = token_status(&http, &node, &id, &format!("guess-{t}-{n}")).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if status == 429 || status == 503 {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the flood fill the queue before the client asks.
+    eventually(
+        "the flood is under way",
+        Duration::from_secs(10),
+        async || flood_sent.load(Ordering::Relaxed) >= FLOODERS as u64,
+    )
+    .await;
+    // The client, from 127.0.0.10: each of its ids once (a real verification each), then each
+    // again four times (remembered).
+    let legit = from(10);
+    let (mut statuses, mut cold) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        for i in 0..CLIENTS {
+            let asked = std::time::Instant::now();
+            statuses.push(token_status(&legit, &node, &format!("svc-{i}"), "legit-secret").await);
+            if round == 0 {
+                cold.push(asked.elapsed());
+            }
+        }
+    }
+    cold.sort();
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    // A figure for the record, not a bound: timing is the machine's.
+    println!(
+        "legit: {ok}/{} granted, first verifications median {:?} max {:?}; flood: {} requests, {} refused as busy",
+        statuses.len(),
+        cold[cold.len() / 2],
+        cold[cold.len() - 1],
+        flood_sent.load(Ordering::Relaxed),
+        flood_busy.load(Ordering::Relaxed)
+    );
+    assert!(
+        ok * 100 >= statuses.len() * 99,
+        "a client starved by others' guesses: {statuses:?}"
+    );
+    assert!(
+        flood_busy.load(Ordering::Relaxed) > 0,
+        "the flood was held back"
+    );
+}
+
 /// Posts a raw form to the token endpoint.
 async fn post(
     node: &Node,

@@ -258,3 +258,50 @@ async fn cache_nodes_expose_their_raft_state() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_config_need_the_admin_token_and_the_probes_do_not() {
+    let node = Node::start(
+        "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0, token: env:ADMIN_T }\n",
+        &[("ADMIN_T", "the-admin-token")],
+    );
+    let http = client();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = http.get(format!("http://{}{path}", node.admin));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for path in ["/metrics", "/config"] {
+        for wrong in [None, Some("the-admin-toke"), Some("the-admin-token2")] {
+            let resp = get(path, wrong).await.unwrap();
+            assert_eq!(resp.status(), 401, "{path} with {wrong:?}");
+            assert_eq!(
+                resp.headers()["www-authenticate"],
+                "Bearer realm=\"tokengate-admin\""
+            );
+            let body = resp.text().await.unwrap();
+            assert!(!body.contains("tokengate_"), "{path}: {body}");
+        }
+        let resp = get(path, Some("the-admin-token")).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(get(probe, None).await.unwrap().status(), 200, "{probe}");
+    }
+    assert!(!node.settled_log().await.contains("the-admin-token"));
+
+    // Beyond loopback, the admin listener needs the token or an explicit opt-out.
+    let (mut cmd, _dir) = crate::support::gateway_command(
+        &["check-config"],
+        "listen: 127.0.0.1:8080\nadmin: { listen: 0.0.0.0:9090 }\n",
+        &[],
+    );
+    let out = cmd.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("admin.token: is required when admin.listen"),
+        "{said}"
+    );
+}
