@@ -1,6 +1,7 @@
 //! Secret references, parsed strictly: `env:NAME`, `file:/path`, `urn:k8s:secret:NAME:KEY` (a
-//! mounted Kubernetes secret, read from `secretsDir/NAME/KEY`), or an inline value where one is
-//! allowed.
+//! mounted Kubernetes secret, read from `secretsDir/NAME/KEY`; `urn:k8s:secret:NS/NAME:KEY`, a
+//! secret of namespace `NS`, from `secretsDir/NS/NAME/KEY`: what a manifest's own
+//! `urn:k8s:secret:NAME:KEY` becomes), or an inline value where one is allowed.
 //!
 //! A value that looks like a reference (a scheme and a colon) but names no known scheme is an
 //! error, never an inline secret: `ENV:NAME`, `urn:k8s:secrets:…` and `fiel:/x` are typos, and
@@ -45,8 +46,10 @@ pub enum Reference<'a> {
     Env(&'a str),
     /// `file:/path`.
     File(&'a str),
-    /// `urn:k8s:secret:NAME:KEY`.
+    /// `urn:k8s:secret:[NS/]NAME:KEY`.
     Kubernetes {
+        /// The namespace the secret belongs to, when named.
+        namespace: Option<&'a str>,
         /// The secret's name.
         name: &'a str,
         /// The key within it.
@@ -83,6 +86,16 @@ pub fn parse(value: &str) -> Result<Reference<'_>, String> {
         let Some((name, key)) = rest.split_once(':') else {
             return Err("urn:k8s:secret: needs NAME:KEY".into());
         };
+        let (namespace, name) = match name.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, name),
+        };
+        if namespace.is_some_and(|ns| !dns_label(ns)) {
+            return Err(
+                "urn:k8s:secret: the namespace must be a Kubernetes name (lower-case letters, digits and -)"
+                    .into(),
+            );
+        }
         let name_ok = !name.is_empty()
             && name.len() <= 253
             && name
@@ -97,7 +110,11 @@ pub fn parse(value: &str) -> Result<Reference<'_>, String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         return match (name_ok, key_ok) {
-            (true, true) => Ok(Reference::Kubernetes { name, key }),
+            (true, true) => Ok(Reference::Kubernetes {
+                namespace,
+                name,
+                key,
+            }),
             (false, _) => Err(
                 "urn:k8s:secret: the secret's name must be a Kubernetes name (lower-case letters, digits, - and .)"
                     .into(),
@@ -132,6 +149,16 @@ pub fn parse(value: &str) -> Result<Reference<'_>, String> {
     Ok(Reference::Inline)
 }
 
+/// A Kubernetes DNS label (RFC 1123): a namespace's or a service's name.
+pub fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// How secret references are resolved.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -155,7 +182,16 @@ impl Secrets {
     pub fn file_of(&self, reference: Reference<'_>) -> Option<PathBuf> {
         match reference {
             Reference::File(path) => Some(PathBuf::from(path)),
-            Reference::Kubernetes { name, key } => Some(self.dir.join(name).join(key)),
+            Reference::Kubernetes {
+                namespace,
+                name,
+                key,
+            } => Some(
+                namespace
+                    .map_or_else(|| self.dir.clone(), |ns| self.dir.join(ns))
+                    .join(name)
+                    .join(key),
+            ),
             Reference::Env(_) | Reference::Inline => None,
         }
     }
@@ -183,7 +219,7 @@ impl Secrets {
                 false,
             ),
             Reference::File(_) => (read(&self.file_of(reference).expect("a file"))?, false),
-            Reference::Kubernetes { name, key } => (
+            Reference::Kubernetes { name, key, .. } => (
                 read(&self.file_of(reference).expect("a file")).map_err(|e| {
                     format!(
                         "Kubernetes secret {name}, key {key}: {e} (mounted under {})",

@@ -19,6 +19,18 @@
 //! - Documents of other API groups (a `Deployment`, a `Service` in the same file) are skipped and
 //!   listed; a Traefik document or field that has no equivalent is an error naming the file, the
 //!   document and the field, never dropped.
+//!
+//! The documents are tenants' input, written by several teams, not the operator's:
+//! - a route uses only its own namespace's middlewares and services, unless the operator sets
+//!   Traefik's `allowCrossNamespace: true`;
+//! - a service's `name` and `namespace` are Kubernetes names, its `scheme` `http` or `https`
+//!   (`h2c` is refused by name: the gateway speaks HTTP/2 to upstreams over TLS only), its `port`
+//!   a number or a port name mapped in `manifests.services`;
+//! - a secret is named `urn:k8s:secret:NAME:KEY` and read from the document's own namespace
+//!   (`secretsDir/NAMESPACE/NAME/KEY`); `env:` and `file:` references and TLS files, which would
+//!   read the gateway's own environment and files, are refused unless the operator sets
+//!   `allowLocalSecrets: true`. A manifest can neither read a file of the gateway's host nor
+//!   send one of its secrets anywhere.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +44,10 @@ pub struct ManifestSource {
     pub directory: PathBuf,
     /// `namespace/name:port` → upstream URL.
     pub services: BTreeMap<String, String>,
+    /// Routes may use other namespaces' middlewares and services (Traefik's option).
+    pub allow_cross_namespace: bool,
+    /// Documents may use `env:` and `file:` references and TLS files of the gateway's host.
+    pub allow_local_secrets: bool,
 }
 
 /// What the documents amount to.
@@ -89,23 +105,39 @@ pub fn convert(source: &ManifestSource) -> Result<Converted, Vec<String>> {
             || file.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-            let at = format!("{name}#{}", i + 1);
-            match serde::Deserialize::deserialize(doc) {
-                Ok(Value::Null) => {}
-                Ok(value) => {
-                    if let Err(e) = document(source, &at, &value, &mut out) {
-                        errors.push(e);
-                    }
-                }
-                Err(e) => errors.push(format!("{at}: not YAML: {e}")),
-            }
-        }
+        convert_text(source, &name, &text, &mut out, &mut errors);
     }
     if errors.is_empty() {
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// The documents of one file's `text` (named `name` in errors), converted into `out`; the
+/// problems go to `errors`. A document that is not YAML ends the file: what follows a syntax
+/// error cannot be told apart from it (and the parser would report it again and again).
+pub fn convert_text(
+    source: &ManifestSource,
+    name: &str,
+    text: &str,
+    out: &mut Converted,
+    errors: &mut Vec<String>,
+) {
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let at = format!("{name}#{}", i + 1);
+        match serde::Deserialize::deserialize(doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => {
+                if let Err(e) = document(source, &at, &value, out) {
+                    errors.push(e);
+                }
+            }
+            Err(e) => {
+                errors.push(format!("{at}: not YAML: {e}"));
+                break;
+            }
+        }
     }
 }
 
@@ -135,13 +167,25 @@ fn document(
     if name.is_empty() {
         return Err(format!("{here}: metadata.name is required"));
     }
+    if !crate::secret::dns_label(namespace) {
+        return Err(format!(
+            "{here}: metadata.namespace: not a Kubernetes namespace name (lower-case letters, digits and -)"
+        ));
+    }
+    if name.len() > 253 || name.contains(['/', '@', ':', '#']) || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "{here}: metadata.name: not a Kubernetes object name"
+        ));
+    }
     let spec = doc
         .get("spec")
         .and_then(Value::as_mapping)
         .ok_or_else(|| format!("{here}: spec is required"))?;
     match kind {
         "Middleware" => {
-            let converted = middleware(spec).map_err(|e| format!("{here}: {e}"))?;
+            let converted =
+                middleware(source, namespace, spec).map_err(|e| format!("{here}: {e}"))?;
             let key = Value::String(format!("{namespace}/{name}"));
             if out.middlewares.insert(key, converted).is_some() {
                 return Err(format!("{here}: declared twice"));
@@ -160,8 +204,9 @@ fn document(
     }
 }
 
-/// A `Middleware`'s spec as a native middleware; the error names the field.
-fn middleware(spec: &Mapping) -> Result<Value, String> {
+/// A `Middleware`'s spec as a native middleware, its secrets confined to `namespace`; the error
+/// names the field.
+fn middleware(source: &ManifestSource, namespace: &str, spec: &Mapping) -> Result<Value, String> {
     let [(kind, options)] = one_entry(spec, "spec")?;
     let kind = kind.as_str().unwrap_or_default();
     let (native, options) = if kind == "plugin" {
@@ -188,9 +233,91 @@ fn middleware(spec: &Mapping) -> Result<Value, String> {
             SAME_NAME.join(", ")
         ));
     };
+    let mut options = options.clone();
+    let path = if kind == "plugin" {
+        format!("spec.plugin.{}", spec_plugin_name(spec))
+    } else {
+        format!("spec.{kind}")
+    };
+    confine(source, namespace, &path, &mut options)?;
     let mut m = Mapping::new();
-    m.insert(Value::String(native.to_owned()), options.clone());
+    m.insert(Value::String(native.to_owned()), options);
     Ok(Value::Mapping(m))
+}
+
+/// The name of the one plugin a `plugin` middleware's spec names.
+fn spec_plugin_name(spec: &Mapping) -> String {
+    spec.get("plugin")
+        .and_then(Value::as_mapping)
+        .and_then(|p| p.keys().next())
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Keys whose values are files on the gateway's host (TLS material).
+const FILE_KEYS: [&str; 3] = ["caFile", "certFile", "keyFile"];
+
+/// A tenant's middleware options, made safe to load: every `urn:k8s:secret:NAME:KEY` becomes
+/// `urn:k8s:secret:NS/NAME:KEY` (the document's namespace's secrets only), and `env:` and
+/// `file:` references and TLS files are refused unless the operator allows them. `path` names
+/// the field for errors.
+fn confine(
+    source: &ManifestSource,
+    namespace: &str,
+    path: &str,
+    value: &mut Value,
+) -> Result<(), String> {
+    match value {
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let key = k.as_str().unwrap_or_default();
+                let at = format!("{path}.{key}");
+                if FILE_KEYS.contains(&key) && !source.allow_local_secrets {
+                    return Err(format!(
+                        "{at}: a manifest cannot name a file of the gateway's host (the operator allows it with manifests.allowLocalSecrets)"
+                    ));
+                }
+                confine(source, namespace, &at, v)?;
+            }
+            Ok(())
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                confine(source, namespace, &format!("{path}[{i}]"), v)?;
+            }
+            Ok(())
+        }
+        Value::String(s) => {
+            if let Some(rest) = s.strip_prefix("urn:k8s:secret:") {
+                let (name, key) = rest.split_once(':').unwrap_or((rest, ""));
+                if name.contains('/') {
+                    return Err(format!(
+                        "{path}: a manifest names the secrets of its own namespace only (urn:k8s:secret:NAME:KEY)"
+                    ));
+                }
+                *s = format!("urn:k8s:secret:{namespace}/{name}:{key}");
+            } else if (s.starts_with("env:") || s.starts_with("file:"))
+                && !source.allow_local_secrets
+            {
+                return Err(format!(
+                    "{path}: env: and file: references would read the gateway's own environment and files; a manifest names its secrets urn:k8s:secret:NAME:KEY (the operator allows them with manifests.allowLocalSecrets)"
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `ns` for a document of `namespace` unless cross-namespace references are allowed.
+fn same_namespace(source: &ManifestSource, namespace: &str, ns: &str) -> Result<(), String> {
+    if ns == namespace || source.allow_cross_namespace {
+        return Ok(());
+    }
+    Err(format!(
+        "namespace: {ns:?} is not this document's namespace {namespace:?}; cross-namespace references need manifests.allowCrossNamespace: true"
+    ))
 }
 
 /// The single `key: value` of `map`, or an error naming `path`.
@@ -282,7 +409,8 @@ fn route(
                     .enumerate()
                 {
                     middlewares.push(Value::String(
-                        reference(namespace, m).map_err(|e| format!("middlewares[{i}].{e}"))?,
+                        reference(source, namespace, m)
+                            .map_err(|e| format!("middlewares[{i}].{e}"))?,
                     ));
                 }
             }
@@ -321,7 +449,7 @@ fn route(
 }
 
 /// A middleware reference (`name`, `namespace`) as a native middleware name.
-fn reference(namespace: &str, m: &Value) -> Result<String, String> {
+fn reference(source: &ManifestSource, namespace: &str, m: &Value) -> Result<String, String> {
     let mut name = None;
     let mut ns = namespace.to_owned();
     for (key, value) in m.as_mapping().ok_or("expected a mapping")? {
@@ -332,6 +460,7 @@ fn reference(namespace: &str, m: &Value) -> Result<String, String> {
         }
     }
     let name = name.ok_or("name: is required")?;
+    same_namespace(source, namespace, &ns)?;
     let name = match name.split_once('@') {
         None => name,
         Some((n, "kubernetescrd")) => n,
@@ -386,6 +515,39 @@ fn service(
     }
     let name = name.ok_or("name: is required")?;
     let port = port.ok_or("port: is required")?;
+    same_namespace(source, namespace, &ns)?;
+    if !crate::secret::dns_label(name) {
+        return Err(format!(
+            "name: {:?} is not a Kubernetes service name (lower-case letters, digits and -)",
+            name.escape_debug().to_string()
+        ));
+    }
+    if !crate::secret::dns_label(&ns) {
+        return Err("namespace: not a Kubernetes namespace name".into());
+    }
+    match scheme {
+        None | Some("http" | "https") => {}
+        Some("h2c") => {
+            return Err(
+                "scheme: h2c (HTTP/2 without TLS) to upstreams is not supported; use http or https"
+                    .into(),
+            );
+        }
+        Some(s) => {
+            return Err(format!(
+                "scheme: {:?} is not http or https",
+                s.escape_debug().to_string()
+            ));
+        }
+    }
+    match port.parse::<u32>() {
+        Ok(1..=65535) => {}
+        Ok(_) => return Err("port: must be between 1 and 65535".into()),
+        Err(_) if !port_name(&port) => {
+            return Err("port: neither a number nor a Kubernetes port name".into());
+        }
+        Err(_) => {}
+    }
     let key = format!("{ns}/{name}:{port}");
     let url = match source.services.get(&key) {
         Some(url) => url.clone(),
@@ -405,6 +567,15 @@ fn service(
         server.insert("weight".into(), w);
     }
     Ok((Value::Mapping(server), pass))
+}
+
+/// A Kubernetes port name (an IANA service name): at most 15 lower-case letters, digits and
+/// single inner hyphens, with at least one letter.
+fn port_name(s: &str) -> bool {
+    crate::secret::dns_label(s)
+        && s.len() <= 15
+        && !s.contains("--")
+        && s.bytes().any(|b| b.is_ascii_lowercase())
 }
 
 /// Merges converted documents into a native configuration's root: middlewares beside the
@@ -453,6 +624,15 @@ mod tests {
     use super::*;
 
     fn converted(docs: &str, services: &[(&str, &str)]) -> Result<Converted, Vec<String>> {
+        converted_with(docs, services, false, false)
+    }
+
+    fn converted_with(
+        docs: &str,
+        services: &[(&str, &str)],
+        allow_cross_namespace: bool,
+        allow_local_secrets: bool,
+    ) -> Result<Converted, Vec<String>> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("apps.yaml"), docs).unwrap();
         convert(&ManifestSource {
@@ -461,12 +641,215 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            allow_cross_namespace,
+            allow_local_secrets,
         })
+    }
+
+    /// A route in `apps` with `route` (a YAML mapping's inner text), and a middleware `m` in
+    /// `apps` with `options` for `plugin.oAuthClientCredentials`.
+    fn tenant(route: &str, options: &str) -> String {
+        format!(
+            r#"
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {{ name: m, namespace: apps }}
+spec: {{ plugin: {{ oAuthClientCredentials: {options} }} }}
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {{ name: r, namespace: apps }}
+spec:
+  routes:
+    - {{ match: "Path(`/`)", {route} }}
+"#
+        )
+    }
+
+    const OWN: &str = "services: [{ name: svc, port: 80 }], middlewares: [{ name: m }]";
+    const IDP: &str = "{ url: \"https://idp/token\" }";
+
+    #[test]
+    fn a_route_uses_only_its_own_namespaces_middlewares_and_services_unless_allowed() {
+        let steal_middleware = "services: [{ name: svc, port: 80 }], middlewares: [{ name: creds, namespace: team-b }]";
+        let steal_service = "services: [{ name: svc, namespace: team-b, port: 80 }]";
+        for (route, field) in [
+            (steal_middleware, "middlewares[0]"),
+            (steal_service, "services[0]"),
+        ] {
+            let errors = converted(&tenant(route, IDP), &[]).unwrap_err();
+            assert_eq!(
+                errors,
+                [format!(
+                    "apps.yaml#2 (IngressRoute apps/r): spec.routes[0].{field}.namespace: \"team-b\" is not this document's namespace \"apps\"; cross-namespace references need manifests.allowCrossNamespace: true"
+                )]
+            );
+            assert!(converted_with(&tenant(route, IDP), &[], true, false).is_ok());
+        }
+        assert!(converted(&tenant(OWN, IDP), &[]).is_ok());
+    }
+
+    #[test]
+    fn a_service_is_a_kubernetes_name_scheme_and_port() {
+        for (service, says) in [
+            (
+                "{ name: \"evil.com:80/x@\", port: 80 }",
+                "services[0].name: \"evil.com:80/x@\" is not a Kubernetes service name",
+            ),
+            (
+                "{ name: svc, namespace: \"a.b\", port: 80 }",
+                "services[0].namespace: \"a.b\" is not this document's namespace",
+            ),
+            (
+                "{ name: svc, port: 80, scheme: file }",
+                "services[0].scheme: \"file\" is not http or https",
+            ),
+            (
+                "{ name: svc, port: 80, scheme: h2c }",
+                "services[0].scheme: h2c (HTTP/2 without TLS) to upstreams is not supported",
+            ),
+            (
+                "{ name: svc, port: 0 }",
+                "services[0].port: must be between 1 and 65535",
+            ),
+            (
+                "{ name: svc, port: 70000 }",
+                "services[0].port: must be between 1 and 65535",
+            ),
+            (
+                "{ name: svc, port: \"80/../x\" }",
+                "services[0].port: neither a number nor a Kubernetes port name",
+            ),
+            (
+                "{ name: svc, port: web }",
+                "services[0].port: the named port \"web\" has no number here",
+            ),
+        ] {
+            let errors =
+                converted(&tenant(&format!("services: [{service}]"), IDP), &[]).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with("apps.yaml#2 (IngressRoute apps/r): spec.routes[0].")
+                    && errors[0].contains(says),
+                "{service}: {errors:?}"
+            );
+        }
+        let bad_namespace = tenant(OWN, IDP).replace(
+            "namespace: apps }}\nspec:\n  routes",
+            "namespace: \"Apps/..\" }}\nspec:\n  routes",
+        );
+        let errors = converted(
+            &bad_namespace.replace(
+                "metadata: { name: r, namespace: apps }",
+                "metadata: { name: r, namespace: \"../x\" }",
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            errors[0].contains("metadata.namespace: not a Kubernetes namespace name"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_manifests_secrets_are_its_namespaces_and_it_reads_no_file_of_the_host() {
+        let secret = "{ url: \"https://idp/token\", clientId: gw, clientSecret: \"urn:k8s:secret:idp:secret\" }";
+        let c = converted(&tenant(OWN, secret), &[]).unwrap();
+        let yaml = serde_yaml_ng::to_string(&Value::Mapping(c.middlewares)).unwrap();
+        assert!(
+            yaml.contains("clientSecret: urn:k8s:secret:apps/idp:secret"),
+            "read from the document's namespace: {yaml}"
+        );
+        for (options, says) in [
+            (
+                "{ url: \"https://evil/token\", clientId: gw, clientSecret: \"env:TOKENGATE_FLEET_KEY\" }",
+                "spec.plugin.oAuthClientCredentials.clientSecret: env: and file: references would read the gateway's own environment and files",
+            ),
+            (
+                "{ url: \"https://evil/token\", clientId: gw, clientSecret: \"file:/etc/shadow\" }",
+                "spec.plugin.oAuthClientCredentials.clientSecret: env: and file:",
+            ),
+            (
+                "{ url: \"https://evil/token\", clientId: gw, clientSecret: \"urn:k8s:secret:team-b/idp:secret\" }",
+                "spec.plugin.oAuthClientCredentials.clientSecret: a manifest names the secrets of its own namespace only",
+            ),
+            (
+                "{ url: \"https://evil/token\", clientConfig: { tls: { certFile: /etc/tokengate/tls/tls.crt, keyFile: /etc/tokengate/tls/tls.key } } }",
+                "spec.plugin.oAuthClientCredentials.clientConfig.tls.certFile: a manifest cannot name a file of the gateway's host",
+            ),
+        ] {
+            let errors = converted(&tenant(OWN, options), &[]).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with("apps.yaml#1 (Middleware apps/m): ")
+                    && errors[0].contains(says),
+                "{options}: {errors:?}"
+            );
+            assert!(!errors[0].contains("FLEET_KEY") || options.contains("FLEET_KEY"));
+        }
+        // The operator may allow env: and file: (and TLS files) for manifests it trusts.
+        let env = "{ url: \"https://idp/token\", clientId: gw, clientSecret: \"env:IDP_SECRET\" }";
+        assert!(converted_with(&tenant(OWN, env), &[], false, true).is_ok());
+    }
+
+    #[test]
+    fn a_file_that_is_not_yaml_is_reported_once_and_the_load_ends() {
+        for text in [
+            "a: [\n---\nb: 1\n",
+            "key: value\n  - bad: [\n---\n- x\n",
+            "{{{{\n",
+        ] {
+            let (mut c, mut errors) = (Converted::default(), Vec::new());
+            convert_text(
+                &ManifestSource::default(),
+                "apps.yaml",
+                text,
+                &mut c,
+                &mut errors,
+            );
+            assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+            assert!(errors[0].contains(": not YAML: "), "{errors:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any document is converted or refused with errors naming the file and document,
+        /// never a panic; whatever converts names only its own namespace's secrets.
+        #[test]
+        fn any_document_converts_or_is_refused_by_name(
+            kind in proptest::sample::select(vec!["Middleware", "IngressRoute", "TraefikService"]),
+            namespace in "[a-z./ -]{0,8}",
+            body in "[ -~\n]{0,200}",
+        ) {
+            let doc = format!(
+                "apiVersion: traefik.io/v1alpha1\nkind: {kind}\nmetadata: {{ name: n, namespace: \"{}\" }}\nspec:\n{body}",
+                namespace.escape_debug()
+            );
+            let (mut c, mut errors) = (Converted::default(), Vec::new());
+            convert_text(&ManifestSource::default(), "apps.yaml", &doc, &mut c, &mut errors);
+            match errors.is_empty().then_some(c).ok_or(errors) {
+                Ok(c) => {
+                    let text = serde_yaml_ng::to_string(&Value::Mapping(c.middlewares)).unwrap();
+                    for line in text.lines().filter(|l| l.contains("urn:k8s:secret:")) {
+                        proptest::prop_assert!(line.contains(&format!("urn:k8s:secret:{namespace}/")), "{line}");
+                    }
+                    proptest::prop_assert!(!text.contains("env:") && !text.contains("file:"), "{text}");
+                }
+                Err(errors) => {
+                    for e in errors {
+                        proptest::prop_assert!(e.starts_with("apps.yaml#"), "{e}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
     fn middlewares_and_routes_become_native_ones() {
-        let c = converted(
+        let c = converted_with(
             r#"
 apiVersion: traefik.io/v1alpha1
 kind: Middleware
@@ -499,6 +882,8 @@ kind: Deployment
 metadata: { name: whoami, namespace: apps }
 "#,
             &[("apps/mapped:http", "http://10.0.0.9:8080")],
+            true,
+            false,
         )
         .unwrap();
         let yaml = |v: &Value| serde_yaml_ng::to_string(v).unwrap();

@@ -255,6 +255,8 @@ fn with_manifests(text: &str, file: Option<&Path>) -> Result<Option<WithManifest
     let source = manifests::ManifestSource {
         directory: manifests::resolve_directory(file, &raw.directory),
         services: raw.services,
+        allow_cross_namespace: raw.allow_cross_namespace,
+        allow_local_secrets: raw.allow_local_secrets,
     };
     let issues = |errors: Vec<String>| {
         ConfigError::Invalid(

@@ -168,6 +168,12 @@ pub struct RawManifests {
     /// `namespace/name:port` → URL, for services not reached at their cluster DNS name.
     #[serde(default)]
     pub services: BTreeMap<String, String>,
+    /// Routes may use other namespaces' middlewares and services (Traefik's option).
+    #[serde(default)]
+    pub allow_cross_namespace: bool,
+    /// Documents may use `env:` and `file:` references and TLS files of the gateway's host.
+    #[serde(default)]
+    pub allow_local_secrets: bool,
 }
 
 /// `forwardingTimeouts` (Traefik's), on a transport or a route's upstream.

@@ -92,10 +92,11 @@ async fn the_gateway_level_middleware_reads_its_credentials_from_a_mounted_secre
     idp.register("gateway-client", "from-a-secret");
     let up = EchoUpstream::start().await;
     let dir = manifests("gateway-level.yaml");
-    // Kubernetes' secret volume layout: one file per key, under a directory per secret.
+    // Kubernetes' secret volume layout: one file per key, under a directory per secret, under
+    // one per namespace (the manifest is in `apps`, and reads only its own namespace's).
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("oauth-client-nologin");
-    std::fs::create_dir(&secret).unwrap();
+    let secret = secrets.path().join("apps").join("oauth-client-nologin");
+    std::fs::create_dir_all(&secret).unwrap();
     std::fs::write(secret.join("client_id"), "gateway-client").unwrap();
     std::fs::write(secret.join("client_secret"), "from-a-secret\n").unwrap();
     let rest = format!(
