@@ -99,9 +99,25 @@ fn transport(issues: &mut Issues, raw: &RawConfig) -> TransportLimits {
             .unwrap_or(d.max_concurrent_streams),
         keep_alive_interval: h2.keep_alive_interval.unwrap_or(d.keep_alive_interval),
         keep_alive_timeout: h2.keep_alive_timeout.unwrap_or(d.keep_alive_timeout),
+        max_upgraded_connections: t.upgrades.max_connections,
+        upgraded_max_lifetime: t.upgrades.max_lifetime,
     };
     if limits.max_connections == 0 {
         issues.push("transport.maxConnections", "must be at least 1");
+    }
+    if let Some(n) = limits.max_upgraded_connections
+        && (n == 0 || n > limits.max_connections)
+    {
+        issues.push(
+            "transport.upgrades.maxConnections",
+            "must be between 1 and transport.maxConnections (upgraded connections count there too)",
+        );
+    }
+    if limits.upgraded_max_lifetime.is_some_and(|l| l.is_zero()) {
+        issues.push(
+            "transport.upgrades.maxLifetime",
+            "must be greater than zero",
+        );
     }
     // hyper's parser needs a buffer of at least 8 KiB, and no request line fits in less.
     if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {

@@ -242,6 +242,19 @@ pub struct RawTransport {
     pub max_headers: Option<usize>,
     #[serde(default)]
     pub responding_timeouts: RawRespondingTimeouts,
+    /// Upgraded connections (WebSocket).
+    #[serde(default)]
+    pub upgrades: RawUpgrades,
+}
+
+/// `transport.upgrades`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpgrades {
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
 }
 
 /// `transport.respondingTimeouts`.

@@ -15,7 +15,8 @@ pub mod tls;
 pub use body::{BoxBody, BoxError, full};
 pub use response::IntoResponse;
 pub use serve::{
-    Handler, Listeners, TransportLimits, serve, serve_on_workers, serve_with, worker, workers,
+    ConnectionSlot, Handler, Listeners, TransportLimits, serve, serve_on_workers, serve_with,
+    worker, workers,
 };
 
 /// Whether a request with this method may be sent again without changing what it does (RFC 9110

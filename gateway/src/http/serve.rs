@@ -74,7 +74,17 @@ pub struct TransportLimits {
     pub keep_alive_interval: Duration,
     /// A ping unanswered this long closes the HTTP/2 connection.
     pub keep_alive_timeout: Duration,
+    /// Upgraded connections (WebSocket) open at once at most, within `max_connections`; more
+    /// upgrade requests are refused (`None`: only `max_connections` bounds them).
+    pub max_upgraded_connections: Option<usize>,
+    /// An upgraded connection is closed after this long, busy or not (`None`: never).
+    pub upgraded_max_lifetime: Option<Duration>,
 }
+
+/// The slot of `maxConnections` a connection holds, handed with a request that asks to upgrade:
+/// the upgraded connection outlives hyper's, and keeps the slot until it closes.
+#[derive(Clone)]
+pub struct ConnectionSlot(pub Arc<tokio::sync::OwnedSemaphorePermit>);
 
 impl Default for TransportLimits {
     /// 10,000 connections (a gateway node behind a load balancer sees far fewer; a file
@@ -92,6 +102,8 @@ impl Default for TransportLimits {
             max_concurrent_streams: 250,
             keep_alive_interval: Duration::from_secs(20),
             keep_alive_timeout: Duration::from_secs(20),
+            max_upgraded_connections: None,
+            upgraded_max_lifetime: None,
         }
     }
 }
@@ -459,10 +471,10 @@ async fn run(listener: TcpListener, with: ServeArgs, observed: bool, share: Opti
             abort: abort.clone(),
         };
         let counted = share.as_ref().map(Share::opened);
+        let slot = Arc::new(slot);
         connections.spawn(async move {
-            let _slot = slot;
             let _counted = counted;
-            conn.serve(stream, remote).await;
+            conn.serve(stream, remote, slot).await;
         });
     }
     drop(listener);
@@ -496,14 +508,21 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, remote: SocketAddr) {
+    /// Serves the connection, which holds `slot` of `maxConnections` (as does any connection
+    /// upgraded from it, until it closes).
+    async fn serve(
+        self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let metrics = crate::telemetry::metrics::metrics();
         let observed = self.observed;
         if observed {
             metrics.connections_open.inc();
         }
         match self.tls.clone() {
-            None => self.serve_io(stream, remote, None).await,
+            None => self.serve_io(stream, remote, None, slot).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.read_header_timeout, acceptor.accept(stream));
@@ -522,7 +541,8 @@ impl Connection {
                                 .and_then(|c| PeerCertificate::from_der(c))
                                 .map(Arc::new),
                         };
-                        self.serve_io(tls, remote, Some(Arc::new(session))).await;
+                        self.serve_io(tls, remote, Some(Arc::new(session)), slot)
+                            .await;
                     }
                     Ok(Err(error)) => {
                         metrics.tls_handshake_failures.inc();
@@ -540,8 +560,13 @@ impl Connection {
         }
     }
 
-    async fn serve_io<I>(self, io: I, remote: SocketAddr, session: Option<Arc<TlsSession>>)
-    where
+    async fn serve_io<I>(
+        self,
+        io: I,
+        remote: SocketAddr,
+        session: Option<Arc<TlsSession>>,
+        slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let metrics = crate::telemetry::metrics::metrics();
@@ -552,6 +577,11 @@ impl Connection {
             let guard = InFlight::begin(&tracked);
             if let Some(session) = &session {
                 req.extensions_mut().insert(Arc::clone(session));
+            }
+            // Only a request that may upgrade takes the slot along (no map for the others).
+            if req.headers().contains_key(http::header::UPGRADE) {
+                req.extensions_mut()
+                    .insert(ConnectionSlot(Arc::clone(&slot)));
             }
             let fut = handler(req, remote);
             async move {

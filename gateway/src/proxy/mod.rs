@@ -243,7 +243,7 @@ impl Gateway {
             middlewares,
             guards,
             tunnels: previous.map_or_else(
-                || Arc::new(upgrade::Tunnels::new(config.edge.transport.idle_timeout)),
+                || Arc::new(upgrade::Tunnels::new(&config.edge.transport)),
                 |p| Arc::clone(&p.tunnels),
             ),
             request_timeout: config.request_timeout,
@@ -610,6 +610,19 @@ impl Gateway {
         let Some(caller_side) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return edge::Refusal::Upgrade.into_response();
         };
+        // A place among the tunnels first: past the bound, the upstream never sees the request.
+        let slot = parts.extensions.remove::<crate::http::ConnectionSlot>();
+        let Some(held) = self.tunnels.admit(slot) else {
+            tracing::info!(route = %route.name, "upgrade refused: transport.upgrades.maxConnections reached");
+            return response::with_retry_after(
+                response::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many upgraded connections are open; retry later",
+                ),
+                1,
+            );
+        };
         upgrade::restore(&mut parts.headers, protocols);
         let body = body.map_err(BoxError::from).boxed_unsync();
         let Some(picked) = route.pool.pick() else {
@@ -641,7 +654,7 @@ impl Gateway {
         };
         let upstream_side = hyper::upgrade::on(&mut resp);
         self.tunnels
-            .join(caller_side, upstream_side, Arc::clone(&route.name));
+            .join(caller_side, upstream_side, Arc::clone(&route.name), held);
         let mut resp = answer(route, resp);
         upgrade::restore(resp.headers_mut(), agreed);
         resp

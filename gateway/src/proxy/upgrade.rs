@@ -4,7 +4,11 @@
 //! The upgrade request goes through the route's middlewares like any other, so only an accepted
 //! caller reaches the upstream; when the upstream answers 101, the two connections are joined and
 //! bytes are copied both ways until either side closes, nothing has moved for the idle timeout
-//! (`transport.idleTimeout`), or the node shuts down (after the drain time). `h2c` is refused:
+//! (`transport.idleTimeout`), the tunnel has lived for `transport.upgrades.maxLifetime`, or the
+//! node shuts down (after the drain time). A tunnel keeps the caller's connection's slot of
+//! `transport.maxConnections` until it closes, and `transport.upgrades.maxConnections` bounds
+//! the tunnels apart (an upgrade request past it is 503 before the upstream sees it). `h2c` is
+//! refused:
 //! an HTTP/2 connection tunnelled this way would let the caller send the upstream requests for
 //! any path, past every route and middleware ("h2c smuggling").
 
@@ -19,9 +23,12 @@ use http::{HeaderMap, HeaderValue, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::http::{ConnectionSlot, TransportLimits};
 
 /// What a request asks to upgrade to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,23 +83,54 @@ pub struct Tunnels {
     tasks: TaskTracker,
     stop: CancellationToken,
     idle_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    /// Places for tunnels (`transport.upgrades.maxConnections`), when bounded.
+    places: Option<Arc<Semaphore>>,
+}
+
+/// What a tunnel holds while it is open: its place among the tunnels, and its caller's
+/// connection's slot of `maxConnections`.
+pub struct Held {
+    _place: Option<OwnedSemaphorePermit>,
+    _slot: Option<ConnectionSlot>,
 }
 
 impl Tunnels {
-    /// No tunnels yet; each will close after `idle_timeout` without a byte either way.
-    pub fn new(idle_timeout: Duration) -> Self {
+    /// No tunnels yet; each will close after `limits.idle_timeout` without a byte either way,
+    /// or after `limits.upgraded_max_lifetime`; at most `limits.max_upgraded_connections`.
+    pub fn new(limits: &TransportLimits) -> Self {
         Self {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            idle_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_lifetime: limits.upgraded_max_lifetime,
+            places: limits
+                .max_upgraded_connections
+                .map(|n| Arc::new(Semaphore::new(n))),
         }
     }
 
-    /// Joins the caller's connection and the upstream's once both upgrades complete.
-    pub fn join(&self, caller: OnUpgrade, upstream: OnUpgrade, route: Arc<str>) {
+    /// A place for one more tunnel, holding `slot` (the caller's connection's); `None` when
+    /// every place is taken.
+    pub fn admit(&self, slot: Option<ConnectionSlot>) -> Option<Held> {
+        let place = match &self.places {
+            Some(places) => Some(Arc::clone(places).try_acquire_owned().ok()?),
+            None => None,
+        };
+        Some(Held {
+            _place: place,
+            _slot: slot,
+        })
+    }
+
+    /// Joins the caller's connection and the upstream's once both upgrades complete; `held`
+    /// is let go when the tunnel closes.
+    pub fn join(&self, caller: OnUpgrade, upstream: OnUpgrade, route: Arc<str>, held: Held) {
         let stop = self.stop.clone();
         let idle = self.idle_timeout;
+        let lifetime = self.max_lifetime;
         self.tasks.spawn(async move {
+            let _held = held;
             let (caller, upstream) = match tokio::try_join!(caller, upstream) {
                 Ok(both) => both,
                 Err(error) => {
@@ -103,7 +141,14 @@ impl Tunnels {
             let metrics = crate::telemetry::metrics::metrics();
             metrics.upgrades_total.inc();
             metrics.upgrades_open.inc();
-            let end = relay(TokioIo::new(caller), TokioIo::new(upstream), idle, stop).await;
+            let end = relay(
+                TokioIo::new(caller),
+                TokioIo::new(upstream),
+                idle,
+                lifetime,
+                stop,
+            )
+            .await;
             metrics.upgrades_open.dec();
             tracing::debug!(%route, end, "upgraded connection closed");
         });
@@ -123,9 +168,15 @@ impl Tunnels {
     }
 }
 
-/// Copies bytes both ways until one side closes, `idle` passes without a byte, or `stop`;
-/// says which.
-async fn relay<A, B>(a: A, b: B, idle: Duration, stop: CancellationToken) -> &'static str
+/// Copies bytes both ways until one side closes, `idle` passes without a byte, `lifetime`
+/// passes, or `stop`; says which.
+async fn relay<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    lifetime: Option<Duration>,
+    stop: CancellationToken,
+) -> &'static str
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -144,11 +195,19 @@ where
     };
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
     tokio::pin!(copy);
+    let end_of_life = async {
+        match lifetime {
+            Some(l) => tokio::time::sleep_until(started + l).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end_of_life);
     loop {
         let deadline = started + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
         tokio::select! {
             done = &mut copy => return if done.is_ok() { "closed" } else { "error" },
             () = stop.cancelled() => return "shutdown",
+            () = &mut end_of_life => return "lifetime",
             () = tokio::time::sleep_until(deadline) => {
                 let since = started + Duration::from_millis(last.load(Ordering::Relaxed));
                 if since + idle <= Instant::now() {
@@ -262,6 +321,7 @@ mod tests {
             caller,
             upstream,
             Duration::from_secs(10),
+            None,
             CancellationToken::new(),
         ));
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -278,5 +338,44 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert_eq!(relayed.await.unwrap(), "idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_tunnel_is_closed_at_the_end_of_its_lifetime() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (caller, mut caller_far) = tokio::io::duplex(64);
+        let (upstream, mut upstream_far) = tokio::io::duplex(64);
+        let relayed = tokio::spawn(relay(
+            caller,
+            upstream,
+            Duration::from_secs(10),
+            Some(Duration::from_secs(30)),
+            CancellationToken::new(),
+        ));
+        let mut buf = [0u8; 5];
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            caller_far.write_all(b"hello").await.unwrap();
+            upstream_far.read_exact(&mut buf).await.unwrap();
+        }
+        assert!(!relayed.is_finished(), "25 s into a 30 s lifetime");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(relayed.await.unwrap(), "lifetime");
+    }
+
+    #[test]
+    fn tunnels_past_their_bound_are_refused_and_a_closed_one_frees_its_place() {
+        let tunnels = Tunnels::new(&TransportLimits {
+            max_upgraded_connections: Some(2),
+            ..TransportLimits::default()
+        });
+        let first = tunnels.admit(None).unwrap();
+        let _second = tunnels.admit(None).unwrap();
+        assert!(tunnels.admit(None).is_none());
+        drop(first);
+        assert!(tunnels.admit(None).is_some());
+        let unbounded = Tunnels::new(&TransportLimits::default());
+        let held: Vec<_> = (0..1000).map(|_| unbounded.admit(None).unwrap()).collect();
+        assert_eq!(held.len(), 1000);
     }
 }

@@ -366,6 +366,74 @@ routes:
     assert_eq!(upstream.seen().len(), 1);
 }
 
+/// Opens a WebSocket to `node` at `/socket` on a connection of its own; the answer's status
+/// and, on 101, the socket.
+async fn websocket(node: &Node) -> (u16, Option<tokio_tungstenite::WebSocketStream<TcpStream>>) {
+    let url = format!("ws://{}/socket", node.proxy);
+    match tokio_tungstenite::client_async(
+        url.as_str(),
+        TcpStream::connect(node.proxy).await.unwrap(),
+    )
+    .await
+    {
+        Ok((ws, resp)) => (resp.status().as_u16(), Some(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (resp.status().as_u16(), None),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_keep_their_slot_and_have_a_bound_of_their_own() {
+    let upstream = EchoUpstream::start().await;
+    let route = format!(
+        "routes:\n  - {{ name: ws, match: {{ pathPrefix: / }}, upstream: {{ urls: [\"{}\"] }} }}\n",
+        upstream.url()
+    );
+    // Two tunnels at most.
+    let node = Node::start(
+        &config(&format!(
+            "transport: {{ upgrades: {{ maxConnections: 2 }} }}\n{route}"
+        )),
+        &[],
+    );
+    let (a, ws_a) = websocket(&node).await;
+    let (b, _ws_b) = websocket(&node).await;
+    assert_eq!((a, b), (101, 101));
+    let (c, _) = websocket(&node).await;
+    assert_eq!(c, 503, "the third upgrade is refused");
+    assert_eq!(upstream.seen().len(), 2, "before the upstream saw it");
+    drop(ws_a);
+    eventually(
+        "a closed tunnel frees its place",
+        Duration::from_secs(10),
+        async || websocket(&node).await.0 == 101,
+    )
+    .await;
+
+    // Tunnels hold their connection's slot of maxConnections: with two slots and two tunnels,
+    // a third connection is not served until a tunnel closes.
+    let node = Node::start(
+        &config(&format!("transport: {{ maxConnections: 2 }}\n{route}")),
+        &[],
+    );
+    let (_, ws_a) = websocket(&node).await;
+    let (_, ws_b) = websocket(&node).await;
+    let (ws_a, _ws_b) = (ws_a.unwrap(), ws_b.unwrap());
+    let waiting = tokio::spawn({
+        let url = node.url("/plain");
+        async move { client().get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    // The wait is the property: a slot stays taken while its tunnel is open.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!waiting.is_finished(), "served past maxConnections");
+    drop(ws_a);
+    let served = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a tunnel closed")
+        .unwrap();
+    assert_eq!(served.unwrap(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_frames_cross_a_client_credentials_route_both_ways() {
     let idp = FakeIdp::start().await;
