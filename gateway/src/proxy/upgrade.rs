@@ -313,25 +313,40 @@ mod tests {
         assert_eq!(requested(&two, Version::HTTP_11), Requested::Refused);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
+    /// A tunnel relayed with a 10 s idle timeout and `lifetime`, after one message went through
+    /// it every `every`, `times` times; its far ends stay open with the caller (a closed end
+    /// would end the tunnel).
+    async fn busy_tunnel(
+        lifetime: Option<Duration>,
+        every: Duration,
+        times: usize,
+    ) -> (
+        tokio::task::JoinHandle<&'static str>,
+        [tokio::io::DuplexStream; 2],
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (caller, mut caller_far) = tokio::io::duplex(64);
         let (upstream, mut upstream_far) = tokio::io::duplex(64);
         let relayed = tokio::spawn(relay(
             caller,
             upstream,
             Duration::from_secs(10),
-            None,
+            lifetime,
             CancellationToken::new(),
         ));
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut buf = [0u8; 5];
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(8)).await;
+        for _ in 0..times {
+            tokio::time::sleep(every).await;
             caller_far.write_all(b"hello").await.unwrap();
             upstream_far.read_exact(&mut buf).await.unwrap();
             assert_eq!(&buf, b"hello");
         }
+        (relayed, [caller_far, upstream_far])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
+        let (relayed, _ends) = busy_tunnel(None, Duration::from_secs(8), 3).await;
         assert!(
             !relayed.is_finished(),
             "traffic every 8 s keeps a 10 s tunnel open"
@@ -342,22 +357,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_tunnel_is_closed_at_the_end_of_its_lifetime() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (caller, mut caller_far) = tokio::io::duplex(64);
-        let (upstream, mut upstream_far) = tokio::io::duplex(64);
-        let relayed = tokio::spawn(relay(
-            caller,
-            upstream,
-            Duration::from_secs(10),
-            Some(Duration::from_secs(30)),
-            CancellationToken::new(),
-        ));
-        let mut buf = [0u8; 5];
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            caller_far.write_all(b"hello").await.unwrap();
-            upstream_far.read_exact(&mut buf).await.unwrap();
-        }
+        let (relayed, _ends) =
+            busy_tunnel(Some(Duration::from_secs(30)), Duration::from_secs(5), 5).await;
         assert!(!relayed.is_finished(), "25 s into a 30 s lifetime");
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(relayed.await.unwrap(), "lifetime");
