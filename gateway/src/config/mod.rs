@@ -151,6 +151,7 @@ impl Config {
                 .as_ref()
                 .is_some_and(|t| t.trust_caller_sampling),
             servers_transports: &self.servers_transports,
+            sni_strict: self.tls.as_ref().is_some_and(|t| t.sni_strict),
         }
     }
 

@@ -532,14 +532,16 @@ impl Connection {
                 };
                 match done {
                     Ok(Ok(tls)) => {
+                        let server = tls.get_ref().1;
                         let session = TlsSession {
-                            client_certificate: tls
-                                .get_ref()
-                                .1
+                            client_certificate: server
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .and_then(|c| PeerCertificate::from_der(c))
                                 .map(Arc::new),
+                            server_name: server
+                                .server_name()
+                                .map(|n| Arc::from(n.to_ascii_lowercase())),
                         };
                         self.serve_io(tls, remote, Some(Arc::new(session)), slot)
                             .await;

@@ -392,6 +392,8 @@ pub enum ServerTlsError {
 pub struct TlsSession {
     /// The caller's verified certificate, if it presented one.
     pub client_certificate: Option<Arc<PeerCertificate>>,
+    /// The name the caller asked for in its handshake (SNI), lower-case.
+    pub server_name: Option<Arc<str>>,
 }
 
 #[cfg(test)]

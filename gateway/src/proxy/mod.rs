@@ -68,6 +68,9 @@ pub struct ProxySettings<'a> {
     pub trust_caller_sampling: bool,
     /// `serversTransports` by name.
     pub servers_transports: &'a BTreeMap<String, Arc<transport::ServersTransport>>,
+    /// `tls.options.sniStrict`: a request must be for the name its connection's handshake
+    /// named (421 otherwise).
+    pub sni_strict: bool,
 }
 
 /// Why the proxy could not be built from a validated configuration.
@@ -95,6 +98,7 @@ pub struct Gateway {
     forwarded: forward::ForwardedHeaders,
     /// Honour a caller's `traceparent` sampling flag even from peers not trusted.
     trust_caller_sampling: bool,
+    sni_strict: bool,
 }
 
 impl Gateway {
@@ -250,6 +254,7 @@ impl Gateway {
             paths: config.edge.paths,
             forwarded: config.edge.forwarded.clone(),
             trust_caller_sampling: config.trust_caller_sampling,
+            sni_strict: config.sni_strict,
         })
     }
 
@@ -271,6 +276,21 @@ impl Gateway {
                 .client_certificate
                 .as_ref()
                 .map(|c| Arc::clone(&c.subject));
+            // RFC 9110 §15.5.20: a request for another name than the handshake's (HTTP/2
+            // connection reuse, or a caller choosing its certificate by one name and its route
+            // by another) is misdirected.
+            if self.sni_strict
+                && let Some(name) = &session.server_name
+                && request_host(&req).is_some_and(|host| host != **name)
+            {
+                let resp = response::error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "misdirected_request",
+                    "this connection was opened for another host; open one for this host",
+                );
+                log.finish(resp.status(), started.elapsed());
+                return resp;
+            }
         }
         // The log names the trace: the caller's when tracing is off; the span's when the
         // request is recorded (read at the end, once the span has its route in its name).

@@ -221,6 +221,7 @@ async fn cors_preflights_are_answered_without_credentials_while_requests_still_n
         r#"  cors:
     headers:
       accessControlAllowOriginList: [https://app.example]
+      accessControlAllowOriginListRegex: ['https://[a-z]+\.preview\.example']
       accessControlAllowMethods: [GET, POST]
       accessControlAllowHeaders: [Authorization, Content-Type]
       accessControlAllowCredentials: true
@@ -247,9 +248,28 @@ async fn cors_preflights_are_answered_without_credentials_while_requests_still_n
     );
     assert_eq!(h["access-control-allow-credentials"], "true");
     assert_eq!(h["access-control-max-age"], "600");
-    let resp = preflight("https://evil.example").send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(!resp.headers().contains_key("access-control-allow-origin"));
+    let resp = preflight("https://staging.preview.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://staging.preview.example"
+    );
+    // A pattern matches the whole origin, never a part of it.
+    for evil in [
+        "https://evil.example",
+        "https://staging.preview.example.evil.net",
+        "https://evil.net/?https://staging.preview.example",
+        "http://x.https://staging.preview.example",
+    ] {
+        let resp = preflight(evil).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            !resp.headers().contains_key("access-control-allow-origin"),
+            "{evil} allowed"
+        );
+    }
     assert!(up.seen().is_empty(), "preflights never reach the upstream");
 
     // The request itself still needs credentials; its refusal is readable by the page.

@@ -578,6 +578,14 @@ routes:
     let connector = tls_client(&tls, None);
     let (_, mut conn) = connect(&node, &connector, "alpha.test").await;
     assert_eq!(get(&mut conn, "alpha.test", "/served").await.0, 200);
+    // sniStrict: a request on that connection for another host is misdirected (421), and the
+    // upstream never sees it; the connection goes on serving its own host.
+    let (status, body) = get(&mut conn, "beta.test", "/misdirected").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (421, Some("misdirected_request"))
+    );
+    assert_eq!(get(&mut conn, "ALPHA.test:443", "/served").await.0, 200);
     let (closed, _) = until_closed(&mut stalled).await;
     assert!(closed, "the stalled handshake is shed");
 
@@ -607,8 +615,8 @@ routes:
 
     assert_eq!(
         upstream.seen().len(),
-        1,
-        "only the served request got through"
+        2,
+        "only the served requests got through"
     );
     // Two hostile, one stalled, two names, one version.
     eventually(

@@ -288,6 +288,8 @@ fn cors(
             _ => issues.push(p, "not an origin (scheme://host[:port], no path) or *"),
         }
     }
+    // Anchored at both ends, whatever the pattern says: an unanchored `https://app\.example`
+    // (Traefik matches these unanchored) would allow `https://app.example.evil.net`.
     let origin_patterns = patterns
         .iter()
         .enumerate()
@@ -295,7 +297,7 @@ fn cors(
             compile(
                 issues,
                 format!("{path}.accessControlAllowOriginListRegex[{i}]"),
-                p,
+                &format!("^(?:{p})$"),
             )
         })
         .collect();
