@@ -273,6 +273,23 @@ mod tests {
     }
 
     #[test]
+    fn a_namespaced_kubernetes_secret_is_read_under_its_namespace() {
+        let secrets = Secrets {
+            dir: PathBuf::from("/run/s"),
+            resolve: true,
+        };
+        let file = |r: &str| secrets.file_of(parse(r).unwrap());
+        assert_eq!(
+            file("urn:k8s:secret:apps/idp:client_secret"),
+            Some(PathBuf::from("/run/s/apps/idp/client_secret"))
+        );
+        assert_eq!(
+            file("urn:k8s:secret:idp:client_secret"),
+            Some(PathBuf::from("/run/s/idp/client_secret"))
+        );
+    }
+
+    #[test]
     fn references_are_parsed_strictly_and_errors_never_quote_the_value() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("oauth-client")).unwrap();
@@ -315,6 +332,14 @@ mod tests {
             ),
             (
                 "urn:k8s:secret:../etc:passwd",
+                Err("urn:k8s:secret: the namespace must be a Kubernetes name"),
+            ),
+            (
+                "urn:k8s:secret:apps/..:passwd",
+                Err("urn:k8s:secret: the secret's name must be"),
+            ),
+            (
+                "urn:k8s:secret:a/b/c:passwd",
                 Err("urn:k8s:secret: the secret's name must be"),
             ),
             (
