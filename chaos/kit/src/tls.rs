@@ -34,18 +34,26 @@ impl Default for TlsFixture {
 impl TlsFixture {
     /// Generates the CA and both certificates.
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let fixture = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fixture.run(MAKE_CERTIFICATES, "making certificates");
+        fixture
+    }
+
+    /// Runs the shell `script` in the fixture's directory; it must succeed (`what` it does
+    /// names the failure).
+    fn run(&self, script: &str, what: &str) {
         let out = Command::new("sh")
-            .args(["-c", MAKE_CERTIFICATES])
-            .current_dir(dir.path())
+            .args(["-c", script])
+            .current_dir(self.dir.path())
             .output()
             .expect("sh and openssl are installed");
         assert!(
             out.status.success(),
-            "making certificates: {}",
+            "{what}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self { dir }
     }
 
     /// The path of one of its files (`ca.crt`, `client.key`, ...).
@@ -67,16 +75,7 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {nam
 openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 1 -extfile {name}.ext",
             subject = subject.map_or_else(|| format!("/CN={name}"), str::to_owned),
         );
-        let out = Command::new("sh")
-            .args(["-c", &script])
-            .current_dir(self.dir.path())
-            .output()
-            .expect("sh and openssl are installed");
-        assert!(
-            out.status.success(),
-            "issuing {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.run(&script, &format!("issuing {name}"));
         (
             self.path(&format!("{name}.crt")),
             self.path(&format!("{name}.key")),
@@ -126,5 +125,37 @@ openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {
     pub fn der(&self, file: &str) -> rustls::pki_types::CertificateDer<'static> {
         use rustls::pki_types::pem::PemObject;
         rustls::pki_types::CertificateDer::from_pem_file(self.path(file)).unwrap()
+    }
+}
+
+/// `openssl ca`'s settings for the fixture's CA: a database of issued certificates to revoke
+/// from, and lists good for a day.
+const CA_CONFIG: &str = "[ ca ]
+default_ca = fixture
+[ fixture ]
+database = index.txt
+crlnumber = crlnumber
+default_md = sha256
+default_crl_days = 1
+";
+
+impl TlsFixture {
+    /// A certificate revocation list of the fixture's CA revoking the certificates `revoked`
+    /// (`client`, `node`, ...), written to `name`; its path.
+    pub fn crl(&self, name: &str, revoked: &[&str]) -> String {
+        let mut script = format!(
+            "set -e\nprintf '{}' > ca.cnf\n: > index.txt\necho 01 > crlnumber\n",
+            CA_CONFIG.replace('\n', "\\n")
+        );
+        for r in revoked {
+            script.push_str(&format!(
+                "openssl ca -config ca.cnf -keyfile ca.key -cert ca.crt -revoke {r}.crt\n"
+            ));
+        }
+        script.push_str(&format!(
+            "openssl ca -config ca.cnf -keyfile ca.key -cert ca.crt -gencrl -out {name}\n"
+        ));
+        self.run(&script, "making a CRL");
+        self.path(name)
     }
 }

@@ -136,6 +136,9 @@ pub struct RawClientAuth {
     /// `caFiles` is set).
     #[serde(default)]
     pub client_auth_type: Option<String>,
+    /// PEM certificate revocation lists of that CA.
+    #[serde(default)]
+    pub crl_files: Vec<String>,
 }
 
 /// A `serversTransports` entry (Traefik's `ServersTransport`).

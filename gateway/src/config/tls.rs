@@ -50,10 +50,25 @@ pub(super) fn listener_tls(issues: &mut Issues, raw: RawListenerTls) -> Option<L
             MinVersion::Tls12
         }
     };
+    let mut crl_files = Vec::new();
     let client_auth = match raw.options.client_auth {
         None => ClientAuth::None,
         Some(ca) => {
             const PATH: &str = "tls.options.clientAuth";
+            for (i, f) in ca.crl_files.iter().enumerate() {
+                if issues.reads_key_material()
+                    && let Err(e) = tls::read_crls(f.as_ref())
+                {
+                    issues.push(format!("{PATH}.crlFiles[{i}]"), e.to_string());
+                }
+                crl_files.push(std::path::PathBuf::from(f));
+            }
+            if !ca.crl_files.is_empty() && ca.ca_files.is_empty() {
+                issues.push(
+                    format!("{PATH}.crlFiles"),
+                    "needs caFiles: the lists are checked against the CA that signed them",
+                );
+            }
             let roots: Vec<CertificateDer<'static>> = ca
                 .ca_files
                 .iter()
@@ -104,6 +119,7 @@ pub(super) fn listener_tls(issues: &mut Issues, raw: RawListenerTls) -> Option<L
         min_version,
         sni_strict: raw.options.sni_strict,
         client_auth,
+        crl_files,
         watch_interval,
     })
 }

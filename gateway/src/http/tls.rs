@@ -13,9 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -74,6 +76,9 @@ pub struct ListenerTls {
     pub sni_strict: bool,
     /// Client certificate verification.
     pub client_auth: ClientAuth,
+    /// PEM certificate revocation lists client certificates are checked against (re-read
+    /// when they change, with the certificates).
+    pub crl_files: Vec<PathBuf>,
     /// How often the certificate files are looked at for changes.
     pub watch_interval: Duration,
 }
@@ -201,6 +206,8 @@ pub struct Certificates {
     sni_strict: bool,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Vec<Served>>>,
+    /// The client certificate verifier, whose revocation lists are watched with the files.
+    clients: std::sync::OnceLock<Arc<ClientVerifier>>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -224,6 +231,7 @@ impl Certificates {
             sni_strict,
             provider,
             current: RwLock::new(Arc::new(served)),
+            clients: std::sync::OnceLock::new(),
         })
     }
 
@@ -233,8 +241,11 @@ impl Certificates {
 
     /// Reads the files again and swaps them in if they all load; the certificates in use stay
     /// otherwise.
-    fn reload(&self) -> Result<(), TlsFileError> {
+    fn reload(&self) -> Result<(), ServerTlsError> {
         let served = load_all(&self.files, &self.provider)?;
+        if let Some(clients) = self.clients.get() {
+            clients.reload()?;
+        }
         record_expiry(&served);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
         Ok(())
@@ -243,12 +254,14 @@ impl Certificates {
     /// A digest of every file's bytes, to notice a change without parsing.
     fn fingerprint(&self) -> Option<[u8; 32]> {
         let mut h = Sha256::new();
-        for f in &self.files {
-            for path in [&f.cert_file, &f.key_file] {
-                let bytes = std::fs::read(path).ok()?;
-                h.update((bytes.len() as u64).to_be_bytes());
-                h.update(&bytes);
-            }
+        let crls = self.clients.get().map(|c| c.crl_files.as_slice());
+        let paths = (self.files.iter())
+            .flat_map(|f| [&f.cert_file, &f.key_file])
+            .chain(crls.unwrap_or_default());
+        for path in paths {
+            let bytes = std::fs::read(path).ok()?;
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(&bytes);
         }
         Some(h.finalize().into())
     }
@@ -322,6 +335,145 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
+/// Client certificates verified against the CA and, when given, the certificate revocation
+/// lists of `crl_files`, read again when they change (a CA publishes a new list every few hours
+/// or days; a revoked certificate is refused from the next handshake on).
+pub struct ClientVerifier {
+    roots: Arc<RootCertStore>,
+    optional: bool,
+    crl_files: Vec<PathBuf>,
+    provider: Arc<CryptoProvider>,
+    hints: Vec<rustls::DistinguishedName>,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("crl_files", &self.crl_files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the certificate revocation lists of a PEM file.
+pub fn read_crls(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsFileError> {
+    let pem = read(path)?;
+    let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| content(path, format!("not a PEM certificate revocation list ({e})")))?;
+    if crls.is_empty() {
+        return Err(content(
+            path,
+            "holds no PEM certificate revocation list".into(),
+        ));
+    }
+    Ok(crls)
+}
+
+impl ClientVerifier {
+    fn new(
+        ca: &[CertificateDer<'static>],
+        optional: bool,
+        crl_files: Vec<PathBuf>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, ServerTlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in ca {
+            roots.add(c.clone())?;
+        }
+        let roots = Arc::new(roots);
+        let hints = roots.subjects();
+        let current = RwLock::new(build_verifier(&roots, &provider, optional, &crl_files)?);
+        Ok(Self {
+            roots,
+            optional,
+            crl_files,
+            provider,
+            hints,
+            current,
+        })
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads the lists again and swaps them in if they all parse.
+    fn reload(&self) -> Result<(), ServerTlsError> {
+        let built = build_verifier(&self.roots, &self.provider, self.optional, &self.crl_files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = built;
+        Ok(())
+    }
+}
+
+/// A verifier over the CA `roots` and the lists of `crl_files` as they now read.
+fn build_verifier(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    optional: bool,
+    crl_files: &[PathBuf],
+) -> Result<Arc<dyn ClientCertVerifier>, ServerTlsError> {
+    let mut crls = Vec::new();
+    for f in crl_files {
+        crls.extend(read_crls(f)?);
+    }
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(provider));
+    if !crls.is_empty() {
+        // The lists are the CA's for the certificates it issued: a client certificate they do
+        // not cover is refused (fail closed).
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    if optional {
+        builder = builder.allow_unauthenticated();
+    }
+    Ok(builder.build()?)
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+}
+
 /// A TLS listener's server configuration, and its certificates (to watch).
 pub struct ServerTls {
     /// What the acceptor uses.
@@ -349,18 +501,15 @@ impl ServerTls {
         let builder = match &cfg.client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             ClientAuth::VerifyIfGiven(ca) | ClientAuth::Require(ca) => {
-                let mut roots = RootCertStore::empty();
-                for c in ca {
-                    roots.add(c.clone())?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                let verifier = if matches!(cfg.client_auth, ClientAuth::VerifyIfGiven(_)) {
-                    verifier.allow_unauthenticated()
-                } else {
-                    verifier
-                };
-                builder.with_client_cert_verifier(verifier.build()?)
+                let verifier = Arc::new(ClientVerifier::new(
+                    ca,
+                    matches!(cfg.client_auth, ClientAuth::VerifyIfGiven(_)),
+                    cfg.crl_files.clone(),
+                    provider,
+                )?);
+                // Watched with the certificates: a new revocation list applies at once.
+                let _ = certificates.clients.set(Arc::clone(&verifier));
+                builder.with_client_cert_verifier(verifier)
             }
         };
         let mut config =

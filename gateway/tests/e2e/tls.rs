@@ -220,8 +220,14 @@ routes:
 
     // A half-written replacement does not load: the certificates in use stay.
     std::fs::write(&alpha_key, "-----BEGIN PRIVATE KEY-----\ntruncated").unwrap();
+    a_reload_failed(&node).await;
+    assert_eq!(connect(&node, &connector, "alpha.test").await.0, rotated);
+}
+
+/// Waits until the node reports one TLS file change that did not load.
+async fn a_reload_failed(node: &Node) {
     eventually(
-        "the broken replacement is reported",
+        "the broken file is reported",
         Duration::from_secs(10),
         async || {
             metrics_text(node.admin)
@@ -230,7 +236,78 @@ routes:
         },
     )
     .await;
-    assert_eq!(connect(&node, &connector, "alpha.test").await.0, rotated);
+}
+
+/// Whether a caller with `identity` gets a 200 from `node` on a connection of its own (a
+/// refused certificate fails the handshake, or the first request under TLS 1.3).
+async fn served_with(node: &Node, tls: &TlsFixture, identity: (&str, &str)) -> bool {
+    let connector = tls_client(tls, Some(identity));
+    let Ok(tcp) = TcpStream::connect(node.proxy).await else {
+        return false;
+    };
+    let Ok(stream) = connector
+        .connect(ServerName::try_from("gw.test").unwrap(), tcp)
+        .await
+    else {
+        return false;
+    };
+    let Ok((mut send, conn)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", "gw.test")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    matches!(send.send_request(req).await, Ok(resp) if resp.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_once_the_list_names_it() {
+    let tls = TlsFixture::new();
+    let alice = tls.issue("alice", None, "extendedKeyUsage=clientAuth");
+    let bob = tls.issue("bob", None, "extendedKeyUsage=clientAuth");
+    let (srv_crt, srv_key) = tls.issue("gw", None, "subjectAltName=DNS:gw.test");
+    let crl = tls.crl("clients.crl", &[]);
+    let upstream = EchoUpstream::start().await;
+    let node = Node::start(
+        &config(&format!(
+            r#"
+tls:
+  certificates: [{{ certFile: "{srv_crt}", keyFile: "{srv_key}" }}]
+  options:
+    clientAuth: {{ caFiles: ["{ca}"], crlFiles: ["{crl}"] }}
+  watchInterval: 100ms
+routes:
+  - {{ name: r, match: {{ pathPrefix: / }}, upstream: {{ urls: ["{u}"] }} }}
+"#,
+            ca = tls.path("ca.crt"),
+            u = upstream.url(),
+        )),
+        &[],
+    );
+    let (alice, bob) = ((&*alice.0, &*alice.1), (&*bob.0, &*bob.1));
+    assert!(served_with(&node, &tls, alice).await);
+    assert!(served_with(&node, &tls, bob).await);
+    // The CA revokes alice's certificate and publishes a new list, replacing the file.
+    let revoked = tls.crl("revoked.crl", &["alice"]);
+    let staged = format!("{crl}.new");
+    std::fs::copy(&revoked, &staged).unwrap();
+    std::fs::rename(&staged, &crl).unwrap();
+    eventually(
+        "the new list refuses alice",
+        Duration::from_secs(10),
+        async || !served_with(&node, &tls, alice).await,
+    )
+    .await;
+    assert!(served_with(&node, &tls, bob).await, "bob is not revoked");
+    // A list that does not parse keeps the one in use.
+    std::fs::write(&crl, "-----BEGIN X509 CRL-----\ntruncated").unwrap();
+    a_reload_failed(&node).await;
+    assert!(!served_with(&node, &tls, alice).await);
+    assert!(served_with(&node, &tls, bob).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
