@@ -32,6 +32,8 @@ const ADMIN_TOKEN: &str = "chaos-admin-token";
 /// The cache nodes' peer and gateway secrets: the fleet runs authenticated, as production does.
 const PEER_TOKEN: &str = "chaos-peer-token";
 const GATEWAY_TOKEN: &str = "chaos-gateway-token";
+/// The gateways' admin token (`/metrics` beyond loopback needs it).
+const GATEWAY_ADMIN_TOKEN: &str = "chaos-gateway-admin-token";
 /// How long a node may take to come up.
 const START_WITHIN: Duration = Duration::from_secs(30);
 
@@ -322,12 +324,11 @@ impl Fleet {
     pub async fn refresh_leader(&self) -> Option<usize> {
         let mut leaders = Vec::new();
         for (i, admin) in self.gateway_admin.iter().enumerate() {
-            let Ok(Ok(r)) = tokio::time::timeout(
-                Duration::from_millis(500),
-                reqwest::get(format!("http://{admin}/metrics")),
-            )
-            .await
-            else {
+            let metrics = reqwest::Client::new()
+                .get(format!("http://{admin}/metrics"))
+                .bearer_auth(GATEWAY_ADMIN_TOKEN)
+                .send();
+            let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), metrics).await else {
                 continue;
             };
             let text = r.text().await.unwrap_or_default();

@@ -7,7 +7,9 @@ use gateway::store::{RedisConfig, RedisTopology, Store, TokenStore};
 use testkit::procs::wait_listening;
 use testkit::{EchoUpstream, FakeIdp};
 
-use super::{ADMIN_TOKEN, FLEET_KEY, FleetSpec, GATEWAY_TOKEN, PEER_TOKEN, START_WITHIN};
+use super::{
+    ADMIN_TOKEN, FLEET_KEY, FleetSpec, GATEWAY_ADMIN_TOKEN, GATEWAY_TOKEN, PEER_TOKEN, START_WITHIN,
+};
 use crate::driver::identity;
 
 /// A cache node's environment: the fleet's credentials for every role, and the log filter.
@@ -38,6 +40,7 @@ pub(super) fn gateway_env(log_level: &str) -> Vec<(String, String)> {
     vec![
         ("CHAOS_FLEET_KEY".into(), FLEET_KEY.into()),
         ("CHAOS_GATEWAY_TOKEN".into(), GATEWAY_TOKEN.into()),
+        ("CHAOS_GATEWAY_ADMIN".into(), GATEWAY_ADMIN_TOKEN.into()),
         ("RUST_LOG".into(), log_level.to_owned()),
     ]
 }
@@ -103,7 +106,7 @@ pub(super) fn gateway_yaml(
 ) -> String {
     format!(
         r#"listen: {listen}
-admin: {{ listen: {admin} }}
+admin: {{ listen: {admin}, token: env:CHAOS_GATEWAY_ADMIN }}
 log: {{ format: json, level: info }}
 fleetKey: env:CHAOS_FLEET_KEY
 store: {store}
