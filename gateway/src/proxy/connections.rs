@@ -280,8 +280,18 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// A server answering every request on a connection with `answer`, counting connections;
-    /// it closes a connection after `per_connection` requests.
+    /// it closes a connection after `per_connection` requests. It answers as soon as it has a
+    /// request's head, before any body (as a server refusing early does).
     async fn server(
+        answer: &'static [u8],
+        per_connection: usize,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        server_at(b"\r\n\r\n", answer, per_connection).await
+    }
+
+    /// [`server`], answering each time it has read `end` (the end of a request's body, say).
+    async fn server_at(
+        end: &'static [u8],
         answer: &'static [u8],
         per_connection: usize,
     ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
@@ -305,8 +315,8 @@ mod tests {
                             return;
                         }
                         seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
+                        while let Some(at) = seen.windows(end.len()).position(|w| w == end) {
+                            seen.drain(..at + end.len());
                             s.write_all(answer).await.unwrap();
                             served += 1;
                         }
@@ -366,6 +376,49 @@ mod tests {
         assert_eq!(c.kept(), 0);
         assert_eq!(read(c.send(get(addr), None).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_streamed_body_was_sent_in_full_is_kept() {
+        use crate::proxy::caller_body::CallerBody;
+        // A chunked body ends with a last poll; a body of known length (hyper's own, from the
+        // caller) says it has ended after its last frame, and is not polled again.
+        for (framing, end) in [
+            ("chunked", &b"0\r\n\r\n"[..]),
+            ("content-length", &b"part"[..]),
+        ] {
+            // The server answers once it has the whole body, as most do.
+            let (addr, accepted) = server_at(end, OK, usize::MAX).await;
+            let c = connections(60);
+            let sent = Arc::new(Sent::default());
+            let req = Request::post(format!("http://{addr}/upload"));
+            let (req, body) = match framing {
+                "chunked" => {
+                    let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..2)
+                        .map(|_| Ok(Frame::data(Bytes::from_static(b"part"))))
+                        .collect();
+                    let stream =
+                        http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    (
+                        req.header(http::header::TRANSFER_ENCODING, "chunked"),
+                        CallerBody::new(stream, Some(Arc::clone(&sent))).boxed_unsync(),
+                    )
+                }
+                _ => {
+                    let whole = http_body_util::Full::new(Bytes::from_static(b"part"))
+                        .map_err(|never| match never {});
+                    (
+                        req.header(http::header::CONTENT_LENGTH, "4"),
+                        CallerBody::new(whole, Some(Arc::clone(&sent))).boxed_unsync(),
+                    )
+                }
+            };
+            let resp = c.send(req.body(body).unwrap(), Some(&sent)).await.unwrap();
+            assert_eq!(read(resp).await, "ok");
+            assert!(sent.is_done(), "{framing}: the end of the body is seen");
+            assert_eq!(c.kept(), 1, "{framing}: the connection goes back");
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
     }
 
     #[tokio::test]
