@@ -76,6 +76,8 @@ async fn get(
         .header("host", host)
         .body(Empty::new())
         .unwrap();
+    // A connection whose last exchange has just ended is ready a moment later.
+    send.ready().await.expect("the connection stays open");
     let resp = send.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
