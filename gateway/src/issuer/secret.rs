@@ -61,8 +61,8 @@ impl PartialEq for SecretHash {
 
 impl Eq for SecretHash {}
 
-/// The key of [`SecretHash`]'s digests: random, for this process only, so a digest is of no use
-/// anywhere else.
+/// [`SecretHash`]'s digest of `secret`: an HMAC under a key drawn at random once per process,
+/// so a digest is of no use anywhere else.
 fn digest_of(secret: &str) -> [u8; 32] {
     use hmac::{Hmac, Mac};
     static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();

@@ -454,7 +454,7 @@ impl Gateway {
                 .is_some_and(|n| n <= REPLAY_LIMIT);
         let may_replay = route.replays_after_401(&parts.method) && small_body;
         let may_retry =
-            route.retry.is_some() && retry::RetryPolicy::idempotent(&parts.method) && small_body;
+            route.retry.is_some() && crate::http::idempotent(&parts.method) && small_body;
         // The caller's own request, for the second run of the middlewares.
         let original = may_replay.then(|| parts.clone_for_retry());
         // The middlewares first: nothing of the body is read for a caller they refuse.
@@ -550,7 +550,7 @@ impl Gateway {
         let retry = route
             .retry
             .as_ref()
-            .filter(|_| held.is_some() && retry::RetryPolicy::idempotent(&parts.method));
+            .filter(|_| held.is_some() && crate::http::idempotent(&parts.method));
         if let Some((_, budget, _)) = &route.retry {
             budget.request();
         }

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use tokio::time::Instant;
 
 /// The window the budget is counted over.
@@ -37,11 +37,6 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Whether a request with this method may be sent again.
-    pub fn idempotent(method: &Method) -> bool {
-        crate::http::idempotent(method)
-    }
-
     /// Whether an answer with this status is retried.
     pub fn retries_status(&self, status: StatusCode) -> bool {
         let s = status.as_u16();
@@ -126,10 +121,10 @@ mod tests {
             on_network_error: true,
             budget_percent: 20,
         };
-        assert!(RetryPolicy::idempotent(&Method::GET));
-        assert!(RetryPolicy::idempotent(&Method::PUT));
-        assert!(!RetryPolicy::idempotent(&Method::POST));
-        assert!(!RetryPolicy::idempotent(&Method::PATCH));
+        assert!(crate::http::idempotent(&http::Method::GET));
+        assert!(crate::http::idempotent(&http::Method::PUT));
+        assert!(!crate::http::idempotent(&http::Method::POST));
+        assert!(!crate::http::idempotent(&http::Method::PATCH));
         assert!(p.retries_status(StatusCode::SERVICE_UNAVAILABLE));
         assert!(!p.retries_status(StatusCode::INTERNAL_SERVER_ERROR));
         assert_eq!(p.backoff(1), Duration::from_millis(100));

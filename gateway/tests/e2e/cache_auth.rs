@@ -169,9 +169,9 @@ async fn every_rpc_needs_its_role_and_nothing_else_will_do() {
 #[test]
 fn a_node_refuses_to_serve_others_without_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let start = |extra: &[&str], env: &[(&str, &str)]| {
+    let start_on = |listen: &str, extra: &[&str], env: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-        cmd.args(["cache-node", "--id", "1", "--listen", "0.0.0.0:0"])
+        cmd.args(["cache-node", "--id", "1", "--listen", listen])
             .arg("--data-dir")
             .arg(dir.path())
             .args(extra)
@@ -181,6 +181,19 @@ fn a_node_refuses_to_serve_others_without_credentials() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
+    };
+    let start = |extra: &[&str], env: &[(&str, &str)]| start_on("0.0.0.0:0", extra, env);
+    // Whether the node, started, logs a line holding `warning` among its first lines.
+    let warns = |mut cmd: Command, warning: &str| {
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let warned = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .take(20)
+            .any(|l| l.contains(warning));
+        let _ = child.kill();
+        let _ = child.wait();
+        warned
     };
     // No credential on a non-loopback address: refused before it listens.
     let said = |out: &std::process::Output| {
@@ -206,17 +219,13 @@ fn a_node_refuses_to_serve_others_without_credentials() {
     );
     assert!(!err.contains("a-secret"), "{err}");
     // Told explicitly, it serves, and says so loudly.
-    let mut child = start(&["--insecure-no-auth", "--log-format", "json"], &[])
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let warned = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .map_while(Result::ok)
-        .take(20)
-        .any(|l| l.contains("--insecure-no-auth: anyone who can reach this port"));
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(warned, "the insecure mode is logged as a warning");
+    assert!(
+        warns(
+            start(&["--insecure-no-auth", "--log-format", "json"], &[]),
+            "--insecure-no-auth: anyone who can reach this port"
+        ),
+        "the insecure mode is logged as a warning"
+    );
 
     // Tokens for every role but no TLS on a non-loopback address: the tokens would cross the
     // network in clear, so the node refuses to start unless told, naming neither token.
@@ -237,38 +246,26 @@ fn a_node_refuses_to_serve_others_without_credentials() {
     );
     assert!(!err.contains("secret-value"), "{err}");
     // On loopback, but naming a peer elsewhere: the peer token would travel in clear too.
-    let loopback: Vec<String> = ["cache-node", "--id", "1", "--listen", "127.0.0.1:0"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain(["--data-dir".to_owned(), dir.path().display().to_string()])
-        .chain([
-            "--init".to_owned(),
-            "1=127.0.0.1:7000,2=10.0.0.12:7000".to_owned(),
-        ])
-        .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(&loopback)
-        .env_remove("RUST_LOG")
-        .envs(tokens.iter().copied())
-        .output()
-        .unwrap();
+    let out = start_on(
+        "127.0.0.1:0",
+        &["--init", "1=127.0.0.1:7000,2=10.0.0.12:7000"],
+        &tokens,
+    )
+    .output()
+    .unwrap();
     let err = said(&out);
     assert!(
         !out.status.success() && err.contains("(10.0.0.12:7000 is not on this host)"),
         "{err}"
     );
     // Told explicitly, it serves, and warns.
-    let mut child = start(&["--allow-plaintext", "--log-format", "json"], &tokens)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let warned = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .map_while(Result::ok)
-        .take(20)
-        .any(|l| l.contains("--allow-plaintext: role tokens cross the network in clear"));
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(warned, "plaintext is logged as a warning");
+    assert!(
+        warns(
+            start(&["--allow-plaintext", "--log-format", "json"], &tokens),
+            "--allow-plaintext: role tokens cross the network in clear"
+        ),
+        "plaintext is logged as a warning"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
