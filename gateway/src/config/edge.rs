@@ -238,13 +238,18 @@ mod tests {
     #[test]
     fn edge_settings_are_read_and_checked_with_their_paths() {
         let good = format!(
-            "{BASE}forwardedHeaders: {{ trustedIPs: [10.0.0.0/8, 192.0.2.7] }}\nencodedCharacters: {{ allowEncodedSlash: true }}\ntransport: {{ maxConnections: 50, respondingTimeouts: {{ idleTimeout: 5s }} }}\nhttp2: {{ maxConcurrentStreams: 10 }}\nlimits: {{ tokenMaxLength: 4096 }}\nidpMissBudget: {{ perClientId: {{ average: 0 }}, perAddress: {{ average: 5, period: 1m, burst: 7 }}, ipv6Subnet: 56 }}\n"
+            "{BASE}forwardedHeaders: {{ trustedIPs: [10.0.0.0/8, 192.0.2.7] }}\nencodedCharacters: {{ allowEncodedSlash: true }}\ntransport: {{ maxConnections: 50, respondingTimeouts: {{ idleTimeout: 5s }}, upgrades: {{ maxConnections: 10, maxLifetime: 1h }} }}\nhttp2: {{ maxConcurrentStreams: 10 }}\nlimits: {{ tokenMaxLength: 4096 }}\nidpMissBudget: {{ perClientId: {{ average: 0 }}, perAddress: {{ average: 5, period: 1m, burst: 7 }}, ipv6Subnet: 56 }}\n"
         );
         let c = Config::from_yaml(&good).unwrap();
         assert_eq!(c.edge.forwarded.trusted.len(), 2);
         assert!(c.edge.encoded_characters.slash && !c.edge.encoded_characters.back_slash);
         assert_eq!(c.edge.transport.max_connections, 50);
         assert_eq!(c.edge.transport.idle_timeout.as_secs(), 5);
+        assert_eq!(c.edge.transport.max_upgraded_connections, Some(10));
+        assert_eq!(
+            c.edge.transport.upgraded_max_lifetime,
+            Some(std::time::Duration::from_secs(3600))
+        );
         assert_eq!(c.edge.transport.max_concurrent_streams, 10);
         assert_eq!(c.edge.caller_limits.token_max_length, 4096);
         assert!(c.edge.miss_budget.per_client_id.is_none());
@@ -257,7 +262,11 @@ mod tests {
             .replace("maxConnections: 50", "maxConnections: 0")
             .replace("tokenMaxLength: 4096", "tokenMaxLength: 0")
             .replace("period: 1m", "period: 0s")
-            .replace("ipv6Subnet: 56", "ipv6Subnet: 129");
+            .replace("ipv6Subnet: 56", "ipv6Subnet: 129")
+            .replace(
+                "maxConnections: 10, maxLifetime: 1h",
+                "maxConnections: 51, maxLifetime: 0s",
+            );
         let Err(ConfigError::Invalid(issues)) = Config::from_yaml(&bad) else {
             panic!()
         };
@@ -267,6 +276,8 @@ mod tests {
             [
                 "forwardedHeaders.trustedIPs[1]: \"not-an-ip\" is not an IP address or CIDR",
                 "transport.maxConnections: must be at least 1",
+                "transport.upgrades.maxConnections: must be between 1 and transport.maxConnections (upgraded connections count there too)",
+                "transport.upgrades.maxLifetime: must be greater than zero",
                 "limits.tokenMaxLength: must be between 1 and 65536",
                 "idpMissBudget.perAddress.period: must be greater than zero",
                 "idpMissBudget.ipv6Subnet: must be between 1 and 128",
