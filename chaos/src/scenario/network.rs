@@ -138,6 +138,9 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
         Some(l) => (l + 1 + c.pick(n - 1)) % n,
         None => c.pick(n),
     };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     c.fleet.cut_store(victim, true)?;
     c.timeline.record(
         "fault",
@@ -145,24 +148,11 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
     );
     let cut_for = c.fleet.spec.lease_ttl + Duration::from_secs(2);
     let cut_at = Instant::now();
-    // An entry every gateway holds in its L1 is evicted fleet-wide while this one cannot hear
-    // of it: healed, it must not bring the evicted token back into the store.
-    let (evicted_key, evicted_version) = c.fleet.evict_client(&identity(0).0).await?;
-    c.timeline.record(
-        "fault",
-        format!(
-            "client-0's entry evicted fleet-wide while gateway-{} is cut off",
-            victim + 1
-        ),
-    );
     // A credential new to the whole fleet, asked of the cut-off gateway alone.
     let (id, secret) = identity(10_000 + victim);
     c.fleet.idp.register(&id, &secret);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
     let (mut answers, mut ok) = (0, 0);
-    while cut_at.elapsed() < cut_for {
+    while cut_at.elapsed() < cut_for - EVICT_BEFORE_HEAL {
         let r = http
             .get(format!(
                 "{}/chaos/new-credential",
@@ -183,7 +173,23 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
         ok == answers && issued >= 1,
         format!("{ok} of {answers} requests answered 200; the IdP issued {issued} tokens to it"),
     );
+    // An entry every gateway holds in its L1 is evicted fleet-wide while this one cannot hear
+    // of it, late in the cut, so that the others' next token for it is newer than anything
+    // the cut-off gateway renewed on its own: healed, it must not bring the evicted token back
+    // into the store, and its L1 must take the newer one.
+    let (evicted_key, evicted_version) = c.fleet.evict_client(&identity(0).0).await?;
+    c.timeline.record(
+        "fault",
+        format!(
+            "client-0's entry evicted fleet-wide while gateway-{} is cut off",
+            victim + 1
+        ),
+    );
     tokio::time::sleep_until((cut_at + cut_for).into()).await;
+    // What client-0's requests carry upstream through the cut-off gateway and another.
+    let other = (victim + 1) % n;
+    let held = forwarded_token(&http, c, victim, 0).await;
+    let fleet_token = forwarded_token(&http, c, other, 0).await;
     c.fleet.cut_store(victim, false)?;
     c.record_store_cut(cut_for);
     c.timeline
@@ -212,6 +218,46 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
         resurrected |= c.fleet.entry_version(&evicted_key).await == Some(Some(evicted_version));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Cut off, the victim missed the eviction and kept its token while the others took a new
+    // one. Healed, its L1 catches up with the store at once, not at the token's next renewal.
+    let ready_at = healed.elapsed();
+    let mut caught_up = None;
+    while ready && healed.elapsed() < ready_at + Duration::from_secs(2) {
+        let (ours, theirs) = (
+            forwarded_token(&http, c, victim, 0).await,
+            forwarded_token(&http, c, other, 0).await,
+        );
+        if ours.is_some() && ours == theirs {
+            caught_up = Some(healed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let diverged = matches!(
+        (held.as_deref().and_then(jti), fleet_token.as_deref().and_then(jti)),
+        (Some(ours), Some(theirs)) if ours < theirs
+    );
+    c.check(
+        "the healed gateway's L1 catches up with the eviction it missed",
+        diverged && caught_up.is_some(),
+        match caught_up {
+            _ if !diverged => format!(
+                "before healing, client-0's requests through gateway-{} did not carry an older \
+                 token than through gateway-{}",
+                victim + 1,
+                other + 1
+            ),
+            Some(after) => format!(
+                "gateway-{} sent the fleet's new token for client-0 {after:?} after healing \
+                 (the store was ready after {ready_at:?})",
+                victim + 1
+            ),
+            None => format!(
+                "gateway-{} still sent its own token for client-0 2 s after the store was ready",
+                victim + 1
+            ),
+        },
+    );
     c.check(
         "an entry evicted during the cut is not brought back",
         !resurrected,
@@ -226,6 +272,44 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
         ),
     );
     Ok(())
+}
+
+/// How long before the end of the cut the fleet evicts an entry the cut-off gateway holds.
+const EVICT_BEFORE_HEAL: Duration = Duration::from_millis(1500);
+
+/// The fake IdP's serial number of a token it issued (its `jti`), which orders its tokens.
+fn jti(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?)
+            .ok()?;
+    claims["jti"].as_str()?.parse().ok()
+}
+
+/// The bearer token gateway `gateway` sends upstream for client `client`, read from the echo
+/// upstream's answer (`None`: the request failed).
+async fn forwarded_token(
+    http: &reqwest::Client,
+    c: &Ctx,
+    gateway: usize,
+    client: usize,
+) -> Option<String> {
+    let (id, secret) = identity(client);
+    let answer: serde_json::Value = http
+        .get(format!("{}/chaos/l1", c.fleet.gateway_url(gateway)))
+        .basic_auth(&id, Some(&secret))
+        .header(testkit::upstream::CALLER_HEADER, &id)
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let authorization = answer["headers"]["authorization"][0].as_str()?;
+    Some(authorization.strip_prefix("Bearer ")?.to_owned())
 }
 
 /// The refresh leader alone loses the IdP while renewals fall due, for less than a token's

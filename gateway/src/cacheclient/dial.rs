@@ -18,10 +18,24 @@ pub fn bearer(secret: Option<&Secret>) -> Option<Bearer> {
 /// How a process dials cache nodes: plain gRPC, or TLS (server verified against a CA bundle or
 /// the webpki roots, and a client certificate when the nodes require one). Gateways, cachectl
 /// and the nodes themselves (towards their peers) dial the same way.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Dialer {
     tls: Option<ClientTlsConfig>,
+    patience: Duration,
 }
+
+impl Default for Dialer {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            patience: DEFAULT_PATIENCE,
+        }
+    }
+}
+
+/// How long a connection attempt, or an HTTP/2 ping on an open connection, may go unanswered
+/// before the connection is given up and the next call dials again.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(1);
 
 impl Dialer {
     /// Dials plain gRPC, or TLS as `tls` says.
@@ -37,7 +51,20 @@ impl Dialer {
                 None => cfg,
             }
         });
-        Self { tls }
+        Self {
+            tls,
+            patience: DEFAULT_PATIENCE,
+        }
+    }
+
+    /// Gives up a connection attempt, or an open connection whose HTTP/2 ping goes unanswered,
+    /// after `patience` (pinged every `patience`, idle or not). A node that dies takes its
+    /// connections with it without a reset, and one that comes back at the same address does
+    /// not know them: without pings, calls on such a connection go unanswered until TCP's
+    /// retransmissions, seconds apart, reach the new node and draw a reset.
+    pub fn patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Whether servers are verified by certificate (TLS): a server dialed by name proves it
@@ -51,7 +78,10 @@ impl Dialer {
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(self.patience)
+            .http2_keep_alive_interval(self.patience)
+            .keep_alive_timeout(self.patience)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;

@@ -121,8 +121,8 @@ pub struct NodeContext {
     /// How long this node goes on serving as leader without a quorum's acknowledgement
     /// ([`super::RaftTiming::quorum_silence`]).
     pub quorum_silence: Duration,
-    /// When this node last accepted its leader's `AppendEntries` (the failover watchdog).
-    pub leader_heard: super::failover::LeaderHeard,
+    /// What the Raft transport tells the failover watchdog.
+    pub elections: Arc<super::failover::Elections>,
 }
 
 /// One open `Watch` stream, counted against its caller's address until dropped.

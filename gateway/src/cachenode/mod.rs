@@ -345,9 +345,13 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
             })?),
         };
     let raft_runtime = RaftRuntime::start().map_err(|e| CacheNodeError::Raft(e.to_string()))?;
+    let elections = Arc::new(failover::Elections::default());
     let network = network::Network {
+        elections: Arc::clone(&elections),
         peer_overrides: cfg.peers.clone(),
-        dialer: dialer.clone(),
+        // A peer that died and came back at its address is dialed again within a lease, before
+        // it would stand for election for want of hearing the leader.
+        dialer: dialer.clone().patience(cfg.raft_timing.election_timeout_max()),
         bearer: crate::cacheclient::bearer(cfg.credentials.peer.secret.as_ref()),
     };
     let raft = raft_runtime
@@ -375,10 +379,11 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         rates: crate::store::rate::RateTable::default(),
         snapshots,
         quorum_silence: cfg.raft_timing.quorum_silence(),
-        leader_heard: failover::LeaderHeard::default(),
+        elections: Arc::clone(&elections),
     });
     let watchdog = tokio::spawn(failover::watch(
         Arc::clone(&ctx),
+        elections,
         cfg.raft_timing,
         shutdown.clone(),
     ));

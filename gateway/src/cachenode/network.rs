@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -43,6 +44,8 @@ pub const TARGET_HEADER: &str = "tokengate-raft-target";
 
 /// Makes clients for peers.
 pub struct Network {
+    /// Vote answers for the failover watchdog.
+    pub elections: Arc<super::failover::Elections>,
     /// Addresses that replace a peer's membership address for Raft traffic.
     pub peer_overrides: BTreeMap<u64, String>,
     /// How peers are dialed.
@@ -64,6 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             }),
             bearer: self.bearer.clone(),
+            elections: Arc::clone(&self.elections),
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct Peer {
     target: u64,
     client: Result<RaftTransportClient<Channel>, tonic::transport::Error>,
     bearer: Option<Bearer>,
+    elections: Arc<super::failover::Elections>,
 }
 
 /// Why a call to a peer failed, before openraft's error types are chosen.
@@ -175,6 +180,11 @@ impl RaftNetwork<TypeConfig> for Peer {
             .call(&rpc, ttl, |mut c, m| async move { c.vote(m).await })
             .await
             .map_err(|e| self.rpc_error(e, ttl))?;
+        if let Ok(r) = &answer {
+            let term = rpc.vote.leader_id().get_term();
+            self.elections
+                .answered(term, &rpc.last_log_id, &r.last_log_id);
+        }
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 

@@ -64,7 +64,7 @@ impl tokengate_proto::raft::raft_transport_server::RaftTransport for RaftService
             .as_ref()
             .is_ok_and(|r| !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
         {
-            self.0.leader_heard.now();
+            self.0.elections.leader_heard();
         }
         encode(&answer)
     }
@@ -72,7 +72,17 @@ impl tokengate_proto::raft::raft_transport_server::RaftTransport for RaftService
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.addressed_to_me(&req)?;
         let rpc: VoteRequest<u64> = decode(req)?;
-        encode(&self.0.raft.vote(rpc).await)
+        let theirs = rpc.last_log_id;
+        let answer = self.0.raft.vote(rpc).await;
+        // Refused for a shorter log: the candidate's timer says the leader is gone, and this
+        // node's log can win (the watchdog stands if its own leader is silent too).
+        if let Ok(r) = &answer
+            && !r.vote_granted
+            && r.last_log_id > theirs
+        {
+            self.0.elections.refused_shorter_log();
+        }
+        encode(&answer)
     }
 
     /// Receives a snapshot into a temporary file, checks its length and SHA-256, and hands it to

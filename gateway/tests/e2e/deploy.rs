@@ -607,6 +607,16 @@ fn the_kustomization_renders_one_image_a_rolling_config_and_admin_apart() {
     );
 }
 
+/// Writes an executable `name` with `script` into `dir`; the `PATH` that finds it first.
+fn shim_path(dir: &Path, name: &str, script: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
 /// Runs `deploy/kubernetes/replace-cache-node.sh` with `args` and a `kubectl` on the PATH that
 /// records its arguments and answers from `answers` (`"<args prefix>" => stdout`); returns the
 /// exit status and the recorded calls.
@@ -621,22 +631,10 @@ fn replace_script(args: &[&str], answers: &[(&str, &str)]) -> (bool, Vec<String>
         shim.push_str(&format!("  '{prefix}'*) printf '%s' '{out}' ;;\n"));
     }
     shim.push_str("esac\n");
-    let path = dir.path().join("kubectl");
-    std::fs::write(&path, shim).unwrap();
-    let mut perms = std::fs::metadata(&path).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&path, perms).unwrap();
     let status = Command::new("/bin/sh")
         .arg(root().join("deploy/kubernetes/replace-cache-node.sh"))
         .args(args)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.path().display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
+        .env("PATH", shim_path(dir.path(), "kubectl", &shim))
         .env_remove("NAMESPACE")
         .stdout(std::process::Stdio::null())
         .status()
@@ -702,6 +700,70 @@ fn the_replacement_script_gives_the_pod_a_new_id_and_replaces_the_old_member() {
 
     let (ok, calls) = replace_script(&["one"], &[]);
     assert!(!ok && calls.is_empty(), "a bad ordinal touches nothing");
+}
+
+/// Runs the Redis image's `redis-start` with `password` (unset: `None`) and a `redis-server` on
+/// the PATH that records the configuration it was given; returns whether it started that
+/// `redis-server`, its error output, and the configuration file's text and mode.
+fn redis_start(password: Option<&str>) -> (bool, String, Option<(String, u32)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen");
+    let shim = format!(
+        "#!/bin/sh\ncat \"$1\" > '{seen}'\nstat -c %a \"$1\" >> '{seen}'\n",
+        seen = seen.display()
+    );
+    let mut start = Command::new("/bin/sh");
+    start
+        .arg(root().join("deploy/images/redis-start"))
+        .env("PATH", shim_path(dir.path(), "redis-server", &shim))
+        .env("TMPDIR", dir.path());
+    match password {
+        Some(p) => start.env("REDIS_PASSWORD", p),
+        None => start.env_remove("REDIS_PASSWORD"),
+    };
+    let out = start.output().unwrap();
+    let conf = std::fs::read_to_string(&seen).ok().map(|text| {
+        let (conf, mode) = text.trim_end().rsplit_once('\n').unwrap();
+        (conf.to_owned(), u32::from_str_radix(mode, 8).unwrap())
+    });
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        conf,
+    )
+}
+
+#[test]
+fn the_redis_image_takes_only_a_password_that_cannot_write_configuration() {
+    let (ok, _, conf) = redis_start(Some("s3cr3t-Pass_word.~+/="));
+    let (conf, mode) = conf.expect("redis-server was started");
+    assert!(ok);
+    assert_eq!(
+        conf.lines().next(),
+        Some("requirepass s3cr3t-Pass_word.~+/="),
+        "{conf}"
+    );
+    assert_eq!(mode, 0o600, "the file with the password is the owner's alone");
+
+    // Each of these would write a directive of its own into redis.conf, or break the one line.
+    for hostile in [
+        "pw\nrename-command CONFIG \"\"",
+        "pw\rdir /",
+        "two words",
+        "\"quoted\"",
+        "pw;$(id)",
+        "pässword",
+        "",
+    ] {
+        let (ok, stderr, conf) = redis_start(Some(hostile));
+        assert!(!ok && conf.is_none(), "{hostile:?} started redis-server");
+        assert!(
+            stderr.contains("REDIS_PASSWORD") && (hostile.is_empty() || !stderr.contains(hostile)),
+            "{hostile:?}: {stderr}"
+        );
+    }
+    let (ok, stderr, conf) = redis_start(None);
+    assert!(!ok && conf.is_none() && stderr.contains("REDIS_PASSWORD"), "{stderr}");
 }
 
 #[test]
