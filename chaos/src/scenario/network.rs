@@ -281,9 +281,12 @@ const EVICT_BEFORE_HEAL: Duration = Duration::from_millis(1500);
 fn jti(token: &str) -> Option<u64> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?)
-            .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?,
+    )
+    .ok()?;
     claims["jti"].as_str()?.parse().ok()
 }
 

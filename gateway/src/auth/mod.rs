@@ -11,7 +11,6 @@ pub mod claims;
 pub mod client_certificate;
 pub mod client_credentials;
 pub mod error;
-pub mod headers;
 pub mod introspection;
 pub mod jwt;
 pub mod limits;

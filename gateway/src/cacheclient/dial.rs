@@ -67,6 +67,11 @@ impl Dialer {
         self
     }
 
+    /// How long it waits on a connection attempt or a ping ([`Dialer::patience`]).
+    pub fn patience_of(&self) -> Duration {
+        self.patience
+    }
+
     /// Whether servers are verified by certificate (TLS): a server dialed by name proves it
     /// holds that name.
     pub fn verifies_servers(&self) -> bool {

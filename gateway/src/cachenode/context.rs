@@ -393,11 +393,8 @@ pub async fn report_health(
     reporter: tonic_health::server::HealthReporter,
     stop: CancellationToken,
 ) {
-    use tokengate_proto::cache::token_cache_server::TokenCacheServer;
-    use tonic::server::NamedService;
+    use tokengate_proto::cache::token_cache_server::SERVICE_NAME as CACHE;
     use tonic_health::ServingStatus;
-    const CACHE: &str =
-        <TokenCacheServer<super::cache_service::CacheService> as NamedService>::NAME;
     let mut metrics = ctx.raft.metrics();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -419,5 +416,23 @@ pub async fn report_health(
             _ = tick.tick() => {}
             changed = metrics.changed() => if changed.is_err() { break },
         }
+    }
+}
+
+/// What the failover watchdog reads of this node's Raft, and how it has it stand.
+impl super::failover::Watched for NodeContext {
+    fn view(&self) -> super::failover::RaftView {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        super::failover::RaftView {
+            id: self.id,
+            voter: (m.membership_config.membership().voter_ids()).any(|v| v == self.id),
+            state: m.state,
+            vote: m.vote,
+        }
+    }
+
+    async fn elect(&self) -> Result<(), ()> {
+        self.raft.trigger().elect().await.map_err(|_| ())
     }
 }

@@ -139,23 +139,6 @@ pub trait Watched: Send + Sync + 'static {
     fn elect(&self) -> impl Future<Output = Result<(), ()>> + Send;
 }
 
-impl Watched for super::context::NodeContext {
-    fn view(&self) -> RaftView {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        RaftView {
-            id: self.id,
-            voter: (m.membership_config.membership().voter_ids()).any(|v| v == self.id),
-            state: m.state,
-            vote: m.vote,
-        }
-    }
-
-    async fn elect(&self) -> Result<(), ()> {
-        self.raft.trigger().elect().await.map_err(|_| ())
-    }
-}
-
 /// Watches the leader's silence until `shutdown`, and has Raft stand for election:
 /// - a voter that follows a leader it committed to, once per silent leader, when
 ///   [`should_stand`] says so, or at once when it has refused a shorter log's candidacy past

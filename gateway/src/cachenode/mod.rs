@@ -351,7 +351,9 @@ pub async fn run(cfg: CacheNodeConfig, shutdown: CancellationToken) -> Result<()
         peer_overrides: cfg.peers.clone(),
         // A peer that died and came back at its address is dialed again within a lease, before
         // it would stand for election for want of hearing the leader.
-        dialer: dialer.clone().patience(cfg.raft_timing.election_timeout_max()),
+        dialer: dialer
+            .clone()
+            .patience(cfg.raft_timing.election_timeout_max()),
         bearer: crate::cacheclient::bearer(cfg.credentials.peer.secret.as_ref()),
     };
     let raft = raft_runtime

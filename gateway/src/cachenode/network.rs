@@ -61,21 +61,35 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         let addr = self.peer_overrides.get(&target).unwrap_or(&node.addr);
         Peer {
             target,
-            client: self.dialer.channel(addr).map(|c| {
-                RaftTransportClient::new(c)
-                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            }),
+            client: dial(&self.dialer, addr),
+            addr: addr.clone(),
+            dialer: self.dialer.clone(),
+            silent_since: None,
             bearer: self.bearer.clone(),
             elections: Arc::clone(&self.elections),
         }
     }
 }
 
+fn dial(
+    dialer: &Dialer,
+    addr: &str,
+) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+    dialer.channel(addr).map(|c| {
+        RaftTransportClient::new(c)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    })
+}
+
 /// One peer.
 pub struct Peer {
     target: u64,
     client: Result<RaftTransportClient<Channel>, tonic::transport::Error>,
+    addr: String,
+    dialer: Dialer,
+    /// While no call is answered: since when, or since the channel was last dialed anew.
+    silent_since: Option<std::time::Instant>,
     bearer: Option<Bearer>,
     elections: Arc<super::failover::Elections>,
 }
@@ -127,12 +141,30 @@ impl Peer {
         let (client, msg) = self.request(RaftMessage {
             json: serde_json::to_vec(req).expect("raft messages serialize"),
         })?;
-        match tokio::time::timeout(ttl, send(client, msg)).await {
+        let answer = match tokio::time::timeout(ttl, send(client, msg)).await {
             Err(_) => Err(CallError::Timeout),
             Ok(Err(status)) => Err(CallError::Unreachable(status)),
-            Ok(Ok(resp)) => {
-                serde_json::from_slice(&resp.into_inner().json).map_err(CallError::Decode)
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        self.redial_if_silent(answer.is_ok());
+        serde_json::from_slice(&answer?.into_inner().json).map_err(CallError::Decode)
+    }
+
+    /// Dials the peer anew once no call has been answered for the dialer's patience (and
+    /// again each patience after): a connection to a node that died can look open for seconds
+    /// after the node is back at its address, until TCP's retransmissions draw a reset, and
+    /// the node would stand for election meanwhile for want of hearing the leader.
+    fn redial_if_silent(&mut self, answered: bool) {
+        let now = std::time::Instant::now();
+        match self.silent_since {
+            _ if answered => self.silent_since = None,
+            None => self.silent_since = Some(now),
+            Some(since) if now - since >= self.dialer.patience_of() => {
+                tracing::debug!(target = self.target, "peer silent: dialing it anew");
+                self.client = dial(&self.dialer, &self.addr);
+                self.silent_since = Some(now);
             }
+            Some(_) => {}
         }
     }
 

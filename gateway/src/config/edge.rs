@@ -6,18 +6,27 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{
-    RawBucket, RawCallerLimits, RawConfig, RawEncodedCharacters, RawForwardedHeaders, RawMissBudget,
-};
-use super::validate::Issues;
+use super::issues::Issues;
 use crate::auth::limits::{BucketConfig, CallerLimits, MissBudgetConfig};
 use crate::http::TransportLimits;
 use crate::proxy::edge::EdgeConfig;
 use crate::proxy::forward::ForwardedHeaders;
 use crate::proxy::path::{EncodedCharacters, PathPolicy};
+use serde::Deserialize;
 
-/// Reads the edge settings of `raw`, leaving the rest alone.
-pub(super) fn edge(issues: &mut Issues, raw: &RawConfig) -> EdgeConfig {
+/// The top-level sections that make up the edge settings, as written.
+pub(super) struct RawEdge<'a> {
+    pub paths: &'a RawPaths,
+    pub encoded_characters: &'a RawEncodedCharacters,
+    pub forwarded_headers: &'a RawForwardedHeaders,
+    pub transport: &'a RawTransport,
+    pub http2: &'a RawHttp2,
+    pub limits: &'a RawCallerLimits,
+    pub idp_miss_budget: &'a RawMissBudget,
+}
+
+/// Reads the edge settings.
+pub(super) fn edge(issues: &mut Issues, raw: &RawEdge<'_>) -> EdgeConfig {
     let defaults = PathPolicy::default();
     let paths = PathPolicy {
         normalize: raw.paths.normalize.unwrap_or(defaults.normalize),
@@ -26,13 +35,13 @@ pub(super) fn edge(issues: &mut Issues, raw: &RawConfig) -> EdgeConfig {
     EdgeConfig {
         paths,
         encoded_characters: encoded_characters(
-            &raw.encoded_characters,
+            raw.encoded_characters,
             EncodedCharacters::default(),
         ),
-        forwarded: forwarded(issues, &raw.forwarded_headers),
+        forwarded: forwarded(issues, raw.forwarded_headers),
         transport: transport(issues, raw),
-        caller_limits: caller_limits(issues, &raw.limits),
-        miss_budget: miss_budget(issues, &raw.idp_miss_budget),
+        caller_limits: caller_limits(issues, raw.limits),
+        miss_budget: miss_budget(issues, raw.idp_miss_budget),
     }
 }
 
@@ -81,7 +90,7 @@ fn forwarded(issues: &mut Issues, raw: &RawForwardedHeaders) -> ForwardedHeaders
     }
 }
 
-fn transport(issues: &mut Issues, raw: &RawConfig) -> TransportLimits {
+fn transport(issues: &mut Issues, raw: &RawEdge<'_>) -> TransportLimits {
     let d = TransportLimits::default();
     let t = &raw.transport;
     let h2 = &raw.http2;
@@ -218,6 +227,136 @@ fn miss_budget(issues: &mut Issues, raw: &RawMissBudget) -> MissBudgetConfig {
             }
         },
     }
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// `paths`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPaths {
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    #[serde(default)]
+    pub merge_slashes: Option<bool>,
+}
+
+/// `encodedCharacters` (Traefik's names), top level or per route.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEncodedCharacters {
+    #[serde(default)]
+    pub allow_encoded_slash: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_back_slash: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_null_character: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_semicolon: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_percent: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_question_mark: Option<bool>,
+    #[serde(default)]
+    pub allow_encoded_hash: Option<bool>,
+}
+
+/// `forwardedHeaders` (Traefik's names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawForwardedHeaders {
+    /// Peers (IPs or CIDRs) whose forwarding headers are kept and extended.
+    #[serde(default, rename = "trustedIPs")]
+    pub trusted_ips: Vec<String>,
+    /// Trust every peer. For tests behind a proxy you control only.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `transport`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTransport {
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub max_header_bytes: Option<usize>,
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    #[serde(default)]
+    pub responding_timeouts: RawRespondingTimeouts,
+    /// Upgraded connections (WebSocket).
+    #[serde(default)]
+    pub upgrades: RawUpgrades,
+}
+
+/// `transport.upgrades`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpgrades {
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+}
+
+/// `transport.respondingTimeouts`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRespondingTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    pub read_header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `http2`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHttp2 {
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive_timeout: Option<Duration>,
+}
+
+/// `limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCallerLimits {
+    #[serde(default)]
+    pub client_id_max_length: Option<usize>,
+    #[serde(default)]
+    pub client_secret_max_length: Option<usize>,
+    #[serde(default)]
+    pub token_max_length: Option<usize>,
+}
+
+/// `idpMissBudget`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMissBudget {
+    #[serde(default)]
+    pub per_client_id: Option<RawBucket>,
+    #[serde(default)]
+    pub per_address: Option<RawBucket>,
+    /// IPv6 callers share buckets per prefix of this many bits (Traefik's `ipv6Subnet`).
+    #[serde(default)]
+    pub ipv6_subnet: Option<u8>,
+}
+
+/// A token bucket (Traefik `rateLimit` names); `average: 0` turns it off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBucket {
+    pub average: u32,
+    #[serde(default, with = "humantime_serde")]
+    pub period: Option<Duration>,
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[cfg(test)]

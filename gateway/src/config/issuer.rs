@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use super::issues::Issues;
 use super::middleware::{algorithms, key_client};
-use super::raw::{RawIssuer, RawIssuerClient, RawTrustedIssuer, StringOrList};
-use super::validate::Issues;
 use crate::auth::DEFAULT_REALM;
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::ClaimsPolicy;
@@ -16,12 +15,15 @@ use crate::auth::jwt::{
     DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
     DEFAULT_LEEWAY, JwksSource, JwtConfig,
 };
+use crate::config::StringOrList;
+use crate::config::middleware::http_client::RawHttpClient;
 use crate::issuer::keys::SigningKey;
 use crate::issuer::secret::SecretHash;
 use crate::issuer::{
     DEFAULT_ISSUED_TOKEN_LIFETIME, IssuerClient, IssuerConfig, MAX_ISSUED_TOKEN_LIFETIME,
     TOKEN_PATH,
 };
+use serde::Deserialize;
 
 /// Claims the issuer sets itself; a client's extra `claims` cannot override them.
 const REGISTERED_CLAIMS: [&str; 10] = [
@@ -344,6 +346,100 @@ pub(super) fn bind_gateway_issuer(
             ),
         }
     }
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// The built-in token issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIssuer {
+    /// Issuer identifier (`iss`): the gateway's public origin, e.g. `https://gw.example.com`.
+    pub url: String,
+    /// The key access tokens are signed with. Omitted: an ES256 key generated at start.
+    #[serde(default)]
+    pub signing_key: Option<RawSigningKey>,
+    /// PEM files of retired keys: published in the JWKS, never used to sign.
+    #[serde(default)]
+    pub previous_signing_keys: Vec<String>,
+    /// `aud` of tokens whose client names none.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Lifetime of tokens whose client names none.
+    #[serde(default, with = "humantime_serde")]
+    pub token_lifetime: Option<Duration>,
+    /// Clock skew tolerated on client assertions.
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    /// Registered clients by client id.
+    #[serde(default)]
+    pub clients: BTreeMap<String, RawIssuerClient>,
+    /// Identity providers whose tokens are accepted as client assertions (RFC 7523).
+    #[serde(default)]
+    pub trusted_issuers: Vec<RawTrustedIssuer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSigningKey {
+    /// PKCS#8 (or PKCS#1 for RSA) PEM private key. Omitted: generated at start.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// `ES256` (default), `ES384`, `RS256`, `PS256`... (must fit the key).
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIssuerClient {
+    /// PHC-format argon2 hash of the client secret (`gateway hash-secret` prints one).
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// Secret reference; hashed at load, never kept in clear.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Scopes the client may ask for; all of them when it asks for none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub token_lifetime: Option<Duration>,
+    /// Extra claims put in every token of this client.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Workload identities (`iss` + `sub` of a trusted issuer's token) that act as this client.
+    #[serde(default)]
+    pub federated_identities: Vec<RawFederatedIdentity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFederatedIdentity {
+    pub issuer: String,
+    pub subject: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTrustedIssuer {
+    /// The `iss` of the assertions.
+    pub issuer: String,
+    /// Where its keys are. Without it and without `keys`: OpenID Connect discovery.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// An inline JWKS document (`{"keys": [...]}`).
+    #[serde(default)]
+    pub keys: Option<serde_json::Value>,
+    /// Accepted `aud` values; default: this issuer's URL and its token endpoint.
+    #[serde(default)]
+    pub audience: Option<StringOrList>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    pub client_config: Option<RawHttpClient>,
 }
 
 #[cfg(test)]

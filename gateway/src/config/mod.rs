@@ -7,9 +7,9 @@
 
 mod edge;
 pub mod issuer;
+mod issues;
 pub mod manifests;
 mod middleware;
-mod raw;
 mod route;
 mod store;
 mod tls;
@@ -25,6 +25,7 @@ use std::time::Duration;
 pub use store::read_pem;
 
 use crate::auth::MiddlewareConfig;
+use crate::config::validate::RawConfig;
 use crate::http::tls::ListenerTls;
 use crate::issuer::IssuerConfig;
 use crate::lifecycle::RefreshConfig;
@@ -36,6 +37,7 @@ use crate::proxy::{ProxySettings, RouteConfig};
 use crate::secret::Secret;
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, TracingConfig};
+use serde::Deserialize;
 
 /// A fleet key in a file, for tests of shared-store configurations: the file (kept while the
 /// test runs) and the `fleetKey:` line naming it.
@@ -188,7 +190,7 @@ impl Config {
     }
 
     fn parse(text: &str, resolve: bool, file: Option<&Path>) -> Result<Self, ConfigError> {
-        let (raw, manifests): (raw::RawConfig, _) = match with_manifests(text, file)? {
+        let (raw, manifests): (RawConfig, _) = match with_manifests(text, file)? {
             Some((root, directory, _)) => (
                 serde_path_to_error::deserialize(serde_yaml_ng::Value::Mapping(root))
                     .map_err(path_error)?,
@@ -244,7 +246,7 @@ fn with_manifests(text: &str, file: Option<&Path>) -> Result<Option<WithManifest
     let Some(section) = root.remove("manifests") else {
         return Ok(None);
     };
-    let raw: raw::RawManifests = serde_path_to_error::deserialize(section).map_err(|e| {
+    let raw: RawManifests = serde_path_to_error::deserialize(section).map_err(|e| {
         let ConfigError::Shape { path, message } = path_error(e) else {
             unreachable!("path_error gives shapes")
         };
@@ -274,4 +276,32 @@ fn with_manifests(text: &str, file: Option<&Path>) -> Result<Option<WithManifest
     let skipped = converted.skipped.clone();
     manifests::merge(&mut root, converted).map_err(issues)?;
     Ok(Some((root, source.directory, skipped)))
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked where they are used.
+
+/// `manifests`: a directory of Traefik `Middleware` and `IngressRoute` documents.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawManifests {
+    /// Relative to the configuration file's directory unless absolute.
+    pub directory: String,
+    /// `namespace/name:port` → URL, for services not reached at their cluster DNS name.
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+    /// Routes may use other namespaces' middlewares and services (Traefik's option).
+    #[serde(default)]
+    pub allow_cross_namespace: bool,
+    /// Documents may use `env:` and `file:` references and TLS files of the gateway's host.
+    #[serde(default)]
+    pub allow_local_secrets: bool,
+}
+
+/// `endpointParams` values may be a string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
 }

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{RawForwardingTimeouts, RawHealthCheck, RawMatch, RawRoute, RawUpstream};
-use super::validate::Issues;
+use super::issues::Issues;
+use crate::config::edge::RawEncodedCharacters;
 use crate::proxy::RouteConfig;
 use crate::proxy::middleware::HttpMiddleware;
 use crate::proxy::pool::{HealthCheck, PassiveHealthCheck, Strategy, UpstreamConfig};
 use crate::proxy::rule::{self, NativeMatch, Rule};
 use crate::proxy::transport::{ForwardingTimeouts, ServersTransport};
+use serde::Deserialize;
 
 /// Most weight a server may have: the round-robin schedule holds the weights' sum.
 const MAX_WEIGHT: u32 = 1000;
@@ -395,6 +396,123 @@ fn health_check(issues: &mut Issues, path: &str, raw: &RawHealthCheck) -> Option
         hostname,
         headers,
     })
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// `forwardingTimeouts` (Traefik's), on a transport or a route's upstream.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawForwardingTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    pub dial_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub response_header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_conn_timeout: Option<Duration>,
+}
+
+/// `healthCheck` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHealthCheck {
+    pub path: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub unhealthy_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `passiveHealthCheck` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPassiveHealthCheck {
+    #[serde(default, with = "humantime_serde")]
+    pub failure_window: Option<Duration>,
+    #[serde(default)]
+    pub max_failed_attempts: Option<u32>,
+}
+
+/// One weighted server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawServer {
+    pub url: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    /// Higher first; default: the length of the rule's text.
+    #[serde(default)]
+    pub priority: Option<u64>,
+    #[serde(default)]
+    pub middlewares: Vec<String>,
+    pub upstream: RawUpstream,
+    /// Overrides the top-level `encodedCharacters` for this route.
+    #[serde(default)]
+    pub encoded_characters: Option<RawEncodedCharacters>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMatch {
+    /// A Traefik rule; excludes the other fields.
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpstream {
+    /// Servers of weight 1; excludes `servers`.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Servers with weights (Traefik's `servers`).
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+    /// `wrr` (default) or `p2c`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub passive_health_check: Option<RawPassiveHealthCheck>,
+    /// Overrides the transport's, field by field.
+    #[serde(default)]
+    pub forwarding_timeouts: Option<RawForwardingTimeouts>,
+    /// The `serversTransports` entry to reach them through.
+    #[serde(default)]
+    pub servers_transport: Option<String>,
+    /// Send the caller's `Host` (default) or the upstream's.
+    #[serde(default)]
+    pub pass_host_header: Option<bool>,
 }
 
 #[cfg(test)]

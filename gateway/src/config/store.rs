@@ -1,13 +1,16 @@
 //! The `store` section: which backend shares tokens, and the Redis options, validated.
 
-use super::raw::{RawRaftStore, RawRedisStore, RawTls};
-use super::validate::Issues;
+use std::time::Duration;
+
+use super::issues::Issues;
+use crate::config::tls::RawTls;
 use crate::outbound::StoreTls;
 use crate::secret::Secret;
 use crate::store::{
     DEFAULT_RAFT_TIMEOUT, DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_TIMEOUT, RaftStoreConfig,
     RedisConfig, RedisTopology,
 };
+use serde::Deserialize;
 
 pub(super) fn raft(issues: &mut Issues, r: RawRaftStore) -> Option<RaftStoreConfig> {
     if r.endpoints.is_empty() {
@@ -69,7 +72,7 @@ pub(super) fn redis(issues: &mut Issues, r: RawRedisStore) -> Option<RedisConfig
                 format!("store.redis.endpoints[{i}]"),
                 format!(
                     "not host:port: {:?} (credentials go in username and password)",
-                    super::validate::redacted(e)
+                    super::issues::redacted(e)
                 ),
             ),
         }
@@ -207,6 +210,74 @@ fn store_tls(issues: &mut Issues, section: &str, t: RawTls) -> StoreTls {
         insecure_skip_verify: t.insecure_skip_verify,
     }
 }
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRaftStore {
+    /// `host:port` of cache nodes (any subset; the leader is found from them).
+    pub endpoints: Vec<String>,
+    /// Upper bound on one operation, leader changes included.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// TLS towards the cache nodes.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    /// Secret reference to the gateway role's token (the nodes' `--gateway-token`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Send the token without TLS to nodes that are not on this host.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRedisStore {
+    /// `host:port` of each server (Cluster: seed nodes; Sentinel: the sentinels).
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Secret reference.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub database: Option<i64>,
+    /// Prefix of every key and channel (default `tokengate`).
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// Redis Cluster.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Redis Sentinel.
+    #[serde(default)]
+    pub sentinel: Option<RawSentinel>,
+    /// Connections per node.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Upper bound on one Redis operation, connecting included.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// TLS towards Redis (and, with Sentinel, towards the servers it names).
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    /// Send the password without TLS to servers that are not on this host.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSentinel {
+    /// The monitored master's name.
+    pub master_set: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMemoryStore {}
 
 #[cfg(test)]
 mod tests {

@@ -4,16 +4,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::raw::{RawCertificate, RawListenerTls, RawServersTransport};
-use super::validate::Issues;
+use super::issues::Issues;
+use crate::config::route::RawForwardingTimeouts;
 use crate::http::tls::{
     self, CertificateFiles, ClientAuth, DEFAULT_WATCH_INTERVAL, ListenerTls, MinVersion,
 };
 use crate::outbound::tls::ClientIdentity;
 use crate::proxy::transport::ServersTransport;
+use serde::Deserialize;
 
 /// Validates `tls`.
 pub(super) fn listener_tls(issues: &mut Issues, raw: RawListenerTls) -> Option<ListenerTls> {
@@ -216,4 +218,96 @@ pub(super) fn client_identity(
         })
     });
     loaded.map_err(|e| issues.push(path, e.to_string())).ok()
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// `tls`: the proxy listener speaks TLS (Traefik's `tls.certificates` and `tls.options`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawListenerTls {
+    /// Served certificates; the first is the default.
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub options: RawTlsOptions,
+    /// How often the files are looked at for changes.
+    #[serde(default, with = "humantime_serde")]
+    pub watch_interval: Option<Duration>,
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCertificate {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// `tls.options` (Traefik's TLS options).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTlsOptions {
+    /// `VersionTLS12` (default) or `VersionTLS13`.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// Refuse handshakes that name no served host.
+    #[serde(default)]
+    pub sni_strict: bool,
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+}
+
+/// `tls.options.clientAuth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientAuth {
+    /// PEM CA bundles client certificates must chain to.
+    #[serde(default)]
+    pub ca_files: Vec<String>,
+    /// `NoClientCert`, `VerifyClientCertIfGiven` or `RequireAndVerifyClientCert` (default when
+    /// `caFiles` is set).
+    #[serde(default)]
+    pub client_auth_type: Option<String>,
+    /// PEM certificate revocation lists of that CA.
+    #[serde(default)]
+    pub crl_files: Vec<String>,
+}
+
+/// A `serversTransports` entry (Traefik's `ServersTransport`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawServersTransport {
+    /// SNI and verified name; default: the upstream URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM CA bundles trusted in addition to the system's roots.
+    #[serde(default, rename = "rootCAs")]
+    pub root_cas: Vec<String>,
+    /// The client certificate presented to upstreams (one).
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default, rename = "disableHTTP2")]
+    pub disable_http2: bool,
+    #[serde(default)]
+    pub forwarding_timeouts: Option<RawForwardingTimeouts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTls {
+    /// PEM CA bundle to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate (mutual TLS).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Skip server certificate verification. For tests only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }

@@ -1,13 +1,20 @@
 //! Turns a [`RawConfig`] into a [`Config`], collecting every problem with its key path.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::time::Duration;
 
-use url::Url;
-
+use super::issues::{Issues, redacted};
 use super::middleware::Declared;
-use super::raw::{RawConfig, RawStore};
 use super::{Config, ConfigIssue, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::config::edge::{
+    RawCallerLimits, RawEncodedCharacters, RawForwardedHeaders, RawHttp2, RawMissBudget, RawPaths,
+    RawTransport,
+};
+use crate::config::issuer::RawIssuer;
+use crate::config::middleware::RawMiddleware;
+use crate::config::route::RawRoute;
+use crate::config::store::{RawMemoryStore, RawRaftStore, RawRedisStore};
+use crate::config::tls::{RawListenerTls, RawServersTransport};
 use crate::lifecycle::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LEASE_TTL, DEFAULT_REFRESH_INTERVAL, RefreshConfig,
 };
@@ -17,145 +24,7 @@ use crate::secret;
 use crate::store::StoreConfig;
 use crate::telemetry::{LogConfig, LogFormat, TracingConfig};
 use crate::token::DEFAULT_MAX_ENTRIES;
-
-/// Collects issues; each check records and carries on. Beside them: how secrets are resolved,
-/// the warnings, and the key paths that set `insecureSkipVerify` (refused at the end unless
-/// `allowInsecureSkipVerify` is set).
-#[derive(Default)]
-pub(super) struct Issues(pub(super) Vec<ConfigIssue>, Context);
-
-#[derive(Default)]
-pub(super) struct Context {
-    insecure: Vec<String>,
-    secrets: secret::Secrets,
-    warnings: Vec<String>,
-    sources: Vec<std::path::PathBuf>,
-}
-
-impl Issues {
-    /// Issues of a configuration whose secrets are resolved by `secrets`.
-    pub(super) fn with_secrets(secrets: secret::Secrets) -> Self {
-        Self(
-            Vec::new(),
-            Context {
-                secrets,
-                ..Context::default()
-            },
-        )
-    }
-
-    /// Notes that `path` turns certificate verification off.
-    pub(super) fn insecure(&mut self, path: String) {
-        self.1.insecure.push(path);
-    }
-
-    /// Whether files holding secrets or key material are read: not under
-    /// `check-config --no-secrets`, which checks the configuration without them (a pipeline
-    /// holds neither the secrets nor the certificates and keys).
-    pub(super) fn reads_key_material(&self) -> bool {
-        self.1.secrets.resolve
-    }
-
-    /// Notes a file the configuration reads (a reload watches it).
-    pub(super) fn source(&mut self, file: impl Into<std::path::PathBuf>) {
-        self.1.sources.push(file.into());
-    }
-
-    /// A warning about `path`, reported with the configuration but not refusing it.
-    pub(super) fn warn(&mut self, path: &str, message: &str) {
-        self.1.warnings.push(format!("{path}: {message}"));
-    }
-
-    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    fn addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
-        match value.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.push(path, format!("not a socket address (ip:port): {value:?}"));
-                None
-            }
-        }
-    }
-
-    pub(super) fn http_url(&mut self, path: &str, value: &str) -> Option<Url> {
-        match Url::parse(value) {
-            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
-                // Never echoed: the userinfo is a credential.
-                self.push(
-                    path,
-                    "must not carry credentials (user:password@); use the auth options",
-                );
-                None
-            }
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
-            _ => {
-                self.push(path, "not an http(s) URL");
-                None
-            }
-        }
-    }
-
-    /// A secret: a reference, or an inline value (allowed here, with a warning).
-    pub(super) fn secret(&mut self, path: &str, value: &str) -> Option<super::Secret> {
-        if let Some(file) = secret::parse(value)
-            .ok()
-            .and_then(|r| self.1.secrets.file_of(r))
-        {
-            self.source(file);
-        }
-        let (secret, inline) = self
-            .1
-            .secrets
-            .resolve(value)
-            .map_err(|m| self.push(path, m))
-            .ok()?;
-        if inline {
-            self.warn(
-                path,
-                "an inline secret sits in the configuration file; prefer env:, file: or urn:k8s:secret:",
-            );
-        }
-        Some(secret)
-    }
-
-    /// A secret that must be a reference: an operator's own key or password never sits in the
-    /// file.
-    pub(super) fn secret_reference(&mut self, path: &str, value: &str) -> Option<super::Secret> {
-        if secret::parse(value).is_ok_and(|r| r == secret::Reference::Inline) {
-            self.push(
-                path,
-                "must be a reference (env:NAME, file:/path or urn:k8s:secret:NAME:KEY), not an inline value",
-            );
-            return None;
-        }
-        self.secret(path, value)
-    }
-
-    /// A value that may be written as a secret reference (a `clientId` from a Kubernetes
-    /// secret) or as itself.
-    pub(super) fn maybe_reference(&mut self, path: &str, value: &str) -> Option<String> {
-        match secret::parse(value) {
-            Ok(secret::Reference::Inline) => Some(value.to_owned()),
-            _ => self.secret(path, value).map(|s| s.expose().to_owned()),
-        }
-    }
-}
-
-/// `value` as it may appear in an error message: any `user:password@` cut out, so a credential
-/// typed into an address is never echoed.
-pub(super) fn redacted(value: &str) -> String {
-    let start = value.find("://").map_or(0, |i| i + 3);
-    match value[start..].rfind('@') {
-        Some(at) => format!("{}***@{}", &value[..start], &value[start + at + 1..]),
-        None => value.to_owned(),
-    }
-}
+use serde::Deserialize;
 
 pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<ConfigIssue>> {
     let mut issues = Issues::with_secrets(secret::Secrets {
@@ -193,7 +62,18 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
             );
         }
     }
-    let edge = super::edge::edge(&mut issues, &raw);
+    let edge = super::edge::edge(
+        &mut issues,
+        &super::edge::RawEdge {
+            paths: &raw.paths,
+            encoded_characters: &raw.encoded_characters,
+            forwarded_headers: &raw.forwarded_headers,
+            transport: &raw.transport,
+            http2: &raw.http2,
+            limits: &raw.limits,
+            idp_miss_budget: &raw.idp_miss_budget,
+        },
+    );
     let store = match raw.store {
         None => StoreConfig::Memory,
         Some(RawStore {
@@ -382,7 +262,7 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
     })
 }
 
-fn tracing(issues: &mut Issues, raw: super::raw::RawTracing) -> TracingConfig {
+fn tracing(issues: &mut Issues, raw: RawTracing) -> TracingConfig {
     const PATH: &str = "telemetry.tracing";
     if let Some(rate) = raw.sample_rate
         && !(0.0..=1.0).contains(&rate)
@@ -421,6 +301,207 @@ fn tracing(issues: &mut Issues, raw: super::raw::RawTracing) -> TracingConfig {
         resource_attributes: raw.resource_attributes,
         trust_caller_sampling: raw.trust_caller_sampling,
     }
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// The top level of a gateway configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    /// Address of the proxy listener, e.g. `0.0.0.0:8080`.
+    pub listen: String,
+    /// The admin listener (`/healthz`, `/readyz`).
+    pub admin: RawAdmin,
+    /// Where tokens are shared. Defaults to `memory` (node-local).
+    #[serde(default)]
+    pub store: Option<RawStore>,
+    /// Secret reference to the fleet key: derives cache keys and seals entries.
+    /// Optional with the memory store (a random per-process key is used).
+    #[serde(default)]
+    pub fleet_key: Option<String>,
+    /// Secret references to fleet keys being rotated out: still accepted for reading.
+    #[serde(default)]
+    pub previous_fleet_keys: Vec<String>,
+    /// How the background refresher behaves.
+    #[serde(default)]
+    pub refresh: RawRefresh,
+    /// Upper bound on the time a request may take, upstream response headers included.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    /// How long in-flight requests may drain after SIGTERM/SIGINT.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Logging options.
+    #[serde(default)]
+    pub log: RawLog,
+    /// The circuit breaker in front of each IdP endpoint.
+    #[serde(default)]
+    pub idp_circuit_breaker: RawBreaker,
+    /// Distributed tracing.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    /// Named middlewares, referenced by routes.
+    #[serde(default)]
+    pub middlewares: BTreeMap<String, RawMiddleware>,
+    /// Where `urn:k8s:secret:NAME:KEY` references are read (`NAME/KEY` under it).
+    #[serde(default)]
+    pub secrets_dir: Option<String>,
+    /// Routes, tried by priority (see `proxy::rule`).
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// The gateway as an OAuth2 authorization server for workloads.
+    #[serde(default)]
+    pub issuer: Option<RawIssuer>,
+    /// How request paths are canonicalised before routing.
+    #[serde(default)]
+    pub paths: RawPaths,
+    /// Ambiguous percent-encoded characters allowed in paths (default: none).
+    #[serde(default)]
+    pub encoded_characters: RawEncodedCharacters,
+    /// Which peers may set `X-Forwarded-*`, `Forwarded` and `X-Real-IP`.
+    #[serde(default)]
+    pub forwarded_headers: RawForwardedHeaders,
+    /// Connection limits and timeouts of the proxy listener.
+    #[serde(default)]
+    pub transport: RawTransport,
+    /// HTTP/2 limits of the proxy listener.
+    #[serde(default)]
+    pub http2: RawHttp2,
+    /// Bounds on the credentials callers present.
+    #[serde(default)]
+    pub limits: RawCallerLimits,
+    /// Budgets of cache misses (IdP calls) per client id and per caller address.
+    #[serde(default)]
+    pub idp_miss_budget: RawMissBudget,
+    /// TLS on the proxy listener.
+    #[serde(default)]
+    pub tls: Option<RawListenerTls>,
+    /// How upstreams are reached (TLS, HTTP/2), by name.
+    #[serde(default)]
+    pub servers_transports: BTreeMap<String, RawServersTransport>,
+    /// Let `insecureSkipVerify` be set anywhere (tests only).
+    #[serde(default)]
+    pub allow_insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAdmin {
+    pub listen: String,
+    /// Secret reference to the bearer token `/metrics` and `/config` need.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Serve `/metrics` and `/config` without a token beyond loopback (Traefik's `api.insecure`).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRefresh {
+    /// How often the refresher looks for entries due for refresh.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Entries unused for this long are not refreshed and are left to expire.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Lifetime of the refresh-leader lease.
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
+    /// Entries a node keeps in memory at most.
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// A `tracing` filter such as `info` or `gateway=debug`; `RUST_LOG` wins when set.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// `idpCircuitBreaker`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBreaker {
+    /// Failed calls in a row that open the breaker.
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// How long it stays open before one trial call.
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Option<Duration>,
+}
+
+/// `telemetry`: distributed tracing (metrics are always on the admin listener).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTelemetry {
+    /// Span export over OTLP; omitted, tracing follows the `OTEL_*` environment.
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
+}
+
+/// `telemetry.tracing`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTracing {
+    /// `service.name` of exported spans.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0.
+    #[serde(default)]
+    pub sample_rate: Option<f64>,
+    /// Extra resource attributes.
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Follow the `traceparent` sampling flag of callers that are not trusted proxies.
+    #[serde(default)]
+    pub trust_caller_sampling: bool,
+    /// Where spans go.
+    #[serde(default)]
+    pub otlp: Option<RawOtlp>,
+}
+
+/// `telemetry.tracing.otlp`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawOtlp {
+    /// OTLP over gRPC.
+    #[serde(default)]
+    pub grpc: Option<RawOtlpGrpc>,
+}
+
+/// `telemetry.tracing.otlp.grpc`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawOtlpGrpc {
+    /// Collector URL, `http://host:4317` or `https://...`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Export timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// Exactly one backend must be given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStore {
+    /// Node-local store: the L1 is the whole cache.
+    #[serde(default)]
+    pub memory: Option<RawMemoryStore>,
+    /// Redis (standalone, Sentinel or Cluster).
+    #[serde(default)]
+    pub redis: Option<RawRedisStore>,
+    /// The Raft-replicated cache service (`gateway cache-node`).
+    #[serde(default)]
+    pub raft: Option<RawRaftStore>,
 }
 
 #[cfg(test)]

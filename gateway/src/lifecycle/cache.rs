@@ -26,6 +26,19 @@ use crate::token::key::{FleetKey, KeyRing, TokenKey};
 use crate::token::seal::{SealedEntry, seal, unseal};
 use crate::token::{Clock, TokenRequest};
 
+/// Stands in for the IdP in this crate's unit tests: gets the request and the time it was sent.
+#[cfg(test)]
+pub(crate) type Script = std::sync::Arc<
+    dyn Fn(
+            crate::token::TokenRequest,
+            crate::token::UnixMillis,
+        ) -> futures_util::future::BoxFuture<
+            'static,
+            Result<crate::token::grant::IssuedToken, crate::outbound::IdpError>,
+        > + Send
+        + Sync,
+>;
+
 /// A fill lease outlives one IdP attempt with retries; if its holder dies, the others take over
 /// after this long.
 const FILL_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -75,7 +88,7 @@ enum Grant {
     /// A script standing in for the IdP, in this crate's unit tests (which run on paused time
     /// and so cannot wait on sockets).
     #[cfg(test)]
-    Script(super::tests::Script),
+    Script(Script),
 }
 
 impl TokenCache {
@@ -95,7 +108,7 @@ impl TokenCache {
         ring: impl Into<KeyRing>,
         store: Store,
         clock: Clock,
-        script: super::tests::Script,
+        script: Script,
     ) -> Arc<Self> {
         Self::assemble(
             ring.into(),

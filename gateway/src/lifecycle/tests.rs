@@ -10,22 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use super::cache::Script;
 use super::{RefreshConfig, TokenCache};
 use crate::outbound::IdpError;
 use crate::secret::Secret;
 use crate::store::{MemoryStore, Store, TokenStore};
 use crate::token::grant::IssuedToken;
 use crate::token::{AuthMethod, Clock, FleetKey, TokenKey, TokenRequest, UnixMillis};
-
-/// Stands in for the IdP: gets the request and the time it was sent.
-pub(crate) type Script = Arc<
-    dyn Fn(TokenRequest, UnixMillis) -> BoxFuture<'static, Result<IssuedToken, IdpError>>
-        + Send
-        + Sync,
->;
 
 /// 2026-01-01, so that times in failures read as dates.
 const START: UnixMillis = 1_767_225_600_000;

@@ -9,7 +9,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::entry::UnixMillis;
+/// Milliseconds since the Unix epoch. Entries cross nodes, so times are wall-clock, not
+/// `Instant`s.
+pub type UnixMillis = u64;
 
 /// A source of wall-clock time.
 #[derive(Debug, Clone, Copy, Default)]

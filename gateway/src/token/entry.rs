@@ -12,9 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::TokenRequest;
 use crate::secret::Secret;
 
-/// Milliseconds since the Unix epoch. Entries cross nodes, so times are wall-clock, not
-/// `Instant`s.
-pub type UnixMillis = u64;
+pub use super::clock::UnixMillis;
 
 /// The system's wall-clock time. The lifecycle reads its [`super::Clock`] instead, so that
 /// tests control its time.

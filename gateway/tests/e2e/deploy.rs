@@ -743,7 +743,10 @@ fn the_redis_image_takes_only_a_password_that_cannot_write_configuration() {
         Some("requirepass s3cr3t-Pass_word.~+/="),
         "{conf}"
     );
-    assert_eq!(mode, 0o600, "the file with the password is the owner's alone");
+    assert_eq!(
+        mode, 0o600,
+        "the file with the password is the owner's alone"
+    );
 
     // Each of these would write a directive of its own into redis.conf, or break the one line.
     for hostile in [
@@ -763,7 +766,10 @@ fn the_redis_image_takes_only_a_password_that_cannot_write_configuration() {
         );
     }
     let (ok, stderr, conf) = redis_start(None);
-    assert!(!ok && conf.is_none() && stderr.contains("REDIS_PASSWORD"), "{stderr}");
+    assert!(
+        !ok && conf.is_none() && stderr.contains("REDIS_PASSWORD"),
+        "{stderr}"
+    );
 }
 
 #[test]

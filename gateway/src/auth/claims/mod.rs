@@ -2,6 +2,7 @@
 //! test them ([`ClaimsExpr`]).
 
 mod expr;
+mod forward;
 
 pub use expr::{Check, ClaimsExpr, ExprError};
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
-use super::{AuthError, headers};
+use super::AuthError;
 
 /// What a middleware does with verified claims; the same options on every middleware.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,7 +47,7 @@ impl ClaimsPolicy {
                 realm: Arc::clone(realm),
             });
         }
-        headers::forward_claims(headers, &self.forward_headers, claims);
+        forward::forward_claims(headers, &self.forward_headers, claims);
         Ok(self
             .username_claim
             .as_deref()

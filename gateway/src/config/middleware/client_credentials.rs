@@ -1,7 +1,9 @@
 //! The `clientCredentials` middleware's options.
 
-use super::super::raw::{RawClientCredentials, StringOrList};
-use super::super::validate::Issues;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::super::issues::Issues;
 use crate::auth::client_credentials::{
     ClientCredentialsConfig, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REJECTED_TOKEN_MIN_AGE,
     DEFAULT_TOKEN_LIFETIME,
@@ -10,6 +12,9 @@ use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, HttpTls};
 use crate::token::AuthMethod;
 
 use super::{policy, realm};
+use crate::config::StringOrList;
+use crate::config::tls::RawTls;
+use serde::Deserialize;
 
 pub(super) fn client_credentials(
     issues: &mut Issues,
@@ -129,4 +134,72 @@ pub(super) fn client_credentials(
         idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
         tls,
     })
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// Traefik Hub's `oAuthClientCredentials` options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientCredentials {
+    /// The IdP token endpoint.
+    pub url: String,
+    /// Gateway level: the gateway's own client id. Omitted: application level.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Secret reference for `clientId`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Extra form parameters sent to the token endpoint (e.g. `resource`).
+    #[serde(default)]
+    pub endpoint_params: BTreeMap<String, StringOrList>,
+    /// Claim naming the user in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    /// Header name -> claim; the header always replaces a caller-sent one.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Authorization expression the claims must satisfy (403 otherwise).
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// Lifetime assumed when the IdP sends neither `expires_in` nor a JWT `exp`.
+    #[serde(default, with = "humantime_serde")]
+    pub default_token_lifetime: Option<Duration>,
+    /// `Basic` realm announced on 401.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// How long an `invalid_client` answer is remembered.
+    #[serde(default, with = "humantime_serde")]
+    pub negative_cache_ttl: Option<Duration>,
+    /// Tokens younger than this are kept when an upstream answers 401 to them.
+    #[serde(default, with = "humantime_serde")]
+    pub rejected_token_min_age: Option<Duration>,
+    /// Whether a request with a non-idempotent method is sent again after an upstream 401.
+    #[serde(default)]
+    pub replay_non_idempotent: bool,
+    #[serde(default)]
+    pub client_config: RawClientConfig,
+}
+
+/// HTTP client options towards the IdP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientConfig {
+    /// Timeout of one attempt.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retries after the first attempt, on transport errors, 5xx and 429 only.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// TLS towards the token endpoint.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }

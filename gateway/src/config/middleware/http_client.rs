@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use super::super::raw::{RawHttpClient, RawTls};
-use super::super::validate::Issues;
+use super::super::issues::Issues;
+use crate::config::tls::RawTls;
 use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, HttpClientConfig, HttpTls};
+use serde::Deserialize;
 
 /// The HTTP client that fetches keys (`clientConfig` under `path`).
 pub(in crate::config) fn key_client(
@@ -109,4 +110,19 @@ pub(super) fn http_tls(issues: &mut Issues, path: &str, t: RawTls) -> HttpTls {
         insecure_skip_verify: t.insecure_skip_verify,
         profile,
     }
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// HTTP client options for fetching keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHttpClient {
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }

@@ -1,10 +1,12 @@
 //! The `introspection` middleware's options (RFC 7662), and how the gateway authenticates at
 //! the endpoint.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use http::{HeaderName, HeaderValue};
 
-use super::super::raw::{RawEndpointAuth, RawIntrospection};
-use super::super::validate::Issues;
+use super::super::issues::Issues;
 use crate::auth::introspection::{
     DEFAULT_INACTIVE_CACHE_TTL, DEFAULT_MAX_CACHE_TTL, EndpointAuth, IntrospectionConfig,
 };
@@ -12,6 +14,9 @@ use crate::token::AuthMethod;
 
 use super::http_client::http_client;
 use super::{is_reserved_header, policy, realm, token_source};
+use crate::config::middleware::RawTokenSource;
+use crate::config::tls::RawTls;
+use serde::Deserialize;
 
 pub(super) fn introspection(
     issues: &mut Issues,
@@ -113,4 +118,74 @@ pub(super) fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth)
             EndpointAuth::None
         }
     }
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// Traefik Hub's `oAuthIntrospection` options (RFC 7662).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIntrospection {
+    #[serde(default)]
+    pub token_source: Option<RawTokenSource>,
+    pub client_config: RawIntrospectionClient,
+    /// Keep the caller's token on the upstream request (default: removed).
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Claim naming the user in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    /// Header name -> claim; the header always replaces a caller-sent one.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Authorization expression the claims must satisfy (403 otherwise).
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// Upper bound on how long an active result is reused (never past the token's `exp`).
+    #[serde(default, with = "humantime_serde")]
+    pub max_cache_ttl: Option<Duration>,
+    /// How long an inactive result is remembered.
+    #[serde(default, with = "humantime_serde")]
+    pub inactive_cache_ttl: Option<Duration>,
+    /// `Bearer` realm announced on 401.
+    #[serde(default)]
+    pub realm: Option<String>,
+}
+
+/// How the gateway reaches the introspection endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIntrospectionClient {
+    pub url: String,
+    #[serde(default)]
+    pub auth: Option<RawEndpointAuth>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// RFC 7662 `token_type_hint`.
+    #[serde(default)]
+    pub token_type_hint: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// How the gateway authenticates at an endpoint it calls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEndpointAuth {
+    /// `Basic` (client_secret_basic), `Post` (client_secret_post) or `Bearer`.
+    pub kind: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Secret reference (Basic, Post).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// Secret reference (Bearer).
+    #[serde(default)]
+    pub token: Option<String>,
 }

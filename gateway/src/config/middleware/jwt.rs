@@ -1,10 +1,12 @@
 //! The `jwt` middleware's options, and the signature algorithms a key set may be used with.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use http::HeaderName;
 use jsonwebtoken::Algorithm;
 
-use super::super::raw::{RawJwt, StringOrList};
-use super::super::validate::Issues;
+use super::super::issues::Issues;
 use crate::auth::jwt::{
     DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL, DEFAULT_JWKS_REFRESH_INTERVAL,
     DEFAULT_LEEWAY, GATEWAY_TOKEN_HEADER, JwksSource, JwtConfig,
@@ -12,6 +14,10 @@ use crate::auth::jwt::{
 
 use super::http_client::key_client;
 use super::{policy, realm, token_source};
+use crate::config::StringOrList;
+use crate::config::middleware::RawTokenSource;
+use crate::config::middleware::http_client::RawHttpClient;
+use serde::Deserialize;
 
 /// Algorithms accepted when none are configured: every asymmetric one. Symmetric (HS*) ones
 /// are never accepted: a published key set holds public keys, and an HMAC "verified" with a
@@ -160,4 +166,65 @@ pub(in crate::config) fn algorithms(
                 .collect()
         }
     }
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// Local JWT validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawJwt {
+    #[serde(default)]
+    pub token_source: Option<RawTokenSource>,
+    /// Where the keys are. Without it, found by OIDC discovery from `issuer`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Required `iss`; also the discovery base when `jwksUrl` is absent.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences (`aud` must contain one).
+    #[serde(default)]
+    pub audience: Option<StringOrList>,
+    /// Accepted signature algorithms.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew tolerated on `exp`, `nbf`, `iat`.
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    /// Keep the caller's token on the upstream request (default: removed).
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Claim naming the user in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    /// Header name -> claim; the header always replaces a caller-sent one.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Authorization expression the claims must satisfy (403 otherwise).
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// How old the cached key set may get before it is fetched again.
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_refresh_interval: Option<Duration>,
+    /// Least time between two fetches caused by unknown `kid`s.
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_min_refresh_interval: Option<Duration>,
+    /// A key set not refreshed for this long stops verifying (503).
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_max_staleness: Option<Duration>,
+    /// Accept tokens of any `iss` (no `issuer` configured).
+    #[serde(default)]
+    pub allow_any_issuer: bool,
+    /// Accept tokens of any `aud` (no `audience` configured).
+    #[serde(default)]
+    pub allow_any_audience: bool,
+    #[serde(default)]
+    pub client_config: Option<RawHttpClient>,
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Validate tokens of this gateway's own `issuer` (keys, `iss` and `typ: at+jwt` implied;
+    /// the token is also accepted in `X-Tokengate-Auth`).
+    #[serde(default)]
+    pub gateway_issuer: bool,
 }

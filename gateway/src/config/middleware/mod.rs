@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use http::HeaderName;
 
-use super::raw::{RawMiddleware, RawTokenSource};
-use super::validate::Issues;
+use super::issues::Issues;
 use crate::auth::DEFAULT_REALM;
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::{ClaimsExpr, ClaimsPolicy};
@@ -15,16 +14,24 @@ use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
 use crate::proxy::middleware::HttpMiddleware;
 
 mod client_credentials;
-mod http_client;
+pub(super) mod http_client;
 mod introspection;
 mod jwt;
 mod shaping;
 
+use crate::config::middleware::client_credentials::RawClientCredentials;
+use crate::config::middleware::introspection::RawIntrospection;
+use crate::config::middleware::jwt::RawJwt;
+use crate::config::middleware::shaping::{
+    RawAddPrefix, RawHeaders, RawRateLimit, RawReplacePath, RawReplacePathRegex, RawRetry,
+    RawStripPrefix,
+};
 use client_credentials::client_credentials;
 pub(super) use http_client::key_client;
 use introspection::introspection;
 pub(super) use jwt::algorithms;
 use jwt::jwt;
+use serde::Deserialize;
 
 /// A validated middleware: one that authenticates, or one that shapes traffic.
 pub(super) enum Declared {
@@ -123,10 +130,10 @@ pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> O
 fn auth(
     issues: &mut Issues,
     base: &str,
-    cc: Option<super::raw::RawClientCredentials>,
-    intro: Option<super::raw::RawIntrospection>,
-    j: Option<super::raw::RawJwt>,
-    client_certificate: Option<super::raw::RawClientCertificate>,
+    cc: Option<RawClientCredentials>,
+    intro: Option<RawIntrospection>,
+    j: Option<RawJwt>,
+    client_certificate: Option<RawClientCertificate>,
 ) -> Option<MiddlewareConfig> {
     if let Some(cc) = cc {
         return client_credentials(issues, &format!("{base}.clientCredentials"), cc)
@@ -256,6 +263,67 @@ pub(super) fn is_reserved_header(h: &HeaderName) -> bool {
     ]
     .contains(h)
         || h.as_str().starts_with("x-forwarded-")
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// A named middleware: exactly one kind per entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMiddleware {
+    #[serde(default)]
+    pub client_credentials: Option<RawClientCredentials>,
+    #[serde(default)]
+    pub introspection: Option<RawIntrospection>,
+    #[serde(default)]
+    pub jwt: Option<RawJwt>,
+    #[serde(default)]
+    pub client_certificate: Option<RawClientCertificate>,
+    #[serde(default)]
+    pub strip_prefix: Option<RawStripPrefix>,
+    #[serde(default)]
+    pub add_prefix: Option<RawAddPrefix>,
+    #[serde(default)]
+    pub replace_path: Option<RawReplacePath>,
+    #[serde(default)]
+    pub replace_path_regex: Option<RawReplacePathRegex>,
+    #[serde(default)]
+    pub headers: Option<RawHeaders>,
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `clientCertificate`: authorisation by the caller's verified TLS client certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClientCertificate {
+    /// Expression over the certificate's claims (`subject.commonName`, `sans.uri`, ...).
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// Header name -> certificate claim.
+    #[serde(default)]
+    pub forward_headers: BTreeMap<String, String>,
+    /// Claim naming the caller in the access log.
+    #[serde(default)]
+    pub username_claim: Option<String>,
+}
+
+/// Where the caller's token is looked for: header, then query, then cookie.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTokenSource {
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Scheme expected before the token in `header` (e.g. `Bearer`); none: the whole value.
+    #[serde(default)]
+    pub header_auth_scheme: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
 }
 
 #[cfg(test)]

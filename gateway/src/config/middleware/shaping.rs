@@ -2,14 +2,11 @@
 //! `headers` (custom headers and CORS), validated with their key paths.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-use super::super::raw::{
-    RawAddPrefix, RawHeaders, RawRateLimit, RawReplacePath, RawReplacePathRegex, RawRetry,
-    RawStripPrefix,
-};
 use crate::proxy::ratelimit::{RateLimitPolicy, Source};
 use crate::store::rate::RateLimit;
 
@@ -73,11 +70,12 @@ pub(super) fn rate_limit(issues: &mut Issues, path: &str, raw: RawRateLimit) -> 
         failure_mode_deny: raw.failure_mode_deny,
     })
 }
-use super::super::validate::Issues;
+use super::super::issues::Issues;
 use crate::proxy::cors::Cors;
 use crate::proxy::middleware::{Headers, HttpMiddleware};
 use crate::proxy::retry::RetryPolicy;
 use crate::proxy::rewrite::{HeaderRule, HeaderRules, PathRewrite, reserved};
+use serde::Deserialize;
 
 /// Most retries a request may get.
 const MAX_ATTEMPTS: u32 = 10;
@@ -338,4 +336,127 @@ fn joined(list: &[String]) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::try_from(list.join(", ")).ok()
+}
+
+// The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
+// its values are checked above.
+
+/// `rateLimit` (Traefik's, plus `sourceCriterion.clientId` and `failureModeDeny`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRateLimit {
+    pub average: u32,
+    #[serde(default, with = "humantime_serde")]
+    pub period: Option<Duration>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub source_criterion: Option<RawSourceCriterion>,
+    #[serde(default)]
+    pub failure_mode_deny: bool,
+}
+
+/// `rateLimit.sourceCriterion`: one of these.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSourceCriterion {
+    /// The caller's address (no options: `forwardedHeaders` says whom to believe).
+    #[serde(default)]
+    pub ip_strategy: Option<RawIpStrategy>,
+    #[serde(default)]
+    pub request_header_name: Option<String>,
+    #[serde(default)]
+    pub request_host: bool,
+    #[serde(default)]
+    pub client_id: bool,
+}
+
+/// `ipStrategy`: the caller's address as `forwardedHeaders.trustedIPs` resolves it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpStrategy {}
+
+/// `retry` (Traefik's, plus `budgetPercent`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRetry {
+    pub attempts: u32,
+    #[serde(default, with = "humantime_serde")]
+    pub initial_interval: Option<Duration>,
+    /// Statuses and ranges (`"503"`, `"500-599"`).
+    #[serde(default)]
+    pub status: Vec<String>,
+    #[serde(default)]
+    pub disable_retry_on_network_error: bool,
+    #[serde(default)]
+    pub budget_percent: Option<u32>,
+}
+
+/// `stripPrefix` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStripPrefix {
+    /// Prefixes, the first that matches is removed.
+    pub prefixes: Vec<String>,
+}
+
+/// `addPrefix` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAddPrefix {
+    /// Put in front of the path.
+    pub prefix: String,
+}
+
+/// `replacePath` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawReplacePath {
+    /// The new path.
+    pub path: String,
+}
+
+/// `replacePathRegex` (Traefik's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawReplacePathRegex {
+    /// Matched against the path.
+    pub regex: String,
+    /// What each match becomes (`$1`, `${name}`).
+    pub replacement: String,
+}
+
+/// `headers` (Traefik's custom headers and CORS options, plus `add*Headers`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHeaders {
+    /// Set on the request; an empty value removes the field.
+    #[serde(default)]
+    pub custom_request_headers: BTreeMap<String, String>,
+    /// Set on the answer; an empty value removes the field.
+    #[serde(default)]
+    pub custom_response_headers: BTreeMap<String, String>,
+    /// Added to the request, keeping fields of the same name.
+    #[serde(default)]
+    pub add_request_headers: BTreeMap<String, String>,
+    /// Added to the answer, keeping fields of the same name.
+    #[serde(default)]
+    pub add_response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub access_control_allow_origin_list: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_origin_list_regex: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_methods: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_headers: Vec<String>,
+    #[serde(default)]
+    pub access_control_expose_headers: Vec<String>,
+    #[serde(default)]
+    pub access_control_allow_credentials: bool,
+    /// Seconds.
+    #[serde(default)]
+    pub access_control_max_age: Option<u64>,
+    #[serde(default)]
+    pub add_vary_header: Option<bool>,
 }

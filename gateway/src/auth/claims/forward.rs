@@ -3,8 +3,6 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::claims;
-
 /// Sets each `(header, claim)` from `claims`. A header of that name sent by the caller is ALWAYS
 /// removed first, whether or not the claim exists: a caller can never supply a value the
 /// upstream would take for a verified claim.
@@ -16,8 +14,8 @@ pub fn forward_claims(
     for (name, claim) in mapping {
         headers.remove(name);
         let value = claims
-            .and_then(|c| claims::lookup(c, claim))
-            .and_then(claims::as_text)
+            .and_then(|c| super::lookup(c, claim))
+            .and_then(super::as_text)
             .and_then(|text| HeaderValue::try_from(text).ok());
         if let Some(v) = value {
             headers.insert(name.clone(), v);
