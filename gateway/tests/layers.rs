@@ -69,6 +69,30 @@ fn code_of(text: &str) -> String {
     out
 }
 
+/// The top-level members of a `use` group, from just after its `{`: `a, b::{c, d}, e}` gives
+/// `a`, `b::{c, d}` and `e`.
+fn group_members(group: &str) -> Vec<&str> {
+    let mut members = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                members.push(&group[start..i]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                members.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    members.retain(|m| !m.trim().is_empty());
+    members
+}
+
 /// The top-level modules `code` refers to through `crate::`, including those inside
 /// `use crate::{a, b::c}`.
 fn references(code: &str) -> BTreeSet<String> {
@@ -81,34 +105,14 @@ fn references(code: &str) -> BTreeSet<String> {
             continue;
         }
         if let Some(group) = rest.strip_prefix('{') {
-            // Top-level names of the group: depth-one segments before `::`, `,` or `}`.
-            let mut depth = 0;
-            let mut name = String::new();
-            let mut taking = true;
-            for c in group.chars() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => {
-                        if !name.is_empty() {
-                            found.insert(std::mem::take(&mut name));
-                        }
-                        taking = true;
-                        continue;
-                    }
-                    _ => {}
+            // Top-level names of the group: each member's first segment.
+            for member in group_members(group) {
+                let name: String = (member.trim_start().chars())
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    found.insert(name);
                 }
-                if depth == 0 && taking {
-                    if c.is_alphanumeric() || c == '_' {
-                        name.push(c);
-                    } else if c == ':' && !name.is_empty() {
-                        taking = false;
-                    }
-                }
-            }
-            if !name.is_empty() {
-                found.insert(name);
             }
         } else {
             let name: String = rest
@@ -188,4 +192,190 @@ fn the_reference_scanner_sees_groups_and_skips_comments_and_strings() {
     );
     let found: Vec<String> = references(&code).into_iter().collect();
     assert_eq!(found, ["auth", "http", "node", "store", "token"]);
+}
+
+/// Every path `code` names from `crate::`, `super::` or `self::` on, as segments (the prefix
+/// word first), groups expanded: `use super::{a, b::c}` gives `super a` and `super b c`.
+fn paths(code: &str) -> Vec<Vec<String>> {
+    fn word(s: &str) -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    }
+    let mut found = Vec::new();
+    for prefix in ["crate::", "super::", "self::"] {
+        let mut rest = code;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().next_back();
+            let start = &rest[at..];
+            rest = &rest[at + prefix.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            // The path's segments up to a group, then each top-level member of the group.
+            let mut segments = Vec::new();
+            let mut tail = start;
+            loop {
+                let w = word(tail);
+                if w.is_empty() {
+                    break;
+                }
+                tail = &tail[w.len()..];
+                segments.push(w);
+                match tail.strip_prefix("::") {
+                    Some(t) => tail = t,
+                    None => break,
+                }
+            }
+            if let Some(group) = tail.strip_prefix('{') {
+                for member in group_members(group) {
+                    let mut p = segments.clone();
+                    p.extend(member.trim().split("::").map(word).filter(|w| !w.is_empty()));
+                    found.push(p);
+                }
+            } else {
+                found.push(segments);
+            }
+        }
+    }
+    found
+}
+
+/// The module a source file holds, as its path from the crate root (`lib.rs`: the root).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let mut m: Vec<String> = file
+        .strip_prefix(src)
+        .unwrap()
+        .with_extension("")
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if matches!(m.last().map(String::as_str), Some("mod" | "lib")) {
+        m.pop();
+    }
+    m
+}
+
+/// Import circles between the library's files: modules that use each other, directly or
+/// through others. A module's use of its own ancestors (`super::` up to the layer) is not
+/// counted: a parent holds what its children share.
+fn import_circles(src: &Path) -> Vec<Vec<String>> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(src, f)).collect();
+    let mut edges: std::collections::BTreeMap<Vec<String>, BTreeSet<Vec<String>>> =
+        std::collections::BTreeMap::new();
+    for file in &files {
+        let from = module_of(src, file);
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        for path in paths(&code) {
+            let (mut base, rest) = match path[0].as_str() {
+                "crate" => (Vec::new(), &path[1..]),
+                "self" => (from.clone(), &path[1..]),
+                _ => {
+                    let ups = path.iter().take_while(|s| *s == "super").count();
+                    let mut base = from.clone();
+                    base.truncate(base.len().saturating_sub(ups));
+                    (base, &path[ups..])
+                }
+            };
+            base.extend(rest.iter().cloned());
+            // The longest prefix that is a module of its own.
+            let Some(to) = (0..=base.len())
+                .rev()
+                .map(|n| base[..n].to_vec())
+                .find(|m| modules.contains(m))
+            else {
+                continue;
+            };
+            if to != from && !from.starts_with(&to) {
+                edges.entry(from.clone()).or_default().insert(to);
+            }
+        }
+    }
+    // Strongly connected components of more than one module (Tarjan).
+    struct Walk<'a> {
+        edges: &'a std::collections::BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        index: std::collections::BTreeMap<Vec<String>, (usize, usize)>,
+        stack: Vec<Vec<String>>,
+        next: usize,
+        found: Vec<Vec<String>>,
+    }
+    impl Walk<'_> {
+        fn visit(&mut self, v: &Vec<String>) {
+            self.index.insert(v.clone(), (self.next, self.next));
+            self.next += 1;
+            self.stack.push(v.clone());
+            for w in self.edges.get(v).into_iter().flatten() {
+                if !self.index.contains_key(w) {
+                    self.visit(w);
+                    let low = self.index[w].1.min(self.index[v].1);
+                    self.index.get_mut(v).unwrap().1 = low;
+                } else if self.stack.contains(w) {
+                    let low = self.index[w].0.min(self.index[v].1);
+                    self.index.get_mut(v).unwrap().1 = low;
+                }
+            }
+            if self.index[v].0 == self.index[v].1 {
+                let mut circle = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    let done = &w == v;
+                    circle.push(w.join("::"));
+                    if done {
+                        break;
+                    }
+                }
+                if circle.len() > 1 {
+                    circle.sort();
+                    self.found.push(circle);
+                }
+            }
+        }
+    }
+    let mut walk = Walk {
+        edges: &edges,
+        index: std::collections::BTreeMap::new(),
+        stack: Vec::new(),
+        next: 0,
+        found: Vec::new(),
+    };
+    for v in &modules {
+        if !walk.index.contains_key(v) {
+            walk.visit(v);
+        }
+    }
+    walk.found
+}
+
+#[test]
+fn no_modules_use_each_other_in_a_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let circles = import_circles(&src);
+    assert!(
+        circles.is_empty(),
+        "modules that use each other (move what they share into one of them, or below both):\n{}",
+        circles
+            .iter()
+            .map(|c| c.join(" <-> "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn the_circle_finder_sees_a_circle_through_a_group_and_super() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::write(src.join("lib.rs"), "pub mod a;\n").unwrap();
+    std::fs::write(src.join("a/mod.rs"), "mod b;\nmod c;\n").unwrap();
+    std::fs::write(src.join("a/b.rs"), "use super::{d, c::{C, D}};\n").unwrap();
+    std::fs::write(
+        src.join("a/c.rs"),
+        "// crate::a::b\nfn f() { crate::a::b::g() }\n",
+    )
+    .unwrap();
+    assert_eq!(import_circles(src), [["a::b", "a::c"]]);
+    std::fs::write(src.join("a/c.rs"), "// crate::a::b is only named here\n").unwrap();
+    assert!(import_circles(src).is_empty());
 }

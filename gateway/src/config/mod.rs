@@ -1,9 +1,11 @@
 //! Configuration: YAML is read once, parsed into typed values, and validated before any port is
 //! bound. The request path never sees a raw configuration string.
 //!
-//! Loading happens in two stages. `raw` describes the file's shape; serde stops at the first
-//! shape error and we report it with its key path. `validate` then checks every value and
-//! collects *all* problems, so one run of `gateway check-config` shows everything to fix.
+//! Loading happens in two stages. The `Raw…` structs describe the file's shape, each section's
+//! at the end of the file that reads it; serde stops at the first shape error and we report it
+//! with its key path. Each section's reader then checks every value and records *all* problems
+//! ([`issues`]), so one run of `gateway check-config` shows everything to fix; `validate` reads
+//! the top level and calls the sections.
 
 mod edge;
 pub mod issuer;

@@ -68,10 +68,41 @@ fn every_configuration_the_documentation_shows_is_valid() {
     assert!(checked >= 15, "only {checked} configurations found");
 }
 
-/// The configuration's option names, as YAML spells them: the fields of `config/raw.rs`
+/// The text of every `pub struct Raw…` in `gateway/src/config`: the file's shape, each
+/// section's beside the code that reads it.
+fn raw_shapes() -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let mut inside = false;
+                for line in text.lines() {
+                    inside |= line.starts_with("pub struct Raw");
+                    if inside {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                    inside &= line != "}";
+                }
+            }
+        }
+    }
+    let mut shapes = String::new();
+    walk(&root().join("gateway/src/config"), &mut shapes);
+    assert!(
+        shapes.contains("pub struct RawConfig"),
+        "the top level's shape was not found"
+    );
+    shapes
+}
+
+/// The configuration's option names, as YAML spells them: the fields of the `Raw…` structs
 /// (camel case unless renamed).
 fn options() -> Vec<String> {
-    let raw = std::fs::read_to_string(root().join("gateway/src/config/raw.rs")).unwrap();
+    let raw = raw_shapes();
     let mut names = Vec::new();
     let mut renamed = None;
     for line in raw.lines() {
