@@ -230,7 +230,13 @@ fn paths(code: &str) -> Vec<Vec<String>> {
             if let Some(group) = tail.strip_prefix('{') {
                 for member in group_members(group) {
                     let mut p = segments.clone();
-                    p.extend(member.trim().split("::").map(word).filter(|w| !w.is_empty()));
+                    p.extend(
+                        member
+                            .trim()
+                            .split("::")
+                            .map(word)
+                            .filter(|w| !w.is_empty()),
+                    );
                     found.push(p);
                 }
             } else {
