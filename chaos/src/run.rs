@@ -121,6 +121,8 @@ pub struct Report {
     pub leader_changes: u64,
     /// How long each gateway that a fault cut off from the store stayed cut off, ms.
     pub store_cuts_ms: Vec<u64>,
+    /// Entries the scenario evicted fleet-wide (each costs its credential a token request).
+    pub evictions: u64,
     /// The invariants.
     pub invariants: Vec<Invariant>,
     /// Faults, heals and leader changes.
@@ -245,6 +247,7 @@ pub async fn run(spec: &RunSpec, live: Arc<Live>) -> anyhow::Result<Report> {
             .iter()
             .map(|d| d.as_millis() as u64)
             .collect(),
+        evictions: ctx.evictions(),
         invariants: Vec::new(),
         events: timeline.events(),
         idp_samples,
@@ -371,8 +374,9 @@ async fn check(
     });
 
     // A credential's token is requested once, then renewed at most once per refresh period;
-    // every hand-over of the refresh lease may cost one more, and a gateway cut off from the
-    // store renews on its own, once more per refresh period it spends cut off.
+    // every hand-over of the refresh lease may cost one more, a gateway cut off from the
+    // store renews on its own, once more per refresh period it spends cut off, and an entry
+    // evicted fleet-wide is fetched again.
     let servable = spec.token_lifetime.saturating_sub(MIN_REMAINING);
     let period = servable.mul_f64(EARLIEST_REFRESH);
     let elapsed = Duration::from_millis(report.duration_ms) + Duration::from_secs(1);
@@ -383,7 +387,7 @@ async fn check(
     // So does each change of the store's own leader: while the cache service has none, a
     // gateway's lookup fails and it fetches on its own (the store outage's promise).
     let store_leaders = raft_leaders.windows(2).filter(|w| w[0].1 != w[1].1).count() as u64;
-    let bound = 1 + renewals + report.leader_changes + cut_off + store_leaders;
+    let bound = 1 + renewals + report.leader_changes + cut_off + store_leaders + report.evictions;
     let worst = report.idp_issued.iter().max_by_key(|(_, n)| **n);
     out.push(Invariant {
         name: "IdP requests per credential within 1 + renewals + leader changes",
@@ -392,8 +396,8 @@ async fn check(
             Some((c, n)) => format!(
                 "most: {c} with {n}; bound 1 + {renewals} renewals + {} leader changes + \
                  {store_leaders} store leader changes + {cut_off} while cut off from the store \
-                 = {bound}",
-                report.leader_changes
+                 + {} evicted = {bound}",
+                report.leader_changes, report.evictions
             ),
             None => "no clients".into(),
         },

@@ -84,6 +84,8 @@ pub struct Ctx {
     checks: Mutex<Vec<Invariant>>,
     /// How long each gateway cut off from the store stayed cut off.
     store_cuts: Mutex<Vec<Duration>>,
+    /// Entries the scenario evicted fleet-wide, as an operator does.
+    evictions: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx {
@@ -96,7 +98,20 @@ impl Ctx {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             checks: Mutex::new(Vec::new()),
             store_cuts: Mutex::new(Vec::new()),
+            evictions: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Entries the scenario evicted fleet-wide: each costs one more token request for its
+    /// credential.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records a fleet-wide eviction.
+    fn record_eviction(&self) {
+        self.evictions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long each gateway the scenario cut off from the store stayed cut off: such a
