@@ -279,16 +279,18 @@ pub(super) async fn cut_gateway_from_store(c: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fake IdP's serial number of a token it issued (its `jti`), which orders its tokens.
+/// The fake IdP's serial number of a token it issued (its `jti`), which orders its tokens; the
+/// token verified with the IdP's key, as the upstream does.
 fn jti(token: &str) -> Option<u64> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()?,
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &testkit::idp::FakeIdp::decoding_key(),
+        &validation,
     )
-    .ok()?;
+    .ok()?
+    .claims;
     claims["jti"].as_str()?.parse().ok()
 }
 
