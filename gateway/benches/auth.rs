@@ -13,7 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use gateway::auth::MiddlewareConfig;
 use gateway::auth::claims::ClaimsExpr;
 use gateway::auth::{Introspection, Jwt};
 use gateway::config::Config;
@@ -82,10 +81,16 @@ middlewares:
     let cfg = Config::from_yaml(&yaml).unwrap();
     let cache = TokenCache::new(FleetKey::random(), Store::Memory(MemoryStore::new()));
     let (jwt, introspect) = rt.block_on(async {
-        let MiddlewareConfig::Jwt(j) = cfg.middlewares["jwt"].clone() else {
+        let Some(j) = cfg.middlewares["jwt"]
+            .downcast_ref::<gateway::auth::JwtConfig>()
+            .cloned()
+        else {
             panic!("jwt")
         };
-        let MiddlewareConfig::Introspection(i) = cfg.middlewares["introspect"].clone() else {
+        let Some(i) = cfg.middlewares["introspect"]
+            .downcast_ref::<gateway::auth::IntrospectionConfig>()
+            .cloned()
+        else {
             panic!("introspection")
         };
         (

@@ -16,7 +16,6 @@ use base64::Engine;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use gateway::auth::ClientCredentials;
-use gateway::auth::MiddlewareConfig;
 use gateway::config::Config;
 use gateway::lifecycle::TokenCache;
 use gateway::store::{MemoryStore, Store};
@@ -29,7 +28,8 @@ const CALLER: gateway::auth::Caller = gateway::auth::Caller {
 };
 
 fn middleware(cfg: &Config, name: &str, cache: &Arc<TokenCache>) -> ClientCredentials {
-    let MiddlewareConfig::ClientCredentials(cc) = &cfg.middlewares[name] else {
+    let Some(cc) = cfg.middlewares[name].downcast_ref::<gateway::auth::ClientCredentialsConfig>()
+    else {
         panic!("{name} is a clientCredentials middleware")
     };
     ClientCredentials::new(
@@ -120,7 +120,8 @@ middlewares:
             BatchSize::SmallInput,
         )
     });
-    let MiddlewareConfig::ClientCredentials(cc) = &cfg.middlewares["app"] else {
+    let Some(cc) = cfg.middlewares["app"].downcast_ref::<gateway::auth::ClientCredentialsConfig>()
+    else {
         panic!("app is a clientCredentials middleware")
     };
     let deriver = KeyDeriver::new(cache.fleet(), &cc.token_url, &cc.scopes, None, &[]);

@@ -22,29 +22,46 @@ pub struct ClientCertificateConfig {
 
 /// A configured `clientCertificate` middleware.
 pub struct ClientCertificate {
-    name: String,
     cfg: ClientCertificateConfig,
     realm: Arc<str>,
 }
 
+impl super::AuthSettings for ClientCertificateConfig {
+    fn kind(&self) -> &'static str {
+        "clientCertificate"
+    }
+
+    fn build(
+        &self,
+        _: &str,
+        _: &super::Build<'_>,
+    ) -> reqwest::Result<Box<dyn super::Authenticate>> {
+        Ok(Box::new(ClientCertificate::new(self.clone())))
+    }
+}
+
+impl super::Authenticate for ClientCertificate {
+    fn realm(&self) -> Arc<str> {
+        Arc::clone(&self.realm)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        parts: &'a mut Parts,
+        caller: &'a super::Caller,
+    ) -> super::Pending<'a, Result<Applied, AuthError>> {
+        let _ = caller;
+        Box::pin(std::future::ready(ClientCertificate::apply(self, parts)))
+    }
+}
+
 impl ClientCertificate {
-    /// Builds the middleware named `name`.
-    pub fn new(name: &str, cfg: ClientCertificateConfig) -> Self {
+    /// Builds the middleware.
+    pub fn new(cfg: ClientCertificateConfig) -> Self {
         Self {
-            name: name.to_owned(),
             cfg,
             realm: Arc::from(super::DEFAULT_REALM),
         }
-    }
-
-    /// The name it has in the configuration.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The realm of its answers.
-    pub fn realm(&self) -> Arc<str> {
-        Arc::clone(&self.realm)
     }
 
     /// Authorises the request by the connection's verified client certificate.

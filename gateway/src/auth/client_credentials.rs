@@ -20,7 +20,7 @@ use http::header::AUTHORIZATION;
 use url::Url;
 
 use super::limits::{CallerLimits, Guards};
-use super::{Applied, AuthError, Caller, UsedToken};
+use super::{Applied, AuthError, Authenticate, Caller, Pending, UsedToken};
 use crate::auth::claims::ClaimsPolicy;
 use crate::lifecycle::TokenCache;
 use crate::outbound::{HttpClientConfig, HttpTls, IdpError};
@@ -92,17 +92,49 @@ pub struct ClientCredentials {
 /// at worst repeats one conditional eviction per key.
 const EVICTED_REMEMBERED: usize = 4096;
 
-impl ClientCredentials {
-    /// The name it has in the configuration.
-    pub fn name(&self) -> &str {
-        &self.name
+impl super::AuthSettings for ClientCredentialsConfig {
+    fn kind(&self) -> &'static str {
+        "clientCredentials"
     }
 
-    /// The realm it announces.
-    pub fn realm(&self) -> Arc<str> {
+    fn build(&self, name: &str, with: &super::Build<'_>) -> reqwest::Result<Box<dyn Authenticate>> {
+        let m = ClientCredentials::new(
+            name,
+            self.clone(),
+            Arc::clone(with.cache),
+            with.guards.clone(),
+        )?;
+        Ok(Box::new(m))
+    }
+}
+
+impl Authenticate for ClientCredentials {
+    fn realm(&self) -> Arc<str> {
         Arc::clone(&self.realm)
     }
 
+    fn challenges_basic(&self) -> bool {
+        true
+    }
+
+    fn apply<'a>(
+        &'a self,
+        parts: &'a mut http::request::Parts,
+        caller: &'a Caller,
+    ) -> Pending<'a, Result<Applied, AuthError>> {
+        Box::pin(ClientCredentials::apply(self, &mut parts.headers, caller))
+    }
+
+    fn reject_token<'a>(&'a self, used: &'a UsedToken) -> Pending<'a, bool> {
+        Box::pin(ClientCredentials::reject_token(self, used))
+    }
+
+    fn replays_after_401(&self, method: &http::Method) -> Option<bool> {
+        Some(self.replays(method))
+    }
+}
+
+impl ClientCredentials {
     /// Builds the middleware named `name`.
     pub fn new(
         name: &str,

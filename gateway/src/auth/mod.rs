@@ -2,9 +2,10 @@
 //! request (headers rewritten) or an RFC-shaped refusal.
 //!
 //! One module per middleware (`client_credentials`, `introspection`, `jwt`,
-//! `client_certificate`), plus `bearer`
-//! (finding the caller's token), `claims` (reading claims and the authorization expressions) and
-//! `headers` (writing claims onto the upstream request).
+//! `client_certificate`), each implementing [`AuthSettings`] for its settings and
+//! [`Authenticate`] for the middleware; plus `bearer` (finding the caller's token), `claims`
+//! (reading claims, the authorization expressions, writing claims onto the upstream request)
+//! and `limits` (bounds on credentials, the miss budget).
 
 pub mod bearer;
 pub mod claims;
@@ -14,6 +15,8 @@ pub mod error;
 pub mod introspection;
 pub mod jwt;
 pub mod limits;
+#[cfg(test)]
+pub mod require_header;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,55 +30,134 @@ pub use error::AuthError;
 pub use introspection::{Introspection, IntrospectionConfig};
 pub use jwt::{Jwt, JwtConfig};
 
+use crate::lifecycle::TokenCache;
 use crate::token::TokenKey;
+use limits::Guards;
 
 /// Realm announced in challenges when none is configured.
 pub const DEFAULT_REALM: &str = "tokengate";
 
-/// A configured middleware.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MiddlewareConfig {
-    /// OAuth2 client credentials (RFC 6749 §4.4).
-    ClientCredentials(ClientCredentialsConfig),
-    /// Token introspection (RFC 7662).
-    Introspection(IntrospectionConfig),
-    /// Local JWT validation.
-    Jwt(JwtConfig),
-    /// The caller's verified TLS client certificate.
-    ClientCertificate(ClientCertificateConfig),
+/// A future a middleware returns; boxed, since middlewares are called through `dyn`.
+pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What an authentication middleware does with a request. One implementation per kind, in
+/// the kind's module; the kinds themselves are listed once, in `config::middleware::KINDS`.
+pub trait Authenticate: Send + Sync {
+    /// The realm of its challenges.
+    fn realm(&self) -> Arc<str>;
+
+    /// Whether its refusals challenge `Basic` (callers present a client id and secret).
+    fn challenges_basic(&self) -> bool {
+        false
+    }
+
+    /// Authorises the request, rewriting `parts` for the upstream.
+    fn apply<'a>(
+        &'a self,
+        parts: &'a mut Parts,
+        caller: &'a Caller,
+    ) -> Pending<'a, Result<Applied, AuthError>>;
+
+    /// The upstream rejected a token this middleware attached: drops it fleet-wide if it may
+    /// be the culprit. Whether it was dropped (and a retry with a fresh one makes sense). A
+    /// middleware that passes the caller's own token on (or none) has nothing of its own to
+    /// drop.
+    fn reject_token<'a>(&'a self, _used: &'a UsedToken) -> Pending<'a, bool> {
+        Box::pin(std::future::ready(false))
+    }
+
+    /// For a middleware that attaches a token of the gateway's: whether a request with
+    /// `method` may be sent again with a fresh one after an upstream 401. `None` for the others.
+    fn replays_after_401(&self, _method: &http::Method) -> Option<bool> {
+        None
+    }
 }
 
-/// A configured middleware instance.
-pub enum Middleware {
-    /// OAuth2 client credentials.
-    ClientCredentials(ClientCredentials),
-    /// RFC 7662 token introspection.
-    Introspection(Introspection),
-    /// Local JWT validation.
-    Jwt(Jwt),
-    /// The caller's verified TLS client certificate.
-    ClientCertificate(ClientCertificate),
+/// A middleware's validated settings: what the configuration yields, what a reload compares,
+/// and what builds the middleware.
+pub trait AuthSettings: std::fmt::Debug + Send + Sync + std::any::Any + SameAs {
+    /// Its kind, as the configuration spells it.
+    fn kind(&self) -> &'static str;
+
+    /// Builds the middleware named `name`. Fails only if the TLS library refuses the
+    /// material of its HTTP client (the files were read when the configuration loaded).
+    fn build(&self, name: &str, with: &Build<'_>) -> reqwest::Result<Box<dyn Authenticate>>;
+
+    /// Whether it verifies tokens with the gateway issuer's keys (then a new issuer means a
+    /// new middleware, even with equal settings).
+    fn uses_issuer_keys(&self) -> bool {
+        false
+    }
+}
+
+/// Equality across settings of any kind (settings of different kinds are never equal).
+pub trait SameAs {
+    /// Whether `other` is of the same kind with equal settings.
+    fn same_as(&self, other: &dyn std::any::Any) -> bool;
+}
+
+impl<T: PartialEq + std::any::Any> SameAs for T {
+    fn same_as(&self, other: &dyn std::any::Any) -> bool {
+        other.downcast_ref::<T>() == Some(self)
+    }
+}
+
+impl PartialEq for dyn AuthSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.same_as(other as &dyn std::any::Any)
+    }
+}
+
+impl dyn AuthSettings {
+    /// The settings as their kind's type, if they are of that kind.
+    pub fn downcast_ref<T: AuthSettings>(&self) -> Option<&T> {
+        (self as &dyn std::any::Any).downcast_ref()
+    }
+}
+
+/// Validated settings of a middleware of any kind.
+pub type MiddlewareConfig = Arc<dyn AuthSettings>;
+
+/// What middlewares are built with: the node's token cache, the edge's guards, and the
+/// gateway issuer's keys when it runs one.
+pub struct Build<'a> {
+    /// The token cache (tokens, introspection answers, key sets, the IdP clients).
+    pub cache: &'a Arc<TokenCache>,
+    /// The caller limits and the miss budget.
+    pub guards: &'a Guards,
+    /// The gateway issuer's key set (JWKS), for `jwt: {gatewayIssuer: true}`.
+    pub issuer_keys: Option<Arc<serde_json::Value>>,
+}
+
+/// A built authentication middleware.
+pub struct Middleware {
+    name: String,
+    kind: &'static str,
+    inner: Box<dyn Authenticate>,
 }
 
 impl Middleware {
+    /// Builds the middleware named `name` from its settings.
+    pub fn build(
+        name: &str,
+        settings: &dyn AuthSettings,
+        with: &Build<'_>,
+    ) -> reqwest::Result<Self> {
+        Ok(Self {
+            name: name.to_owned(),
+            kind: settings.kind(),
+            inner: settings.build(name, with)?,
+        })
+    }
+
     /// The name it has in the configuration.
     pub fn name(&self) -> &str {
-        match self {
-            Self::ClientCredentials(m) => m.name(),
-            Self::Introspection(m) => m.name(),
-            Self::Jwt(m) => m.name(),
-            Self::ClientCertificate(m) => m.name(),
-        }
+        &self.name
     }
 
     /// Its kind, as the configuration spells it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::ClientCredentials(_) => "clientCredentials",
-            Self::Introspection(_) => "introspection",
-            Self::Jwt(_) => "jwt",
-            Self::ClientCertificate(_) => "clientCertificate",
-        }
+        self.kind
     }
 
     /// Authorises the request, rewriting `parts` for the upstream.
@@ -87,36 +169,22 @@ impl Middleware {
         let mut authorization = parts.headers.get_all(AUTHORIZATION).iter();
         if authorization.next().is_some() && authorization.next().is_some() {
             return Err(AuthError::InvalidRequest {
-                realm: self.realm(),
-                basic: matches!(self, Self::ClientCredentials(_)),
+                realm: self.inner.realm(),
+                basic: self.inner.challenges_basic(),
                 reason: "more than one Authorization header",
             });
         }
-        match self {
-            Self::ClientCredentials(m) => m.apply(&mut parts.headers, caller).await,
-            Self::Introspection(m) => m.apply(parts, caller).await,
-            Self::Jwt(m) => m.apply(parts).await,
-            Self::ClientCertificate(m) => m.apply(parts),
-        }
+        self.inner.apply(parts, caller).await
     }
 
-    fn realm(&self) -> Arc<str> {
-        match self {
-            Self::ClientCredentials(m) => m.realm(),
-            Self::Introspection(m) => m.realm(),
-            Self::Jwt(m) => m.realm(),
-            Self::ClientCertificate(m) => m.realm(),
-        }
-    }
-
-    /// The upstream rejected the token this middleware attached: drops it fleet-wide if it may
-    /// be the culprit. Whether it was dropped (and a retry with a fresh one makes sense).
+    /// See [`Authenticate::reject_token`].
     pub async fn reject_token(&self, used: &UsedToken) -> bool {
-        match self {
-            Self::ClientCredentials(m) => m.reject_token(used).await,
-            // These pass the caller's own token on (or none): nothing of ours to drop.
-            Self::Introspection(_) | Self::Jwt(_) | Self::ClientCertificate(_) => false,
-        }
+        self.inner.reject_token(used).await
+    }
+
+    /// See [`Authenticate::replays_after_401`].
+    pub fn replays_after_401(&self, method: &http::Method) -> Option<bool> {
+        self.inner.replays_after_401(method)
     }
 }
 

@@ -324,30 +324,6 @@ fn trusted_issuer(
     })
 }
 
-/// Points every `gatewayIssuer` jwt middleware at the issuer (its `iss`), or reports that
-/// there is none.
-pub(super) fn bind_gateway_issuer(
-    issues: &mut Issues,
-    issuer: Option<&IssuerConfig>,
-    middlewares: &mut BTreeMap<String, super::MiddlewareConfig>,
-) {
-    for (name, m) in middlewares {
-        let super::MiddlewareConfig::Jwt(j) = m else {
-            continue;
-        };
-        if j.keys != JwksSource::Gateway {
-            continue;
-        }
-        match issuer {
-            Some(i) => j.issuer = Some(i.issuer.clone()),
-            None => issues.push(
-                format!("middlewares.{name}.jwt.gatewayIssuer"),
-                "needs the top-level issuer section",
-            ),
-        }
-    }
-}
-
 // The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
 // its values are checked above.
 
@@ -444,7 +420,6 @@ pub struct RawTrustedIssuer {
 
 #[cfg(test)]
 mod tests {
-    use crate::auth::MiddlewareConfig;
     use crate::auth::jwt::JwksSource;
     use crate::config::{Config, ConfigError};
 
@@ -543,7 +518,7 @@ issuer:
             issuer.token_endpoint(),
             "https://gw.example.com/oauth2/token"
         );
-        let MiddlewareConfig::Jwt(j) = &cfg.middlewares["own"] else {
+        let Some(j) = cfg.middlewares["own"].downcast_ref::<crate::auth::JwtConfig>() else {
             panic!("a jwt middleware")
         };
         assert_eq!(j.keys, JwksSource::Gateway);

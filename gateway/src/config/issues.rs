@@ -21,6 +21,9 @@ pub(super) struct Context {
     secrets: secret::Secrets,
     pub(super) warnings: Vec<String>,
     pub(super) sources: Vec<std::path::PathBuf>,
+    /// The `iss` of the gateway's own issuer, when the configuration runs one
+    /// (`jwt: {gatewayIssuer: true}` expects it).
+    pub(super) gateway_issuer: Option<String>,
 }
 
 impl Issues {

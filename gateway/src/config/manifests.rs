@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::{Mapping, Value};
 
+use super::middleware::KINDS;
+
 /// `manifests`: where the documents are, and how their services are reached.
 #[derive(Debug, Default)]
 pub struct ManifestSource {
@@ -62,17 +64,6 @@ pub struct Converted {
 }
 
 const API_GROUPS: [&str; 2] = ["traefik.io/", "traefik.containo.us/"];
-
-/// Middleware kinds kept as they are.
-const SAME_NAME: [&str; 7] = [
-    "stripPrefix",
-    "addPrefix",
-    "replacePath",
-    "replacePathRegex",
-    "headers",
-    "retry",
-    "rateLimit",
-];
 
 /// Reads every document under the source's directory; the problems, each naming where.
 pub fn convert(source: &ManifestSource) -> Result<Converted, Vec<String>> {
@@ -209,28 +200,32 @@ fn document(
 fn middleware(source: &ManifestSource, namespace: &str, spec: &Mapping) -> Result<Value, String> {
     let [(kind, options)] = one_entry(spec, "spec")?;
     let kind = kind.as_str().unwrap_or_default();
+    // The kinds a document may name, as Traefik Hub spells them, and the native kind of each.
+    let traefik = || KINDS.iter().filter_map(|k| Some((k.traefik?, k.name)));
     let (native, options) = if kind == "plugin" {
         let plugin = options
             .as_mapping()
             .ok_or("spec.plugin: expected a mapping")?;
         let [(name, options)] = one_entry(plugin, "spec.plugin")?;
-        let native = match name.as_str().unwrap_or_default() {
-            "oAuthClientCredentials" => "clientCredentials",
-            "oAuthIntrospection" => "introspection",
-            "jwt" => "jwt",
-            other => {
-                return Err(format!(
-                    "spec.plugin.{other}: not supported (oAuthClientCredentials, oAuthIntrospection and jwt are)"
-                ));
-            }
+        let name = name.as_str().unwrap_or_default();
+        let plugins = || traefik().filter_map(|(t, _)| t.strip_prefix("plugin."));
+        let Some((_, native)) = traefik().find(|(t, _)| t.strip_prefix("plugin.") == Some(name))
+        else {
+            let mut known: Vec<&str> = plugins().collect();
+            let last = known.pop().unwrap_or_default();
+            return Err(format!(
+                "spec.plugin.{name}: not supported ({} and {last} are)",
+                known.join(", ")
+            ));
         };
         (native, options)
-    } else if SAME_NAME.contains(&kind) {
-        (kind, options)
+    } else if let Some((_, native)) = traefik().find(|(t, _)| *t == kind) {
+        (native, options)
     } else {
+        let known: Vec<&str> = traefik().map(|(t, _)| t).collect();
         return Err(format!(
-            "spec.{kind}: middleware kind not supported (plugin.oAuthClientCredentials, plugin.oAuthIntrospection, plugin.jwt, {})",
-            SAME_NAME.join(", ")
+            "spec.{kind}: middleware kind not supported ({})",
+            known.join(", ")
         ));
     };
     let mut options = options.clone();

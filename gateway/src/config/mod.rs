@@ -11,7 +11,7 @@ mod edge;
 pub mod issuer;
 mod issues;
 pub mod manifests;
-mod middleware;
+pub mod middleware;
 mod route;
 mod store;
 mod tls;

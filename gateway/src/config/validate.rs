@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::issues::{Issues, redacted};
-use super::middleware::Declared;
+use super::middleware::{Declared, RawMiddleware};
 use super::{Config, ConfigIssue, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::config::edge::{
     RawCallerLimits, RawEncodedCharacters, RawForwardedHeaders, RawHttp2, RawMissBudget, RawPaths,
     RawTransport,
 };
 use crate::config::issuer::RawIssuer;
-use crate::config::middleware::RawMiddleware;
 use crate::config::route::RawRoute;
 use crate::config::store::{RawMemoryStore, RawRaftStore, RawRedisStore};
 use crate::config::tls::{RawListenerTls, RawServersTransport};
@@ -181,13 +180,19 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
         issues.push("idpCircuitBreaker.cooldown", "must be greater than zero");
     }
 
+    let issuer = raw
+        .issuer
+        .and_then(|i| super::issuer::issuer(&mut issues, i, store != StoreConfig::Memory));
+    // `jwt: {gatewayIssuer: true}` middlewares expect the issuer's `iss`.
+    issues.1.gateway_issuer = issuer.as_ref().map(|i| i.issuer.clone());
+
     let declared: Vec<String> = raw.middlewares.keys().cloned().collect();
     let mut middlewares = BTreeMap::new();
     let mut http_middlewares = BTreeMap::new();
     for (name, m) in raw.middlewares {
         match super::middleware::middleware(&mut issues, &name, m) {
             Some(Declared::Auth(cfg)) => {
-                middlewares.insert(name, *cfg);
+                middlewares.insert(name, cfg);
             }
             Some(Declared::Http(m)) => {
                 http_middlewares.insert(name, m);
@@ -195,11 +200,6 @@ pub(super) fn validate(raw: RawConfig, resolve: bool) -> Result<Config, Vec<Conf
             None => {}
         }
     }
-
-    let issuer = raw
-        .issuer
-        .and_then(|i| super::issuer::issuer(&mut issues, i, store != StoreConfig::Memory));
-    super::issuer::bind_gateway_issuer(&mut issues, issuer.as_ref(), &mut middlewares);
 
     let tls = raw
         .tls
@@ -342,7 +342,8 @@ pub struct RawConfig {
     /// Distributed tracing.
     #[serde(default)]
     pub telemetry: RawTelemetry,
-    /// Named middlewares, referenced by routes.
+    /// Named middlewares, referenced by routes: each is `{kind: options}`, its options read by
+    /// the kind's entry in `middleware::KINDS`.
     #[serde(default)]
     pub middlewares: BTreeMap<String, RawMiddleware>,
     /// Where `urn:k8s:secret:NAME:KEY` references are read (`NAME/KEY` under it).
@@ -526,7 +527,8 @@ routes:
     #[test]
     fn scopes_are_sorted_and_deduplicated() {
         let c = Config::from_yaml(GOOD).unwrap();
-        let crate::config::MiddlewareConfig::ClientCredentials(cc) = &c.middlewares["m"] else {
+        let Some(cc) = c.middlewares["m"].downcast_ref::<crate::auth::ClientCredentialsConfig>()
+        else {
             panic!("clientCredentials expected")
         };
         assert_eq!(cc.scopes, ["a", "b"]);

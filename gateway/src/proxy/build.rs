@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use super::router::{Route, Router};
 use super::{BuildError, Gateway, ProxySettings, middleware, ratelimit, transport, upgrade};
-use crate::auth::MiddlewareConfig;
-use crate::auth::jwt::JwksSource;
 use crate::auth::limits::{Guards, MissBudget};
-use crate::auth::{ClientCertificate, ClientCredentials, Introspection, Jwt, Middleware};
+use crate::auth::{Build, Middleware, MiddlewareConfig};
 use crate::issuer::Issuer;
 use crate::lifecycle::TokenCache;
 
@@ -59,6 +57,11 @@ impl Gateway {
             (Some(None), None) => true,
             _ => false,
         };
+        let with = Build {
+            cache,
+            guards: &guards,
+            issuer_keys: issuer.as_ref().map(|i| i.jwks()),
+        };
         let middlewares: BTreeMap<String, (MiddlewareConfig, Arc<Middleware>)> = config
             .middlewares
             .iter()
@@ -70,35 +73,12 @@ impl Gateway {
                             && Arc::ptr_eq(&p.guards.budget, &guards.budget)
                     })
                     .and_then(|p| p.middlewares.get(name))
-                    .filter(|(was, _)| {
-                        was == m
-                            && (same_issuer
-                                || !matches!(m, MiddlewareConfig::Jwt(j) if j.keys == JwksSource::Gateway))
-                    });
+                    .filter(|(was, _)| was == m && (same_issuer || !m.uses_issuer_keys()));
                 if let Some((was, built)) = kept {
-                    return Ok((name.clone(), (was.clone(), Arc::clone(built))));
+                    return Ok((name.clone(), (Arc::clone(was), Arc::clone(built))));
                 }
-                let built = match m {
-                    MiddlewareConfig::ClientCredentials(cc) => {
-                        ClientCredentials::new(name, cc.clone(), Arc::clone(cache), guards.clone())
-                            .map(Middleware::ClientCredentials)
-                    }
-                    MiddlewareConfig::Introspection(i) => {
-                        Introspection::new(name, i.clone(), cache, guards.clone())
-                            .map(Middleware::Introspection)
-                    }
-                    MiddlewareConfig::Jwt(j) => {
-                        let mut j = j.clone();
-                        if let (JwksSource::Gateway, Some(issuer)) = (&j.keys, &issuer) {
-                            j.keys = JwksSource::Inline(issuer.jwks());
-                        }
-                        Jwt::new(name, j, cache, guards.limits).map(Middleware::Jwt)
-                    }
-                    MiddlewareConfig::ClientCertificate(c) => Ok(Middleware::ClientCertificate(
-                        ClientCertificate::new(name, c.clone()),
-                    )),
-                };
-                built.map(|b| (name.clone(), (m.clone(), Arc::new(b))))
+                let built = Middleware::build(name, &**m, &with)?;
+                Ok((name.clone(), (Arc::clone(m), Arc::new(built))))
             })
             .collect::<Result<_, reqwest::Error>>()?;
         let transports = transport::Transports::new(config.servers_transports)?;

@@ -122,12 +122,12 @@ impl Route {
     /// 401: a middleware of this route attaches a token of the gateway's, and every such
     /// middleware allows a replay of this method.
     pub fn replays_after_401(&self, method: &http::Method) -> bool {
-        let mut attaching = self.middlewares.iter().filter_map(|m| match &**m {
-            Middleware::ClientCredentials(cc) => Some(cc),
-            _ => None,
-        });
+        let mut attaching = self
+            .middlewares
+            .iter()
+            .filter_map(|m| m.replays_after_401(method));
         let first = attaching.next();
-        first.is_some_and(|cc| cc.replays(method)) && attaching.all(|cc| cc.replays(method))
+        first.is_some_and(|replays| replays) && attaching.all(|replays| replays)
     }
 }
 

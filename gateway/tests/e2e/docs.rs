@@ -246,3 +246,54 @@ fn every_link_between_the_pages_leads_somewhere() {
     }
     assert!(links > 30, "only {links} links");
 }
+
+/// The kinds the documentation lists (`docs/reference/routes.md`, "Middleware kinds") are the
+/// gateway's table of them, with the same Traefik Hub names and reference pages.
+#[test]
+fn the_documented_middleware_kinds_are_the_gateways() {
+    let page = root().join("docs/reference/routes.md");
+    let text = std::fs::read_to_string(&page).unwrap();
+    let section = text
+        .split("## Middleware kinds")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Middleware kinds section");
+    let cell = |c: &str| c.trim().trim_matches('`').to_owned();
+    let documented: Vec<(String, Option<String>, String)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').collect();
+            let traefik = Some(cell(cells[2])).filter(|t| t != "—");
+            let href = cells[3]
+                .split("](")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches([')', ' ']);
+            let file = match href.split_once('#') {
+                Some(("", _)) => "routes.md",
+                Some((file, _)) => file,
+                None => href,
+            };
+            (cell(cells[0]), traefik, format!("reference/{file}"))
+        })
+        .collect();
+    let table: Vec<(String, Option<String>, String)> = gateway::config::middleware::KINDS
+        .iter()
+        .map(|k| {
+            (
+                k.name.to_owned(),
+                k.traefik.map(str::to_owned),
+                k.page.to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(documented, table);
+    for (name, _, page) in &table {
+        let text = std::fs::read_to_string(root().join("docs").join(page)).unwrap();
+        assert!(
+            text.contains(&format!("{name}:")),
+            "{page} shows no configuration of {name}"
+        );
+    }
+}

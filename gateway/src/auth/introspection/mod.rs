@@ -102,17 +102,40 @@ pub struct Introspection {
     guards: Guards,
 }
 
-impl Introspection {
-    /// The name it has in the configuration.
-    pub fn name(&self) -> &str {
-        &self.name
+impl super::AuthSettings for IntrospectionConfig {
+    fn kind(&self) -> &'static str {
+        "introspection"
     }
 
-    /// The realm it announces.
-    pub fn realm(&self) -> Arc<str> {
+    fn build(
+        &self,
+        name: &str,
+        with: &super::Build<'_>,
+    ) -> reqwest::Result<Box<dyn super::Authenticate>> {
+        Ok(Box::new(Introspection::new(
+            name,
+            self.clone(),
+            with.cache,
+            with.guards.clone(),
+        )?))
+    }
+}
+
+impl super::Authenticate for Introspection {
+    fn realm(&self) -> Arc<str> {
         Arc::clone(&self.realm)
     }
 
+    fn apply<'a>(
+        &'a self,
+        parts: &'a mut Parts,
+        caller: &'a super::Caller,
+    ) -> super::Pending<'a, Result<Applied, AuthError>> {
+        Box::pin(Introspection::apply(self, parts, caller))
+    }
+}
+
+impl Introspection {
     /// Builds the middleware named `name`.
     pub fn new(
         name: &str,

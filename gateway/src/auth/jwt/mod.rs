@@ -109,17 +109,49 @@ pub struct Jwt {
     limits: CallerLimits,
 }
 
-impl Jwt {
-    /// The name it has in the configuration.
-    pub fn name(&self) -> &str {
-        &self.name
+impl super::AuthSettings for JwtConfig {
+    fn kind(&self) -> &'static str {
+        "jwt"
     }
 
-    /// The realm it announces.
-    pub fn realm(&self) -> Arc<str> {
+    fn build(
+        &self,
+        name: &str,
+        with: &super::Build<'_>,
+    ) -> reqwest::Result<Box<dyn super::Authenticate>> {
+        let mut cfg = self.clone();
+        if let (JwksSource::Gateway, Some(keys)) = (&cfg.keys, &with.issuer_keys) {
+            cfg.keys = JwksSource::Inline(Arc::clone(keys));
+        }
+        Ok(Box::new(Jwt::new(
+            name,
+            cfg,
+            with.cache,
+            with.guards.limits,
+        )?))
+    }
+
+    fn uses_issuer_keys(&self) -> bool {
+        self.keys == JwksSource::Gateway
+    }
+}
+
+impl super::Authenticate for Jwt {
+    fn realm(&self) -> Arc<str> {
         Arc::clone(&self.realm)
     }
 
+    fn apply<'a>(
+        &'a self,
+        parts: &'a mut Parts,
+        caller: &'a super::Caller,
+    ) -> super::Pending<'a, Result<Applied, AuthError>> {
+        let _ = caller;
+        Box::pin(Jwt::apply(self, parts))
+    }
+}
+
+impl Jwt {
     /// Builds the middleware named `name`; its keys are fetched in the background at once.
     pub fn new(
         name: &str,

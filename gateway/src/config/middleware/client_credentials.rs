@@ -16,7 +16,13 @@ use crate::config::StringOrList;
 use crate::config::tls::RawTls;
 use serde::Deserialize;
 
-pub(super) fn client_credentials(
+impl super::Options for RawClientCredentials {
+    fn declare(self, issues: &mut Issues, path: &str) -> Option<super::Declared> {
+        client_credentials(issues, path, self).map(super::Declared::auth)
+    }
+}
+
+fn client_credentials(
     issues: &mut Issues,
     path: &str,
     cc: RawClientCredentials,

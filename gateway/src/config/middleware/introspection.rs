@@ -18,7 +18,13 @@ use crate::config::middleware::RawTokenSource;
 use crate::config::tls::RawTls;
 use serde::Deserialize;
 
-pub(super) fn introspection(
+impl super::Options for RawIntrospection {
+    fn declare(self, issues: &mut Issues, path: &str) -> Option<super::Declared> {
+        introspection(issues, path, self).map(super::Declared::auth)
+    }
+}
+
+fn introspection(
     issues: &mut Issues,
     path: &str,
     i: RawIntrospection,

@@ -34,7 +34,13 @@ const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
-pub(super) fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
+impl super::Options for RawJwt {
+    fn declare(self, issues: &mut Issues, path: &str) -> Option<super::Declared> {
+        jwt(issues, path, self).map(super::Declared::auth)
+    }
+}
+
+fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfig> {
     let before = issues.0.len();
     let mut token_source = token_source(issues, path, j.token_source);
     if j.gateway_issuer {
@@ -50,6 +56,12 @@ pub(super) fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfi
                 issues.push(
                     format!("{path}.gatewayIssuer"),
                     "takes its keys and issuer from the top-level issuer; drop jwksUrl and issuer",
+                );
+            }
+            if issues.1.gateway_issuer.is_none() {
+                issues.push(
+                    format!("{path}.gatewayIssuer"),
+                    "needs the top-level issuer section",
                 );
             }
             Some(JwksSource::Gateway)
@@ -116,7 +128,11 @@ pub(super) fn jwt(issues: &mut Issues, path: &str, j: RawJwt) -> Option<JwtConfi
     Some(JwtConfig {
         token_source,
         keys: keys?,
-        issuer: j.issuer,
+        issuer: if j.gateway_issuer {
+            issues.1.gateway_issuer.clone()
+        } else {
+            j.issuer
+        },
         audience,
         algorithms,
         leeway: j.leeway.unwrap_or(DEFAULT_LEEWAY),

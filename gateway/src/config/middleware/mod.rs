@@ -1,164 +1,199 @@
 //! The `middlewares` section: each kind's options, validated into typed values (claims
 //! expressions compiled, secrets resolved, TLS files read) with every problem named by its key
 //! path.
+//!
+//! Every kind is listed once, in [`KINDS`]: its name in the configuration and in Traefik Hub's
+//! documents, its reference page, and the type its options are read into. The loader, the
+//! manifest converter and the documentation's tests read that table; a kind's options type
+//! turns them into the settings the proxy builds the middleware from.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use http::HeaderName;
+use serde::de::DeserializeOwned;
 
 use super::issues::Issues;
 use crate::auth::DEFAULT_REALM;
+use crate::auth::MiddlewareConfig;
 use crate::auth::bearer::TokenSource;
 use crate::auth::claims::{ClaimsExpr, ClaimsPolicy};
-use crate::auth::{ClientCertificateConfig, MiddlewareConfig};
 use crate::proxy::middleware::HttpMiddleware;
 
+mod client_certificate;
 mod client_credentials;
 pub(super) mod http_client;
 mod introspection;
 mod jwt;
+#[cfg(test)]
+mod require_header;
 mod shaping;
 
-use crate::config::middleware::client_credentials::RawClientCredentials;
-use crate::config::middleware::introspection::RawIntrospection;
-use crate::config::middleware::jwt::RawJwt;
-use crate::config::middleware::shaping::{
+use client_certificate::RawClientCertificate;
+use client_credentials::RawClientCredentials;
+pub(super) use http_client::key_client;
+use introspection::RawIntrospection;
+use jwt::RawJwt;
+pub(super) use jwt::algorithms;
+use serde::Deserialize;
+use shaping::{
     RawAddPrefix, RawHeaders, RawRateLimit, RawReplacePath, RawReplacePathRegex, RawRetry,
     RawStripPrefix,
 };
-use client_credentials::client_credentials;
-pub(super) use http_client::key_client;
-use introspection::introspection;
-pub(super) use jwt::algorithms;
-use jwt::jwt;
-use serde::Deserialize;
+
+/// Declares every middleware kind at once, one line each (above): the table [`KINDS`], the
+/// file's shape of a named middleware ([`RawMiddleware`], one variant per kind) and the
+/// dispatch from it to the kind's [`Options`]. A new kind is its module (what it does, under
+/// `auth/` or `proxy/`), its options (a file here whose `Raw…` type implements [`Options`]),
+/// one line in the table, and its reference page.
+macro_rules! kinds {
+    ($($(#[$when:meta])* $variant:ident($options:ty) = $name:literal, traefik: $traefik:expr, page: $page:literal;)*) => {
+        /// Every middleware kind, in the order the documentation lists them.
+        pub const KINDS: &[Kind] = &[$($(#[$when])* Kind { name: $name, traefik: $traefik, page: $page },)*];
+
+        /// One named middleware as the file writes it, `{kind: options}`: the options read
+        /// into the kind's type straight from the file, so that a misspelt option is reported
+        /// with its key path, line and column.
+        #[derive(Debug)]
+        pub enum RawMiddleware {
+            $(
+                #[doc = concat!("`", $name, "`")]
+                $(#[$when])*
+                $variant($options),
+            )*
+        }
+
+        impl RawMiddleware {
+            /// Reads the options of the kind called `name`; `None` for an unknown kind.
+            fn read<'de, A: serde::de::MapAccess<'de>>(
+                name: &str,
+                map: &mut A,
+            ) -> Option<Result<Self, A::Error>> {
+                match name {
+                    $($(#[$when])* $name => Some(map.next_value().map(Self::$variant)),)*
+                    _ => None,
+                }
+            }
+
+            /// Its kind's name in the configuration.
+            fn kind(&self) -> &'static str {
+                match self {
+                    $($(#[$when])* Self::$variant(_) => $name,)*
+                }
+            }
+
+            /// Validates the options at key path `path`.
+            fn declare(self, issues: &mut Issues, path: &str) -> Option<Declared> {
+                match self {
+                    $($(#[$when])* Self::$variant(options) => options.declare(issues, path),)*
+                }
+            }
+        }
+    };
+}
+kinds! {
+    // variant           options type            name                 Traefik Hub's name                       reference page
+    ClientCredentials(RawClientCredentials)   = "clientCredentials", traefik: Some("plugin.oAuthClientCredentials"), page: "reference/client-credentials.md";
+    Introspection(RawIntrospection)           = "introspection",     traefik: Some("plugin.oAuthIntrospection"),     page: "reference/introspection.md";
+    Jwt(RawJwt)                               = "jwt",               traefik: Some("plugin.jwt"),                    page: "reference/jwt.md";
+    ClientCertificate(RawClientCertificate)   = "clientCertificate", traefik: None,                                  page: "reference/tls.md";
+    StripPrefix(RawStripPrefix)               = "stripPrefix",       traefik: Some("stripPrefix"),                   page: "reference/routes.md";
+    AddPrefix(RawAddPrefix)                   = "addPrefix",         traefik: Some("addPrefix"),                     page: "reference/routes.md";
+    ReplacePath(RawReplacePath)               = "replacePath",       traefik: Some("replacePath"),                   page: "reference/routes.md";
+    ReplacePathRegex(RawReplacePathRegex)     = "replacePathRegex",  traefik: Some("replacePathRegex"),              page: "reference/routes.md";
+    Headers(RawHeaders)                       = "headers",           traefik: Some("headers"),                       page: "reference/routes.md";
+    Retry(RawRetry)                           = "retry",             traefik: Some("retry"),                         page: "reference/routes.md";
+    RateLimit(RawRateLimit)                   = "rateLimit",         traefik: Some("rateLimit"),                     page: "reference/routes.md";
+    #[cfg(test)]
+    RequireHeader(require_header::RawRequireHeader) = "requireHeader", traefik: None,                                page: "";
+}
+
+/// One middleware kind.
+#[derive(Debug)]
+pub struct Kind {
+    /// Its name in the configuration (`middlewares.NAME.<kind>`).
+    pub name: &'static str,
+    /// What a Traefik Hub `Middleware` document calls it under `spec` (`plugin.jwt`,
+    /// `stripPrefix`), if the manifest converter takes it.
+    pub traefik: Option<&'static str>,
+    /// Its reference page, under `docs/`.
+    pub page: &'static str,
+}
+
+/// A kind's options as the file writes them: their shape (serde, with `deny_unknown_fields`)
+/// and their validation into what the proxy builds the middleware from.
+pub(super) trait Options: DeserializeOwned {
+    /// Validates the options at key path `path`, recording every problem in `issues`.
+    fn declare(self, issues: &mut Issues, path: &str) -> Option<Declared>;
+}
 
 /// A validated middleware: one that authenticates, or one that shapes traffic.
 pub(super) enum Declared {
     /// `clientCredentials`, `introspection`, `jwt`, `clientCertificate`.
-    Auth(Box<MiddlewareConfig>),
+    Auth(MiddlewareConfig),
     /// `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex`, `headers`, `retry`,
     /// `rateLimit`.
     Http(HttpMiddleware),
 }
 
-/// Validates one named middleware.
-pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> Option<Declared> {
-    let base = format!("middlewares.{name}");
-    let RawMiddleware {
-        client_credentials: cc,
-        introspection: intro,
-        jwt: j,
-        client_certificate,
-        strip_prefix,
-        add_prefix,
-        replace_path,
-        replace_path_regex,
-        headers,
-        retry,
-        rate_limit,
-    } = m;
-    let kinds = [
-        cc.is_some(),
-        intro.is_some(),
-        j.is_some(),
-        client_certificate.is_some(),
-        strip_prefix.is_some(),
-        add_prefix.is_some(),
-        replace_path.is_some(),
-        replace_path_regex.is_some(),
-        headers.is_some(),
-        retry.is_some(),
-        rate_limit.is_some(),
-    ]
-    .into_iter()
-    .filter(|k| *k)
-    .count();
-    if kinds > 1 {
-        issues.push(
-            base,
-            "names more than one middleware kind; declare one per name",
-        );
-        return None;
+impl Declared {
+    /// An authentication middleware's settings.
+    fn auth(settings: impl crate::auth::AuthSettings) -> Self {
+        Self::Auth(Arc::new(settings))
     }
-    let before = issues.0.len();
-    if let Some(raw) = retry {
-        let m = shaping::retry(issues, &format!("{base}.retry"), raw);
-        return (issues.0.len() == before).then_some(Declared::Http(m));
-    }
-    if let Some(raw) = rate_limit {
-        let m = shaping::rate_limit(issues, &format!("{base}.rateLimit"), raw);
-        return (issues.0.len() == before).then_some(Declared::Http(m));
-    }
-    let shaped = match (
-        strip_prefix,
-        add_prefix,
-        replace_path,
-        replace_path_regex,
-        headers,
-    ) {
-        (Some(raw), ..) => Some(shaping::strip_prefix(
-            issues,
-            &format!("{base}.stripPrefix"),
-            raw,
-        )),
-        (_, Some(raw), ..) => Some(shaping::add_prefix(
-            issues,
-            &format!("{base}.addPrefix"),
-            raw,
-        )),
-        (_, _, Some(raw), ..) => Some(shaping::replace_path(
-            issues,
-            &format!("{base}.replacePath"),
-            raw,
-        )),
-        (_, _, _, Some(raw), _) => {
-            shaping::replace_path_regex(issues, &format!("{base}.replacePathRegex"), raw)
-        }
-        (_, _, _, _, Some(raw)) => Some(shaping::headers(issues, &format!("{base}.headers"), raw)),
-        _ => {
-            return auth(issues, &base, cc, intro, j, client_certificate)
-                .map(|m| Declared::Auth(Box::new(m)));
-        }
-    };
-    shaped
-        .filter(|_| issues.0.len() == before)
-        .map(Declared::Http)
 }
 
-/// Validates an authentication middleware of one of the four kinds (at most one is given).
-fn auth(
-    issues: &mut Issues,
-    base: &str,
-    cc: Option<RawClientCredentials>,
-    intro: Option<RawIntrospection>,
-    j: Option<RawJwt>,
-    client_certificate: Option<RawClientCertificate>,
-) -> Option<MiddlewareConfig> {
-    if let Some(cc) = cc {
-        return client_credentials(issues, &format!("{base}.clientCredentials"), cc)
-            .map(MiddlewareConfig::ClientCredentials);
+/// The kinds' names, for messages.
+fn kind_names() -> String {
+    let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+    names.join(", ")
+}
+
+impl<'de> Deserialize<'de> for RawMiddleware {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EntryVisitor)
     }
-    if let Some(i) = intro {
-        return introspection(issues, &format!("{base}.introspection"), i)
-            .map(MiddlewareConfig::Introspection);
+}
+
+struct EntryVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+    type Value = RawMiddleware;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a middleware kind and its options ({})", kind_names())
     }
-    if let Some(j) = j {
-        return jwt(issues, &format!("{base}.jwt"), j).map(MiddlewareConfig::Jwt);
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let Some(name) = map.next_key::<String>()? else {
+            return Err(A::Error::custom(format!(
+                "names no middleware kind (expected one of {})",
+                kind_names()
+            )));
+        };
+        let Some(m) = RawMiddleware::read(&name, &mut map) else {
+            return Err(A::Error::custom(format!(
+                "unknown middleware kind `{name}` (expected one of {})",
+                kind_names()
+            )));
+        };
+        let m = m?;
+        if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom(
+                "names more than one middleware kind; declare one per name",
+            ));
+        }
+        Ok(m)
     }
-    if let Some(c) = client_certificate {
-        let path = format!("{base}.clientCertificate");
-        let before = issues.0.len();
-        let policy = policy(issues, &path, c.claims, c.forward_headers, c.username_claim);
-        return (issues.0.len() == before).then_some(MiddlewareConfig::ClientCertificate(
-            ClientCertificateConfig { policy },
-        ));
-    }
-    issues.push(
-        base,
-        "names no middleware kind (expected clientCredentials, introspection, jwt, clientCertificate, stripPrefix, addPrefix, replacePath, replacePathRegex, headers, retry or rateLimit)",
-    );
-    None
+}
+
+/// Validates one named middleware.
+pub(super) fn middleware(issues: &mut Issues, name: &str, m: RawMiddleware) -> Option<Declared> {
+    let path = format!("middlewares.{name}.{}", m.kind());
+    let before = issues.0.len();
+    let declared = m.declare(issues, &path);
+    declared.filter(|_| issues.0.len() == before)
 }
 
 pub(super) fn policy(
@@ -268,49 +303,6 @@ pub(super) fn is_reserved_header(h: &HeaderName) -> bool {
 // The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
 // its values are checked above.
 
-/// A named middleware: exactly one kind per entry.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawMiddleware {
-    #[serde(default)]
-    pub client_credentials: Option<RawClientCredentials>,
-    #[serde(default)]
-    pub introspection: Option<RawIntrospection>,
-    #[serde(default)]
-    pub jwt: Option<RawJwt>,
-    #[serde(default)]
-    pub client_certificate: Option<RawClientCertificate>,
-    #[serde(default)]
-    pub strip_prefix: Option<RawStripPrefix>,
-    #[serde(default)]
-    pub add_prefix: Option<RawAddPrefix>,
-    #[serde(default)]
-    pub replace_path: Option<RawReplacePath>,
-    #[serde(default)]
-    pub replace_path_regex: Option<RawReplacePathRegex>,
-    #[serde(default)]
-    pub headers: Option<RawHeaders>,
-    #[serde(default)]
-    pub retry: Option<RawRetry>,
-    #[serde(default)]
-    pub rate_limit: Option<RawRateLimit>,
-}
-
-/// `clientCertificate`: authorisation by the caller's verified TLS client certificate.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawClientCertificate {
-    /// Expression over the certificate's claims (`subject.commonName`, `sans.uri`, ...).
-    #[serde(default)]
-    pub claims: Option<String>,
-    /// Header name -> certificate claim.
-    #[serde(default)]
-    pub forward_headers: BTreeMap<String, String>,
-    /// Claim naming the caller in the access log.
-    #[serde(default)]
-    pub username_claim: Option<String>,
-}
-
 /// Where the caller's token is looked for: header, then query, then cookie.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -328,7 +320,6 @@ pub struct RawTokenSource {
 
 #[cfg(test)]
 mod tests {
-    use crate::auth::MiddlewareConfig;
     use crate::auth::jwt::JwksSource;
     use crate::config::{Config, ConfigError};
 
@@ -384,7 +375,7 @@ routes:
         let by_issuer =
             load("    jwt:\n      issuer: https://idp.example/realms/x\n      audience: api")
                 .unwrap();
-        let MiddlewareConfig::Jwt(j) = &by_issuer.middlewares["m"] else {
+        let Some(j) = by_issuer.middlewares["m"].downcast_ref::<crate::auth::JwtConfig>() else {
             panic!()
         };
         assert_eq!(
@@ -419,7 +410,7 @@ routes:
             "    jwt:\n      jwksUrl: http://idp/jwks\n      allowAnyIssuer: true\n      allowAnyAudience: true",
         )
         .unwrap();
-        let MiddlewareConfig::Jwt(j) = &open.middlewares["m"] else {
+        let Some(j) = open.middlewares["m"].downcast_ref::<crate::auth::JwtConfig>() else {
             panic!()
         };
         assert!(j.issuer.is_none() && j.audience.is_empty());
@@ -459,13 +450,33 @@ routes:
     }
 
     #[test]
-    fn two_kinds_under_one_name_are_refused() {
-        let got = issues(
-            "    jwt: { jwksUrl: http://idp/jwks }\n    clientCredentials: { url: http://idp/token }",
-        );
+    fn a_middleware_names_one_known_kind() {
+        let shape = |middleware: &str| match load(middleware) {
+            Err(ConfigError::Shape { path, message }) => format!("{path}: {message}"),
+            other => panic!("expected a shape error, got {other:?}"),
+        };
         assert_eq!(
-            got,
-            ["middlewares.m: names more than one middleware kind; declare one per name"]
+            shape(
+                "    jwt: { jwksUrl: http://idp/jwks }\n    clientCredentials: { url: http://idp/token }"
+            ),
+            "middlewares.m: names more than one middleware kind; declare one per name at line 6 column 5"
         );
+        let unknown = shape("    basicAuth: { users: [a] }");
+        assert!(
+            unknown.starts_with("middlewares.m: unknown middleware kind `basicAuth` (expected one of clientCredentials, introspection, jwt, clientCertificate, stripPrefix,"),
+            "{unknown}"
+        );
+        assert!(shape("    {}").starts_with("middlewares.m: names no middleware kind"));
+        // Every kind of the table is read by its own options type.
+        for kind in super::KINDS {
+            let got = shape(&format!("    {}: {{ noSuchOption: 1 }}", kind.name));
+            assert!(
+                got.starts_with(&format!(
+                    "middlewares.m.{}.noSuchOption: unknown field `noSuchOption`",
+                    kind.name
+                )),
+                "{got}"
+            );
+        }
     }
 }

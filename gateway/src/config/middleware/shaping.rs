@@ -1,5 +1,5 @@
 //! The traffic middlewares: `stripPrefix`, `addPrefix`, `replacePath`, `replacePathRegex` and
-//! `headers` (custom headers and CORS), validated with their key paths.
+//! `headers` (custom headers and CORS), `retry` and `rateLimit`, validated with their key paths.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use crate::store::rate::RateLimit;
 /// Traefik's `rateLimit.period` default.
 const DEFAULT_RATE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub(super) fn rate_limit(issues: &mut Issues, path: &str, raw: RawRateLimit) -> HttpMiddleware {
+fn rate_limit(issues: &mut Issues, path: &str, raw: RawRateLimit) -> HttpMiddleware {
     let period = raw.period.unwrap_or(DEFAULT_RATE_PERIOD);
     if raw.average == 0 {
         issues.push(format!("{path}.average"), "must be at least 1");
@@ -71,6 +71,7 @@ pub(super) fn rate_limit(issues: &mut Issues, path: &str, raw: RawRateLimit) -> 
     })
 }
 use super::super::issues::Issues;
+use super::{Declared, Options};
 use crate::proxy::cors::Cors;
 use crate::proxy::middleware::{Headers, HttpMiddleware};
 use crate::proxy::retry::RetryPolicy;
@@ -82,7 +83,7 @@ const MAX_ATTEMPTS: u32 = 10;
 /// Share of a route's requests that may be retried, by default.
 const DEFAULT_BUDGET_PERCENT: u32 = 20;
 
-pub(super) fn retry(issues: &mut Issues, path: &str, raw: RawRetry) -> HttpMiddleware {
+fn retry(issues: &mut Issues, path: &str, raw: RawRetry) -> HttpMiddleware {
     if !(1..=MAX_ATTEMPTS).contains(&raw.attempts) {
         issues.push(
             format!("{path}.attempts"),
@@ -122,7 +123,7 @@ fn absolute(issues: &mut Issues, path: String, value: &str) {
     }
 }
 
-pub(super) fn strip_prefix(issues: &mut Issues, path: &str, raw: RawStripPrefix) -> HttpMiddleware {
+fn strip_prefix(issues: &mut Issues, path: &str, raw: RawStripPrefix) -> HttpMiddleware {
     if raw.prefixes.is_empty() {
         issues.push(format!("{path}.prefixes"), "needs at least one prefix");
     }
@@ -132,7 +133,7 @@ pub(super) fn strip_prefix(issues: &mut Issues, path: &str, raw: RawStripPrefix)
     HttpMiddleware::Path(PathRewrite::StripPrefix(raw.prefixes))
 }
 
-pub(super) fn add_prefix(issues: &mut Issues, path: &str, raw: RawAddPrefix) -> HttpMiddleware {
+fn add_prefix(issues: &mut Issues, path: &str, raw: RawAddPrefix) -> HttpMiddleware {
     absolute(issues, format!("{path}.prefix"), &raw.prefix);
     let prefix = raw.prefix.trim_end_matches('/').to_owned();
     if prefix.is_empty() && raw.prefix.starts_with('/') {
@@ -141,12 +142,12 @@ pub(super) fn add_prefix(issues: &mut Issues, path: &str, raw: RawAddPrefix) -> 
     HttpMiddleware::Path(PathRewrite::AddPrefix(prefix))
 }
 
-pub(super) fn replace_path(issues: &mut Issues, path: &str, raw: RawReplacePath) -> HttpMiddleware {
+fn replace_path(issues: &mut Issues, path: &str, raw: RawReplacePath) -> HttpMiddleware {
     absolute(issues, format!("{path}.path"), &raw.path);
     HttpMiddleware::Path(PathRewrite::ReplacePath(raw.path))
 }
 
-pub(super) fn replace_path_regex(
+fn replace_path_regex(
     issues: &mut Issues,
     path: &str,
     raw: RawReplacePathRegex,
@@ -164,7 +165,7 @@ fn compile(issues: &mut Issues, path: String, pattern: &str) -> Option<Regex> {
         .ok()
 }
 
-pub(super) fn headers(issues: &mut Issues, path: &str, raw: RawHeaders) -> HttpMiddleware {
+fn headers(issues: &mut Issues, path: &str, raw: RawHeaders) -> HttpMiddleware {
     let request = rules(
         issues,
         path,
@@ -336,6 +337,34 @@ fn joined(list: &[String]) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::try_from(list.join(", ")).ok()
+}
+
+/// The traffic kinds' options, each validated by the function of its name above.
+macro_rules! traffic {
+    ($($raw:ty => $validate:ident),* $(,)?) => {
+        $(
+            impl Options for $raw {
+                fn declare(self, issues: &mut Issues, path: &str) -> Option<Declared> {
+                    Some(Declared::Http($validate(issues, path, self)))
+                }
+            }
+        )*
+    };
+}
+
+traffic! {
+    RawRateLimit => rate_limit,
+    RawRetry => retry,
+    RawStripPrefix => strip_prefix,
+    RawAddPrefix => add_prefix,
+    RawReplacePath => replace_path,
+    RawHeaders => headers,
+}
+
+impl Options for RawReplacePathRegex {
+    fn declare(self, issues: &mut Issues, path: &str) -> Option<Declared> {
+        replace_path_regex(issues, path, self).map(Declared::Http)
+    }
 }
 
 // The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
