@@ -2,22 +2,15 @@
 //! README's example run them.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Kills the process even when an assertion fails.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+// Kills the process even when an assertion fails.
+use testkit::procs::Owned;
 
 #[tokio::test]
 async fn doubles_serve_under_the_public_url_until_sigterm() {
-    let mut child = Killed(
+    let mut child = Owned(
         Command::new(env!("CARGO_BIN_EXE_chaos"))
             .args([
                 "doubles",

@@ -5,6 +5,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A child process that is killed and reaped when dropped, however the test ends: the one
+/// handle every harness holds its processes by.
+#[derive(Debug)]
+pub struct Owned(pub Child);
+
+impl Owned {
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl From<Child> for Owned {
+    fn from(child: Child) -> Self {
+        Self(child)
+    }
+}
+
 /// A process the harness owns.
 pub struct Proc {
     /// Name in reports and log file names (`gateway-1`, `cache-node-2`, `redis`).
@@ -13,14 +38,8 @@ pub struct Proc {
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
-    child: Option<Child>,
+    child: Option<Owned>,
     paused: bool,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 impl Proc {
@@ -60,19 +79,18 @@ impl Proc {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.child = Some(child);
+        self.child = Some(Owned(child));
         Ok(())
     }
 
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if self.paused {
-                self.signal_pid(c.id(), "CONT");
-                self.paused = false;
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        // Dropping the child kills and reaps it; a paused one is woken first.
+        if let Some(c) = self.child.take()
+            && self.paused
+        {
+            self.signal_pid(c.0.id(), "CONT");
+            self.paused = false;
         }
     }
 
@@ -81,16 +99,15 @@ impl Proc {
         let Some(mut c) = self.child.take() else {
             return;
         };
-        self.signal_pid(c.id(), "TERM");
+        self.signal_pid(c.0.id(), "TERM");
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if !matches!(c.try_wait(), Ok(None)) {
+            if !matches!(c.0.try_wait(), Ok(None)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = c.kill();
-        let _ = c.wait();
+        // Dropping it kills and reaps it.
     }
 
     /// SIGSTOP: the process stays, frozen.
@@ -117,14 +134,14 @@ impl Proc {
 
     /// Its process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(|c| c.0.id())
     }
 
     /// Whether it is running (not killed, not exited).
     pub fn running(&mut self) -> bool {
         self.child
             .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            .is_some_and(|c| matches!(c.0.try_wait(), Ok(None)))
     }
 
     /// Its output so far.

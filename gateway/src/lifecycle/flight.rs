@@ -98,7 +98,7 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_callers_share_one_run_and_a_later_caller_starts_another() {
         let sf = SingleFlight::<usize>::new();
         let tasks = TaskTracker::new();

@@ -207,7 +207,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    // On paused time: the timeouts and the cooldown pass when nothing else can happen.
+    #[tokio::test(start_paused = true)]
     async fn a_cancelled_trial_call_does_not_keep_the_circuit_open() {
         // An endpoint that accepts connections and never answers.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut};
 use gateway::cachenode::auth::{Role, allowed};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::raft::{ADMIN_TOKEN, Cluster, GATEWAY_TOKEN, PEER_TOKEN};
+use crate::cluster::{ADMIN_TOKEN, Cluster, GATEWAY_TOKEN, PEER_TOKEN};
 
 /// Message bytes as they are: the test calls every RPC with an empty (default) message.
 #[derive(Debug, Clone, Copy, Default)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::raft::{ADMIN_TOKEN, CacheNode};
+use crate::cluster::{ADMIN_TOKEN, CacheNode};
 use crate::support::{eventually, free_port};
 
 /// The `cachectl` binary, built once per test run (it is another package of the workspace).
@@ -137,7 +137,7 @@ fn entry_for<'a>(list: &'a Value, client: &str) -> &'a Value {
 async fn cachectl_inspects_and_steers_the_raft_cache() {
     // Built before the tokens are fetched: a cold build must not eat into their lifetime.
     cachectl_bin();
-    let f = crate::raft::fleet(Duration::from_secs(300), "{ interval: 100ms }").await;
+    let f = crate::cluster::fleet(Duration::from_secs(300), "{ interval: 100ms }").await;
     for (node, client) in [(0, 0), (1, 1), (2, 2)] {
         assert_eq!(f.call(node, client).await.status(), 200);
     }
@@ -424,7 +424,7 @@ async fn the_cache_service_over_mutual_tls() {
     let addrs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
-    let init = crate::raft::init_members(&addrs);
+    let init = crate::cluster::init_members(&addrs);
     let env = vec![
         ("TOKENGATE_TLS_CERT".to_owned(), tls.path("node.crt")),
         ("TOKENGATE_TLS_KEY".to_owned(), tls.path("node.key")),

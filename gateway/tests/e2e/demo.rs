@@ -2,18 +2,10 @@
 //! run, in order, in one shell, as a newcomer would paste them.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
-
-/// The demo process, killed when dropped.
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testkit::procs::Owned;
 
 struct Step {
     command: String,
@@ -21,7 +13,7 @@ struct Step {
 }
 
 /// Reads the guide up to its last line and returns the steps it lists.
-fn read_guide(demo: &mut Demo) -> (String, Vec<Step>) {
+fn read_guide(demo: &mut Owned) -> (String, Vec<Step>) {
     let stdout = demo.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -68,7 +60,7 @@ fn every_command_the_demo_prints_works() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut demo = Demo(child);
+    let mut demo = Owned(child);
     let (guide, steps) = read_guide(&mut demo);
     assert!(steps.len() >= 8, "too few steps:\n{guide}");
     assert!(

@@ -526,6 +526,7 @@ async fn slow_clients_are_shed_by_the_header_timeout_while_others_are_served() {
     let mut buf = vec![0u8; 4096];
     kept.write_all(request).await.unwrap();
     assert!(kept.read(&mut buf).await.unwrap() > 0);
+    // The idle time (past readHeaderTimeout) is the property.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     kept.write_all(request).await.unwrap();
     let n = kept.read(&mut buf).await.unwrap();
@@ -639,7 +640,7 @@ async fn http2_connections_announce_the_stream_limit() {
         "SETTINGS_MAX_CONCURRENT_STREAMS = 7 in {settings:?}"
     );
     // Frames between requests are not a slow request head: past readHeaderTimeout (1 s) the
-    // connection still answers a PING.
+    // connection still answers a PING. The wait is the property.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     s.write_all(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00tokengat")
         .await

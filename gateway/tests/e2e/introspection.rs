@@ -365,13 +365,8 @@ async fn results_are_shared_fleet_wide_through_redis_as_ciphertext() {
 }
 
 /// `socat` terminating mutual TLS in front of a plain-HTTP address; killed on drop.
-struct TlsTerminator(std::process::Child);
-
-impl Drop for TlsTerminator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+struct TlsTerminator {
+    _socat: testkit::procs::Owned,
 }
 
 impl TlsTerminator {
@@ -390,7 +385,9 @@ impl TlsTerminator {
         testkit::wait::wait_until("socat listens", Duration::from_secs(5), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        Self(child)
+        Self {
+            _socat: testkit::procs::Owned(child),
+        }
     }
 }
 

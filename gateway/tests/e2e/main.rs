@@ -4,6 +4,7 @@
 mod cache_auth;
 mod cachectl;
 mod client_credentials;
+mod cluster;
 mod config_cli;
 mod demo;
 mod deploy;

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use testkit::{EchoUpstream, FakeIdp};
 
-use crate::raft::Cluster;
+use crate::cluster::Cluster;
 use crate::support::{GW_SECRET, Node, client, get_as, two_modes};
 
 /// `promtool check metrics` on `text`.

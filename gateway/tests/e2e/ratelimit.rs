@@ -85,6 +85,7 @@ async fn a_limit_per_client_holds_across_three_gateways_sharing_redis() {
             })
         })
         .collect();
+    // Time is the property here: the count that passes is measured over these seconds.
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Another client has its own allowance, whatever the busy one does.
     let quiet = client()

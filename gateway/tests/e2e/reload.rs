@@ -99,7 +99,15 @@ async fn a_change_applies_under_load_without_a_failed_request_and_a_bad_one_chan
             inflight.join_all().await;
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The driver is under way before the reload, and still after it.
+    let under_way = async |more: u64| {
+        let from = sent.load(Ordering::Relaxed);
+        eventually("the driver sends", Duration::from_secs(10), async || {
+            sent.load(Ordering::Relaxed) >= from + more
+        })
+        .await;
+    };
+    under_way(50).await;
 
     // Adds /new, changes `scoped`'s scopes, removes /old.
     let new_route = format!(
@@ -118,7 +126,7 @@ async fn a_change_applies_under_load_without_a_failed_request_and_a_bad_one_chan
         404,
         "the removed route is gone"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    under_way(50).await;
     stop.store(true, Ordering::Relaxed);
     driver.await.unwrap();
     assert!(sent.load(Ordering::Relaxed) > 50);

@@ -12,7 +12,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::cachectl::{Transcript, cachectl_bin};
-use crate::raft::{ADMIN_TOKEN, Cluster, admin, authed, key, status};
+use crate::cluster::{ADMIN_TOKEN, Cluster, admin, authed, key, status};
 use crate::support::eventually;
 
 /// Entries and claims the cluster holds before the incidents.

@@ -3,9 +3,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testkit::procs::Owned;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -16,20 +18,13 @@ pub use testkit::tls::TlsFixture;
 
 /// A gateway process started from the built binary.
 pub struct Node {
-    child: Child,
+    child: Owned,
     log: Arc<Mutex<String>>,
     /// The proxy listener.
     pub proxy: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Writes `yaml` to a temporary file and runs `gateway <args...> <file>`.
@@ -129,7 +124,7 @@ impl Node {
                 }
             };
         Self {
-            child,
+            child: Owned(child),
             log,
             proxy,
             admin,
@@ -199,7 +194,7 @@ impl Node {
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
+            .arg(self.child.0.id().to_string())
             .status()
             .unwrap();
         assert!(status.success(), "kill -{name} failed");
@@ -209,7 +204,7 @@ impl Node {
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut status = None;
         testkit::wait::wait_until("the gateway exits", timeout, || {
-            status = self.child.try_wait().unwrap();
+            status = self.child.0.try_wait().unwrap();
             status.is_some()
         });
         status.unwrap()
@@ -343,7 +338,6 @@ impl Node {
 
     /// SIGKILLs the process now.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }

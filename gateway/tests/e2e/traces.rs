@@ -12,7 +12,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use testkit::otlp::{CollectedSpan, Collector};
 use testkit::{EchoUpstream, FakeIdp};
 
-use crate::raft::Cluster;
+use crate::cluster::Cluster;
 use crate::redis::{FLEET_KEY, creds};
 use crate::support::{Node, client, eventually};
 

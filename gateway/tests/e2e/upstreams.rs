@@ -318,7 +318,8 @@ routes:
         aborted.shutdown().await.unwrap();
         drop(aborted);
     }
-    // A slow but complete upload: the server's 300 ms start once the body is all there.
+    // A slow but complete upload: the server's 300 ms start once the body is all there. Its
+    // pause (past the timeout) is the property.
     let mut slow = start_upload(&node, &[b'x'; 50]).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     slow.write_all(&[b'x'; 50]).await.unwrap();
