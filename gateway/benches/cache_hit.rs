@@ -120,6 +120,36 @@ middlewares:
             BatchSize::SmallInput,
         )
     });
+    // The same hit as the proxy calls it: through the kind-agnostic handle (a `dyn` call and
+    // a boxed future), so the cost of the middleware table shows beside the direct call.
+    let guards = gateway::auth::limits::Guards::unlimited();
+    let handle = gateway::auth::Middleware::build(
+        "gw",
+        &*cfg.middlewares["gw"],
+        &gateway::auth::Build {
+            cache: &cache,
+            guards: &guards,
+            issuer_keys: None,
+        },
+    )
+    .unwrap();
+    group.bench_function("gateway_level_through_the_handle", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut parts = http::Request::new(()).into_parts().0;
+                parts.headers = request_headers(None);
+                parts
+            },
+            |parts| {
+                handle
+                    .apply(black_box(parts), &CALLER)
+                    .now_or_never()
+                    .expect("a hit never waits")
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
     let Some(cc) = cfg.middlewares["app"].downcast_ref::<gateway::auth::ClientCredentialsConfig>()
     else {
         panic!("app is a clientCredentials middleware")

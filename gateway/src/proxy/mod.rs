@@ -16,6 +16,7 @@ pub mod retry;
 pub mod rewrite;
 pub mod router;
 pub mod rule;
+mod send;
 pub mod transport;
 pub mod upgrade;
 
