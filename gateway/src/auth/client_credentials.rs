@@ -46,6 +46,9 @@ pub struct ClientCredentialsConfig {
     pub credentials: Option<(String, Secret)>,
     /// How the gateway authenticates at the token endpoint.
     pub auth_method: AuthMethod,
+    /// `private_key_jwt`: the gateway's key (`None` only when the configuration was checked
+    /// without reading key material).
+    pub client_key: Option<crate::outbound::ClientKey>,
     /// Sent as `audience`.
     pub audience: Option<String>,
     /// Sent as `scope`, sorted and deduplicated.
@@ -159,10 +162,18 @@ impl ClientCredentials {
             &cfg.endpoint_params,
         )
         .with_tls_profile(cfg.tls.profile.as_deref());
+        if let Some(key) = &cfg.client_key {
+            cache.idp().register_key(key);
+        }
+        // A private key is its own credential: a token obtained with one key never serves a
+        // route configured with another.
         let gateway_key = cfg
             .credentials
             .as_ref()
-            .map(|(id, secret)| deriver.key(id, secret.expose()));
+            .map(|(id, secret)| match &cfg.client_key {
+                Some(key) => deriver.key(id, key.profile()),
+                None => deriver.key(id, secret.expose()),
+            });
         let realm = Arc::from(cfg.realm.as_str());
         Ok(Self {
             name: name.to_owned(),
@@ -305,6 +316,7 @@ impl ClientCredentials {
             timeout: self.cfg.idp_timeout,
             retries: self.cfg.idp_retries,
             tls_profile: self.cfg.tls.profile.clone(),
+            key_profile: self.cfg.client_key.as_ref().map(|k| k.profile().to_owned()),
         };
         let gateway_level = self.gateway_key.is_some();
         self.cache.get(key, spec, self.cfg.negative_cache_ttl).await.map_err(|e| {

@@ -78,6 +78,7 @@ fn request() -> TokenRequest {
         timeout: Duration::from_secs(5),
         retries: 0,
         tls_profile: None,
+        key_profile: None,
     }
 }
 

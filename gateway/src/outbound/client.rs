@@ -22,6 +22,8 @@ pub struct IdpClient {
     /// Clients of token endpoints with TLS settings of their own (`clientConfig.tls`), by the
     /// profile a refresh spec names them with.
     profiles: RwLock<HashMap<String, reqwest::Client>>,
+    /// Client keys for `private_key_jwt`, by the profile a refresh spec names them with.
+    keys: RwLock<HashMap<String, super::ClientKey>>,
     breakers: Breakers,
 }
 
@@ -46,6 +48,7 @@ impl IdpClient {
         Self {
             http,
             profiles: RwLock::new(HashMap::new()),
+            keys: RwLock::new(HashMap::new()),
             breakers: Breakers::new(*cfg),
         }
     }
@@ -61,6 +64,23 @@ impl IdpClient {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(profile.to_owned(), client);
+    }
+
+    /// Makes `key` the one for refresh specs naming its profile (`private_key_jwt`).
+    pub fn register_key(&self, key: &super::ClientKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.profile().to_owned(), key.clone());
+    }
+
+    /// The client key a refresh spec names; `None` when this node has none of that profile.
+    pub fn key_for(&self, profile: &str) -> Option<super::ClientKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(profile)
+            .cloned()
     }
 
     /// The client for requests naming `profile` (`None`: the shared one); `None` when this node

@@ -8,6 +8,7 @@
 
 pub mod breaker;
 pub mod client;
+pub mod client_auth;
 pub mod exchange;
 pub mod tls;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use breaker::BreakerConfig;
 pub use client::IdpClient;
+pub use client_auth::{ClientAuth, ClientKey};
 pub use exchange::exchange;
 pub use tls::{HttpClientConfig, HttpTls, StoreTls};
 

@@ -1,17 +1,16 @@
-//! The client side of an RFC 6749 token endpoint: the client credentials grant (§4.4), how the
-//! client authenticates (§2.3.1), and what a conforming answer is (§5.1, §5.2). The call itself
-//! (retries, the circuit breaker, the capped exchange) is [`crate::outbound`]'s.
+//! The client side of an RFC 6749 token endpoint: the client credentials grant (§4.4) and what a
+//! conforming answer is (§5.1, §5.2). How the client authenticates (§2.3.1, RFC 7523, RFC 8705)
+//! and the call itself (retries, the circuit breaker, the capped exchange) are
+//! [`crate::outbound`]'s.
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
 use super::Clock;
 use super::entry::UnixMillis;
 use super::{AuthMethod, TokenRequest};
-use crate::outbound::{IdpClient, IdpError, exchange};
+use crate::outbound::{ClientAuth, ClientKey, IdpClient, IdpError, exchange};
 use crate::secret::Secret;
 
 /// A token as the IdP issued it.
@@ -64,16 +63,44 @@ pub async fn fetch(
             "no clientConfig.tls on this node matches the token request's",
         ));
     };
+    let key = match (&req.auth_method, &req.key_profile) {
+        (AuthMethod::PrivateKeyJwt, Some(profile)) => match idp.key_for(profile) {
+            Some(key) => Some(key),
+            // As for TLS: a spec written by a node with another key; its nodes fetch anew.
+            None => {
+                return Err(IdpError::unavailable(
+                    "no clientPrivateKey on this node matches the token request's",
+                ));
+            }
+        },
+        _ => None,
+    };
     idp.call(req.token_url.as_str(), req.retries, || {
-        attempt(&http, req, clock)
+        attempt(&http, req, key.as_ref(), clock)
     })
     .await
+}
+
+/// How `req`'s client authenticates, with `key` for `private_key_jwt`.
+fn client_auth<'a>(req: &'a TokenRequest, key: Option<&'a ClientKey>) -> ClientAuth<'a> {
+    let (id, secret) = (req.client_id.as_str(), &req.client_secret);
+    match (req.auth_method, key) {
+        (AuthMethod::ClientSecretBasic, _) => ClientAuth::Basic { id, secret },
+        (AuthMethod::ClientSecretPost, _) => ClientAuth::Post { id, secret },
+        (AuthMethod::ClientSecretJwt, _) => ClientAuth::SecretJwt { id, secret },
+        (AuthMethod::PrivateKeyJwt, Some(key)) => ClientAuth::KeyJwt { id, key },
+        // A spec without its key's profile cannot sign; the IdP refuses the bare id.
+        (AuthMethod::PrivateKeyJwt, None) | (AuthMethod::TlsClientAuth, _) => {
+            ClientAuth::Tls { id }
+        }
+    }
 }
 
 /// One HTTP exchange. On a retryable error, also returns the server's `Retry-After`.
 async fn attempt(
     http: &reqwest::Client,
     req: &TokenRequest,
+    key: Option<&ClientKey>,
     clock: &Clock,
 ) -> Result<IssuedToken, (IdpError, Option<Duration>)> {
     let mut builder = http
@@ -84,13 +111,18 @@ async fn attempt(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         );
-    if req.auth_method == AuthMethod::ClientSecretBasic {
-        builder = builder.header(
-            http::header::AUTHORIZATION,
-            basic_authorization(&req.client_id, req.client_secret.expose()),
-        );
+    // Each attempt authenticates anew: an assertion's `jti` is never sent twice.
+    let (authorization, body) = {
+        let mut form = form_body(req);
+        let authorization = client_auth(req, key)
+            .apply(req.token_url.as_str(), &mut form)
+            .map_err(|e| (IdpError::Protocol(e), None))?;
+        (authorization, form.finish())
+    };
+    if let Some(value) = authorization {
+        builder = builder.header(http::header::AUTHORIZATION, value);
     }
-    let builder = builder.body(form_body(req));
+    let builder = builder.body(body);
     let issued_at = clock.now();
     let (status, body) = exchange(builder).await?;
     if status.is_success() {
@@ -110,8 +142,9 @@ async fn attempt(
     }
 }
 
-/// The form body of a client credentials token request (RFC 6749 §4.4.2).
-fn form_body(req: &TokenRequest) -> String {
+/// The form body of a client credentials token request (RFC 6749 §4.4.2), before the client's
+/// authentication.
+fn form_body(req: &TokenRequest) -> form_urlencoded::Serializer<'static, String> {
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("grant_type", "client_credentials");
     if !req.scopes.is_empty() {
@@ -123,21 +156,7 @@ fn form_body(req: &TokenRequest) -> String {
     for (k, v) in &req.params {
         form.append_pair(k, v);
     }
-    if req.auth_method == AuthMethod::ClientSecretPost {
-        form.append_pair("client_id", &req.client_id);
-        form.append_pair("client_secret", req.client_secret.expose());
-    }
-    form.finish()
-}
-
-/// RFC 6749 §2.3.1: id and secret are form-urlencoded (Appendix B) before being joined by `:`
-/// and base64-encoded, so ids and secrets containing `:` or non-ASCII survive the trip.
-pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!(
-        "Basic {}",
-        BASE64.encode(format!("{}:{}", enc(client_id), enc(client_secret)))
-    )
+    form
 }
 
 /// RFC 6749 §5.2: `error` is a set of printable ASCII characters without `"` and `\`. We only
@@ -204,7 +223,25 @@ mod tests {
             timeout,
             retries: 0,
             tls_profile: None,
+            key_profile: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_spec_naming_a_key_this_node_lacks_is_left_alone() {
+        // An endpoint that would count any request made to it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let mut spec = request(&url, Duration::from_secs(1));
+        spec.auth_method = AuthMethod::PrivateKeyJwt;
+        spec.key_profile = Some("key-of-another-node".into());
+        let e = fetch_now(&IdpClient::default(), &spec).await.unwrap_err();
+        assert!(
+            matches!(&e, IdpError::Unavailable { reason, .. } if reason.contains("clientPrivateKey")),
+            "{e:?}"
+        );
+        let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+        assert!(accepted.is_err(), "nothing was sent");
     }
 
     // On paused time: the timeouts and the cooldown pass when nothing else can happen.
@@ -277,13 +314,6 @@ mod tests {
             assert!(matches!(e, IdpError::Protocol(_)), "{e:?}");
         }
         assert!(!client.is_open(&url));
-    }
-
-    #[test]
-    fn basic_credentials_are_form_encoded_before_base64() {
-        let h = basic_authorization("a:b c", "p+/%");
-        let decoded = BASE64.decode(h.strip_prefix("Basic ").unwrap()).unwrap();
-        assert_eq!(String::from_utf8(decoded).unwrap(), "a%3Ab+c:p%2B%2F%25");
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// A JWT signed HS256 under the client secret (RFC 7523 §2.2).
+    ClientSecretJwt,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2).
+    PrivateKeyJwt,
+    /// The TLS client certificate of the endpoint's client (RFC 8705 §2.1).
+    TlsClientAuth,
 }
 
 /// One credential's token request; also the refresh spec stored (sealed) with its entry.
@@ -52,6 +58,10 @@ pub struct TokenRequest {
     /// or key ever travels with the spec. `None`: the shared client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_profile: Option<String>,
+    /// `private_key_jwt`: the client key, by profile, for the same reason: the refreshing node
+    /// signs with its own configuration's key of that profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_profile: Option<String>,
 }
 
 impl Serialize for Secret {

@@ -202,6 +202,7 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(1),
             retries: 0,
             tls_profile: None,
+            key_profile: None,
         };
         let secrets = EntrySecrets {
             access_token: Secret::new("the-access-token"),

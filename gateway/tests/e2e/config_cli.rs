@@ -13,7 +13,7 @@ middlewares:
   app-creds:
     clientCredentials: { url: "not a url" }
   gw-creds:
-    clientCredentials: { url: "http://idp/token", clientId: gw, clientSecret: "env:TOKENGATE_TEST_UNSET_SECRET", authMethod: private_key_jwt }
+    clientCredentials: { url: "http://idp/token", clientId: gw, clientSecret: "env:TOKENGATE_TEST_UNSET_SECRET", authMethod: client_secret_digest }
 routes:
   - { name: app, match: { pathPrefix: app }, middlewares: [app-creds, missing], upstream: { urls: [] } }
 "#;
@@ -24,7 +24,7 @@ routes:
     for expected in [
         "middlewares.app-creds.clientCredentials.url: not an http(s) URL",
         "middlewares.gw-creds.clientCredentials.clientSecret: environment variable TOKENGATE_TEST_UNSET_SECRET is not set",
-        "middlewares.gw-creds.clientCredentials.authMethod: must be client_secret_basic or client_secret_post",
+        "middlewares.gw-creds.clientCredentials.authMethod: must be client_secret_basic, client_secret_post, client_secret_jwt, private_key_jwt or tls_client_auth, not \"client_secret_digest\"",
         "routes[0].match.pathPrefix: must start with /",
         "routes[0].middlewares[1]: no middleware named \"missing\"",
         "routes[0].upstream.urls: needs at least one URL",

@@ -330,6 +330,66 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_verifies_the_gateways_signed_assertions() {
+    let idp = FakeIdp::start().await;
+    let upstream = EchoUpstream::start().await;
+    let (private, public) = crate::client_assertions::key_pair();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("rs.pem");
+    std::fs::write(&pem, private).unwrap();
+    idp.register_key("rs-signer", &public);
+    idp.register("rs-hmac", "a-secret-long-enough-for-hs256-keys!");
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+middlewares:
+  signed:
+    introspection:
+      clientConfig:
+        url: {url}
+        auth: {{ kind: PrivateKeyJwt, clientId: rs-signer, privateKey: "file:{pem}", keyId: rs-1 }}
+  hmac:
+    introspection:
+      clientConfig:
+        url: {url}
+        auth: {{ kind: ClientSecretJwt, clientId: rs-hmac, clientSecret: env:RS_HMAC }}
+routes:
+  - {{ name: signed, match: {{ pathPrefix: /signed }}, middlewares: [signed], upstream: {{ urls: [{up}] }} }}
+  - {{ name: hmac, match: {{ pathPrefix: /hmac }}, middlewares: [hmac], upstream: {{ urls: [{up}] }} }}
+"#,
+        url = idp.introspection_url(),
+        pem = pem.display(),
+        up = upstream.url()
+    );
+    let node = Node::start(
+        &yaml,
+        &[("RS_HMAC", "a-secret-long-enough-for-hs256-keys!")],
+    );
+    let t = token(&idp, "svc-a", 60);
+    assert_eq!(get(node.url("/signed/x"), &t).await.status(), 200);
+    assert_eq!(get(node.url("/hmac/x"), &t).await.status(), 200);
+    let seen = idp.introspection_seen();
+    let methods: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| (s.auth_method, s.client_id.as_str()))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            ("private_key_jwt", "rs-signer"),
+            ("client_secret_jwt", "rs-hmac")
+        ]
+    );
+    assert!(idp.assertion_refusals().is_empty());
+    // Another key for the signer: the endpoint refuses the gateway, which answers 502.
+    idp.register_key("rs-signer", &crate::client_assertions::key_pair().1);
+    let fresh = token(&idp, "svc-b", 60);
+    assert_eq!(get(node.url("/signed/x"), &fresh).await.status(), 502);
+    assert_eq!(idp.assertion_refusals(), ["signature"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_shared_fleet_wide_through_redis_as_ciphertext() {
     let redis = RedisServer::start();
     let idp = FakeIdp::start().await;

@@ -405,6 +405,7 @@ async fn three_hundred_failing_credentials_do_not_delay_a_healthy_renewal() {
             timeout: Duration::from_secs(2),
             retries: 1,
             tls_profile: None,
+            key_profile: None,
         }
     };
     let fleet = FleetKey::random();

@@ -3,6 +3,7 @@
 
 mod cache_auth;
 mod cachectl;
+mod client_assertions;
 mod client_credentials;
 mod cluster;
 mod config_cli;

@@ -9,6 +9,7 @@ use http_body_util::Full;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Value, json};
 
+use super::assertion::{self, Asserted};
 use super::{SeenRequest, State, basic_credentials, json_response, oauth_error};
 
 /// RFC 7662 §2: the caller must authenticate; the answer is `{"active": false}` for anything
@@ -17,6 +18,7 @@ pub(super) fn introspect(
     state: &State,
     auth: Option<&str>,
     form: &[(String, String)],
+    endpoint: &str,
 ) -> Response<Full<Bytes>> {
     state.introspections.fetch_add(1, Ordering::Relaxed);
     let get = |name: &str| {
@@ -27,7 +29,19 @@ pub(super) fn introspect(
     let bearer = auth
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::to_owned);
+    let asserted = match assertion::asserted(state, form, endpoint) {
+        Asserted::Refused(why) => {
+            state.assertion_refusals.lock().unwrap().push(why);
+            Some(None)
+        }
+        Asserted::Client(id, method) => Some(Some((id, method))),
+        Asserted::Absent => None,
+    };
     let (method, client) = match (basic_credentials(auth), get("client_id"), bearer) {
+        _ if asserted.is_some() => match asserted.clone().flatten() {
+            Some((id, method)) => (method, Some((id, String::new()))),
+            None => ("assertion", None),
+        },
         (Some(c), None, None) => ("basic", Some(c)),
         (None, Some(id), None) => (
             "post",
@@ -55,6 +69,7 @@ pub(super) fn introspect(
         ("basic" | "post", Some((id, secret))) => {
             state.clients.lock().unwrap().get(id) == Some(secret)
         }
+        ("client_secret_jwt" | "private_key_jwt", Some(_)) => true,
         ("none", None) => state.anonymous_introspection.load(Ordering::Relaxed),
         _ => false,
     };

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::serve;
 
+mod assertion;
 mod introspection;
 mod token;
 
@@ -59,7 +60,8 @@ pub enum IdpMode {
 /// One token request as the IdP saw it (client secrets are never recorded).
 #[derive(Debug, Clone)]
 pub struct SeenRequest {
-    /// `basic` or `post`.
+    /// `basic`, `post`, `client_secret_jwt`, `private_key_jwt`, `tls_client_auth` (or
+    /// `bearer`, `none`, `both` at introspection).
     pub auth_method: &'static str,
     /// The authenticated (or claimed) client id.
     pub client_id: String,
@@ -96,6 +98,16 @@ struct State {
     hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
     /// Faults that make the IdP lie (tests of the harness's own checks).
     lies: Mutex<Lies>,
+    /// Public keys of `private_key_jwt` clients.
+    client_keys: Mutex<HashMap<String, DecodingKey>>,
+    /// The `jti` of every client assertion accepted (a replay is refused).
+    assertion_ids: Mutex<std::collections::HashSet<String>>,
+    /// `tls_client_auth` clients: authenticated by the certificate the TLS server required.
+    tls_clients: Mutex<std::collections::HashSet<String>>,
+    /// Why client assertions were refused, in order.
+    assertion_refusals: Mutex<Vec<&'static str>>,
+    /// `scheme://addr`, the base of the endpoints' own URLs (client assertions' audience).
+    base: Mutex<String>,
 }
 
 /// Ways the IdP can lie in its tokens.
@@ -241,6 +253,11 @@ impl FakeIdp {
             jwks_fetches: AtomicU64::new(0),
             hold: Mutex::new(None),
             lies: Mutex::new(Lies::default()),
+            client_keys: Mutex::new(HashMap::new()),
+            assertion_ids: Mutex::new(std::collections::HashSet::new()),
+            tls_clients: Mutex::new(std::collections::HashSet::new()),
+            base: Mutex::new(String::new()),
+            assertion_refusals: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         let s = Arc::clone(&state);
@@ -252,6 +269,7 @@ impl FakeIdp {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let addr = serve::start(addr, handler, tracing.clone(), stop.clone(), tls).await?;
         *state.issuer.lock().unwrap() = format!("{scheme}://{addr}");
+        *state.base.lock().unwrap() = format!("{scheme}://{addr}");
         Ok(Self {
             addr,
             scheme,
@@ -349,6 +367,37 @@ impl FakeIdp {
     /// JWKS documents served.
     pub fn jwks_fetches(&self) -> u64 {
         self.state.jwks_fetches.load(Ordering::Relaxed)
+    }
+
+    /// Registers a `private_key_jwt` client by its public key (PEM: RSA, EC or Ed25519).
+    pub fn register_key(&self, client_id: &str, public_pem: &str) {
+        let pem = public_pem.as_bytes();
+        let key = DecodingKey::from_rsa_pem(pem)
+            .or_else(|_| DecodingKey::from_ec_pem(pem))
+            .or_else(|_| DecodingKey::from_ed_pem(pem))
+            .expect("a PEM public key");
+        self.state
+            .client_keys
+            .lock()
+            .unwrap()
+            .insert(client_id.to_owned(), key);
+    }
+
+    /// Registers a `tls_client_auth` client (RFC 8705 §2.1): on an IdP started with
+    /// [`FakeIdp::start_tls`] and a server configuration that requires client certificates,
+    /// naming it is enough, since the handshake proved the certificate.
+    pub fn register_tls_client(&self, client_id: &str) {
+        self.state
+            .tls_clients
+            .lock()
+            .unwrap()
+            .insert(client_id.to_owned());
+    }
+
+    /// Why the client assertions refused so far were refused (`signature, audience, issuer or
+    /// expiry`, `jti replayed`, `unknown client key`, ...), in order.
+    pub fn assertion_refusals(&self) -> Vec<&'static str> {
+        self.state.assertion_refusals.lock().unwrap().clone()
     }
 
     /// Registers (or re-registers) a client.
@@ -490,12 +539,16 @@ async fn handle(state: &State, req: Request<Incoming>) -> Option<Response<Full<B
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"error": "temporarily_unavailable"}),
                 )),
-                IdpMode::Healthy => Some(introspect(state, auth.as_deref(), &form)),
+                IdpMode::Healthy => {
+                    let endpoint = format!("{}{path}", state.base.lock().unwrap());
+                    Some(introspect(state, auth.as_deref(), &form, &endpoint))
+                }
             }
         }
         ("POST", "/token") => {
             let (basic, form) = read_form(req).await?;
-            let answer = token(state, basic.as_deref(), &form);
+            let endpoint = format!("{}{path}", state.base.lock().unwrap());
+            let answer = token(state, basic.as_deref(), &form, &endpoint);
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }

@@ -1,5 +1,6 @@
-//! The fake IdP's RFC 6749 token endpoint: the client credentials grant (§4.4), both client
-//! authentication methods of §2.3.1, and the errors of §5.2.
+//! The fake IdP's RFC 6749 token endpoint: the client credentials grant (§4.4), the client
+//! authentication methods of §2.3.1, JWT assertions (RFC 7523, `assertion.rs`) and
+//! `tls_client_auth` (RFC 8705 §2.1), and the errors of §5.2.
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,6 +11,7 @@ use http_body_util::Full;
 use jsonwebtoken::Header;
 use serde_json::json;
 
+use super::assertion::{self, Asserted};
 use super::{SeenRequest, State, basic_credentials, json_response, oauth_error};
 
 /// Records the request now; returns how to answer it if the IdP is healthy.
@@ -17,6 +19,7 @@ pub(super) fn token<'a>(
     state: &'a State,
     basic: Option<&str>,
     form: &'a [(String, String)],
+    endpoint: &str,
 ) -> impl FnOnce() -> Response<Full<Bytes>> + 'a {
     let get = |name: &str| {
         form.iter()
@@ -24,21 +27,39 @@ pub(super) fn token<'a>(
             .map(|(_, v)| v.as_str())
     };
     let from_basic = basic_credentials(basic);
+    let asserted = assertion::asserted(state, form, endpoint);
     let from_post = get("client_id").map(|id| {
         (
             id.to_owned(),
             get("client_secret").unwrap_or_default().to_owned(),
         )
     });
-    let (auth_method, creds) = match (from_basic, from_post) {
-        (Some(c), None) => ("basic", Some(c)),
-        (None, Some(c)) => ("post", Some(c)),
-        (Some(c), Some(_)) => ("both", Some(c)),
-        (None, None) => ("none", None),
+    // Who the client is, how it says so, and whether that holds.
+    let (auth_method, client_id, authenticated) = match (from_basic, asserted, from_post) {
+        (Some(_), Asserted::Client(..) | Asserted::Refused(_), _) => ("both", None, false),
+        (Some((id, secret)), Asserted::Absent, None) => {
+            let ok = state.clients.lock().unwrap().get(&id) == Some(&secret);
+            ("basic", Some(id), ok)
+        }
+        (Some((id, _)), Asserted::Absent, Some(_)) => ("both", Some(id), false),
+        (None, Asserted::Client(id, method), _) => (method, Some(id), true),
+        (None, Asserted::Refused(why), post) => {
+            state.assertion_refusals.lock().unwrap().push(why);
+            ("assertion", post.map(|p| p.0), false)
+        }
+        (None, Asserted::Absent, Some((id, _))) if get("client_secret").is_none() => {
+            let ok = state.tls_clients.lock().unwrap().contains(&id);
+            ("tls_client_auth", Some(id), ok)
+        }
+        (None, Asserted::Absent, Some((id, secret))) => {
+            let ok = state.clients.lock().unwrap().get(&id) == Some(&secret);
+            ("post", Some(id), ok)
+        }
+        (None, Asserted::Absent, None) => ("none", None, false),
     };
     state.seen.lock().unwrap().push(SeenRequest {
         auth_method,
-        client_id: creds.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        client_id: client_id.clone().unwrap_or_default(),
         params: form
             .iter()
             .filter(|(k, _)| k != "client_secret")
@@ -50,12 +71,9 @@ pub(super) fn token<'a>(
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", None);
         }
         let challenge = (auth_method == "basic").then_some("Basic realm=\"fake-idp\"");
-        let Some((client_id, secret)) = creds else {
+        let Some(client_id) = client_id.filter(|_| authenticated) else {
             return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", challenge);
         };
-        if state.clients.lock().unwrap().get(&client_id) != Some(&secret) {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", challenge);
-        }
         if get("grant_type") != Some("client_credentials") {
             return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", None);
         }

@@ -7,9 +7,8 @@ use serde_json::{Map, Value};
 
 use super::{EndpointAuth, IntrospectionConfig};
 use crate::outbound::exchange;
-use crate::outbound::{IdpClient, IdpError};
+use crate::outbound::{ClientAuth, IdpClient, IdpError};
 use crate::token::AuthMethod;
-use crate::token::grant::basic_authorization;
 
 /// One configured introspection endpoint, with its own connection pool (its TLS options are
 /// its own).
@@ -45,7 +44,9 @@ impl IntrospectionClient {
     }
 
     async fn attempt(&self, token: &str) -> Result<Answer, (IdpError, Option<Duration>)> {
-        let (req, body) = self.request(token);
+        let (req, body) = self
+            .request(token)
+            .map_err(|e| (IdpError::Protocol(e), None))?;
         let (status, body) = exchange(req.body(body)).await?;
         if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
             // The endpoint refuses *the gateway*: a configuration problem, not the caller's.
@@ -61,8 +62,8 @@ impl IntrospectionClient {
     }
 
     /// The request (RFC 7662 §2.1): a form POST with `token` and the optional hint, the
-    /// configured headers and client authentication.
-    fn request(&self, token: &str) -> (reqwest::RequestBuilder, String) {
+    /// configured headers and client authentication (made anew for each attempt).
+    fn request(&self, token: &str) -> Result<(reqwest::RequestBuilder, String), String> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("token", token);
         if let Some(hint) = &self.cfg.token_type_hint {
@@ -77,31 +78,30 @@ impl IntrospectionClient {
         for (name, value) in &self.cfg.headers {
             req = req.header(name, value);
         }
-        match &self.cfg.auth {
-            EndpointAuth::None => {}
-            EndpointAuth::Client {
-                method: AuthMethod::ClientSecretBasic,
-                client_id,
-                secret,
-            } => {
-                req = req.header(
-                    AUTHORIZATION,
-                    basic_authorization(client_id, secret.expose()),
-                )
-            }
-            EndpointAuth::Client {
-                method: AuthMethod::ClientSecretPost,
-                client_id,
-                secret,
-            } => {
-                form.append_pair("client_id", client_id);
-                form.append_pair("client_secret", secret.expose());
-            }
+        let client = match &self.cfg.auth {
+            EndpointAuth::None => None,
             EndpointAuth::Bearer(t) => {
                 req = req.header(AUTHORIZATION, format!("Bearer {}", t.expose()));
+                None
             }
+            EndpointAuth::Client {
+                method,
+                client_id: id,
+                secret,
+            } => Some(match method {
+                AuthMethod::ClientSecretBasic => ClientAuth::Basic { id, secret },
+                AuthMethod::ClientSecretPost => ClientAuth::Post { id, secret },
+                AuthMethod::ClientSecretJwt => ClientAuth::SecretJwt { id, secret },
+                AuthMethod::PrivateKeyJwt | AuthMethod::TlsClientAuth => ClientAuth::Tls { id },
+            }),
+            EndpointAuth::Key { client_id: id, key } => Some(ClientAuth::KeyJwt { id, key }),
+        };
+        if let Some(client) = client
+            && let Some(value) = client.apply(self.cfg.url.as_str(), &mut form)?
+        {
+            req = req.header(AUTHORIZATION, value);
         }
-        (req, form.finish())
+        Ok((req, form.finish()))
     }
 }
 

@@ -42,14 +42,22 @@ pub const DEFAULT_INACTIVE_CACHE_TTL: Duration = Duration::from_secs(5);
 pub enum EndpointAuth {
     /// No authentication.
     None,
-    /// Client id and secret, by `client_secret_basic` or `client_secret_post`.
+    /// Client id and secret, by `client_secret_basic`, `client_secret_post` or
+    /// `client_secret_jwt`; or the client id alone, by `tls_client_auth`.
     Client {
-        /// Basic or post.
+        /// How they are sent.
         method: AuthMethod,
         /// The client id.
         client_id: String,
-        /// The client secret.
+        /// The client secret (empty for `tls_client_auth`).
         secret: Secret,
+    },
+    /// `private_key_jwt`: the client id and its private key.
+    Key {
+        /// The client id.
+        client_id: String,
+        /// The key that signs its assertions.
+        key: crate::outbound::ClientKey,
     },
     /// `Authorization: Bearer <token>`.
     Bearer(Secret),
@@ -59,7 +67,7 @@ impl EndpointAuth {
     /// The client id, if any (not a secret): part of the introspection cache key.
     pub fn client_id(&self) -> &str {
         match self {
-            Self::Client { client_id, .. } => client_id,
+            Self::Client { client_id, .. } | Self::Key { client_id, .. } => client_id,
             Self::None | Self::Bearer(_) => "",
         }
     }

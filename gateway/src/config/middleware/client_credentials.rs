@@ -8,7 +8,7 @@ use crate::auth::client_credentials::{
     ClientCredentialsConfig, DEFAULT_NEGATIVE_CACHE_TTL, DEFAULT_REJECTED_TOKEN_MIN_AGE,
     DEFAULT_TOKEN_LIFETIME,
 };
-use crate::outbound::{DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, HttpTls};
+use crate::outbound::{ClientKey, DEFAULT_IDP_RETRIES, DEFAULT_IDP_TIMEOUT, HttpTls};
 use crate::token::AuthMethod;
 
 use super::{policy, realm};
@@ -29,41 +29,85 @@ fn client_credentials(
 ) -> Option<ClientCredentialsConfig> {
     let before = issues.0.len();
     let token_url = issues.http_url(&format!("{path}.url"), &cc.url);
-    let credentials = match (cc.client_id, cc.client_secret) {
-        (None, None) => None,
-        (Some(id), Some(secret)) => {
-            if id.is_empty() {
-                issues.push(format!("{path}.clientId"), "is empty");
-            }
-            let id = issues.maybe_reference(&format!("{path}.clientId"), &id);
-            let secret = issues.secret(&format!("{path}.clientSecret"), &secret);
-            id.zip(secret)
-        }
-        (Some(_), None) => {
-            issues.push(
-                format!("{path}.clientSecret"),
-                "is required when clientId is set",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            issues.push(
-                format!("{path}.clientId"),
-                "is required when clientSecret is set",
-            );
-            None
-        }
-    };
     let auth_method = match cc.auth_method.as_deref() {
         None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
         Some("client_secret_post") => AuthMethod::ClientSecretPost,
+        Some("client_secret_jwt") => AuthMethod::ClientSecretJwt,
+        Some("private_key_jwt") => AuthMethod::PrivateKeyJwt,
+        Some("tls_client_auth") => AuthMethod::TlsClientAuth,
         Some(other) => {
             issues.push(
                 format!("{path}.authMethod"),
-                format!("must be client_secret_basic or client_secret_post, not {other:?}"),
+                format!(
+                    "must be client_secret_basic, client_secret_post, client_secret_jwt, private_key_jwt or tls_client_auth, not {other:?}"
+                ),
             );
             AuthMethod::ClientSecretBasic
         }
+    };
+    let method = cc.auth_method.as_deref().unwrap_or("client_secret_basic");
+    for (set, name) in [
+        (cc.client_private_key.is_some(), "clientPrivateKey"),
+        (cc.client_key_id.is_some(), "clientKeyId"),
+    ] {
+        if set && auth_method != AuthMethod::PrivateKeyJwt {
+            issues.push(
+                format!("{path}.{name}"),
+                "is used by authMethod private_key_jwt only",
+            );
+        }
+    }
+    let id_given = cc.client_id.is_some();
+    let client_id = cc.client_id.and_then(|id| {
+        if id.is_empty() {
+            issues.push(format!("{path}.clientId"), "is empty");
+        }
+        issues.maybe_reference(&format!("{path}.clientId"), &id)
+    });
+    let mut client_key = None;
+    let credentials = match auth_method {
+        AuthMethod::PrivateKeyJwt | AuthMethod::TlsClientAuth => {
+            // The gateway's own key or certificate: it never vouches for a caller's client id.
+            if cc.client_secret.is_some() {
+                issues.push(
+                    format!("{path}.clientSecret"),
+                    format!("is not sent with authMethod {method}; remove it"),
+                );
+            }
+            if !id_given {
+                issues.push(
+                    format!("{path}.clientId"),
+                    format!(
+                        "is required with authMethod {method} (the gateway's own key or certificate authenticates; it never vouches for a caller)"
+                    ),
+                );
+            }
+            if auth_method == AuthMethod::PrivateKeyJwt {
+                client_key = client_key_of(issues, path, &cc.client_private_key, cc.client_key_id);
+            }
+            client_id.map(|id| (id, crate::secret::Secret::new("")))
+        }
+        _ => match (id_given, cc.client_secret) {
+            (false, None) => None,
+            (true, Some(secret)) => {
+                let secret = issues.secret(&format!("{path}.clientSecret"), &secret);
+                client_id.zip(secret)
+            }
+            (true, None) => {
+                issues.push(
+                    format!("{path}.clientSecret"),
+                    "is required when clientId is set",
+                );
+                None
+            }
+            (false, Some(_)) => {
+                issues.push(
+                    format!("{path}.clientId"),
+                    "is required when clientSecret is set",
+                );
+                None
+            }
+        },
     };
     let mut scopes = cc.scopes;
     for (i, s) in scopes.iter().enumerate() {
@@ -118,6 +162,15 @@ fn client_credentials(
     let tls = cc.client_config.tls.map_or_else(HttpTls::default, |t| {
         super::http_client::http_tls(issues, &format!("{path}.clientConfig.tls"), t)
     });
+    if auth_method == AuthMethod::TlsClientAuth
+        && tls.identity.is_none()
+        && issues.reads_key_material()
+    {
+        issues.push(
+            format!("{path}.clientConfig.tls"),
+            "authMethod tls_client_auth needs certFile and keyFile (the client certificate)",
+        );
+    }
     if issues.0.len() != before {
         return None;
     }
@@ -125,6 +178,7 @@ fn client_credentials(
         token_url: token_url?,
         credentials,
         auth_method,
+        client_key,
         audience: cc.audience,
         scopes,
         endpoint_params,
@@ -140,6 +194,27 @@ fn client_credentials(
         idp_retries: cc.client_config.retries.unwrap_or(DEFAULT_IDP_RETRIES),
         tls,
     })
+}
+
+/// `private_key_jwt`'s key, read and checked (not under `check-config --no-secrets`).
+fn client_key_of(
+    issues: &mut Issues,
+    path: &str,
+    reference: &Option<String>,
+    kid: Option<String>,
+) -> Option<ClientKey> {
+    let at = format!("{path}.clientPrivateKey");
+    let Some(reference) = reference else {
+        issues.push(&at, "is required with authMethod private_key_jwt");
+        return None;
+    };
+    let pem = issues.secret(&at, reference)?;
+    if !issues.reads_key_material() {
+        return None;
+    }
+    ClientKey::from_pem(pem.expose().as_bytes(), kid)
+        .map_err(|e| issues.push(&at, e))
+        .ok()
 }
 
 // The section as written in the file: its shape only (`deny_unknown_fields` catches typos);
@@ -160,6 +235,12 @@ pub struct RawClientCredentials {
     /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default)]
     pub auth_method: Option<String>,
+    /// `private_key_jwt`: the PEM private key (secret reference).
+    #[serde(default)]
+    pub client_private_key: Option<String>,
+    /// `private_key_jwt`: the `kid` of the assertions' header.
+    #[serde(default)]
+    pub client_key_id: Option<String>,
     #[serde(default)]
     pub audience: Option<String>,
     #[serde(default)]

@@ -10,6 +10,7 @@ use super::super::issues::Issues;
 use crate::auth::introspection::{
     DEFAULT_INACTIVE_CACHE_TTL, DEFAULT_MAX_CACHE_TTL, EndpointAuth, IntrospectionConfig,
 };
+use crate::outbound::ClientKey;
 use crate::token::AuthMethod;
 
 use super::http_client::http_client;
@@ -62,6 +63,20 @@ fn introspection(
         );
     }
     let http = http_client(issues, &cpath, cc.timeout, cc.retries, cc.tls);
+    if matches!(
+        auth,
+        EndpointAuth::Client {
+            method: AuthMethod::TlsClientAuth,
+            ..
+        }
+    ) && http.tls.identity.is_none()
+        && issues.reads_key_material()
+    {
+        issues.push(
+            format!("{cpath}.tls"),
+            "auth kind TlsClientAuth needs certFile and keyFile (the client certificate)",
+        );
+    }
     let policy = policy(issues, path, i.claims, i.forward_headers, i.username_claim);
     let realm = realm(issues, path, i.realm);
     if issues.0.len() != before {
@@ -83,30 +98,93 @@ fn introspection(
 }
 
 pub(super) fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> EndpointAuth {
-    let client = |issues: &mut Issues, method| match (a.client_id.clone(), &a.client_secret) {
-        (Some(id), Some(s)) if !id.is_empty() => {
-            let id = issues.maybe_reference(&format!("{path}.clientId"), &id);
-            let secret = issues.secret(&format!("{path}.clientSecret"), s);
-            id.zip(secret)
-                .map_or(EndpointAuth::None, |(client_id, secret)| {
-                    EndpointAuth::Client {
-                        method,
-                        client_id,
-                        secret,
-                    }
-                })
-        }
-        _ => {
+    let kind = a.kind.as_str();
+    let id = match a.client_id.as_deref() {
+        Some(id) if !id.is_empty() => issues.maybe_reference(&format!("{path}.clientId"), id),
+        _ if kind == "Bearer" => None,
+        _ if matches!(
+            kind,
+            "Basic" | "Post" | "ClientSecretJwt" | "PrivateKeyJwt" | "TlsClientAuth"
+        ) =>
+        {
             issues.push(
-                path,
-                format!("kind {} needs clientId and clientSecret", a.kind),
+                format!("{path}.clientId"),
+                format!("is required by kind {kind}"),
             );
-            EndpointAuth::None
+            None
+        }
+        _ => None,
+    };
+    let secret = |issues: &mut Issues| match &a.client_secret {
+        Some(s) => issues.secret(&format!("{path}.clientSecret"), s),
+        None => {
+            issues.push(
+                format!("{path}.clientSecret"),
+                format!("is required by kind {kind}"),
+            );
+            None
         }
     };
-    match a.kind.as_str() {
-        "Basic" => client(issues, AuthMethod::ClientSecretBasic),
-        "Post" => client(issues, AuthMethod::ClientSecretPost),
+    let with_secret = |issues: &mut Issues, method| {
+        let secret = secret(issues);
+        id.clone()
+            .zip(secret)
+            .map_or(EndpointAuth::None, |(client_id, secret)| {
+                EndpointAuth::Client {
+                    method,
+                    client_id,
+                    secret,
+                }
+            })
+    };
+    for (set, name) in [
+        (a.private_key.is_some(), "privateKey"),
+        (a.key_id.is_some(), "keyId"),
+    ] {
+        if set && kind != "PrivateKeyJwt" {
+            issues.push(
+                format!("{path}.{name}"),
+                "is used by kind PrivateKeyJwt only",
+            );
+        }
+    }
+    if a.client_secret.is_some() && matches!(kind, "PrivateKeyJwt" | "TlsClientAuth" | "Bearer") {
+        issues.push(
+            format!("{path}.clientSecret"),
+            format!("is not sent with kind {kind}; remove it"),
+        );
+    }
+    match kind {
+        "Basic" => with_secret(issues, AuthMethod::ClientSecretBasic),
+        "Post" => with_secret(issues, AuthMethod::ClientSecretPost),
+        "ClientSecretJwt" => with_secret(issues, AuthMethod::ClientSecretJwt),
+        "TlsClientAuth" => id.map_or(EndpointAuth::None, |client_id| EndpointAuth::Client {
+            method: AuthMethod::TlsClientAuth,
+            client_id,
+            secret: crate::secret::Secret::new(""),
+        }),
+        "PrivateKeyJwt" => {
+            let at = format!("{path}.privateKey");
+            let key = match &a.private_key {
+                None => {
+                    issues.push(&at, "is required by kind PrivateKeyJwt");
+                    None
+                }
+                Some(reference) => issues
+                    .secret(&at, reference)
+                    .filter(|_| issues.reads_key_material())
+                    .and_then(|pem| {
+                        ClientKey::from_pem(pem.expose().as_bytes(), a.key_id.clone())
+                            .map_err(|e| issues.push(&at, e))
+                            .ok()
+                    }),
+            };
+            id.zip(key)
+                .map_or(EndpointAuth::None, |(client_id, key)| EndpointAuth::Key {
+                    client_id,
+                    key,
+                })
+        }
         "Bearer" => match &a.token {
             Some(t) => issues
                 .secret(&format!("{path}.token"), t)
@@ -119,7 +197,9 @@ pub(super) fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth)
         other => {
             issues.push(
                 format!("{path}.kind"),
-                format!("must be Basic, Post or Bearer, not {other:?}"),
+                format!(
+                    "must be Basic, Post, ClientSecretJwt, PrivateKeyJwt, TlsClientAuth or Bearer, not {other:?}"
+                ),
             );
             EndpointAuth::None
         }
@@ -184,7 +264,8 @@ pub struct RawIntrospectionClient {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawEndpointAuth {
-    /// `Basic` (client_secret_basic), `Post` (client_secret_post) or `Bearer`.
+    /// `Basic` (client_secret_basic), `Post` (client_secret_post), `ClientSecretJwt`,
+    /// `PrivateKeyJwt`, `TlsClientAuth` or `Bearer`.
     pub kind: String,
     #[serde(default)]
     pub client_id: Option<String>,
@@ -194,4 +275,10 @@ pub struct RawEndpointAuth {
     /// Secret reference (Bearer).
     #[serde(default)]
     pub token: Option<String>,
+    /// Secret reference to a PEM private key (PrivateKeyJwt).
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// The `kid` of the assertions' header (PrivateKeyJwt).
+    #[serde(default)]
+    pub key_id: Option<String>,
 }

@@ -440,12 +440,61 @@ routes:
                 "middlewares.m.introspection.tokenSource: names no source (expected header, query or cookie)",
                 "middlewares.m.introspection.tokenSource.headerAuthScheme: needs header",
                 "middlewares.m.introspection.clientConfig.url: not an http(s) URL",
-                "middlewares.m.introspection.clientConfig.auth.kind: must be Basic, Post or Bearer, not \"Digest\"",
+                "middlewares.m.introspection.clientConfig.auth.kind: must be Basic, Post, ClientSecretJwt, PrivateKeyJwt, TlsClientAuth or Bearer, not \"Digest\"",
                 "middlewares.m.introspection.clientConfig.headers.Authorization: is managed by the gateway",
                 "middlewares.m.introspection.clientConfig.tls.certFile: cannot read /nonexistent/cert.pem: No such file or directory (os error 2)",
                 "middlewares.m.introspection.clientConfig.tls: certFile and keyFile go together",
                 "middlewares.m.introspection.forwardHeaders.Host: cannot be set from a claim (it is managed by the gateway)",
             ]
+        );
+    }
+
+    #[test]
+    fn signed_client_authentication_needs_its_own_credential_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_key = dir.path().join("not-a-key.pem");
+        std::fs::write(&not_a_key, "-----BEGIN PRIVATE KEY-----\nnope\n").unwrap();
+        assert_eq!(
+            issues(&format!(
+                "    clientCredentials:\n      url: http://idp/token\n      authMethod: private_key_jwt\n      clientSecret: s\n      clientPrivateKey: file:{}",
+                not_a_key.display()
+            )),
+            [
+                "middlewares.m.clientCredentials.clientSecret: is not sent with authMethod private_key_jwt; remove it",
+                "middlewares.m.clientCredentials.clientId: is required with authMethod private_key_jwt (the gateway's own key or certificate authenticates; it never vouches for a caller)",
+                "middlewares.m.clientCredentials.clientPrivateKey: is not a PEM private key of RSA, EC P-256 or P-384, or Ed25519 (e.g. `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`)",
+            ]
+        );
+        assert_eq!(
+            issues(
+                "    clientCredentials:\n      url: http://idp/token\n      clientId: a\n      clientSecret: s\n      clientKeyId: k"
+            ),
+            [
+                "middlewares.m.clientCredentials.clientKeyId: is used by authMethod private_key_jwt only"
+            ]
+        );
+        assert_eq!(
+            issues(
+                "    clientCredentials:\n      url: http://idp/token\n      clientId: a\n      authMethod: private_key_jwt"
+            ),
+            [
+                "middlewares.m.clientCredentials.clientPrivateKey: is required with authMethod private_key_jwt"
+            ]
+        );
+        assert_eq!(
+            issues(
+                "    introspection:\n      clientConfig:\n        url: http://idp/introspect\n        auth: { kind: PrivateKeyJwt, clientSecret: s }"
+            ),
+            [
+                "middlewares.m.introspection.clientConfig.auth.clientId: is required by kind PrivateKeyJwt",
+                "middlewares.m.introspection.clientConfig.auth.clientSecret: is not sent with kind PrivateKeyJwt; remove it",
+                "middlewares.m.introspection.clientConfig.auth.privateKey: is required by kind PrivateKeyJwt",
+            ]
+        );
+        // Application level signs with the caller's secret.
+        assert!(
+            load("    clientCredentials:\n      url: http://idp/token\n      authMethod: client_secret_jwt")
+                .is_ok()
         );
     }
 
