@@ -61,6 +61,22 @@ pub struct Converted {
     pub routes: Vec<Value>,
     /// Documents skipped for not being Traefik's (`file#n kind namespace/name`).
     pub skipped: Vec<String>,
+    /// Where each converted middleware was written: its native key path prefix
+    /// (`middlewares.NS/NAME.KIND`) and the document and field it came from
+    /// (`apps.yaml#1 (Middleware apps/m): spec.plugin.oAuthClientCredentials`).
+    pub origins: Vec<(String, String)>,
+}
+
+impl Converted {
+    /// `path` (a native key path) as the manifest wrote it, when it is in a converted
+    /// middleware.
+    pub fn written(origins: &[(String, String)], path: &str) -> Option<String> {
+        origins.iter().find_map(|(native, written)| {
+            let rest = path.strip_prefix(native.as_str())?;
+            (rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+                .then(|| format!("{written}{rest}"))
+        })
+    }
 }
 
 const API_GROUPS: [&str; 2] = ["traefik.io/", "traefik.containo.us/"];
@@ -177,6 +193,19 @@ fn document(
         "Middleware" => {
             let converted =
                 middleware(source, namespace, spec).map_err(|e| format!("{here}: {e}"))?;
+            let native_kind = converted
+                .as_mapping()
+                .and_then(|m| m.keys().next())
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let written = match spec.get("plugin") {
+                Some(_) => format!("spec.plugin.{}", spec_plugin_name(spec)),
+                None => format!("spec.{native_kind}"),
+            };
+            out.origins.push((
+                format!("middlewares.{namespace}/{name}.{native_kind}"),
+                format!("{here}: {written}"),
+            ));
             let key = Value::String(format!("{namespace}/{name}"));
             if out.middlewares.insert(key, converted).is_some() {
                 return Err(format!("{here}: declared twice"));

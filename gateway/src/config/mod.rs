@@ -180,7 +180,7 @@ impl Config {
     pub fn convert(path: &Path) -> Result<String, ConfigError> {
         let text = read(path)?;
         let (root, skipped) = match with_manifests(&text, Some(path))? {
-            Some((root, _, skipped)) => (root, skipped),
+            Some((root, _, skipped, _)) => (root, skipped),
             None => (serde_yaml_ng::from_str(&text).map_err(shape)?, Vec::new()),
         };
         let mut out = String::new();
@@ -192,21 +192,46 @@ impl Config {
     }
 
     fn parse(text: &str, resolve: bool, file: Option<&Path>) -> Result<Self, ConfigError> {
-        let (raw, manifests): (RawConfig, _) = match with_manifests(text, file)? {
-            Some((root, directory, _)) => (
+        let (raw, manifests, origins): (RawConfig, _, _) = match with_manifests(text, file)? {
+            Some((root, directory, _, origins)) => (
                 serde_path_to_error::deserialize(serde_yaml_ng::Value::Mapping(root))
-                    .map_err(path_error)?,
+                    .map_err(|e| as_written(path_error(e), &origins))?,
                 Some(directory),
+                origins,
             ),
             None => (
                 serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
                     .map_err(path_error)?,
                 None,
+                Vec::new(),
             ),
         };
-        let mut config = validate::validate(raw, resolve).map_err(ConfigError::Invalid)?;
+        let mut config = validate::validate(raw, resolve)
+            .map_err(|issues| as_written(ConfigError::Invalid(issues), &origins))?;
         config.sources.extend(manifests);
         Ok(config)
+    }
+}
+
+/// `e` with the key paths of converted manifest middlewares named as the manifest wrote them:
+/// the file, the document and the field.
+fn as_written(e: ConfigError, origins: &[(String, String)]) -> ConfigError {
+    let written = |path: String| manifests::Converted::written(origins, &path).unwrap_or(path);
+    match e {
+        ConfigError::Shape { path, message } => ConfigError::Shape {
+            path: written(path),
+            message,
+        },
+        ConfigError::Invalid(issues) => ConfigError::Invalid(
+            issues
+                .into_iter()
+                .map(|i| ConfigIssue {
+                    path: written(i.path),
+                    message: i.message,
+                })
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -237,7 +262,12 @@ fn path_error(e: serde_path_to_error::Error<serde_yaml_ng::Error>) -> ConfigErro
 
 /// What a configuration naming `manifests` amounts to: its root with the manifests converted
 /// and merged in (the `manifests` key gone), their directory, and the documents skipped.
-type WithManifests = (serde_yaml_ng::Mapping, PathBuf, Vec<String>);
+type WithManifests = (
+    serde_yaml_ng::Mapping,
+    PathBuf,
+    Vec<String>,
+    Vec<(String, String)>,
+);
 
 /// A configuration naming `manifests`, converted; `None` without `manifests`.
 fn with_manifests(text: &str, file: Option<&Path>) -> Result<Option<WithManifests>, ConfigError> {
@@ -274,10 +304,11 @@ fn with_manifests(text: &str, file: Option<&Path>) -> Result<Option<WithManifest
                 .collect(),
         )
     };
-    let converted = manifests::convert(&source).map_err(issues)?;
+    let mut converted = manifests::convert(&source).map_err(issues)?;
     let skipped = converted.skipped.clone();
+    let origins = std::mem::take(&mut converted.origins);
     manifests::merge(&mut root, converted).map_err(issues)?;
-    Ok(Some((root, source.directory, skipped)))
+    Ok(Some((root, source.directory, skipped, origins)))
 }
 
 // The section as written in the file: its shape only (`deny_unknown_fields` catches typos);

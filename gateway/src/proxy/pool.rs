@@ -200,19 +200,40 @@ impl Pool {
     pub fn pick(&self) -> Option<Picked<'_>> {
         let now = self.now_ms();
         let index = self
-            .choose(|i| self.fit(i, now))
-            .or_else(|| self.choose(|i| !self.servers[i].down.load(Ordering::Relaxed)))?;
+            .choose(|i| self.fit(i, now), true)
+            .or_else(|| self.choose(|i| !self.servers[i].down.load(Ordering::Relaxed), true))?;
+        Some(self.take(index))
+    }
+
+    /// The server for another attempt of a request that `failed` on: the next fit server other
+    /// than it (it again if it is the only one), chosen without taking a turn of the rotation.
+    /// A retry that took a turn would shift the rotation by one at every retry: with two servers
+    /// and one failing, every request's first attempt would land on the failing one.
+    fn pick_again(&self, failed: usize) -> Option<Picked<'_>> {
+        let now = self.now_ms();
+        let index = self
+            .choose(|i| i != failed && self.fit(i, now), false)
+            .or_else(|| self.choose(|i| self.fit(i, now), false))?;
+        Some(self.take(index))
+    }
+
+    /// Counts a request to server `index` in flight until its pick is dropped.
+    fn take(&self, index: usize) -> Picked<'_> {
         let server = &self.servers[index];
         server.in_flight.fetch_add(1, Ordering::Relaxed);
         server.requests.inc();
-        Some(Picked { pool: self, index })
+        Picked { pool: self, index }
     }
 
-    /// The next server among those `ok` admits, by the strategy.
-    fn choose(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
+    /// The next server among those `ok` admits, by the strategy; `turn`: the rotation moves on.
+    fn choose(&self, ok: impl Fn(usize) -> bool, turn: bool) -> Option<usize> {
         let index = match self.strategy {
             Strategy::Wrr => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let start = if turn {
+                    self.next.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.next.load(Ordering::Relaxed)
+                };
                 (0..self.schedule.len())
                     .map(|k| self.schedule[(start + k) % self.schedule.len()])
                     .find(|i| ok(*i))?
@@ -363,7 +384,7 @@ pub struct Picked<'a> {
     index: usize,
 }
 
-impl Picked<'_> {
+impl<'a> Picked<'a> {
     /// The server's URL.
     pub fn url(&self) -> &Url {
         &self.pool.servers[self.index].url
@@ -377,6 +398,14 @@ impl Picked<'_> {
     /// Notes that the request to it failed (connection failure, timeout, 5xx).
     pub fn failed(&self) {
         self.pool.failed(self.index);
+    }
+
+    /// The server for the request's next attempt (see [`Pool::pick_again`]); this one is no
+    /// longer counted in flight.
+    pub fn again(self) -> Option<Picked<'a>> {
+        let (pool, index) = (self.pool, self.index);
+        drop(self);
+        pool.pick_again(index)
     }
 }
 
@@ -412,6 +441,25 @@ mod tests {
         (0..n)
             .map(|_| pool.pick().unwrap().url().host_str().unwrap().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn a_retry_takes_no_turn_of_the_rotation() {
+        let mut no_passive = config(&[1, 1], Strategy::Wrr);
+        no_passive.passive = None;
+        let pool = Pool::new("retry", &no_passive);
+        let host = |p: &Picked<'_>| p.url().host_str().unwrap().to_owned();
+        // Every request is retried: its second attempt goes to the other server, and the first
+        // attempts still take turns (a retry taking a turn would leave them all on s0).
+        let firsts: Vec<String> = (0..4)
+            .map(|_| {
+                let first = pool.pick().unwrap();
+                let name = host(&first);
+                assert_ne!(host(&first.again().unwrap()), name);
+                name
+            })
+            .collect();
+        assert_eq!(firsts, ["s0", "s1", "s0", "s1"]);
     }
 
     #[test]

@@ -79,7 +79,6 @@ impl Gateway {
                     retry.is_some_and(|(p, _, _)| p.on_network_error && e.retryable())
                 }
             };
-            drop(picked);
             let outcome = outcome.map_err(ForwardError::into_response);
             let Some((policy, budget, retries)) = retry else {
                 return outcome;
@@ -91,7 +90,7 @@ impl Gateway {
             if !budget.take() {
                 return outcome;
             }
-            next = route.pool.pick();
+            next = picked.again();
             if next.is_none() {
                 return outcome;
             }

@@ -226,3 +226,52 @@ async fn the_introspection_example_serves_my_app_and_skips_the_deployment_and_se
         "the converted configuration loads"
     );
 }
+
+#[test]
+fn a_mistake_in_a_manifest_is_named_by_its_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("apps.yaml"),
+        r#"apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: { name: creds, namespace: apps }
+spec:
+  plugin:
+    oAuthClientCredentials:
+      url: not-a-url
+      clientID: svc
+      clientSecret: urn:k8s:secret:oauth-client:client_secret
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: { name: check, namespace: apps }
+spec:
+  plugin:
+    oAuthIntrospection:
+      clientConfig:
+        url: https://idp.example/introspect
+        headers: { Authorization: "Basic c3ZjOnMzY3JldA==" }
+        tokenTypeHint: "two words"
+"#,
+    )
+    .unwrap();
+    let (mut cmd, _dir) = gateway_command(
+        &["check-config", "--no-secrets"],
+        &config(dir.path(), ""),
+        &[],
+    );
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Traefik Hub's spelling `clientID` is taken, and its Authorization header is the client
+    // authentication it carries: the mistakes left are named where they were written.
+    let problems: Vec<&str> = stderr.lines().skip(1).map(str::trim).collect();
+    assert_eq!(
+        problems,
+        [
+            "apps.yaml#2 (Middleware apps/check): spec.plugin.oAuthIntrospection.clientConfig.tokenTypeHint: must be a token type such as access_token",
+            "apps.yaml#1 (Middleware apps/creds): spec.plugin.oAuthClientCredentials.url: not an http(s) URL",
+        ],
+        "{stderr}"
+    );
+}

@@ -84,6 +84,10 @@ impl IntrospectionClient {
                 req = req.header(AUTHORIZATION, format!("Bearer {}", t.expose()));
                 None
             }
+            EndpointAuth::Header { value, .. } => {
+                req = req.header(AUTHORIZATION, value.expose());
+                None
+            }
             EndpointAuth::Client {
                 method,
                 client_id: id,

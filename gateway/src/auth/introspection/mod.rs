@@ -52,6 +52,14 @@ pub enum EndpointAuth {
         /// The client secret (empty for `tls_client_auth`).
         secret: Secret,
     },
+    /// An `Authorization` value written in the configuration (`clientConfig.headers`, as
+    /// Traefik Hub's documents write it), sent as written; the client id it names, if any.
+    Header {
+        /// The client id of `Basic` credentials (empty for `Bearer`).
+        client_id: String,
+        /// The whole value.
+        value: Secret,
+    },
     /// `private_key_jwt`: the client id and its private key.
     Key {
         /// The client id.
@@ -67,7 +75,9 @@ impl EndpointAuth {
     /// The client id, if any (not a secret): part of the introspection cache key.
     pub fn client_id(&self) -> &str {
         match self {
-            Self::Client { client_id, .. } | Self::Key { client_id, .. } => client_id,
+            Self::Client { client_id, .. }
+            | Self::Key { client_id, .. }
+            | Self::Header { client_id, .. } => client_id,
             Self::None | Self::Bearer(_) => "",
         }
     }

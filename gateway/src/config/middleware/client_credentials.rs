@@ -227,7 +227,7 @@ pub struct RawClientCredentials {
     /// The IdP token endpoint.
     pub url: String,
     /// Gateway level: the gateway's own client id. Omitted: application level.
-    #[serde(default)]
+    #[serde(default, alias = "clientID")]
     pub client_id: Option<String>,
     /// Secret reference for `clientId`.
     #[serde(default)]

@@ -11,6 +11,7 @@ use crate::auth::introspection::{
     DEFAULT_INACTIVE_CACHE_TTL, DEFAULT_MAX_CACHE_TTL, EndpointAuth, IntrospectionConfig,
 };
 use crate::outbound::ClientKey;
+use crate::secret::Secret;
 use crate::token::AuthMethod;
 
 use super::http_client::http_client;
@@ -35,13 +36,26 @@ fn introspection(
     let cc = i.client_config;
     let cpath = format!("{path}.clientConfig");
     let url = issues.http_url(&format!("{cpath}.url"), &cc.url);
-    let auth = match cc.auth {
+    let mut auth = match cc.auth {
         None => EndpointAuth::None,
         Some(a) => endpoint_auth(issues, &format!("{cpath}.auth"), a),
     };
     let mut headers = Vec::new();
     for (name, value) in cc.headers {
         let hpath = format!("{cpath}.headers.{name}");
+        // Traefik Hub's documents authenticate to the endpoint with a literal header: it is
+        // the client authentication it says it is, kept by the gateway like `auth`.
+        if name.eq_ignore_ascii_case("authorization") {
+            match (&auth, header_auth(issues, &hpath, &value)) {
+                (_, None) => {}
+                (EndpointAuth::None, Some(from_header)) => auth = from_header,
+                (_, Some(_)) => issues.push(
+                    hpath,
+                    "authenticates the gateway a second time beside clientConfig.auth; keep one",
+                ),
+            }
+            continue;
+        }
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::try_from(value),
@@ -95,6 +109,49 @@ fn introspection(
         inactive_cache_ttl: i.inactive_cache_ttl.unwrap_or(DEFAULT_INACTIVE_CACHE_TTL),
         realm,
     })
+}
+
+/// `clientConfig.headers.Authorization` as the client authentication it carries, sent as
+/// written: `Basic` credentials (base64 of `client-id:secret`) or a `Bearer` token. The value
+/// may be a secret reference; written inline it is a warning, like any inline secret.
+fn header_auth(issues: &mut Issues, path: &str, value: &str) -> Option<EndpointAuth> {
+    let value = issues.secret(path, value)?;
+    let (scheme, credentials) = value.expose().trim().split_once(' ').unwrap_or_default();
+    let credentials = credentials.trim();
+    let client_id = if scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty() {
+        Some(String::new())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok());
+        let id = decoded
+            .as_deref()
+            .and_then(|d| d.split_once(':'))
+            .map(|(id, _)| id.to_owned())
+            .filter(|id| !id.is_empty());
+        if id.is_none() {
+            issues.push(path, "Basic credentials must be base64 of client-id:secret");
+            return None;
+        }
+        id
+    } else {
+        None
+    };
+    let Some(client_id) = client_id else {
+        issues.push(
+            path,
+            "is taken as the client authentication: Basic or Bearer credentials (or use clientConfig.auth)",
+        );
+        return None;
+    };
+    let value = Secret::new(value.expose().trim());
+    if HeaderValue::try_from(value.expose()).is_err() {
+        issues.push(path, "not a valid header value");
+        return None;
+    }
+    Some(EndpointAuth::Header { client_id, value })
 }
 
 pub(super) fn endpoint_auth(issues: &mut Issues, path: &str, a: RawEndpointAuth) -> EndpointAuth {
@@ -267,7 +324,7 @@ pub struct RawEndpointAuth {
     /// `Basic` (client_secret_basic), `Post` (client_secret_post), `ClientSecretJwt`,
     /// `PrivateKeyJwt`, `TlsClientAuth` or `Bearer`.
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, alias = "clientID")]
     pub client_id: Option<String>,
     /// Secret reference (Basic, Post).
     #[serde(default)]

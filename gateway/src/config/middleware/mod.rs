@@ -441,7 +441,7 @@ routes:
                 "middlewares.m.introspection.tokenSource.headerAuthScheme: needs header",
                 "middlewares.m.introspection.clientConfig.url: not an http(s) URL",
                 "middlewares.m.introspection.clientConfig.auth.kind: must be Basic, Post, ClientSecretJwt, PrivateKeyJwt, TlsClientAuth or Bearer, not \"Digest\"",
-                "middlewares.m.introspection.clientConfig.headers.Authorization: is managed by the gateway",
+                "middlewares.m.introspection.clientConfig.headers.Authorization: is taken as the client authentication: Basic or Bearer credentials (or use clientConfig.auth)",
                 "middlewares.m.introspection.clientConfig.tls.certFile: cannot read /nonexistent/cert.pem: No such file or directory (os error 2)",
                 "middlewares.m.introspection.clientConfig.tls: certFile and keyFile go together",
                 "middlewares.m.introspection.forwardHeaders.Host: cannot be set from a claim (it is managed by the gateway)",
@@ -495,6 +495,61 @@ routes:
         assert!(
             load("    clientCredentials:\n      url: http://idp/token\n      authMethod: client_secret_jwt")
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_traefik_authorization_header_is_the_client_authentication_it_carries() {
+        use crate::auth::introspection::EndpointAuth;
+        let with_header = |value: &str, auth: &str| {
+            load(&format!(
+                "    introspection:\n      clientConfig:\n        url: http://idp/introspect\n        headers: {{ Authorization: \"{value}\" }}\n{auth}"
+            ))
+        };
+        // base64("gw id:s3cret/+")
+        let cfg = with_header("Basic Z3cgaWQ6czNjcmV0Lys=", "").unwrap();
+        let Some(i) = cfg.middlewares["m"].downcast_ref::<crate::auth::IntrospectionConfig>()
+        else {
+            panic!("an introspection middleware")
+        };
+        match &i.auth {
+            EndpointAuth::Header { client_id, value } => {
+                assert_eq!(client_id, "gw id");
+                assert_eq!(
+                    value.expose(),
+                    "Basic Z3cgaWQ6czNjcmV0Lys=",
+                    "sent as written"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            i.headers.is_empty(),
+            "the gateway sends it as the client authentication"
+        );
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w
+                    .starts_with("middlewares.m.introspection.clientConfig.headers.Authorization")),
+            "an inline credential is a warning: {:?}",
+            cfg.warnings
+        );
+        let bearer = with_header("Bearer rs-token", "").unwrap();
+        let Some(i) = bearer.middlewares["m"].downcast_ref::<crate::auth::IntrospectionConfig>()
+        else {
+            panic!("an introspection middleware")
+        };
+        assert!(
+            matches!(&i.auth, EndpointAuth::Header { client_id, value } if client_id.is_empty() && value.expose() == "Bearer rs-token")
+        );
+        assert_eq!(
+            issues(
+                "    introspection:\n      clientConfig:\n        url: http://idp/introspect\n        headers: { Authorization: \"Bearer t\" }\n        auth: { kind: Bearer, token: env:HOME }"
+            ),
+            [
+                "middlewares.m.introspection.clientConfig.headers.Authorization: authenticates the gateway a second time beside clientConfig.auth; keep one"
+            ]
         );
     }
 
