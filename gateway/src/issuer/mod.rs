@@ -6,6 +6,8 @@
 //!   trusted workload identity provider (RFC 7523 §2.2: workload identity federation, no shared
 //!   secret at all).
 //! - Access tokens are RFC 9068 JWTs (`typ: at+jwt`), signed with the configured key.
+//! - `POST /oauth2/introspect`: RFC 7662 introspection of those tokens, for upstreams that speak
+//!   only introspection; the caller authenticates as at the token endpoint.
 //! - `GET /.well-known/jwks.json` publishes the keys; `GET /.well-known/oauth-authorization-server`
 //!   the RFC 8414 metadata.
 //! - `jwt` middlewares with `gatewayIssuer: true` verify these tokens in-process.
@@ -40,7 +42,7 @@ use error::{OAuthError, method_not_allowed};
 use request::{ClientAuth, Form};
 use secret::Verifier;
 pub use settings::{
-    DEFAULT_ISSUED_TOKEN_LIFETIME, IssuerClient, IssuerConfig, JWKS_PATH,
+    DEFAULT_ISSUED_TOKEN_LIFETIME, INTROSPECT_PATH, IssuerClient, IssuerConfig, JWKS_PATH,
     MAX_ISSUED_TOKEN_LIFETIME, METADATA_PATH, TOKEN_PATH,
 };
 
@@ -63,6 +65,8 @@ pub struct Issuer {
     trusted: HashMap<String, Trusted>,
     /// `(iss, sub)` of a workload identity -> the client it acts as.
     identities: HashMap<(String, String), String>,
+    /// Verifies the issuer's own tokens (introspection).
+    own: Jwt,
     tokens: Arc<TokenCache>,
 }
 
@@ -95,7 +99,14 @@ impl Issuer {
             .iter()
             .flat_map(|(id, c)| c.federated.iter().map(move |f| (f.clone(), id.clone())))
             .collect();
+        let own = Jwt::new(
+            "issuer introspection",
+            own_tokens(cfg, Arc::new(jwks.clone())),
+            tokens,
+            crate::auth::limits::CallerLimits::default(),
+        )?;
         Ok(Self {
+            own,
             jwks_body: jwks.to_string(),
             jwks: Arc::new(jwks),
             metadata_body: metadata(cfg).to_string(),
@@ -118,7 +129,10 @@ impl Issuer {
 
     /// Whether `path` is one of the issuer's endpoints (they take precedence over routes).
     pub fn serves(path: &str) -> bool {
-        matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
+        matches!(
+            path,
+            TOKEN_PATH | INTROSPECT_PATH | JWKS_PATH | METADATA_PATH
+        )
     }
 
     /// Answers a request for one of the issuer's endpoints from `caller` (its address after
@@ -129,7 +143,13 @@ impl Issuer {
                 Ok(resp) => resp,
                 Err(e) => e.into_response(),
             },
-            TOKEN_PATH => method_not_allowed(&[Method::POST]),
+            INTROSPECT_PATH if req.method() == Method::POST => {
+                match self.introspect(req, caller).await {
+                    Ok(resp) => resp,
+                    Err(e) => e.into_response(),
+                }
+            }
+            TOKEN_PATH | INTROSPECT_PATH => method_not_allowed(&[Method::POST]),
             path if req.method() == Method::GET || req.method() == Method::HEAD => {
                 let body = if path == JWKS_PATH {
                     &self.jwks_body
@@ -153,32 +173,13 @@ impl Issuer {
         req: Request<Incoming>,
         caller: IpAddr,
     ) -> Result<Response<BoxBody>, OAuthError> {
-        let (parts, body) = req.into_parts();
-        let body = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map_err(|_| OAuthError::invalid_request("the body is unreadable or too large"))?
-            .to_bytes();
-        let form = Form::parse(&parts.headers, &body)?;
+        let (parts, form) = read_form(req).await?;
         match form.get("grant_type") {
             None => return Err(OAuthError::invalid_request("grant_type is required")),
             Some("client_credentials") => {}
             Some(_) => return Err(OAuthError::unsupported_grant_type()),
         }
-        let auth = ClientAuth::of(&parts.headers, &form)?;
-        let (client_id, federated) = match &auth {
-            ClientAuth::Secret {
-                client_id,
-                secret,
-                basic,
-            } => {
-                self.check_secret(client_id, secret, *basic, caller).await?;
-                (client_id.clone(), false)
-            }
-            ClientAuth::Assertion { jwt, client_id } => {
-                (self.check_assertion(jwt, client_id.as_deref()).await?, true)
-            }
-        };
+        let (client_id, federated) = self.authenticate(&parts, &form, caller).await?;
         let (client_id, client) = self
             .cfg
             .clients
@@ -192,6 +193,62 @@ impl Issuer {
             federated,
         };
         self.issue(&grant)
+    }
+
+    /// `POST /oauth2/introspect` (RFC 7662): whether `token` is one of this issuer's, unexpired,
+    /// and its claims. Any client of the issuer may ask (§2.1 requires that it authenticate);
+    /// anything but a valid token of this issuer is `{"active": false}` (§2.2).
+    async fn introspect(
+        &self,
+        req: Request<Incoming>,
+        caller: IpAddr,
+    ) -> Result<Response<BoxBody>, OAuthError> {
+        let (parts, form) = read_form(req).await?;
+        let (client_id, _) = self.authenticate(&parts, &form, caller).await?;
+        let token = form
+            .get("token")
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        let answer = match self.own.verify(token).await {
+            Ok(claims) => {
+                let mut answer = Map::from_iter([("active".to_owned(), json!(true))]);
+                answer.extend(claims.as_ref().clone());
+                answer.insert("token_type".into(), json!("Bearer"));
+                Value::Object(answer)
+            }
+            Err(_) => json!({ "active": false }),
+        };
+        tracing::debug!(client_id = %printable(&client_id), active = answer["active"] == json!(true), "issuer: token introspected");
+        let mut resp = response::json(StatusCode::OK, answer.to_string());
+        let h = resp.headers_mut();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok(resp)
+    }
+
+    /// Authenticates the client of a token or introspection request: by its secret, or by a
+    /// trusted workload identity's assertion. The client id, and whether it was federated.
+    async fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        form: &Form,
+        caller: IpAddr,
+    ) -> Result<(String, bool), OAuthError> {
+        let auth = ClientAuth::of(&parts.headers, form)?;
+        let (client_id, federated) = match &auth {
+            ClientAuth::Secret {
+                client_id,
+                secret,
+                basic,
+            } => {
+                self.check_secret(client_id, secret, *basic, caller).await?;
+                (client_id.clone(), false)
+            }
+            ClientAuth::Assertion { jwt, client_id } => {
+                (self.check_assertion(jwt, client_id.as_deref()).await?, true)
+            }
+        };
+        Ok((client_id, federated))
     }
 
     async fn check_secret(
@@ -329,6 +386,53 @@ impl Issuer {
     }
 }
 
+/// A POST's head and form body (at most [`MAX_BODY`]).
+async fn read_form(req: Request<Incoming>) -> Result<(http::request::Parts, Form), OAuthError> {
+    let (parts, body) = req.into_parts();
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| OAuthError::invalid_request("the body is unreadable or too large"))?
+        .to_bytes();
+    let form = Form::parse(&parts.headers, &body)?;
+    Ok((parts, form))
+}
+
+/// How the issuer verifies its own tokens: its published keys, its `iss`, any audience, the
+/// RFC 9068 `typ`.
+fn own_tokens(cfg: &IssuerConfig, jwks: Arc<Value>) -> crate::auth::JwtConfig {
+    use crate::auth::jwt::{
+        DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+        DEFAULT_JWKS_REFRESH_INTERVAL, JwksSource,
+    };
+    let mut algorithms: Vec<_> = std::iter::once(&cfg.signing_key)
+        .chain(&cfg.previous_keys)
+        .map(keys::SigningKey::algorithm)
+        .collect();
+    algorithms.dedup();
+    crate::auth::JwtConfig {
+        token_source: Default::default(),
+        keys: JwksSource::Inline(jwks),
+        issuer: Some(cfg.issuer.clone()),
+        audience: Vec::new(),
+        algorithms,
+        leeway: std::time::Duration::ZERO,
+        forward_authorization: false,
+        policy: Default::default(),
+        jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+        jwks_min_refresh_interval: DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
+        jwks_max_staleness: DEFAULT_JWKS_MAX_STALENESS,
+        // The keys are inline: nothing is fetched.
+        http: crate::outbound::HttpClientConfig {
+            timeout: crate::outbound::DEFAULT_IDP_TIMEOUT,
+            retries: 0,
+            tls: Default::default(),
+        },
+        realm: crate::auth::DEFAULT_REALM.into(),
+        access_token_type: true,
+    }
+}
+
 /// The scope granted: the requested scopes if the client may have them all (§3.3), every
 /// registered scope when none is asked for.
 fn granted_scope<'a>(
@@ -379,6 +483,7 @@ fn metadata(cfg: &IssuerConfig) -> Value {
     let mut doc = json!({
         "issuer": cfg.issuer,
         "token_endpoint": cfg.token_endpoint(),
+        "introspection_endpoint": cfg.introspection_endpoint(),
         "jwks_uri": cfg.jwks_uri(),
         "grant_types_supported": ["client_credentials"],
         // No authorization endpoint: no response type is supported.
@@ -396,6 +501,7 @@ fn metadata(cfg: &IssuerConfig) -> Value {
         algs.dedup();
         doc["token_endpoint_auth_signing_alg_values_supported"] = json!(algs);
     }
+    doc["introspection_endpoint_auth_methods_supported"] = json!(auth_methods);
     doc["token_endpoint_auth_methods_supported"] = json!(auth_methods);
     doc
 }

@@ -16,6 +16,8 @@ pub const DEFAULT_ISSUED_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 60)
 pub const MAX_ISSUED_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// The token endpoint's path (Octelium's, and the common choice).
 pub const TOKEN_PATH: &str = "/oauth2/token";
+/// The RFC 7662 introspection endpoint's path.
+pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
 /// The JWKS path.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 /// The RFC 8414 metadata path.
@@ -46,6 +48,11 @@ impl IssuerConfig {
     /// The token endpoint URL.
     pub fn token_endpoint(&self) -> String {
         format!("{}{TOKEN_PATH}", self.issuer)
+    }
+
+    /// The introspection endpoint URL.
+    pub fn introspection_endpoint(&self) -> String {
+        format!("{}{INTROSPECT_PATH}", self.issuer)
     }
 
     /// The JWKS URL.

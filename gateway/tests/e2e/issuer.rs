@@ -424,6 +424,82 @@ type Case = (
     &'static str,
 );
 
+/// `POST /oauth2/introspect` with `auth` and `token`: the status and the JSON answer.
+async fn introspect(node: &Node, auth: Option<&str>, token: &str) -> (u16, Value) {
+    let mut req = client()
+        .post(node.url("/oauth2/introspect"))
+        .form(&[("token", token), ("token_type_hint", "access_token")]);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_speaks_only_introspection_can_check_the_issuers_tokens_rfc_7662() {
+    let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
+    let node = Node::start(
+        &config(&upstream, &idp.issuer(), LOCAL),
+        &[("ORDERS_SECRET", ORDERS_SECRET)],
+    );
+    let token = client_credentials(
+        &node,
+        "orders",
+        ORDERS_SECRET,
+        AuthType::BasicAuth,
+        Some("orders:read"),
+    )
+    .await
+    .unwrap()
+    .access_token()
+    .secret()
+    .clone();
+    // The resource server authenticates as a client of the issuer (here `inventory`).
+    let rs = basic("inventory", "inventory-secret");
+    let (status, answer) = introspect(&node, Some(&rs), &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["active"], true);
+    assert_eq!(answer["client_id"], "orders");
+    assert_eq!(answer["sub"], "orders");
+    assert_eq!(answer["scope"], "orders:read");
+    assert_eq!(answer["iss"], ISSUER);
+    assert_eq!(answer["aud"], "orders-api");
+    assert_eq!(answer["token_type"], "Bearer");
+    assert!(answer["exp"].as_u64().unwrap() > now());
+
+    // Anything but a valid token of this issuer is inactive, and says nothing more.
+    let mut tampered = token.clone();
+    tampered.insert(tampered.len() - 4, 'x');
+    let foreign = idp.mint(&json!({ "iss": idp.issuer(), "sub": "orders", "exp": now() + 60 }));
+    for other in [tampered.as_str(), foreign.as_str(), "not-a-token"] {
+        assert_eq!(
+            introspect(&node, Some(&rs), other).await,
+            (200, json!({ "active": false }))
+        );
+    }
+    // The caller must authenticate (RFC 7662 §2.1), as at the token endpoint.
+    let (status, answer) = introspect(&node, None, &token).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, _) = introspect(&node, Some(&basic("inventory", "wrong")), &token).await;
+    assert_eq!(status, 401);
+    // RFC 8414 names the endpoint.
+    let metadata = get_json(node.url("/.well-known/oauth-authorization-server")).await;
+    assert_eq!(
+        metadata["introspection_endpoint"],
+        format!("{ISSUER}/oauth2/introspect")
+    );
+    assert_eq!(
+        metadata["introspection_endpoint_auth_methods_supported"],
+        metadata["token_endpoint_auth_methods_supported"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_endpoint_errors_follow_rfc_6749() {
     let (idp, upstream) = (FakeIdp::start().await, EchoUpstream::start().await);
