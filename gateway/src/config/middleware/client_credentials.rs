@@ -129,7 +129,13 @@ fn client_credentials(
     for (k, v) in cc.endpoint_params {
         if matches!(
             k.as_str(),
-            "grant_type" | "client_id" | "client_secret" | "scope" | "audience"
+            "grant_type"
+                | "client_id"
+                | "client_secret"
+                | "client_assertion"
+                | "client_assertion_type"
+                | "scope"
+                | "audience"
         ) {
             issues.push(
                 format!("{path}.endpointParams.{k}"),

@@ -41,7 +41,7 @@ use shaping::{
     RawStripPrefix,
 };
 
-/// Declares every middleware kind at once, one line each (above): the table [`KINDS`], the
+/// Declares every middleware kind at once, one line each (the `kinds!` table below): [`KINDS`], the
 /// file's shape of a named middleware ([`RawMiddleware`], one variant per kind) and the
 /// dispatch from it to the kind's [`Options`]. A new kind is its module (what it does, under
 /// `auth/` or `proxy/`), its options (a file here whose `Raw…` type implements [`Options`]),
@@ -92,7 +92,7 @@ macro_rules! kinds {
     };
 }
 kinds! {
-    // variant           options type            name                 Traefik Hub's name                       reference page
+    // variant(options type)                  = name in the file,   Traefik Hub's name,                             reference page
     ClientCredentials(RawClientCredentials)   = "clientCredentials", traefik: Some("plugin.oAuthClientCredentials"), page: "reference/client-credentials.md";
     Introspection(RawIntrospection)           = "introspection",     traefik: Some("plugin.oAuthIntrospection"),     page: "reference/introspection.md";
     Jwt(RawJwt)                               = "jwt",               traefik: Some("plugin.jwt"),                    page: "reference/jwt.md";
@@ -551,6 +551,30 @@ routes:
                 "middlewares.m.introspection.clientConfig.headers.Authorization: authenticates the gateway a second time beside clientConfig.auth; keep one"
             ]
         );
+    }
+
+    #[test]
+    fn every_authentication_kind_reports_the_tables_name() {
+        let minimal = [
+            ("clientCredentials", "{ url: http://idp/token }"),
+            (
+                "introspection",
+                "{ clientConfig: { url: http://idp/introspect } }",
+            ),
+            (
+                "jwt",
+                "{ jwksUrl: http://idp/jwks, allowAnyIssuer: true, allowAnyAudience: true }",
+            ),
+            ("clientCertificate", "{}"),
+        ];
+        for (kind, options) in minimal {
+            assert!(
+                super::KINDS.iter().any(|k| k.name == kind),
+                "{kind} is in the table"
+            );
+            let cfg = load(&format!("    {kind}: {options}")).unwrap();
+            assert_eq!(cfg.middlewares["m"].kind(), kind);
+        }
     }
 
     #[test]
