@@ -193,21 +193,12 @@ fn document(
         "Middleware" => {
             let converted =
                 middleware(source, namespace, spec).map_err(|e| format!("{here}: {e}"))?;
-            let native_kind = converted
-                .as_mapping()
-                .and_then(|m| m.keys().next())
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let written = match spec.get("plugin") {
-                Some(_) => format!("spec.plugin.{}", spec_plugin_name(spec)),
-                None => format!("spec.{native_kind}"),
-            };
             out.origins.push((
-                format!("middlewares.{namespace}/{name}.{native_kind}"),
-                format!("{here}: {written}"),
+                format!("middlewares.{namespace}/{name}.{}", converted.native),
+                format!("{here}: {}", converted.written),
             ));
             let key = Value::String(format!("{namespace}/{name}"));
-            if out.middlewares.insert(key, converted).is_some() {
+            if out.middlewares.insert(key, converted.value).is_some() {
                 return Err(format!("{here}: declared twice"));
             }
             Ok(())
@@ -226,20 +217,23 @@ fn document(
 
 /// A `Middleware`'s spec as a native middleware, its secrets confined to `namespace`; the error
 /// names the field.
-fn middleware(source: &ManifestSource, namespace: &str, spec: &Mapping) -> Result<Value, String> {
+fn middleware(
+    source: &ManifestSource,
+    namespace: &str,
+    spec: &Mapping,
+) -> Result<ConvertedMiddleware, String> {
     let [(kind, options)] = one_entry(spec, "spec")?;
     let kind = kind.as_str().unwrap_or_default();
     // The kinds a document may name, as Traefik Hub spells them, and the native kind of each.
     let traefik = || KINDS.iter().filter_map(|k| Some((k.traefik?, k.name)));
-    let (native, options) = if kind == "plugin" {
+    let ((written, native), options) = if kind == "plugin" {
         let plugin = options
             .as_mapping()
             .ok_or("spec.plugin: expected a mapping")?;
         let [(name, options)] = one_entry(plugin, "spec.plugin")?;
         let name = name.as_str().unwrap_or_default();
         let plugins = || traefik().filter_map(|(t, _)| t.strip_prefix("plugin."));
-        let Some((_, native)) = traefik().find(|(t, _)| t.strip_prefix("plugin.") == Some(name))
-        else {
+        let Some(found) = traefik().find(|(t, _)| t.strip_prefix("plugin.") == Some(name)) else {
             let mut known: Vec<&str> = plugins().collect();
             let last = known.pop().unwrap_or_default();
             return Err(format!(
@@ -247,9 +241,9 @@ fn middleware(source: &ManifestSource, namespace: &str, spec: &Mapping) -> Resul
                 known.join(", ")
             ));
         };
-        (native, options)
-    } else if let Some((_, native)) = traefik().find(|(t, _)| *t == kind) {
-        (native, options)
+        (found, options)
+    } else if let Some(found) = traefik().find(|(t, _)| *t == kind) {
+        (found, options)
     } else {
         let known: Vec<&str> = traefik().map(|(t, _)| t).collect();
         return Err(format!(
@@ -257,26 +251,25 @@ fn middleware(source: &ManifestSource, namespace: &str, spec: &Mapping) -> Resul
             known.join(", ")
         ));
     };
+    // Traefik Hub's name is the field's path under `spec` (`plugin.jwt`, `stripPrefix`).
+    let written = format!("spec.{written}");
     let mut options = options.clone();
-    let path = if kind == "plugin" {
-        format!("spec.plugin.{}", spec_plugin_name(spec))
-    } else {
-        format!("spec.{kind}")
-    };
-    confine(source, namespace, &path, &mut options)?;
+    confine(source, namespace, &written, &mut options)?;
     let mut m = Mapping::new();
     m.insert(Value::String(native.to_owned()), options);
-    Ok(Value::Mapping(m))
+    Ok(ConvertedMiddleware {
+        native,
+        written,
+        value: Value::Mapping(m),
+    })
 }
 
-/// The name of the one plugin a `plugin` middleware's spec names.
-fn spec_plugin_name(spec: &Mapping) -> String {
-    spec.get("plugin")
-        .and_then(Value::as_mapping)
-        .and_then(|p| p.keys().next())
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
+/// A converted `Middleware`: its native kind, the field it was written under, and the native
+/// middleware.
+struct ConvertedMiddleware {
+    native: &'static str,
+    written: String,
+    value: Value,
 }
 
 /// Keys whose values are files on the gateway's host (TLS material).

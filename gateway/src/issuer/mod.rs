@@ -81,7 +81,9 @@ struct Grant<'a> {
 impl Issuer {
     /// Builds the issuer; fails only if a trusted issuer's HTTP client cannot be built.
     pub fn new(cfg: &IssuerConfig, tokens: &Arc<TokenCache>) -> reqwest::Result<Self> {
-        let jwks = keys::jwks(std::iter::once(&cfg.signing_key).chain(&cfg.previous_keys));
+        let jwks = Arc::new(keys::jwks(
+            std::iter::once(&cfg.signing_key).chain(&cfg.previous_keys),
+        ));
         let mut trusted = HashMap::new();
         for t in &cfg.trusted_issuers {
             let iss = t.issuer.clone().unwrap_or_default();
@@ -101,14 +103,14 @@ impl Issuer {
             .collect();
         let own = Jwt::new(
             "issuer introspection",
-            own_tokens(cfg, Arc::new(jwks.clone())),
+            own_tokens(cfg, Arc::clone(&jwks)),
             tokens,
             crate::auth::limits::CallerLimits::default(),
         )?;
         Ok(Self {
             own,
             jwks_body: jwks.to_string(),
-            jwks: Arc::new(jwks),
+            jwks,
             metadata_body: metadata(cfg).to_string(),
             secrets: Verifier::new(KeyDeriver::labelled(
                 tokens.fleet(),

@@ -58,14 +58,22 @@ impl ClientKey {
         let probe = |key: &EncodingKey, alg| {
             jsonwebtoken::encode(&Header::new(alg), &json!({}), key).is_ok()
         };
-        let found = [
-            (EncodingKey::from_rsa_pem(pem).ok(), Algorithm::RS256),
-            (EncodingKey::from_ec_pem(pem).ok(), Algorithm::ES256),
-            (EncodingKey::from_ec_pem(pem).ok(), Algorithm::ES384),
-            (EncodingKey::from_ed_pem(pem).ok(), Algorithm::EdDSA),
-        ]
-        .into_iter()
-        .find_map(|(key, alg)| key.filter(|k| probe(k, alg)).map(|k| (k, alg)));
+        // Each family's parser once, then the first of its algorithms the key signs with (a
+        // P-384 key cannot sign ES256).
+        type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
+        let families: [(Parse, &[Algorithm]); 3] = [
+            (EncodingKey::from_rsa_pem, &[Algorithm::RS256]),
+            (
+                EncodingKey::from_ec_pem,
+                &[Algorithm::ES256, Algorithm::ES384],
+            ),
+            (EncodingKey::from_ed_pem, &[Algorithm::EdDSA]),
+        ];
+        let found = families.into_iter().find_map(|(parse, algorithms)| {
+            let key = parse(pem).ok()?;
+            let alg = algorithms.iter().copied().find(|a| probe(&key, *a))?;
+            Some((key, alg))
+        });
         let Some((key, alg)) = found else {
             return Err(
                 "is not a PEM private key of RSA, EC P-256 or P-384, or Ed25519 (e.g. `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`)"

@@ -23,8 +23,17 @@ pub(super) enum Asserted {
     Refused(&'static str),
 }
 
-/// Checks the form's client assertion, if any, for a request to `endpoint`.
+/// Checks the form's client assertion, if any, for a request to `endpoint`; a refusal is
+/// recorded with its reason ([`super::FakeIdp::assertion_refusals`]).
 pub(super) fn asserted(state: &State, form: &[(String, String)], endpoint: &str) -> Asserted {
+    let verdict = check(state, form, endpoint);
+    if let Asserted::Refused(why) = verdict {
+        state.assertion_refusals.lock().unwrap().push(why);
+    }
+    verdict
+}
+
+fn check(state: &State, form: &[(String, String)], endpoint: &str) -> Asserted {
     let get = |name: &str| {
         form.iter()
             .find(|(k, _)| k == name)

@@ -29,28 +29,19 @@ pub(super) fn introspect(
     let bearer = auth
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let asserted = match assertion::asserted(state, form, endpoint) {
-        Asserted::Refused(why) => {
-            state.assertion_refusals.lock().unwrap().push(why);
-            Some(None)
-        }
-        Asserted::Client(id, method) => Some(Some((id, method))),
-        Asserted::Absent => None,
-    };
-    let (method, client) = match (basic_credentials(auth), get("client_id"), bearer) {
-        _ if asserted.is_some() => match asserted.clone().flatten() {
-            Some((id, method)) => (method, Some((id, String::new()))),
-            None => ("assertion", None),
-        },
-        (Some(c), None, None) => ("basic", Some(c)),
-        (None, Some(id), None) => (
+    let asserted = assertion::asserted(state, form, endpoint);
+    let (method, client) = match (asserted, basic_credentials(auth), get("client_id"), bearer) {
+        (Asserted::Client(id, method), ..) => (method, Some((id, String::new()))),
+        (Asserted::Refused(_), ..) => ("assertion", None),
+        (Asserted::Absent, Some(c), None, None) => ("basic", Some(c)),
+        (Asserted::Absent, None, Some(id), None) => (
             "post",
             Some((
                 id.to_owned(),
                 get("client_secret").unwrap_or_default().to_owned(),
             )),
         ),
-        (None, None, Some(b)) => ("bearer", Some(("".to_owned(), b))),
+        (Asserted::Absent, None, None, Some(b)) => ("bearer", Some(("".to_owned(), b))),
         _ => ("none", None),
     };
     state.introspection_seen.lock().unwrap().push(SeenRequest {

@@ -43,10 +43,7 @@ pub(super) fn token<'a>(
         }
         (Some((id, _)), Asserted::Absent, Some(_)) => ("both", Some(id), false),
         (None, Asserted::Client(id, method), _) => (method, Some(id), true),
-        (None, Asserted::Refused(why), post) => {
-            state.assertion_refusals.lock().unwrap().push(why);
-            ("assertion", post.map(|p| p.0), false)
-        }
+        (None, Asserted::Refused(_), post) => ("assertion", post.map(|p| p.0), false),
         (None, Asserted::Absent, Some((id, _))) if get("client_secret").is_none() => {
             let ok = state.tls_clients.lock().unwrap().contains(&id);
             ("tls_client_auth", Some(id), ok)
