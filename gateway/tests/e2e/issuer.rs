@@ -488,6 +488,30 @@ async fn an_upstream_that_speaks_only_introspection_can_check_the_issuers_tokens
     );
     let (status, _) = introspect(&node, Some(&basic("inventory", "wrong")), &token).await;
     assert_eq!(status, 401);
+    // Hostile bodies get RFC 6749 §5.2 errors before any token is looked at.
+    let raw = |body: String| {
+        client()
+            .post(node.url("/oauth2/introspect"))
+            .header("authorization", &rs)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    for (body, why) in [
+        (String::new(), "no token"),
+        (format!("token={token}&token=x"), "a repeated parameter"),
+        (
+            format!("token={}", "x".repeat(64 * 1024)),
+            "an oversized body",
+        ),
+    ] {
+        let resp = raw(body).await.unwrap();
+        assert_eq!(resp.status(), 400, "{why}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"], "invalid_request", "{why}");
+    }
+    let (status, _) = introspect(&node, Some(&rs), "").await;
+    assert_eq!(status, 400, "an empty token");
     // RFC 8414 names the endpoint.
     let metadata = get_json(node.url("/.well-known/oauth-authorization-server")).await;
     assert_eq!(
